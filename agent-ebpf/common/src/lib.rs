@@ -1,0 +1,135 @@
+//! Wire types shared by the kernel programs and the agent.
+//!
+//! Every type here is `#[repr(C)]`, `Copy`, padded explicitly and free of
+//! `bool`, so the kernel and userspace agree on layout byte for byte; the
+//! size assertions at the bottom fail the build if that ever drifts.
+#![no_std]
+
+/// Ring buffer carrying [`EgressEvent`] records to userspace.
+pub const EVENTS_MAP: &str = "EGRET_EVENTS";
+/// LPM trie of destination networks that the kernel drops before userspace.
+/// Keys are `{prefix_len: u32, addr: [u8; 16]}` with IPv4 stored IPv4-mapped
+/// (`::ffff:0:0/96` + prefix) so one trie serves both families.
+pub const IGNORE_MAP: &str = "EGRET_IGNORE";
+/// Per-CPU [`HookCounters`], one slot per [`Hook`].
+pub const COUNTERS_MAP: &str = "EGRET_COUNTERS";
+
+/// Default ring buffer size; the agent may override it at load time.
+pub const DEFAULT_RINGBUF_BYTES: u32 = 8 * 1024 * 1024;
+/// Capacity of the ignore trie (networks, not addresses).
+pub const IGNORE_MAX_ENTRIES: u32 = 4096;
+
+pub const AF_INET: u8 = 2;
+pub const AF_INET6: u8 = 10;
+
+/// Which kernel hook produced an event. Values index [`COUNTERS_MAP`].
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hook {
+    Connect4 = 0,
+    Connect6 = 1,
+    Sendmsg4 = 2,
+    Sendmsg6 = 3,
+}
+
+impl Hook {
+    pub const COUNT: u32 = 4;
+    pub const ALL: [Hook; 4] = [
+        Hook::Connect4,
+        Hook::Connect6,
+        Hook::Sendmsg4,
+        Hook::Sendmsg6,
+    ];
+
+    pub const fn from_u8(raw: u8) -> Option<Hook> {
+        match raw {
+            0 => Some(Hook::Connect4),
+            1 => Some(Hook::Connect6),
+            2 => Some(Hook::Sendmsg4),
+            3 => Some(Hook::Sendmsg6),
+            _ => None,
+        }
+    }
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Hook::Connect4 => "connect4",
+            Hook::Connect6 => "connect6",
+            Hook::Sendmsg4 => "sendmsg4",
+            Hook::Sendmsg6 => "sendmsg6",
+        }
+    }
+}
+
+/// Tag in the first byte of every ring buffer record, so new record kinds can
+/// share the buffer without breaking older decoders.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RecordKind {
+    Egress = 1,
+}
+
+/// `flags` bit: the destination was an IPv4-mapped IPv6 address
+/// (`::ffff:a.b.c.d`) and is reported as the IPv4 address it is.
+pub const FLAG_V4_MAPPED: u8 = 1 << 0;
+
+/// One outbound connection attempt, as seen by a cgroup sock_addr hook.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EgressEvent {
+    /// [`RecordKind::Egress`].
+    pub kind: u8,
+    /// [`Hook`] value.
+    pub hook: u8,
+    /// Family of `daddr` after unmapping: [`AF_INET`] or [`AF_INET6`].
+    pub family: u8,
+    /// IP protocol number of the socket (6 TCP, 17 UDP, 1/58 ICMP ping).
+    pub protocol: u8,
+    /// Destination port, host byte order.
+    pub dport: u16,
+    pub flags: u8,
+    pub _pad0: u8,
+    /// Thread group id (the process id users know).
+    pub tgid: u32,
+    /// Thread id.
+    pub pid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    /// CLOCK_MONOTONIC nanoseconds (bpf_ktime_get_ns).
+    pub mono_ns: u64,
+    pub cgroup_id: u64,
+    pub netns_cookie: u64,
+    pub socket_cookie: u64,
+    /// Destination address; IPv4 occupies the first four bytes, network order.
+    pub daddr: [u8; 16],
+    /// Task comm, NUL padded.
+    pub comm: [u8; 16],
+}
+
+/// Per-hook counters, summed across CPUs by the agent.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HookCounters {
+    /// Every invocation of the hook.
+    pub seen: u64,
+    /// Dropped in kernel because the destination is in the ignore trie.
+    pub ignored: u64,
+    /// Submitted to the ring buffer.
+    pub emitted: u64,
+    /// Lost because the ring buffer had no room (reserve failed).
+    pub ringbuf_full: u64,
+    /// UDP sends to the peer a socket is already connected to: the connect
+    /// hook reported that destination, so these are counted, not emitted.
+    pub repeat_of_connect: u64,
+}
+
+const _: () = assert!(core::mem::size_of::<EgressEvent>() == 88);
+const _: () = assert!(core::mem::align_of::<EgressEvent>() == 8);
+const _: () = assert!(core::mem::size_of::<HookCounters>() == 40);
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: plain-old-data, repr(C), no padding bytes left implicit.
+    unsafe impl aya::Pod for super::HookCounters {}
+    unsafe impl aya::Pod for super::EgressEvent {}
+}

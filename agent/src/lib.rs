@@ -1,0 +1,10 @@
+//! Egret's agent: loads the kernel hooks and runs the event pipeline
+//! (source → decode → sinks).
+pub mod cli;
+pub mod event;
+pub mod health;
+pub mod kernel;
+pub mod run;
+pub mod sinks;
+pub mod source;
+pub mod timefmt;

@@ -1,0 +1,139 @@
+//! `egret run`: wires kernel → source → sinks with bounded channels and one
+//! shutdown token, and tears everything down in order on SIGINT/SIGTERM.
+use std::sync::{Arc, atomic::Ordering};
+
+use anyhow::Context as _;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    cli::RunArgs,
+    health::{self, Readiness},
+    kernel::{IgnoreSet, KernelProbes, cgroup},
+    sinks, source,
+};
+
+/// Batches in flight between stages; with [`source::BATCH`] events each.
+const STAGE_QUEUE: usize = 64;
+
+pub async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let shutdown = CancellationToken::new();
+    spawn_signal_handler(shutdown.clone())?;
+
+    let readiness = Readiness::default();
+    let health = match args.listen {
+        Some(addr) => {
+            let listener = health::bind(addr)
+                .await
+                .with_context(|| format!("listening on {addr}"))?;
+            let bound = listener.local_addr().context("reading bound address")?;
+            tracing::info!(%bound, "serving /healthz and /readyz");
+            Some(tokio::spawn(health::serve(
+                listener,
+                health::router(readiness.clone()),
+                shutdown.clone(),
+            )))
+        }
+        None => None,
+    };
+
+    let cgroup_path = match &args.cgroup {
+        Some(path) => {
+            cgroup::ensure_cgroup2(path)?;
+            path.clone()
+        }
+        None => cgroup::cgroup2_root()?,
+    };
+
+    let mut probes = KernelProbes::load(args.ringbuf_bytes)?;
+    let mut ignore = if args.no_builtin_ignore {
+        IgnoreSet::default()
+    } else {
+        IgnoreSet::builtin()
+    };
+    ignore.extend(args.ignore_cidrs.iter().copied());
+    let mut ignore_map = probes.take_ignore_map()?;
+    ignore_map
+        .replace(&ignore)
+        .context("filling the in-kernel ignore map")?;
+    let ring = probes.take_events()?;
+    probes.attach(&cgroup_path)?;
+    readiness.set(true);
+    tracing::info!(
+        cgroup = %cgroup_path.display(),
+        ignored_networks = ignore.len(),
+        program_ids = ?probes.attached_program_ids(),
+        "egret ready"
+    );
+
+    let source_stats = Arc::new(source::SourceStats::default());
+    let (tx, rx) = mpsc::channel(STAGE_QUEUE);
+    let source_task = tokio::spawn(source::run(
+        ring,
+        tx,
+        source_stats.clone(),
+        shutdown.clone(),
+    ));
+    let audit_task = tokio::spawn(sinks::audit::run(rx, tokio::io::stdout()));
+
+    shutdown.cancelled().await;
+    readiness.set(false);
+    tracing::info!("shutting down");
+    // Stop hooks first so nothing new arrives, then let the stages drain.
+    let ids = probes.attached_program_ids().to_vec();
+    let counters = probes.counters();
+    drop(probes);
+    tracing::info!(program_ids = ?ids, "detached kernel programs");
+
+    source_task
+        .await
+        .context("source task")?
+        .context("reading the ring buffer")?;
+    let written = audit_task
+        .await
+        .context("audit task")?
+        .context("writing audit records")?;
+    if let Some(health) = health {
+        health
+            .await
+            .context("health task")?
+            .context("serving health")?;
+    }
+    match counters {
+        Ok(counters) => {
+            for (hook, c) in egret_common::Hook::ALL.iter().zip(counters) {
+                tracing::info!(
+                    hook = hook.name(),
+                    seen = c.seen,
+                    ignored = c.ignored,
+                    emitted = c.emitted,
+                    ringbuf_full = c.ringbuf_full,
+                    repeat_of_connect = c.repeat_of_connect,
+                    "kernel counters"
+                );
+            }
+        }
+        Err(err) => tracing::warn!(%err, "could not read kernel counters"),
+    }
+    tracing::info!(
+        decoded = source_stats.decoded.load(Ordering::Relaxed),
+        decode_errors = source_stats.decode_errors.load(Ordering::Relaxed),
+        written,
+        "pipeline totals"
+    );
+    Ok(())
+}
+
+fn spawn_signal_handler(shutdown: CancellationToken) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received"),
+            _ = int.recv() => tracing::info!("SIGINT received"),
+        }
+        shutdown.cancel();
+    });
+    Ok(())
+}

@@ -1,0 +1,163 @@
+//! Audit sink: one JSON object per egress attempt, Falco field names where
+//! Falco has them and `egret.*` for what it lacks.
+use std::borrow::Cow;
+
+use serde::Serialize;
+use tokio::{
+    io::{AsyncWrite, AsyncWriteExt},
+    sync::mpsc,
+};
+
+use crate::{event::EgressAttempt, source::Batch, timefmt};
+
+#[derive(Serialize)]
+pub struct AuditRecord<'a> {
+    pub time: String,
+    #[serde(rename = "evt.time")]
+    pub evt_time: u64,
+    #[serde(rename = "evt.type")]
+    pub evt_type: &'static str,
+    #[serde(rename = "evt.hook")]
+    pub hook: &'static str,
+    #[serde(rename = "proc.pid")]
+    pub pid: u32,
+    #[serde(rename = "thread.tid")]
+    pub tid: u32,
+    #[serde(rename = "proc.name")]
+    pub proc_name: Cow<'a, str>,
+    #[serde(rename = "user.uid")]
+    pub uid: u32,
+    #[serde(rename = "group.gid")]
+    pub gid: u32,
+    #[serde(rename = "fd.type")]
+    pub fd_type: &'static str,
+    #[serde(rename = "fd.typechar")]
+    pub fd_typechar: &'static str,
+    #[serde(rename = "fd.l4proto")]
+    pub l4proto: &'static str,
+    #[serde(rename = "fd.sip")]
+    pub sip: String,
+    #[serde(rename = "fd.sport")]
+    pub sport: u16,
+    #[serde(rename = "fd.name")]
+    pub fd_name: String,
+    #[serde(rename = "egret.v4_mapped")]
+    pub v4_mapped: bool,
+    #[serde(rename = "egret.cgroup_id")]
+    pub cgroup_id: u64,
+    #[serde(rename = "egret.netns_cookie")]
+    pub netns_cookie: u64,
+    #[serde(rename = "egret.socket_cookie")]
+    pub socket_cookie: u64,
+    #[serde(rename = "egret.mono_ns")]
+    pub mono_ns: u64,
+}
+
+impl<'a> AuditRecord<'a> {
+    pub fn new(event: &'a EgressAttempt) -> Self {
+        let v4 = event.daddr.is_ipv4();
+        AuditRecord {
+            time: timefmt::rfc3339_nanos(event.wall_ns),
+            evt_time: event.wall_ns,
+            evt_type: event.evt_type(),
+            hook: event.hook.name(),
+            pid: event.tgid,
+            tid: event.tid,
+            proc_name: event.comm.to_string_lossy(),
+            uid: event.uid,
+            gid: event.gid,
+            fd_type: if v4 { "ipv4" } else { "ipv6" },
+            fd_typechar: if v4 { "4" } else { "6" },
+            l4proto: event.l4proto.as_str(),
+            sip: event.daddr.to_string(),
+            sport: event.dport,
+            fd_name: fd_name(event),
+            v4_mapped: event.v4_mapped,
+            cgroup_id: event.cgroup_id,
+            netns_cookie: event.netns_cookie,
+            socket_cookie: event.socket_cookie,
+            mono_ns: event.mono_ns,
+        }
+    }
+}
+
+/// The destination as `ip:port` (`[ip]:port` for IPv6). At connect time the
+/// kernel has not chosen the local address yet, so unlike Falco's
+/// `client->server` form only the server side is known.
+pub fn fd_name(event: &EgressAttempt) -> String {
+    std::net::SocketAddr::new(event.daddr, event.dport).to_string()
+}
+
+/// Writes every batch as JSON lines, flushing once per batch.
+pub async fn run<W: AsyncWrite + Unpin>(
+    mut rx: mpsc::Receiver<Batch>,
+    mut out: W,
+) -> std::io::Result<u64> {
+    let mut buf = Vec::with_capacity(64 * 1024);
+    let mut written = 0u64;
+    while let Some(batch) = rx.recv().await {
+        buf.clear();
+        for event in &batch {
+            serde_json::to_writer(&mut buf, &AuditRecord::new(event))
+                .map_err(std::io::Error::other)?;
+            buf.push(b'\n');
+        }
+        out.write_all(&buf).await?;
+        out.flush().await?;
+        written += batch.len() as u64;
+    }
+    Ok(written)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{Comm, L4Proto};
+    use egret_common::Hook;
+
+    fn attempt(daddr: &str) -> EgressAttempt {
+        let mut comm = [0u8; 16];
+        comm[..2].copy_from_slice(b"nc");
+        EgressAttempt {
+            hook: Hook::Connect4,
+            mono_ns: 1,
+            wall_ns: 1_700_000_000_123_456_789,
+            tgid: 42,
+            tid: 43,
+            uid: 0,
+            gid: 0,
+            comm: Comm::from_raw(comm),
+            cgroup_id: 1,
+            netns_cookie: 2,
+            socket_cookie: 3,
+            l4proto: L4Proto::Tcp,
+            daddr: daddr.parse().unwrap(),
+            dport: 8080,
+            v4_mapped: false,
+        }
+    }
+
+    #[tokio::test]
+    async fn writes_one_json_line_per_event() {
+        let (tx, rx) = mpsc::channel(4);
+        tx.send(vec![attempt("198.51.100.7"), attempt("2001:db8::7")])
+            .await
+            .unwrap();
+        drop(tx);
+        let mut out = Vec::new();
+        assert_eq!(run(rx, &mut out).await.unwrap(), 2);
+        let text = String::from_utf8(out).unwrap();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 2);
+        assert_eq!(lines[0]["fd.sip"], "198.51.100.7");
+        assert_eq!(lines[0]["fd.name"], "198.51.100.7:8080");
+        assert_eq!(lines[0]["fd.typechar"], "4");
+        assert_eq!(lines[0]["proc.name"], "nc");
+        assert_eq!(lines[0]["time"], "2023-11-14T22:13:20.123456789Z");
+        assert_eq!(lines[1]["fd.name"], "[2001:db8::7]:8080");
+        assert_eq!(lines[1]["fd.type"], "ipv6");
+    }
+}

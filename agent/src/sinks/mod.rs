@@ -1,0 +1,2 @@
+//! Sink stages: where decoded events leave the agent.
+pub mod audit;

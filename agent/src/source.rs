@@ -1,0 +1,86 @@
+//! Source stage: drains the kernel ring buffer when epoll says it is readable
+//! (never by polling on a timer), decodes records, and forwards batches.
+//!
+//! Backpressure, not loss: when the next stage is slow, `send` waits, the ring
+//! buffer fills, and the kernel counts the reserve failures it then suffers
+//! (`ringbuf_full`), so every lost event is accounted for.
+use std::sync::{
+    Arc,
+    atomic::{AtomicU64, Ordering},
+};
+
+use aya::maps::{MapData, RingBuf};
+use tokio::{
+    io::{Interest, unix::AsyncFd},
+    sync::mpsc,
+};
+use tokio_util::sync::CancellationToken;
+
+use crate::event::{self, EgressAttempt};
+
+/// Events per batch: large enough to amortise channel and write costs, small
+/// enough that one batch never holds latency back noticeably.
+pub const BATCH: usize = 512;
+
+pub type Batch = Vec<EgressAttempt>;
+
+#[derive(Debug, Default)]
+pub struct SourceStats {
+    pub decoded: AtomicU64,
+    pub decode_errors: AtomicU64,
+}
+
+pub async fn run(
+    ring: RingBuf<MapData>,
+    tx: mpsc::Sender<Batch>,
+    stats: Arc<SourceStats>,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    // SAFETY: the ring buffer owns its map fd and lives inside the AsyncFd,
+    // so the fd stays open and unchanged for the AsyncFd's whole life.
+    let mut ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }?;
+    loop {
+        let mut guard = tokio::select! {
+            biased;
+            () = shutdown.cancelled() => break,
+            guard = ring.readable_mut() => guard?,
+        };
+        // Clear first, then drain: a record committed after this point wakes
+        // us again, and one committed before it is read by the drain below.
+        guard.clear_ready();
+        while let Some(batch) = drain(guard.get_inner_mut(), &stats) {
+            if tx.send(batch).await.is_err() {
+                return Ok(());
+            }
+        }
+    }
+    // Whatever the kernel committed before shutdown still goes out.
+    while let Some(batch) = drain(ring.get_mut(), &stats) {
+        if tx.send(batch).await.is_err() {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// Up to [`BATCH`] decoded events, or `None` when the ring is empty.
+fn drain(ring: &mut RingBuf<MapData>, stats: &SourceStats) -> Option<Batch> {
+    let offset = event::wall_offset_ns();
+    let mut batch = Vec::with_capacity(BATCH);
+    let mut errors = 0;
+    while batch.len() < BATCH {
+        let Some(record) = ring.next() else { break };
+        match event::decode(&record, offset) {
+            Ok(attempt) => batch.push(attempt),
+            Err(err) => {
+                errors += 1;
+                tracing::debug!(%err, "undecodable ring buffer record");
+            }
+        }
+    }
+    stats.decode_errors.fetch_add(errors, Ordering::Relaxed);
+    stats
+        .decoded
+        .fetch_add(batch.len() as u64, Ordering::Relaxed);
+    (!batch.is_empty() || errors > 0).then_some(batch)
+}

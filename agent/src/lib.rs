@@ -1,5 +1,6 @@
 //! Egret's agent: loads the kernel hooks and runs the event pipeline
 //! (source → decode → sinks).
+pub mod alert;
 pub mod cli;
 pub mod event;
 pub mod health;

@@ -49,8 +49,25 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("egret: error: {err:#}");
+            eprintln!("egret: error: {}", one_line(&err));
             ExitCode::FAILURE
         }
     }
+}
+
+/// The error chain on one line. Some library errors repeat their source in
+/// their own message; a level already contained in the line is skipped.
+fn one_line(err: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in err.chain() {
+        let message = cause.to_string();
+        if line.contains(&message) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&message);
+    }
+    line.replace('\n', " ")
 }

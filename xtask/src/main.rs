@@ -1,1 +1,25 @@
-fn main() {}
+//! Tasks cargo cannot express on its own. `cargo xtask test` is the whole
+//! suite CI runs: formatting, lints (host crates and the eBPF crate on its
+//! own target), unit tests and the privileged end-to-end tests.
+mod test;
+
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("test") => test::run(&args[1..]),
+        Some("lint") => test::lint(),
+        _ => {
+            eprintln!("usage: cargo xtask <test [--no-lint] | lint>");
+            return ExitCode::from(2);
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("xtask: error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -22,7 +22,7 @@ static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"),
 
 #[derive(Debug, thiserror::Error)]
 pub enum KernelError {
-    #[error("loading the eBPF object: {source}{hint}")]
+    #[error("loading the eBPF object{hint}")]
     Load {
         source: Box<aya::EbpfError>,
         hint: &'static str,
@@ -31,23 +31,23 @@ pub enum KernelError {
     MissingProgram(&'static str),
     #[error("the eBPF object has no map {0} (build mismatch)")]
     MissingMap(&'static str),
-    #[error("map {name}: {source}")]
+    #[error("map {name}")]
     Map {
         name: &'static str,
         source: aya::maps::MapError,
     },
-    #[error("loading program {name} into the kernel: {source}{hint}")]
+    #[error("loading program {name} into the kernel{hint}")]
     Program {
         name: &'static str,
         source: Box<aya::programs::ProgramError>,
         hint: &'static str,
     },
-    #[error("opening cgroup {path}: {source}")]
+    #[error("opening cgroup {path}")]
     OpenCgroup {
         path: String,
         source: std::io::Error,
     },
-    #[error("attaching {name} to cgroup {path}: {source}{hint}")]
+    #[error("attaching {name} to cgroup {path}{hint}")]
     Attach {
         name: &'static str,
         path: String,
@@ -77,7 +77,7 @@ impl KernelProbes {
             .map_max_entries(EVENTS_MAP, ringbuf_bytes)
             .load(EBPF_OBJECT)
             .map_err(|source| KernelError::Load {
-                hint: permission_hint(&source.to_string()),
+                hint: permission_hint(&source),
                 source: Box::new(source),
             })?;
         for name in PROGRAMS {
@@ -92,7 +92,7 @@ impl KernelProbes {
                 })?;
             program.load().map_err(|source| KernelError::Program {
                 name,
-                hint: permission_hint(&format!("{source:?}")),
+                hint: permission_hint(&source),
                 source: Box::new(source),
             })?;
         }
@@ -159,7 +159,7 @@ impl KernelProbes {
                 .map_err(|source| KernelError::Attach {
                     name,
                     path: path.clone(),
-                    hint: permission_hint(&format!("{source:?}")),
+                    hint: permission_hint(&source),
                     source: Box::new(source),
                 })?;
             if let Ok(info) = program.info() {
@@ -199,8 +199,17 @@ impl KernelProbes {
     }
 }
 
-fn permission_hint(message: &str) -> &'static str {
-    if message.contains("Operation not permitted") || message.contains("EPERM") {
+/// A hint when the kernel said EPERM anywhere down the error chain.
+fn permission_hint(err: &(dyn std::error::Error + 'static)) -> &'static str {
+    let mut next = Some(err);
+    let mut eperm = false;
+    while let Some(err) = next {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            eperm |= io.raw_os_error() == Some(libc::EPERM);
+        }
+        next = err.source();
+    }
+    if eperm {
         " (Egret needs root or CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN)"
     } else {
         ""

@@ -1,0 +1,317 @@
+//! Issue 2: every outbound attempt kind is seen on the real kernel, with the
+//! right fields, and the agent cleans up after itself.
+use std::{io::Read, io::Write, net::TcpStream, time::Duration};
+
+use serde_json::Value;
+
+use crate::support::{
+    self,
+    agent::Agent,
+    netns::{NetNs, V4_OTHER_NET, V4_SERVER, V6_SERVER},
+};
+
+fn assert_common_fields(event: &Value, pid: u32) {
+    assert_eq!(event["proc.pid"], pid, "{event}");
+    assert_eq!(event["proc.name"], "egret-probe", "{event}");
+    assert_eq!(event["user.uid"], 0, "{event}");
+    assert!(event["evt.time"].as_u64().unwrap_or(0) > 0, "{event}");
+    assert!(
+        event["time"].as_str().is_some_and(|t| t.ends_with('Z')),
+        "{event}"
+    );
+    for field in [
+        "egret.cgroup_id",
+        "egret.netns_cookie",
+        "egret.socket_cookie",
+        "egret.mono_ns",
+    ] {
+        assert!(
+            event[field].as_u64().unwrap_or(0) > 0,
+            "{field} missing: {event}"
+        );
+    }
+}
+
+#[test]
+fn tcp_connects_over_ipv4_and_ipv6() {
+    if !support::privileged("tcp_connects_over_ipv4_and_ipv6") {
+        return;
+    }
+    let agent = Agent::start(&["run"]);
+    let ns = NetNs::new("tcp");
+    let probe = support::probe_path();
+
+    let (pid4, _) = ns.run(&probe, &["tcp", &format!("{V4_SERVER}:8080")]);
+    let (pid6, _) = ns.run(&probe, &["tcp", &format!("[{V6_SERVER}]:8443")]);
+
+    let v4 = agent.wait_event_for_pid(pid4);
+    assert_common_fields(&v4, pid4);
+    assert_eq!(v4["evt.type"], "connect");
+    assert_eq!(v4["evt.hook"], "connect4");
+    assert_eq!(v4["fd.l4proto"], "tcp");
+    assert_eq!(v4["fd.sip"], V4_SERVER);
+    assert_eq!(v4["fd.sport"], 8080);
+    assert_eq!(v4["fd.typechar"], "4");
+    assert_eq!(v4["fd.name"], format!("{V4_SERVER}:8080"));
+
+    let v6 = agent.wait_event_for_pid(pid6);
+    assert_common_fields(&v6, pid6);
+    assert_eq!(v6["evt.hook"], "connect6");
+    assert_eq!(v6["fd.sip"], V6_SERVER);
+    assert_eq!(v6["fd.sport"], 8443);
+    assert_eq!(v6["fd.type"], "ipv6");
+    assert_eq!(v6["fd.name"], format!("[{V6_SERVER}]:8443"));
+}
+
+#[test]
+fn udp_connect_and_unconnected_sendto() {
+    if !support::privileged("udp_connect_and_unconnected_sendto") {
+        return;
+    }
+    let agent = Agent::start(&["run"]);
+    let ns = NetNs::new("udp");
+    let probe = support::probe_path();
+
+    let (connected, _) = ns.run(&probe, &["udp-connect", &format!("{V4_SERVER}:5353")]);
+    let (sendto4, _) = ns.run(&probe, &["udp-sendto", &format!("{V4_SERVER}:53")]);
+    let (sendto6, _) = ns.run(&probe, &["udp-sendto", &format!("[{V6_SERVER}]:53")]);
+
+    let event = agent.wait_event_for_pid(connected);
+    assert_eq!(event["evt.type"], "connect");
+    assert_eq!(event["fd.l4proto"], "udp");
+    assert_eq!(event["fd.sport"], 5353);
+
+    let event = agent.wait_event_for_pid(sendto4);
+    assert_common_fields(&event, sendto4);
+    assert_eq!(event["evt.type"], "sendto");
+    assert_eq!(event["evt.hook"], "sendmsg4");
+    assert_eq!(event["fd.l4proto"], "udp");
+    assert_eq!(event["fd.sip"], V4_SERVER);
+
+    let event = agent.wait_event_for_pid(sendto6);
+    assert_eq!(event["evt.hook"], "sendmsg6");
+    assert_eq!(event["fd.sip"], V6_SERVER);
+
+    // The connected socket's datagram is not re-reported by the send hook.
+    std::thread::sleep(Duration::from_millis(300));
+    let for_connected = agent
+        .json_lines()
+        .into_iter()
+        .filter(|v| v["proc.pid"] == connected)
+        .count();
+    assert_eq!(for_connected, 1, "connected UDP flow reported once");
+}
+
+#[test]
+fn ipv4_mapped_ipv6_is_reported_as_ipv4() {
+    if !support::privileged("ipv4_mapped_ipv6_is_reported_as_ipv4") {
+        return;
+    }
+    let agent = Agent::start(&["run"]);
+    let ns = NetNs::new("mapped");
+    let probe = support::probe_path();
+
+    let (pid, _) = ns.run(&probe, &["mapped-tcp", &format!("{V4_SERVER}:9090")]);
+    let event = agent.wait_event_for_pid(pid);
+    assert_common_fields(&event, pid);
+    assert_eq!(event["evt.hook"], "connect6", "seen on the IPv6 hook");
+    assert_eq!(
+        event["fd.sip"], V4_SERVER,
+        "reported as the IPv4 address it is"
+    );
+    assert_eq!(event["fd.typechar"], "4");
+    assert_eq!(event["egret.v4_mapped"], true);
+}
+
+#[test]
+fn io_uring_connect_is_reported() {
+    if !support::privileged("io_uring_connect_is_reported") {
+        return;
+    }
+    let agent = Agent::start(&["run"]);
+    let ns = NetNs::new("uring");
+    let probe = support::probe_path();
+
+    let (pid4, _) = ns.run(&probe, &["uring-connect", &format!("{V4_SERVER}:7070")]);
+    let (pid6, _) = ns.run(&probe, &["uring-connect", &format!("[{V6_SERVER}]:7071")]);
+    let event = agent.wait_event_for_pid(pid4);
+    assert_common_fields(&event, pid4);
+    assert_eq!(event["evt.type"], "connect");
+    assert_eq!(event["fd.sip"], V4_SERVER);
+    assert_eq!(event["fd.sport"], 7070);
+    let event = agent.wait_event_for_pid(pid6);
+    assert_eq!(event["fd.sip"], V6_SERVER);
+}
+
+#[test]
+fn process_that_exits_right_after_connecting_keeps_pid_and_comm() {
+    if !support::privileged("process_that_exits_right_after_connecting_keeps_pid_and_comm") {
+        return;
+    }
+    let agent = Agent::start(&["run"]);
+    let ns = NetNs::new("exit");
+    let probe = support::probe_path();
+    // The probe exits as soon as the attempt returns; by the time the agent
+    // reads the event, the pid is gone from /proc.
+    let (pid, status) = ns.run(&probe, &["tcp", &format!("{V4_SERVER}:1")]);
+    assert!(status.success());
+    assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists());
+    let event = agent.wait_event_for_pid(pid);
+    assert_common_fields(&event, pid);
+    assert_eq!(event["thread.tid"], pid, "single-threaded probe");
+}
+
+#[test]
+fn ignored_destinations_never_reach_userspace() {
+    if !support::privileged("ignored_destinations_never_reach_userspace") {
+        return;
+    }
+    let agent = Agent::start(&["run", "--ignore-cidr", "203.0.113.0/24"]);
+    let ns = NetNs::new("ignore");
+    let probe = support::probe_path();
+
+    let (ignored, _) = ns.run(&probe, &["tcp", &format!("{V4_OTHER_NET}:80")]);
+    let (loopback, _) = ns.run(&probe, &["tcp", "127.0.0.1:80"]);
+    let (loopback6, _) = ns.run(&probe, &["udp-sendto", "[::1]:53"]);
+    let (sentinel, _) = ns.run(&probe, &["tcp", &format!("{V4_SERVER}:80")]);
+    // Events are delivered in order, so once the later sentinel is here the
+    // earlier attempts would have been too.
+    agent.wait_event_for_pid(sentinel);
+    for pid in [ignored, loopback, loopback6] {
+        assert!(
+            agent.json_lines().iter().all(|v| v["proc.pid"] != pid),
+            "pid {pid} should have been filtered in the kernel"
+        );
+    }
+}
+
+#[test]
+fn sigterm_detaches_every_program() {
+    if !support::privileged("sigterm_detaches_every_program") {
+        return;
+    }
+    let root = support::cgroup_root();
+    let mut agent = Agent::start(&["run"]);
+    let ids = agent.program_ids();
+    assert_eq!(ids.len(), 4, "four sock_addr programs");
+    let attached = support::attached_program_ids(&root);
+    for id in &ids {
+        assert!(
+            attached.contains(id),
+            "program {id} attached to {}",
+            root.display()
+        );
+    }
+
+    let status = agent.terminate();
+    assert!(status.success(), "clean exit on SIGTERM: {status:?}");
+    let attached = support::attached_program_ids(&root);
+    for id in &ids {
+        assert!(!attached.contains(id), "program {id} still attached");
+        assert!(!support::program_loaded(*id), "program {id} still loaded");
+    }
+    assert!(
+        agent.stderr().iter().any(|l| l.contains("kernel counters")),
+        "counters summary logged at exit"
+    );
+}
+
+#[test]
+fn health_and_readiness_endpoints() {
+    if !support::privileged("health_and_readiness_endpoints") {
+        return;
+    }
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let agent = Agent::start(&["run", "--listen", &listen]);
+    assert_eq!(http_status(&listen, "/healthz"), 200);
+    assert_eq!(http_status(&listen, "/readyz"), 200);
+    assert_eq!(http_status(&listen, "/nope"), 404);
+    drop(agent);
+}
+
+#[test]
+fn bad_flags_give_one_line_and_exit_2() {
+    // No privileges needed: parsing fails before anything is loaded.
+    for args in [
+        &["run", "--ignore-cidr", "300.1.1.1/8"][..],
+        &["run", "--ringbuf-bytes", "12345"],
+        &["run", "--frobnicate"],
+        &["launch"],
+    ] {
+        let mut agent = Agent::spawn(args);
+        let status = agent.wait_exit(Duration::from_secs(10));
+        assert_eq!(status.code(), Some(2), "{args:?}");
+        let stderr = agent.stderr();
+        assert_eq!(stderr.len(), 1, "{args:?}: {stderr:?}");
+        assert!(stderr[0].starts_with("egret: error: "), "{stderr:?}");
+    }
+}
+
+#[test]
+fn unusable_environment_gives_one_clear_line() {
+    if !support::privileged("unusable_environment_gives_one_clear_line") {
+        return;
+    }
+    // A directory that is not cgroup v2.
+    let mut agent = Agent::spawn(&["run", "--cgroup", "/tmp"]);
+    let status = agent.wait_exit(Duration::from_secs(10));
+    assert_eq!(status.code(), Some(1));
+    let stderr = agent.stderr();
+    assert_eq!(stderr.len(), 1, "{stderr:?}");
+    assert!(
+        stderr[0].contains("/tmp is not a cgroup v2 directory"),
+        "{stderr:?}"
+    );
+
+    // No privileges: the kernel refuses to load programs.
+    let output = std::process::Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+        ])
+        .arg(env!("CARGO_BIN_EXE_egret"))
+        .arg("run")
+        .output()
+        .expect("setpriv (util-linux)");
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let errors: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("egret: error:"))
+        .collect();
+    assert_eq!(errors.len(), 1, "{stderr}");
+    assert!(
+        errors[0].contains("CAP_BPF"),
+        "hint names the capability: {stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free loopback port")
+}
+
+fn http_status(addr: &str, path: &str) -> u16 {
+    let mut stream = TcpStream::connect(addr).expect("connect to agent");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
+    )
+    .expect("write");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("read");
+    response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or(0)
+}

@@ -1,0 +1,165 @@
+//! egret-probe: makes exactly one kind of outbound attempt and exits at once,
+//! so end-to-end tests can check what the agent reports for its pid. It is a
+//! cargo example of the agent package, so `cargo test` always builds it.
+//!
+//! Usage: egret-probe <mode> <addr:port>
+//!   tcp            TCP connect (IPv4 or IPv6 by address)
+//!   udp-connect    UDP connect, then send one datagram
+//!   udp-sendto     UDP sendto without connect
+//!   mapped-tcp     TCP connect from an AF_INET6 socket to ::ffff:<ipv4>
+//!   uring-connect  TCP connect submitted through io_uring
+//!   connect-loop   <addr:port> <count>: connect+close in a loop on one thread,
+//!                  print connects/s (benchmarks; target needs a listener)
+use std::{
+    io::{Error, ErrorKind, Result},
+    net::{IpAddr, SocketAddr, SocketAddrV6, TcpStream, UdpSocket},
+    time::{Duration, Instant},
+};
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let result = match args.get(1..) {
+        Some([mode, addr]) => parse(addr).and_then(|addr| run(mode, addr)),
+        Some([mode, addr, count]) if mode == "connect-loop" => parse(addr).and_then(|addr| {
+            let count = count
+                .parse()
+                .map_err(|_| Error::new(ErrorKind::InvalidInput, "count"))?;
+            connect_loop(addr, count)
+        }),
+        _ => Err(Error::new(
+            ErrorKind::InvalidInput,
+            "usage: egret-probe <mode> <addr:port>",
+        )),
+    };
+    match result {
+        // Refused / unreachable are expected: the attempt is what matters.
+        Ok(()) => std::process::exit(0),
+        Err(err) if err.kind() == ErrorKind::InvalidInput => {
+            eprintln!("egret-probe: {err}");
+            std::process::exit(2)
+        }
+        Err(_) => std::process::exit(0),
+    }
+}
+
+fn parse(addr: &str) -> Result<SocketAddr> {
+    addr.parse()
+        .map_err(|_| Error::new(ErrorKind::InvalidInput, format!("bad address {addr}")))
+}
+
+fn run(mode: &str, addr: SocketAddr) -> Result<()> {
+    let timeout = Duration::from_millis(500);
+    match mode {
+        "tcp" => TcpStream::connect_timeout(&addr, timeout).map(drop),
+        "udp-connect" => {
+            let socket = UdpSocket::bind(unspecified(&addr))?;
+            socket.connect(addr)?;
+            socket.send(b"egret").map(drop)
+        }
+        "udp-sendto" => {
+            let socket = UdpSocket::bind(unspecified(&addr))?;
+            socket.send_to(b"egret", addr).map(drop)
+        }
+        "mapped-tcp" => {
+            let IpAddr::V4(v4) = addr.ip() else {
+                return Err(Error::new(ErrorKind::InvalidInput, "mapped-tcp needs IPv4"));
+            };
+            let mapped = SocketAddr::V6(SocketAddrV6::new(v4.to_ipv6_mapped(), addr.port(), 0, 0));
+            TcpStream::connect_timeout(&mapped, timeout).map(drop)
+        }
+        "uring-connect" => uring_connect(addr),
+        other => Err(Error::new(
+            ErrorKind::InvalidInput,
+            format!("unknown mode {other}"),
+        )),
+    }
+}
+
+fn unspecified(addr: &SocketAddr) -> SocketAddr {
+    match addr {
+        SocketAddr::V4(_) => "0.0.0.0:0".parse().expect("literal"),
+        SocketAddr::V6(_) => "[::]:0".parse().expect("literal"),
+    }
+}
+
+fn uring_connect(addr: SocketAddr) -> Result<()> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+    use io_uring::{IoUring, opcode, types};
+
+    let family = if addr.is_ipv4() {
+        libc::AF_INET
+    } else {
+        libc::AF_INET6
+    };
+    // SAFETY: plain socket(2); the fd is owned below.
+    let raw = unsafe { libc::socket(family, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if raw < 0 {
+        return Err(Error::last_os_error());
+    }
+    // SAFETY: raw is a fresh fd we own.
+    let socket = unsafe { OwnedFd::from_raw_fd(raw) };
+    let (storage, len) = sockaddr(&addr);
+    let mut ring = IoUring::new(4)?;
+    let connect = opcode::Connect::new(
+        types::Fd(socket.as_raw_fd()),
+        (&raw const storage).cast(),
+        len,
+    )
+    .build();
+    // SAFETY: `storage` and `socket` outlive the submission, which we wait for.
+    unsafe { ring.submission().push(&connect) }
+        .map_err(|_| Error::other("submission queue full"))?;
+    ring.submit_and_wait(1)?;
+    let result = ring.completion().next().map(|cqe| cqe.result());
+    match result {
+        Some(res) if res < 0 => Err(Error::from_raw_os_error(-res)),
+        Some(_) => Ok(()),
+        None => Err(Error::other("no completion")),
+    }
+}
+
+fn sockaddr(addr: &SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
+    // SAFETY: all-zero is a valid sockaddr_storage.
+    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let len = match addr {
+        SocketAddr::V4(v4) => {
+            let sin = libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: v4.port().to_be(),
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from_ne_bytes(v4.ip().octets()),
+                },
+                sin_zero: [0; 8],
+            };
+            // SAFETY: sockaddr_storage is larger than sockaddr_in.
+            unsafe { std::ptr::write((&raw mut storage).cast(), sin) };
+            size_of::<libc::sockaddr_in>()
+        }
+        SocketAddr::V6(v6) => {
+            let sin6 = libc::sockaddr_in6 {
+                sin6_family: libc::AF_INET6 as libc::sa_family_t,
+                sin6_port: v6.port().to_be(),
+                sin6_flowinfo: 0,
+                sin6_addr: libc::in6_addr {
+                    s6_addr: v6.ip().octets(),
+                },
+                sin6_scope_id: 0,
+            };
+            // SAFETY: sockaddr_storage is larger than sockaddr_in6.
+            unsafe { std::ptr::write((&raw mut storage).cast(), sin6) };
+            size_of::<libc::sockaddr_in6>()
+        }
+    };
+    (storage, len as libc::socklen_t)
+}
+
+fn connect_loop(addr: SocketAddr, count: u64) -> Result<()> {
+    let start = Instant::now();
+    for _ in 0..count {
+        drop(TcpStream::connect(addr)?);
+    }
+    let secs = start.elapsed().as_secs_f64();
+    println!("{:.0}", count as f64 / secs);
+    Ok(())
+}

@@ -1,0 +1,91 @@
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context as _, bail};
+
+/// Workspace root (xtask lives one level below it).
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask has a parent directory")
+        .to_path_buf()
+}
+
+pub fn cargo() -> Command {
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.current_dir(root());
+    cmd
+}
+
+pub fn run_step(name: &str, cmd: &mut Command) -> anyhow::Result<()> {
+    eprintln!("==> {name}");
+    let status = cmd.status().with_context(|| format!("starting {name}"))?;
+    if !status.success() {
+        bail!("{name} failed ({status})");
+    }
+    Ok(())
+}
+
+pub fn lint() -> anyhow::Result<()> {
+    run_step("rustfmt", cargo().args(["fmt", "--all", "--check"]))?;
+    run_step(
+        "clippy (host crates)",
+        cargo().args(["clippy", "--all-targets", "--", "-D", "warnings"]),
+    )?;
+    // The eBPF crate only compiles for the BPF target, with the same cfg
+    // aya-build passes; a separate target dir keeps host builds cached.
+    run_step(
+        "clippy (eBPF crate)",
+        Command::new("rustup")
+            .current_dir(root())
+            .args([
+                "run",
+                "nightly",
+                "cargo",
+                "clippy",
+                "-p",
+                "egret-ebpf",
+                "--target",
+                "bpfel-unknown-none",
+                "-Z",
+                "build-std=core",
+                "--target-dir",
+                "target/ebpf-lint",
+                "--",
+                "-D",
+                "warnings",
+            ])
+            .env(
+                "CARGO_ENCODED_RUSTFLAGS",
+                "--cfg=bpf_target_arch=\"x86_64\"",
+            )
+            .env_remove("RUSTC")
+            .env_remove("CARGO")
+            .env_remove("RUSTUP_TOOLCHAIN"),
+    )
+}
+
+pub fn run(args: &[String]) -> anyhow::Result<()> {
+    if !args.iter().any(|a| a == "--no-lint") {
+        lint()?;
+    }
+    // SAFETY: geteuid has no preconditions.
+    let root_user = unsafe { libc_geteuid() } == 0;
+    if !root_user {
+        if std::env::var_os("CI").is_some() {
+            bail!("CI must run the suite as root: the end-to-end tests load eBPF programs");
+        }
+        eprintln!("note: not root; privileged end-to-end tests will print skip reasons");
+    }
+    run_step(
+        "tests (unit + end-to-end)",
+        cargo().args(["test", "--workspace", "--exclude", "egret-ebpf"]),
+    )
+}
+
+unsafe extern "C" {
+    #[link_name = "geteuid"]
+    fn libc_geteuid() -> u32;
+}

@@ -21,10 +21,11 @@ apt_install() {
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 }
 
-# Build: LLVM 22 for bpf-linker; runtime/test tools: iproute2 for netns,
+# Build: LLVM 22 for bpf-linker, protoc for the containerd gRPC client;
+# runtime/test tools: iproute2 for netns,
 # bpftool to inspect attachments, python3 for the io_uring/socket test helpers.
 apt_install llvm-22-dev libpolly-22-dev libzstd-dev zlib1g-dev \
-  iproute2 bpftool
+  iproute2 bpftool protobuf-compiler
 
 if ! rustup component list --toolchain nightly --installed 2>/dev/null | grep -q '^rust-src'; then
   log "rustup component add rust-src --toolchain nightly"

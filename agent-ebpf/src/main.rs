@@ -5,6 +5,8 @@
 #[cfg(target_arch = "bpf")]
 mod maps;
 #[cfg(target_arch = "bpf")]
+mod process;
+#[cfg(target_arch = "bpf")]
 mod sock_addr;
 
 #[cfg(target_arch = "bpf")]

@@ -1,9 +1,12 @@
 //! Maps shared by every hook family. Names match `egret_common::*_MAP`.
 use aya_ebpf::{
     macros::map,
-    maps::{LpmTrie, PerCpuArray, RingBuf},
+    maps::{LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
-use egret_common::{DEFAULT_RINGBUF_BYTES, Hook, HookCounters, IGNORE_MAX_ENTRIES};
+use egret_common::{
+    DEFAULT_RINGBUF_BYTES, ExecArgs, Hook, HookCounters, IGNORE_MAX_ENTRIES, PROCS_MAX_ENTRIES,
+    ProcState,
+};
 
 #[map(name = "EGRET_EVENTS")]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(DEFAULT_RINGBUF_BYTES, 0);
@@ -14,3 +17,18 @@ pub static IGNORE: LpmTrie<[u8; 16], u8> = LpmTrie::with_max_entries(IGNORE_MAX_
 
 #[map(name = "EGRET_COUNTERS")]
 pub static COUNTERS: PerCpuArray<HookCounters> = PerCpuArray::with_max_entries(Hook::COUNT, 0);
+
+/// tgid → image identity and parent, kept by `process.rs`, read per egress
+/// event. LRU so threads (which the fork hook cannot tell from processes)
+/// and missed exits can never fill it.
+#[map(name = "EGRET_PROCS")]
+pub static PROCS: LruHashMap<u32, ProcState> = LruHashMap::with_max_entries(PROCS_MAX_ENTRIES, 0);
+
+/// argv captured at execve entry, keyed by thread id, until the exec
+/// completes (or fails: then the next exec of that thread overwrites it).
+#[map(name = "EGRET_EXEC_ARGS")]
+pub static EXEC_ARGS: LruHashMap<u32, ExecArgs> = LruHashMap::with_max_entries(1024, 0);
+
+/// Per-CPU scratch: ExecArgs is too large for the 512-byte BPF stack.
+#[map(name = "EGRET_ARGS_TMP")]
+pub static ARGS_SCRATCH: PerCpuArray<ExecArgs> = PerCpuArray::with_max_entries(1, 0);

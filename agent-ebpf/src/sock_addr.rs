@@ -25,7 +25,7 @@ use aya_ebpf::{
 };
 use egret_common::{AF_INET, AF_INET6, EgressEvent, FLAG_V4_MAPPED, Hook, RecordKind};
 
-use crate::maps::{COUNTERS, EVENTS, IGNORE};
+use crate::maps::{COUNTERS, EVENTS, IGNORE, PROCS};
 
 const ALLOW: i32 = 1;
 
@@ -143,6 +143,12 @@ fn emit(ctx: &SockAddrContext, hook: Hook) -> Outcome {
     }
     let pid_tgid = bpf_get_current_pid_tgid();
     let uid_gid = bpf_get_current_uid_gid();
+    let tgid = (pid_tgid >> 32) as u32;
+    let (exec_id, ppid) = PROCS
+        .get_ptr(tgid)
+        // SAFETY: map value pointer valid during the program.
+        .map(|state| unsafe { ((*state).exec_id, (*state).ppid) })
+        .unwrap_or((0, 0));
     // SAFETY: these helpers only read kernel state for the current context.
     let (mono_ns, cgroup_id, netns_cookie, socket_cookie) = unsafe {
         (
@@ -160,11 +166,14 @@ fn emit(ctx: &SockAddrContext, hook: Hook) -> Outcome {
         dport: u16::from_be(user_port as u16),
         flags: if v4_mapped { FLAG_V4_MAPPED } else { 0 },
         _pad0: 0,
-        tgid: (pid_tgid >> 32) as u32,
+        tgid,
         pid: pid_tgid as u32,
         uid: uid_gid as u32,
         gid: (uid_gid >> 32) as u32,
         mono_ns,
+        exec_id,
+        ppid,
+        _pad1: 0,
         cgroup_id,
         netns_cookie,
         socket_cookie,

@@ -1,11 +1,14 @@
 //! Decoding kernel records into the agent's event model.
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use egret_common::{AF_INET, AF_INET6, EgressEvent, FLAG_V4_MAPPED, Hook, RecordKind};
+use egret_common::{
+    AF_INET, AF_INET6, EXEC_FLAG_ARGS_TRUNCATED, EXEC_FLAG_NO_ARGS, EgressEvent, ExecEvent,
+    FLAG_V4_MAPPED, Hook, RecordKind,
+};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum DecodeError {
-    #[error("record of {0} bytes is shorter than an egress event")]
+    #[error("record of {0} bytes is shorter than its kind requires")]
     Truncated(usize),
     #[error("unknown record kind {0}")]
     UnknownKind(u8),
@@ -55,6 +58,7 @@ pub fn evt_type(hook: Hook) -> &'static str {
     match hook {
         Hook::Connect4 | Hook::Connect6 => "connect",
         Hook::Sendmsg4 | Hook::Sendmsg6 => "sendto",
+        Hook::Exec => "execve",
     }
 }
 
@@ -103,6 +107,10 @@ pub struct EgressAttempt {
     pub uid: u32,
     pub gid: u32,
     pub comm: Comm,
+    /// Image identity from the kernel's process tracker; 0 if untracked.
+    pub exec_id: u64,
+    /// Parent tgid from the kernel's process tracker; 0 if untracked.
+    pub ppid: u32,
     pub cgroup_id: u64,
     pub netns_cookie: u64,
     pub socket_cookie: u64,
@@ -119,18 +127,82 @@ impl EgressAttempt {
     }
 }
 
+/// A successful exec, as the kernel saw it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExecRecord {
+    pub tgid: u32,
+    pub ppid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub exec_id: u64,
+    pub cgroup_id: u64,
+    pub comm: Comm,
+    /// The path given to execve (may be relative).
+    pub filename: String,
+    /// argv as captured at execve entry; `None` when it was not captured.
+    pub argv: Option<Vec<String>>,
+    pub args_truncated: bool,
+}
+
+/// Anything the kernel sends up the ring buffer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Record {
+    Egress(EgressAttempt),
+    Exec(ExecRecord),
+}
+
 /// Decodes one ring buffer record. `wall_offset_ns` is realtime − monotonic,
 /// sampled by the caller once per batch.
-pub fn decode(record: &[u8], wall_offset_ns: i64) -> Result<EgressAttempt, DecodeError> {
-    if record.len() < size_of::<EgressEvent>() {
+pub fn decode(record: &[u8], wall_offset_ns: i64) -> Result<Record, DecodeError> {
+    let kind = *record.first().ok_or(DecodeError::Truncated(0))?;
+    match kind {
+        k if k == RecordKind::Egress as u8 => {
+            decode_egress(record, wall_offset_ns).map(Record::Egress)
+        }
+        k if k == RecordKind::Exec as u8 => decode_exec(record).map(Record::Exec),
+        other => Err(DecodeError::UnknownKind(other)),
+    }
+}
+
+fn read_record<T: Copy>(record: &[u8]) -> Result<T, DecodeError> {
+    if record.len() < size_of::<T>() {
         return Err(DecodeError::Truncated(record.len()));
     }
-    // SAFETY: length checked; EgressEvent is Pod and read unaligned.
-    let raw: EgressEvent = unsafe { std::ptr::read_unaligned(record.as_ptr().cast()) };
-    if raw.kind != RecordKind::Egress as u8 {
-        return Err(DecodeError::UnknownKind(raw.kind));
-    }
-    let hook = Hook::from_u8(raw.hook).ok_or(DecodeError::UnknownHook(raw.hook))?;
+    // SAFETY: length checked; T is a Pod kernel record, read unaligned.
+    Ok(unsafe { std::ptr::read_unaligned(record.as_ptr().cast()) })
+}
+
+fn decode_exec(record: &[u8]) -> Result<ExecRecord, DecodeError> {
+    let raw: ExecEvent = read_record(record)?;
+    let filename_len = usize::from(raw.filename_len).min(raw.filename.len());
+    let args_len = usize::from(raw.args_len).min(raw.args.len());
+    let argv = (raw.flags & EXEC_FLAG_NO_ARGS == 0).then(|| {
+        raw.args[..args_len]
+            .split(|b| *b == 0)
+            .filter(|arg| !arg.is_empty())
+            .map(|arg| String::from_utf8_lossy(arg).into_owned())
+            .collect()
+    });
+    Ok(ExecRecord {
+        tgid: raw.tgid,
+        ppid: raw.ppid,
+        uid: raw.uid,
+        gid: raw.gid,
+        exec_id: raw.exec_id,
+        cgroup_id: raw.cgroup_id,
+        comm: Comm::from_raw(raw.comm),
+        filename: String::from_utf8_lossy(&raw.filename[..filename_len]).into_owned(),
+        argv,
+        args_truncated: raw.flags & EXEC_FLAG_ARGS_TRUNCATED != 0,
+    })
+}
+
+fn decode_egress(record: &[u8], wall_offset_ns: i64) -> Result<EgressAttempt, DecodeError> {
+    let raw: EgressEvent = read_record(record)?;
+    let hook = match Hook::from_u8(raw.hook) {
+        Some(hook) if hook != Hook::Exec => hook,
+        _ => return Err(DecodeError::UnknownHook(raw.hook)),
+    };
     let daddr = match raw.family {
         AF_INET => IpAddr::V4(Ipv4Addr::new(
             raw.daddr[0],
@@ -150,6 +222,8 @@ pub fn decode(record: &[u8], wall_offset_ns: i64) -> Result<EgressAttempt, Decod
         uid: raw.uid,
         gid: raw.gid,
         comm: Comm::from_raw(raw.comm),
+        exec_id: raw.exec_id,
+        ppid: raw.ppid,
         cgroup_id: raw.cgroup_id,
         netns_cookie: raw.netns_cookie,
         socket_cookie: raw.socket_cookie,
@@ -195,6 +269,9 @@ mod tests {
             uid: 1000,
             gid: 1001,
             mono_ns: 5_000,
+            exec_id: 4_000,
+            ppid: 1,
+            _pad1: 0,
             cgroup_id: 77,
             netns_cookie: 4096,
             socket_cookie: 9,
@@ -203,29 +280,34 @@ mod tests {
         }
     }
 
-    fn bytes(event: &EgressEvent) -> Vec<u8> {
-        // SAFETY: EgressEvent is repr(C) with explicit padding.
-        unsafe {
-            std::slice::from_raw_parts(
-                (event as *const EgressEvent).cast::<u8>(),
-                size_of::<EgressEvent>(),
-            )
+    fn bytes<T>(event: &T) -> Vec<u8> {
+        // SAFETY: kernel records are repr(C) with explicit padding.
+        unsafe { std::slice::from_raw_parts((event as *const T).cast::<u8>(), size_of::<T>()) }
+            .to_vec()
+    }
+
+    fn egress(record: Result<Record, DecodeError>) -> EgressAttempt {
+        match record {
+            Ok(Record::Egress(attempt)) => attempt,
+            other => panic!("expected an egress record, got {other:?}"),
         }
-        .to_vec()
     }
 
     #[test]
     fn layout_matches_kernel_contract() {
-        assert_eq!(size_of::<EgressEvent>(), 88);
+        assert_eq!(size_of::<EgressEvent>(), 104);
         assert_eq!(std::mem::offset_of!(EgressEvent, tgid), 8);
         assert_eq!(std::mem::offset_of!(EgressEvent, mono_ns), 24);
-        assert_eq!(std::mem::offset_of!(EgressEvent, daddr), 56);
-        assert_eq!(std::mem::offset_of!(EgressEvent, comm), 72);
+        assert_eq!(std::mem::offset_of!(EgressEvent, exec_id), 32);
+        assert_eq!(std::mem::offset_of!(EgressEvent, daddr), 72);
+        assert_eq!(std::mem::offset_of!(EgressEvent, comm), 88);
+        assert_eq!(size_of::<ExecEvent>(), 1600);
+        assert_eq!(std::mem::offset_of!(ExecEvent, filename), 64);
     }
 
     #[test]
     fn decodes_mapped_ipv4() {
-        let event = decode(&bytes(&raw_event()), 1_000).unwrap();
+        let event = egress(decode(&bytes(&raw_event()), 1_000));
         assert_eq!(event.daddr, "198.51.100.7".parse::<IpAddr>().unwrap());
         assert!(event.v4_mapped);
         assert_eq!(event.dport, 443);
@@ -247,7 +329,7 @@ mod tests {
         raw.protocol = 17;
         raw.flags = 0;
         raw.daddr = "2001:db8::53".parse::<Ipv6Addr>().unwrap().octets();
-        let event = decode(&bytes(&raw), 0).unwrap();
+        let event = egress(decode(&bytes(&raw), 0));
         assert_eq!(event.daddr, "2001:db8::53".parse::<IpAddr>().unwrap());
         assert_eq!(event.evt_type(), "sendto");
         assert_eq!(event.l4proto.as_str(), "udp");
@@ -257,6 +339,17 @@ mod tests {
     fn rejects_hostile_records() {
         let good = bytes(&raw_event());
         assert_eq!(decode(&good[..10], 0), Err(DecodeError::Truncated(10)));
+        assert_eq!(decode(&[], 0), Err(DecodeError::Truncated(0)));
+        let mut exec_hook = raw_event();
+        exec_hook.hook = Hook::Exec as u8;
+        assert_eq!(
+            decode(&bytes(&exec_hook), 0),
+            Err(DecodeError::UnknownHook(4))
+        );
+        assert_eq!(
+            decode(&[RecordKind::Exec as u8; 100], 0),
+            Err(DecodeError::Truncated(100))
+        );
         let mut bad = raw_event();
         bad.kind = 9;
         assert_eq!(decode(&bytes(&bad), 0), Err(DecodeError::UnknownKind(9)));
@@ -266,6 +359,58 @@ mod tests {
         let mut bad = raw_event();
         bad.family = 1;
         assert_eq!(decode(&bytes(&bad), 0), Err(DecodeError::UnknownFamily(1)));
+    }
+
+    fn raw_exec(args: &[u8], flags: u8) -> ExecEvent {
+        let mut event = ExecEvent {
+            kind: RecordKind::Exec as u8,
+            flags,
+            filename_len: 13,
+            args_len: args.len() as u16,
+            _pad0: 0,
+            tgid: 10,
+            ppid: 9,
+            uid: 1000,
+            gid: 1000,
+            mono_ns: 1,
+            exec_id: 77,
+            cgroup_id: 5,
+            comm: [0; 16],
+            filename: [0; egret_common::EXEC_FILENAME_BYTES],
+            args: [0; egret_common::EXEC_ARGS_BYTES + egret_common::EXEC_ARG_CHUNK],
+        };
+        event.filename[..13].copy_from_slice(b"/usr/bin/curl");
+        event.args[..args.len()].copy_from_slice(args);
+        event.comm[..4].copy_from_slice(b"curl");
+        event
+    }
+
+    #[test]
+    fn decodes_exec_with_argv() {
+        let raw = raw_exec(b"curl\0-s\0http://x\0", 0);
+        let Ok(Record::Exec(exec)) = decode(&bytes(&raw), 0) else {
+            panic!("exec record expected")
+        };
+        assert_eq!(exec.filename, "/usr/bin/curl");
+        assert_eq!(
+            exec.argv.as_deref(),
+            Some(&["curl".to_string(), "-s".into(), "http://x".into()][..])
+        );
+        assert_eq!((exec.tgid, exec.ppid, exec.exec_id), (10, 9, 77));
+        assert!(!exec.args_truncated);
+    }
+
+    #[test]
+    fn exec_without_captured_args_and_hostile_lengths() {
+        let mut raw = raw_exec(b"", EXEC_FLAG_NO_ARGS | EXEC_FLAG_ARGS_TRUNCATED);
+        raw.filename_len = u16::MAX;
+        raw.args_len = u16::MAX;
+        let Ok(Record::Exec(exec)) = decode(&bytes(&raw), 0) else {
+            panic!("exec record expected")
+        };
+        assert_eq!(exec.argv, None);
+        assert!(exec.args_truncated);
+        assert!(exec.filename.starts_with("/usr/bin/curl"));
     }
 
     #[test]

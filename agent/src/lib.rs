@@ -2,9 +2,12 @@
 //! (source → decode → sinks).
 pub mod alert;
 pub mod cli;
+pub mod enrich;
 pub mod event;
 pub mod health;
+pub mod identity;
 pub mod kernel;
+pub mod metrics;
 pub mod run;
 pub mod sinks;
 pub mod source;

@@ -69,5 +69,17 @@ fn one_line(err: &anyhow::Error) -> String {
         }
         line.push_str(&message);
     }
+    if !line.contains("CAP_") && permission_denied(err) {
+        line.push_str(" (Egret needs root or CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN; see README)");
+    }
     line.replace('\n', " ")
+}
+
+fn permission_denied(err: &anyhow::Error) -> bool {
+    err.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .and_then(std::io::Error::raw_os_error)
+            .is_some_and(|code| code == libc::EPERM || code == libc::EACCES)
+    })
 }

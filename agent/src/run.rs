@@ -8,6 +8,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     cli::RunArgs,
+    enrich::{self, Enricher, process::ProcessCache},
     health::{self, Readiness},
     kernel::{IgnoreSet, KernelProbes, cgroup},
     sinks, source,
@@ -15,6 +16,8 @@ use crate::{
 
 /// Batches in flight between stages; with [`source::BATCH`] events each.
 const STAGE_QUEUE: usize = 64;
+/// Process images kept (one per exec); about 300 bytes each.
+const PROCESS_CACHE_CAP: usize = 65_536;
 
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
@@ -58,23 +61,38 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         .context("filling the in-kernel ignore map")?;
     let ring = probes.take_events()?;
     probes.attach(&cgroup_path)?;
+    // After attaching, so a process born during the scan is either seen by
+    // the tracker or by the scan (the seed never overwrites the tracker).
+    let mut processes = ProcessCache::new("/proc", PROCESS_CACHE_CAP);
+    let seeded = processes.seed_from_proc();
+    for (tgid, state) in &seeded {
+        probes.seed_process(*tgid, *state)?;
+    }
+    if !probes.captures_argv() {
+        tracing::warn!(
+            "no syscall tracepoints: command lines come from /proc and may be missed for short-lived processes"
+        );
+    }
     readiness.set(true);
     tracing::info!(
         cgroup = %cgroup_path.display(),
         ignored_networks = ignore.len(),
+        seeded_processes = seeded.len(),
         program_ids = ?probes.attached_program_ids(),
         "egret ready"
     );
 
     let source_stats = Arc::new(source::SourceStats::default());
-    let (tx, rx) = mpsc::channel(STAGE_QUEUE);
+    let (records_tx, records_rx) = mpsc::channel(STAGE_QUEUE);
+    let (events_tx, events_rx) = mpsc::channel(STAGE_QUEUE);
     let source_task = tokio::spawn(source::run(
         ring,
-        tx,
+        records_tx,
         source_stats.clone(),
         shutdown.clone(),
     ));
-    let audit_task = tokio::spawn(sinks::audit::run(rx, tokio::io::stdout()));
+    let enrich_task = tokio::spawn(enrich::run(Enricher::new(processes), records_rx, events_tx));
+    let audit_task = tokio::spawn(sinks::audit::run(events_rx, tokio::io::stdout()));
 
     shutdown.cancelled().await;
     readiness.set(false);
@@ -89,6 +107,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         .await
         .context("source task")?
         .context("reading the ring buffer")?;
+    enrich_task.await.context("enrich task")?;
     let written = audit_task
         .await
         .context("audit task")?

@@ -16,13 +16,13 @@ use tokio::{
 };
 use tokio_util::sync::CancellationToken;
 
-use crate::event::{self, EgressAttempt};
+use crate::event::{self, Record};
 
 /// Events per batch: large enough to amortise channel and write costs, small
 /// enough that one batch never holds latency back noticeably.
 pub const BATCH: usize = 512;
 
-pub type Batch = Vec<EgressAttempt>;
+pub type Batch = Vec<Record>;
 
 #[derive(Debug, Default)]
 pub struct SourceStats {
@@ -71,7 +71,7 @@ fn drain(ring: &mut RingBuf<MapData>, stats: &SourceStats) -> Option<Batch> {
     while batch.len() < BATCH {
         let Some(record) = ring.next() else { break };
         match event::decode(&record, offset) {
-            Ok(attempt) => batch.push(attempt),
+            Ok(record) => batch.push(record),
             Err(err) => {
                 errors += 1;
                 tracing::debug!(%err, "undecodable ring buffer record");

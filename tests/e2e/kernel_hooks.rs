@@ -159,6 +159,19 @@ fn process_that_exits_right_after_connecting_keeps_pid_and_comm() {
     let event = agent.wait_event_for_pid(pid);
     assert_common_fields(&event, pid);
     assert_eq!(event["thread.tid"], pid, "single-threaded probe");
+    // Captured by the kernel at exec, so still known after the exit.
+    assert_eq!(
+        event["proc.exepath"],
+        probe.display().to_string(),
+        "{event}"
+    );
+    assert_eq!(
+        event["proc.cmdline"],
+        format!("egret-probe tcp {V4_SERVER}:1"),
+        "{event}"
+    );
+    assert!(event["proc.ppid"].as_u64().unwrap_or(0) > 1, "{event}");
+    assert!(event["proc.pname"].is_string(), "{event}");
 }
 
 #[test]
@@ -193,15 +206,15 @@ fn sigterm_detaches_every_program() {
     let root = support::cgroup_root();
     let mut agent = Agent::start(&["run"]);
     let ids = agent.program_ids();
-    assert_eq!(ids.len(), 4, "four sock_addr programs");
+    assert_eq!(ids.len(), 9, "four sock_addr programs and five tracepoints");
     let attached = support::attached_program_ids(&root);
-    for id in &ids {
-        assert!(
-            attached.contains(id),
-            "program {id} attached to {}",
-            root.display()
-        );
-    }
+    let on_cgroup = ids.iter().filter(|id| attached.contains(id)).count();
+    assert_eq!(
+        on_cgroup,
+        4,
+        "sock_addr programs attached to {}",
+        root.display()
+    );
 
     let status = agent.terminate();
     assert!(status.success(), "clean exit on SIGTERM: {status:?}");

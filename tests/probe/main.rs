@@ -9,7 +9,8 @@
 //!   mapped-tcp     TCP connect from an AF_INET6 socket to ::ffff:<ipv4>
 //!   uring-connect  TCP connect submitted through io_uring
 //!   connect-loop   <addr:port> <count>: connect+close in a loop on one thread,
-//!                  print connects/s (benchmarks; target needs a listener)
+//!                  print connects/s (benchmarks). Port 0 starts a local
+//!                  listener on that address first and connects to it.
 use std::{
     io::{Error, ErrorKind, Result},
     net::{IpAddr, SocketAddr, SocketAddrV6, TcpStream, UdpSocket},
@@ -154,7 +155,18 @@ fn sockaddr(addr: &SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
     (storage, len as libc::socklen_t)
 }
 
-fn connect_loop(addr: SocketAddr, count: u64) -> Result<()> {
+fn connect_loop(mut addr: SocketAddr, count: u64) -> Result<()> {
+    if addr.port() == 0 {
+        let listener = std::net::TcpListener::bind(addr)?;
+        addr = listener.local_addr()?;
+        // Accepting on another thread keeps the backlog from filling, so the
+        // loop measures connect cost, not queueing.
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                drop(stream);
+            }
+        });
+    }
     let start = Instant::now();
     for _ in 0..count {
         drop(TcpStream::connect(addr)?);

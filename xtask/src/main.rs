@@ -1,6 +1,7 @@
 //! Tasks cargo cannot express on its own. `cargo xtask test` is the whole
 //! suite CI runs: formatting, lints (host crates and the eBPF crate on its
 //! own target), unit tests and the privileged end-to-end tests.
+mod bench;
 mod test;
 
 use std::process::ExitCode;
@@ -10,8 +11,9 @@ fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         Some("test") => test::run(&args[1..]),
         Some("lint") => test::lint(),
+        Some("bench") => bench::run(&args[1..]),
         _ => {
-            eprintln!("usage: cargo xtask <test [--no-lint] | lint>");
+            eprintln!("usage: cargo xtask <test [--no-lint] | lint | bench [--short]>");
             return ExitCode::from(2);
         }
     };

@@ -13,6 +13,22 @@ pub const EVENTS_MAP: &str = "EGRET_EVENTS";
 pub const IGNORE_MAP: &str = "EGRET_IGNORE";
 /// Per-CPU [`HookCounters`], one slot per [`Hook`].
 pub const COUNTERS_MAP: &str = "EGRET_COUNTERS";
+/// LRU hash tgid (or, for threads, tid) → [`ProcState`], kept by the process
+/// lifecycle tracepoints and read by the egress hooks.
+pub const PROCS_MAP: &str = "EGRET_PROCS";
+/// Capacity of [`PROCS_MAP`]: live processes and threads on a busy node.
+pub const PROCS_MAX_ENTRIES: u32 = 131_072;
+
+/// Globals the agent overrides at load time with tracepoint field offsets read
+/// from tracefs, because these layouts differ between kernel versions.
+pub const TP_EXEC_FILENAME_GLOBAL: &str = "TP_EXEC_FILENAME";
+pub const TP_EXEC_OLD_PID_GLOBAL: &str = "TP_EXEC_OLD_PID";
+pub const TP_FORK_CHILD_PID_GLOBAL: &str = "TP_FORK_CHILD_PID";
+pub const TP_EXIT_GROUP_DEAD_GLOBAL: &str = "TP_EXIT_GROUP_DEAD";
+pub const TP_EXECVE_ARGV_GLOBAL: &str = "TP_EXECVE_ARGV";
+pub const TP_EXECVEAT_ARGV_GLOBAL: &str = "TP_EXECVEAT_ARGV";
+/// Offset value meaning "this kernel's tracepoint has no such field".
+pub const TP_FIELD_ABSENT: u32 = u32::MAX;
 
 /// Default ring buffer size; the agent may override it at load time.
 pub const DEFAULT_RINGBUF_BYTES: u32 = 8 * 1024 * 1024;
@@ -30,10 +46,13 @@ pub enum Hook {
     Connect6 = 1,
     Sendmsg4 = 2,
     Sendmsg6 = 3,
+    /// sched_process_exec: counts exec records (not an egress hook).
+    Exec = 4,
 }
 
 impl Hook {
-    pub const COUNT: u32 = 4;
+    /// Hooks with counters: the four sock_addr hooks plus exec.
+    pub const COUNT: u32 = 5;
     pub const ALL: [Hook; 4] = [
         Hook::Connect4,
         Hook::Connect6,
@@ -47,6 +66,7 @@ impl Hook {
             1 => Some(Hook::Connect6),
             2 => Some(Hook::Sendmsg4),
             3 => Some(Hook::Sendmsg6),
+            4 => Some(Hook::Exec),
             _ => None,
         }
     }
@@ -57,6 +77,7 @@ impl Hook {
             Hook::Connect6 => "connect6",
             Hook::Sendmsg4 => "sendmsg4",
             Hook::Sendmsg6 => "sendmsg6",
+            Hook::Exec => "exec",
         }
     }
 }
@@ -67,6 +88,7 @@ impl Hook {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RecordKind {
     Egress = 1,
+    Exec = 2,
 }
 
 /// `flags` bit: the destination was an IPv4-mapped IPv6 address
@@ -97,6 +119,12 @@ pub struct EgressEvent {
     pub gid: u32,
     /// CLOCK_MONOTONIC nanoseconds (bpf_ktime_get_ns).
     pub mono_ns: u64,
+    /// Identity of the program image the process runs ([`ProcState`]); 0
+    /// when the process is unknown to the lifecycle tracker.
+    pub exec_id: u64,
+    /// Parent tgid from the lifecycle tracker; 0 when unknown.
+    pub ppid: u32,
+    pub _pad1: u32,
     pub cgroup_id: u64,
     pub netns_cookie: u64,
     pub socket_cookie: u64,
@@ -123,7 +151,70 @@ pub struct HookCounters {
     pub repeat_of_connect: u64,
 }
 
-const _: () = assert!(core::mem::size_of::<EgressEvent>() == 88);
+/// Value of [`PROCS_MAP`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProcState {
+    /// Monotonic time of the exec that loaded the current image (unique per
+    /// exec in practice); a forked child inherits its parent's. Processes
+    /// found at agent start get a synthetic id with [`EXEC_ID_SEEDED`] set.
+    pub exec_id: u64,
+    pub ppid: u32,
+    pub _pad: u32,
+}
+
+/// Bit set in synthetic exec ids the agent seeds for pre-existing processes.
+pub const EXEC_ID_SEEDED: u64 = 1 << 63;
+
+pub const EXEC_FILENAME_BYTES: usize = 256;
+/// argv bytes kept (NUL-separated); longer command lines are truncated.
+pub const EXEC_ARGS_BYTES: usize = 1024;
+/// The most argv entries read from user memory.
+pub const EXEC_ARGS_MAX: usize = 32;
+/// Largest single argument read; the buffer has this much slack after
+/// [`EXEC_ARGS_BYTES`] so every bounded read stays inside it.
+pub const EXEC_ARG_CHUNK: usize = 256;
+
+/// `ExecEvent.flags` bit: argv was longer than what was kept.
+pub const EXEC_FLAG_ARGS_TRUNCATED: u8 = 1 << 0;
+/// `ExecEvent.flags` bit: no argv was captured at syscall entry.
+pub const EXEC_FLAG_NO_ARGS: u8 = 1 << 1;
+
+/// Captured argv, built at execve entry and consumed at sched_process_exec.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct ExecArgs {
+    pub len: u32,
+    pub truncated: u32,
+    pub buf: [u8; EXEC_ARGS_BYTES + EXEC_ARG_CHUNK],
+}
+
+/// A successful exec: the new image of process `tgid`.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct ExecEvent {
+    /// [`RecordKind::Exec`].
+    pub kind: u8,
+    pub flags: u8,
+    pub filename_len: u16,
+    pub args_len: u16,
+    pub _pad0: u16,
+    pub tgid: u32,
+    pub ppid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub mono_ns: u64,
+    pub exec_id: u64,
+    pub cgroup_id: u64,
+    pub comm: [u8; 16],
+    pub filename: [u8; EXEC_FILENAME_BYTES],
+    pub args: [u8; EXEC_ARGS_BYTES + EXEC_ARG_CHUNK],
+}
+
+const _: () = assert!(core::mem::size_of::<EgressEvent>() == 104);
+const _: () = assert!(core::mem::size_of::<ProcState>() == 16);
+const _: () = assert!(core::mem::size_of::<ExecEvent>() == 1600);
+const _: () = assert!(EXEC_ARGS_BYTES.is_power_of_two());
 const _: () = assert!(core::mem::align_of::<EgressEvent>() == 8);
 const _: () = assert!(core::mem::size_of::<HookCounters>() == 40);
 
@@ -132,4 +223,5 @@ mod pod {
     // SAFETY: plain-old-data, repr(C), no padding bytes left implicit.
     unsafe impl aya::Pod for super::HookCounters {}
     unsafe impl aya::Pod for super::EgressEvent {}
+    unsafe impl aya::Pod for super::ProcState {}
 }

@@ -5,15 +5,20 @@
 //! Egret program attached.
 pub mod cgroup;
 mod ignore;
+pub mod tracefs;
 
 use std::{fs::File, path::Path};
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{MapData, PerCpuArray, RingBuf},
-    programs::{CgroupAttachMode, CgroupSockAddr},
+    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
+    programs::{CgroupAttachMode, CgroupSockAddr, TracePoint},
 };
-use egret_common::{COUNTERS_MAP, EVENTS_MAP, Hook, HookCounters, IGNORE_MAP};
+use egret_common::{
+    COUNTERS_MAP, EVENTS_MAP, Hook, HookCounters, IGNORE_MAP, PROCS_MAP, ProcState,
+    TP_EXEC_FILENAME_GLOBAL, TP_EXEC_OLD_PID_GLOBAL, TP_EXECVE_ARGV_GLOBAL,
+    TP_EXECVEAT_ARGV_GLOBAL, TP_EXIT_GROUP_DEAD_GLOBAL, TP_FIELD_ABSENT, TP_FORK_CHILD_PID_GLOBAL,
+};
 
 pub use ignore::{IgnoreMap, IgnoreSet};
 
@@ -47,6 +52,13 @@ pub enum KernelError {
         path: String,
         source: std::io::Error,
     },
+    #[error("tracefs")]
+    Tracefs(#[from] tracefs::TracefsError),
+    #[error("attaching tracepoint {name}")]
+    AttachTracepoint {
+        name: &'static str,
+        source: Box<aya::programs::ProgramError>,
+    },
     #[error("attaching {name} to cgroup {path}{hint}")]
     Attach {
         name: &'static str,
@@ -56,25 +68,82 @@ pub enum KernelError {
     },
 }
 
-/// Program symbol names, one per [`Hook`], in hook order.
-pub const PROGRAMS: [&str; Hook::COUNT as usize] = [
+/// The cgroup sock_addr programs, in hook order.
+pub const PROGRAMS: [&str; 4] = [
     "egret_connect4",
     "egret_connect6",
     "egret_sendmsg4",
     "egret_sendmsg6",
 ];
 
+/// Process lifecycle tracepoints: (program, category, tracepoint).
+const TRACEPOINTS: [(&str, &str, &str); 3] = [
+    ("egret_fork", "sched", "sched_process_fork"),
+    ("egret_exec", "sched", "sched_process_exec"),
+    ("egret_exit", "sched", "sched_process_exit"),
+];
+/// argv capture; optional because kernels without CONFIG_FTRACE_SYSCALLS
+/// lack these (command lines then come from /proc).
+const ARGV_TRACEPOINTS: [(&str, &str, &str); 2] = [
+    ("egret_execve", "syscalls", "sys_enter_execve"),
+    ("egret_execveat", "syscalls", "sys_enter_execveat"),
+];
+
+/// Tracepoint field offsets for this kernel, from tracefs.
+struct Offsets {
+    exec_filename: u32,
+    exec_old_pid: u32,
+    fork_child_pid: u32,
+    exit_group_dead: u32,
+    execve_argv: Option<u32>,
+    execveat_argv: Option<u32>,
+}
+
+impl Offsets {
+    fn read(tracefs: &Path) -> Result<Offsets, KernelError> {
+        use tracefs::Format;
+        let exec = Format::read(tracefs, "sched", "sched_process_exec")?;
+        let fork = Format::read(tracefs, "sched", "sched_process_fork")?;
+        let exit = Format::read(tracefs, "sched", "sched_process_exit")?;
+        let argv = |name| {
+            Format::read(tracefs, "syscalls", name)
+                .ok()
+                .and_then(|f| f.offset("argv"))
+        };
+        Ok(Offsets {
+            exec_filename: exec.require("filename")?,
+            exec_old_pid: exec.offset("old_pid").unwrap_or(TP_FIELD_ABSENT),
+            fork_child_pid: fork.require("child_pid")?,
+            exit_group_dead: exit.offset("group_dead").unwrap_or(TP_FIELD_ABSENT),
+            execve_argv: argv("sys_enter_execve"),
+            execveat_argv: argv("sys_enter_execveat"),
+        })
+    }
+}
+
 pub struct KernelProbes {
     ebpf: Ebpf,
     counters: PerCpuArray<MapData, HookCounters>,
+    procs: BpfHashMap<MapData, u32, ProcState>,
     attached_ids: Vec<u32>,
+    captures_argv: bool,
 }
 
 impl KernelProbes {
     /// Loads the object and verifies every program, without attaching yet.
     pub fn load(ringbuf_bytes: u32) -> Result<Self, KernelError> {
+        let offsets = Offsets::read(&tracefs::root()?)?;
+        let captures_argv = offsets.execve_argv.is_some();
+        let execve_argv = offsets.execve_argv.unwrap_or(TP_FIELD_ABSENT);
+        let execveat_argv = offsets.execveat_argv.unwrap_or(TP_FIELD_ABSENT);
         let mut ebpf = EbpfLoader::new()
             .map_max_entries(EVENTS_MAP, ringbuf_bytes)
+            .override_global(TP_EXEC_FILENAME_GLOBAL, &offsets.exec_filename, true)
+            .override_global(TP_EXEC_OLD_PID_GLOBAL, &offsets.exec_old_pid, true)
+            .override_global(TP_FORK_CHILD_PID_GLOBAL, &offsets.fork_child_pid, true)
+            .override_global(TP_EXIT_GROUP_DEAD_GLOBAL, &offsets.exit_group_dead, true)
+            .override_global(TP_EXECVE_ARGV_GLOBAL, &execve_argv, true)
+            .override_global(TP_EXECVEAT_ARGV_GLOBAL, &execveat_argv, true)
             .load(EBPF_OBJECT)
             .map_err(|source| KernelError::Load {
                 hint: permission_hint(&source),
@@ -96,6 +165,32 @@ impl KernelProbes {
                 source: Box::new(source),
             })?;
         }
+        let tracepoints = TRACEPOINTS
+            .iter()
+            .chain(ARGV_TRACEPOINTS.iter().filter(|_| captures_argv));
+        for (name, _, _) in tracepoints {
+            let program: &mut TracePoint = ebpf
+                .program_mut(name)
+                .ok_or(KernelError::MissingProgram(name))?
+                .try_into()
+                .map_err(|source| KernelError::Program {
+                    name,
+                    source: Box::new(source),
+                    hint: "",
+                })?;
+            program.load().map_err(|source| KernelError::Program {
+                name,
+                hint: permission_hint(&source),
+                source: Box::new(source),
+            })?;
+        }
+        let procs = ebpf
+            .take_map(PROCS_MAP)
+            .ok_or(KernelError::MissingMap(PROCS_MAP))?;
+        let procs = BpfHashMap::try_from(procs).map_err(|source| KernelError::Map {
+            name: PROCS_MAP,
+            source,
+        })?;
         let counters = ebpf
             .take_map(COUNTERS_MAP)
             .ok_or(KernelError::MissingMap(COUNTERS_MAP))?;
@@ -106,7 +201,9 @@ impl KernelProbes {
         Ok(Self {
             ebpf,
             counters,
+            procs,
             attached_ids: Vec::new(),
+            captures_argv,
         })
     }
 
@@ -137,7 +234,35 @@ impl KernelProbes {
     /// Attaches every hook to `cgroup` through bpf_link. The kernel rejects
     /// attach flags on cgroup links, which always stack with other programs
     /// (CNIs, other agents), so the flag-less mode is the coexisting one.
+    ///
+    /// Process tracking is attached first, so that every process that can
+    /// produce an egress event is already being followed.
     pub fn attach(&mut self, cgroup: &Path) -> Result<(), KernelError> {
+        let captures_argv = self.captures_argv;
+        let tracepoints = TRACEPOINTS
+            .iter()
+            .chain(ARGV_TRACEPOINTS.iter().filter(|_| captures_argv));
+        for (name, category, tracepoint) in tracepoints {
+            let program: &mut TracePoint = self
+                .ebpf
+                .program_mut(name)
+                .ok_or(KernelError::MissingProgram(name))?
+                .try_into()
+                .map_err(|source| KernelError::Program {
+                    name,
+                    source: Box::new(source),
+                    hint: "",
+                })?;
+            program.attach(category, tracepoint).map_err(|source| {
+                KernelError::AttachTracepoint {
+                    name,
+                    source: Box::new(source),
+                }
+            })?;
+            if let Ok(info) = program.info() {
+                self.attached_ids.push(info.id());
+            }
+        }
         let path = cgroup.display().to_string();
         let dir = File::open(cgroup).map_err(|source| KernelError::OpenCgroup {
             path: path.clone(),
@@ -167,6 +292,29 @@ impl KernelProbes {
             }
         }
         Ok(())
+    }
+
+    /// Whether argv is captured in the kernel (else it comes from /proc).
+    pub fn captures_argv(&self) -> bool {
+        self.captures_argv
+    }
+
+    /// Registers processes that existed before the tracker was attached.
+    /// Never overwrites an entry the tracker made meanwhile.
+    pub fn seed_process(&mut self, tgid: u32, state: ProcState) -> Result<(), KernelError> {
+        const BPF_NOEXIST: u64 = 1;
+        match self.procs.insert(tgid, state, BPF_NOEXIST) {
+            Ok(()) => Ok(()),
+            Err(aya::maps::MapError::SyscallError(err))
+                if err.io_error.raw_os_error() == Some(libc::EEXIST) =>
+            {
+                Ok(())
+            }
+            Err(source) => Err(KernelError::Map {
+                name: PROCS_MAP,
+                source,
+            }),
+        }
     }
 
     /// Kernel ids of the attached programs, for operators and tests that

@@ -8,7 +8,7 @@ use tokio::{
     sync::mpsc,
 };
 
-use crate::{event::EgressAttempt, source::Batch, timefmt};
+use crate::{enrich::Event, event::EgressAttempt, timefmt};
 
 #[derive(Serialize)]
 pub struct AuditRecord<'a> {
@@ -23,8 +23,16 @@ pub struct AuditRecord<'a> {
     pub pid: u32,
     #[serde(rename = "thread.tid")]
     pub tid: u32,
+    #[serde(rename = "proc.ppid")]
+    pub ppid: Option<u32>,
     #[serde(rename = "proc.name")]
     pub proc_name: Cow<'a, str>,
+    #[serde(rename = "proc.exepath")]
+    pub exepath: Option<&'a str>,
+    #[serde(rename = "proc.cmdline")]
+    pub cmdline: Option<&'a str>,
+    #[serde(rename = "proc.pname")]
+    pub pname: Option<&'a str>,
     #[serde(rename = "user.uid")]
     pub uid: u32,
     #[serde(rename = "group.gid")]
@@ -54,7 +62,9 @@ pub struct AuditRecord<'a> {
 }
 
 impl<'a> AuditRecord<'a> {
-    pub fn new(event: &'a EgressAttempt) -> Self {
+    pub fn new(enriched: &'a Event) -> Self {
+        let event = &enriched.attempt;
+        let process = enriched.process.as_deref();
         let v4 = event.daddr.is_ipv4();
         AuditRecord {
             time: timefmt::rfc3339_nanos(event.wall_ns),
@@ -63,7 +73,11 @@ impl<'a> AuditRecord<'a> {
             hook: event.hook.name(),
             pid: event.tgid,
             tid: event.tid,
+            ppid: (event.ppid != 0).then_some(event.ppid),
             proc_name: event.comm.to_string_lossy(),
+            exepath: process.map(|p| &*p.exepath),
+            cmdline: process.map(|p| &*p.cmdline),
+            pname: enriched.parent_name.as_deref(),
             uid: event.uid,
             gid: event.gid,
             fd_type: if v4 { "ipv4" } else { "ipv6" },
@@ -90,7 +104,7 @@ pub fn fd_name(event: &EgressAttempt) -> String {
 
 /// Writes every batch as JSON lines, flushing once per batch.
 pub async fn run<W: AsyncWrite + Unpin>(
-    mut rx: mpsc::Receiver<Batch>,
+    mut rx: mpsc::Receiver<Vec<Event>>,
     mut out: W,
 ) -> std::io::Result<u64> {
     let mut buf = Vec::with_capacity(64 * 1024);
@@ -115,10 +129,10 @@ mod tests {
     use crate::event::{Comm, L4Proto};
     use egret_common::Hook;
 
-    fn attempt(daddr: &str) -> EgressAttempt {
+    fn attempt(daddr: &str) -> Event {
         let mut comm = [0u8; 16];
         comm[..2].copy_from_slice(b"nc");
-        EgressAttempt {
+        let attempt = EgressAttempt {
             hook: Hook::Connect4,
             mono_ns: 1,
             wall_ns: 1_700_000_000_123_456_789,
@@ -127,6 +141,8 @@ mod tests {
             uid: 0,
             gid: 0,
             comm: Comm::from_raw(comm),
+            exec_id: 0,
+            ppid: 0,
             cgroup_id: 1,
             netns_cookie: 2,
             socket_cookie: 3,
@@ -134,6 +150,11 @@ mod tests {
             daddr: daddr.parse().unwrap(),
             dport: 8080,
             v4_mapped: false,
+        };
+        Event {
+            attempt,
+            process: None,
+            parent_name: None,
         }
     }
 
@@ -156,6 +177,7 @@ mod tests {
         assert_eq!(lines[0]["fd.name"], "198.51.100.7:8080");
         assert_eq!(lines[0]["fd.typechar"], "4");
         assert_eq!(lines[0]["proc.name"], "nc");
+        assert_eq!(lines[0]["proc.cmdline"], serde_json::Value::Null);
         assert_eq!(lines[0]["time"], "2023-11-14T22:13:20.123456789Z");
         assert_eq!(lines[1]["fd.name"], "[2001:db8::7]:8080");
         assert_eq!(lines[1]["fd.type"], "ipv6");

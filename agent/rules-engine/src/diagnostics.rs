@@ -1,0 +1,245 @@
+//! Diagnostics (`file:line:col: severity: message`) and the bookkeeping that
+//! maps a position inside a YAML scalar back to the file.
+use std::fmt;
+use std::sync::Arc;
+
+use saphyr_parser::ScalarStyle;
+
+use crate::yaml::Mark;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Severity {
+    Error,
+    Warning,
+}
+
+impl Severity {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::Error => "error",
+            Severity::Warning => "warning",
+        }
+    }
+}
+
+impl fmt::Display for Severity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A place in a rules source; line and column are 1-based.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Location {
+    pub file: Arc<str>,
+    pub line: u32,
+    pub column: u32,
+}
+
+impl fmt::Display for Location {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}", self.file, self.line, self.column)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Diagnostic {
+    pub severity: Severity,
+    pub location: Location,
+    pub message: String,
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}: {}", self.location, self.severity, self.message)
+    }
+}
+
+/// An internal position: file index, 1-based line, 0-based column in chars.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct Loc {
+    pub file: u32,
+    pub line: u32,
+    pub col: u32,
+}
+
+impl Loc {
+    pub fn at(file: u32, mark: Mark) -> Loc {
+        Loc {
+            file,
+            line: mark.line,
+            col: mark.col,
+        }
+    }
+}
+
+/// Where a scalar starts and how it was written, enough to find the source
+/// position of a byte offset into its value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct ScalarLoc {
+    pub loc: Loc,
+    pub style: ScalarStyle,
+}
+
+/// Condition or output text, possibly joined from several YAML scalars by
+/// appends and overrides, with where each piece came from.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Text {
+    pub text: String,
+    segments: Vec<(usize, ScalarLoc)>,
+}
+
+impl Text {
+    pub fn new(text: String, at: ScalarLoc) -> Text {
+        Text {
+            text,
+            segments: vec![(0, at)],
+        }
+    }
+
+    /// Falco joins appended conditions, outputs and descriptions with a space.
+    pub fn append(&mut self, other: &Text) {
+        self.text.push(' ');
+        let base = self.text.len();
+        self.text.push_str(&other.text);
+        self.segments
+            .extend(other.segments.iter().map(|&(start, at)| (base + start, at)));
+    }
+
+    pub fn start(&self) -> Loc {
+        self.segments.first().map(|s| s.1.loc).unwrap_or_default()
+    }
+
+    pub fn locate(&self, offset: usize, files: &Files<'_>) -> Loc {
+        let i = self.segments.partition_point(|&(start, _)| start <= offset);
+        match i.checked_sub(1).and_then(|i| self.segments.get(i)) {
+            Some(&(start, at)) => files.locate_in_scalar(at, offset - start),
+            None => self.start(),
+        }
+    }
+}
+
+/// The sources being loaded, plus the built-in definitions.
+pub(crate) struct Files<'a> {
+    names: Vec<Arc<str>>,
+    texts: Vec<&'a str>,
+}
+
+pub(crate) const BUILTIN_FILE: u32 = 0;
+
+impl<'a> Files<'a> {
+    pub fn new() -> Self {
+        Files {
+            names: vec![Arc::from("<builtin>")],
+            texts: vec![""],
+        }
+    }
+
+    pub fn add(&mut self, name: &str, text: &'a str) -> u32 {
+        self.names.push(Arc::from(name));
+        self.texts.push(text);
+        u32::try_from(self.names.len() - 1).unwrap_or(u32::MAX)
+    }
+
+    pub fn location(&self, loc: Loc) -> Location {
+        let file = self
+            .names
+            .get(loc.file as usize)
+            .cloned()
+            .unwrap_or_else(|| Arc::from("<unknown>"));
+        Location {
+            file,
+            line: loc.line.max(1),
+            column: loc.col.saturating_add(1),
+        }
+    }
+
+    /// Approximates YAML folding: each source line of the scalar contributes
+    /// its content plus one character for the line break. Exact for the usual
+    /// plain, quoted (without escapes) and block scalars.
+    fn locate_in_scalar(&self, at: ScalarLoc, offset: usize) -> Loc {
+        let Some(text) = self.texts.get(at.loc.file as usize) else {
+            return at.loc;
+        };
+        let skip = (at.loc.line as usize).saturating_sub(1);
+        let mut lines = text.split('\n').skip(skip);
+        let Some(first) = lines.next() else {
+            return at.loc;
+        };
+        let quoted = matches!(
+            at.style,
+            ScalarStyle::SingleQuoted | ScalarStyle::DoubleQuoted
+        );
+        let block = matches!(at.style, ScalarStyle::Literal | ScalarStyle::Folded);
+        let mut col = at.loc.col + u32::from(quoted);
+        let mut content = skip_chars(first, col as usize);
+        let mut line = at.loc.line;
+        let mut remaining = offset;
+        loop {
+            let trimmed = content.trim_end_matches([' ', '\t', '\r']);
+            if remaining <= trimmed.len() {
+                let chars = trimmed
+                    .char_indices()
+                    .take_while(|&(i, _)| i < remaining)
+                    .count();
+                return Loc {
+                    file: at.loc.file,
+                    line,
+                    col: col.saturating_add(u32::try_from(chars).unwrap_or(u32::MAX)),
+                };
+            }
+            remaining -= trimmed.len() + 1;
+            let Some(next) = lines.next() else {
+                return Loc {
+                    file: at.loc.file,
+                    line,
+                    col,
+                };
+            };
+            line += 1;
+            let indent = next.len() - next.trim_start_matches([' ', '\t']).len();
+            let strip = if block {
+                indent.min(at.loc.col as usize)
+            } else {
+                indent
+            };
+            col = u32::try_from(strip).unwrap_or(u32::MAX);
+            content = next.get(strip..).unwrap_or("");
+        }
+    }
+}
+
+fn skip_chars(s: &str, n: usize) -> &str {
+    match s.char_indices().nth(n) {
+        Some((i, _)) => s.get(i..).unwrap_or(""),
+        None => "",
+    }
+}
+
+/// Collects diagnostics with internal positions; resolved at the end.
+#[derive(Default)]
+pub(crate) struct Sink {
+    pub items: Vec<(Severity, Loc, String)>,
+}
+
+impl Sink {
+    pub fn error(&mut self, at: Loc, message: impl Into<String>) {
+        self.items.push((Severity::Error, at, message.into()));
+    }
+
+    pub fn warning(&mut self, at: Loc, message: impl Into<String>) {
+        self.items.push((Severity::Warning, at, message.into()));
+    }
+
+    pub fn finish(mut self, files: &Files<'_>) -> Vec<Diagnostic> {
+        self.items.sort_by_key(|(_, at, _)| *at);
+        self.items
+            .into_iter()
+            .map(|(severity, at, message)| Diagnostic {
+                severity,
+                location: files.location(at),
+                message,
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,219 @@
+//! Compiled conditions and their evaluation. Nothing here allocates: values
+//! are borrowed from the event and every literal was prepared at load time.
+use crate::event::{Event, Value};
+use crate::fields::Src;
+use crate::matchers::{Glob, PathSet, StrSet, U64Set, icontains};
+use crate::netset::NetSet;
+use crate::FieldId;
+
+#[derive(Debug)]
+pub(crate) enum Node {
+    Const(bool),
+    And(Box<[Node]>),
+    Or(Box<[Node]>),
+    Not(Box<Node>),
+    Check(Box<Test>),
+}
+
+/// One field comparison. `negate` implements `!=`: unlike `not`, it is still
+/// false when the value is missing.
+#[derive(Debug)]
+pub(crate) struct Test {
+    pub src: Src,
+    pub cmp: Cmp,
+    pub negate: bool,
+}
+
+#[derive(Debug)]
+pub(crate) enum Cmp {
+    Exists,
+    StrEq(Box<str>),
+    StrLt(Box<str>),
+    StrLe(Box<str>),
+    StrGt(Box<str>),
+    StrGe(Box<str>),
+    Contains(Box<str>),
+    IContains(Box<[u8]>),
+    StartsWith(Box<str>),
+    EndsWith(Box<str>),
+    Glob(Glob),
+    Regex(regex::Regex),
+    StrIn(StrSet),
+    PMatch(PathSet),
+    U64Eq(u64),
+    U64Lt(u64),
+    U64Le(u64),
+    U64Gt(u64),
+    U64Ge(u64),
+    U64In(U64Set),
+    /// Address in any of the networks: `=`, `in`, `intersects` on addresses
+    /// and network fields.
+    Net(NetSet),
+    BoolEq(bool),
+    /// `k8s.pod.labels intersects (...)`: some label matches some item.
+    LabelsAny(LabelSet),
+    /// `k8s.pod.labels in (...)`: every label matches some item.
+    LabelsAll(LabelSet),
+}
+
+/// Items `key:value` (that label) or `key` (that key, any value).
+#[derive(Debug)]
+pub(crate) struct LabelSet(pub Vec<(Box<str>, Option<Box<str>>)>);
+
+impl LabelSet {
+    fn matches(&self, key: &str, value: &str) -> bool {
+        self.0
+            .iter()
+            .any(|(k, v)| &**k == key && v.as_deref().is_none_or(|v| v == value))
+    }
+}
+
+/// Reads a field, deriving the few that are not read directly.
+pub(crate) fn read<'e, E: Event + ?Sized>(src: &Src, event: &'e E) -> Value<'e> {
+    match src {
+        Src::Event(id) => event.value(*id),
+        Src::TypeChar | Src::FdType => match event.value(FieldId::ServerIp) {
+            Value::Ip(ip) => {
+                let v4 = ip.to_canonical().is_ipv4();
+                Value::Str(match (src, v4) {
+                    (Src::TypeChar, true) => "4",
+                    (Src::TypeChar, false) => "6",
+                    (_, true) => "ipv4",
+                    (_, false) => "ipv6",
+                })
+            }
+            _ => Value::Missing,
+        },
+        Src::Label(key) => match event.value(FieldId::K8sPodLabels) {
+            Value::Labels(labels) => labels.get(key).map_or(Value::Missing, Value::Str),
+            _ => Value::Missing,
+        },
+    }
+}
+
+impl Test {
+    fn eval<E: Event + ?Sized>(&self, event: &E) -> bool {
+        let value = read(&self.src, event);
+        let hit = match (&self.cmp, value) {
+            (_, Value::Missing) => return false,
+            (Cmp::Exists, _) => true,
+            (Cmp::StrEq(s), Value::Str(v)) => v == &**s,
+            (Cmp::StrLt(s), Value::Str(v)) => v < &**s,
+            (Cmp::StrLe(s), Value::Str(v)) => v <= &**s,
+            (Cmp::StrGt(s), Value::Str(v)) => v > &**s,
+            (Cmp::StrGe(s), Value::Str(v)) => v >= &**s,
+            (Cmp::Contains(s), Value::Str(v)) => v.contains(&**s),
+            (Cmp::IContains(s), Value::Str(v)) => icontains(v, s),
+            (Cmp::StartsWith(s), Value::Str(v)) => v.starts_with(&**s),
+            (Cmp::EndsWith(s), Value::Str(v)) => v.ends_with(&**s),
+            (Cmp::Glob(g), Value::Str(v)) => g.matches(v),
+            (Cmp::Regex(r), Value::Str(v)) => r.is_match(v),
+            (Cmp::StrIn(set), Value::Str(v)) => set.contains(v),
+            (Cmp::PMatch(set), Value::Str(v)) => set.matches(v),
+            (Cmp::U64Eq(n), Value::U64(v)) => v == *n,
+            (Cmp::U64Lt(n), Value::U64(v)) => v < *n,
+            (Cmp::U64Le(n), Value::U64(v)) => v <= *n,
+            (Cmp::U64Gt(n), Value::U64(v)) => v > *n,
+            (Cmp::U64Ge(n), Value::U64(v)) => v >= *n,
+            (Cmp::U64In(set), Value::U64(v)) => set.contains(v),
+            (Cmp::Net(set), Value::Ip(ip)) => set.contains(ip),
+            (Cmp::BoolEq(b), Value::Bool(v)) => v == *b,
+            (Cmp::LabelsAny(set), Value::Labels(labels)) => {
+                let mut any = false;
+                labels.for_each_label(&mut |k, v| any |= set.matches(k, v));
+                any
+            }
+            (Cmp::LabelsAll(set), Value::Labels(labels)) => {
+                let mut all = true;
+                labels.for_each_label(&mut |k, v| all &= set.matches(k, v));
+                all
+            }
+            // The agent supplied another type than the catalog's: unknown.
+            _ => return false,
+        };
+        hit != self.negate
+    }
+}
+
+impl Node {
+    pub fn eval<E: Event + ?Sized>(&self, event: &E) -> bool {
+        match self {
+            Node::Const(b) => *b,
+            Node::And(nodes) => nodes.iter().all(|n| n.eval(event)),
+            Node::Or(nodes) => nodes.iter().any(|n| n.eval(event)),
+            Node::Not(node) => !node.eval(event),
+            Node::Check(test) => test.eval(event),
+        }
+    }
+}
+
+/// Event-type buckets: rules are indexed by the `evt.type` values they can
+/// match, so an event only runs the rules of its bucket.
+pub(crate) const CONNECT: u8 = 1;
+pub(crate) const SENDTO: u8 = 2;
+/// Any other value, or none.
+pub(crate) const OTHER: u8 = 4;
+pub(crate) const ALL_TYPES: u8 = CONNECT | SENDTO | OTHER;
+
+pub(crate) fn type_bit(evt_type: &str) -> u8 {
+    match evt_type {
+        "connect" => CONNECT,
+        "sendto" => SENDTO,
+        _ => OTHER,
+    }
+}
+
+/// (types for which the node may be true, types for which it may be false).
+pub(crate) fn type_masks(node: &Node) -> (u8, u8) {
+    match node {
+        Node::Const(true) => (ALL_TYPES, 0),
+        Node::Const(false) => (0, ALL_TYPES),
+        Node::And(nodes) => nodes.iter().map(type_masks).fold((ALL_TYPES, 0), |(t, f), (ct, cf)| (t & ct, f | cf)),
+        Node::Or(nodes) => nodes.iter().map(type_masks).fold((0, ALL_TYPES), |(t, f), (ct, cf)| (t | ct, f & cf)),
+        Node::Not(inner) => {
+            let (t, f) = type_masks(inner);
+            (f, t)
+        }
+        Node::Check(test) => {
+            let members: Vec<&str> = match (&test.src, &test.cmp) {
+                (Src::Event(FieldId::EvtType), Cmp::StrEq(s)) => vec![s],
+                (Src::Event(FieldId::EvtType), Cmp::StrIn(StrSet::Small(items))) => items.iter().map(|s| &**s).collect(),
+                (Src::Event(FieldId::EvtType), Cmp::StrIn(StrSet::Hashed(set))) => set.iter().map(|s| &**s).collect(),
+                _ => return (ALL_TYPES, ALL_TYPES),
+            };
+            let may_true = members.iter().fold(0, |m, s| m | type_bit(s));
+            // Exactly-known types are certainly true; OTHER is never exact.
+            let may_false = ALL_TYPES & !(may_true & (CONNECT | SENDTO));
+            if test.negate { (may_false, may_true) } else { (may_true, may_false) }
+        }
+    }
+}
+
+/// (destinations for which the node is certainly true, certainly false),
+/// knowing only that the destination address is present.
+pub(crate) fn destination_truth(node: &Node) -> (NetSet, NetSet) {
+    match node {
+        Node::Const(true) => (NetSet::all(), NetSet::default()),
+        Node::Const(false) => (NetSet::default(), NetSet::all()),
+        Node::And(nodes) => nodes.iter().map(destination_truth).fold(
+            (NetSet::all(), NetSet::default()),
+            |(t, f), (ct, cf)| (t.intersect(&ct), f.union(&cf)),
+        ),
+        Node::Or(nodes) => nodes.iter().map(destination_truth).fold(
+            (NetSet::default(), NetSet::all()),
+            |(t, f), (ct, cf)| (t.union(&ct), f.intersect(&cf)),
+        ),
+        Node::Not(inner) => {
+            let (t, f) = destination_truth(inner);
+            (f, t)
+        }
+        Node::Check(test) => match (&test.src, &test.cmp) {
+            (Src::Event(FieldId::ServerIp), Cmp::Net(set)) => {
+                let (t, f) = (set.clone(), set.complement());
+                if test.negate { (f, t) } else { (t, f) }
+            }
+            (Src::Event(FieldId::ServerIp), Cmp::Exists) => (NetSet::all(), NetSet::default()),
+            _ => (NetSet::default(), NetSet::default()),
+        },
+    }
+}

@@ -1,0 +1,158 @@
+//! Rule exceptions: validation when defined, and the condition they add,
+//! `and not ((f1 c1 v1 and f2 c2 v2) or ...)`, built the way Falco builds it
+//! from text, but directly as syntax so that values need no re-quoting.
+use crate::ast::{Check, Expr, ExprKind, Literal, Op, Rhs};
+use crate::collect::{Entry, ExceptionInfo};
+use crate::lexer::Cursor;
+use crate::parser;
+
+fn item(entry: &Entry) -> Option<&str> {
+    match entry {
+        Entry::Item(s) => Some(s),
+        Entry::List(_) => None,
+    }
+}
+
+fn comparison(text: &str) -> Result<Op, String> {
+    match Op::parse(text) {
+        Some(Op::Exists) | None => Err(format!("'{text}' is not a supported comparison operator")),
+        Some(op) => Ok(op),
+    }
+}
+
+/// Falco's checks on a newly defined exception; fills in default `comps`.
+pub(crate) fn validate(mut ex: ExceptionInfo) -> Result<ExceptionInfo, String> {
+    let prefix = |m: &str| format!("exception '{}': {m}", ex.name);
+    match &ex.fields {
+        None => return Err(prefix("must have a fields property with a list of fields")),
+        Some(Entry::List(fields)) => {
+            let comps = match ex.comps.take() {
+                None => vec![Entry::Item("=".into()); fields.len()],
+                Some(Entry::List(comps)) => comps,
+                Some(Entry::Item(_)) => return Err(prefix("fields and comps lists must have equal length")),
+            };
+            if comps.len() != fields.len() {
+                return Err(prefix("fields and comps lists must have equal length"));
+            }
+            for c in &comps {
+                let text = item(c).ok_or_else(|| prefix("comps must be strings"))?;
+                comparison(text).map_err(|e| prefix(&e))?;
+            }
+            if fields.iter().any(|f| item(f).is_none()) {
+                return Err(prefix("fields must be strings"));
+            }
+            ex.comps = Some(Entry::List(comps));
+        }
+        Some(Entry::Item(_)) => {
+            let comp = match ex.comps.take() {
+                None => "in".to_string(),
+                Some(Entry::Item(c)) => c,
+                Some(Entry::List(_)) => return Err(prefix("fields and comps must both be strings")),
+            };
+            if !matches!(comp.as_str(), "in" | "pmatch" | "intersects") {
+                return Err(prefix("when fields is a single value, comps must be one of (in, pmatch, intersects)"));
+            }
+            ex.comps = Some(Entry::Item(comp));
+        }
+    }
+    Ok(ex)
+}
+
+/// A value as Falco's text substitution would lex it: a fully quoted value
+/// is unquoted; anything else is taken literally, and a bare word may still
+/// name a list.
+fn literal(text: &str) -> Literal {
+    let mut cursor = Cursor::new(text);
+    if let Ok(Some(unquoted)) = cursor.quoted()
+        && cursor.at_end()
+    {
+        return Literal {
+            text: unquoted,
+            quoted: true,
+            pos: 0,
+        };
+    }
+    Literal {
+        text: text.to_string(),
+        quoted: text.contains(' '),
+        pos: 0,
+    }
+}
+
+fn check(field: &str, op: Op, rhs: Rhs) -> Result<Expr, String> {
+    let (name, arg) =
+        parser::parse_field(field).ok_or_else(|| format!("'{field}' is not a valid field name"))?;
+    Ok(Expr {
+        kind: ExprKind::Check(Box::new(Check {
+            field: name,
+            arg,
+            op,
+            rhs,
+        })),
+        pos: 0,
+    })
+}
+
+fn values_of(entries: &[Entry]) -> Result<Vec<Literal>, String> {
+    entries
+        .iter()
+        .map(|e| item(e).map(literal).ok_or_else(|| "exception values nest too deeply".to_string()))
+        .collect()
+}
+
+fn any(mut alternatives: Vec<Expr>) -> Option<Expr> {
+    match alternatives.len() {
+        0 => None,
+        1 => alternatives.pop(),
+        _ => Some(Expr {
+            kind: ExprKind::Or(alternatives),
+            pos: 0,
+        }),
+    }
+}
+
+/// What the exception excludes, or None when it has no values yet.
+pub(crate) fn condition(ex: &ExceptionInfo) -> Result<Option<Expr>, String> {
+    let prefix = |m: &str| format!("exception '{}': {m}", ex.name);
+    match (&ex.fields, &ex.comps) {
+        (Some(Entry::Item(field)), Some(Entry::Item(comp))) => {
+            if ex.values.is_empty() {
+                return Ok(None);
+            }
+            let op = comparison(comp).map_err(|e| prefix(&e))?;
+            let values = values_of(&ex.values)
+                .map_err(|_| prefix("expected values array to contain a list of strings"))?;
+            check(field, op, Rhs::List(values)).map(Some).map_err(|e| prefix(&e))
+        }
+        (Some(Entry::List(fields)), Some(Entry::List(comps))) => {
+            let mut alternatives = Vec::new();
+            for tuple in &ex.values {
+                let Entry::List(tuple) = tuple else {
+                    return Err(prefix("each value must be a list with one entry per field"));
+                };
+                if tuple.len() != fields.len() {
+                    return Err(prefix("fields and values lists must have equal length"));
+                }
+                let mut all = Vec::new();
+                for ((field, comp), value) in fields.iter().zip(comps).zip(tuple) {
+                    let (Some(field), Some(comp)) = (item(field), item(comp)) else {
+                        return Err(prefix("fields and comps must be strings"));
+                    };
+                    let op = comparison(comp).map_err(|e| prefix(&e))?;
+                    let rhs = match value {
+                        Entry::List(items) => Rhs::List(values_of(items).map_err(|e| prefix(&e))?),
+                        Entry::Item(v) if op.takes_list() => Rhs::List(vec![literal(v)]),
+                        Entry::Item(v) => Rhs::Value(literal(v)),
+                    };
+                    all.push(check(field, op, rhs).map_err(|e| prefix(&e))?);
+                }
+                alternatives.push(Expr {
+                    kind: ExprKind::And(all),
+                    pos: 0,
+                });
+            }
+            Ok(any(alternatives))
+        }
+        _ => Err(prefix("fields and comps do not match")),
+    }
+}

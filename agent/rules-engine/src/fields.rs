@@ -1,0 +1,281 @@
+//! The field catalog: every field a rule may name, and what the agent must
+//! supply for it.
+
+/// A value the agent supplies per event. Several rule fields may read the same
+/// id: `fd.sip`, `fd.rip`, `fd.snet`, `fd.rnet` and `fd.net` all read
+/// [`FieldId::ServerIp`], because for an outbound connection the server is the
+/// remote end. `fd.typechar` and `fd.type` are derived from `ServerIp` by the
+/// engine, and `k8s.pod.label[key]` from `K8sPodLabels`.
+///
+/// The comment on each variant names the [`Value`](crate::Value) variant the
+/// engine expects; any other variant is treated like `Missing`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum FieldId {
+    /// `evt.type`: Str, `"connect"` or `"sendto"`.
+    EvtType,
+    /// `evt.time`: U64, nanoseconds since the Unix epoch.
+    EvtTime,
+    /// `evt.hook`, `egret.hook`: Str, `connect4|connect6|sendmsg4|sendmsg6`.
+    Hook,
+    /// `fd.sip`, `fd.rip` and the network fields: Ip, the destination.
+    ServerIp,
+    /// `fd.sport`, `fd.rport`: U64, the destination port.
+    ServerPort,
+    /// `fd.l4proto`: Str, `tcp|udp|icmp|raw`.
+    L4Proto,
+    /// `fd.name`: Str, `"ip:port"` of the destination.
+    FdName,
+    /// `fd.cip`, `fd.cnet`: Ip. Unknown at connect time, so normally Missing.
+    ClientIp,
+    /// `fd.cport`: U64. Unknown at connect time, so normally Missing.
+    ClientPort,
+    /// `proc.pid`: U64.
+    Pid,
+    /// `proc.ppid`: U64.
+    Ppid,
+    /// `thread.tid`: U64.
+    Tid,
+    /// `proc.name`: Str.
+    ProcName,
+    /// `proc.exepath`: Str.
+    ProcExepath,
+    /// `proc.exe`: Str.
+    ProcExe,
+    /// `proc.cmdline`: Str.
+    ProcCmdline,
+    /// `proc.pname`: Str.
+    ProcPname,
+    /// `proc.args`: Str.
+    ProcArgs,
+    /// `user.uid`: U64.
+    Uid,
+    /// `group.gid`: U64.
+    Gid,
+    /// `user.name`: Str.
+    UserName,
+    /// `container.id`: Str; `"host"` for processes outside containers, as in
+    /// Falco (the built-in `container` macro relies on it).
+    ContainerId,
+    /// `container.name`: Str.
+    ContainerName,
+    /// `container.image`: Str.
+    ContainerImage,
+    /// `container.image.repository`: Str.
+    ContainerImageRepository,
+    /// `container.image.tag`: Str.
+    ContainerImageTag,
+    /// `container.host_network`: Bool.
+    ContainerHostNetwork,
+    /// `k8s.ns.name`: Str.
+    K8sNsName,
+    /// `k8s.pod.name`: Str.
+    K8sPodName,
+    /// `k8s.pod.uid`: Str.
+    K8sPodUid,
+    /// `k8s.pod.labels`: Labels.
+    K8sPodLabels,
+    /// `egret.v4_mapped`: Bool.
+    V4Mapped,
+    /// `egret.cgroup_id`: U64.
+    CgroupId,
+    /// `egret.netns_cookie`: U64.
+    NetnsCookie,
+}
+
+impl FieldId {
+    pub const COUNT: usize = FieldId::NetnsCookie as usize + 1;
+
+    pub const ALL: [FieldId; FieldId::COUNT] = [
+        FieldId::EvtType,
+        FieldId::EvtTime,
+        FieldId::Hook,
+        FieldId::ServerIp,
+        FieldId::ServerPort,
+        FieldId::L4Proto,
+        FieldId::FdName,
+        FieldId::ClientIp,
+        FieldId::ClientPort,
+        FieldId::Pid,
+        FieldId::Ppid,
+        FieldId::Tid,
+        FieldId::ProcName,
+        FieldId::ProcExepath,
+        FieldId::ProcExe,
+        FieldId::ProcCmdline,
+        FieldId::ProcPname,
+        FieldId::ProcArgs,
+        FieldId::Uid,
+        FieldId::Gid,
+        FieldId::UserName,
+        FieldId::ContainerId,
+        FieldId::ContainerName,
+        FieldId::ContainerImage,
+        FieldId::ContainerImageRepository,
+        FieldId::ContainerImageTag,
+        FieldId::ContainerHostNetwork,
+        FieldId::K8sNsName,
+        FieldId::K8sPodName,
+        FieldId::K8sPodUid,
+        FieldId::K8sPodLabels,
+        FieldId::V4Mapped,
+        FieldId::CgroupId,
+        FieldId::NetnsCookie,
+    ];
+
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// How the engine compares a field, which decides the operators allowed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Kind {
+    Str,
+    U64,
+    /// An address; unlike Falco, a CIDR literal compared with it is a network.
+    Ip,
+    /// Falco's network fields: the value is an address, matched against CIDRs.
+    Net,
+    Bool,
+    Labels,
+}
+
+/// Where the engine reads a field from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Src {
+    Event(FieldId),
+    /// `fd.typechar`: "4" or "6" from the destination address.
+    TypeChar,
+    /// `fd.type`: "ipv4" or "ipv6" from the destination address.
+    FdType,
+    /// One pod label, by key.
+    Label(Box<str>),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Field {
+    pub src: Src,
+    pub kind: Kind,
+}
+
+const LABEL_PREFIX: &str = "k8s.pod.label.";
+
+fn catalog(name: &str) -> Option<(Src, Kind)> {
+    use FieldId as F;
+    let ev = |id| Src::Event(id);
+    Some(match name {
+        "evt.type" => (ev(F::EvtType), Kind::Str),
+        "evt.time" => (ev(F::EvtTime), Kind::U64),
+        "evt.hook" | "egret.hook" => (ev(F::Hook), Kind::Str),
+        "fd.sip" | "fd.rip" => (ev(F::ServerIp), Kind::Ip),
+        "fd.snet" | "fd.rnet" | "fd.net" => (ev(F::ServerIp), Kind::Net),
+        "fd.sport" | "fd.rport" => (ev(F::ServerPort), Kind::U64),
+        "fd.l4proto" => (ev(F::L4Proto), Kind::Str),
+        "fd.typechar" => (Src::TypeChar, Kind::Str),
+        "fd.type" => (Src::FdType, Kind::Str),
+        "fd.name" => (ev(F::FdName), Kind::Str),
+        "fd.cip" => (ev(F::ClientIp), Kind::Ip),
+        "fd.cnet" => (ev(F::ClientIp), Kind::Net),
+        "fd.cport" => (ev(F::ClientPort), Kind::U64),
+        "proc.pid" => (ev(F::Pid), Kind::U64),
+        "proc.ppid" => (ev(F::Ppid), Kind::U64),
+        "thread.tid" => (ev(F::Tid), Kind::U64),
+        "proc.name" => (ev(F::ProcName), Kind::Str),
+        "proc.exepath" => (ev(F::ProcExepath), Kind::Str),
+        "proc.exe" => (ev(F::ProcExe), Kind::Str),
+        "proc.cmdline" => (ev(F::ProcCmdline), Kind::Str),
+        "proc.pname" => (ev(F::ProcPname), Kind::Str),
+        "proc.args" => (ev(F::ProcArgs), Kind::Str),
+        "user.uid" => (ev(F::Uid), Kind::U64),
+        "group.gid" => (ev(F::Gid), Kind::U64),
+        "user.name" => (ev(F::UserName), Kind::Str),
+        "container.id" => (ev(F::ContainerId), Kind::Str),
+        "container.name" => (ev(F::ContainerName), Kind::Str),
+        "container.image" => (ev(F::ContainerImage), Kind::Str),
+        "container.image.repository" => (ev(F::ContainerImageRepository), Kind::Str),
+        "container.image.tag" => (ev(F::ContainerImageTag), Kind::Str),
+        "container.host_network" => (ev(F::ContainerHostNetwork), Kind::Bool),
+        "k8s.ns.name" => (ev(F::K8sNsName), Kind::Str),
+        "k8s.pod.name" => (ev(F::K8sPodName), Kind::Str),
+        "k8s.pod.uid" => (ev(F::K8sPodUid), Kind::Str),
+        "k8s.pod.labels" => (ev(F::K8sPodLabels), Kind::Labels),
+        "egret.v4_mapped" => (ev(F::V4Mapped), Kind::Bool),
+        "egret.cgroup_id" => (ev(F::CgroupId), Kind::U64),
+        "egret.netns_cookie" => (ev(F::NetnsCookie), Kind::U64),
+        _ => return None,
+    })
+}
+
+/// Why a field reference was refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum FieldError {
+    /// Not in Egret's catalog: the rule is unsupported rather than wrong.
+    #[error("field '{0}' is not provided by Egret")]
+    Unknown(String),
+    #[error("field '{0}' does not take an argument")]
+    UnexpectedArg(String),
+    #[error("field 'k8s.pod.label' needs a label key, as in k8s.pod.label[app] or k8s.pod.label.app")]
+    MissingLabelKey,
+}
+
+/// Resolves `name` or `name[arg]`.
+pub(crate) fn lookup(name: &str, arg: Option<&str>) -> Result<Field, FieldError> {
+    if name == "k8s.pod.label" {
+        return match arg {
+            Some(key) if !key.is_empty() => Ok(Field {
+                src: Src::Label(key.into()),
+                kind: Kind::Str,
+            }),
+            _ => Err(FieldError::MissingLabelKey),
+        };
+    }
+    if let Some(key) = name.strip_prefix(LABEL_PREFIX) {
+        if arg.is_some() {
+            return Err(FieldError::UnexpectedArg(name.to_string()));
+        }
+        return Ok(Field {
+            src: Src::Label(key.into()),
+            kind: Kind::Str,
+        });
+    }
+    let (src, kind) = catalog(name).ok_or_else(|| FieldError::Unknown(name.to_string()))?;
+    if arg.is_some() {
+        return Err(FieldError::UnexpectedArg(name.to_string()));
+    }
+    Ok(Field { src, kind })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn all_is_complete_and_ordered() {
+        for (i, id) in FieldId::ALL.iter().enumerate() {
+            assert_eq!(id.index(), i);
+        }
+    }
+
+    #[test]
+    fn aliases_share_sources() {
+        assert_eq!(lookup("fd.rip", None).unwrap().src, Src::Event(FieldId::ServerIp));
+        assert_eq!(lookup("fd.snet", None).unwrap().kind, Kind::Net);
+        assert_eq!(lookup("egret.hook", None).unwrap().src, Src::Event(FieldId::Hook));
+    }
+
+    #[test]
+    fn labels_by_key() {
+        let both = [lookup("k8s.pod.label", Some("app")), lookup("k8s.pod.label.app", None)];
+        for field in both {
+            assert_eq!(field.unwrap().src, Src::Label("app".into()));
+        }
+        assert_eq!(lookup("k8s.pod.label", None), Err(FieldError::MissingLabelKey));
+    }
+
+    #[test]
+    fn refuses_unknown_and_stray_args() {
+        assert!(matches!(lookup("proc.tty", None), Err(FieldError::Unknown(_))));
+        assert!(matches!(lookup("proc.aname", Some("2")), Err(FieldError::Unknown(_))));
+        assert!(matches!(lookup("proc.name", Some("1")), Err(FieldError::UnexpectedArg(_))));
+    }
+}

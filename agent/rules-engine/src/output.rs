@@ -1,0 +1,218 @@
+//! Output templates: `%field` and `%field[arg]` expand to the event's
+//! values, `<NA>` when missing; JSON fields carry `null` instead.
+use std::fmt::Write;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use serde_json::Value as Json;
+
+use crate::eval::read;
+use crate::event::{Event, Labels, Value};
+use crate::fields::{self, FieldError, Kind, Src};
+use crate::FieldId;
+
+#[derive(Debug)]
+enum Part {
+    Lit(String),
+    Field {
+        key: Arc<str>,
+        src: Src,
+        kind: Kind,
+    },
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Template {
+    parts: Vec<Part>,
+    keys: Vec<Arc<str>>,
+}
+
+/// A field in a template that could not be resolved, at a byte offset.
+pub(crate) struct BadField {
+    pub offset: usize,
+    pub name: String,
+    pub error: FieldError,
+}
+
+fn is_name_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'_' || b == b'.'
+}
+
+/// Parses a template. Falco trims it first; so do we.
+pub(crate) fn parse(text: &str) -> (Template, Vec<BadField>) {
+    let lead = text.len() - text.trim_start().len();
+    let body = text.trim();
+    let bytes = body.as_bytes();
+    let mut t = Template::default();
+    let mut bad = Vec::new();
+    let mut lit = String::new();
+    let mut i = 0;
+    while i < bytes.len() {
+        let start = i;
+        let next_pct = body.get(i..).and_then(|r| r.find('%')).map_or(bytes.len(), |p| i + p);
+        lit.push_str(body.get(i..next_pct).unwrap_or(""));
+        i = next_pct;
+        if i >= bytes.len() {
+            break;
+        }
+        let name_len = bytes.get(i + 1..).unwrap_or(&[]).iter().take_while(|b| is_name_byte(**b)).count();
+        let name = body.get(i + 1..i + 1 + name_len).unwrap_or("").trim_end_matches('.');
+        // Without a dot it is no field name ("100%", "%s"): keep it as text.
+        if !name.contains('.') {
+            lit.push('%');
+            i += 1;
+            continue;
+        }
+        let mut end = i + 1 + name.len();
+        let mut arg = None;
+        if bytes.get(end) == Some(&b'[')
+            && let Some(close) = body.get(end..).and_then(|r| r.find(']'))
+        {
+            arg = body.get(end + 1..end + close);
+            end += close + 1;
+        }
+        let key = body.get(i + 1..end).unwrap_or(name);
+        i = end;
+        // Falco kept `%container.info` for compatibility; it expands to nothing.
+        if name == "container.info" && arg.is_none() {
+            continue;
+        }
+        match fields::lookup(name, arg) {
+            Ok(field) => {
+                if !lit.is_empty() {
+                    t.parts.push(Part::Lit(std::mem::take(&mut lit)));
+                }
+                let key: Arc<str> = Arc::from(key);
+                if !t.keys.contains(&key) {
+                    t.keys.push(key.clone());
+                }
+                t.parts.push(Part::Field {
+                    key,
+                    src: field.src,
+                    kind: field.kind,
+                });
+            }
+            Err(error) => bad.push(BadField {
+                offset: lead + start.max(next_pct),
+                name: name.to_string(),
+                error,
+            }),
+        }
+    }
+    if !lit.is_empty() {
+        t.parts.push(Part::Lit(lit));
+    }
+    (t, bad)
+}
+
+/// Falco prints `evt.time` as the time of day; UTC here.
+fn time_of_day(ns: u64) -> String {
+    let secs = ns / 1_000_000_000;
+    let (h, m, s) = ((secs / 3600) % 24, (secs / 60) % 60, secs % 60);
+    format!("{h:02}:{m:02}:{s:02}.{:09}", ns % 1_000_000_000)
+}
+
+fn labels_text(labels: &dyn Labels) -> String {
+    let mut out = String::from("(");
+    labels.for_each_label(&mut |k, v| {
+        if out.len() > 1 {
+            out.push(',');
+        }
+        let _ = write!(out, "{k}:{v}");
+    });
+    out.push(')');
+    out
+}
+
+fn labels_json(labels: &dyn Labels) -> Json {
+    let mut map = serde_json::Map::new();
+    labels.for_each_label(&mut |k, v| {
+        map.insert(k.to_string(), Json::String(v.to_string()));
+    });
+    Json::Object(map)
+}
+
+fn ip_text(ip: IpAddr) -> String {
+    ip.to_canonical().to_string()
+}
+
+/// Text and JSON renderings of one value.
+fn render_value(value: Value<'_>, src: &Src, kind: Kind) -> (String, Json) {
+    let is_time = *src == Src::Event(FieldId::EvtTime);
+    match (value, kind) {
+        (Value::Str(s), Kind::Str) => (s.to_string(), Json::String(s.to_string())),
+        (Value::U64(n), Kind::U64) if is_time => (time_of_day(n), Json::from(n)),
+        (Value::U64(n), Kind::U64) => (n.to_string(), Json::from(n)),
+        (Value::Ip(ip), Kind::Ip | Kind::Net) => (ip_text(ip), Json::String(ip_text(ip))),
+        (Value::Bool(b), Kind::Bool) => (b.to_string(), Json::Bool(b)),
+        (Value::Labels(l), Kind::Labels) => (labels_text(l), labels_json(l)),
+        _ => ("<NA>".to_string(), Json::Null),
+    }
+}
+
+impl Template {
+    pub fn render<E: Event + ?Sized>(&self, event: &E) -> (String, Vec<(Arc<str>, Json)>) {
+        let mut text = String::new();
+        let mut json: Vec<(Arc<str>, Json)> = Vec::with_capacity(self.keys.len());
+        for part in &self.parts {
+            match part {
+                Part::Lit(s) => text.push_str(s),
+                Part::Field { key, src, kind } => {
+                    let (shown, value) = render_value(read(src, event), src, *kind);
+                    text.push_str(&shown);
+                    if !json.iter().any(|(k, _)| k == key) {
+                        json.push((key.clone(), value));
+                    }
+                }
+            }
+        }
+        (text, json)
+    }
+
+    /// The field keys in order of first appearance.
+    pub fn keys(&self) -> &[Arc<str>] {
+        &self.keys
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::TestEvent;
+
+    #[test]
+    fn expands_fields_and_missing_values() {
+        let (t, bad) = parse("  Outbound (command=%proc.cmdline to=%fd.name user=%user.name pod=%k8s.pod.label[app]). 100%  ");
+        assert!(bad.is_empty());
+        let ev = TestEvent::connect("203.0.113.9".parse().unwrap(), 443).with_label("app", "web");
+        let (text, json) = t.render(&ev);
+        assert_eq!(
+            text,
+            "Outbound (command=curl https://example.com to=203.0.113.9:443 user=root pod=web). 100%"
+        );
+        assert_eq!(json.len(), 4);
+        assert_eq!(json[3].0.as_ref(), "k8s.pod.label[app]");
+        let (text, json) = t.render(&ev.without(FieldId::UserName));
+        assert!(text.contains("user=<NA>"));
+        assert_eq!(json[2].1, Json::Null);
+    }
+
+    #[test]
+    fn typed_json_and_time() {
+        let (t, _) = parse("%fd.sport %evt.time %container.host_network %fd.sip %k8s.pod.labels");
+        let ev = TestEvent::connect("::ffff:198.51.100.1".parse().unwrap(), 53).with_label("a", "b");
+        let (text, json) = t.render(&ev);
+        assert!(text.starts_with("53 22:13:20.123456789 true 198.51.100.1 (a:b)"), "{text}");
+        assert_eq!(json[0].1, Json::from(53u64));
+        assert_eq!(json[2].1, Json::Bool(true));
+        assert_eq!(json[4].1["a"], "b");
+    }
+
+    #[test]
+    fn reports_unknown_fields() {
+        let (_, bad) = parse("x=%proc.tty y=%proc.aname[2] %container.info");
+        let names: Vec<&str> = bad.iter().map(|b| b.name.as_str()).collect();
+        assert_eq!(names, ["proc.tty", "proc.aname"]);
+        assert_eq!(bad[0].offset, 2);
+    }
+}

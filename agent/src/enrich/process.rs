@@ -1,0 +1,314 @@
+//! Process images: what program a process runs, keyed by the kernel
+//! tracker's exec id rather than the pid, so a reused pid can never be
+//! attributed to the previous owner's program. Forked children share their
+//! parent's exec id (they run the same image until they exec).
+use std::{
+    collections::{HashMap, VecDeque},
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use egret_common::{EXEC_ID_SEEDED, ProcState};
+
+use crate::event::ExecRecord;
+
+#[derive(Debug, PartialEq, Eq)]
+pub struct ProcessImage {
+    /// `proc.exepath`: the executable's path.
+    pub exepath: Arc<str>,
+    /// `proc.name`: the task comm at exec time.
+    pub name: Arc<str>,
+    /// `proc.exe`: argv[0] as given (falls back to the path).
+    pub exe: Arc<str>,
+    /// `proc.args`: argv[1..] joined by spaces.
+    pub args: Arc<str>,
+    /// `proc.cmdline`: name followed by args, as Falco renders it.
+    pub cmdline: Arc<str>,
+}
+
+impl ProcessImage {
+    fn new(exepath: String, name: String, argv: &[String]) -> ProcessImage {
+        let exe = argv.first().cloned().unwrap_or_else(|| exepath.clone());
+        let args = argv.get(1..).unwrap_or_default().join(" ");
+        let cmdline = if args.is_empty() {
+            name.clone()
+        } else {
+            format!("{name} {args}")
+        };
+        ProcessImage {
+            exepath: exepath.into(),
+            name: name.into(),
+            exe: exe.into(),
+            args: args.into(),
+            cmdline: cmdline.into(),
+        }
+    }
+}
+
+/// How long a /proc-derived answer for an untracked pid is reused: long
+/// enough to absorb a connect storm, short enough to notice a reused pid.
+const FALLBACK_TTL: Duration = Duration::from_secs(2);
+
+pub struct ProcessCache {
+    proc_root: PathBuf,
+    cap: usize,
+    images: HashMap<u64, Arc<ProcessImage>>,
+    /// Insertion order for eviction (oldest first).
+    order: VecDeque<u64>,
+    /// tgid → exec id of its current image, for parent names.
+    current: HashMap<u32, u64>,
+    fallback: HashMap<u32, (Instant, Option<Arc<ProcessImage>>)>,
+}
+
+impl ProcessCache {
+    pub fn new(proc_root: impl Into<PathBuf>, cap: usize) -> ProcessCache {
+        ProcessCache {
+            proc_root: proc_root.into(),
+            cap: cap.max(16),
+            images: HashMap::new(),
+            order: VecDeque::new(),
+            current: HashMap::new(),
+            fallback: HashMap::new(),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.images.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.images.is_empty()
+    }
+
+    /// Records a new image from the kernel's exec record.
+    pub fn on_exec(&mut self, exec: &ExecRecord) {
+        let proc_dir = self.proc_root.join(exec.tgid.to_string());
+        let argv = match &exec.argv {
+            Some(argv) => argv.clone(),
+            // No argv capture on this kernel: the process is usually still
+            // running the new image when its exec record arrives.
+            None => read_cmdline(&proc_dir).unwrap_or_default(),
+        };
+        let mut exepath = exec.filename.clone();
+        if !exepath.starts_with('/') {
+            if let Ok(resolved) = std::fs::read_link(proc_dir.join("exe")) {
+                exepath = resolved.to_string_lossy().into_owned();
+            }
+        }
+        let image = ProcessImage::new(exepath, exec.comm.to_string_lossy().into_owned(), &argv);
+        self.insert(exec.exec_id, Arc::new(image));
+        self.current.insert(exec.tgid, exec.exec_id);
+        self.fallback.remove(&exec.tgid);
+    }
+
+    /// The image of process `tgid` running exec `exec_id` (0: untracked).
+    pub fn lookup(&mut self, tgid: u32, exec_id: u64) -> Option<Arc<ProcessImage>> {
+        if exec_id != 0 {
+            if let Some(image) = self.images.get(&exec_id) {
+                return Some(image.clone());
+            }
+            // Evicted or never seen (exec record lost to a full ring
+            // buffer): /proc still describes a live process.
+            let image = self.read_proc(tgid).map(Arc::new)?;
+            self.insert(exec_id, image.clone());
+            return Some(image);
+        }
+        let now = Instant::now();
+        if let Some((at, image)) = self.fallback.get(&tgid) {
+            if now.duration_since(*at) < FALLBACK_TTL {
+                return image.clone();
+            }
+        }
+        let image = self.read_proc(tgid).map(Arc::new);
+        if self.fallback.len() >= self.cap {
+            self.fallback.clear();
+        }
+        self.fallback.insert(tgid, (now, image.clone()));
+        image
+    }
+
+    /// `proc.pname`: the name of the current image of `ppid`.
+    pub fn name_of(&mut self, ppid: u32) -> Option<Arc<str>> {
+        if ppid == 0 {
+            return None;
+        }
+        let exec_id = self.current.get(&ppid).copied().unwrap_or(0);
+        self.lookup(ppid, exec_id).map(|image| image.name.clone())
+    }
+
+    /// Scans /proc for processes that existed before the tracker attached:
+    /// caches their images under synthetic exec ids and returns the kernel
+    /// map entries to seed.
+    pub fn seed_from_proc(&mut self) -> Vec<(u32, ProcState)> {
+        let Ok(entries) = std::fs::read_dir(&self.proc_root) else {
+            return Vec::new();
+        };
+        let mut seeded = Vec::new();
+        for entry in entries.flatten() {
+            let Some(tgid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            let Some((ppid, start_ticks)) = read_stat(&entry.path()) else {
+                continue;
+            };
+            let Some(image) = self.read_proc(tgid) else {
+                continue;
+            };
+            // Unique per process: start time and pid together never repeat.
+            let exec_id = EXEC_ID_SEEDED | (start_ticks << 22) | u64::from(tgid & 0x3f_ffff);
+            self.insert(exec_id, Arc::new(image));
+            self.current.insert(tgid, exec_id);
+            seeded.push((
+                tgid,
+                ProcState {
+                    exec_id,
+                    ppid,
+                    _pad: 0,
+                },
+            ));
+        }
+        seeded
+    }
+
+    fn insert(&mut self, exec_id: u64, image: Arc<ProcessImage>) {
+        if self.images.insert(exec_id, image).is_none() {
+            self.order.push_back(exec_id);
+        }
+        while self.images.len() > self.cap {
+            let Some(oldest) = self.order.pop_front() else {
+                break;
+            };
+            self.images.remove(&oldest);
+        }
+        if self.current.len() > self.cap * 2 {
+            let images = &self.images;
+            self.current.retain(|_, id| images.contains_key(id));
+        }
+    }
+
+    fn read_proc(&self, tgid: u32) -> Option<ProcessImage> {
+        let dir = self.proc_root.join(tgid.to_string());
+        let name = std::fs::read_to_string(dir.join("comm")).ok()?;
+        let name = name.trim_end_matches('\n').to_string();
+        let exepath = std::fs::read_link(dir.join("exe"))
+            .map(|p| p.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let argv = read_cmdline(&dir).unwrap_or_default();
+        Some(ProcessImage::new(exepath, name, &argv))
+    }
+}
+
+fn read_cmdline(proc_dir: &Path) -> Option<Vec<String>> {
+    let raw = std::fs::read(proc_dir.join("cmdline")).ok()?;
+    Some(
+        raw.split(|b| *b == 0)
+            .filter(|arg| !arg.is_empty())
+            .map(|arg| String::from_utf8_lossy(arg).into_owned())
+            .collect(),
+    )
+}
+
+/// (ppid, start time in clock ticks) from /proc/<pid>/stat. The comm field
+/// may contain spaces and parentheses, so parsing starts after the last ')'.
+fn read_stat(proc_dir: &Path) -> Option<(u32, u64)> {
+    let stat = std::fs::read_to_string(proc_dir.join("stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // After the comm: state(0) ppid(1) … starttime(19).
+    let ppid = fields.get(1)?.parse().ok()?;
+    let start = fields.get(19)?.parse().ok()?;
+    Some((ppid, start))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::Comm;
+
+    fn exec(tgid: u32, exec_id: u64, argv: &[&str]) -> ExecRecord {
+        let mut comm = [0u8; 16];
+        comm[..4].copy_from_slice(b"curl");
+        ExecRecord {
+            tgid,
+            ppid: 1,
+            uid: 0,
+            gid: 0,
+            exec_id,
+            cgroup_id: 1,
+            comm: Comm::from_raw(comm),
+            filename: "/usr/bin/curl".into(),
+            argv: Some(argv.iter().map(|s| s.to_string()).collect()),
+            args_truncated: false,
+        }
+    }
+
+    #[test]
+    fn image_fields_follow_falco() {
+        let mut cache = ProcessCache::new("/nonexistent", 64);
+        cache.on_exec(&exec(4242, 7, &["curl", "-s", "http://198.51.100.7/"]));
+        let image = cache.lookup(4242, 7).expect("cached");
+        assert_eq!(&*image.exepath, "/usr/bin/curl");
+        assert_eq!(&*image.name, "curl");
+        assert_eq!(&*image.exe, "curl");
+        assert_eq!(&*image.args, "-s http://198.51.100.7/");
+        assert_eq!(&*image.cmdline, "curl -s http://198.51.100.7/");
+    }
+
+    #[test]
+    fn reused_pid_keeps_images_apart() {
+        let mut cache = ProcessCache::new("/nonexistent", 64);
+        cache.on_exec(&exec(100, 1, &["curl", "first"]));
+        cache.on_exec(&exec(100, 2, &["curl", "second"]));
+        assert_eq!(&*cache.lookup(100, 1).unwrap().args, "first");
+        assert_eq!(&*cache.lookup(100, 2).unwrap().args, "second");
+        // A forked child shares its parent's exec id.
+        assert_eq!(&*cache.lookup(101, 2).unwrap().args, "second");
+    }
+
+    #[test]
+    fn bounded_and_evicts_oldest() {
+        let mut cache = ProcessCache::new("/nonexistent", 16);
+        for id in 1..=100 {
+            cache.on_exec(&exec(id as u32, id, &["x"]));
+        }
+        assert_eq!(cache.len(), 16);
+        assert!(cache.lookup(1, 1).is_none(), "evicted and not in /proc");
+        assert!(cache.lookup(100, 100).is_some());
+    }
+
+    #[test]
+    fn proc_fallback_reads_this_process() {
+        let mut cache = ProcessCache::new("/proc", 64);
+        let me = std::process::id();
+        let image = cache.lookup(me, 0).expect("own /proc entry");
+        assert!(image.exepath.starts_with('/'));
+        assert!(!image.cmdline.is_empty());
+        let seeded = cache.seed_from_proc();
+        let mine = seeded
+            .iter()
+            .find(|(tgid, _)| *tgid == me)
+            .expect("self seeded");
+        assert!(mine.1.exec_id & EXEC_ID_SEEDED != 0);
+        assert_eq!(mine.1.ppid, std::os::unix::process::parent_id());
+    }
+
+    #[test]
+    fn stat_with_hostile_comm() {
+        let dir = std::env::temp_dir().join(format!("egret-stat-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut line = String::from("77 (a) b) (c) S 12");
+        for i in 0..18 {
+            line.push_str(&format!(" {i}"));
+        }
+        std::fs::write(dir.join("stat"), line).unwrap();
+        assert_eq!(read_stat(&dir), Some((12, 17)));
+        std::fs::write(dir.join("stat"), "garbage").unwrap();
+        assert_eq!(read_stat(&dir), None);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,409 @@
+//! cgroup id → cgroup path.
+//!
+//! The kernel reports `bpf_get_current_cgroup_id()`, which is the inode
+//! number of the cgroup's directory in the cgroup v2 filesystem (kernfs ids
+//! are 64-bit and never reused, so an id names one cgroup forever). We keep a
+//! bounded inode → path map built by walking the tree, re-walk when an id is
+//! missing (at most once per `min_rewalk_interval`), and try the event's
+//! process's `/proc/<pid>/cgroup` first because it costs one file read rather
+//! than a whole walk.
+use std::{
+    collections::HashMap,
+    io,
+    os::unix::fs::{DirEntryExt, MetadataExt},
+    path::{Path, PathBuf},
+    sync::{
+        Arc, Mutex, RwLock,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use super::cgroup_path::{self, ContainerRef};
+
+#[derive(Debug, thiserror::Error)]
+pub enum CgroupPathsError {
+    #[error("reading /proc/self/mountinfo: {0}")]
+    MountInfo(#[source] io::Error),
+    #[error("no cgroup2 filesystem is mounted")]
+    NoCgroup2,
+    #[error("walking the cgroup tree at {path}: {source}")]
+    Walk { path: PathBuf, source: io::Error },
+}
+
+#[derive(Clone, Debug)]
+pub struct CgroupPathsConfig {
+    /// Entries kept at most; a walk stops adding past it.
+    pub capacity: usize,
+    /// Deeper directories are not walked (real trees are under 10 deep).
+    pub max_depth: usize,
+    /// Misses re-walk the tree at most this often.
+    pub min_rewalk_interval: Duration,
+}
+
+impl Default for CgroupPathsConfig {
+    fn default() -> Self {
+        CgroupPathsConfig {
+            capacity: 65_536,
+            max_depth: 32,
+            min_rewalk_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+/// What a cgroup id resolved to: its path below the cgroup2 root, and the
+/// container that path names, parsed once here rather than per event.
+#[derive(Debug, PartialEq, Eq)]
+pub struct CgroupEntry {
+    /// Starts with `/`; the root cgroup is `/`.
+    pub path: Box<str>,
+    pub container: Option<ContainerRef>,
+}
+
+impl CgroupEntry {
+    fn new(path: String) -> Arc<CgroupEntry> {
+        let container = cgroup_path::parse(&path);
+        Arc::new(CgroupEntry {
+            path: path.into_boxed_str(),
+            container,
+        })
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct CgroupStats {
+    pub hits: AtomicU64,
+    pub misses: AtomicU64,
+    /// Misses answered from `/proc/<pid>/cgroup`.
+    pub proc_fallbacks: AtomicU64,
+    pub walks: AtomicU64,
+    pub walk_errors: AtomicU64,
+    /// Walks that stopped at `capacity`.
+    pub truncated_walks: AtomicU64,
+    /// Ids neither the fallback nor a walk could resolve.
+    pub unresolved: AtomicU64,
+}
+
+pub struct CgroupPaths {
+    root: PathBuf,
+    config: CgroupPathsConfig,
+    map: RwLock<HashMap<u64, Arc<CgroupEntry>>>,
+    /// When the last walk started; a try_lock on it also keeps walks from
+    /// running concurrently.
+    last_walk: Mutex<Option<Instant>>,
+    stats: CgroupStats,
+}
+
+impl CgroupPaths {
+    /// A resolver for the cgroup2 hierarchy mounted at `root`. Pass the mount
+    /// point, not a sub-cgroup the programs attach to: paths are parsed for
+    /// container ids and must be complete.
+    pub fn new(root: PathBuf, config: CgroupPathsConfig) -> CgroupPaths {
+        CgroupPaths {
+            root,
+            config,
+            map: RwLock::new(HashMap::new()),
+            last_walk: Mutex::new(None),
+            stats: CgroupStats::default(),
+        }
+    }
+
+    /// A resolver for the first cgroup2 mount in this mount namespace. Unlike
+    /// `kernel::cgroup::cgroup2_root` it never mounts one.
+    pub fn from_mountinfo(config: CgroupPathsConfig) -> Result<CgroupPaths, CgroupPathsError> {
+        let table =
+            std::fs::read_to_string("/proc/self/mountinfo").map_err(CgroupPathsError::MountInfo)?;
+        let root =
+            crate::kernel::cgroup::find_cgroup2_mount(&table).ok_or(CgroupPathsError::NoCgroup2)?;
+        Ok(CgroupPaths::new(root, config))
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn stats(&self) -> &CgroupStats {
+        &self.stats
+    }
+
+    pub fn len(&self) -> usize {
+        self.read_map().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The cached entry for `cgroup_id`; never does I/O.
+    pub fn cached(&self, cgroup_id: u64) -> Option<Arc<CgroupEntry>> {
+        self.read_map().get(&cgroup_id).cloned()
+    }
+
+    /// Resolves `cgroup_id`. On a miss, reads `/proc/<pid>/cgroup` of the
+    /// process that triggered the event (if given and still alive), then
+    /// re-walks the tree unless a walk ran within `min_rewalk_interval` or is
+    /// running on another thread. A miss therefore costs at most one walk,
+    /// and never waits for one.
+    pub fn lookup(&self, cgroup_id: u64, pid: Option<u32>) -> Option<Arc<CgroupEntry>> {
+        if let Some(entry) = self.cached(cgroup_id) {
+            self.stats.hits.fetch_add(1, Ordering::Relaxed);
+            return Some(entry);
+        }
+        self.stats.misses.fetch_add(1, Ordering::Relaxed);
+        if let Some(entry) = pid.and_then(|pid| self.from_proc(cgroup_id, pid)) {
+            self.stats.proc_fallbacks.fetch_add(1, Ordering::Relaxed);
+            self.insert(cgroup_id, entry.clone());
+            return Some(entry);
+        }
+        if self.rewalk_if_due() {
+            if let Some(entry) = self.cached(cgroup_id) {
+                return Some(entry);
+            }
+        }
+        self.stats.unresolved.fetch_add(1, Ordering::Relaxed);
+        None
+    }
+
+    /// Walks the whole tree now and replaces the map (dropping cgroups that
+    /// no longer exist). Returns the number of entries.
+    pub fn refresh(&self) -> Result<usize, CgroupPathsError> {
+        let mut last = self.last_walk.lock().unwrap_or_else(|p| p.into_inner());
+        *last = Some(Instant::now());
+        self.walk_and_swap()
+    }
+
+    fn rewalk_if_due(&self) -> bool {
+        let Ok(mut last) = self.last_walk.try_lock() else {
+            return false;
+        };
+        if last.is_some_and(|at| at.elapsed() < self.config.min_rewalk_interval) {
+            return false;
+        }
+        *last = Some(Instant::now());
+        match self.walk_and_swap() {
+            Ok(_) => true,
+            Err(err) => {
+                self.stats.walk_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(%err, "cgroup walk failed");
+                false
+            }
+        }
+    }
+
+    fn walk_and_swap(&self) -> Result<usize, CgroupPathsError> {
+        self.stats.walks.fetch_add(1, Ordering::Relaxed);
+        // The walk runs without the map lock so lookups keep being served.
+        let fresh = self.walk()?;
+        let len = fresh.len();
+        *self.map.write().unwrap_or_else(|p| p.into_inner()) = fresh;
+        Ok(len)
+    }
+
+    fn walk(&self) -> Result<HashMap<u64, Arc<CgroupEntry>>, CgroupPathsError> {
+        let walk_err = |path: &Path, source| CgroupPathsError::Walk {
+            path: path.to_path_buf(),
+            source,
+        };
+        let root_ino = std::fs::metadata(&self.root)
+            .map_err(|e| walk_err(&self.root, e))?
+            .ino();
+        let mut map = HashMap::new();
+        map.insert(root_ino, CgroupEntry::new("/".to_owned()));
+        let mut stack = vec![(self.root.clone(), String::new(), 0usize)];
+        while let Some((dir, rel, depth)) = stack.pop() {
+            let entries = match std::fs::read_dir(&dir) {
+                Ok(entries) => entries,
+                // Removed since we listed its parent: normal churn.
+                Err(err) if err.kind() == io::ErrorKind::NotFound => continue,
+                Err(err) if dir == self.root => return Err(walk_err(&dir, err)),
+                Err(err) => {
+                    tracing::debug!(dir = %dir.display(), %err, "skipping unreadable cgroup");
+                    continue;
+                }
+            };
+            for entry in entries.flatten() {
+                // d_type from readdir: no stat per entry, and for kernfs the
+                // readdir inode number is the cgroup id.
+                if !entry.file_type().is_ok_and(|t| t.is_dir()) {
+                    continue;
+                }
+                if map.len() >= self.config.capacity {
+                    self.stats.truncated_walks.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(
+                        capacity = self.config.capacity,
+                        "cgroup tree larger than the path cache; some cgroups stay unresolved"
+                    );
+                    return Ok(map);
+                }
+                let name = entry.file_name();
+                let child_rel = format!("{rel}/{}", name.to_string_lossy());
+                map.insert(entry.ino(), CgroupEntry::new(child_rel.clone()));
+                if depth + 1 < self.config.max_depth {
+                    stack.push((entry.path(), child_rel, depth + 1));
+                }
+            }
+        }
+        Ok(map)
+    }
+
+    /// The `0::<path>` line of `/proc/<pid>/cgroup`, accepted only if that
+    /// directory's inode is `cgroup_id`: the process may have moved since
+    /// the event, or its pid been reused.
+    fn from_proc(&self, cgroup_id: u64, pid: u32) -> Option<Arc<CgroupEntry>> {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+        let path = unified_path(&text)?;
+        let ino = std::fs::metadata(self.root.join(path.trim_start_matches('/')))
+            .ok()?
+            .ino();
+        (ino == cgroup_id).then(|| CgroupEntry::new(path.to_owned()))
+    }
+
+    fn insert(&self, cgroup_id: u64, entry: Arc<CgroupEntry>) {
+        let mut map = self.map.write().unwrap_or_else(|p| p.into_inner());
+        if map.len() >= self.config.capacity && !map.contains_key(&cgroup_id) {
+            // Ids are never reused, so any victim is as good as another; the
+            // next walk rebuilds the map from what exists anyway.
+            if let Some(victim) = map.keys().next().copied() {
+                map.remove(&victim);
+            }
+        }
+        map.insert(cgroup_id, entry);
+    }
+
+    #[cfg(test)]
+    pub(crate) fn insert_for_test(&self, cgroup_id: u64, path: String) {
+        self.insert(cgroup_id, CgroupEntry::new(path));
+    }
+
+    fn read_map(&self) -> std::sync::RwLockReadGuard<'_, HashMap<u64, Arc<CgroupEntry>>> {
+        self.map.read().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The cgroup v2 path in a `/proc/<pid>/cgroup` file. Paths outside our
+/// cgroup namespace show up as `/../..`; those cannot be resolved against
+/// our mount and are rejected.
+pub fn unified_path(proc_cgroup: &str) -> Option<&str> {
+    let path = proc_cgroup
+        .lines()
+        .find_map(|line| line.strip_prefix("0::"))?;
+    let escapes = path.split('/').any(|part| part == "..");
+    (path.starts_with('/') && !escapes).then_some(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A cgroup directory made for the test and removed however it ends.
+    struct TestCgroup {
+        path: PathBuf,
+    }
+
+    impl TestCgroup {
+        fn create(root: &Path, name: &str) -> TestCgroup {
+            let path = root.join(name);
+            std::fs::create_dir(&path).expect("create test cgroup (needs root)");
+            TestCgroup { path }
+        }
+    }
+
+    impl Drop for TestCgroup {
+        fn drop(&mut self) {
+            if let Err(err) = std::fs::remove_dir(&self.path) {
+                eprintln!("removing {}: {err}", self.path.display());
+            }
+        }
+    }
+
+    fn real_resolver(test: &str) -> Option<CgroupPaths> {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "{test} must run as root in CI"
+            );
+            eprintln!("skipping {test}: needs root to create cgroups");
+            return None;
+        }
+        Some(CgroupPaths::from_mountinfo(CgroupPathsConfig::default()).expect("cgroup2 mount"))
+    }
+
+    #[test]
+    fn parses_proc_cgroup() {
+        let v1_and_v2 = "4:memory:/x\n1:cpu:/\n0::/kubepods/burstable/podx/abc\n";
+        assert_eq!(
+            unified_path(v1_and_v2),
+            Some("/kubepods/burstable/podx/abc")
+        );
+        assert_eq!(unified_path("0::/\n"), Some("/"));
+        assert_eq!(unified_path("0::/../../kubepods/x\n"), None);
+        assert_eq!(unified_path("1:name=systemd:/\n"), None);
+        assert_eq!(unified_path("0::relative\n"), None);
+        assert_eq!(unified_path(""), None);
+    }
+
+    #[test]
+    fn resolves_a_new_cgroup_by_walk_and_by_proc() {
+        let Some(paths) = real_resolver("resolves_a_new_cgroup_by_walk_and_by_proc") else {
+            return;
+        };
+        let name = format!("egret-idtest-{}", std::process::id());
+        let guard = TestCgroup::create(paths.root(), &name);
+        let child = TestCgroup::create(&guard.path, "default");
+        let leaf = TestCgroup::create(&child.path, "mycontainer");
+        let ino = std::fs::metadata(&leaf.path).unwrap().ino();
+
+        // First miss walks the tree.
+        let entry = paths.lookup(ino, None).expect("found by walk");
+        assert_eq!(&*entry.path, format!("/{name}/default/mycontainer"));
+        assert_eq!(paths.stats().walks.load(Ordering::Relaxed), 1);
+        // Cached now; no further walk.
+        assert_eq!(paths.lookup(ino, None), Some(entry));
+        assert_eq!(paths.stats().walks.load(Ordering::Relaxed), 1);
+        assert!(paths.cached(1).is_some() || paths.len() > 1);
+
+        // A cgroup made after the walk, within the rate limit, is found
+        // through /proc of a process inside it.
+        let late = TestCgroup::create(&guard.path, "late");
+        let late_ino = std::fs::metadata(&late.path).unwrap().ino();
+        assert_eq!(paths.lookup(late_ino, None), None);
+        let mut child_proc = std::process::Command::new("sleep")
+            .arg("5")
+            .spawn()
+            .unwrap();
+        std::fs::write(late.path.join("cgroup.procs"), child_proc.id().to_string()).unwrap();
+        let found = paths.lookup(late_ino, Some(child_proc.id()));
+        child_proc.kill().unwrap();
+        child_proc.wait().unwrap();
+        assert_eq!(
+            found.expect("found via /proc").path,
+            format!("/{name}/late").into()
+        );
+        assert_eq!(paths.stats().proc_fallbacks.load(Ordering::Relaxed), 1);
+        // A pid in another cgroup must not be believed.
+        assert_eq!(paths.lookup(u64::MAX, Some(std::process::id())), None);
+        drop((leaf, child, late));
+    }
+
+    #[test]
+    fn root_cgroup_and_bounded_map() {
+        let Some(_) = real_resolver("root_cgroup_and_bounded_map") else {
+            return;
+        };
+        let paths = CgroupPaths::from_mountinfo(CgroupPathsConfig {
+            capacity: 2,
+            ..CgroupPathsConfig::default()
+        })
+        .unwrap();
+        let root_ino = std::fs::metadata(paths.root()).unwrap().ino();
+        let guard =
+            TestCgroup::create(paths.root(), &format!("egret-bound-{}", std::process::id()));
+        let _a = TestCgroup::create(&guard.path, "a");
+        let _b = TestCgroup::create(&guard.path, "b");
+        assert!(paths.refresh().unwrap() <= 2);
+        assert_eq!(paths.stats().truncated_walks.load(Ordering::Relaxed), 1);
+        let root = paths.cached(root_ino).expect("root is walked first");
+        assert_eq!((&*root.path, &root.container), ("/", &None));
+    }
+}

@@ -1,0 +1,622 @@
+//! Prometheus metrics in the OpenMetrics text format, served at `/metrics`.
+//!
+//! Cardinality is bounded by construction: every label value that comes from
+//! a workload or the network passes through a [`table::ValueCap`] (distinct
+//! values capped, the rest shown as `other`) or lives in a family capped at a
+//! fixed number of series with least-recently-updated eviction. Every fold
+//! and eviction is counted, so a capped view is never silently incomplete.
+//!
+//! The per-alert path takes one uncontended mutex and allocates nothing when
+//! the series already exist; per-event counters are plain atomics.
+mod collectors;
+pub mod promql;
+mod table;
+
+use std::{
+    collections::HashMap,
+    net::IpAddr,
+    sync::{
+        Arc, Mutex, MutexGuard, PoisonError,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use axum::{
+    Router,
+    extract::State,
+    http::{StatusCode, header},
+    response::{IntoResponse, Response},
+    routing::get,
+};
+use egret_common::{Hook, HookCounters};
+use prometheus_client::{
+    metrics::{
+        counter::Counter,
+        family::Family,
+        gauge::Gauge,
+        histogram::{Histogram, exponential_buckets},
+    },
+    registry::{Registry, Unit},
+};
+use serde::Deserialize;
+use tokio::sync::mpsc;
+
+use crate::alert::{Alert, Priority};
+use table::{LruSeries, ValueCap};
+
+/// What the `Content-Type` of a scrape says.
+pub const OPENMETRICS_CONTENT_TYPE: &str =
+    "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+const HOOKS: usize = Hook::COUNT as usize;
+
+/// Limits and switches; embedded in the agent's config file.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Series in `egret_destination_alerts_total` (rule × destination ×
+    /// process × container); the least recently updated is evicted beyond.
+    pub destination_series_limit: usize,
+    /// Series in `egret_alerts_total` (and the Falco-compatible family).
+    pub alert_series_limit: usize,
+    /// Distinct values per workload label (namespace, pod, container) in
+    /// `egret_alerts_total`; the rest are shown as `other`.
+    pub label_value_limit: usize,
+    /// A label value unseen this long gives its place to a new one.
+    pub label_value_idle_secs: u64,
+    /// Also expose `falcosecurity_falco_rules_matches_total` so Falco
+    /// dashboards and alerts work unchanged.
+    pub falco_compat: bool,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            destination_series_limit: 2000,
+            alert_series_limit: 5000,
+            label_value_limit: 500,
+            label_value_idle_secs: 3600,
+            falco_compat: false,
+        }
+    }
+}
+
+/// What became of an egress attempt that reached userspace.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// At least one rule fired.
+    Alerted,
+    /// Evaluated; no rule fired.
+    NoMatch,
+    /// Skipped in userspace before evaluation (e.g. an exception list).
+    Filtered,
+    /// The ring buffer record could not be decoded.
+    DecodeError,
+    /// Shed by the pipeline (a full queue between stages).
+    Dropped,
+}
+
+impl Verdict {
+    const ALL: [Verdict; 5] = [
+        Verdict::Alerted,
+        Verdict::NoMatch,
+        Verdict::Filtered,
+        Verdict::DecodeError,
+        Verdict::Dropped,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Alerted => "alerted",
+            Verdict::NoMatch => "no_match",
+            Verdict::Filtered => "filtered",
+            Verdict::DecodeError => "decode_error",
+            Verdict::Dropped => "dropped",
+        }
+    }
+}
+
+/// Facts about an alert's event that label its series. Take them from the
+/// enriched event when possible: `output_fields` only holds what the rule's
+/// output template names. Empty means "does not apply" (e.g. a host process).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct AlertContext<'a> {
+    pub k8s_ns_name: &'a str,
+    pub k8s_pod_name: &'a str,
+    pub container_name: &'a str,
+    /// Not a metric label (unbounded, meaningless to people); webhooks use
+    /// it to tell identical alerts apart.
+    pub container_id: &'a str,
+    pub proc_name: &'a str,
+    pub dest: Option<(IpAddr, u16)>,
+}
+
+impl<'a> AlertContext<'a> {
+    /// Best effort from Falco field names in `output_fields` (`k8s.ns.name`,
+    /// `k8s.pod.name`, `container.name`, `container.id`, `proc.name`,
+    /// `fd.sip`, `fd.sport`).
+    pub fn from_alert(alert: &'a Alert) -> Self {
+        let text = |key: &str| {
+            alert
+                .output_fields
+                .get(key)
+                .and_then(|v| v.as_str())
+                .unwrap_or("")
+        };
+        let ip = text("fd.sip").parse::<IpAddr>().ok();
+        let port = alert.output_fields.get("fd.sport").and_then(|v| {
+            v.as_u64()
+                .and_then(|p| u16::try_from(p).ok())
+                .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+        });
+        AlertContext {
+            k8s_ns_name: text("k8s.ns.name"),
+            k8s_pod_name: text("k8s.pod.name"),
+            container_name: text("container.name"),
+            container_id: text("container.id"),
+            proc_name: text("proc.name"),
+            dest: ip.zip(port),
+        }
+    }
+}
+
+/// Why a webhook endpoint lost alerts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DropReason {
+    /// Its queue was full when the pipeline handed the alert over.
+    QueueFull,
+    /// The receiver answered 4xx (other than 429): retrying cannot help.
+    Rejected,
+    /// Network errors, 5xx or 429 until the retry budget ran out.
+    RetriesExhausted,
+    /// Still queued or in flight when the shutdown grace period ended.
+    Shutdown,
+    /// The payload could not be built.
+    Encode,
+}
+
+impl DropReason {
+    pub const ALL: [DropReason; 5] = [
+        DropReason::QueueFull,
+        DropReason::Rejected,
+        DropReason::RetriesExhausted,
+        DropReason::Shutdown,
+        DropReason::Encode,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DropReason::QueueFull => "queue_full",
+            DropReason::Rejected => "rejected",
+            DropReason::RetriesExhausted => "retries_exhausted",
+            DropReason::Shutdown => "shutdown",
+            DropReason::Encode => "encode_error",
+        }
+    }
+}
+
+/// Pre-resolved counters for one webhook endpoint: recording is an atomic add.
+#[derive(Clone, Debug, Default)]
+pub struct WebhookMetrics {
+    /// Successful requests.
+    pub deliveries: Counter,
+    /// Alerts carried by successful requests (a coalesced one carries many).
+    pub delivered_alerts: Counter,
+    pub retries: Counter,
+    /// Alerts folded into a later summary instead of sent on their own.
+    pub coalesced: Counter,
+    drops: [Counter; 5],
+    request_seconds: Option<Histogram>,
+}
+
+impl WebhookMetrics {
+    /// Counters that are not exported; for use without a [`Metrics`].
+    pub fn detached() -> Self {
+        WebhookMetrics::default()
+    }
+
+    pub fn dropped(&self, reason: DropReason, alerts: u64) {
+        self.drops[reason as usize].inc_by(alerts);
+    }
+
+    pub fn drops(&self, reason: DropReason) -> u64 {
+        self.drops[reason as usize].get()
+    }
+
+    pub fn observe_request(&self, elapsed: Duration) {
+        if let Some(h) = &self.request_seconds {
+            h.observe(elapsed.as_secs_f64());
+        }
+    }
+}
+
+type EndpointLabel = [(&'static str, String); 1];
+type EndpointReasonLabels = [(&'static str, String); 2];
+type KernelReader = Box<dyn Fn() -> Option<[HookCounters; HOOKS]> + Send + Sync>;
+type QueueProbe = Box<dyn Fn() -> Option<(usize, usize)> + Send + Sync>;
+
+/// Per-alert state behind one mutex: the capped label values and the
+/// families they feed.
+struct AlertState {
+    ns: ValueCap,
+    pod: ValueCap,
+    container: ValueCap,
+    /// rule, priority, source, tags, k8s_ns_name, k8s_pod_name, container_name
+    alerts: LruSeries<7>,
+    /// rule, dest_ip, dest_port, proc_name, container_name, k8s_ns_name, k8s_pod_name
+    destinations: LruSeries<7>,
+    /// rule_name, priority (Falco's number), source
+    falco: Option<LruSeries<3>>,
+    /// Joined tag lists keyed by the address of the rule's tag slice; the
+    /// held `Arc` keeps that address from being reused while cached.
+    tags: HashMap<usize, (Arc<[Arc<str>]>, Box<str>)>,
+}
+
+const TAG_CACHE: usize = 1024;
+
+struct Shared {
+    started: Instant,
+    alert_state: Mutex<AlertState>,
+    verdicts: [AtomicU64; 5],
+    kernel: Mutex<KernelView>,
+    queues: Mutex<Vec<(String, QueueProbe)>>,
+}
+
+#[derive(Default)]
+struct KernelView {
+    reader: Option<KernelReader>,
+    last: Option<[HookCounters; HOOKS]>,
+    read_errors: u64,
+}
+
+impl Shared {
+    fn alerts(&self) -> MutexGuard<'_, AlertState> {
+        // A panic elsewhere while holding the lock leaves counters that are
+        // still valid numbers; keep serving them.
+        self.alert_state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Every metric the agent exports. Create one, share it as `Arc<Metrics>`.
+pub struct Metrics {
+    registry: Registry,
+    shared: Arc<Shared>,
+    evaluation: Histogram,
+    enrichment_failures: Family<[(&'static str, &'static str); 1], Counter>,
+    rule_reloads: Family<[(&'static str, &'static str); 1], Counter>,
+    rules_loaded: Gauge,
+    rules_last_reload_ok: Gauge,
+    webhook_deliveries: Family<EndpointLabel, Counter>,
+    webhook_delivered_alerts: Family<EndpointLabel, Counter>,
+    webhook_retries: Family<EndpointLabel, Counter>,
+    webhook_coalesced: Family<EndpointLabel, Counter>,
+    webhook_drops: Family<EndpointReasonLabels, Counter>,
+    webhook_seconds: Family<EndpointLabel, Histogram, fn() -> Histogram>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+fn webhook_histogram() -> Histogram {
+    // 5 ms .. ~20 s: loopback relays to slow SaaS receivers.
+    Histogram::new(exponential_buckets(0.005, 2.0, 13))
+}
+
+impl Metrics {
+    pub fn new(config: &MetricsConfig) -> Arc<Self> {
+        let idle = config.label_value_idle_secs;
+        let shared = Arc::new(Shared {
+            started: Instant::now(),
+            alert_state: Mutex::new(AlertState {
+                ns: ValueCap::new(config.label_value_limit, idle),
+                pod: ValueCap::new(config.label_value_limit, idle),
+                container: ValueCap::new(config.label_value_limit, idle),
+                alerts: LruSeries::new(config.alert_series_limit),
+                destinations: LruSeries::new(config.destination_series_limit),
+                falco: config
+                    .falco_compat
+                    .then(|| LruSeries::new(config.alert_series_limit)),
+                tags: HashMap::new(),
+            }),
+            verdicts: Default::default(),
+            kernel: Mutex::default(),
+            queues: Mutex::default(),
+        });
+        let mut registry = Registry::default();
+        // Evaluation of one event: sub-microsecond for simple rule sets, so
+        // the buckets start at 250 ns.
+        let evaluation = Histogram::new(exponential_buckets(250e-9, 4.0, 10));
+        registry.register_with_unit(
+            "egret_rule_evaluation_duration",
+            "Time to evaluate the rules against one event",
+            Unit::Seconds,
+            evaluation.clone(),
+        );
+        let m = Metrics {
+            evaluation,
+            enrichment_failures: Family::default(),
+            rule_reloads: Family::default(),
+            rules_loaded: Gauge::default(),
+            rules_last_reload_ok: Gauge::default(),
+            webhook_deliveries: Family::default(),
+            webhook_delivered_alerts: Family::default(),
+            webhook_retries: Family::default(),
+            webhook_coalesced: Family::default(),
+            webhook_drops: Family::default(),
+            webhook_seconds: Family::new_with_constructor(webhook_histogram),
+            shared: shared.clone(),
+            registry,
+        };
+        m.register_rest(shared)
+    }
+
+    fn register_rest(mut self, shared: Arc<Shared>) -> Arc<Self> {
+        let r = &mut self.registry;
+        r.register(
+            "egret_enrichment_failures",
+            "Events whose container or Kubernetes identity could not be resolved, by reason",
+            self.enrichment_failures.clone(),
+        );
+        r.register(
+            "egret_rule_reloads",
+            "Rule file loads, by result",
+            self.rule_reloads.clone(),
+        );
+        r.register(
+            "egret_rules_loaded",
+            "Rules in the active rule set",
+            self.rules_loaded.clone(),
+        );
+        r.register(
+            "egret_rules_last_reload_successful",
+            "1 if the last rule load succeeded",
+            self.rules_last_reload_ok.clone(),
+        );
+        r.register(
+            "egret_webhook_deliveries",
+            "Webhook requests accepted by the receiver (2xx)",
+            self.webhook_deliveries.clone(),
+        );
+        r.register(
+            "egret_webhook_delivered_alerts",
+            "Alerts carried by accepted webhook requests (a coalesced request carries several)",
+            self.webhook_delivered_alerts.clone(),
+        );
+        r.register(
+            "egret_webhook_retries",
+            "Webhook requests retried after a network error, 5xx or 429",
+            self.webhook_retries.clone(),
+        );
+        r.register(
+            "egret_webhook_coalesced",
+            "Alerts folded into a summary delivery instead of sent on their own",
+            self.webhook_coalesced.clone(),
+        );
+        r.register(
+            "egret_webhook_drops",
+            "Alerts a webhook endpoint lost, by reason",
+            self.webhook_drops.clone(),
+        );
+        r.register_with_unit(
+            "egret_webhook_request_duration",
+            "Duration of one webhook request attempt",
+            Unit::Seconds,
+            self.webhook_seconds.clone(),
+        );
+        r.register_collector(Box::new(collectors::Everything::new(shared)));
+        Arc::new(self)
+    }
+
+    /// Records one alert. `ctx` labels the workload and destination series.
+    pub fn observe_alert(&self, alert: &Alert, ctx: &AlertContext<'_>) {
+        let now = self.shared.started.elapsed().as_secs();
+        let mut ip_buf = [0u8; 48];
+        let mut port_buf = [0u8; 8];
+        let (ip, port) = match ctx.dest {
+            Some((ip, port)) => (
+                fmt_into(&mut ip_buf, format_args!("{ip}")),
+                fmt_into(&mut port_buf, format_args!("{port}")),
+            ),
+            None => ("", ""),
+        };
+        let mut guard = self.shared.alerts();
+        let st = &mut *guard;
+        let tags = joined_tags(&mut st.tags, &alert.tags);
+        let ns = st.ns.resolve(ctx.k8s_ns_name, now);
+        let pod = st.pod.resolve(ctx.k8s_pod_name, now);
+        let container = st.container.resolve(ctx.container_name, now);
+        st.alerts.add(
+            [
+                &alert.rule,
+                alert.priority.as_str(),
+                alert.source,
+                tags,
+                ns,
+                pod,
+                container,
+            ],
+            1,
+        );
+        if ip.is_empty() && ctx.proc_name.is_empty() && ctx.container_name.is_empty() {
+            // Nothing would tell these series apart but the rule, which
+            // egret_alerts_total already has.
+        } else {
+            st.destinations.add(
+                [
+                    &alert.rule,
+                    ip,
+                    port,
+                    ctx.proc_name,
+                    ctx.container_name,
+                    ctx.k8s_ns_name,
+                    ctx.k8s_pod_name,
+                ],
+                1,
+            );
+        }
+        if let Some(falco) = &mut st.falco {
+            falco.add(
+                [&alert.rule, falco_priority(alert.priority), alert.source],
+                1,
+            );
+        }
+    }
+
+    /// Counts `n` egress attempts that ended as `verdict` (call per batch).
+    pub fn observe_events(&self, verdict: Verdict, n: u64) {
+        self.shared.verdicts[verdict as usize].fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Time taken to evaluate the rules against one event.
+    pub fn observe_evaluation(&self, elapsed: Duration) {
+        self.evaluation.observe(elapsed.as_secs_f64());
+    }
+
+    /// `reason` is a fixed string from the enrichment code (bounded).
+    pub fn enrichment_failed(&self, reason: &'static str) {
+        self.enrichment_failures
+            .get_or_create(&[("reason", reason)])
+            .inc();
+    }
+
+    pub fn rules_reloaded(&self, rules: usize) {
+        self.rule_reloads
+            .get_or_create(&[("result", "success")])
+            .inc();
+        self.rules_loaded
+            .set(i64::try_from(rules).unwrap_or(i64::MAX));
+        self.rules_last_reload_ok.set(1);
+    }
+
+    /// A failed load leaves the previous rule set active.
+    pub fn rules_reload_failed(&self) {
+        self.rule_reloads
+            .get_or_create(&[("result", "failure")])
+            .inc();
+        self.rules_last_reload_ok.set(0);
+    }
+
+    /// Latest kernel counters (for a periodic updater).
+    pub fn set_kernel_counters(&self, counters: [HookCounters; HOOKS]) {
+        lock(&self.shared.kernel).last = Some(counters);
+    }
+
+    /// Reads the kernel counters at every scrape instead; `None` from the
+    /// reader counts a read error and keeps the previous values.
+    pub fn set_kernel_reader(
+        &self,
+        reader: impl Fn() -> Option<[HookCounters; HOOKS]> + Send + Sync + 'static,
+    ) {
+        lock(&self.shared.kernel).reader = Some(Box::new(reader));
+    }
+
+    /// Exposes the depth of a pipeline queue. Holds only a weak handle, so
+    /// the channel still closes when its senders are gone.
+    pub fn watch_queue<T: Send + 'static>(&self, name: &str, tx: &mpsc::Sender<T>) {
+        let weak = tx.downgrade();
+        self.watch_queue_with(name, move || {
+            let tx = weak.upgrade()?;
+            Some((tx.max_capacity() - tx.capacity(), tx.max_capacity()))
+        });
+    }
+
+    /// Like [`Metrics::watch_queue`] for any queue: `probe` returns
+    /// `(depth, capacity)`, or `None` once the queue is gone.
+    pub fn watch_queue_with(
+        &self,
+        name: &str,
+        probe: impl Fn() -> Option<(usize, usize)> + Send + Sync + 'static,
+    ) {
+        lock(&self.shared.queues).push((name.to_owned(), Box::new(probe)));
+    }
+
+    /// Counters for one webhook endpoint (`endpoint` is its configured
+    /// name, never its URL: webhook URLs often embed a secret).
+    pub fn webhook(&self, endpoint: &str) -> WebhookMetrics {
+        let label = [("endpoint", endpoint.to_owned())];
+        let drops = DropReason::ALL.map(|reason| {
+            self.webhook_drops.get_or_create_owned(&[
+                ("endpoint", endpoint.to_owned()),
+                ("reason", reason.as_str().to_owned()),
+            ])
+        });
+        WebhookMetrics {
+            deliveries: self.webhook_deliveries.get_or_create_owned(&label),
+            delivered_alerts: self.webhook_delivered_alerts.get_or_create_owned(&label),
+            retries: self.webhook_retries.get_or_create_owned(&label),
+            coalesced: self.webhook_coalesced.get_or_create_owned(&label),
+            drops,
+            request_seconds: Some(self.webhook_seconds.get_or_create_owned(&label)),
+        }
+    }
+
+    /// The whole exposition, `# EOF` included.
+    pub fn encode(&self) -> Result<String, std::fmt::Error> {
+        let mut out = String::with_capacity(16 * 1024);
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)?;
+        Ok(out)
+    }
+}
+
+/// `GET /metrics`, to merge into the health router:
+/// `health::router(readiness).merge(metrics::router(metrics))`.
+pub fn router(metrics: Arc<Metrics>) -> Router {
+    Router::new()
+        .route("/metrics", get(scrape))
+        .with_state(metrics)
+}
+
+async fn scrape(State(metrics): State<Arc<Metrics>>) -> Response {
+    match metrics.encode() {
+        Ok(body) => ([(header::CONTENT_TYPE, OPENMETRICS_CONTENT_TYPE)], body).into_response(),
+        Err(_) => {
+            tracing::warn!("encoding metrics failed");
+            StatusCode::INTERNAL_SERVER_ERROR.into_response()
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Falco numbers priorities in its metrics: 0 Emergency .. 7 Debug.
+fn falco_priority(p: Priority) -> &'static str {
+    ["0", "1", "2", "3", "4", "5", "6", "7"][p as usize]
+}
+
+/// Formats into a stack buffer: the hot path must not allocate. Output that
+/// does not fit is cut (an IPv6 address with zone fits in 48 bytes).
+fn fmt_into<'b>(buf: &'b mut [u8], args: std::fmt::Arguments<'_>) -> &'b str {
+    use std::io::Write as _;
+    let len = buf.len();
+    let mut cursor = &mut buf[..];
+    let _ = cursor.write_fmt(args);
+    let written = len - cursor.len();
+    std::str::from_utf8(&buf[..written]).unwrap_or("")
+}
+
+fn joined_tags<'c>(
+    cache: &'c mut HashMap<usize, (Arc<[Arc<str>]>, Box<str>)>,
+    tags: &Arc<[Arc<str>]>,
+) -> &'c str {
+    let key = Arc::as_ptr(tags).cast::<u8>() as usize;
+    if !cache.contains_key(&key) && cache.len() >= TAG_CACHE {
+        // Rules share one tag list each, so this only trips when something
+        // builds a fresh list per alert; starting over keeps memory bounded.
+        cache.clear();
+    }
+    &cache
+        .entry(key)
+        .or_insert_with(|| (tags.clone(), tags.join(",").into_boxed_str()))
+        .1
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,104 @@
+//! The task behind one endpoint: takes alerts off its queue, coalesces
+//! them, keeps up to `max_in_flight` deliveries running, and on shutdown
+//! drains within the grace period, counting whatever is left as dropped.
+use std::{collections::VecDeque, sync::Arc, time::Duration};
+
+use tokio::{
+    sync::mpsc,
+    task::JoinSet,
+    time::{Instant, sleep_until},
+};
+use tokio_util::sync::CancellationToken;
+
+use super::{Queued, coalesce::Coalescer, endpoint::Endpoint, format::Delivery};
+use crate::metrics::DropReason;
+
+pub(super) struct Worker {
+    pub endpoint: Arc<Endpoint>,
+    pub rx: mpsc::Receiver<Queued>,
+    pub coalescer: Coalescer,
+    pub max_in_flight: usize,
+    pub shutdown: CancellationToken,
+    pub grace: Duration,
+}
+
+/// Far enough to never fire; `sleep_until` needs some instant.
+fn never() -> Instant {
+    Instant::now() + Duration::from_secs(86_400 * 365)
+}
+
+impl Worker {
+    pub async fn run(mut self) {
+        let ep = self.endpoint.clone();
+        // Cancelled when the grace period ends: every delivery stops and
+        // counts itself as dropped.
+        let hard_stop = CancellationToken::new();
+        let mut in_flight: JoinSet<()> = JoinSet::new();
+        let mut ready: VecDeque<Delivery> = VecDeque::new();
+        let mut due = Vec::new();
+        let mut deadline: Option<Instant> = None;
+        let mut open = true;
+        loop {
+            while in_flight.len() < self.max_in_flight {
+                let Some(d) = ready.pop_front() else { break };
+                let (ep, stop) = (ep.clone(), hard_stop.clone());
+                in_flight.spawn(async move { ep.deliver(d, &stop).await });
+            }
+            if !open && ready.is_empty() && in_flight.is_empty() && self.coalescer.pending_alerts() == 0 {
+                break;
+            }
+            let window_end = self.coalescer.next_deadline().map(Instant::from_std);
+            // Read the queue only with a free slot and nothing waiting, so
+            // a slow receiver backs alerts up into the bounded queue (where
+            // overflow is counted) instead of into memory here.
+            let can_take = open && ready.is_empty() && in_flight.len() < self.max_in_flight;
+            tokio::select! {
+                biased;
+                () = sleep_until(deadline.unwrap_or_else(never)), if deadline.is_some() => break,
+                () = self.shutdown.cancelled(), if deadline.is_none() => {
+                    deadline = Some(Instant::now() + self.grace);
+                    self.coalescer.flush(&mut due);
+                }
+                Some(joined) = in_flight.join_next(), if !in_flight.is_empty() => {
+                    if let Err(err) = joined {
+                        tracing::error!(endpoint = %ep.name, %err, "webhook delivery task failed");
+                    }
+                }
+                () = sleep_until(window_end.unwrap_or_else(never)), if window_end.is_some() => {
+                    self.coalescer.expire(std::time::Instant::now(), &mut due);
+                }
+                msg = self.rx.recv(), if can_take => match msg {
+                    Some(q) => {
+                        if self.coalescer.offer(q.alert, q.key, std::time::Instant::now(), &mut due) {
+                            ep.metrics.coalesced.inc();
+                        }
+                    }
+                    None => {
+                        open = false;
+                        deadline.get_or_insert_with(|| Instant::now() + self.grace);
+                        self.coalescer.flush(&mut due);
+                    }
+                },
+            }
+            ready.extend(due.drain(..));
+        }
+        hard_stop.cancel();
+        while in_flight.join_next().await.is_some() {}
+        let mut left = ready.iter().map(|d| d.alerts).sum::<u64>() + self.coalescer.pending_alerts();
+        self.rx.close();
+        while self.rx.try_recv().is_ok() {
+            left += 1;
+        }
+        if left > 0 {
+            ep.metrics.dropped(DropReason::Shutdown, left);
+        }
+        tracing::info!(
+            endpoint = %ep.name,
+            url = %ep.shown_url,
+            deliveries = ep.metrics.deliveries.get(),
+            delivered_alerts = ep.metrics.delivered_alerts.get(),
+            dropped = DropReason::ALL.iter().map(|r| ep.metrics.drops(*r)).sum::<u64>(),
+            "webhook endpoint stopped"
+        );
+    }
+}

@@ -1,0 +1,631 @@
+//! A private containerd for tests: its own config, root, state and socket
+//! under a temporary directory (never the system instance), containers run
+//! with `ctr`, and everything killed, unmounted and removed on drop.
+//!
+//! Containers get their own empty network namespace by default (`ctr run`
+//! does not set up networking), so a connection attempt fails with
+//! ENETUNREACH: the kernel hooks still see it, and nothing leaves the
+//! machine. Tests only ever target TEST-NET (198.51.100.0/24,
+//! 203.0.113.0/24, 2001:db8::/32) or loopback. `scripts/setup-containerd.sh`
+//! installs containerd, runc and busybox-static.
+use std::{
+    fs,
+    os::unix::fs::PermissionsExt,
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    sync::{
+        Mutex,
+        atomic::{AtomicU32, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+/// The CRI namespace, where the agent looks by default.
+pub const NAMESPACE: &str = "k8s.io";
+/// A uid that exists in the test rootfs's passwd but not on the host.
+pub const APP_UID: u32 = 1234;
+pub const APP_USER: &str = "egretapp";
+
+const START_TIMEOUT: Duration = Duration::from_secs(20);
+const CTR_TIMEOUT: Duration = Duration::from_secs(30);
+const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+/// busybox applets linked into the rootfs.
+const APPLETS: [&str; 12] = [
+    "sh", "nc", "wget", "sleep", "cat", "echo", "id", "ls", "true", "false", "ip", "ping",
+];
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+/// A name unique to this test process and call, valid as a containerd id.
+pub fn unique_id(tag: &str) -> String {
+    format!(
+        "egret-{tag}-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+pub struct Containerd {
+    dir: PathBuf,
+    socket: PathBuf,
+    child: Option<Child>,
+    /// Containers this harness created, for cleanup.
+    created: Mutex<Vec<String>>,
+}
+
+impl Containerd {
+    /// Starts containerd and waits until it answers.
+    pub fn start() -> Containerd {
+        // Short: the socket path must fit in sun_path (108 bytes).
+        let dir = PathBuf::from(format!("/tmp/{}", unique_id("ctd")));
+        fs::create_dir_all(&dir).expect("containerd test dir");
+        let socket = dir.join("c.sock");
+        let config = format!(
+            r#"version = 2
+root = "{dir}/root"
+state = "{dir}/state"
+# No CRI (it wants CNI) and no snapshotters this kernel/filesystem lacks.
+disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.btrfs",
+  "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.aufs",
+  "io.containerd.snapshotter.v1.devmapper"]
+[grpc]
+  address = "{sock}"
+[ttrpc]
+  address = "{sock}.ttrpc"
+[debug]
+  address = ""
+[metrics]
+  address = ""
+"#,
+            dir = dir.display(),
+            sock = socket.display()
+        );
+        fs::write(dir.join("config.toml"), config).expect("write containerd config");
+        let mut containerd = Containerd {
+            dir,
+            socket,
+            child: None,
+            created: Mutex::new(Vec::new()),
+        };
+        containerd.launch();
+        containerd
+    }
+
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// Scratch space that is removed with the harness.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.dir.join("containerd.log")).unwrap_or_default()
+    }
+
+    fn launch(&mut self) {
+        if let Err(err) = self.try_launch() {
+            panic!("{err}");
+        }
+    }
+
+    /// Never panics, so cleanup in `drop` can use it.
+    fn try_launch(&mut self) -> Result<(), String> {
+        if self.child.is_some() {
+            return Err("containerd already running".into());
+        }
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("containerd.log"))
+            .map_err(|e| format!("containerd log: {e}"))?;
+        let child = Command::new("containerd")
+            .arg("--config")
+            .arg(self.dir.join("config.toml"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().map_err(|e| format!("log fd: {e}"))?)
+            .stderr(log)
+            .spawn()
+            .map_err(|e| format!("spawn containerd (run scripts/setup-containerd.sh): {e}"))?;
+        self.child = Some(child);
+        let deadline = Instant::now() + START_TIMEOUT;
+        while Instant::now() < deadline {
+            if self.socket.exists()
+                && self
+                    .try_ctr(&["version"])
+                    .is_some_and(|o| o.status.success())
+            {
+                return Ok(());
+            }
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                self.child = None;
+                return Err(format!("containerd exited ({status}):\n{}", self.log()));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.stop();
+        Err(format!(
+            "containerd did not come up in {START_TIMEOUT:?}:\n{}",
+            self.log()
+        ))
+    }
+
+    /// Stops containerd (SIGTERM, then SIGKILL). Shims and their containers
+    /// keep running, as they do when a real node's containerd restarts.
+    pub fn stop(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        // SAFETY: plain kill(2) on the pid of our own child.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        while Instant::now() < deadline {
+            if child.try_wait().ok().flatten().is_some() {
+                let _ = fs::remove_file(&self.socket);
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        let _ = fs::remove_file(&self.socket);
+    }
+
+    /// Starts containerd again on the same root and state, after `stop`.
+    pub fn restart(&mut self) {
+        self.launch();
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// `ctr --address <ours> -n k8s.io <args>`, failing the test on timeout.
+    pub fn ctr(&self, args: &[&str]) -> Output {
+        self.try_ctr(args)
+            .unwrap_or_else(|| panic!("ctr {args:?} timed out after {CTR_TIMEOUT:?}"))
+    }
+
+    fn try_ctr(&self, args: &[&str]) -> Option<Output> {
+        let mut command = Command::new("ctr");
+        command
+            .arg("--address")
+            .arg(&self.socket)
+            .args(["-n", NAMESPACE])
+            .args(args);
+        output_within(command, CTR_TIMEOUT)
+    }
+
+    fn ctr_ok(&self, args: &[&str]) -> Output {
+        let output = self.ctr(args);
+        assert!(
+            output.status.success(),
+            "ctr {args:?} failed: {}\ncontainerd log:\n{}",
+            String::from_utf8_lossy(&output.stderr),
+            tail(&self.log(), 20)
+        );
+        output
+    }
+
+    /// Runs a container in the foreground until its command exits, then
+    /// removes it. Returns the command's output.
+    pub fn run(&self, spec: &RunSpec) -> Output {
+        let args = spec.ctr_args(&["--rm"]);
+        self.created.lock().unwrap().push(spec.id.clone());
+        self.ctr(&args.iter().map(String::as_str).collect::<Vec<_>>())
+    }
+
+    /// Starts a container in the background and returns its init pid.
+    pub fn run_detached(&self, spec: &RunSpec) -> u32 {
+        let pid_file = self.dir.join(format!("{}.pid", spec.id));
+        let pid_arg = format!("--pid-file={}", pid_file.display());
+        let args = spec.ctr_args(&["--detach", "--null-io", &pid_arg]);
+        self.created.lock().unwrap().push(spec.id.clone());
+        self.ctr_ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        let text = fs::read_to_string(&pid_file).expect("ctr wrote the pid file");
+        text.trim().parse().expect("pid in pid file")
+    }
+
+    /// Kills and deletes a container (task and record). Best effort and
+    /// never panics: also used from `drop`.
+    pub fn remove(&self, id: &str) {
+        let _ = self.try_ctr(&["task", "kill", "--signal", "SIGKILL", id]);
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        // The task must have exited before it can be deleted.
+        while Instant::now() < deadline {
+            let Some(out) = self.try_ctr(&["task", "delete", "--force", id]) else {
+                break;
+            };
+            if out.status.success() || String::from_utf8_lossy(&out.stderr).contains("not found") {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.try_ctr(&["container", "delete", id]);
+    }
+
+    /// Packs `rootfs` as a single-layer OCI image named `name` and imports
+    /// it, so containers can run from a real image reference.
+    pub fn import_image(&self, rootfs: &Path, name: &str) {
+        let work = self.dir.join(format!("image-{}", NEXT.fetch_add(1, Ordering::Relaxed)));
+        let blobs = work.join("blobs/sha256");
+        fs::create_dir_all(&blobs).unwrap();
+        let layer_tar = work.join("layer.tar");
+        let status = Command::new("tar")
+            .arg("-C")
+            .arg(rootfs)
+            .arg("-cf")
+            .arg(&layer_tar)
+            .arg(".")
+            .status()
+            .expect("tar");
+        assert!(status.success(), "packing the layer");
+        let layer = add_blob(&blobs, &fs::read(&layer_tar).unwrap());
+        let config = serde_json::json!({
+            "architecture": "amd64",
+            "os": "linux",
+            "config": {"Env": ["PATH=/bin"], "Cmd": ["/bin/sh"]},
+            "rootfs": {"type": "layers", "diff_ids": [layer.digest]},
+        });
+        let config = add_blob(&blobs, config.to_string().as_bytes());
+        let manifest = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                       "digest": config.digest, "size": config.size},
+            "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar",
+                        "digest": layer.digest, "size": layer.size}],
+        });
+        let manifest = add_blob(&blobs, manifest.to_string().as_bytes());
+        let index = serde_json::json!({
+            "schemaVersion": 2,
+            "manifests": [{
+                "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                "digest": manifest.digest, "size": manifest.size,
+                "platform": {"architecture": "amd64", "os": "linux"},
+                "annotations": {"io.containerd.image.name": name,
+                                "org.opencontainers.image.ref.name": name},
+            }],
+        });
+        fs::write(work.join("index.json"), index.to_string()).unwrap();
+        fs::write(work.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+        fs::remove_file(&layer_tar).unwrap();
+        let archive = self.dir.join("image.tar");
+        let status = Command::new("tar")
+            .arg("-C")
+            .arg(&work)
+            .arg("-cf")
+            .arg(&archive)
+            .args(["oci-layout", "index.json", "blobs"])
+            .status()
+            .expect("tar");
+        assert!(status.success(), "packing the image archive");
+        self.ctr_ok(&["image", "import", &archive.display().to_string()]);
+        let listed = self.ctr_ok(&["image", "ls", "--quiet"]);
+        assert!(
+            String::from_utf8_lossy(&listed.stdout).lines().any(|l| l == name),
+            "image {name} not imported: {}",
+            String::from_utf8_lossy(&listed.stdout)
+        );
+    }
+
+    fn cleanup_containers(&mut self) {
+        let ids = std::mem::take(&mut *self.created.lock().unwrap_or_else(|p| p.into_inner()));
+        if ids.is_empty() {
+            return;
+        }
+        // containerd must run to tear its containers down cleanly.
+        if !self.is_running() {
+            if let Err(err) = self.try_launch() {
+                eprintln!("restarting containerd for cleanup: {err}");
+            }
+        }
+        if self.is_running() {
+            for id in &ids {
+                self.remove(id);
+            }
+        }
+        // Whatever survived (containerd failed to restart): kill by cgroup.
+        for id in &ids {
+            for cgroup in container_cgroups(id) {
+                kill_cgroup_members(&cgroup);
+                let _ = fs::remove_dir(&cgroup);
+            }
+        }
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        self.cleanup_containers();
+        self.stop();
+        kill_shims_of(&self.socket);
+        unmount_below(&self.dir);
+        if let Err(err) = fs::remove_dir_all(&self.dir) {
+            eprintln!("removing {}: {err}", self.dir.display());
+        }
+    }
+}
+
+/// Where the image comes from.
+#[derive(Clone, Debug)]
+pub enum Source {
+    /// An unpacked directory (`ctr run --rootfs`); the record has no image.
+    Rootfs(PathBuf),
+    /// An imported image reference.
+    Image(String),
+}
+
+/// One `ctr run`.
+#[derive(Clone, Debug)]
+pub struct RunSpec {
+    pub id: String,
+    pub source: Source,
+    pub labels: Vec<(String, String)>,
+    pub annotations: Vec<(String, String)>,
+    pub net_host: bool,
+    /// Join this network namespace (`--with-ns network:<path>`), as a pod's
+    /// containers join their sandbox's.
+    pub join_netns: Option<PathBuf>,
+    pub args: Vec<String>,
+}
+
+/// CRI-style identity of a simulated pod.
+#[derive(Clone, Debug)]
+pub struct Pod {
+    pub name: String,
+    pub namespace: String,
+    pub uid: String,
+}
+
+impl RunSpec {
+    pub fn new(id: &str, source: Source, args: &[&str]) -> RunSpec {
+        RunSpec {
+            id: id.to_owned(),
+            source,
+            labels: Vec::new(),
+            annotations: Vec::new(),
+            net_host: false,
+            join_netns: None,
+            args: args.iter().map(|a| a.to_string()).collect(),
+        }
+    }
+
+    pub fn label(mut self, key: &str, value: &str) -> RunSpec {
+        self.labels.push((key.to_owned(), value.to_owned()));
+        self
+    }
+
+    pub fn annotation(mut self, key: &str, value: &str) -> RunSpec {
+        self.annotations.push((key.to_owned(), value.to_owned()));
+        self
+    }
+
+    /// The labels the CRI plugin puts on a pod's containers.
+    pub fn in_pod(self, pod: &Pod, container: &str) -> RunSpec {
+        self.label("io.kubernetes.pod.name", &pod.name)
+            .label("io.kubernetes.pod.namespace", &pod.namespace)
+            .label("io.kubernetes.pod.uid", &pod.uid)
+            .label("io.kubernetes.container.name", container)
+    }
+
+    /// A pod sandbox record: CRI's kind label plus the pod's identity.
+    pub fn sandbox_of(self, pod: &Pod) -> RunSpec {
+        self.label("io.cri-containerd.kind", "sandbox")
+            .label("io.kubernetes.pod.name", &pod.name)
+            .label("io.kubernetes.pod.namespace", &pod.namespace)
+            .label("io.kubernetes.pod.uid", &pod.uid)
+    }
+
+    pub fn net_host(mut self) -> RunSpec {
+        self.net_host = true;
+        self
+    }
+
+    pub fn join_netns(mut self, path: PathBuf) -> RunSpec {
+        self.join_netns = Some(path);
+        self
+    }
+
+    fn ctr_args(&self, mode: &[&str]) -> Vec<String> {
+        let mut args: Vec<String> = vec!["run".into()];
+        args.extend(mode.iter().map(|m| m.to_string()));
+        // Without an image config there is no PATH; busybox lives in /bin.
+        args.push("--env=PATH=/bin".into());
+        for (key, value) in &self.labels {
+            args.push(format!("--label={key}={value}"));
+        }
+        for (key, value) in &self.annotations {
+            args.push(format!("--annotation={key}={value}"));
+        }
+        if self.net_host {
+            args.push("--net-host".into());
+        }
+        if let Some(path) = &self.join_netns {
+            args.push(format!("--with-ns=network:{}", path.display()));
+        }
+        // Flags must precede the positional arguments.
+        match &self.source {
+            Source::Rootfs(dir) => {
+                args.push("--rootfs".into());
+                args.push(dir.display().to_string());
+            }
+            Source::Image(name) => args.push(name.clone()),
+        }
+        args.push(self.id.clone());
+        args.extend(self.args.iter().cloned());
+        args
+    }
+}
+
+/// A minimal root filesystem: static busybox with its applets, and a passwd
+/// that knows [`APP_USER`].
+pub fn busybox_rootfs(dir: &Path) -> PathBuf {
+    for sub in ["bin", "etc", "tmp", "proc", "sys", "dev", "root"] {
+        fs::create_dir_all(dir.join(sub)).unwrap();
+    }
+    let busybox = ["/bin/busybox", "/usr/bin/busybox"]
+        .into_iter()
+        .map(Path::new)
+        .find(|p| p.exists())
+        .expect("busybox (run scripts/setup-containerd.sh)");
+    fs::copy(busybox, dir.join("bin/busybox")).unwrap();
+    fs::set_permissions(dir.join("bin/busybox"), fs::Permissions::from_mode(0o755)).unwrap();
+    for applet in APPLETS {
+        let link = dir.join("bin").join(applet);
+        if !link.exists() {
+            std::os::unix::fs::symlink("busybox", link).unwrap();
+        }
+    }
+    fs::write(
+        dir.join("etc/passwd"),
+        format!("root:x:0:0:root:/root:/bin/sh\n{APP_USER}:x:{APP_UID}:{APP_UID}::/tmp:/bin/sh\n"),
+    )
+    .unwrap();
+    fs::write(dir.join("etc/group"), format!("root:x:0:\n{APP_USER}:x:{APP_UID}:\n")).unwrap();
+    fs::set_permissions(dir.join("tmp"), fs::Permissions::from_mode(0o1777)).unwrap();
+    dir.to_path_buf()
+}
+
+/// The cgroup v2 directory of a container run by this harness (ctr puts it
+/// at `/<namespace>/<id>`).
+pub fn container_cgroup_v2(id: &str) -> PathBuf {
+    egret::kernel::cgroup::cgroup2_root()
+        .expect("cgroup2 mount")
+        .join(NAMESPACE)
+        .join(id)
+}
+
+/// The container's cgroup in every mounted hierarchy (v1 ones too on a
+/// hybrid host).
+fn container_cgroups(id: &str) -> Vec<PathBuf> {
+    let Ok(table) = fs::read_to_string("/proc/self/mountinfo") else {
+        return Vec::new();
+    };
+    table
+        .lines()
+        .filter_map(|line| {
+            let (pre, post) = line.split_once(" - ")?;
+            let fstype = post.split_whitespace().next()?;
+            matches!(fstype, "cgroup" | "cgroup2")
+                .then(|| pre.split_whitespace().nth(4).map(PathBuf::from))?
+        })
+        .map(|mount| mount.join(NAMESPACE).join(id))
+        .filter(|path| path.is_dir())
+        .collect()
+}
+
+fn kill_cgroup_members(cgroup: &Path) {
+    for pid in fs::read_to_string(cgroup.join("cgroup.procs"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().parse::<i32>().ok())
+    {
+        // SAFETY: plain kill(2) of a pid inside our own test container.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+    std::thread::sleep(Duration::from_millis(100));
+}
+
+/// Shims outlive containerd by design; ours name our socket on their
+/// command line.
+fn kill_shims_of(socket: &Path) {
+    let needle = socket.as_os_str().as_encoded_bytes();
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        let cmdline = fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        let is_ours = cmdline.windows(b"containerd-shim".len()).any(|w| w == b"containerd-shim")
+            && cmdline.windows(needle.len()).any(|w| w == needle);
+        if is_ours {
+            // SAFETY: plain kill(2) of a shim this harness's containerd started.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    }
+}
+
+/// Detaches any mount left below `dir` (rootfs bind mounts, overlay
+/// snapshots), deepest first.
+fn unmount_below(dir: &Path) {
+    let Ok(table) = fs::read_to_string("/proc/self/mountinfo") else {
+        return;
+    };
+    let mut points: Vec<PathBuf> = table
+        .lines()
+        .filter_map(|line| line.split_whitespace().nth(4).map(PathBuf::from))
+        .filter(|point| point.starts_with(dir))
+        .collect();
+    points.sort_by_key(|p| std::cmp::Reverse(p.as_os_str().len()));
+    for point in points {
+        let Ok(c_point) = std::ffi::CString::new(point.as_os_str().as_encoded_bytes()) else {
+            continue;
+        };
+        // SAFETY: valid NUL-terminated path.
+        unsafe { libc::umount2(c_point.as_ptr(), libc::MNT_DETACH) };
+    }
+}
+
+struct Blob {
+    digest: String,
+    size: usize,
+}
+
+fn add_blob(blobs: &Path, bytes: &[u8]) -> Blob {
+    let tmp = blobs.join("incoming");
+    fs::write(&tmp, bytes).unwrap();
+    let out = Command::new("sha256sum").arg(&tmp).output().expect("sha256sum");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let hex = text.split_whitespace().next().expect("sha256sum output").to_owned();
+    fs::rename(&tmp, blobs.join(&hex)).unwrap();
+    Blob {
+        digest: format!("sha256:{hex}"),
+        size: bytes.len(),
+    }
+}
+
+/// Runs `command` to completion, or kills it and returns `None` after
+/// `limit`. Output goes through files so a chatty child cannot block on a
+/// full pipe while we poll.
+fn output_within(mut command: Command, limit: Duration) -> Option<Output> {
+    let dir = std::env::temp_dir();
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let out_path = dir.join(format!("egret-ctr-{}-{n}.out", std::process::id()));
+    let err_path = dir.join(format!("egret-ctr-{}-{n}.err", std::process::id()));
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(fs::File::create(&out_path).ok()?)
+        .stderr(fs::File::create(&err_path).ok()?)
+        .spawn()
+        .ok()?;
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(status) = child.try_wait().ok().flatten() {
+            break Some(status);
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let stdout = fs::read(&out_path).unwrap_or_default();
+    let stderr = fs::read(&err_path).unwrap_or_default();
+    let _ = fs::remove_file(&out_path);
+    let _ = fs::remove_file(&err_path);
+    status.map(|status| Output {
+        status,
+        stdout,
+        stderr,
+    })
+}
+
+fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}

@@ -32,7 +32,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     };
     run_step(
         "build (release)",
-        cargo().args(["build", "--release", "-p", "egret", "--examples"]),
+        cargo().args(["build", "--release", "-p", "egret", "--bins", "--examples"]),
     )?;
     let bins = Binaries::locate()?;
 

@@ -3,9 +3,7 @@
 use std::fmt;
 use std::sync::Arc;
 
-use saphyr_parser::ScalarStyle;
-
-use crate::yaml::Mark;
+use crate::yaml::{Mark, Style};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Severity {
@@ -78,7 +76,7 @@ impl Loc {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct ScalarLoc {
     pub loc: Loc,
-    pub style: ScalarStyle,
+    pub style: Style,
 }
 
 /// Condition or output text, possibly joined from several YAML scalars by
@@ -123,21 +121,31 @@ impl Text {
 pub(crate) struct Files<'a> {
     names: Vec<Arc<str>>,
     texts: Vec<&'a str>,
+    /// Byte offset of each line's start, per file.
+    lines: Vec<Vec<usize>>,
+}
+
+fn line_starts(text: &str) -> Vec<usize> {
+    std::iter::once(0)
+        .chain(text.match_indices('\n').map(|(i, _)| i + 1))
+        .collect()
 }
 
 pub(crate) const BUILTIN_FILE: u32 = 0;
 
 impl<'a> Files<'a> {
-    pub fn new() -> Self {
+    pub fn new(builtin: &'a str) -> Self {
         Files {
             names: vec![Arc::from("<builtin>")],
-            texts: vec![""],
+            texts: vec![builtin],
+            lines: vec![line_starts(builtin)],
         }
     }
 
     pub fn add(&mut self, name: &str, text: &'a str) -> u32 {
         self.names.push(Arc::from(name));
         self.texts.push(text);
+        self.lines.push(line_starts(text));
         u32::try_from(self.names.len() - 1).unwrap_or(u32::MAX)
     }
 
@@ -158,22 +166,38 @@ impl<'a> Files<'a> {
     /// its content plus one character for the line break. Exact for the usual
     /// plain, quoted (without escapes) and block scalars.
     fn locate_in_scalar(&self, at: ScalarLoc, offset: usize) -> Loc {
-        let Some(text) = self.texts.get(at.loc.file as usize) else {
+        let file = at.loc.file as usize;
+        let (Some(text), Some(starts)) = (self.texts.get(file), self.lines.get(file)) else {
             return at.loc;
         };
         let skip = (at.loc.line as usize).saturating_sub(1);
-        let mut lines = text.split('\n').skip(skip);
-        let Some(first) = lines.next() else {
-            return at.loc;
-        };
-        let quoted = matches!(
-            at.style,
-            ScalarStyle::SingleQuoted | ScalarStyle::DoubleQuoted
-        );
-        let block = matches!(at.style, ScalarStyle::Literal | ScalarStyle::Folded);
-        let mut col = at.loc.col + u32::from(quoted);
-        let mut content = skip_chars(first, col as usize);
+        let from = starts.get(skip).copied().unwrap_or(text.len());
+        let mut lines = text.get(from..).unwrap_or("").split('\n');
+        let block = matches!(at.style, Style::Literal | Style::Folded);
         let mut line = at.loc.line;
+        let (mut col, mut content, indent) = if block {
+            // Block content starts on the line after the `|` or `>`, at the
+            // indentation of its first non-empty line.
+            lines.next();
+            let rest = lines.clone();
+            let indent = rest
+                .map(|l| l.trim_end_matches('\r'))
+                .find(|l| !l.trim().is_empty())
+                .map_or(0, |l| l.len() - l.trim_start_matches(' ').len());
+            let Some(first) = lines.next() else {
+                return at.loc;
+            };
+            line += 1;
+            let strip = indent.min(first.len() - first.trim_start_matches(' ').len());
+            (strip, first.get(strip..).unwrap_or(""), indent)
+        } else {
+            let Some(first) = lines.next() else {
+                return at.loc;
+            };
+            let quoted = matches!(at.style, Style::SingleQuoted | Style::DoubleQuoted);
+            let col = at.loc.col as usize + usize::from(quoted);
+            (col, skip_chars(first, col), 0)
+        };
         let mut remaining = offset;
         loop {
             let trimmed = content.trim_end_matches([' ', '\t', '\r']);
@@ -182,10 +206,11 @@ impl<'a> Files<'a> {
                     .char_indices()
                     .take_while(|&(i, _)| i < remaining)
                     .count();
+                let col = col.saturating_add(chars);
                 return Loc {
                     file: at.loc.file,
                     line,
-                    col: col.saturating_add(u32::try_from(chars).unwrap_or(u32::MAX)),
+                    col: u32::try_from(col).unwrap_or(u32::MAX),
                 };
             }
             remaining -= trimmed.len() + 1;
@@ -193,18 +218,13 @@ impl<'a> Files<'a> {
                 return Loc {
                     file: at.loc.file,
                     line,
-                    col,
+                    col: u32::try_from(col).unwrap_or(u32::MAX),
                 };
             };
             line += 1;
-            let indent = next.len() - next.trim_start_matches([' ', '\t']).len();
-            let strip = if block {
-                indent.min(at.loc.col as usize)
-            } else {
-                indent
-            };
-            col = u32::try_from(strip).unwrap_or(u32::MAX);
-            content = next.get(strip..).unwrap_or("");
+            let leading = next.len() - next.trim_start_matches([' ', '\t']).len();
+            col = if block { indent.min(leading) } else { leading };
+            content = next.get(col..).unwrap_or("");
         }
     }
 }

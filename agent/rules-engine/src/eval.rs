@@ -27,6 +27,8 @@ pub(crate) struct Test {
 #[derive(Debug)]
 pub(crate) enum Cmp {
     Exists,
+    /// `in ()`: nothing matches.
+    Never,
     StrEq(Box<str>),
     StrLt(Box<str>),
     StrLe(Box<str>),
@@ -35,6 +37,8 @@ pub(crate) enum Cmp {
     Contains(Box<str>),
     IContains(Box<[u8]>),
     StartsWith(Box<str>),
+    BContains(Box<[u8]>),
+    BStartsWith(Box<[u8]>),
     EndsWith(Box<str>),
     Glob(Glob),
     Regex(regex::Regex),
@@ -97,6 +101,7 @@ impl Test {
         let hit = match (&self.cmp, value) {
             (_, Value::Missing) => return false,
             (Cmp::Exists, _) => true,
+            (Cmp::Never, _) => false,
             (Cmp::StrEq(s), Value::Str(v)) => v == &**s,
             (Cmp::StrLt(s), Value::Str(v)) => v < &**s,
             (Cmp::StrLe(s), Value::Str(v)) => v <= &**s,
@@ -105,6 +110,8 @@ impl Test {
             (Cmp::Contains(s), Value::Str(v)) => v.contains(&**s),
             (Cmp::IContains(s), Value::Str(v)) => icontains(v, s),
             (Cmp::StartsWith(s), Value::Str(v)) => v.starts_with(&**s),
+            (Cmp::BContains(b), Value::Str(v)) => b.is_empty() || v.as_bytes().windows(b.len()).any(|w| w == &**b),
+            (Cmp::BStartsWith(b), Value::Str(v)) => v.as_bytes().starts_with(b),
             (Cmp::EndsWith(s), Value::Str(v)) => v.ends_with(&**s),
             (Cmp::Glob(g), Value::Str(v)) => g.matches(v),
             (Cmp::Regex(r), Value::Str(v)) => r.is_match(v),
@@ -190,7 +197,8 @@ pub(crate) fn type_masks(node: &Node) -> (u8, u8) {
 }
 
 /// (destinations for which the node is certainly true, certainly false),
-/// knowing only that the destination address is present.
+/// for events from the hooks: the destination is known and `evt.type` is
+/// connect or sendto.
 pub(crate) fn destination_truth(node: &Node) -> (NetSet, NetSet) {
     match node {
         Node::Const(true) => (NetSet::all(), NetSet::default()),
@@ -208,6 +216,16 @@ pub(crate) fn destination_truth(node: &Node) -> (NetSet, NetSet) {
             (f, t)
         }
         Node::Check(test) => match (&test.src, &test.cmp) {
+            // The hooks only produce connect and sendto events.
+            (Src::Event(FieldId::EvtType), _) => {
+                let (may_true, may_false) = type_masks(node);
+                let hooks = CONNECT | SENDTO;
+                match (may_true & hooks, may_false & hooks) {
+                    (0, _) => (NetSet::default(), NetSet::all()),
+                    (_, 0) => (NetSet::all(), NetSet::default()),
+                    _ => (NetSet::default(), NetSet::default()),
+                }
+            }
             (Src::Event(FieldId::ServerIp), Cmp::Net(set)) => {
                 let (t, f) = (set.clone(), set.complement());
                 if test.negate { (f, t) } else { (t, f) }

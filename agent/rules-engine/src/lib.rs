@@ -1,1 +1,77 @@
-//! Falco-compatible rule engine (being built).
+//! Egret's rule engine: Falco-compatible YAML rules (rules, macros, lists,
+//! exceptions, `override`/`append`) compiled into allocation-free
+//! evaluators over the fields Egret provides.
+//!
+//! ```
+//! use egret_rules::{load, Options, Source, TestEvent, FieldId};
+//!
+//! let rules = "
+//! - rule: Outbound Connection in Container
+//!   desc: Detects outbound network connection from container to external IP
+//!   condition: >
+//!     evt.type = connect and
+//!     container and
+//!     not fd.sip in (10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16)
+//!   output: >
+//!     Container outbound connection to external IP: (command=%proc.cmdline connection=%fd.name user=%user.name)
+//!   priority: WARNING
+//!   tags: [network, outbound]
+//! ";
+//! let (ruleset, _warnings) = load(&[Source::new("egress.yaml", rules)], &Options::default())
+//!     .into_result()
+//!     .unwrap();
+//! let event = TestEvent::connect("203.0.113.7".parse().unwrap(), 443)
+//!     .in_pod("shop", "web-1", "nginx:1.27");
+//! let mut matches = Vec::new();
+//! ruleset.evaluate(&event, &mut matches);
+//! let rule = ruleset.rule(matches[0]).unwrap();
+//! assert_eq!(rule.priority().as_str(), "Warning");
+//! assert!(rule.render(&event).output.contains("connection=203.0.113.7:443"));
+//! ```
+//!
+//! Semantics worth knowing, where Egret differs from or refines Falco:
+//! - A comparison on a missing value is false, so `not <comparison>` is true.
+//! - Address fields (`fd.sip`, `fd.rip`, `fd.cip`) treat CIDR literals as
+//!   networks in `=`, `!=`, `in`; IPv4-mapped IPv6 addresses compare as IPv4.
+//! - `evt.type` literals `sendmsg` and `sendmmsg` compile to `sendto`: the UDP
+//!   hook cannot tell these calls apart and reports `sendto`.
+//! - `regex` is Rust's regex syntax (close to RE2's), matched against the
+//!   whole value; `icontains`/`iglob` fold ASCII case only.
+//! - Field transformers (`val()`, `tolower()`, ...) are refused with an
+//!   error.
+//! - The macro `container` (`container.id != host`) is built in.
+
+mod ast;
+mod checks;
+mod collect;
+mod compile;
+mod diagnostics;
+mod eval;
+mod event;
+mod exceptions;
+mod fields;
+mod lexer;
+mod load;
+mod loader;
+mod matchers;
+mod netset;
+mod output;
+mod parser;
+mod priority;
+mod ruleset;
+mod testing;
+mod yaml;
+
+pub use diagnostics::{Diagnostic, Location, Severity};
+pub use event::{Event, Labels, Value};
+pub use fields::FieldId;
+pub use load::{LoadError, Loaded, RuleReport, RuleStatus, Source, check, load};
+pub use parser::ParseError;
+pub use priority::{InvalidPriority, Priority};
+pub use ruleset::{InvalidRuleMatching, Options, Rendered, Rule, RuleId, RuleMatching, Ruleset};
+pub use testing::{OwnedValue, TestEvent};
+
+/// Checks one condition's syntax only (no macros, lists or fields).
+pub fn parse_condition(condition: &str) -> Result<(), ParseError> {
+    parser::parse(condition).map(drop)
+}

@@ -48,7 +48,6 @@ pub(crate) fn parse(text: &str) -> (Template, Vec<BadField>) {
     let mut lit = String::new();
     let mut i = 0;
     while i < bytes.len() {
-        let start = i;
         let next_pct = body.get(i..).and_then(|r| r.find('%')).map_or(bytes.len(), |p| i + p);
         lit.push_str(body.get(i..next_pct).unwrap_or(""));
         i = next_pct;
@@ -93,7 +92,7 @@ pub(crate) fn parse(text: &str) -> (Template, Vec<BadField>) {
                 });
             }
             Err(error) => bad.push(BadField {
-                offset: lead + start.max(next_pct),
+                offset: lead + next_pct,
                 name: name.to_string(),
                 error,
             }),

@@ -30,20 +30,20 @@ const TRANSFORMERS: [&str; 9] = [
     "val(", "tolower(", "toupper(", "b64(", "basename(", "len(", "join(", "concat(", "getopt(",
 ];
 
-const STR_WORD_OPS: [(&str, Option<Op>); 9] = [
-    ("glob", Some(Op::Glob)),
-    ("iglob", Some(Op::IGlob)),
-    ("contains", Some(Op::Contains)),
-    ("icontains", Some(Op::IContains)),
-    ("bcontains", None),
-    ("startswith", Some(Op::StartsWith)),
-    ("bstartswith", None),
-    ("endswith", Some(Op::EndsWith)),
-    ("regex", Some(Op::Regex)),
+const STR_WORD_OPS: [(&str, Op); 9] = [
+    ("glob", Op::Glob),
+    ("iglob", Op::IGlob),
+    ("contains", Op::Contains),
+    ("icontains", Op::IContains),
+    ("bcontains", Op::BContains),
+    ("startswith", Op::StartsWith),
+    ("bstartswith", Op::BStartsWith),
+    ("endswith", Op::EndsWith),
+    ("regex", Op::Regex),
 ];
 
 const OPERATORS: &str = "'exists', '<=', '<', '>=', '>', '==', '=', '!=', 'glob', 'iglob', \
-'contains', 'icontains', 'startswith', 'endswith', 'regex', 'intersects', 'in', 'pmatch'";
+'contains', 'icontains', 'bcontains', 'startswith', 'bstartswith', 'endswith', 'regex', 'intersects', 'in', 'pmatch'";
 
 /// Parses one condition.
 pub(crate) fn parse(src: &str) -> Result<Expr, ParseError> {
@@ -245,7 +245,7 @@ impl<'a> Parser<'a> {
             (Op::Exists, Rhs::None)
         } else if let Some(op) = self.num_op() {
             (op, Rhs::Value(self.num_value()?))
-        } else if let Some(op) = self.str_op()? {
+        } else if let Some(op) = self.str_op() {
             (op, Rhs::Value(self.str_value()?))
         } else if let Some(op) = self.list_op() {
             (op, self.list_value()?)
@@ -273,27 +273,21 @@ impl<'a> Parser<'a> {
         Some(op)
     }
 
-    fn str_op(&mut self) -> Result<Option<Op>, ParseError> {
+    fn str_op(&mut self) -> Option<Op> {
         let start = self.c.pos;
         for (text, op) in [("==", Op::Eq), ("=", Op::Eq), ("!=", Op::Ne)] {
             if self.c.eat(text) {
                 self.mark(start);
-                return Ok(Some(op));
+                return Some(op);
             }
         }
         for (word, op) in STR_WORD_OPS {
             if self.c.eat_word_then_blank(word) {
                 self.mark(start);
-                return match op {
-                    Some(op) => Ok(Some(op)),
-                    None => Err(ParseError {
-                        offset: start,
-                        message: format!("operator '{word}' is not supported by Egret"),
-                    }),
-                };
+                return Some(op);
             }
         }
-        Ok(None)
+        None
     }
 
     fn list_op(&mut self) -> Option<Op> {
@@ -399,3 +393,7 @@ pub(crate) fn parse_field(text: &str) -> Option<(String, Option<String>)> {
     let arg = p.field_arg().ok()?;
     p.c.at_end().then_some((name, arg))
 }
+
+#[cfg(test)]
+#[path = "parser_tests.rs"]
+mod tests;

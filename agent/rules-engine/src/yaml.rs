@@ -1,9 +1,8 @@
-//! A small YAML tree with a position on every node, built from
-//! saphyr-parser's event stream without recursion.
-use std::borrow::Cow;
+//! A small YAML tree with a position on every node, built from libyaml's
+//! event stream without recursion.
 use std::collections::HashMap;
 
-use saphyr_parser::{Event, Parser, ScalarStyle, Span};
+use libyaml_safer::{EventData, Parser};
 
 /// Rule files are a few levels deep; deeper input is hostile or a mistake,
 /// and refusing it keeps the tree's recursive drop and clone shallow.
@@ -11,7 +10,7 @@ const MAX_DEPTH: usize = 64;
 /// Caps what aliases can expand to (the "billion laughs" document).
 const MAX_NODES: usize = 1_000_000;
 
-/// 1-based line, 0-based column in characters: saphyr's convention.
+/// 1-based line, 0-based column in characters.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Mark {
     pub line: u32,
@@ -19,10 +18,33 @@ pub(crate) struct Mark {
 }
 
 impl Mark {
-    fn of(span: &Span) -> Mark {
+    fn of(mark: libyaml_safer::Mark) -> Mark {
         Mark {
-            line: u32::try_from(span.start.line()).unwrap_or(u32::MAX),
-            col: u32::try_from(span.start.col()).unwrap_or(u32::MAX),
+            line: u32::try_from(mark.line.saturating_add(1)).unwrap_or(u32::MAX),
+            col: u32::try_from(mark.column).unwrap_or(u32::MAX),
+        }
+    }
+}
+
+/// How a scalar was written. Block scalars are marked at their `|` or `>`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Style {
+    Plain,
+    SingleQuoted,
+    DoubleQuoted,
+    Literal,
+    Folded,
+}
+
+impl From<libyaml_safer::ScalarStyle> for Style {
+    fn from(style: libyaml_safer::ScalarStyle) -> Self {
+        use libyaml_safer::ScalarStyle as S;
+        match style {
+            S::SingleQuoted => Style::SingleQuoted,
+            S::DoubleQuoted => Style::DoubleQuoted,
+            S::Literal => Style::Literal,
+            S::Folded => Style::Folded,
+            _ => Style::Plain,
         }
     }
 }
@@ -30,7 +52,7 @@ impl Mark {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum Kind {
     Null,
-    Scalar(String, ScalarStyle),
+    Scalar(String, Style),
     Seq(Vec<Node>),
     Map(Vec<(Node, Node)>),
 }
@@ -56,7 +78,7 @@ impl Node {
         }
     }
 
-    pub fn style(&self) -> Option<ScalarStyle> {
+    pub fn style(&self) -> Option<Style> {
         match &self.kind {
             Kind::Scalar(_, style) => Some(*style),
             _ => None,
@@ -80,15 +102,6 @@ impl Node {
             _ => &[],
         }
     }
-
-    pub fn type_name(&self) -> &'static str {
-        match self.kind {
-            Kind::Null => "null",
-            Kind::Scalar(..) => "a scalar",
-            Kind::Seq(_) => "a sequence",
-            Kind::Map(_) => "a mapping",
-        }
-    }
 }
 
 enum Frame {
@@ -99,23 +112,23 @@ enum Frame {
 struct Open {
     frame: Frame,
     mark: Mark,
-    anchor: usize,
+    anchor: Option<String>,
     nodes: usize,
 }
 
 struct Builder {
     stack: Vec<Open>,
-    anchors: HashMap<usize, (Node, usize)>,
+    anchors: HashMap<String, (Node, usize)>,
     docs: Vec<Node>,
     nodes: usize,
 }
 
-fn is_null(value: &str, style: ScalarStyle) -> bool {
-    style == ScalarStyle::Plain && matches!(value, "" | "~" | "null" | "Null" | "NULL")
+fn is_null(value: &str, style: Style) -> bool {
+    style == Style::Plain && matches!(value, "" | "~" | "null" | "Null" | "NULL")
 }
 
 impl Builder {
-    fn push(&mut self, node: Node, count: usize, anchor: usize, at: Mark) -> Result<(), YamlError> {
+    fn push(&mut self, node: Node, count: usize, anchor: Option<String>, at: Mark) -> Result<(), YamlError> {
         self.nodes = self.nodes.saturating_add(count);
         if self.nodes > MAX_NODES {
             return Err(YamlError {
@@ -123,7 +136,7 @@ impl Builder {
                 message: format!("document expands to more than {MAX_NODES} nodes"),
             });
         }
-        if anchor != 0 {
+        if let Some(anchor) = anchor {
             self.anchors.insert(anchor, (node.clone(), count));
         }
         match self.stack.last_mut() {
@@ -142,7 +155,7 @@ impl Builder {
         Ok(())
     }
 
-    fn open(&mut self, frame: Frame, mark: Mark, anchor: usize) -> Result<(), YamlError> {
+    fn open(&mut self, frame: Frame, mark: Mark, anchor: Option<String>) -> Result<(), YamlError> {
         if self.stack.len() >= MAX_DEPTH {
             return Err(YamlError {
                 mark,
@@ -179,49 +192,45 @@ impl Builder {
 
 /// Parses every document in `text`. A document that is empty is `Null`.
 pub(crate) fn parse(text: &str) -> Result<Vec<Node>, YamlError> {
-    let mut parser = Parser::new_from_str(text);
+    let mut input = text.as_bytes();
+    let mut parser = Parser::new();
+    parser.set_input_string(&mut input);
     let mut b = Builder {
         stack: Vec::new(),
         anchors: HashMap::new(),
         docs: Vec::new(),
         nodes: 0,
     };
-    while let Some(event) = parser.next_event() {
-        let (event, span) = event.map_err(|e| YamlError {
-            mark: Mark {
-                line: u32::try_from(e.marker().line()).unwrap_or(u32::MAX),
-                col: u32::try_from(e.marker().col()).unwrap_or(u32::MAX),
-            },
-            message: e.info().to_string(),
+    loop {
+        let event = parser.parse().map_err(|e| YamlError {
+            mark: e.problem_mark().map(Mark::of).unwrap_or_default(),
+            message: e.to_string(),
         })?;
-        let mark = Mark::of(&span);
-        match event {
-            Event::Scalar(value, style, anchor, _) => {
+        let mark = Mark::of(event.start_mark);
+        match event.data {
+            EventData::Scalar { anchor, value, style, .. } => {
+                let style = Style::from(style);
                 let kind = if is_null(&value, style) {
                     Kind::Null
                 } else {
-                    Kind::Scalar(Cow::into_owned(value), style)
+                    Kind::Scalar(value, style)
                 };
                 b.push(Node { kind, mark }, 1, anchor, mark)?;
             }
-            Event::SequenceStart(anchor, _) => b.open(Frame::Seq(Vec::new()), mark, anchor)?,
-            Event::MappingStart(anchor, _) => b.open(Frame::Map(Vec::new(), None), mark, anchor)?,
-            Event::SequenceEnd | Event::MappingEnd => b.close(mark)?,
-            Event::Alias(id) => {
-                let Some((node, count)) = b.anchors.get(&id).cloned() else {
+            EventData::SequenceStart { anchor, .. } => b.open(Frame::Seq(Vec::new()), mark, anchor)?,
+            EventData::MappingStart { anchor, .. } => b.open(Frame::Map(Vec::new(), None), mark, anchor)?,
+            EventData::SequenceEnd | EventData::MappingEnd => b.close(mark)?,
+            EventData::Alias { anchor } => {
+                let Some((node, count)) = b.anchors.get(&anchor).cloned() else {
                     return Err(YamlError {
                         mark,
-                        message: "alias to an unknown anchor".into(),
+                        message: format!("alias to unknown anchor '{anchor}'"),
                     });
                 };
-                b.push(node, count, 0, mark)?;
+                b.push(node, count, None, mark)?;
             }
-            Event::StreamStart
-            | Event::StreamEnd
-            | Event::DocumentStart(_)
-            | Event::DocumentEnd
-            | Event::Nothing => {}
+            EventData::StreamEnd => return Ok(b.docs),
+            EventData::StreamStart { .. } | EventData::DocumentStart { .. } | EventData::DocumentEnd { .. } => {}
         }
     }
-    Ok(b.docs)
 }

@@ -150,15 +150,15 @@ impl CgroupPaths {
             return Some(entry);
         }
         self.stats.misses.fetch_add(1, Ordering::Relaxed);
-        if let Some(entry) = pid.and_then(|pid| self.from_proc(cgroup_id, pid)) {
+        if let Some(entry) = pid.and_then(|pid| self.resolve_via_proc(cgroup_id, pid)) {
             self.stats.proc_fallbacks.fetch_add(1, Ordering::Relaxed);
             self.insert(cgroup_id, entry.clone());
             return Some(entry);
         }
-        if self.rewalk_if_due() {
-            if let Some(entry) = self.cached(cgroup_id) {
-                return Some(entry);
-            }
+        if self.rewalk_if_due()
+            && let Some(entry) = self.cached(cgroup_id)
+        {
+            return Some(entry);
         }
         self.stats.unresolved.fetch_add(1, Ordering::Relaxed);
         None
@@ -249,7 +249,7 @@ impl CgroupPaths {
     /// The `0::<path>` line of `/proc/<pid>/cgroup`, accepted only if that
     /// directory's inode is `cgroup_id`: the process may have moved since
     /// the event, or its pid been reused.
-    fn from_proc(&self, cgroup_id: u64, pid: u32) -> Option<Arc<CgroupEntry>> {
+    fn resolve_via_proc(&self, cgroup_id: u64, pid: u32) -> Option<Arc<CgroupEntry>> {
         let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
         let path = unified_path(&text)?;
         let ino = std::fs::metadata(self.root.join(path.trim_start_matches('/')))

@@ -7,7 +7,7 @@
 //! for a while so a flood of events from one unknown container costs one
 //! fetch, not one per event.
 use std::{
-    collections::{HashMap, HashSet},
+    collections::HashMap,
     sync::{
         Arc, RwLock, RwLockReadGuard, RwLockWriteGuard,
         atomic::{AtomicU64, Ordering},
@@ -195,10 +195,9 @@ impl ContainerCache {
             state: State::Pending { since },
             ..
         }) = map.get(id)
+            && since.elapsed() < self.config.pending_timeout
         {
-            if since.elapsed() < self.config.pending_timeout {
-                return Unknown::Pending;
-            }
+            return Unknown::Pending;
         }
         let now = Instant::now();
         let (state, answer) = match self.fetch_tx.try_send(id.into()) {
@@ -266,15 +265,13 @@ impl ContainerCache {
         }
     }
 
-    /// After a (re)connect and full listing: known containers containerd no
-    /// longer has were deleted while we were not watching.
-    pub fn retain_live(&self, live: &HashSet<String>, grace: Duration) {
-        let at = Instant::now() + grace;
-        for (id, slot) in self.write().iter_mut() {
-            if matches!(slot.state, State::Known(_)) && !live.contains(&**id) {
-                slot.delete_at.get_or_insert(at);
-            }
-        }
+    /// Ids with metadata, for reconciling against a full listing.
+    pub fn known_ids(&self) -> Vec<Box<str>> {
+        self.read()
+            .iter()
+            .filter(|(_, slot)| matches!(slot.state, State::Known(_)))
+            .map(|(id, _)| id.clone())
+            .collect()
     }
 
     /// Whether the worker should fetch `id` on a start/create event.
@@ -450,9 +447,8 @@ mod tests {
         assert!(cache.peek("a").is_some(), "still served until swept");
         cache.sweep();
         assert!(cache.peek("a").is_none());
-        let live: HashSet<String> = ["c".to_owned()].into();
-        cache.retain_live(&live, Duration::ZERO);
-        cache.sweep();
-        assert!(cache.is_empty());
+        assert_eq!(cache.known_ids(), [Box::from("b")]);
+        cache.get("c");
+        assert_eq!(cache.known_ids().len(), 1, "pending is not known");
     }
 }

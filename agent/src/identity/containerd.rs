@@ -31,6 +31,8 @@ use super::{
 
 /// Container specs and listings of busy nodes exceed tonic's 4 MiB default.
 const MAX_MESSAGE_BYTES: usize = 64 << 20;
+/// Events buffered between the stream and the worker.
+const EVENT_QUEUE: usize = 256;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ContainerdError {
@@ -69,6 +71,8 @@ pub struct ContainerdConfig {
     /// How long a deleted container's metadata is still served, for events
     /// queued behind its deletion.
     pub delete_grace: Duration,
+    /// Full re-listing, to catch deletions whose event was missed.
+    pub resync_interval: Duration,
     /// A file naming the host network namespace, for the host-network check
     /// of containers that join a namespace by path. The agent runs with
     /// hostNetwork, so its own namespace is the host's.
@@ -87,6 +91,7 @@ impl Default for ContainerdConfig {
             backoff_initial: Duration::from_millis(200),
             backoff_max: Duration::from_secs(30),
             delete_grace: Duration::from_secs(30),
+            resync_interval: Duration::from_secs(300),
             host_netns_file: Some(PathBuf::from("/proc/self/ns/net")),
         }
     }
@@ -157,6 +162,7 @@ impl ContainerdMetadata {
         self.stats.connected.load(Ordering::Relaxed) == 1
     }
 
+    #[cfg(test)]
     pub(crate) fn cache(&self) -> &ContainerCache {
         &self.cache
     }
@@ -261,17 +267,21 @@ impl ContainerdWorker {
         })
         .await?;
         let client = Client::from(channel.clone());
-        let mut events = with_timeout("subscribe", config.request_timeout, async {
-            client
-                .events()
-                .subscribe(SubscribeRequest::default())
-                .await
-                .map_err(rpc("subscribe"))
+        with_timeout("version", config.request_timeout, async {
+            client.version().version(()).await.map_err(rpc("version"))
         })
-        .await?
-        .into_inner();
-        // Subscribe before listing: a container created in between is then
-        // both listed and announced, never missed.
+        .await?;
+        // containerd sends no response headers on the event stream until
+        // the first event, so the subscription cannot be awaited here: a
+        // task forwards it. It starts before the listing below, so a
+        // container created meanwhile is normally both listed and
+        // announced; one that slips through the gap is fetched on its first
+        // lookup, and the periodic resync catches a missed deletion.
+        let (event_tx, mut event_rx) = mpsc::channel(EVENT_QUEUE);
+        let forwarder = AbortOnDrop(tokio::spawn(forward_events(
+            Client::from(channel.clone()),
+            event_tx,
+        )));
         let listed = self.prime(&channel).await?;
         shared.stats.connects.fetch_add(1, Ordering::Relaxed);
         shared.stats.connected.store(1, Ordering::Relaxed);
@@ -279,14 +289,15 @@ impl ContainerdWorker {
 
         let mut inflight: JoinSet<FetchResult> = JoinSet::new();
         let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut resync = tokio::time::interval(config.resync_interval);
+        resync.reset();
         loop {
             tokio::select! {
                 biased;
                 () = shutdown.cancelled() => return Ok(SessionEnd::Shutdown),
-                message = events.message() => match message {
-                    Ok(Some(envelope)) => self.on_event(envelope, &channel, &mut inflight),
-                    Ok(None) => return Err(ContainerdError::StreamClosed),
-                    Err(status) => return Err(rpc("event stream")(status)),
+                envelope = event_rx.recv() => match envelope {
+                    Some(envelope) => self.on_event(envelope, &channel, &mut inflight),
+                    None => return Err(forwarder.finish().await),
                 },
                 Some(done) = inflight.join_next(), if !inflight.is_empty() => {
                     if let Ok(result) = done {
@@ -295,6 +306,9 @@ impl ContainerdWorker {
                 }
                 Some(id) = self.fetch_rx.recv(), if inflight.len() < config.max_inflight => {
                     inflight.spawn(fetch(shared.clone(), channel.clone(), id));
+                }
+                _ = resync.tick() => {
+                    self.prime(&channel).await?;
                 }
                 _ = tick.tick() => shared.cache.sweep(),
             }
@@ -306,6 +320,9 @@ impl ContainerdWorker {
     /// were away.
     async fn prime(&self, channel: &Channel) -> Result<usize, ContainerdError> {
         let shared = &self.shared;
+        // Taken before listing: a container fetched while the listing is
+        // under way is missing from it but not deleted.
+        let known_before = shared.cache.known_ids();
         let containers = with_timeout("list", shared.config.request_timeout, async {
             containers_client(channel)
                 .list(shared.request(ListContainersRequest::default()))
@@ -334,8 +351,10 @@ impl ContainerdWorker {
             let meta = build(shared, container, spec.as_ref(), sandbox.map(|s| &**s));
             shared.cache.insert(Arc::new(meta));
         }
-        let live: HashSet<String> = containers.iter().map(|c| c.id.clone()).collect();
-        shared.cache.retain_live(&live, shared.config.delete_grace);
+        let live: HashSet<&str> = containers.iter().map(|c| c.id.as_str()).collect();
+        for gone in known_before.iter().filter(|id| !live.contains(&***id)) {
+            shared.cache.mark_deleted(gone, shared.config.delete_grace);
+        }
         Ok(containers.len())
     }
 
@@ -387,6 +406,40 @@ impl ContainerdWorker {
                 cache.mark_failed(&id);
             }
         }
+    }
+}
+
+/// Pumps containerd's event stream into the worker; returns why it ended.
+async fn forward_events(client: Client, tx: mpsc::Sender<Envelope>) -> ContainerdError {
+    let mut stream = match client.events().subscribe(SubscribeRequest::default()).await {
+        Ok(response) => response.into_inner(),
+        Err(status) => return rpc("subscribe")(status),
+    };
+    loop {
+        match stream.message().await {
+            Ok(Some(envelope)) => {
+                if tx.send(envelope).await.is_err() {
+                    return ContainerdError::StreamClosed;
+                }
+            }
+            Ok(None) => return ContainerdError::StreamClosed,
+            Err(status) => return rpc("event stream")(status),
+        }
+    }
+}
+
+/// The forwarder dies with its session, however the session ends.
+struct AbortOnDrop(tokio::task::JoinHandle<ContainerdError>);
+
+impl AbortOnDrop {
+    async fn finish(mut self) -> ContainerdError {
+        (&mut self.0).await.unwrap_or(ContainerdError::StreamClosed)
+    }
+}
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

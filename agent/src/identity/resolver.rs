@@ -178,6 +178,10 @@ mod tests {
             u64::from(N)
         );
         println!("cached cgroup id -> container metadata: {per_lookup:.1} ns/lookup");
-        assert!(per_lookup < 1_000.0, "{per_lookup} ns per cached lookup");
+        // Unoptimised builds are several times slower; the budget is for
+        // the release build the agent ships as.
+        if !cfg!(debug_assertions) {
+            assert!(per_lookup < 1_000.0, "{per_lookup} ns per cached lookup");
+        }
     }
 }

@@ -127,11 +127,11 @@ impl UserNames {
         let key = (mnt_ns, uid);
         {
             let cache = self.cache.read().unwrap_or_else(|p| p.into_inner());
-            if let Some(entry) = cache.get(&key) {
-                if entry.loaded.elapsed() < self.config.ttl {
-                    self.stats.hits.fetch_add(1, Ordering::Relaxed);
-                    return entry.name.clone();
-                }
+            if let Some(entry) = cache.get(&key)
+                && entry.loaded.elapsed() < self.config.ttl
+            {
+                self.stats.hits.fetch_add(1, Ordering::Relaxed);
+                return entry.name.clone();
             }
         }
         self.stats.misses.fetch_add(1, Ordering::Relaxed);

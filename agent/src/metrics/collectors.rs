@@ -222,7 +222,7 @@ impl Everything {
         )?;
         family(
             enc,
-            "egret_kernel_counter_read_errors",
+            "egret_kernel_map_read_errors",
             "Scrapes that could not read the kernel counters",
             None,
             MetricType::Counter,

@@ -2,19 +2,23 @@
 //!
 //! Both structures here keep at most `cap` entries in a slab with an intrusive
 //! recency list, so finding, touching and evicting are O(1) and a hit neither
-//! allocates nor moves memory. Keys are SipHash digests with a per-process
-//! random key (label values are attacker-influenced: process names, pod names,
+//! allocates nor moves memory. Keys are 64-bit digests seeded per process
+//! (label values are attacker-influenced: process names, pod names,
 //! destination addresses), and the full label values are compared on every
-//! hit, so two label sets are never merged into one series.
+//! hit, so two label sets are never merged into one series. A digest
+//! collision can only evict a series, which a flood of new label sets can
+//! do anyway, so the digest needs speed and a secret seed, not SipHash's
+//! cryptographic strength (SipHash was 40% of the per-alert cost).
 use std::{
     collections::HashMap,
     hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState},
+    sync::OnceLock,
 };
 
 const NIL: u32 = u32::MAX;
 
-/// The map keys are already SipHash digests; hashing them again would only
-/// cost time.
+/// The map keys are already digests; hashing them again would only cost
+/// time.
 #[derive(Default)]
 struct Digest(u64);
 
@@ -48,7 +52,7 @@ struct Slot<const N: usize> {
 /// The slab and recency list shared by both public structures.
 struct Lru<const N: usize> {
     cap: usize,
-    keys: RandomState,
+    seed: [u64; 2],
     index: HashMap<u64, u32, BuildHasherDefault<Digest>>,
     slots: Vec<Slot<N>>,
     /// Most recently updated.
@@ -59,7 +63,7 @@ struct Lru<const N: usize> {
 
 enum Found {
     Hit(u32),
-    /// Same digest, different labels: a 64-bit SipHash collision.
+    /// Same digest, different labels: a 64-bit collision.
     Collision(u32),
     Miss,
 }
@@ -69,7 +73,7 @@ impl<const N: usize> Lru<N> {
         Lru {
             // Slot indices are u32 and NIL is reserved.
             cap: cap.min(NIL as usize - 1),
-            keys: RandomState::new(),
+            seed: seed(),
             index: HashMap::default(),
             slots: Vec::new(),
             head: NIL,
@@ -78,13 +82,22 @@ impl<const N: usize> Lru<N> {
     }
 
     fn digest(&self, values: &[&str; N]) -> u64 {
-        let mut h = self.keys.build_hasher();
+        let [k0, k1] = self.seed;
+        let mut state = k0;
         for v in values {
-            h.write(v.as_bytes());
-            // 0xff never occurs in UTF-8, so ("ab","c") and ("a","bc") differ.
-            h.write_u8(0xff);
+            let bytes = v.as_bytes();
+            let mut chunks = bytes.chunks_exact(16);
+            for c in &mut chunks {
+                let (a, b) = c.split_at(8);
+                state = fold_mul(word(a) ^ state ^ k0, word(b) ^ k1);
+            }
+            let rest = chunks.remainder();
+            let (a, b) = rest.split_at(rest.len().min(8));
+            // The length ends every value, so ("ab","c") and ("a","bc")
+            // differ and zero padding is unambiguous.
+            state = fold_mul(word(a) ^ state ^ k1, word(b) ^ (bytes.len() as u64) ^ k0);
         }
-        h.finish()
+        fold_mul(state, k1 ^ 0x9e37_79b9_7f4a_7c15)
     }
 
     fn find(&self, digest: u64, values: &[&str; N]) -> Found {
@@ -166,6 +179,36 @@ impl<const N: usize> Lru<N> {
         self.index.insert(digest, i);
         self.touch(i, now);
     }
+}
+
+/// Per-process secret seed, drawn once from the OS via std's random
+/// hasher keys.
+fn seed() -> [u64; 2] {
+    static SEED: OnceLock<[u64; 2]> = OnceLock::new();
+    *SEED.get_or_init(|| {
+        let s = RandomState::new();
+        [s.hash_one(0x5eed_u64) | 1, s.hash_one(0xfeed_u64) | 1]
+    })
+}
+
+/// Full 64×64→128-bit multiply folded back to 64 bits: the mixing step of
+/// foldhash/wyhash-style hashes.
+fn fold_mul(a: u64, b: u64) -> u64 {
+    let r = u128::from(a) * u128::from(b);
+    (r as u64) ^ ((r >> 64) as u64)
+}
+
+/// Up to 8 bytes, little-endian, zero padded. Byte by byte for short
+/// input: a variable-length `copy_from_slice` becomes a `memcpy` call that
+/// cost more than the hashing.
+fn word(bytes: &[u8]) -> u64 {
+    if let Some(head) = bytes.first_chunk::<8>() {
+        return u64::from_le_bytes(*head);
+    }
+    bytes
+        .iter()
+        .enumerate()
+        .fold(0, |w, (i, b)| w | (u64::from(*b) << (8 * i)))
 }
 
 /// A counter family capped at `cap` series; when full, a new label set

@@ -245,7 +245,7 @@ fn kernel_reader_runs_at_scrape_and_counts_failures() {
     let second = m.encode().unwrap();
     // The failed read keeps the last values and is counted.
     assert!(second.contains("egret_kernel_emitted_total{hook=\"connect6\"} 9\n"));
-    assert!(second.contains("egret_kernel_counter_read_errors_total{map=\"EGRET_COUNTERS\"} 1\n"));
+    assert!(second.contains("egret_kernel_map_read_errors_total{map=\"EGRET_COUNTERS\"} 1\n"));
 }
 
 #[test]
@@ -278,6 +278,25 @@ fn label_values_are_escaped() {
         "{text}"
     );
     assert!(text.contains(r#"proc_name="evil\"} 1\nfake_metric 9""#));
+}
+
+#[test]
+fn addresses_and_ports_format_like_display() {
+    let mut buf = [0u8; 48];
+    for ip in [
+        "0.0.0.0",
+        "255.255.255.255",
+        "10.0.200.9",
+        "2001:db8::1",
+        "::ffff:1.2.3.4",
+    ] {
+        let parsed: IpAddr = ip.parse().unwrap();
+        assert_eq!(fmt_ip(&mut buf, parsed), parsed.to_string());
+    }
+    let mut port = [0u8; 8];
+    for p in [0u16, 7, 80, 443, 65535] {
+        assert_eq!(fmt_u16(&mut port, p), p.to_string());
+    }
 }
 
 #[test]

@@ -34,6 +34,9 @@ const APPLETS: [&str; 12] = [
     "sh", "nc", "wget", "sleep", "cat", "echo", "id", "ls", "true", "false", "ip", "ping",
 ];
 
+mod cleanup;
+mod image;
+
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
 /// A name unique to this test process and call, valid as a containerd id.
@@ -138,7 +141,11 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.b
             {
                 return Ok(());
             }
-            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
                 self.child = None;
                 return Err(format!("containerd exited ({status}):\n{}", self.log()));
             }
@@ -248,65 +255,14 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.b
     /// Packs `rootfs` as a single-layer OCI image named `name` and imports
     /// it, so containers can run from a real image reference.
     pub fn import_image(&self, rootfs: &Path, name: &str) {
-        let work = self.dir.join(format!("image-{}", NEXT.fetch_add(1, Ordering::Relaxed)));
-        let blobs = work.join("blobs/sha256");
-        fs::create_dir_all(&blobs).unwrap();
-        let layer_tar = work.join("layer.tar");
-        let status = Command::new("tar")
-            .arg("-C")
-            .arg(rootfs)
-            .arg("-cf")
-            .arg(&layer_tar)
-            .arg(".")
-            .status()
-            .expect("tar");
-        assert!(status.success(), "packing the layer");
-        let layer = add_blob(&blobs, &fs::read(&layer_tar).unwrap());
-        let config = serde_json::json!({
-            "architecture": "amd64",
-            "os": "linux",
-            "config": {"Env": ["PATH=/bin"], "Cmd": ["/bin/sh"]},
-            "rootfs": {"type": "layers", "diff_ids": [layer.digest]},
-        });
-        let config = add_blob(&blobs, config.to_string().as_bytes());
-        let manifest = serde_json::json!({
-            "schemaVersion": 2,
-            "mediaType": "application/vnd.oci.image.manifest.v1+json",
-            "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
-                       "digest": config.digest, "size": config.size},
-            "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar",
-                        "digest": layer.digest, "size": layer.size}],
-        });
-        let manifest = add_blob(&blobs, manifest.to_string().as_bytes());
-        let index = serde_json::json!({
-            "schemaVersion": 2,
-            "manifests": [{
-                "mediaType": "application/vnd.oci.image.manifest.v1+json",
-                "digest": manifest.digest, "size": manifest.size,
-                "platform": {"architecture": "amd64", "os": "linux"},
-                "annotations": {"io.containerd.image.name": name,
-                                "org.opencontainers.image.ref.name": name},
-            }],
-        });
-        fs::write(work.join("index.json"), index.to_string()).unwrap();
-        fs::write(work.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
-        fs::remove_file(&layer_tar).unwrap();
-        let archive = self.dir.join("image.tar");
-        let status = Command::new("tar")
-            .arg("-C")
-            .arg(&work)
-            .arg("-cf")
-            .arg(&archive)
-            .args(["oci-layout", "index.json", "blobs"])
-            .status()
-            .expect("tar");
-        assert!(status.success(), "packing the image archive");
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let archive = image::oci_archive(rootfs, name, &self.dir.join(format!("image-{n}")));
         self.ctr_ok(&["image", "import", &archive.display().to_string()]);
         let listed = self.ctr_ok(&["image", "ls", "--quiet"]);
+        let listed = String::from_utf8_lossy(&listed.stdout);
         assert!(
-            String::from_utf8_lossy(&listed.stdout).lines().any(|l| l == name),
-            "image {name} not imported: {}",
-            String::from_utf8_lossy(&listed.stdout)
+            listed.lines().any(|l| l == name),
+            "image {name} not imported: {listed}"
         );
     }
 
@@ -316,10 +272,10 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.b
             return;
         }
         // containerd must run to tear its containers down cleanly.
-        if !self.is_running() {
-            if let Err(err) = self.try_launch() {
-                eprintln!("restarting containerd for cleanup: {err}");
-            }
+        if !self.is_running()
+            && let Err(err) = self.try_launch()
+        {
+            eprintln!("restarting containerd for cleanup: {err}");
         }
         if self.is_running() {
             for id in &ids {
@@ -328,8 +284,8 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.b
         }
         // Whatever survived (containerd failed to restart): kill by cgroup.
         for id in &ids {
-            for cgroup in container_cgroups(id) {
-                kill_cgroup_members(&cgroup);
+            for cgroup in cleanup::container_cgroups(id) {
+                cleanup::kill_cgroup_members(&cgroup);
                 let _ = fs::remove_dir(&cgroup);
             }
         }
@@ -340,8 +296,8 @@ impl Drop for Containerd {
     fn drop(&mut self) {
         self.cleanup_containers();
         self.stop();
-        kill_shims_of(&self.socket);
-        unmount_below(&self.dir);
+        cleanup::kill_shims_of(&self.socket);
+        cleanup::unmount_below(&self.dir);
         if let Err(err) = fs::remove_dir_all(&self.dir) {
             eprintln!("removing {}: {err}", self.dir.display());
         }
@@ -483,7 +439,11 @@ pub fn busybox_rootfs(dir: &Path) -> PathBuf {
         format!("root:x:0:0:root:/root:/bin/sh\n{APP_USER}:x:{APP_UID}:{APP_UID}::/tmp:/bin/sh\n"),
     )
     .unwrap();
-    fs::write(dir.join("etc/group"), format!("root:x:0:\n{APP_USER}:x:{APP_UID}:\n")).unwrap();
+    fs::write(
+        dir.join("etc/group"),
+        format!("root:x:0:\n{APP_USER}:x:{APP_UID}:\n"),
+    )
+    .unwrap();
     fs::set_permissions(dir.join("tmp"), fs::Permissions::from_mode(0o1777)).unwrap();
     dir.to_path_buf()
 }
@@ -495,97 +455,6 @@ pub fn container_cgroup_v2(id: &str) -> PathBuf {
         .expect("cgroup2 mount")
         .join(NAMESPACE)
         .join(id)
-}
-
-/// The container's cgroup in every mounted hierarchy (v1 ones too on a
-/// hybrid host).
-fn container_cgroups(id: &str) -> Vec<PathBuf> {
-    let Ok(table) = fs::read_to_string("/proc/self/mountinfo") else {
-        return Vec::new();
-    };
-    table
-        .lines()
-        .filter_map(|line| {
-            let (pre, post) = line.split_once(" - ")?;
-            let fstype = post.split_whitespace().next()?;
-            matches!(fstype, "cgroup" | "cgroup2")
-                .then(|| pre.split_whitespace().nth(4).map(PathBuf::from))?
-        })
-        .map(|mount| mount.join(NAMESPACE).join(id))
-        .filter(|path| path.is_dir())
-        .collect()
-}
-
-fn kill_cgroup_members(cgroup: &Path) {
-    for pid in fs::read_to_string(cgroup.join("cgroup.procs"))
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.trim().parse::<i32>().ok())
-    {
-        // SAFETY: plain kill(2) of a pid inside our own test container.
-        unsafe { libc::kill(pid, libc::SIGKILL) };
-    }
-    std::thread::sleep(Duration::from_millis(100));
-}
-
-/// Shims outlive containerd by design; ours name our socket on their
-/// command line.
-fn kill_shims_of(socket: &Path) {
-    let needle = socket.as_os_str().as_encoded_bytes();
-    let Ok(entries) = fs::read_dir("/proc") else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
-            continue;
-        };
-        let cmdline = fs::read(entry.path().join("cmdline")).unwrap_or_default();
-        let is_ours = cmdline.windows(b"containerd-shim".len()).any(|w| w == b"containerd-shim")
-            && cmdline.windows(needle.len()).any(|w| w == needle);
-        if is_ours {
-            // SAFETY: plain kill(2) of a shim this harness's containerd started.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
-        }
-    }
-}
-
-/// Detaches any mount left below `dir` (rootfs bind mounts, overlay
-/// snapshots), deepest first.
-fn unmount_below(dir: &Path) {
-    let Ok(table) = fs::read_to_string("/proc/self/mountinfo") else {
-        return;
-    };
-    let mut points: Vec<PathBuf> = table
-        .lines()
-        .filter_map(|line| line.split_whitespace().nth(4).map(PathBuf::from))
-        .filter(|point| point.starts_with(dir))
-        .collect();
-    points.sort_by_key(|p| std::cmp::Reverse(p.as_os_str().len()));
-    for point in points {
-        let Ok(c_point) = std::ffi::CString::new(point.as_os_str().as_encoded_bytes()) else {
-            continue;
-        };
-        // SAFETY: valid NUL-terminated path.
-        unsafe { libc::umount2(c_point.as_ptr(), libc::MNT_DETACH) };
-    }
-}
-
-struct Blob {
-    digest: String,
-    size: usize,
-}
-
-fn add_blob(blobs: &Path, bytes: &[u8]) -> Blob {
-    let tmp = blobs.join("incoming");
-    fs::write(&tmp, bytes).unwrap();
-    let out = Command::new("sha256sum").arg(&tmp).output().expect("sha256sum");
-    let text = String::from_utf8_lossy(&out.stdout);
-    let hex = text.split_whitespace().next().expect("sha256sum output").to_owned();
-    fs::rename(&tmp, blobs.join(&hex)).unwrap();
-    Blob {
-        digest: format!("sha256:{hex}"),
-        size: bytes.len(),
-    }
 }
 
 /// Runs `command` to completion, or kills it and returns `None` after

@@ -2,12 +2,10 @@
 //! validation. A bad item is reported and skipped; the rest still load.
 use std::collections::BTreeSet;
 
-use saphyr_parser::ScalarStyle;
-
 use crate::collect::{Collection, ListInfo, ListItem, MacroInfo};
 use crate::diagnostics::{Loc, ScalarLoc, Sink, Text};
 use crate::lexer::Cursor;
-use crate::yaml::{self, Kind, Node};
+use crate::yaml::{self, Kind, Node, Style};
 
 mod rules;
 
@@ -164,7 +162,7 @@ impl Reader<'_> {
     fn text(&self, value: &str, node: &Node) -> Text {
         let at = ScalarLoc {
             loc: self.loc(node),
-            style: node.style().unwrap_or(ScalarStyle::Plain),
+            style: node.style().unwrap_or(Style::Plain),
         };
         Text::new(value.to_string(), at)
     }

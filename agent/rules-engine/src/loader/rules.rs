@@ -143,9 +143,11 @@ impl Reader<'_> {
         let exceptions = self
             .exceptions(item, false)?
             .into_iter()
-            .map(exceptions::validate)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|m| (self.loc(item), m))?;
+            .map(|ex| {
+                let at = ex.loc;
+                exceptions::validate(ex).map_err(|m| (at, m))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         if source != SYSCALL {
             self.sink.warning(self.loc(item), format!("rule '{name}': unknown source '{source}', skipping"));
         }

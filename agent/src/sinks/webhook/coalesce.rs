@@ -47,7 +47,13 @@ impl Coalescer {
     /// Takes one alert; appends what is due now to `out`: summaries of
     /// windows that have closed, then this alert if it is not suppressed.
     /// Returns whether the alert was suppressed.
-    pub fn offer(&mut self, alert: Arc<Alert>, key: u64, now: Instant, out: &mut Vec<Delivery>) -> bool {
+    pub fn offer(
+        &mut self,
+        alert: Arc<Alert>,
+        key: u64,
+        now: Instant,
+        out: &mut Vec<Delivery>,
+    ) -> bool {
         self.expire(now, out);
         if self.window.is_zero() {
             out.push(Delivery::single(alert));
@@ -106,18 +112,19 @@ impl Coalescer {
         }
     }
 
-    /// Summaries of every open window now (shutdown), forgetting them all.
+    /// Summaries of every window with suppressed alerts, now (shutdown).
+    /// The windows stay open, so identical alerts arriving while the
+    /// pipeline drains are still folded, into the next flush.
     pub fn flush(&mut self, out: &mut Vec<Delivery>) {
-        for (_, w) in self.open.drain() {
-            if let Some(latest) = w.latest {
+        for w in self.open.values_mut() {
+            if let Some(latest) = w.latest.take() {
                 out.push(Delivery {
                     alert: latest,
-                    alerts: w.suppressed,
+                    alerts: std::mem::take(&mut w.suppressed),
                     window: Some(self.window),
                 });
             }
         }
-        self.ends.clear();
     }
 
     pub fn next_deadline(&self) -> Option<Instant> {
@@ -160,7 +167,12 @@ mod tests {
         assert_eq!(out.len(), 1);
         assert!(out[0].window.is_none());
         for i in 1..=5 {
-            assert!(c.offer(alert(i), 1, t0 + Duration::from_secs(u64::from(i)), &mut out));
+            assert!(c.offer(
+                alert(i),
+                1,
+                t0 + Duration::from_secs(u64::from(i)),
+                &mut out
+            ));
         }
         // Another kind is not held back by the first.
         assert!(!c.offer(alert(9), 2, t0 + Duration::from_secs(1), &mut out));
@@ -218,6 +230,13 @@ mod tests {
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].alerts, 2);
         assert_eq!(c.pending_alerts(), 0);
-        assert_eq!(c.next_deadline(), None);
+        // Still folding after a flush; the next flush carries the rest.
+        out.clear();
+        assert!(c.offer(alert(4), 1, t, &mut out));
+        c.flush(&mut out);
+        assert_eq!(out.iter().map(|d| d.alerts).collect::<Vec<_>>(), [1]);
+        out.clear();
+        c.flush(&mut out);
+        assert!(out.is_empty());
     }
 }

@@ -350,7 +350,10 @@ mod tests {
         assert_eq!(c.coalesce_window, Duration::ZERO);
         assert_eq!(c.hmac.as_ref().unwrap().header, "X-Egret-Signature");
         assert!(c.tls.system_roots);
-        assert_eq!(c.bearer_token, Some(SecretSource::Env("EGRET_TEST_TOKEN".into())));
+        assert_eq!(
+            c.bearer_token,
+            Some(SecretSource::Env("EGRET_TEST_TOKEN".into()))
+        );
     }
 
     #[test]
@@ -362,21 +365,32 @@ mod tests {
             serde_json::json!({ "url": "http://x", "retries": 3 }),
             serde_json::json!({ "url": "http://x", "bearer_token": "inline-secret" }),
         ] {
-            assert!(serde_json::from_value::<EndpointConfig>(bad.clone()).is_err(), "{bad}");
+            assert!(
+                serde_json::from_value::<EndpointConfig>(bad.clone()).is_err(),
+                "{bad}"
+            );
         }
     }
 
     #[test]
     fn debug_never_shows_secrets() {
-        let mut c = EndpointConfig::from_url("https://user:pw@hooks.example.com/services/T0/B0/SECRETPATH?sig=abc");
+        let mut c = EndpointConfig::from_url(
+            "https://user:pw@hooks.example.com/services/T0/B0/SECRETPATH?sig=abc",
+        );
         c.headers.insert("X-Api-Key".into(), "SECRETHEADER".into());
         let shown = format!("{c:?}");
         assert!(shown.contains("https://hooks.example.com/…"), "{shown}");
         for secret in ["SECRETPATH", "SECRETHEADER", "pw", "sig=abc"] {
             assert!(!shown.contains(secret), "{secret} leaked: {shown}");
         }
-        assert_eq!(redact_url("http://127.0.0.1:8080/"), "http://127.0.0.1:8080");
-        assert_eq!(format!("{:?}", Secret("t0ken".into())), "Secret(<redacted>)");
+        assert_eq!(
+            redact_url("http://127.0.0.1:8080/"),
+            "http://127.0.0.1:8080"
+        );
+        assert_eq!(
+            format!("{:?}", Secret("t0ken".into())),
+            "Secret(<redacted>)"
+        );
     }
 
     #[test]
@@ -385,9 +399,15 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("token");
         std::fs::write(&path, "abc123\n").unwrap();
-        assert_eq!(SecretSource::File(path.clone()).load().unwrap().expose(), "abc123");
+        assert_eq!(
+            SecretSource::File(path.clone()).load().unwrap().expose(),
+            "abc123"
+        );
         std::fs::write(&path, "  \n").unwrap();
-        assert!(matches!(SecretSource::File(path).load(), Err(SecretError::Empty(_))));
+        assert!(matches!(
+            SecretSource::File(path).load(),
+            Err(SecretError::Empty(_))
+        ));
         assert!(matches!(
             SecretSource::Env("EGRET_SURELY_UNSET_VAR".into()).load(),
             Err(SecretError::Env(_))

@@ -61,16 +61,23 @@ impl Endpoint {
         };
         let url = Url::parse(&cfg.url).map_err(|e| invalid(format!("URL: {e}")))?;
         if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
-            return Err(invalid("URL must be http:// or https:// with a host".into()));
+            return Err(invalid(
+                "URL must be http:// or https:// with a host".into(),
+            ));
         }
         if cfg.queue_capacity == 0 || cfg.max_in_flight == 0 {
-            return Err(invalid("queue_capacity and max_in_flight must be positive".into()));
+            return Err(invalid(
+                "queue_capacity and max_in_flight must be positive".into(),
+            ));
         }
         if cfg.timeout.is_zero() {
             return Err(invalid("timeout must be positive".into()));
         }
         let mut headers = HeaderMap::new();
-        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
         for (k, v) in &cfg.headers {
             let key = HeaderName::from_bytes(k.as_bytes())
                 .map_err(|_| invalid(format!("`{k}` is not a valid header name")))?;
@@ -87,8 +94,10 @@ impl Endpoint {
         };
         if let Some(source) = &cfg.bearer_token {
             let token = source.load().map_err(secret_err)?;
-            let mut value = HeaderValue::from_str(&format!("Bearer {}", token.expose()))
-                .map_err(|_| invalid("the bearer token has characters a header cannot carry".into()))?;
+            let mut value =
+                HeaderValue::from_str(&format!("Bearer {}", token.expose())).map_err(|_| {
+                    invalid("the bearer token has characters a header cannot carry".into())
+                })?;
             value.set_sensitive(true);
             headers.insert(header::AUTHORIZATION, value);
         }
@@ -97,7 +106,10 @@ impl Endpoint {
                 let header = HeaderName::from_bytes(h.header.as_bytes())
                     .map_err(|_| invalid(format!("`{}` is not a valid header name", h.header)))?;
                 let secret = h.secret.load().map_err(secret_err)?;
-                Some((header, hmac::Key::new(hmac::HMAC_SHA256, secret.expose().as_bytes())))
+                Some((
+                    header,
+                    hmac::Key::new(hmac::HMAC_SHA256, secret.expose().as_bytes()),
+                ))
             }
             None => None,
         };
@@ -190,7 +202,11 @@ impl Endpoint {
     }
 }
 
-fn build_client(cfg: &EndpointConfig, url: &Url, name: &str) -> Result<reqwest::Client, WebhookError> {
+fn build_client(
+    cfg: &EndpointConfig,
+    url: &Url,
+    name: &str,
+) -> Result<reqwest::Client, WebhookError> {
     let tls_err = |reason: String| WebhookError::Tls {
         endpoint: name.to_owned(),
         reason,
@@ -213,7 +229,10 @@ fn build_client(cfg: &EndpointConfig, url: &Url, name: &str) -> Result<reqwest::
         let certs = Certificate::from_pem_bundle(&read(path)?)
             .map_err(|e| tls_err(format!("{}: {}", path.display(), e.without_url())))?;
         if certs.is_empty() {
-            return Err(tls_err(format!("{} holds no PEM certificate", path.display())));
+            return Err(tls_err(format!(
+                "{} holds no PEM certificate",
+                path.display()
+            )));
         }
         extra_roots = certs.len();
         for cert in certs {
@@ -237,7 +256,9 @@ fn build_client(cfg: &EndpointConfig, url: &Url, name: &str) -> Result<reqwest::
         }
     }
     if url.scheme() == "https" && !cfg.tls.system_roots && extra_roots == 0 {
-        return Err(tls_err("https with system_roots off needs a ca_file".into()));
+        return Err(tls_err(
+            "https with system_roots off needs a ca_file".into(),
+        ));
     }
     builder.build().map_err(|source| WebhookError::Client {
         endpoint: name.to_owned(),
@@ -323,7 +344,14 @@ mod tests {
             max_backoff: Duration::from_secs(1),
             ..RetryConfig::default()
         };
-        for (attempt, step) in [(0, 100), (1, 200), (2, 400), (3, 800), (4, 1000), (40, 1000)] {
+        for (attempt, step) in [
+            (0, 100),
+            (1, 200),
+            (2, 400),
+            (3, 800),
+            (4, 1000),
+            (40, 1000),
+        ] {
             let d = backoff(&retry, attempt);
             let step = Duration::from_millis(step);
             assert!(d >= step / 2 && d <= step, "attempt {attempt}: {d:?}");
@@ -348,7 +376,10 @@ mod tests {
             .err()
             .map(|e| e.to_string())
             .unwrap_or_default();
-        assert!(err.contains("http:// or https://") && !err.contains("SECRET"), "{err}");
+        assert!(
+            err.contains("http:// or https://") && !err.contains("SECRET"),
+            "{err}"
+        );
         cfg.url = "https://hooks.example.com/SECRET".into();
         cfg.tls.client_cert_file = Some("/nonexistent/cert.pem".into());
         let err = Endpoint::build(&cfg, "x".into(), WebhookMetrics::detached())

@@ -255,7 +255,15 @@ mod tests {
         let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
         let keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
         let mut want = [
-            "uuid", "output", "priority", "rule", "time", "output_fields", "source", "tags", "hostname",
+            "uuid",
+            "output",
+            "priority",
+            "rule",
+            "time",
+            "output_fields",
+            "source",
+            "tags",
+            "hostname",
         ];
         want.sort_unstable();
         let mut got = keys.clone();
@@ -288,34 +296,58 @@ mod tests {
         assert!(slack["text"].as_str().unwrap().ends_with("(×41)"));
         let ding: serde_json::Value =
             serde_json::from_slice(&render(PayloadFormat::Dingtalk, &d).unwrap()).unwrap();
-        assert!(ding["markdown"]["text"].as_str().unwrap().contains("41 identical alert(s)"));
+        assert!(
+            ding["markdown"]["text"]
+                .as_str()
+                .unwrap()
+                .contains("41 identical alert(s)")
+        );
     }
 
     #[test]
     fn slack_message_escapes_markup() {
-        let v: serde_json::Value =
-            serde_json::from_slice(&render(PayloadFormat::Slack, &Delivery::single(alert())).unwrap())
-                .unwrap();
-        assert_eq!(v["text"], "Critical: curl connected to 203.0.113.9:443 &lt;b&gt;");
+        let v: serde_json::Value = serde_json::from_slice(
+            &render(PayloadFormat::Slack, &Delivery::single(alert())).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            v["text"],
+            "Critical: curl connected to 203.0.113.9:443 &lt;b&gt;"
+        );
         let att = &v["attachments"][0];
         assert_eq!(att["color"], "#d40000");
         let fields = att["fields"].as_array().unwrap();
         let proc = fields.iter().find(|f| f["title"] == "proc.name").unwrap();
         assert_eq!(proc["value"], "&lt;script&gt;&amp;`rm`");
-        assert!(fields.iter().any(|f| f["title"] == "rule" && f["value"] == "Unexpected egress"));
-        assert!(fields.iter().any(|f| f["title"] == "container.id" && f["value"] == "&lt;NA&gt;"));
+        assert!(
+            fields
+                .iter()
+                .any(|f| f["title"] == "rule" && f["value"] == "Unexpected egress")
+        );
+        assert!(
+            fields
+                .iter()
+                .any(|f| f["title"] == "container.id" && f["value"] == "&lt;NA&gt;")
+        );
     }
 
     #[test]
     fn dingtalk_markdown_message() {
-        let v: serde_json::Value =
-            serde_json::from_slice(&render(PayloadFormat::Dingtalk, &Delivery::single(alert())).unwrap())
-                .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(
+            &render(PayloadFormat::Dingtalk, &Delivery::single(alert())).unwrap(),
+        )
+        .unwrap();
         assert_eq!(v["msgtype"], "markdown");
         assert_eq!(v["markdown"]["title"], "[Critical] Unexpected egress");
         let text = v["markdown"]["text"].as_str().unwrap();
-        assert!(text.starts_with("#### `[Critical] Unexpected egress`"), "{text}");
+        assert!(
+            text.starts_with("#### `[Critical] Unexpected egress`"),
+            "{text}"
+        );
         // The backticks in the process name cannot close the code span.
-        assert!(text.contains("- **`proc.name`**: `<script>&'rm'`"), "{text}");
+        assert!(
+            text.contains("- **`proc.name`**: `<script>&'rm'`"),
+            "{text}"
+        );
     }
 }

@@ -261,7 +261,10 @@ mod tests {
         let b = EndpointConfig::from_url("https://hooks.slack.com/services/C/D/SECRET2");
         let c = EndpointConfig::from_url("http://127.0.0.1:2801/");
         let names = endpoint_names(&[a.clone(), b.clone(), c]).unwrap();
-        assert_eq!(names, ["hooks.slack.com", "hooks.slack.com#2", "127.0.0.1:2801"]);
+        assert_eq!(
+            names,
+            ["hooks.slack.com", "hooks.slack.com#2", "127.0.0.1:2801"]
+        );
         a.name = Some("soar".into());
         let mut b = b;
         b.name = Some("soar".into());

@@ -44,7 +44,11 @@ impl Worker {
                 let (ep, stop) = (ep.clone(), hard_stop.clone());
                 in_flight.spawn(async move { ep.deliver(d, &stop).await });
             }
-            if !open && ready.is_empty() && in_flight.is_empty() && self.coalescer.pending_alerts() == 0 {
+            if !open
+                && ready.is_empty()
+                && in_flight.is_empty()
+                && self.coalescer.pending_alerts() == 0
+            {
                 break;
             }
             let window_end = self.coalescer.next_deadline().map(Instant::from_std);
@@ -84,7 +88,8 @@ impl Worker {
         }
         hard_stop.cancel();
         while in_flight.join_next().await.is_some() {}
-        let mut left = ready.iter().map(|d| d.alerts).sum::<u64>() + self.coalescer.pending_alerts();
+        let mut left =
+            ready.iter().map(|d| d.alerts).sum::<u64>() + self.coalescer.pending_alerts();
         self.rx.close();
         while self.rx.try_recv().is_ok() {
             left += 1;

@@ -1,0 +1,185 @@
+//! Turns one `field op value(s)` into a typed comparison, checking that the
+//! operator suits the field and that every value parses for its type.
+use crate::ast::Op;
+use crate::eval::{Cmp, LabelSet};
+use crate::fields::{Field, Kind, Src};
+use crate::matchers::{Glob, PathSet, StrSet, U64Set};
+use crate::netset::{NetSet, parse_net};
+use crate::FieldId;
+
+/// Regexes come from rule files; cap what one may cost to compile and hold.
+const REGEX_SIZE_LIMIT: usize = 1 << 20;
+
+/// One right-hand value and the index of where it was written, so that an
+/// error can point at it.
+pub(crate) struct Val<'v> {
+    pub text: &'v str,
+    pub at: usize,
+}
+
+/// An error and, when it concerns one value, that value's index.
+pub(crate) type CheckError = (Option<usize>, String);
+
+/// The hook for UDP cannot tell sendto from sendmsg or sendmmsg, and reports
+/// `sendto`; rules naming the others mean the same sends.
+fn canonical_evt_type(value: &str) -> &str {
+    match value {
+        "sendmsg" | "sendmmsg" => "sendto",
+        other => other,
+    }
+}
+
+fn parse_u64(text: &str) -> Option<u64> {
+    if let Some(hex) = text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")) {
+        return u64::from_str_radix(hex, 16).ok();
+    }
+    text.strip_prefix('+').unwrap_or(text).parse().ok()
+}
+
+fn unsupported(op: Op, name: &str, what: &str) -> CheckError {
+    (None, format!("operator '{}' is not supported for {what} field '{name}'", op.as_str()))
+}
+
+pub(crate) fn build(name: &str, field: &Field, op: Op, values: &[Val<'_>]) -> Result<(Cmp, bool), CheckError> {
+    if op == Op::Exists {
+        return Ok((Cmp::Exists, false));
+    }
+    let first = || values.first().ok_or((None, format!("operator '{}' needs a value", op.as_str())));
+    match field.kind {
+        Kind::Str => build_str(field, op, values, first()),
+        Kind::U64 => {
+            let num = |v: &Val<'_>| {
+                parse_u64(v.text)
+                    .ok_or((Some(v.at), format!("'{}' is not a valid unsigned number for field '{name}'", v.text)))
+            };
+            let cmp = match op {
+                Op::Eq | Op::Ne => Cmp::U64Eq(num(first()?)?),
+                Op::Lt => Cmp::U64Lt(num(first()?)?),
+                Op::Le => Cmp::U64Le(num(first()?)?),
+                Op::Gt => Cmp::U64Gt(num(first()?)?),
+                Op::Ge => Cmp::U64Ge(num(first()?)?),
+                Op::In | Op::Intersects => Cmp::U64In(U64Set::new(values.iter().map(num).collect::<Result<_, _>>()?)),
+                _ => return Err(unsupported(op, name, "numeric")),
+            };
+            Ok((cmp, op == Op::Ne))
+        }
+        Kind::Ip | Kind::Net => match op {
+            Op::Eq | Op::Ne | Op::In | Op::Intersects => {
+                let nets = values
+                    .iter()
+                    .map(|v| {
+                        parse_net(v.text).ok_or((Some(v.at), format!("'{}' is not a valid IP address or CIDR for field '{name}'", v.text)))
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok((Cmp::Net(NetSet::from_nets(nets)), op == Op::Ne))
+            }
+            _ => Err(unsupported(op, name, "address")),
+        },
+        Kind::Bool => {
+            let boolean = |v: &Val<'_>| match v.text.to_ascii_lowercase().as_str() {
+                "true" => Ok(true),
+                "false" => Ok(false),
+                _ => Err((Some(v.at), format!("'{}' is not a valid boolean for field '{name}'", v.text))),
+            };
+            match op {
+                Op::Eq | Op::Ne => Ok((Cmp::BoolEq(boolean(first()?)?), op == Op::Ne)),
+                Op::In | Op::Intersects => {
+                    let set = values.iter().map(boolean).collect::<Result<Vec<_>, _>>()?;
+                    let cmp = match (set.contains(&true), set.contains(&false)) {
+                        (true, true) => Cmp::Exists,
+                        (true, false) => Cmp::BoolEq(true),
+                        (false, true) => Cmp::BoolEq(false),
+                        (false, false) => Cmp::Never,
+                    };
+                    Ok((cmp, false))
+                }
+                _ => Err(unsupported(op, name, "boolean")),
+            }
+        }
+        Kind::Labels => {
+            let set = || {
+                LabelSet(
+                    values
+                        .iter()
+                        .map(|v| match v.text.split_once(':') {
+                            Some((k, val)) => (k.into(), Some(val.into())),
+                            None => (v.text.into(), None),
+                        })
+                        .collect(),
+                )
+            };
+            match op {
+                Op::In => Ok((Cmp::LabelsAll(set()), false)),
+                Op::Intersects => Ok((Cmp::LabelsAny(set()), false)),
+                _ => Err(unsupported(op, name, "label map")),
+            }
+        }
+    }
+}
+
+fn build_str(field: &Field, op: Op, values: &[Val<'_>], first: Result<&Val<'_>, CheckError>) -> Result<(Cmp, bool), CheckError> {
+    let evt_type = field.src == Src::Event(FieldId::EvtType);
+    let canon = |s: &str| -> Box<str> {
+        if evt_type { canonical_evt_type(s).into() } else { s.into() }
+    };
+    let cmp = match op {
+        Op::Eq | Op::Ne => Cmp::StrEq(canon(text(first)?)),
+        Op::Lt => Cmp::StrLt(text(first)?.into()),
+        Op::Le => Cmp::StrLe(text(first)?.into()),
+        Op::Gt => Cmp::StrGt(text(first)?.into()),
+        Op::Ge => Cmp::StrGe(text(first)?.into()),
+        Op::Contains => Cmp::Contains(text(first)?.into()),
+        Op::IContains => Cmp::IContains(text(first)?.as_bytes().into()),
+        Op::StartsWith => Cmp::StartsWith(text(first)?.into()),
+        Op::BContains => Cmp::BContains(hex(first?)?),
+        Op::BStartsWith => Cmp::BStartsWith(hex(first?)?),
+        Op::EndsWith => Cmp::EndsWith(text(first)?.into()),
+        Op::Glob => Cmp::Glob(Glob::new(text(first)?, false)),
+        Op::IGlob => Cmp::Glob(Glob::new(text(first)?, true)),
+        Op::Regex => {
+            let v = first?;
+            Cmp::Regex(regex(v.text).map_err(|e| (Some(v.at), e))?)
+        }
+        Op::In | Op::Intersects => {
+            Cmp::StrIn(StrSet::new(values.iter().map(|v| canon(v.text).into_string()).collect()))
+        }
+        Op::PMatch => Cmp::PMatch(PathSet::new(&values.iter().map(|v| v.text.to_string()).collect::<Vec<_>>())),
+        Op::Exists => Cmp::Exists,
+    };
+    Ok((cmp, op == Op::Ne))
+}
+
+fn hex(v: &Val<'_>) -> Result<Box<[u8]>, CheckError> {
+    let bad = || (Some(v.at), format!("'{}' is not a valid hex byte string", v.text));
+    let digits = v.text.as_bytes();
+    if digits.len() % 2 != 0 {
+        return Err(bad());
+    }
+    digits
+        .chunks(2)
+        .map(|pair| {
+            std::str::from_utf8(pair)
+                .ok()
+                .and_then(|p| u8::from_str_radix(p, 16).ok())
+                .ok_or_else(bad)
+        })
+        .collect()
+}
+
+fn text<'v>(v: Result<&Val<'v>, CheckError>) -> Result<&'v str, CheckError> {
+    v.map(|v| v.text)
+}
+
+/// Falco matches regexes against the whole value (RE2, anchored both ends).
+fn regex(pattern: &str) -> Result<regex::Regex, String> {
+    let build = |p: &str| {
+        regex::RegexBuilder::new(p)
+            .size_limit(REGEX_SIZE_LIMIT)
+            .dfa_size_limit(REGEX_SIZE_LIMIT)
+            .build()
+    };
+    // Validate alone first: a valid pattern has balanced groups, so wrapping
+    // it cannot change its meaning.
+    build(pattern).map_err(|e| format!("invalid regex '{pattern}': {e}"))?;
+    build(&format!("^(?:{pattern})$")).map_err(|e| format!("invalid regex '{pattern}': {e}"))
+}

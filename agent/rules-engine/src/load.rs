@@ -1,0 +1,189 @@
+//! Loading: sources → collection → compiled ruleset, diagnostics and a
+//! per-rule report.
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use crate::collect::{Collection, MacroInfo, SYSCALL};
+use crate::compile::Compiler;
+use crate::diagnostics::{BUILTIN_FILE, Diagnostic, Files, Loc, Location, ScalarLoc, Severity, Sink, Text};
+use crate::eval::type_masks;
+use crate::loader::Reader;
+use crate::ruleset::{Options, Rule, Ruleset};
+use crate::yaml::Style;
+
+/// One rules file (or embedded text); `name` is what diagnostics show.
+#[derive(Clone, Copy, Debug)]
+pub struct Source<'a> {
+    pub name: &'a str,
+    pub text: &'a str,
+}
+
+impl<'a> Source<'a> {
+    pub fn new(name: &'a str, text: &'a str) -> Self {
+        Source { name, text }
+    }
+}
+
+/// What became of one rule.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RuleStatus {
+    /// In the ruleset (and evaluated if enabled).
+    Compiled { enabled: bool },
+    /// Uses fields Egret does not provide; not loaded. `requested_skip` is
+    /// set when the rule has `skip-if-unknown-filter: true` (a warning then,
+    /// not an error).
+    Unsupported { fields: Vec<String>, requested_skip: bool },
+    /// `source:` other than `syscall`.
+    Skipped { source: String },
+    /// Not loaded because of errors (see the diagnostics).
+    Failed,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RuleReport {
+    pub name: String,
+    pub location: Location,
+    pub status: RuleStatus,
+}
+
+/// The outcome of a load: always a ruleset (of the rules that compiled),
+/// every problem found, and what happened to each rule.
+#[derive(Debug)]
+pub struct Loaded {
+    pub ruleset: Ruleset,
+    /// Sorted by file (in load order), line and column.
+    pub diagnostics: Vec<Diagnostic>,
+    pub rules: Vec<RuleReport>,
+}
+
+/// The rules had errors; every diagnostic is included.
+#[derive(Debug, thiserror::Error)]
+#[error("rules have {} error(s); first: {}", count_errors(.diagnostics), first_error(.diagnostics))]
+pub struct LoadError {
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+fn count_errors(d: &[Diagnostic]) -> usize {
+    d.iter().filter(|d| d.severity == Severity::Error).count()
+}
+
+fn first_error(d: &[Diagnostic]) -> String {
+    d.iter()
+        .find(|d| d.severity == Severity::Error)
+        .map_or_else(String::new, ToString::to_string)
+}
+
+impl Loaded {
+    pub fn has_errors(&self) -> bool {
+        self.diagnostics.iter().any(|d| d.severity == Severity::Error)
+    }
+
+    /// Strict form: the ruleset and its warnings, or every diagnostic if
+    /// anything was an error.
+    pub fn into_result(self) -> Result<(Ruleset, Vec<Diagnostic>), LoadError> {
+        if self.has_errors() {
+            Err(LoadError {
+                diagnostics: self.diagnostics,
+            })
+        } else {
+            Ok((self.ruleset, self.diagnostics))
+        }
+    }
+}
+
+/// Built in, so that rules written for Falco's default files load alone.
+const BUILTIN_CONTAINER: &str = "container.id != host";
+
+/// Loads sources in order: later files may override or append to earlier
+/// ones. Problems never stop the load; they are all reported.
+pub fn load(sources: &[Source<'_>], options: &Options) -> Loaded {
+    let mut files = Files::new(BUILTIN_CONTAINER);
+    let mut coll = Collection::default();
+    let mut sink = Sink::default();
+    coll.define_macro(MacroInfo {
+        name: "container".into(),
+        cond: Text::new(
+            BUILTIN_CONTAINER.into(),
+            ScalarLoc {
+                loc: Loc { file: BUILTIN_FILE, line: 1, col: 0 },
+                style: Style::Plain,
+            },
+        ),
+        index: 0,
+        visibility: 0,
+        loc: Loc { file: BUILTIN_FILE, line: 1, col: 0 },
+    });
+    for source in sources {
+        let file = files.add(source.name, source.text);
+        Reader { file, coll: &mut coll, sink: &mut sink }.read(source.text);
+    }
+    let (ruleset, rules) = compile(&coll, &files, options, &mut sink);
+    Loaded {
+        ruleset,
+        diagnostics: sink.finish(&files),
+        rules,
+    }
+}
+
+/// Every diagnostic for the sources, for `egret rules check`.
+pub fn check(sources: &[Source<'_>], options: &Options) -> Vec<Diagnostic> {
+    load(sources, options).diagnostics
+}
+
+fn compile(coll: &Collection, files: &Files<'_>, options: &Options, sink: &mut Sink) -> (Ruleset, Vec<RuleReport>) {
+    let mut compiler = Compiler::new(coll, files, sink);
+    let mut rules = Vec::new();
+    let mut report = Vec::new();
+    for info in &coll.rules.items {
+        let location = files.location(info.loc);
+        let status = if info.source != SYSCALL {
+            compiler.note_refs(info);
+            RuleStatus::Skipped { source: info.source.clone() }
+        } else {
+            let compiled = compiler.compile_rule(info);
+            let fields: Vec<String> = compiled.unknown.iter().map(|u| u.field.clone()).collect();
+            if !compiled.errors.is_empty() {
+                for (at, message) in compiled.errors {
+                    sink.error(at, format!("rule '{}': {message}", info.name));
+                }
+                RuleStatus::Failed
+            } else if !fields.is_empty() {
+                let uses: Vec<String> = compiled.unknown.iter().map(|u| format!("'{}' ({})", u.field, u.place)).collect();
+                let message = format!("rule '{}' uses fields Egret does not provide: {}", info.name, uses.join(", "));
+                if info.skip_if_unknown_filter {
+                    sink.warning(info.loc, format!("{message}; skipped (skip-if-unknown-filter)"));
+                } else {
+                    sink.error(info.loc, format!("{message}; rule not loaded"));
+                }
+                RuleStatus::Unsupported { fields, requested_skip: info.skip_if_unknown_filter }
+            } else {
+                let tags: BTreeSet<&String> = info.tags.iter().collect();
+                rules.push(Rule {
+                    name: Arc::from(info.name.as_str()),
+                    desc: Arc::from(info.desc.as_str()),
+                    priority: info.priority,
+                    tags: tags.into_iter().map(|t| Arc::from(t.as_str())).collect(),
+                    enabled: info.enabled,
+                    location: location.clone(),
+                    output_template: info.output.text.trim().to_string(),
+                    types: type_masks(&compiled.node).0,
+                    condition: compiled.node,
+                    output: compiled.output,
+                });
+                RuleStatus::Compiled { enabled: info.enabled }
+            }
+        };
+        report.push(RuleReport { name: info.name.clone(), location, status });
+    }
+    for list in &coll.lists.items {
+        if !compiler.is_used(&list.name) {
+            sink.warning(list.loc, format!("list '{}' is not used by any rule, macro or list", list.name));
+        }
+    }
+    for m in &coll.macros.items {
+        if m.loc.file != BUILTIN_FILE && !compiler.is_used(&m.name) {
+            sink.warning(m.loc, format!("macro '{}' is not used by any rule or macro", m.name));
+        }
+    }
+    (Ruleset::new(rules, options), report)
+}

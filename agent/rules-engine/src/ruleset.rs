@@ -1,0 +1,262 @@
+//! The compiled ruleset: evaluation, rendering and what the kernel may skip.
+use std::str::FromStr;
+use std::sync::Arc;
+
+use ipnet::IpNet;
+use serde_json::Value as Json;
+
+use crate::diagnostics::Location;
+use crate::eval::{self, CONNECT, Node, OTHER, SENDTO};
+use crate::event::{Event, Value};
+use crate::netset::NetSet;
+use crate::output::Template;
+use crate::{FieldId, Priority};
+
+/// Falco's `rule_matching`: stop at the first matching rule (Falco's
+/// default), or report every match.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum RuleMatching {
+    #[default]
+    First,
+    All,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("invalid rule_matching '{0}': expected 'first' or 'all'")]
+pub struct InvalidRuleMatching(pub String);
+
+impl FromStr for RuleMatching {
+    type Err = InvalidRuleMatching;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "first" => Ok(RuleMatching::First),
+            "all" => Ok(RuleMatching::All),
+            _ => Err(InvalidRuleMatching(s.to_string())),
+        }
+    }
+}
+
+/// Engine options, as in Falco's configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Options {
+    pub rule_matching: RuleMatching,
+    /// Rules less severe than this are loaded but never evaluated (Falco's
+    /// `priority` setting).
+    pub min_priority: Priority,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            rule_matching: RuleMatching::First,
+            min_priority: Priority::Debug,
+        }
+    }
+}
+
+/// Identifies a rule within the [`Ruleset`] that produced it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RuleId(pub(crate) u32);
+
+impl RuleId {
+    pub fn index(self) -> usize {
+        self.0 as usize
+    }
+}
+
+/// A rule's output for one event.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Rendered {
+    /// The output template with every `%field` expanded (`<NA>` if missing).
+    pub output: String,
+    /// Each field the template names, in order of first use; `null` if missing.
+    pub fields: Vec<(Arc<str>, Json)>,
+}
+
+#[derive(Debug)]
+pub struct Rule {
+    pub(crate) name: Arc<str>,
+    pub(crate) desc: Arc<str>,
+    pub(crate) priority: Priority,
+    pub(crate) tags: Arc<[Arc<str>]>,
+    pub(crate) enabled: bool,
+    pub(crate) location: Location,
+    pub(crate) output_template: String,
+    pub(crate) condition: Node,
+    pub(crate) output: Template,
+    /// Event-type buckets the rule can match in.
+    pub(crate) types: u8,
+}
+
+impl Rule {
+    pub fn name(&self) -> &Arc<str> {
+        &self.name
+    }
+
+    pub fn desc(&self) -> &str {
+        &self.desc
+    }
+
+    pub fn priority(&self) -> Priority {
+        self.priority
+    }
+
+    /// Sorted and deduplicated, as Falco reports them.
+    pub fn tags(&self) -> &Arc<[Arc<str>]> {
+        &self.tags
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.enabled
+    }
+
+    /// Always `syscall`: rules for other sources are skipped at load.
+    pub fn source(&self) -> &'static str {
+        crate::collect::SYSCALL
+    }
+
+    /// Where the rule was (first) defined.
+    pub fn location(&self) -> &Location {
+        &self.location
+    }
+
+    pub fn output_template(&self) -> &str {
+        &self.output_template
+    }
+
+    /// The fields the output names, in order of first use.
+    pub fn output_fields(&self) -> &[Arc<str>] {
+        self.output.keys()
+    }
+
+    /// Evaluates this rule alone, whatever its enabled state.
+    pub fn matches<E: Event + ?Sized>(&self, event: &E) -> bool {
+        self.condition.eval(event)
+    }
+
+    /// Expands the output for an event (allocates; call it for matches only).
+    pub fn render<E: Event + ?Sized>(&self, event: &E) -> Rendered {
+        let (output, fields) = self.output.render(event);
+        Rendered { output, fields }
+    }
+}
+
+/// Compiled rules, indexed by event type.
+#[derive(Debug, Default)]
+pub struct Ruleset {
+    rules: Vec<Rule>,
+    /// Rule ids to run per bucket (connect, sendto, other), in load order.
+    buckets: [Box<[u32]>; 3],
+    matching: RuleMatching,
+}
+
+fn bucket_of(bit: u8) -> usize {
+    match bit {
+        CONNECT => 0,
+        SENDTO => 1,
+        _ => 2,
+    }
+}
+
+impl Ruleset {
+    pub(crate) fn new(rules: Vec<Rule>, options: &Options) -> Ruleset {
+        let mut buckets: [Vec<u32>; 3] = Default::default();
+        for (i, rule) in rules.iter().enumerate() {
+            if !rule.enabled || rule.priority > options.min_priority {
+                continue;
+            }
+            for bit in [CONNECT, SENDTO, OTHER] {
+                if rule.types & bit != 0
+                    && let (Some(bucket), Ok(id)) = (buckets.get_mut(bucket_of(bit)), u32::try_from(i))
+                {
+                    bucket.push(id);
+                }
+            }
+        }
+        Ruleset {
+            rules,
+            buckets: buckets.map(Vec::into_boxed_slice),
+            matching: options.rule_matching,
+        }
+    }
+
+    /// Clears `matches`, then fills it with the rules the event matches, in
+    /// load order (at most one with [`RuleMatching::First`]). Allocation-free
+    /// once `matches` has capacity.
+    pub fn evaluate<E: Event + ?Sized>(&self, event: &E, matches: &mut Vec<RuleId>) {
+        matches.clear();
+        let bucket = match event.value(FieldId::EvtType) {
+            Value::Str(t) => bucket_of(eval::type_bit(t)),
+            _ => bucket_of(OTHER),
+        };
+        let Some(ids) = self.buckets.get(bucket) else {
+            return;
+        };
+        for &id in ids.iter() {
+            if self.rules.get(id as usize).is_some_and(|r| r.condition.eval(event)) {
+                matches.push(RuleId(id));
+                if self.matching == RuleMatching::First {
+                    return;
+                }
+            }
+        }
+    }
+
+    pub fn rule(&self, id: RuleId) -> Option<&Rule> {
+        self.rules.get(id.index())
+    }
+
+    /// Every compiled rule, enabled or not, in load order; a rule's position
+    /// is its [`RuleId`] index.
+    pub fn rules(&self) -> &[Rule] {
+        &self.rules
+    }
+
+    pub fn find(&self, name: &str) -> Option<RuleId> {
+        let i = self.rules.iter().position(|r| &*r.name == name)?;
+        u32::try_from(i).ok().map(RuleId)
+    }
+
+    /// Number of rules that [`evaluate`](Self::evaluate) runs.
+    pub fn active_len(&self) -> usize {
+        let mut ids: Vec<u32> = self.buckets.iter().flat_map(|b| b.iter().copied()).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        ids.len()
+    }
+
+    /// Destination networks that no active rule can match: for every address
+    /// in them, each rule's condition is provably false (from checks such as
+    /// `not fd.sip in (...)` or `not fd.snet in (...)`, through and/or/not).
+    /// Connections there may be dropped in the kernel without losing an
+    /// alert. Conservative: empty if any rule could match any destination,
+    /// and empty when no active rule sees connects or sends.
+    pub fn kernel_ignorable_networks(&self) -> Vec<IpNet> {
+        let active: Vec<&Rule> = {
+            let mut ids: Vec<u32> = self.buckets.iter().flat_map(|b| b.iter().copied()).collect();
+            ids.sort_unstable();
+            ids.dedup();
+            ids.iter().filter_map(|&i| self.rules.get(i as usize)).collect()
+        };
+        let mut ignorable = NetSet::all();
+        let mut considered = 0;
+        for rule in active {
+            // Rules that only match other event types never see the hooks'
+            // connect and sendto events.
+            if rule.types & (CONNECT | SENDTO) == 0 {
+                continue;
+            }
+            considered += 1;
+            let (_, never) = eval::destination_truth(&rule.condition);
+            ignorable = ignorable.intersect(&never);
+            if ignorable.is_empty() {
+                break;
+            }
+        }
+        if considered == 0 {
+            return Vec::new();
+        }
+        ignorable.to_nets()
+    }
+}

@@ -1,0 +1,63 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code)]
+use std::net::IpAddr;
+
+use egret_rules::{Loaded, Options, RuleMatching, Ruleset, Severity, Source, load};
+
+pub fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+pub fn all_matches() -> Options {
+    Options {
+        rule_matching: RuleMatching::All,
+        ..Options::default()
+    }
+}
+
+pub fn load_text(yaml: &str, options: &Options) -> Loaded {
+    load(&[Source::new("test.yaml", yaml)], options)
+}
+
+/// Loads, failing the test on any error.
+pub fn ruleset(yaml: &str) -> Ruleset {
+    let loaded = load_text(yaml, &all_matches());
+    let errors: Vec<String> = loaded
+        .diagnostics
+        .iter()
+        .filter(|d| d.severity == Severity::Error)
+        .map(ToString::to_string)
+        .collect();
+    assert!(errors.is_empty(), "unexpected errors:\n{}", errors.join("\n"));
+    loaded.ruleset
+}
+
+/// A one-rule YAML document for `condition`.
+pub fn rule_yaml(name: &str, condition: &str) -> String {
+    format!(
+        "- rule: {name}\n  desc: test\n  condition: |\n    {}\n  output: \"{name} %proc.name\"\n  priority: INFO\n",
+        condition.replace('\n', "\n    ")
+    )
+}
+
+pub fn one_rule(condition: &str) -> Ruleset {
+    ruleset(&rule_yaml("r", condition))
+}
+
+/// Names of the rules the event matches, in order.
+pub fn matched<E: egret_rules::Event>(rules: &Ruleset, event: &E) -> Vec<String> {
+    let mut ids = Vec::new();
+    rules.evaluate(event, &mut ids);
+    ids.iter()
+        .map(|id| rules.rule(*id).unwrap().name().to_string())
+        .collect()
+}
+
+pub fn fires<E: egret_rules::Event>(rules: &Ruleset, event: &E) -> bool {
+    !matched(rules, event).is_empty()
+}
+
+/// Every diagnostic, rendered.
+pub fn diagnostics(loaded: &Loaded) -> Vec<String> {
+    loaded.diagnostics.iter().map(ToString::to_string).collect()
+}

@@ -25,7 +25,7 @@ apt_install() {
 # runtime/test tools: iproute2 for netns,
 # bpftool to inspect attachments, python3 for the io_uring/socket test helpers.
 apt_install llvm-22-dev libpolly-22-dev libzstd-dev zlib1g-dev \
-  iproute2 bpftool protobuf-compiler
+  iproute2 bpftool protobuf-compiler bpftrace prometheus
 
 if ! rustup component list --toolchain nightly --installed 2>/dev/null | grep -q '^rust-src'; then
   log "rustup component add rust-src --toolchain nightly"
@@ -37,4 +37,6 @@ if ! command -v bpf-linker >/dev/null 2>&1 || ! bpf-linker --version 2>/dev/null
   PATH="/usr/lib/llvm-22/bin:$PATH" cargo install bpf-linker --version 0.13.0 --locked \
     --no-default-features --features llvm-22
 fi
+# Test-only: containerd, runc and busybox-static for the identity tests.
+bash "$(dirname "$0")/setup-containerd.sh"
 log "toolchain ready"

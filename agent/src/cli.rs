@@ -42,6 +42,27 @@ pub struct RunArgs {
     #[arg(long)]
     pub no_builtin_ignore: bool,
 
+    /// containerd socket for container and pod metadata.
+    #[arg(
+        long,
+        value_name = "PATH",
+        default_value = "/run/containerd/containerd.sock"
+    )]
+    pub containerd_socket: PathBuf,
+
+    /// containerd namespace of the Kubernetes containers.
+    #[arg(long, value_name = "NAME", default_value = "k8s.io")]
+    pub containerd_namespace: String,
+
+    /// The host's passwd, for user names of processes whose own root is
+    /// gone (in a DaemonSet: the node's /etc/passwd mounted read-only).
+    #[arg(long, value_name = "PATH", default_value = "/etc/passwd")]
+    pub host_passwd: PathBuf,
+
+    /// Do not resolve containers, pods and user names (process fields only).
+    #[arg(long)]
+    pub no_identity: bool,
+
     /// Kernel ring buffer size in bytes: a power of two, at least one page.
     #[arg(long, value_name = "BYTES", default_value_t = egret_common::DEFAULT_RINGBUF_BYTES,
           value_parser = parse_ringbuf_bytes)]

@@ -8,8 +8,15 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     cli::RunArgs,
-    enrich::{self, Enricher, process::ProcessCache},
+    enrich::{self, Enricher, IdentitySources, process::ProcessCache},
     health::{self, Readiness},
+    identity::{
+        cgroups::{CgroupPaths, CgroupPathsConfig},
+        containerd::{ContainerdConfig, ContainerdMetadata},
+        netns::HostNetns,
+        resolver::IdentityResolver,
+        users::{UserNames, UserNamesConfig},
+    },
     kernel::{IgnoreSet, KernelProbes, cgroup},
     sinks, source,
 };
@@ -82,6 +89,16 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         "egret ready"
     );
 
+    let (identity, containerd_task) = if args.no_identity {
+        (None, None)
+    } else {
+        let (sources, worker) = identity_sources(&args)?;
+        (
+            Some(sources),
+            Some(tokio::spawn(worker.run(shutdown.clone()))),
+        )
+    };
+
     let source_stats = Arc::new(source::SourceStats::default());
     let (records_tx, records_rx) = mpsc::channel(STAGE_QUEUE);
     let (events_tx, events_rx) = mpsc::channel(STAGE_QUEUE);
@@ -91,7 +108,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         source_stats.clone(),
         shutdown.clone(),
     ));
-    let enrich_task = tokio::spawn(enrich::run(Enricher::new(processes), records_rx, events_tx));
+    let enrich_task = tokio::spawn(enrich::run(
+        Enricher::new(processes, identity),
+        records_rx,
+        events_tx,
+    ));
     let audit_task = tokio::spawn(sinks::audit::run(events_rx, tokio::io::stdout()));
 
     shutdown.cancelled().await;
@@ -108,6 +129,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         .context("source task")?
         .context("reading the ring buffer")?;
     enrich_task.await.context("enrich task")?;
+    if let Some(task) = containerd_task {
+        task.await.context("containerd task")?;
+    }
     let written = audit_task
         .await
         .context("audit task")?
@@ -141,6 +165,39 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         "pipeline totals"
     );
     Ok(())
+}
+
+fn identity_sources(
+    args: &RunArgs,
+) -> anyhow::Result<(
+    IdentitySources,
+    crate::identity::containerd::ContainerdWorker,
+)> {
+    let cgroups = CgroupPaths::from_mountinfo(CgroupPathsConfig::default())
+        .context("cgroup tree for container identity")?;
+    // Warm the cache so the first events do not each trigger a walk.
+    if let Err(err) = cgroups.refresh() {
+        tracing::warn!(%err, "initial cgroup walk failed; retrying on demand");
+    }
+    let (containerd, worker) = ContainerdMetadata::new(ContainerdConfig {
+        socket: args.containerd_socket.clone(),
+        namespace: args.containerd_namespace.clone(),
+        ..Default::default()
+    })
+    .context("containerd client")?;
+    let users = UserNames::new(UserNamesConfig {
+        host_passwd: args.host_passwd.clone(),
+        ..Default::default()
+    });
+    let host_netns = HostNetns::detect().context("reading this host's network namespace cookie")?;
+    Ok((
+        IdentitySources {
+            resolver: IdentityResolver::new(cgroups, Some(containerd)),
+            users,
+            host_netns,
+        },
+        worker,
+    ))
 }
 
 fn spawn_signal_handler(shutdown: CancellationToken) -> anyhow::Result<()> {

@@ -16,7 +16,7 @@ use egret::{
     alert::{Alert, Priority},
     metrics::{self, AlertContext, DropReason, Metrics, MetricsConfig, Verdict, promql},
 };
-use egret_common::HookCounters;
+use egret_common::{Hook, HookCounters};
 
 fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -69,7 +69,7 @@ fn populated() -> Arc<Metrics> {
     m.observe_evaluation(Duration::from_micros(40));
     m.enrichment_failed("cgroup_unknown");
     m.rules_reloaded(7);
-    let mut k = [HookCounters::default(); 4];
+    let mut k = [HookCounters::default(); Hook::COUNT as usize];
     for (i, c) in k.iter_mut().enumerate() {
         let i = i as u64;
         *c = HookCounters {
@@ -199,7 +199,7 @@ fn parse_openmetrics(text: &str) -> Result<BTreeMap<String, Family>, String> {
         if suffix == "_bucket" && !labels.contains_key("le") {
             return Err(err("bucket without le"));
         }
-        if fam.kind == "counter" && !(value >= 0.0) {
+        if fam.kind == "counter" && (value.is_nan() || value < 0.0) {
             return Err(err("negative or NaN counter"));
         }
         if !seen_series.insert(series.to_owned()) {

@@ -334,19 +334,24 @@ async fn tls_with_private_ca_and_mutual_tls() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn alert_storms_are_coalesced() {
+    // The window is long enough that a loaded CI machine still takes in the
+    // whole burst before it closes.
+    let window = Duration::from_millis(1500);
     let mut rx = receiver(Script::Ok, None, None).await;
     let mut cfg = endpoint(&rx.url);
-    cfg.coalesce_window = Duration::from_millis(600);
+    cfg.coalesce_window = window;
     let (sink, shutdown) = start(&[cfg], Duration::from_secs(1));
     let t0 = Instant::now();
     for n in 0..50 {
         submit(&sink, &alert("Storm", n));
     }
     submit(&sink, &alert("Other rule", 0));
-    let first = rx.next().await;
-    let other = rx.next().await;
+    // Both go out at once, concurrently, in either order.
+    let mut firsts = [rx.next().await, rx.next().await];
+    firsts.sort_by_key(|g| json(g)["rule"].as_str().map(str::to_owned));
+    let [other, first] = firsts;
     assert!(
-        first.at.duration_since(t0) < Duration::from_millis(400),
+        first.at.duration_since(t0) < Duration::from_millis(500),
         "first goes out at once"
     );
     assert_eq!(json(&first)["output_fields"]["evt.num"], 0);
@@ -355,7 +360,7 @@ async fn alert_storms_are_coalesced() {
     let summary = rx.next().await;
     let waited = summary.at.duration_since(t0);
     assert!(
-        waited >= Duration::from_millis(590),
+        waited >= window - Duration::from_millis(10),
         "summary before the window closed: {waited:?}"
     );
     let v = json(&summary);
@@ -365,11 +370,12 @@ async fn alert_storms_are_coalesced() {
         "the summary shows the latest alert"
     );
     // Quiet afterwards: nothing more, and the next one goes out at once.
-    tokio::time::sleep(Duration::from_millis(1300)).await;
+    // (The window renewed at the summary and closes empty one window later.)
+    tokio::time::sleep(window + Duration::from_millis(300)).await;
     assert_eq!(rx.hits(), 3);
     let t1 = Instant::now();
     submit(&sink, &alert("Storm", 99));
-    assert!(rx.next().await.at.duration_since(t1) < Duration::from_millis(400));
+    assert!(rx.next().await.at.duration_since(t1) < Duration::from_millis(500));
     let m = sink
         .endpoint_metrics(sink.endpoint_names().next().unwrap_or_default())
         .cloned();

@@ -1,5 +1,7 @@
 //! End-to-end tests: the real agent binary, the real kernel, real sockets in
 //! throwaway network namespaces. Privileged tests run as root (always in CI)
 //! and print a skip reason otherwise; see `support::privileged`.
+mod containers;
+mod identity;
 mod kernel_hooks;
 mod support;

@@ -127,6 +127,51 @@ unsafe extern "C" {
     fn libc_kill(pid: i32, sig: i32) -> i32;
 }
 
+/// The peer: bpftrace printing one line per connect(2), written to a file
+/// (the same job as Egret's audit stream, done the usual tracing way).
+struct Bpftrace {
+    child: Child,
+}
+
+const BPFTRACE_SCRIPT: &str =
+    "tracepoint:syscalls:sys_enter_connect { printf(\"%d %s\\n\", pid, comm); }";
+
+impl Bpftrace {
+    fn start() -> anyhow::Result<Self> {
+        let out_path =
+            std::env::temp_dir().join(format!("egret-bench-bpftrace-{}.out", std::process::id()));
+        let out = std::fs::File::create(&out_path)?;
+        let child = Command::new("bpftrace")
+            .args(["-e", BPFTRACE_SCRIPT])
+            .stdout(out)
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting bpftrace (apt-get install bpftrace)")?;
+        let peer = Bpftrace { child };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !std::fs::read_to_string(&out_path)
+            .unwrap_or_default()
+            .contains("Attaching")
+        {
+            if Instant::now() > deadline {
+                bail!("bpftrace did not attach");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        // "Attaching" is printed just before the probe is live.
+        std::thread::sleep(Duration::from_millis(300));
+        Ok(peer)
+    }
+}
+
+impl Drop for Bpftrace {
+    fn drop(&mut self) {
+        // SAFETY: signalling our own child.
+        unsafe { libc_kill(self.child.id() as i32, 2) };
+        let _ = self.child.wait();
+    }
+}
+
 fn connect_rate(bins: &Binaries, count: u64) -> anyhow::Result<f64> {
     let output = Command::new(&bins.probe)
         .args(["connect-loop", "127.0.0.1:0", &count.to_string()])
@@ -147,20 +192,26 @@ fn median(values: &mut [f64]) -> f64 {
 }
 
 /// Scenario 1: loopback connects, which the in-kernel ignore list drops.
-/// Runs alternate without and with the agent so drift hits both equally.
+/// Runs rotate between no monitor, Egret and bpftrace so that drift on the
+/// shared machine hits all three equally.
 fn connect_overhead(bins: &Binaries, settings: &Settings) -> anyhow::Result<String> {
     eprintln!("==> connect overhead, filtered traffic");
     let mut without = Vec::new();
     let mut with = Vec::new();
+    let mut peer = Vec::new();
     let mut last_log = String::new();
     for _ in 0..settings.rounds {
         without.push(connect_rate(bins, settings.connects)?);
         let agent = RunningAgent::start(bins, &[])?;
         with.push(connect_rate(bins, settings.connects)?);
         last_log = agent.stop()?;
+        let bpftrace = Bpftrace::start()?;
+        peer.push(connect_rate(bins, settings.connects)?);
+        drop(bpftrace);
     }
     let base = median(&mut without);
     let egret = median(&mut with);
+    let bpftrace = median(&mut peer);
     let mut out = String::new();
     writeln!(
         out,
@@ -168,14 +219,15 @@ fn connect_overhead(bins: &Binaries, settings: &Settings) -> anyhow::Result<Stri
     )?;
     writeln!(
         out,
-        "Single-thread loop of TCP connect+close to a loopback listener, {} connects per run, \
-         median of {} interleaved runs.\n",
+        "Single-thread loop of TCP connect+accept+close on loopback, {} connects per run, \
+         median of {} interleaved runs. The bpftrace peer prints every connect(2) to a file.\n",
         settings.connects, settings.rounds
     )?;
     writeln!(out, "| monitor | connects/s | ratio to none |")?;
     writeln!(out, "|---|---:|---:|")?;
     writeln!(out, "| none | {base:.0} | 1.000 |")?;
     writeln!(out, "| egret | {egret:.0} | {:.3} |", egret / base)?;
+    writeln!(out, "| bpftrace | {bpftrace:.0} | {:.3} |", bpftrace / base)?;
     writeln!(
         out,
         "\nKernel counters after the last Egret run (connect4):\n"

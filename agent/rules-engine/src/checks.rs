@@ -1,11 +1,11 @@
 //! Turns one `field op value(s)` into a typed comparison, checking that the
 //! operator suits the field and that every value parses for its type.
+use crate::FieldId;
 use crate::ast::Op;
 use crate::eval::{Cmp, LabelSet};
 use crate::fields::{Field, Kind, Src};
 use crate::matchers::{Glob, PathSet, StrSet, U64Set};
 use crate::netset::{NetSet, parse_net};
-use crate::FieldId;
 
 /// Regexes come from rule files; cap what one may cost to compile and hold.
 const REGEX_SIZE_LIMIT: usize = 1 << 20;
@@ -37,20 +37,40 @@ fn parse_u64(text: &str) -> Option<u64> {
 }
 
 fn unsupported(op: Op, name: &str, what: &str) -> CheckError {
-    (None, format!("operator '{}' is not supported for {what} field '{name}'", op.as_str()))
+    (
+        None,
+        format!(
+            "operator '{}' is not supported for {what} field '{name}'",
+            op.as_str()
+        ),
+    )
 }
 
-pub(crate) fn build(name: &str, field: &Field, op: Op, values: &[Val<'_>]) -> Result<(Cmp, bool), CheckError> {
+pub(crate) fn build(
+    name: &str,
+    field: &Field,
+    op: Op,
+    values: &[Val<'_>],
+) -> Result<(Cmp, bool), CheckError> {
     if op == Op::Exists {
         return Ok((Cmp::Exists, false));
     }
-    let first = || values.first().ok_or((None, format!("operator '{}' needs a value", op.as_str())));
+    let first = || {
+        values
+            .first()
+            .ok_or((None, format!("operator '{}' needs a value", op.as_str())))
+    };
     match field.kind {
         Kind::Str => build_str(field, op, values, first()),
         Kind::U64 => {
             let num = |v: &Val<'_>| {
-                parse_u64(v.text)
-                    .ok_or((Some(v.at), format!("'{}' is not a valid unsigned number for field '{name}'", v.text)))
+                parse_u64(v.text).ok_or((
+                    Some(v.at),
+                    format!(
+                        "'{}' is not a valid unsigned number for field '{name}'",
+                        v.text
+                    ),
+                ))
             };
             let cmp = match op {
                 Op::Eq | Op::Ne => Cmp::U64Eq(num(first()?)?),
@@ -58,7 +78,9 @@ pub(crate) fn build(name: &str, field: &Field, op: Op, values: &[Val<'_>]) -> Re
                 Op::Le => Cmp::U64Le(num(first()?)?),
                 Op::Gt => Cmp::U64Gt(num(first()?)?),
                 Op::Ge => Cmp::U64Ge(num(first()?)?),
-                Op::In | Op::Intersects => Cmp::U64In(U64Set::new(values.iter().map(num).collect::<Result<_, _>>()?)),
+                Op::In | Op::Intersects => Cmp::U64In(U64Set::new(
+                    values.iter().map(num).collect::<Result<_, _>>()?,
+                )),
                 _ => return Err(unsupported(op, name, "numeric")),
             };
             Ok((cmp, op == Op::Ne))
@@ -68,7 +90,13 @@ pub(crate) fn build(name: &str, field: &Field, op: Op, values: &[Val<'_>]) -> Re
                 let nets = values
                     .iter()
                     .map(|v| {
-                        parse_net(v.text).ok_or((Some(v.at), format!("'{}' is not a valid IP address or CIDR for field '{name}'", v.text)))
+                        parse_net(v.text).ok_or((
+                            Some(v.at),
+                            format!(
+                                "'{}' is not a valid IP address or CIDR for field '{name}'",
+                                v.text
+                            ),
+                        ))
                     })
                     .collect::<Result<Vec<_>, _>>()?;
                 Ok((Cmp::Net(NetSet::from_nets(nets)), op == Op::Ne))
@@ -79,7 +107,10 @@ pub(crate) fn build(name: &str, field: &Field, op: Op, values: &[Val<'_>]) -> Re
             let boolean = |v: &Val<'_>| match v.text.to_ascii_lowercase().as_str() {
                 "true" => Ok(true),
                 "false" => Ok(false),
-                _ => Err((Some(v.at), format!("'{}' is not a valid boolean for field '{name}'", v.text))),
+                _ => Err((
+                    Some(v.at),
+                    format!("'{}' is not a valid boolean for field '{name}'", v.text),
+                )),
             };
             match op {
                 Op::Eq | Op::Ne => Ok((Cmp::BoolEq(boolean(first()?)?), op == Op::Ne)),
@@ -117,10 +148,19 @@ pub(crate) fn build(name: &str, field: &Field, op: Op, values: &[Val<'_>]) -> Re
     }
 }
 
-fn build_str(field: &Field, op: Op, values: &[Val<'_>], first: Result<&Val<'_>, CheckError>) -> Result<(Cmp, bool), CheckError> {
+fn build_str(
+    field: &Field,
+    op: Op,
+    values: &[Val<'_>],
+    first: Result<&Val<'_>, CheckError>,
+) -> Result<(Cmp, bool), CheckError> {
     let evt_type = field.src == Src::Event(FieldId::EvtType);
     let canon = |s: &str| -> Box<str> {
-        if evt_type { canonical_evt_type(s).into() } else { s.into() }
+        if evt_type {
+            canonical_evt_type(s).into()
+        } else {
+            s.into()
+        }
     };
     let cmp = match op {
         Op::Eq | Op::Ne => Cmp::StrEq(canon(text(first)?)),
@@ -140,19 +180,29 @@ fn build_str(field: &Field, op: Op, values: &[Val<'_>], first: Result<&Val<'_>, 
             let v = first?;
             Cmp::Regex(regex(v.text).map_err(|e| (Some(v.at), e))?)
         }
-        Op::In | Op::Intersects => {
-            Cmp::StrIn(StrSet::new(values.iter().map(|v| canon(v.text).into_string()).collect()))
-        }
-        Op::PMatch => Cmp::PMatch(PathSet::new(&values.iter().map(|v| v.text.to_string()).collect::<Vec<_>>())),
+        Op::In | Op::Intersects => Cmp::StrIn(StrSet::new(
+            values.iter().map(|v| canon(v.text).into_string()).collect(),
+        )),
+        Op::PMatch => Cmp::PMatch(PathSet::new(
+            &values
+                .iter()
+                .map(|v| v.text.to_string())
+                .collect::<Vec<_>>(),
+        )),
         Op::Exists => Cmp::Exists,
     };
     Ok((cmp, op == Op::Ne))
 }
 
 fn hex(v: &Val<'_>) -> Result<Box<[u8]>, CheckError> {
-    let bad = || (Some(v.at), format!("'{}' is not a valid hex byte string", v.text));
+    let bad = || {
+        (
+            Some(v.at),
+            format!("'{}' is not a valid hex byte string", v.text),
+        )
+    };
     let digits = v.text.as_bytes();
-    if digits.len() % 2 != 0 {
+    if !digits.len().is_multiple_of(2) {
         return Err(bad());
     }
     digits

@@ -4,8 +4,8 @@
 //! which decides which lists and macros it can see.
 use std::collections::{BTreeSet, HashMap};
 
-use crate::diagnostics::{Loc, Text};
 use crate::Priority;
+use crate::diagnostics::{Loc, Text};
 
 pub(crate) struct Indexed<T> {
     pub items: Vec<T>,
@@ -148,15 +148,17 @@ impl Collection {
         info.index = id;
         info.visibility = id;
         let name = info.name.clone();
-        self.lists.upsert(&name, info, |old, new| new.index = old.index);
+        self.lists
+            .upsert(&name, info, |old, new| new.index = old.index);
     }
 
     pub fn append_list(&mut self, name: &str, items: Vec<ListItem>) -> Result<(), String> {
         let id = self.next_index();
-        let list = self
-            .lists
-            .get_mut(name)
-            .ok_or_else(|| format!("List '{name}' has 'append' or 'override' but no list by that name already exists"))?;
+        let list = self.lists.get_mut(name).ok_or_else(|| {
+            format!(
+                "List '{name}' has 'append' or 'override' but no list by that name already exists"
+            )
+        })?;
         list.items.extend(items);
         list.visibility = id;
         Ok(())
@@ -167,15 +169,17 @@ impl Collection {
         info.index = id;
         info.visibility = id;
         let name = info.name.clone();
-        self.macros.upsert(&name, info, |old, new| new.index = old.index);
+        self.macros
+            .upsert(&name, info, |old, new| new.index = old.index);
     }
 
     pub fn append_macro(&mut self, name: &str, cond: &Text) -> Result<(), String> {
         let id = self.next_index();
-        let m = self
-            .macros
-            .get_mut(name)
-            .ok_or_else(|| format!("Macro '{name}' has 'append' or 'override' but no macro by that name already exists"))?;
+        let m = self.macros.get_mut(name).ok_or_else(|| {
+            format!(
+                "Macro '{name}' has 'append' or 'override' but no macro by that name already exists"
+            )
+        })?;
         m.cond.append(cond);
         m.visibility = id;
         Ok(())
@@ -189,7 +193,8 @@ impl Collection {
         }
         info.index = self.next_index();
         let name = info.name.clone();
-        self.rules.upsert(&name, info, |old, new| new.index = old.index);
+        self.rules
+            .upsert(&name, info, |old, new| new.index = old.index);
         Ok(())
     }
 
@@ -199,7 +204,9 @@ impl Collection {
             .get_mut(name)
             .ok_or_else(|| format!("Rule '{name}' has 'append' or 'override: append' but no rule by that name already exists"))?;
         if update.is_empty() {
-            return Err("Appended rule must have at least one field that can be appended to".into());
+            return Err(
+                "Appended rule must have at least one field that can be appended to".into(),
+            );
         }
         // Check the exceptions first so that a refused append changes nothing.
         let mut extra_values = Vec::new();
@@ -250,10 +257,9 @@ impl Collection {
     }
 
     pub fn replace_rule(&mut self, name: &str, update: RuleUpdate) -> Result<(), String> {
-        let rule = self
-            .rules
-            .get_mut(name)
-            .ok_or_else(|| format!("Rule '{name}' has 'override: replace' but no rule by that name already exists"))?;
+        let rule = self.rules.get_mut(name).ok_or_else(|| {
+            format!("Rule '{name}' has 'override: replace' but no rule by that name already exists")
+        })?;
         if update.is_empty() {
             return Err("The rule must have at least one field that can be replaced".into());
         }
@@ -294,10 +300,9 @@ impl Collection {
     }
 
     pub fn enable_rule(&mut self, name: &str, enabled: bool) -> Result<(), String> {
-        let rule = self
-            .rules
-            .get_mut(name)
-            .ok_or_else(|| "Rule has 'enabled' key but no rule by that name already exists".to_string())?;
+        let rule = self.rules.get_mut(name).ok_or_else(|| {
+            "Rule has 'enabled' key but no rule by that name already exists".to_string()
+        })?;
         rule.enabled = enabled;
         Ok(())
     }

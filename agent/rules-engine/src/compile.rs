@@ -93,7 +93,13 @@ impl<'c, 'f> Compiler<'c, 'f> {
             if !c.lists.contains_key(info.name.as_str()) {
                 let values = c.resolve_list(coll, info, 0);
                 if values.len() > MAX_LIST_VALUES {
-                    sink.error(info.loc, format!("list '{}' expands to more than {MAX_LIST_VALUES} values", info.name));
+                    sink.error(
+                        info.loc,
+                        format!(
+                            "list '{}' expands to more than {MAX_LIST_VALUES} values",
+                            info.name
+                        ),
+                    );
                 }
                 c.lists.insert(&info.name, values);
             }
@@ -105,7 +111,10 @@ impl<'c, 'f> Compiler<'c, 'f> {
                     Some(ast)
                 }
                 Err(e) => {
-                    sink.error(info.cond.locate(e.offset, files), format!("macro '{}': {}", info.name, e.message));
+                    sink.error(
+                        info.cond.locate(e.offset, files),
+                        format!("macro '{}': {}", info.name, e.message),
+                    );
                     None
                 }
             };
@@ -116,14 +125,23 @@ impl<'c, 'f> Compiler<'c, 'f> {
 
     /// Items naming a list defined before this list's last change expand to
     /// that list's values.
-    fn resolve_list(&mut self, coll: &'c Collection, info: &'c ListInfo, depth: u32) -> Vec<ListValue> {
+    fn resolve_list(
+        &mut self,
+        coll: &'c Collection,
+        info: &'c ListInfo,
+        depth: u32,
+    ) -> Vec<ListValue> {
         let mut out = Vec::new();
         for item in &info.items {
             if out.len() > MAX_LIST_VALUES {
                 break;
             }
             match coll.lists.get(&item.text) {
-                Some(r) if r.index < info.visibility && r.name != info.name && depth < MAX_LIST_NESTING => {
+                Some(r)
+                    if r.index < info.visibility
+                        && r.name != info.name
+                        && depth < MAX_LIST_NESTING =>
+                {
                     self.used.insert(r.name.clone());
                     if !self.lists.contains_key(r.name.as_str()) {
                         let values = self.resolve_list(coll, r, depth + 1);
@@ -170,7 +188,10 @@ impl<'c, 'f> Compiler<'c, 'f> {
                 }
             })
             .collect();
-        for expr in cond.iter().chain(exceptions.iter().filter_map(|e| e.2.as_ref())) {
+        for expr in cond
+            .iter()
+            .chain(exceptions.iter().filter_map(|e| e.2.as_ref()))
+        {
             scan_refs(expr, &mut self.used);
         }
         let mut cx = Cx {
@@ -182,12 +203,22 @@ impl<'c, 'f> Compiler<'c, 'f> {
             reported_size: false,
         };
         if let Some(cond) = &cond {
-            let scope = Scope { text: Some(&rule.cond), fixed: rule.cond.start(), visibility: u32::MAX, place: Place::Condition };
+            let scope = Scope {
+                text: Some(&rule.cond),
+                fixed: rule.cond.start(),
+                visibility: u32::MAX,
+                place: Place::Condition,
+            };
             parts.push(cx.expr(cond, &scope, 0));
         }
         for (name, loc, expr) in &exceptions {
             if let Some(expr) = expr {
-                let scope = Scope { text: None, fixed: *loc, visibility: u32::MAX, place: Place::Exception(name) };
+                let scope = Scope {
+                    text: None,
+                    fixed: *loc,
+                    visibility: u32::MAX,
+                    place: Place::Exception(name),
+                };
                 parts.push(negate(cx.expr(expr, &scope, 0)));
             }
         }
@@ -195,7 +226,9 @@ impl<'c, 'f> Compiler<'c, 'f> {
         for b in bad {
             let at = rule.output.locate(b.offset, cx.comp.files);
             match b.error {
-                FieldError::Unknown(_) => cx.note_unknown(b.name, format!("output at {}", cx.comp.files.location(at))),
+                FieldError::Unknown(_) => {
+                    cx.note_unknown(b.name, format!("output at {}", cx.comp.files.location(at)))
+                }
                 other => cx.errors.push((at, other.to_string())),
             }
         }
@@ -254,7 +287,10 @@ impl<'a> Cx<'a, '_, '_> {
         }
         if !self.reported_size {
             self.reported_size = true;
-            self.errors.push((at, format!("condition expands to more than {MAX_SIZE} nodes and values")));
+            self.errors.push((
+                at,
+                format!("condition expands to more than {MAX_SIZE} nodes and values"),
+            ));
         }
         false
     }
@@ -262,15 +298,24 @@ impl<'a> Cx<'a, '_, '_> {
     fn expr(&mut self, e: &'a Expr, scope: &Scope<'a>, depth: u32) -> Node {
         if depth > MAX_DEPTH {
             let at = self.locate(scope, e.pos);
-            self.errors.push((at, format!("condition nests more than {MAX_DEPTH} levels deep after macro expansion")));
+            self.errors.push((
+                at,
+                format!("condition nests more than {MAX_DEPTH} levels deep after macro expansion"),
+            ));
             return Node::Const(false);
         }
         if !self.spend(1, scope.fixed) {
             return Node::Const(false);
         }
         match &e.kind {
-            ExprKind::And(children) => all(children.iter().map(|c| self.expr(c, scope, depth + 1)).collect()),
-            ExprKind::Or(children) => any(children.iter().map(|c| self.expr(c, scope, depth + 1)).collect()),
+            ExprKind::And(children) => all(children
+                .iter()
+                .map(|c| self.expr(c, scope, depth + 1))
+                .collect()),
+            ExprKind::Or(children) => any(children
+                .iter()
+                .map(|c| self.expr(c, scope, depth + 1))
+                .collect()),
             ExprKind::Not(inner) => negate(self.expr(inner, scope, depth + 1)),
             ExprKind::Ident(name) => self.macro_ref(name, e.pos, scope, depth),
             ExprKind::Check(check) => self.check(check, e.pos, scope),
@@ -287,16 +332,19 @@ impl<'a> Cx<'a, '_, '_> {
                 return Node::Const(false);
             }
             None => {
-                self.errors.push((at, format!("undefined macro '{name}' used in filter")));
+                self.errors
+                    .push((at, format!("undefined macro '{name}' used in filter")));
                 return Node::Const(false);
             }
         };
         if self.stack.contains(&name) {
-            self.errors.push((at, format!("macro '{name}' refers to itself")));
+            self.errors
+                .push((at, format!("macro '{name}' refers to itself")));
             return Node::Const(false);
         }
         let Some(ast) = &entry.ast else {
-            self.errors.push((at, format!("macro '{name}' has a syntax error")));
+            self.errors
+                .push((at, format!("macro '{name}' has a syntax error")));
             return Node::Const(false);
         };
         let inner = Scope {
@@ -334,7 +382,10 @@ impl<'a> Cx<'a, '_, '_> {
         let mut vals: Vec<Val<'a>> = Vec::new();
         let mut wheres: Vec<Result<u32, Loc>> = Vec::new();
         let mut push = |text: &'a str, at: Result<u32, Loc>| {
-            vals.push(Val { text, at: wheres.len() });
+            vals.push(Val {
+                text,
+                at: wheres.len(),
+            });
             wheres.push(at);
         };
         match &check.rhs {
@@ -342,7 +393,12 @@ impl<'a> Cx<'a, '_, '_> {
             Rhs::Value(lit) => push(&lit.text, Ok(lit.pos)),
             Rhs::List(items) => {
                 for lit in items {
-                    match self.comp.lists.get(lit.text.as_str()).filter(|_| !lit.quoted) {
+                    match self
+                        .comp
+                        .lists
+                        .get(lit.text.as_str())
+                        .filter(|_| !lit.quoted)
+                    {
                         Some(values) => values.iter().for_each(|v| push(&v.text, Err(v.loc))),
                         None => push(&lit.text, Ok(lit.pos)),
                     }
@@ -353,7 +409,11 @@ impl<'a> Cx<'a, '_, '_> {
             return Node::Const(false);
         }
         match checks::build(&check.field, &field, check.op, &vals) {
-            Ok((cmp, negate)) => Node::Check(Box::new(Test { src: field.src, cmp, negate })),
+            Ok((cmp, negate)) => Node::Check(Box::new(Test {
+                src: field.src,
+                cmp,
+                negate,
+            })),
             Err((index, message)) => {
                 let at = match index.and_then(|i| wheres.get(i)) {
                     Some(Err(loc)) => *loc,

@@ -263,3 +263,67 @@ impl Sink {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn locate(src: &str, at: (u32, u32), style: Style, offset: usize) -> (u32, u32) {
+        let mut files = Files::new("");
+        let file = files.add("f", src);
+        let loc = Loc {
+            file,
+            line: at.0,
+            col: at.1,
+        };
+        let found = files.locate_in_scalar(ScalarLoc { loc, style }, offset);
+        (found.line, found.col)
+    }
+
+    #[test]
+    fn offsets_map_back_to_the_source() {
+        // Folded block: content starts on the line after the indicator.
+        let src = "a: >\n    one two\n    three\n";
+        assert_eq!(locate(src, (1, 3), Style::Folded, 0), (2, 4));
+        assert_eq!(locate(src, (1, 3), Style::Folded, 4), (2, 8));
+        assert_eq!(locate(src, (1, 3), Style::Folded, 8), (3, 4));
+        // Plain scalars continue on less indented lines.
+        let src = "a: one two\n  three\n";
+        assert_eq!(locate(src, (1, 3), Style::Plain, 4), (1, 7));
+        assert_eq!(locate(src, (1, 3), Style::Plain, 10), (2, 4));
+        // Quoted: skip the quote.
+        assert_eq!(
+            locate("a: \"x y\"\n", (1, 3), Style::DoubleQuoted, 2),
+            (1, 6)
+        );
+        // Past the end (appended text is located by its own segment): no panic.
+        locate("a: b", (1, 3), Style::Plain, 99);
+        locate("a: >", (1, 3), Style::Folded, 99);
+    }
+
+    #[test]
+    fn appended_text_keeps_each_origin() {
+        let mut files = Files::new("");
+        let f = files.add("f", "x: abc\ny: def\n");
+        let at = |line| ScalarLoc {
+            loc: Loc {
+                file: f,
+                line,
+                col: 3,
+            },
+            style: Style::Plain,
+        };
+        let mut text = Text::new("abc".into(), at(1));
+        text.append(&Text::new("def".into(), at(2)));
+        assert_eq!(text.text, "abc def");
+        assert_eq!(
+            text.locate(5, &files),
+            Loc {
+                file: f,
+                line: 2,
+                col: 4
+            }
+        );
+        assert_eq!(files.location(text.locate(1, &files)).to_string(), "f:1:5");
+    }
+}

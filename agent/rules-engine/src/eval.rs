@@ -1,10 +1,10 @@
 //! Compiled conditions and their evaluation. Nothing here allocates: values
 //! are borrowed from the event and every literal was prepared at load time.
+use crate::FieldId;
 use crate::event::{Event, Value};
 use crate::fields::Src;
 use crate::matchers::{Glob, PathSet, StrSet, U64Set, icontains};
 use crate::netset::NetSet;
-use crate::FieldId;
 
 #[derive(Debug)]
 pub(crate) enum Node {
@@ -110,7 +110,9 @@ impl Test {
             (Cmp::Contains(s), Value::Str(v)) => v.contains(&**s),
             (Cmp::IContains(s), Value::Str(v)) => icontains(v, s),
             (Cmp::StartsWith(s), Value::Str(v)) => v.starts_with(&**s),
-            (Cmp::BContains(b), Value::Str(v)) => b.is_empty() || v.as_bytes().windows(b.len()).any(|w| w == &**b),
+            (Cmp::BContains(b), Value::Str(v)) => {
+                b.is_empty() || v.as_bytes().windows(b.len()).any(|w| w == &**b)
+            }
             (Cmp::BStartsWith(b), Value::Str(v)) => v.as_bytes().starts_with(b),
             (Cmp::EndsWith(s), Value::Str(v)) => v.ends_with(&**s),
             (Cmp::Glob(g), Value::Str(v)) => g.matches(v),
@@ -175,8 +177,14 @@ pub(crate) fn type_masks(node: &Node) -> (u8, u8) {
     match node {
         Node::Const(true) => (ALL_TYPES, 0),
         Node::Const(false) => (0, ALL_TYPES),
-        Node::And(nodes) => nodes.iter().map(type_masks).fold((ALL_TYPES, 0), |(t, f), (ct, cf)| (t & ct, f | cf)),
-        Node::Or(nodes) => nodes.iter().map(type_masks).fold((0, ALL_TYPES), |(t, f), (ct, cf)| (t | ct, f & cf)),
+        Node::And(nodes) => nodes
+            .iter()
+            .map(type_masks)
+            .fold((ALL_TYPES, 0), |(t, f), (ct, cf)| (t & ct, f | cf)),
+        Node::Or(nodes) => nodes
+            .iter()
+            .map(type_masks)
+            .fold((0, ALL_TYPES), |(t, f), (ct, cf)| (t | ct, f & cf)),
         Node::Not(inner) => {
             let (t, f) = type_masks(inner);
             (f, t)
@@ -184,14 +192,22 @@ pub(crate) fn type_masks(node: &Node) -> (u8, u8) {
         Node::Check(test) => {
             let members: Vec<&str> = match (&test.src, &test.cmp) {
                 (Src::Event(FieldId::EvtType), Cmp::StrEq(s)) => vec![s],
-                (Src::Event(FieldId::EvtType), Cmp::StrIn(StrSet::Small(items))) => items.iter().map(|s| &**s).collect(),
-                (Src::Event(FieldId::EvtType), Cmp::StrIn(StrSet::Hashed(set))) => set.iter().map(|s| &**s).collect(),
+                (Src::Event(FieldId::EvtType), Cmp::StrIn(StrSet::Small(items))) => {
+                    items.iter().map(|s| &**s).collect()
+                }
+                (Src::Event(FieldId::EvtType), Cmp::StrIn(StrSet::Hashed(set))) => {
+                    set.iter().map(|s| &**s).collect()
+                }
                 _ => return (ALL_TYPES, ALL_TYPES),
             };
             let may_true = members.iter().fold(0, |m, s| m | type_bit(s));
             // Exactly-known types are certainly true; OTHER is never exact.
             let may_false = ALL_TYPES & !(may_true & (CONNECT | SENDTO));
-            if test.negate { (may_false, may_true) } else { (may_true, may_false) }
+            if test.negate {
+                (may_false, may_true)
+            } else {
+                (may_true, may_false)
+            }
         }
     }
 }
@@ -203,14 +219,18 @@ pub(crate) fn destination_truth(node: &Node) -> (NetSet, NetSet) {
     match node {
         Node::Const(true) => (NetSet::all(), NetSet::default()),
         Node::Const(false) => (NetSet::default(), NetSet::all()),
-        Node::And(nodes) => nodes.iter().map(destination_truth).fold(
-            (NetSet::all(), NetSet::default()),
-            |(t, f), (ct, cf)| (t.intersect(&ct), f.union(&cf)),
-        ),
-        Node::Or(nodes) => nodes.iter().map(destination_truth).fold(
-            (NetSet::default(), NetSet::all()),
-            |(t, f), (ct, cf)| (t.union(&ct), f.intersect(&cf)),
-        ),
+        Node::And(nodes) => nodes
+            .iter()
+            .map(destination_truth)
+            .fold((NetSet::all(), NetSet::default()), |(t, f), (ct, cf)| {
+                (t.intersect(&ct), f.union(&cf))
+            }),
+        Node::Or(nodes) => nodes
+            .iter()
+            .map(destination_truth)
+            .fold((NetSet::default(), NetSet::all()), |(t, f), (ct, cf)| {
+                (t.union(&ct), f.intersect(&cf))
+            }),
         Node::Not(inner) => {
             let (t, f) = destination_truth(inner);
             (f, t)

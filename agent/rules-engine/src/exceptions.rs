@@ -29,7 +29,9 @@ pub(crate) fn validate(mut ex: ExceptionInfo) -> Result<ExceptionInfo, String> {
             let comps = match ex.comps.take() {
                 None => vec![Entry::Item("=".into()); fields.len()],
                 Some(Entry::List(comps)) => comps,
-                Some(Entry::Item(_)) => return Err(prefix("fields and comps lists must have equal length")),
+                Some(Entry::Item(_)) => {
+                    return Err(prefix("fields and comps lists must have equal length"));
+                }
             };
             if comps.len() != fields.len() {
                 return Err(prefix("fields and comps lists must have equal length"));
@@ -47,10 +49,14 @@ pub(crate) fn validate(mut ex: ExceptionInfo) -> Result<ExceptionInfo, String> {
             let comp = match ex.comps.take() {
                 None => "in".to_string(),
                 Some(Entry::Item(c)) => c,
-                Some(Entry::List(_)) => return Err(prefix("fields and comps must both be strings")),
+                Some(Entry::List(_)) => {
+                    return Err(prefix("fields and comps must both be strings"));
+                }
             };
             if !matches!(comp.as_str(), "in" | "pmatch" | "intersects") {
-                return Err(prefix("when fields is a single value, comps must be one of (in, pmatch, intersects)"));
+                return Err(prefix(
+                    "when fields is a single value, comps must be one of (in, pmatch, intersects)",
+                ));
             }
             ex.comps = Some(Entry::Item(comp));
         }
@@ -96,7 +102,11 @@ fn check(field: &str, op: Op, rhs: Rhs) -> Result<Expr, String> {
 fn values_of(entries: &[Entry]) -> Result<Vec<Literal>, String> {
     entries
         .iter()
-        .map(|e| item(e).map(literal).ok_or_else(|| "exception values nest too deeply".to_string()))
+        .map(|e| {
+            item(e)
+                .map(literal)
+                .ok_or_else(|| "exception values nest too deeply".to_string())
+        })
         .collect()
 }
 
@@ -122,7 +132,9 @@ pub(crate) fn condition(ex: &ExceptionInfo) -> Result<Option<Expr>, String> {
             let op = comparison(comp).map_err(|e| prefix(&e))?;
             let values = values_of(&ex.values)
                 .map_err(|_| prefix("expected values array to contain a list of strings"))?;
-            check(field, op, Rhs::List(values)).map(Some).map_err(|e| prefix(&e))
+            check(field, op, Rhs::List(values))
+                .map(Some)
+                .map_err(|e| prefix(&e))
         }
         (Some(Entry::List(fields)), Some(Entry::List(comps))) => {
             let mut alternatives = Vec::new();

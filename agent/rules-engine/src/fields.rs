@@ -214,7 +214,9 @@ pub(crate) enum FieldError {
     Unknown(String),
     #[error("field '{0}' does not take an argument")]
     UnexpectedArg(String),
-    #[error("field 'k8s.pod.label' needs a label key, as in k8s.pod.label[app] or k8s.pod.label.app")]
+    #[error(
+        "field 'k8s.pod.label' needs a label key, as in k8s.pod.label[app] or k8s.pod.label.app"
+    )]
     MissingLabelKey,
 }
 
@@ -258,24 +260,45 @@ mod tests {
 
     #[test]
     fn aliases_share_sources() {
-        assert_eq!(lookup("fd.rip", None).unwrap().src, Src::Event(FieldId::ServerIp));
+        assert_eq!(
+            lookup("fd.rip", None).unwrap().src,
+            Src::Event(FieldId::ServerIp)
+        );
         assert_eq!(lookup("fd.snet", None).unwrap().kind, Kind::Net);
-        assert_eq!(lookup("egret.hook", None).unwrap().src, Src::Event(FieldId::Hook));
+        assert_eq!(
+            lookup("egret.hook", None).unwrap().src,
+            Src::Event(FieldId::Hook)
+        );
     }
 
     #[test]
     fn labels_by_key() {
-        let both = [lookup("k8s.pod.label", Some("app")), lookup("k8s.pod.label.app", None)];
+        let both = [
+            lookup("k8s.pod.label", Some("app")),
+            lookup("k8s.pod.label.app", None),
+        ];
         for field in both {
             assert_eq!(field.unwrap().src, Src::Label("app".into()));
         }
-        assert_eq!(lookup("k8s.pod.label", None), Err(FieldError::MissingLabelKey));
+        assert_eq!(
+            lookup("k8s.pod.label", None),
+            Err(FieldError::MissingLabelKey)
+        );
     }
 
     #[test]
     fn refuses_unknown_and_stray_args() {
-        assert!(matches!(lookup("proc.tty", None), Err(FieldError::Unknown(_))));
-        assert!(matches!(lookup("proc.aname", Some("2")), Err(FieldError::Unknown(_))));
-        assert!(matches!(lookup("proc.name", Some("1")), Err(FieldError::UnexpectedArg(_))));
+        assert!(matches!(
+            lookup("proc.tty", None),
+            Err(FieldError::Unknown(_))
+        ));
+        assert!(matches!(
+            lookup("proc.aname", Some("2")),
+            Err(FieldError::Unknown(_))
+        ));
+        assert!(matches!(
+            lookup("proc.name", Some("1")),
+            Err(FieldError::UnexpectedArg(_))
+        ));
     }
 }

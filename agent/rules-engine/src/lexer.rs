@@ -160,7 +160,12 @@ impl<'a> Cursor<'a> {
             }
         }
         let mut i = usize::from(matches!(b.first(), Some(b'+' | b'-')));
-        let int = b.get(i..).unwrap_or(&[]).iter().take_while(|c| c.is_ascii_digit()).count();
+        let int = b
+            .get(i..)
+            .unwrap_or(&[])
+            .iter()
+            .take_while(|c| c.is_ascii_digit())
+            .count();
         if int == 0 {
             return None;
         }
@@ -168,9 +173,19 @@ impl<'a> Cursor<'a> {
         if b.get(i) == Some(&b'.') {
             i += 1;
         }
-        i += b.get(i..).unwrap_or(&[]).iter().take_while(|c| c.is_ascii_digit()).count();
+        i += b
+            .get(i..)
+            .unwrap_or(&[])
+            .iter()
+            .take_while(|c| c.is_ascii_digit())
+            .count();
         if matches!(b.get(i), Some(b'e' | b'E')) && matches!(b.get(i + 1), Some(b'+' | b'-')) {
-            let exp = b.get(i + 2..).unwrap_or(&[]).iter().take_while(|c| c.is_ascii_digit()).count();
+            let exp = b
+                .get(i + 2..)
+                .unwrap_or(&[])
+                .iter()
+                .take_while(|c| c.is_ascii_digit())
+                .count();
             if exp > 0 {
                 i += 2 + exp;
             }
@@ -213,18 +228,36 @@ impl<'a> Cursor<'a> {
                 '/' => out.push('/'),
                 '"' | '\'' if e == char::from(delim) => out.push(e),
                 '"' | '\'' => {
-                    return Err(fail(j, format!("invalid \\{e} escape in a string quoted with {}", char::from(delim))));
+                    return Err(fail(
+                        j,
+                        format!(
+                            "invalid \\{e} escape in a string quoted with {}",
+                            char::from(delim)
+                        ),
+                    ));
                 }
                 'x' => {
                     let hex = body.get(j + 1..j + 3).unwrap_or("");
                     match u8::from_str_radix(hex, 16) {
                         Ok(byte) if hex.len() == 2 && byte.is_ascii() => out.push(char::from(byte)),
-                        _ => return Err(fail(j, format!("invalid \\x escape '\\x{hex}': expected two hex digits below 80"))),
+                        _ => {
+                            return Err(fail(
+                                j,
+                                format!(
+                                    "invalid \\x escape '\\x{hex}': expected two hex digits below 80"
+                                ),
+                            ));
+                        }
                     }
                     chars.next();
                     chars.next();
                 }
-                other => return Err(fail(j, format!("unsupported string escape sequence: \\{other}"))),
+                other => {
+                    return Err(fail(
+                        j,
+                        format!("unsupported string escape sequence: \\{other}"),
+                    ));
+                }
             }
         }
         Err(LexError {

@@ -29,6 +29,17 @@
 //! assert!(rule.render(&event).output.contains("connection=203.0.113.7:443"));
 //! ```
 //!
+//! How the agent uses it:
+//! - implement [`Event`] for its decoded, enriched event (one borrowed
+//!   [`Value`] per [`FieldId`]; `container.id` is `"host"` outside containers);
+//! - [`load`] the bundled and user sources in order, print
+//!   [`Loaded::diagnostics`] (or use [`Loaded::into_result`] to refuse any
+//!   error); [`check`] is the same for `egret rules check`;
+//! - per event, [`Ruleset::evaluate`] into a reused `Vec<RuleId>`, then for
+//!   each match [`Ruleset::rule`] and [`Rule::render`];
+//! - program the kernel's ignore list from
+//!   [`Ruleset::kernel_ignorable_networks`].
+//!
 //! Semantics worth knowing, where Egret differs from or refines Falco:
 //! - A comparison on a missing value is false, so `not <comparison>` is true.
 //! - Address fields (`fd.sip`, `fd.rip`, `fd.cip`) treat CIDR literals as
@@ -39,7 +50,15 @@
 //!   whole value; `icontains`/`iglob` fold ASCII case only.
 //! - Field transformers (`val()`, `tolower()`, ...) are refused with an
 //!   error.
+//! - A list name expands inside `(...)` and right after `in`, `intersects`
+//!   or `pmatch`; Falco's textual substitution would also replace it
+//!   elsewhere (`proc.name = some_list`), where Egret keeps the literal.
 //! - The macro `container` (`container.id != host`) is built in.
+//! - Rules using a field outside the catalog are rejected (an error, or a
+//!   warning with `skip-if-unknown-filter: true`); that includes fields in
+//!   the output, as Falco rejects unknown output fields.
+//! - `%evt.time` renders as the UTC time of day (JSON: nanoseconds).
+//! - [`RuleMatching::First`] is the default, as in Falco.
 
 mod ast;
 mod checks;

@@ -5,7 +5,9 @@ use std::sync::Arc;
 
 use crate::collect::{Collection, MacroInfo, SYSCALL};
 use crate::compile::Compiler;
-use crate::diagnostics::{BUILTIN_FILE, Diagnostic, Files, Loc, Location, ScalarLoc, Severity, Sink, Text};
+use crate::diagnostics::{
+    BUILTIN_FILE, Diagnostic, Files, Loc, Location, ScalarLoc, Severity, Sink, Text,
+};
 use crate::eval::type_masks;
 use crate::loader::Reader;
 use crate::ruleset::{Options, Rule, Ruleset};
@@ -32,7 +34,10 @@ pub enum RuleStatus {
     /// Uses fields Egret does not provide; not loaded. `requested_skip` is
     /// set when the rule has `skip-if-unknown-filter: true` (a warning then,
     /// not an error).
-    Unsupported { fields: Vec<String>, requested_skip: bool },
+    Unsupported {
+        fields: Vec<String>,
+        requested_skip: bool,
+    },
     /// `source:` other than `syscall`.
     Skipped { source: String },
     /// Not loaded because of errors (see the diagnostics).
@@ -75,7 +80,9 @@ fn first_error(d: &[Diagnostic]) -> String {
 
 impl Loaded {
     pub fn has_errors(&self) -> bool {
-        self.diagnostics.iter().any(|d| d.severity == Severity::Error)
+        self.diagnostics
+            .iter()
+            .any(|d| d.severity == Severity::Error)
     }
 
     /// Strict form: the ruleset and its warnings, or every diagnostic if
@@ -105,17 +112,30 @@ pub fn load(sources: &[Source<'_>], options: &Options) -> Loaded {
         cond: Text::new(
             BUILTIN_CONTAINER.into(),
             ScalarLoc {
-                loc: Loc { file: BUILTIN_FILE, line: 1, col: 0 },
+                loc: Loc {
+                    file: BUILTIN_FILE,
+                    line: 1,
+                    col: 0,
+                },
                 style: Style::Plain,
             },
         ),
         index: 0,
         visibility: 0,
-        loc: Loc { file: BUILTIN_FILE, line: 1, col: 0 },
+        loc: Loc {
+            file: BUILTIN_FILE,
+            line: 1,
+            col: 0,
+        },
     });
     for source in sources {
         let file = files.add(source.name, source.text);
-        Reader { file, coll: &mut coll, sink: &mut sink }.read(source.text);
+        Reader {
+            file,
+            coll: &mut coll,
+            sink: &mut sink,
+        }
+        .read(source.text);
     }
     let (ruleset, rules) = compile(&coll, &files, options, &mut sink);
     Loaded {
@@ -130,7 +150,12 @@ pub fn check(sources: &[Source<'_>], options: &Options) -> Vec<Diagnostic> {
     load(sources, options).diagnostics
 }
 
-fn compile(coll: &Collection, files: &Files<'_>, options: &Options, sink: &mut Sink) -> (Ruleset, Vec<RuleReport>) {
+fn compile(
+    coll: &Collection,
+    files: &Files<'_>,
+    options: &Options,
+    sink: &mut Sink,
+) -> (Ruleset, Vec<RuleReport>) {
     let mut compiler = Compiler::new(coll, files, sink);
     let mut rules = Vec::new();
     let mut report = Vec::new();
@@ -138,7 +163,9 @@ fn compile(coll: &Collection, files: &Files<'_>, options: &Options, sink: &mut S
         let location = files.location(info.loc);
         let status = if info.source != SYSCALL {
             compiler.note_refs(info);
-            RuleStatus::Skipped { source: info.source.clone() }
+            RuleStatus::Skipped {
+                source: info.source.clone(),
+            }
         } else {
             let compiled = compiler.compile_rule(info);
             let fields: Vec<String> = compiled.unknown.iter().map(|u| u.field.clone()).collect();
@@ -148,14 +175,28 @@ fn compile(coll: &Collection, files: &Files<'_>, options: &Options, sink: &mut S
                 }
                 RuleStatus::Failed
             } else if !fields.is_empty() {
-                let uses: Vec<String> = compiled.unknown.iter().map(|u| format!("'{}' ({})", u.field, u.place)).collect();
-                let message = format!("rule '{}' uses fields Egret does not provide: {}", info.name, uses.join(", "));
+                let uses: Vec<String> = compiled
+                    .unknown
+                    .iter()
+                    .map(|u| format!("'{}' ({})", u.field, u.place))
+                    .collect();
+                let message = format!(
+                    "rule '{}' uses fields Egret does not provide: {}",
+                    info.name,
+                    uses.join(", ")
+                );
                 if info.skip_if_unknown_filter {
-                    sink.warning(info.loc, format!("{message}; skipped (skip-if-unknown-filter)"));
+                    sink.warning(
+                        info.loc,
+                        format!("{message}; skipped (skip-if-unknown-filter)"),
+                    );
                 } else {
                     sink.error(info.loc, format!("{message}; rule not loaded"));
                 }
-                RuleStatus::Unsupported { fields, requested_skip: info.skip_if_unknown_filter }
+                RuleStatus::Unsupported {
+                    fields,
+                    requested_skip: info.skip_if_unknown_filter,
+                }
             } else {
                 let tags: BTreeSet<&String> = info.tags.iter().collect();
                 rules.push(Rule {
@@ -170,19 +211,34 @@ fn compile(coll: &Collection, files: &Files<'_>, options: &Options, sink: &mut S
                     condition: compiled.node,
                     output: compiled.output,
                 });
-                RuleStatus::Compiled { enabled: info.enabled }
+                RuleStatus::Compiled {
+                    enabled: info.enabled,
+                }
             }
         };
-        report.push(RuleReport { name: info.name.clone(), location, status });
+        report.push(RuleReport {
+            name: info.name.clone(),
+            location,
+            status,
+        });
     }
     for list in &coll.lists.items {
         if !compiler.is_used(&list.name) {
-            sink.warning(list.loc, format!("list '{}' is not used by any rule, macro or list", list.name));
+            sink.warning(
+                list.loc,
+                format!(
+                    "list '{}' is not used by any rule, macro or list",
+                    list.name
+                ),
+            );
         }
     }
     for m in &coll.macros.items {
         if m.loc.file != BUILTIN_FILE && !compiler.is_used(&m.name) {
-            sink.warning(m.loc, format!("macro '{}' is not used by any rule or macro", m.name));
+            sink.warning(
+                m.loc,
+                format!("macro '{}' is not used by any rule or macro", m.name),
+            );
         }
     }
     (Ruleset::new(rules, options), report)

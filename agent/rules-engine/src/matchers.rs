@@ -13,7 +13,11 @@ impl Hasher for Fnv {
     }
 
     fn write(&mut self, bytes: &[u8]) {
-        let mut h = if self.0 == 0 { 0xcbf2_9ce4_8422_2325 } else { self.0 };
+        let mut h = if self.0 == 0 {
+            0xcbf2_9ce4_8422_2325
+        } else {
+            self.0
+        };
         for b in bytes {
             h ^= u64::from(*b);
             h = h.wrapping_mul(0x0100_0000_01b3);
@@ -99,7 +103,10 @@ enum Token {
     Lit(char),
     One,
     Star,
-    Class { negated: bool, items: Vec<ClassItem> },
+    Class {
+        negated: bool,
+        items: Vec<ClassItem>,
+    },
 }
 
 /// A shell pattern with fnmatch(3) semantics and no flags (what Falco's
@@ -255,7 +262,10 @@ impl Glob {
                 }
                 _ => match star {
                     Some((st, ss)) => {
-                        let skipped = text.get(ss..).and_then(|r| r.chars().next()).map_or(1, char::len_utf8);
+                        let skipped = text
+                            .get(ss..)
+                            .and_then(|r| r.chars().next())
+                            .map_or(1, char::len_utf8);
                         star = Some((st, ss + skipped));
                         t = st + 1;
                         s = ss + skipped;
@@ -264,7 +274,11 @@ impl Glob {
                 },
             }
         }
-        self.tokens.get(t..).unwrap_or(&[]).iter().all(|tok| matches!(tok, Token::Star))
+        self.tokens
+            .get(t..)
+            .unwrap_or(&[])
+            .iter()
+            .all(|tok| matches!(tok, Token::Star))
     }
 }
 
@@ -280,7 +294,12 @@ impl PathSet {
         PathSet {
             paths: paths
                 .iter()
-                .map(|p| p.split('/').filter(|c| !c.is_empty()).map(|c| Glob::new(c, false)).collect())
+                .map(|p| {
+                    p.split('/')
+                        .filter(|c| !c.is_empty())
+                        .map(|c| Glob::new(c, false))
+                        .collect()
+                })
                 .collect(),
         }
     }

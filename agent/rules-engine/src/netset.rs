@@ -246,7 +246,10 @@ mod tests {
         assert_eq!(private.complement().complement(), private);
         assert!(private.intersect(&private.complement()).is_empty());
         assert_eq!(NetSet::all().complement(), NetSet::default());
-        assert_eq!(nets(&NetSet::all()).first().map(String::as_str), Some("0.0.0.0/0"));
+        assert_eq!(
+            nets(&NetSet::all()).first().map(String::as_str),
+            Some("0.0.0.0/0")
+        );
         let union = ten.union(&set(&["172.16.0.0/12", "192.168.0.0/16"]));
         assert_eq!(union, private);
     }
@@ -254,7 +257,11 @@ mod tests {
     #[test]
     fn full_ipv6_range_splits_around_mapped_space() {
         let all = NetSet::all();
-        assert!(!all.to_nets().iter().any(|n| n.contains(&"::ffff:1.2.3.4".parse::<IpAddr>().unwrap())));
+        assert!(
+            !all.to_nets()
+                .iter()
+                .any(|n| n.contains(&"::ffff:1.2.3.4".parse::<IpAddr>().unwrap()))
+        );
         assert!(all.contains("::ffff:1.2.3.4".parse().unwrap()));
         assert!(all.contains("2001:db8::".parse().unwrap()));
     }

@@ -6,19 +6,15 @@ use std::sync::Arc;
 
 use serde_json::Value as Json;
 
+use crate::FieldId;
 use crate::eval::read;
 use crate::event::{Event, Labels, Value};
 use crate::fields::{self, FieldError, Kind, Src};
-use crate::FieldId;
 
 #[derive(Debug)]
 enum Part {
     Lit(String),
-    Field {
-        key: Arc<str>,
-        src: Src,
-        kind: Kind,
-    },
+    Field { key: Arc<str>, src: Src, kind: Kind },
 }
 
 #[derive(Debug, Default)]
@@ -48,14 +44,25 @@ pub(crate) fn parse(text: &str) -> (Template, Vec<BadField>) {
     let mut lit = String::new();
     let mut i = 0;
     while i < bytes.len() {
-        let next_pct = body.get(i..).and_then(|r| r.find('%')).map_or(bytes.len(), |p| i + p);
+        let next_pct = body
+            .get(i..)
+            .and_then(|r| r.find('%'))
+            .map_or(bytes.len(), |p| i + p);
         lit.push_str(body.get(i..next_pct).unwrap_or(""));
         i = next_pct;
         if i >= bytes.len() {
             break;
         }
-        let name_len = bytes.get(i + 1..).unwrap_or(&[]).iter().take_while(|b| is_name_byte(**b)).count();
-        let name = body.get(i + 1..i + 1 + name_len).unwrap_or("").trim_end_matches('.');
+        let name_len = bytes
+            .get(i + 1..)
+            .unwrap_or(&[])
+            .iter()
+            .take_while(|b| is_name_byte(**b))
+            .count();
+        let name = body
+            .get(i + 1..i + 1 + name_len)
+            .unwrap_or("")
+            .trim_end_matches('.');
         // Without a dot it is no field name ("100%", "%s"): keep it as text.
         if !name.contains('.') {
             lit.push('%');
@@ -181,7 +188,9 @@ mod tests {
 
     #[test]
     fn expands_fields_and_missing_values() {
-        let (t, bad) = parse("  Outbound (command=%proc.cmdline to=%fd.name user=%user.name pod=%k8s.pod.label[app]). 100%  ");
+        let (t, bad) = parse(
+            "  Outbound (command=%proc.cmdline to=%fd.name user=%user.name pod=%k8s.pod.label[app]). 100%  ",
+        );
         assert!(bad.is_empty());
         let ev = TestEvent::connect("203.0.113.9".parse().unwrap(), 443).with_label("app", "web");
         let (text, json) = t.render(&ev);
@@ -199,9 +208,13 @@ mod tests {
     #[test]
     fn typed_json_and_time() {
         let (t, _) = parse("%fd.sport %evt.time %container.host_network %fd.sip %k8s.pod.labels");
-        let ev = TestEvent::connect("::ffff:198.51.100.1".parse().unwrap(), 53).with_label("a", "b");
+        let ev =
+            TestEvent::connect("::ffff:198.51.100.1".parse().unwrap(), 53).with_label("a", "b");
         let (text, json) = t.render(&ev);
-        assert!(text.starts_with("53 22:13:20.123456789 true 198.51.100.1 (a:b)"), "{text}");
+        assert!(
+            text.starts_with("53 22:13:20.123456789 true 198.51.100.1 (a:b)"),
+            "{text}"
+        );
         assert_eq!(json[0].1, Json::from(53u64));
         assert_eq!(json[2].1, Json::Bool(true));
         assert_eq!(json[4].1["a"], "b");

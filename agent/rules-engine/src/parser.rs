@@ -27,7 +27,15 @@ pub struct ParseError {
 }
 
 const TRANSFORMERS: [&str; 9] = [
-    "val(", "tolower(", "toupper(", "b64(", "basename(", "len(", "join(", "concat(", "getopt(",
+    "val(",
+    "tolower(",
+    "toupper(",
+    "b64(",
+    "basename(",
+    "len(",
+    "join(",
+    "concat(",
+    "getopt(",
 ];
 
 const STR_WORD_OPS: [(&str, Op); 9] = [
@@ -62,7 +70,9 @@ pub(crate) fn parse(src: &str) -> Result<Expr, ParseError> {
     p.c.blank();
     if !p.c.at_end() {
         let last = src.get(p.last.0..p.last.1).unwrap_or("");
-        return Err(p.error(format!("unexpected token after '{last}', expecting 'or', 'and'")));
+        return Err(p.error(format!(
+            "unexpected token after '{last}', expecting 'or', 'and'"
+        )));
     }
     Ok(expr)
 }
@@ -250,7 +260,9 @@ impl<'a> Parser<'a> {
         } else if let Some(op) = self.list_op() {
             (op, self.list_value()?)
         } else {
-            return Err(self.error(format!("expected a valid check operator: one of {OPERATORS}")));
+            return Err(self.error(format!(
+                "expected a valid check operator: one of {OPERATORS}"
+            )));
         };
         Ok(Expr {
             kind: ExprKind::Check(Box::new(Check {
@@ -292,10 +304,14 @@ impl<'a> Parser<'a> {
 
     fn list_op(&mut self) -> Option<Op> {
         let start = self.c.pos;
-        let op = [("intersects", Op::Intersects), ("in", Op::In), ("pmatch", Op::PMatch)]
-            .into_iter()
-            .find(|(text, _)| self.c.eat(text))?
-            .1;
+        let op = [
+            ("intersects", Op::Intersects),
+            ("in", Op::In),
+            ("pmatch", Op::PMatch),
+        ]
+        .into_iter()
+        .find(|(text, _)| self.c.eat(text))?
+        .1;
         self.mark(start);
         Some(op)
     }

@@ -29,7 +29,9 @@ fn precedence_and_grouping() {
     let ExprKind::Or(or) = &e.kind else { panic!() };
     assert_eq!(or.len(), 2);
     assert!(matches!(&or[0].kind, ExprKind::And(v) if v.len() == 2));
-    let ExprKind::And(and) = &or[1].kind else { panic!() };
+    let ExprKind::And(and) = &or[1].kind else {
+        panic!()
+    };
     assert!(matches!(&and[0].kind, ExprKind::Not(_)));
     assert!(matches!(&and[1].kind, ExprKind::Or(v) if v.len() == 2));
 }
@@ -38,10 +40,15 @@ fn precedence_and_grouping() {
 fn falco_tokenisation() {
     // No blanks around operators, commas or parentheses.
     let e = ok("fd.num>=0 and fd.typechar='f' and evt.type in (open,openat,openat2)");
-    let ExprKind::And(parts) = &e.kind else { panic!() };
+    let ExprKind::And(parts) = &e.kind else {
+        panic!()
+    };
     assert_eq!(check(&parts[0]).op, Op::Ge);
     assert_eq!(values(&parts[1]), [("f", true)]);
-    assert_eq!(values(&parts[2]), [("open", false), ("openat", false), ("openat2", false)]);
+    assert_eq!(
+        values(&parts[2]),
+        [("open", false), ("openat", false), ("openat2", false)]
+    );
     // Bare strings may hold anything but blanks, quotes, parens, '=' and ','.
     let e = ok("fd.name = 10.0.0.1:443->[::1]:80");
     assert_eq!(values(&e), [("10.0.0.1:443->[::1]:80", false)]);
@@ -59,11 +66,24 @@ fn falco_tokenisation() {
 
 #[test]
 fn quoted_strings_unescape_like_libsinsp() {
-    assert_eq!(values(&ok(r#"proc.cmdline = "a \"b\" \\c""#)), [(r#"a "b" \c"#, true)]);
+    assert_eq!(
+        values(&ok(r#"proc.cmdline = "a \"b\" \\c""#)),
+        [(r#"a "b" \c"#, true)]
+    );
     assert_eq!(values(&ok(r"proc.cmdline = 'it\'s'")), [("it's", true)]);
-    assert_eq!(values(&ok(r#"proc.cmdline = "tab\there\x41""#)), [("tab\thereA", true)]);
-    assert_eq!(values(&ok(r#"proc.cmdline contains "a b""#)), [("a b", true)]);
-    assert!(err(r#"proc.name = "\q""#).message.contains("unsupported string escape"));
+    assert_eq!(
+        values(&ok(r#"proc.cmdline = "tab\there\x41""#)),
+        [("tab\thereA", true)]
+    );
+    assert_eq!(
+        values(&ok(r#"proc.cmdline contains "a b""#)),
+        [("a b", true)]
+    );
+    assert!(
+        err(r#"proc.name = "\q""#)
+            .message
+            .contains("unsupported string escape")
+    );
     assert!(err(r#"proc.name = '\"'"#).message.contains("invalid"));
     assert!(err(r#"proc.name = "open"#).message.contains("unterminated"));
 }
@@ -92,19 +112,31 @@ fn operators() {
         assert_eq!(check(&ok(src)).op, op, "{src}");
     }
     // Word operators need a blank after them; numbers after `<`.
-    assert!(err("f.x contains(a)").message.contains("valid check operator"));
+    assert!(
+        err("f.x contains(a)")
+            .message
+            .contains("valid check operator")
+    );
     assert!(err("f.x < abc").message.contains("number"));
 }
 
 #[test]
 fn lists_and_field_args() {
     assert_eq!(values(&ok("f.x in ()")), []);
-    assert_eq!(values(&ok("f.x in ( a , 'b c' )")), [("a", false), ("b c", true)]);
+    assert_eq!(
+        values(&ok("f.x in ( a , 'b c' )")),
+        [("a", false), ("b c", true)]
+    );
     assert_eq!(values(&ok("f.x in my_list")), [("my_list", false)]);
     let e = ok("proc.aname[2] = sh and k8s.pod.label['app.kubernetes.io/name'] = web");
-    let ExprKind::And(parts) = &e.kind else { panic!() };
+    let ExprKind::And(parts) = &e.kind else {
+        panic!()
+    };
     assert_eq!(check(&parts[0]).arg.as_deref(), Some("2"));
-    assert_eq!(check(&parts[1]).arg.as_deref(), Some("app.kubernetes.io/name"));
+    assert_eq!(
+        check(&parts[1]).arg.as_deref(),
+        Some("app.kubernetes.io/name")
+    );
     assert!(err("f.x in (a,)").message.contains("string value"));
     assert!(err("f.x in (a").message.contains("')'"));
     assert!(err("proc.aname[2 = x").message.contains("']'"));
@@ -115,14 +147,25 @@ fn errors_carry_offsets() {
     let e = err("evt.type = connect and");
     assert_eq!(e.offset, 22);
     let e = err("evt.type = connect proc.name");
-    assert!(e.message.contains("unexpected token after 'connect'"), "{e}");
+    assert!(
+        e.message.contains("unexpected token after 'connect'"),
+        "{e}"
+    );
     assert_eq!(e.offset, 19);
     assert!(err("").message.contains("empty"));
     assert!(err("   ").message.contains("expected"));
     assert!(err("a andb").message.contains("after 'and'"));
     assert!(err("(a").message.contains("')'"));
-    assert!(err("tolower(proc.name) = x").message.contains("not supported"));
-    assert!(err("proc.name = val(proc.pname)").message.contains("not supported"));
+    assert!(
+        err("tolower(proc.name) = x")
+            .message
+            .contains("not supported")
+    );
+    assert!(
+        err("proc.name = val(proc.pname)")
+            .message
+            .contains("not supported")
+    );
 }
 
 #[test]
@@ -133,14 +176,21 @@ fn deep_nesting_is_refused_not_overflowed() {
     ok(&nots);
     let nested_not = format!("{}a{}", "not(".repeat(50_000), ")".repeat(50_000));
     assert!(err(&nested_not).message.contains("nests more than"));
-    let ok_depth = format!("{}a{}", "(".repeat(MAX_NESTING as usize), ")".repeat(MAX_NESTING as usize));
+    let ok_depth = format!(
+        "{}a{}",
+        "(".repeat(MAX_NESTING as usize),
+        ")".repeat(MAX_NESTING as usize)
+    );
     ok(&ok_depth);
 }
 
 #[test]
 fn single_fields() {
     assert_eq!(parse_field("proc.name"), Some(("proc.name".into(), None)));
-    assert_eq!(parse_field(" proc.aname[3] "), Some(("proc.aname".into(), Some("3".into()))));
+    assert_eq!(
+        parse_field(" proc.aname[3] "),
+        Some(("proc.aname".into(), Some("3".into())))
+    );
     assert_eq!(parse_field("proc"), None);
     assert_eq!(parse_field("proc.name x"), None);
 }

@@ -48,7 +48,10 @@ impl Priority {
         Priority::ALL
             .into_iter()
             .find(|p| p.as_str().eq_ignore_ascii_case(raw))
-            .or_else(|| raw.eq_ignore_ascii_case("info").then_some(Priority::Informational))
+            .or_else(|| {
+                raw.eq_ignore_ascii_case("info")
+                    .then_some(Priority::Informational)
+            })
     }
 }
 
@@ -60,7 +63,9 @@ impl fmt::Display for Priority {
 
 /// The text was not one of Falco's priority names.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("invalid priority '{0}': expected one of Emergency, Alert, Critical, Error, Warning, Notice, Informational (info), Debug")]
+#[error(
+    "invalid priority '{0}': expected one of Emergency, Alert, Critical, Error, Warning, Notice, Informational (info), Debug"
+)]
 pub struct InvalidPriority(pub String);
 
 impl FromStr for Priority {
@@ -79,7 +84,10 @@ mod tests {
     fn parses_like_falco() {
         assert_eq!(Priority::parse("WARNING"), Some(Priority::Warning));
         assert_eq!(Priority::parse("info"), Some(Priority::Informational));
-        assert_eq!(Priority::parse("Informational"), Some(Priority::Informational));
+        assert_eq!(
+            Priority::parse("Informational"),
+            Some(Priority::Informational)
+        );
         assert_eq!(Priority::parse(" critical "), Some(Priority::Critical));
         assert_eq!(Priority::parse("loud"), None);
         assert!("nope".parse::<Priority>().is_err());

@@ -168,7 +168,8 @@ impl Ruleset {
             }
             for bit in [CONNECT, SENDTO, OTHER] {
                 if rule.types & bit != 0
-                    && let (Some(bucket), Ok(id)) = (buckets.get_mut(bucket_of(bit)), u32::try_from(i))
+                    && let (Some(bucket), Ok(id)) =
+                        (buckets.get_mut(bucket_of(bit)), u32::try_from(i))
                 {
                     bucket.push(id);
                 }
@@ -194,7 +195,11 @@ impl Ruleset {
             return;
         };
         for &id in ids.iter() {
-            if self.rules.get(id as usize).is_some_and(|r| r.condition.eval(event)) {
+            if self
+                .rules
+                .get(id as usize)
+                .is_some_and(|r| r.condition.eval(event))
+            {
                 matches.push(RuleId(id));
                 if self.matching == RuleMatching::First {
                     return;
@@ -218,12 +223,21 @@ impl Ruleset {
         u32::try_from(i).ok().map(RuleId)
     }
 
-    /// Number of rules that [`evaluate`](Self::evaluate) runs.
-    pub fn active_len(&self) -> usize {
-        let mut ids: Vec<u32> = self.buckets.iter().flat_map(|b| b.iter().copied()).collect();
+    /// Ids of the rules [`evaluate`](Self::evaluate) may run, in order.
+    fn active_ids(&self) -> Vec<u32> {
+        let mut ids: Vec<u32> = self
+            .buckets
+            .iter()
+            .flat_map(|b| b.iter().copied())
+            .collect();
         ids.sort_unstable();
         ids.dedup();
-        ids.len()
+        ids
+    }
+
+    /// Number of rules that [`evaluate`](Self::evaluate) runs.
+    pub fn active_len(&self) -> usize {
+        self.active_ids().len()
     }
 
     /// Destination networks that no active rule can match: for every address
@@ -231,14 +245,15 @@ impl Ruleset {
     /// `not fd.sip in (...)` or `not fd.snet in (...)`, through and/or/not).
     /// Connections there may be dropped in the kernel without losing an
     /// alert. Conservative: empty if any rule could match any destination,
-    /// and empty when no active rule sees connects or sends.
+    /// and empty when no active rule sees connects or sends. This relies on
+    /// the agent always supplying the destination (`fd.sip`) and an
+    /// `evt.type` of connect or sendto for the hooks' events.
     pub fn kernel_ignorable_networks(&self) -> Vec<IpNet> {
-        let active: Vec<&Rule> = {
-            let mut ids: Vec<u32> = self.buckets.iter().flat_map(|b| b.iter().copied()).collect();
-            ids.sort_unstable();
-            ids.dedup();
-            ids.iter().filter_map(|&i| self.rules.get(i as usize)).collect()
-        };
+        let active: Vec<&Rule> = self
+            .active_ids()
+            .iter()
+            .filter_map(|&i| self.rules.get(i as usize))
+            .collect();
         let mut ignorable = NetSet::all();
         let mut considered = 0;
         for rule in active {

@@ -73,7 +73,11 @@ impl TestEvent {
     }
 
     fn hooked(dest: IpAddr, port: u16, evt_type: &str, proto: &str, hook: &str) -> Self {
-        let family = if dest.to_canonical().is_ipv4() { "4" } else { "6" };
+        let family = if dest.to_canonical().is_ipv4() {
+            "4"
+        } else {
+            "6"
+        };
         let name = match dest {
             IpAddr::V4(_) => format!("{dest}:{port}"),
             IpAddr::V6(_) => format!("[{dest}]:{port}"),

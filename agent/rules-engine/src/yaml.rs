@@ -1,6 +1,7 @@
 //! A small YAML tree with a position on every node, built from libyaml's
 //! event stream without recursion.
 use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
 
 use libyaml_safer::{EventData, Parser};
 
@@ -128,7 +129,13 @@ fn is_null(value: &str, style: Style) -> bool {
 }
 
 impl Builder {
-    fn push(&mut self, node: Node, count: usize, anchor: Option<String>, at: Mark) -> Result<(), YamlError> {
+    fn push(
+        &mut self,
+        node: Node,
+        count: usize,
+        anchor: Option<String>,
+        at: Mark,
+    ) -> Result<(), YamlError> {
         self.nodes = self.nodes.saturating_add(count);
         if self.nodes > MAX_NODES {
             return Err(YamlError {
@@ -192,6 +199,27 @@ impl Builder {
 
 /// Parses every document in `text`. A document that is empty is `Null`.
 pub(crate) fn parse(text: &str) -> Result<Vec<Node>, YamlError> {
+    // libyaml-safer 0.3 panics ("unexpected end of input") when some
+    // scalars end the input without a line break; a final line break
+    // changes nothing else.
+    let owned;
+    let text = if text.ends_with('\n') {
+        text
+    } else {
+        owned = format!("{text}\n");
+        &owned
+    };
+    // Rule files may be hostile: should the parser still panic on some
+    // input, report it rather than take the agent down.
+    std::panic::catch_unwind(AssertUnwindSafe(|| parse_events(text))).unwrap_or_else(|_| {
+        Err(YamlError {
+            mark: Mark::default(),
+            message: "the YAML parser failed on this input".into(),
+        })
+    })
+}
+
+fn parse_events(text: &str) -> Result<Vec<Node>, YamlError> {
     let mut input = text.as_bytes();
     let mut parser = Parser::new();
     parser.set_input_string(&mut input);
@@ -208,7 +236,12 @@ pub(crate) fn parse(text: &str) -> Result<Vec<Node>, YamlError> {
         })?;
         let mark = Mark::of(event.start_mark);
         match event.data {
-            EventData::Scalar { anchor, value, style, .. } => {
+            EventData::Scalar {
+                anchor,
+                value,
+                style,
+                ..
+            } => {
                 let style = Style::from(style);
                 let kind = if is_null(&value, style) {
                     Kind::Null
@@ -217,8 +250,12 @@ pub(crate) fn parse(text: &str) -> Result<Vec<Node>, YamlError> {
                 };
                 b.push(Node { kind, mark }, 1, anchor, mark)?;
             }
-            EventData::SequenceStart { anchor, .. } => b.open(Frame::Seq(Vec::new()), mark, anchor)?,
-            EventData::MappingStart { anchor, .. } => b.open(Frame::Map(Vec::new(), None), mark, anchor)?,
+            EventData::SequenceStart { anchor, .. } => {
+                b.open(Frame::Seq(Vec::new()), mark, anchor)?
+            }
+            EventData::MappingStart { anchor, .. } => {
+                b.open(Frame::Map(Vec::new(), None), mark, anchor)?
+            }
             EventData::SequenceEnd | EventData::MappingEnd => b.close(mark)?,
             EventData::Alias { anchor } => {
                 let Some((node, count)) = b.anchors.get(&anchor).cloned() else {
@@ -230,7 +267,54 @@ pub(crate) fn parse(text: &str) -> Result<Vec<Node>, YamlError> {
                 b.push(node, count, None, mark)?;
             }
             EventData::StreamEnd => return Ok(b.docs),
-            EventData::StreamStart { .. } | EventData::DocumentStart { .. } | EventData::DocumentEnd { .. } => {}
+            EventData::StreamStart { .. }
+            | EventData::DocumentStart { .. }
+            | EventData::DocumentEnd { .. } => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builds_a_positioned_tree() {
+        let docs = parse("- rule: r\n  tags: [a, 'b']\n  none:\n  text: >\n    x\n").unwrap();
+        let item = match &docs[0].kind {
+            Kind::Seq(items) => &items[0],
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(item.mark, Mark { line: 1, col: 2 });
+        assert_eq!(item.get("rule").and_then(Node::as_str), Some("r"));
+        assert_eq!(item.get("none").map(|n| &n.kind), Some(&Kind::Null));
+        let text = item.get("text").unwrap();
+        assert_eq!(
+            (text.as_str(), text.style()),
+            (Some("x\n"), Some(Style::Folded))
+        );
+        assert_eq!(text.mark, Mark { line: 4, col: 8 });
+        let Some(Kind::Seq(tags)) = item.get("tags").map(|n| &n.kind) else {
+            panic!()
+        };
+        assert_eq!(tags[1].mark, Mark { line: 2, col: 12 });
+        assert_eq!(tags[1].style(), Some(Style::SingleQuoted));
+    }
+
+    #[test]
+    fn aliases_expand_within_budget() {
+        let docs = parse("- &a {list: l, items: [x]}\n- *a\n").unwrap();
+        let Kind::Seq(items) = &docs[0].kind else {
+            panic!()
+        };
+        assert_eq!(items[0], items[1]);
+        assert!(parse("- *missing\n").is_err());
+    }
+
+    #[test]
+    fn several_documents() {
+        let docs = parse("- a: 1\n---\n- b: 2\n").unwrap();
+        assert_eq!(docs.len(), 2);
+        assert_eq!(parse("").unwrap().len(), 0);
     }
 }

@@ -56,7 +56,10 @@ fn seed_rule_loads_alone_and_works_verbatim() {
     }
     assert!(fires(&rules, &container_connect("2001:db8::1", 443)));
     // Missing destination: `not fd.sip in (...)` is true, as in Falco.
-    assert!(fires(&rules, &container_connect("203.0.113.7", 443).without(FieldId::ServerIp)));
+    assert!(fires(
+        &rules,
+        &container_connect("203.0.113.7", 443).without(FieldId::ServerIp)
+    ));
 }
 
 #[test]
@@ -67,7 +70,10 @@ fn missing_values_make_comparisons_false() {
     assert!(fires(&one_rule("not proc.name = curl"), &ev));
     assert!(!fires(&one_rule("proc.name exists"), &ev));
     assert!(fires(&one_rule("proc.exe exists"), &ev));
-    assert!(!fires(&one_rule("fd.cip exists or fd.cport > 0 or fd.cnet in (0.0.0.0/0)"), &ev));
+    assert!(!fires(
+        &one_rule("fd.cip exists or fd.cport > 0 or fd.cnet in (0.0.0.0/0)"),
+        &ev
+    ));
 }
 
 #[test]
@@ -117,12 +123,18 @@ fn udp_sends_match_sendto_and_sendmsg() {
         "evt.type intersects (sendmmsg)",
     ] {
         assert!(fires(&one_rule(cond), &send), "{cond}");
-        assert!(!fires(&one_rule(cond), &TestEvent::connect(ip("8.8.8.8"), 53)), "{cond}");
+        assert!(
+            !fires(&one_rule(cond), &TestEvent::connect(ip("8.8.8.8"), 53)),
+            "{cond}"
+        );
     }
     assert!(!fires(&one_rule("evt.type != sendmsg"), &send));
     assert!(fires(&one_rule("evt.type != connect"), &send));
     // Only comparisons with evt.type are rewritten.
-    assert!(!fires(&one_rule("proc.name = sendmsg"), &send.clone().with(FieldId::ProcName, "sendto")));
+    assert!(!fires(
+        &one_rule("proc.name = sendmsg"),
+        &send.clone().with(FieldId::ProcName, "sendto")
+    ));
 }
 
 #[test]
@@ -204,7 +216,8 @@ fn rule_matching_priority_and_enabled() {
     let yaml = [
         rule_yaml("first", "fd.sport = 443"),
         rule_yaml("second", "fd.sport > 0"),
-        rule_yaml("off", "fd.sport > 0").replace("priority: INFO", "priority: INFO\n  enabled: false"),
+        rule_yaml("off", "fd.sport > 0")
+            .replace("priority: INFO", "priority: INFO\n  enabled: false"),
         rule_yaml("loud", "fd.sport > 0").replace("priority: INFO", "priority: CRITICAL"),
     ]
     .concat();
@@ -229,15 +242,20 @@ fn rule_matching_priority_and_enabled() {
 
 #[test]
 fn event_types_outside_the_hooks() {
-    let rules = ruleset(&[
-        rule_yaml("open", "evt.type in (open, openat)"),
-        rule_yaml("any", "proc.name = curl"),
-        rule_yaml("not_connect", "not evt.type = connect"),
-    ]
-    .concat());
+    let rules = ruleset(
+        &[
+            rule_yaml("open", "evt.type in (open, openat)"),
+            rule_yaml("any", "proc.name = curl"),
+            rule_yaml("not_connect", "not evt.type = connect"),
+        ]
+        .concat(),
+    );
     let connect = TestEvent::connect(ip("198.51.100.1"), 80);
     assert_eq!(matched(&rules, &connect), ["any"]);
-    assert_eq!(matched(&rules, &TestEvent::udp_send(ip("198.51.100.1"), 80)), ["any", "not_connect"]);
+    assert_eq!(
+        matched(&rules, &TestEvent::udp_send(ip("198.51.100.1"), 80)),
+        ["any", "not_connect"]
+    );
     let odd = connect.clone().with(FieldId::EvtType, "open");
     assert_eq!(matched(&rules, &odd), ["open", "any", "not_connect"]);
     let none = connect.without(FieldId::EvtType);
@@ -259,17 +277,49 @@ fn outputs_render_missing_values_and_json_types() {
     assert_eq!(rule.priority(), Priority::Informational);
     let out = rule.render(&ev);
     // `%container.info` expands to nothing, as in Falco.
-    assert_eq!(out.output, "port=443 pod=<NA> net=false at=22:13:20.123456789 app=<NA> again=443 ");
-    let json: Vec<(String, serde_json::Value)> = out.fields.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
+    assert_eq!(
+        out.output,
+        "port=443 pod=<NA> net=false at=22:13:20.123456789 app=<NA> again=443 "
+    );
+    let json: Vec<(String, serde_json::Value)> = out
+        .fields
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.clone()))
+        .collect();
     assert_eq!(
         json,
         [
             ("fd.sport".to_string(), serde_json::json!(443)),
             ("k8s.pod.name".to_string(), serde_json::Value::Null),
             ("egret.v4_mapped".to_string(), serde_json::json!(false)),
-            ("evt.time".to_string(), serde_json::json!(1_700_000_000_123_456_789u64)),
+            (
+                "evt.time".to_string(),
+                serde_json::json!(1_700_000_000_123_456_789u64)
+            ),
             ("k8s.pod.label[app]".to_string(), serde_json::Value::Null),
         ]
     );
     assert_eq!(rule.output_fields().len(), 5);
+}
+
+#[test]
+fn rulesets_can_be_shared_across_threads() {
+    fn shared<T: Send + Sync + 'static>() {}
+    shared::<egret_rules::Ruleset>();
+    shared::<egret_rules::Rule>();
+    let rules = std::sync::Arc::new(one_rule("proc.exepath regex '.*/curl'"));
+    let workers: Vec<_> = (0..2)
+        .map(|_| {
+            let rules = rules.clone();
+            std::thread::spawn(move || fires(&rules, &TestEvent::connect(ip("198.51.100.1"), 1)))
+        })
+        .collect();
+    for w in workers {
+        assert!(w.join().unwrap());
+    }
+    // Events can also be passed as trait objects.
+    let event: &dyn egret_rules::Event = &TestEvent::connect(ip("198.51.100.1"), 1);
+    let mut ids = Vec::new();
+    rules.evaluate(event, &mut ids);
+    assert_eq!(ids.len(), 1);
 }

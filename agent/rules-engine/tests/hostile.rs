@@ -25,13 +25,24 @@ fn yaml_errors_have_positions() {
     );
     assert!(first_error("rule: a\n").contains("rules content is not a YAML array"));
     assert!(first_error("- just a string\n").contains("each element should be a YAML mapping"));
-    assert!(first_error("- rule: a\n  condition: [x]\n  desc: d\n  output: o\n  priority: info\n").contains("is not a scalar"));
-    assert!(first_error("- macro: m\n  condition:\n").contains("mapping for key 'condition' is empty"));
+    assert!(
+        first_error("- rule: a\n  condition: [x]\n  desc: d\n  output: o\n  priority: info\n")
+            .contains("is not a scalar")
+    );
+    assert!(
+        first_error("- macro: m\n  condition:\n").contains("mapping for key 'condition' is empty")
+    );
     assert!(first_error("- macro: 1m\n  condition: a\n").contains("invalid name"));
     assert!(first_error("- list: l\n  items: a\n").contains("is not a sequence"));
     assert!(first_error("- list: l\n  items: [[a]]\n").contains("is not a scalar"));
-    assert!(first_error("- required_engine_version: latest\n").contains("unable to parse engine version"));
-    assert!(first_error("- required_plugin_versions: [{name: container}]\n").contains("no mapping for key 'version'"));
+    assert!(
+        first_error("- required_engine_version: latest\n")
+            .contains("unable to parse engine version")
+    );
+    assert!(
+        first_error("- required_plugin_versions: [{name: container}]\n")
+            .contains("no mapping for key 'version'")
+    );
     assert!(first_error("- rule: a\n  desc: d\n  condition: fd.sport=1\n  output: o\n  priority: info\n  enabled: maybe\n").contains("not a boolean"));
 }
 
@@ -63,7 +74,10 @@ fn versions_and_multiple_documents_load() {
 #[test]
 fn diagnostics_name_the_right_file() {
     let loaded = load(
-        &[Source::new("a.yaml", "- list: l\n  items: [x]\n"), Source::new("b.yaml", "- macro: m\n  condition: (\n")],
+        &[
+            Source::new("a.yaml", "- list: l\n  items: [x]\n"),
+            Source::new("b.yaml", "- macro: m\n  condition: (\n"),
+        ],
         &Options::default(),
     );
     assert_eq!(
@@ -79,7 +93,9 @@ fn diagnostics_name_the_right_file() {
 #[test]
 fn deep_yaml_and_alias_bombs() {
     let deep = format!("- rule: {}a{}\n", "[".repeat(100_000), "]".repeat(100_000));
-    assert!(first_error(&deep).contains("invalid YAML") || first_error(&deep).contains("nested deeper"));
+    assert!(
+        first_error(&deep).contains("invalid YAML") || first_error(&deep).contains("nested deeper")
+    );
     let block = format!("- {}x\n", "- ".repeat(50_000));
     assert!(first_error(&block).contains("nested deeper"));
     let mut bomb = String::from("- list: l\n  items: &a0 [x, x, x, x, x, x, x, x, x, x]\n");
@@ -101,12 +117,19 @@ fn deep_conditions_and_macro_chains() {
     // Each macro doubles the previous one: 2^40 checks if expanded naively.
     let mut yaml = String::from("- macro: m0\n  condition: fd.sport = 1\n");
     for i in 1..40 {
-        yaml.push_str(&format!("- macro: m{i}\n  condition: m{p} and m{p}\n", p = i - 1));
+        yaml.push_str(&format!(
+            "- macro: m{i}\n  condition: m{p} and m{p}\n",
+            p = i - 1
+        ));
     }
     yaml.push_str(&rule_yaml("r", "m39"));
     let start = Instant::now();
     assert!(first_error(&yaml).contains("expands to more than"));
-    assert!(start.elapsed() < Duration::from_secs(20), "{:?}", start.elapsed());
+    assert!(
+        start.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        start.elapsed()
+    );
 
     // A long chain of macros, each using the previous one.
     let mut chain = String::from("- macro: c0\n  condition: fd.sport = 1\n");
@@ -124,12 +147,19 @@ fn deep_conditions_and_macro_chains() {
 fn list_bombs_and_cycles() {
     let mut yaml = String::from("- list: l0\n  items: [a, b, c, d, e, f, g, h, i, j]\n");
     for i in 1..12 {
-        yaml.push_str(&format!("- list: l{i}\n  items: [l{p}, l{p}, l{p}, l{p}, l{p}, l{p}, l{p}, l{p}, l{p}, l{p}]\n", p = i - 1));
+        yaml.push_str(&format!(
+            "- list: l{i}\n  items: [l{p}, l{p}, l{p}, l{p}, l{p}, l{p}, l{p}, l{p}, l{p}, l{p}]\n",
+            p = i - 1
+        ));
     }
     yaml.push_str(&rule_yaml("r", "proc.name in (l11)"));
     let start = Instant::now();
     assert!(first_error(&yaml).contains("more than"));
-    assert!(start.elapsed() < Duration::from_secs(20), "{:?}", start.elapsed());
+    assert!(
+        start.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        start.elapsed()
+    );
 
     let cycle = "
 - list: a
@@ -148,7 +178,13 @@ fn list_bombs_and_cycles() {
 #[test]
 fn garbage_never_panics() {
     let samples = [
-        "", "\0", "- ", "-", "- rule:", "- rule: [", "- {rule: x, desc: y, condition: 'a', output: b, priority: c}",
+        "",
+        "\0",
+        "- ",
+        "-",
+        "- rule:",
+        "- rule: [",
+        "- {rule: x, desc: y, condition: 'a', output: b, priority: c}",
         "- rule: r\n  desc: d\n  condition: \"\\xff\"\n  output: o\n  priority: info\n",
         "- rule: r\n  desc: d\n  condition: fd.sip in (\"\u{1F600}\")\n  output: \"%\"\n  priority: info\n",
         "- rule: r\n  desc: d\n  condition: proc.name glob '[[[[:alpha:'\n  output: '%fd.sip[' \n  priority: info\n",
@@ -164,4 +200,21 @@ fn garbage_never_panics() {
     for sample in samples {
         let _ = load_text(sample, &Options::default());
     }
+}
+
+#[test]
+fn scalars_ending_the_input() {
+    // Each of these made libyaml-safer 0.3 panic at end of input.
+    for text in [
+        "- a: >\n    b",
+        "- >\n  a\n  b",
+        "\"ab\\",
+        "a: |2\n   x",
+        "- a: >\n    b # c",
+    ] {
+        let _ = load_text(text, &Options::default());
+    }
+    let rules =
+        ruleset(&rule_yaml("r", "fd.sport = 1").replace("priority: INFO\n", "priority: INFO"));
+    assert_eq!(rules.rules().len(), 1);
 }

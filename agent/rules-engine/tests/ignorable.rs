@@ -3,7 +3,7 @@
 mod common;
 
 use common::*;
-use egret_rules::{Options, Priority, RuleMatching, TestEvent, load, Source};
+use egret_rules::{Options, Priority, RuleMatching, Source, TestEvent, load};
 
 fn nets(yaml: &str) -> Vec<String> {
     ruleset(yaml)
@@ -28,7 +28,10 @@ const SEED: &str = "
 
 #[test]
 fn seed_rule_ignores_rfc1918() {
-    assert_eq!(nets(SEED), ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"]);
+    assert_eq!(
+        nets(SEED),
+        ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"]
+    );
 }
 
 #[test]
@@ -37,15 +40,39 @@ fn every_rule_must_exclude_the_network() {
     let any = format!("{SEED}{}", rule_yaml("any", "proc.name = nc"));
     assert!(nets(&any).is_empty());
     // A rule that only fires for some destinations keeps the rest.
-    let ioc = format!("{SEED}{}", rule_yaml("ioc", "fd.sip in (10.1.2.3, 203.0.113.0/24)"));
+    let ioc = format!(
+        "{SEED}{}",
+        rule_yaml("ioc", "fd.sip in (10.1.2.3, 203.0.113.0/24)")
+    );
     assert_eq!(
         nets(&ioc),
         [
-            "10.0.0.0/16", "10.1.0.0/23", "10.1.2.0/31", "10.1.2.2/32", "10.1.2.4/30", "10.1.2.8/29",
-            "10.1.2.16/28", "10.1.2.32/27", "10.1.2.64/26", "10.1.2.128/25", "10.1.3.0/24", "10.1.4.0/22",
-            "10.1.8.0/21", "10.1.16.0/20", "10.1.32.0/19", "10.1.64.0/18", "10.1.128.0/17", "10.2.0.0/15",
-            "10.4.0.0/14", "10.8.0.0/13", "10.16.0.0/12", "10.32.0.0/11", "10.64.0.0/10", "10.128.0.0/9",
-            "172.16.0.0/12", "192.168.0.0/16",
+            "10.0.0.0/16",
+            "10.1.0.0/23",
+            "10.1.2.0/31",
+            "10.1.2.2/32",
+            "10.1.2.4/30",
+            "10.1.2.8/29",
+            "10.1.2.16/28",
+            "10.1.2.32/27",
+            "10.1.2.64/26",
+            "10.1.2.128/25",
+            "10.1.3.0/24",
+            "10.1.4.0/22",
+            "10.1.8.0/21",
+            "10.1.16.0/20",
+            "10.1.32.0/19",
+            "10.1.64.0/18",
+            "10.1.128.0/17",
+            "10.2.0.0/15",
+            "10.4.0.0/14",
+            "10.8.0.0/13",
+            "10.16.0.0/12",
+            "10.32.0.0/11",
+            "10.64.0.0/10",
+            "10.128.0.0/9",
+            "172.16.0.0/12",
+            "192.168.0.0/16",
         ]
     );
     // Port-only conditions say nothing about destinations.
@@ -55,13 +82,25 @@ fn every_rule_must_exclude_the_network() {
 #[test]
 fn reasons_through_and_or_not() {
     let cases: [(&str, &[&str]); 8] = [
-        ("not (fd.sip in (10.0.0.0/8) or fd.snet in (192.168.0.0/16))", &["10.0.0.0/8", "192.168.0.0/16"]),
-        ("not fd.sip in (10.0.0.0/8, 192.168.0.0/16) or not fd.net in (10.0.0.0/8)", &["10.0.0.0/8"]),
-        ("proc.name = curl and not fd.rnet in (\"fd00::/8\", \"::ffff:10.0.0.0/104\")", &["10.0.0.0/8", "fd00::/8"]),
+        (
+            "not (fd.sip in (10.0.0.0/8) or fd.snet in (192.168.0.0/16))",
+            &["10.0.0.0/8", "192.168.0.0/16"],
+        ),
+        (
+            "not fd.sip in (10.0.0.0/8, 192.168.0.0/16) or not fd.net in (10.0.0.0/8)",
+            &["10.0.0.0/8"],
+        ),
+        (
+            "proc.name = curl and not fd.rnet in (\"fd00::/8\", \"::ffff:10.0.0.0/104\")",
+            &["10.0.0.0/8", "fd00::/8"],
+        ),
         ("fd.sip != 198.51.100.7", &["198.51.100.7/32"]),
         ("not (proc.name = a and fd.sip in (10.0.0.0/8))", &[]),
         ("not not not fd.rip in (10.0.0.0/8)", &["10.0.0.0/8"]),
-        ("evt.type in (open, openat) or not fd.sip = 10.0.0.0/8", &["10.0.0.0/8"]),
+        (
+            "evt.type in (open, openat) or not fd.sip = 10.0.0.0/8",
+            &["10.0.0.0/8"],
+        ),
         ("fd.cip in (10.0.0.0/8) or not fd.sip in (10.0.0.0/8)", &[]),
     ];
     for (cond, want) in cases {
@@ -86,10 +125,20 @@ fn reasons_through_and_or_not() {
 
 #[test]
 fn only_active_rules_that_see_hook_events_count() {
-    let disabled = format!("{SEED}{}", rule_yaml("off", "proc.name = nc").replace("priority: INFO", "priority: INFO\n  enabled: false"));
-    assert_eq!(nets(&disabled), ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"]);
+    let disabled = format!(
+        "{SEED}{}",
+        rule_yaml("off", "proc.name = nc")
+            .replace("priority: INFO", "priority: INFO\n  enabled: false")
+    );
+    assert_eq!(
+        nets(&disabled),
+        ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"]
+    );
     let other_types = format!("{SEED}{}", rule_yaml("exec", "evt.type = execve"));
-    assert_eq!(nets(&other_types), ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"]);
+    assert_eq!(
+        nets(&other_types),
+        ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"]
+    );
     // Below the minimum priority a rule is not evaluated, so it cannot alert.
     let yaml = format!("{SEED}{}", rule_yaml("debug", "proc.name = nc"));
     let options = Options {
@@ -108,9 +157,19 @@ fn ignorable_destinations_really_never_match() {
     let yaml = format!("{SEED}{}", rule_yaml("ioc", "fd.sip in (10.1.2.3)"));
     let rules = ruleset(&yaml);
     let ignorable = rules.kernel_ignorable_networks();
-    for dest in ["10.0.0.1", "10.1.2.2", "10.1.2.4", "172.20.0.1", "192.168.9.9", "::ffff:10.9.9.9"] {
+    for dest in [
+        "10.0.0.1",
+        "10.1.2.2",
+        "10.1.2.4",
+        "172.20.0.1",
+        "192.168.9.9",
+        "::ffff:10.9.9.9",
+    ] {
         let addr = ip(dest).to_canonical();
-        assert!(ignorable.iter().any(|n| n.contains(&addr)), "{dest} should be ignorable");
+        assert!(
+            ignorable.iter().any(|n| n.contains(&addr)),
+            "{dest} should be ignorable"
+        );
         let ev = TestEvent::connect(ip(dest), 443).in_pod("a", "b", "c");
         assert!(!fires(&rules, &ev), "{dest}");
     }

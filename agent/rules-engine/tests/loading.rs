@@ -22,6 +22,11 @@ fn errors(loaded: &egret_rules::Loaded) -> Vec<String> {
 fn lists_expand_by_load_order_and_unquote() {
     let rules = ruleset(
         r#"
+- rule: early
+  desc: conditions see every list, whatever the order
+  condition: proc.name in (shells) and fd.sport = 7
+  output: o
+  priority: INFO
 - list: shells
   items: [sh, bash]
 - list: tools
@@ -45,12 +50,22 @@ fn lists_expand_by_load_order_and_unquote() {
     let ev = |dest: &str, name: &str| curl_to(dest, 1).with(FieldId::ProcName, name);
     assert_eq!(matched(&rules, &ev("10.1.1.1", "bash")), ["r"]);
     assert_eq!(matched(&rules, &ev("192.168.1.1", "curl")), ["r"]);
-    assert_eq!(matched(&rules, &ev("172.16.1.1", "curl")), Vec::<String>::new());
+    assert_eq!(
+        matched(&rules, &ev("172.16.1.1", "curl")),
+        Vec::<String>::new()
+    );
     // `later_tools` was defined after `tools`: there it is a literal. Quoted
     // names are never lists.
     assert_eq!(matched(&rules, &ev("10.1.1.1", "wget")), ["s"]);
     assert_eq!(matched(&rules, &ev("10.1.1.1", "later_tools")), ["r"]);
     assert_eq!(matched(&rules, &ev("198.51.100.1", "shells")), ["s"]);
+    assert_eq!(
+        matched(
+            &rules,
+            &curl_to("198.51.100.1", 7).with(FieldId::ProcName, "sh")
+        ),
+        ["early"]
+    );
 }
 
 #[test]
@@ -82,10 +97,17 @@ fn macro_visibility_follows_falco() {
   priority: INFO
 ";
     let bad = load_text(early, &all_matches());
-    assert_eq!(errors(&bad), ["test.yaml:3:14: error: rule 'r': undefined macro 'inner' used in filter: it is defined after the macro that uses it"]);
+    assert_eq!(
+        errors(&bad),
+        [
+            "test.yaml:3:14: error: rule 'r': undefined macro 'inner' used in filter: it is defined after the macro that uses it"
+        ]
+    );
     assert_eq!(bad.rules[0].status, RuleStatus::Failed);
     // Appending to `outer` after `inner` exists makes `inner` visible.
-    let fixed = format!("{early}- macro: outer\n  condition: and fd.sport > 0\n  override:\n    condition: append\n");
+    let fixed = format!(
+        "{early}- macro: outer\n  condition: and fd.sport > 0\n  override:\n    condition: append\n"
+    );
     let rules = ruleset(&fixed);
     assert!(fires(&rules, &curl_to("198.51.100.1", 443)));
     assert!(!fires(&rules, &curl_to("198.51.100.1", 80)));
@@ -138,7 +160,10 @@ fn later_files_override_and_append() {
     priority: replace
 "#;
     let loaded = load(
-        &[Source::new("base.yaml", base), Source::new("user.yaml", user)],
+        &[
+            Source::new("base.yaml", base),
+            Source::new("user.yaml", user),
+        ],
         &all_matches(),
     );
     assert!(errors(&loaded).is_empty(), "{:?}", errors(&loaded));
@@ -202,14 +227,25 @@ fn replace_and_legacy_forms() {
     let warnings: Vec<String> = diagnostics(&loaded);
     assert_eq!(warnings.len(), 3, "{warnings:?}");
     assert!(warnings[0].starts_with("test.yaml:4:3: warning: 'append' key is deprecated"));
-    assert!(warnings[2].starts_with("test.yaml:17:3: warning: the form '- rule: name / enabled: bool' is deprecated"));
+    assert!(warnings[2].starts_with(
+        "test.yaml:17:3: warning: the form '- rule: name / enabled: bool' is deprecated"
+    ));
     let rules = loaded.ruleset;
     let r = &rules.rules()[0];
     assert!(!r.enabled());
     for name in ["a", "b", "c"] {
-        assert!(r.matches(&curl_to("198.51.100.1", 1).with(FieldId::ProcName, name)), "{name}");
+        assert!(
+            r.matches(&curl_to("198.51.100.1", 1).with(FieldId::ProcName, name)),
+            "{name}"
+        );
     }
-    assert_eq!(matched(&rules, &curl_to("198.51.100.1", 1).with(FieldId::ProcName, "z")), ["S"]);
+    assert_eq!(
+        matched(
+            &rules,
+            &curl_to("198.51.100.1", 1).with(FieldId::ProcName, "z")
+        ),
+        ["S"]
+    );
 }
 
 #[test]
@@ -247,8 +283,16 @@ fn override_mistakes_are_errors() {
     let loaded = load_text(yaml, &all_matches());
     let errs = errors(&loaded);
     assert_eq!(errs.len(), 6, "{errs:#?}");
-    assert!(errs[0].contains("an append override for 'output' was specified but 'output' is not defined"));
-    assert!(errs[1].contains("unexpected key 'condition': no corresponding entry under 'override'") || errs[1].contains("item has no mapping"), "{}", errs[1]);
+    assert!(
+        errs[0]
+            .contains("an append override for 'output' was specified but 'output' is not defined")
+    );
+    assert!(
+        errs[1].contains("unexpected key 'condition': no corresponding entry under 'override'")
+            || errs[1].contains("item has no mapping"),
+        "{}",
+        errs[1]
+    );
     assert!(errs[2].contains("key 'priority' cannot be appended to"));
     assert!(errs[3].contains("invalid override operation for key 'condition'"));
     assert!(errs[4].contains("no rule by that name"));
@@ -294,8 +338,14 @@ fn exceptions_become_and_not_conditions() {
             .with(FieldId::ProcExepath, path)
     };
     assert!(fires(&rules, &ev("nginx", "curl", 8080, "/usr/bin/curl")));
-    assert!(!fires(&rules, &ev("registry/agent", "curl", 8080, "/usr/bin/curl")));
-    assert!(!fires(&rules, &ev("other image", "curl", 8080, "/usr/bin/curl")));
+    assert!(!fires(
+        &rules,
+        &ev("registry/agent", "curl", 8080, "/usr/bin/curl")
+    ));
+    assert!(!fires(
+        &rules,
+        &ev("other image", "curl", 8080, "/usr/bin/curl")
+    ));
     assert!(!fires(&rules, &ev("nginx", "curl", 443, "/usr/bin/curl")));
     assert!(!fires(&rules, &ev("nginx", "wget", 8080, "/usr/bin/wget")));
     assert!(fires(&rules, &ev("nginx", "wget", 80, "/usr/bin/wget")));
@@ -346,7 +396,13 @@ fn exception_mistakes_are_errors() {
     let loaded = load_text(yaml, &all_matches());
     let errs = errors(&loaded);
     assert_eq!(errs.len(), 4, "{errs:#?}");
-    assert!(errs[0].starts_with("test.yaml:8:7: error: exception 'e': fields and comps lists must have equal length"), "{}", errs[0]);
+    assert!(
+        errs[0].starts_with(
+            "test.yaml:8:7: error: exception 'e': fields and comps lists must have equal length"
+        ),
+        "{}",
+        errs[0]
+    );
     assert!(errs[1].starts_with("test.yaml:17:7: error: exception 'e': when fields is a single value, comps must be one of (in, pmatch, intersects)"));
     assert!(errs[2].starts_with("test.yaml:26:7: error: rule 'C': exception 'e': fields and values lists must have equal length"), "{}", errs[2]);
     assert!(errs[3].contains("exception names in the same object must be unique"));
@@ -386,10 +442,22 @@ fn unknown_fields_reject_the_rule_and_the_rest_loads() {
     );
     assert_eq!(
         loaded.rules[0].status,
-        RuleStatus::Unsupported { fields: vec!["proc.tty".into(), "user.loginuid".into()], requested_skip: false }
+        RuleStatus::Unsupported {
+            fields: vec!["proc.tty".into(), "user.loginuid".into()],
+            requested_skip: false
+        }
     );
-    assert_eq!(loaded.rules[1].status, RuleStatus::Compiled { enabled: true });
-    assert!(matches!(loaded.rules[2].status, RuleStatus::Unsupported { requested_skip: true, .. }));
+    assert_eq!(
+        loaded.rules[1].status,
+        RuleStatus::Compiled { enabled: true }
+    );
+    assert!(matches!(
+        loaded.rules[2].status,
+        RuleStatus::Unsupported {
+            requested_skip: true,
+            ..
+        }
+    ));
     assert_eq!(loaded.ruleset.rules().len(), 1);
     assert!(loaded.into_result().is_err());
 }
@@ -446,7 +514,19 @@ fn every_problem_is_reported_with_its_position() {
             "test.yaml:32:3: warning: unknown top level item, ignored",
         ]
     );
-    let skipped = loaded.rules.iter().find(|r| r.name == "Other source").unwrap();
-    assert_eq!(skipped.status, RuleStatus::Skipped { source: "k8s_audit".into() });
-    assert_eq!(check(&[Source::new("test.yaml", yaml)], &Options::default()).len(), 11);
+    let skipped = loaded
+        .rules
+        .iter()
+        .find(|r| r.name == "Other source")
+        .unwrap();
+    assert_eq!(
+        skipped.status,
+        RuleStatus::Skipped {
+            source: "k8s_audit".into()
+        }
+    );
+    assert_eq!(
+        check(&[Source::new("test.yaml", yaml)], &Options::default()).len(),
+        11
+    );
 }

@@ -27,7 +27,9 @@ fn host(dest: &str, port: u16) -> TestEvent {
 
 /// Whether `rule` is among the matches (every rule evaluated).
 fn hits(rule: &str, event: &TestEvent) -> bool {
-    matched(&bundled(&all_matches()), event).iter().any(|m| m == rule)
+    matched(&bundled(&all_matches()), event)
+        .iter()
+        .any(|m| m == rule)
 }
 
 const SEED: &str = "Outbound Connection in Container";
@@ -45,7 +47,10 @@ fn bundled_rules_load_cleanly() {
     assert_eq!(names, [IOC, MINING, METADATA, K8S_API, DNS, HOST_NET, SEED]);
     let seed = rules.rule(rules.find(SEED).unwrap()).unwrap();
     assert_eq!(seed.priority(), Priority::Warning);
-    assert_eq!(seed.desc(), "Detects outbound network connection from container to external IP");
+    assert_eq!(
+        seed.desc(),
+        "Detects outbound network connection from container to external IP"
+    );
 }
 
 #[test]
@@ -69,21 +74,43 @@ fn ioc_destinations() {
 fn mining_pool_ports() {
     assert!(hits(MINING, &pod("198.51.100.20", 3333)));
     assert!(hits(MINING, &host("198.51.100.20", 14444)));
-    assert!(!hits(MINING, &pod("10.0.0.20", 3333)), "private destination");
+    assert!(
+        !hits(MINING, &pod("10.0.0.20", 3333)),
+        "private destination"
+    );
     assert!(!hits(MINING, &pod("198.51.100.20", 443)));
-    assert!(!hits(MINING, &pod_udp("198.51.100.20", 3333)), "UDP sends are not pool traffic");
+    assert!(
+        !hits(MINING, &pod_udp("198.51.100.20", 3333)),
+        "UDP sends are not pool traffic"
+    );
 }
 
 #[test]
 fn cloud_metadata() {
     assert!(hits(METADATA, &pod("169.254.169.254", 80)));
     assert!(hits(METADATA, &pod("fd00:ec2::254", 80)));
-    assert!(!hits(METADATA, &host("169.254.169.254", 80)), "the node itself may");
-    let agent = pod("169.254.169.254", 80).with(FieldId::ContainerImageRepository, "registry.example/cloud-agent");
+    assert!(
+        !hits(METADATA, &host("169.254.169.254", 80)),
+        "the node itself may"
+    );
+    let agent = pod("169.254.169.254", 80).with(
+        FieldId::ContainerImageRepository,
+        "registry.example/cloud-agent",
+    );
     let allow = "- list: metadata_allowed_images\n  items: [registry.example/cloud-agent]\n  override:\n    items: append\n";
-    let loaded = load(&[Source::new("egress.yaml", EGRESS), Source::new("local.yaml", allow)], &all_matches());
+    let loaded = load(
+        &[
+            Source::new("egress.yaml", EGRESS),
+            Source::new("local.yaml", allow),
+        ],
+        &all_matches(),
+    );
     assert!(loaded.diagnostics.is_empty(), "{:?}", diagnostics(&loaded));
-    assert!(!matched(&loaded.ruleset, &agent).iter().any(|m| m == METADATA));
+    assert!(
+        !matched(&loaded.ruleset, &agent)
+            .iter()
+            .any(|m| m == METADATA)
+    );
     assert!(hits(METADATA, &agent));
 }
 
@@ -91,23 +118,49 @@ fn cloud_metadata() {
 fn k8s_api_server() {
     assert!(hits(K8S_API, &pod("10.96.0.1", 443)));
     assert!(hits(K8S_API, &pod("192.0.2.10", 6443)));
-    assert!(!hits(K8S_API, &pod("10.96.0.1", 443).with(FieldId::K8sNsName, "kube-system")));
+    assert!(!hits(
+        K8S_API,
+        &pod("10.96.0.1", 443).with(FieldId::K8sNsName, "kube-system")
+    ));
     assert!(!hits(K8S_API, &host("10.96.0.1", 443)));
     assert!(!hits(K8S_API, &pod("10.96.0.2", 443)));
     // Users add their API server addresses from their own file.
-    let extra = "- list: k8s_api_servers\n  items: [172.20.0.0/16]\n  override:\n    items: append\n";
-    let loaded = load(&[Source::new("egress.yaml", EGRESS), Source::new("local.yaml", extra)], &all_matches());
-    assert!(matched(&loaded.ruleset, &pod("172.20.3.4", 443)).iter().any(|m| m == K8S_API));
+    let extra =
+        "- list: k8s_api_servers\n  items: [172.20.0.0/16]\n  override:\n    items: append\n";
+    let loaded = load(
+        &[
+            Source::new("egress.yaml", EGRESS),
+            Source::new("local.yaml", extra),
+        ],
+        &all_matches(),
+    );
+    assert!(
+        matched(&loaded.ruleset, &pod("172.20.3.4", 443))
+            .iter()
+            .any(|m| m == K8S_API)
+    );
 }
 
 #[test]
 fn dns_to_external_resolvers() {
     assert!(hits(DNS, &pod_udp("8.8.8.8", 53)));
-    assert!(hits(DNS, &pod("1.1.1.1", 53)), "DNS over TCP, or UDP after connect()");
+    assert!(
+        hits(DNS, &pod("1.1.1.1", 53)),
+        "DNS over TCP, or UDP after connect()"
+    );
     assert!(hits(DNS, &pod_udp("2001:4860:4860::8888", 53)));
     assert!(!hits(DNS, &pod_udp("10.96.0.10", 53)), "cluster DNS");
-    assert!(!hits(DNS, &pod_udp("8.8.8.8", 53).with(FieldId::K8sNsName, "kube-system")), "CoreDNS forwarding");
-    assert!(!hits(DNS, &TestEvent::udp_send(ip("8.8.8.8"), 53)), "the node's resolver");
+    assert!(
+        !hits(
+            DNS,
+            &pod_udp("8.8.8.8", 53).with(FieldId::K8sNsName, "kube-system")
+        ),
+        "CoreDNS forwarding"
+    );
+    assert!(
+        !hits(DNS, &TestEvent::udp_send(ip("8.8.8.8"), 53)),
+        "the node's resolver"
+    );
     assert!(!hits(DNS, &pod_udp("8.8.8.8", 5353)));
 }
 
@@ -117,8 +170,14 @@ fn host_network_containers() {
     assert!(hits(HOST_NET, &hostnet("198.51.100.9")));
     assert!(!hits(HOST_NET, &hostnet("10.0.0.9")));
     assert!(!hits(HOST_NET, &pod("198.51.100.9", 443)));
-    assert!(!hits(HOST_NET, &host("198.51.100.9", 443)), "the node itself");
-    assert!(!hits(HOST_NET, &hostnet("198.51.100.9").with(FieldId::ContainerHostNetwork, "yes")));
+    assert!(
+        !hits(HOST_NET, &host("198.51.100.9", 443)),
+        "the node itself"
+    );
+    assert!(!hits(
+        HOST_NET,
+        &hostnet("198.51.100.9").with(FieldId::ContainerHostNetwork, "yes")
+    ));
 }
 
 #[test]
@@ -129,7 +188,10 @@ fn first_match_reports_the_most_specific_rule() {
         (pod("198.51.100.20", 3333), MINING),
         (pod("169.254.169.254", 80), METADATA),
         (pod("1.1.1.1", 53), DNS),
-        (pod("198.51.100.9", 443).with(FieldId::ContainerHostNetwork, true), HOST_NET),
+        (
+            pod("198.51.100.9", 443).with(FieldId::ContainerHostNetwork, true),
+            HOST_NET,
+        ),
         (pod("198.51.100.9", 443), SEED),
     ];
     for (event, rule) in cases {
@@ -156,5 +218,9 @@ fn outputs_render() {
 fn bundled_rules_leave_nothing_to_the_kernel() {
     // The API server rule must see private destinations, so nothing is
     // ignorable with the full set.
-    assert!(bundled(&Options::default()).kernel_ignorable_networks().is_empty());
+    assert!(
+        bundled(&Options::default())
+            .kernel_ignorable_networks()
+            .is_empty()
+    );
 }

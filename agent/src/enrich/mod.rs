@@ -3,11 +3,18 @@
 //! buffer order, so an exec is always applied before the connects it made.
 pub mod process;
 
-use std::sync::Arc;
+use std::{collections::HashMap, sync::Arc};
 
 use tokio::sync::mpsc;
 
-use crate::event::{EgressAttempt, Record};
+use crate::{
+    event::{EgressAttempt, Record},
+    identity::{
+        netns::HostNetns,
+        resolver::{ContainerLookup, Identity, IdentityResolver},
+        users::UserNames,
+    },
+};
 use process::{ProcessCache, ProcessImage};
 
 /// An egress attempt with everything known about who made it.
@@ -17,22 +24,71 @@ pub struct Event {
     pub process: Option<Arc<ProcessImage>>,
     /// `proc.pname`.
     pub parent_name: Option<Arc<str>>,
+    /// `user.name`, from the process's own /etc/passwd.
+    pub user_name: Option<Arc<str>>,
+    /// Cgroup path, container id and its metadata; `None` when identity
+    /// resolution is off.
+    pub identity: Option<Identity>,
+    /// The container shares the host's network namespace (NetworkPolicy
+    /// does not apply); `None` for host processes or when unknown.
+    pub host_network: Option<bool>,
 }
+
+impl Event {
+    /// `container.id`: 12 characters, `host` outside containers, `None`
+    /// while the cgroup is unresolved.
+    pub fn container_id(&self) -> Option<&str> {
+        let identity = self.identity.as_ref()?;
+        match (&identity.container, identity.container_id()) {
+            (ContainerLookup::CgroupUnknown, _) => None,
+            (ContainerLookup::Host, _) => Some("host"),
+            (_, Some(id)) => Some(id.get(..12).unwrap_or(id)),
+            (_, None) => None,
+        }
+    }
+}
+
+/// Container identity sources; absent in unit tests and `--no-identity`.
+pub struct IdentitySources {
+    pub resolver: IdentityResolver,
+    pub users: UserNames,
+    pub host_netns: HostNetns,
+}
+
+/// User names are cached per (cgroup, uid): processes of one cgroup share a
+/// root filesystem, and resolving per event would cost a stat each time.
+const USER_CACHE_CAP: usize = 16_384;
 
 pub struct Enricher {
     pub processes: ProcessCache,
+    identity: Option<IdentitySources>,
+    user_names: HashMap<(u64, u32), Option<Arc<str>>>,
 }
 
 impl Enricher {
-    pub fn new(processes: ProcessCache) -> Enricher {
-        Enricher { processes }
+    pub fn new(processes: ProcessCache, identity: Option<IdentitySources>) -> Enricher {
+        Enricher {
+            processes,
+            identity,
+            user_names: HashMap::new(),
+        }
     }
 
     /// Applies lifecycle records and enriches egress ones, in order.
     pub fn process_batch(&mut self, records: Vec<Record>, out: &mut Vec<Event>) {
         for record in records {
             match record {
-                Record::Exec(exec) => self.processes.on_exec(&exec),
+                Record::Exec(exec) => {
+                    // The process is most likely still alive now, unlike
+                    // when its connect is processed: resolve its cgroup and
+                    // user while /proc/<pid> can still answer (a one-shot
+                    // container's cgroup may be gone by its first connect).
+                    if let Some(sources) = &self.identity {
+                        sources.resolver.resolve(exec.cgroup_id, exec.tgid);
+                    }
+                    self.user_name(exec.cgroup_id, exec.uid, exec.tgid, None);
+                    self.processes.on_exec(&exec);
+                }
                 Record::Egress(attempt) => out.push(self.enrich(attempt)),
             }
         }
@@ -41,11 +97,87 @@ impl Enricher {
     fn enrich(&mut self, attempt: EgressAttempt) -> Event {
         let process = self.processes.lookup(attempt.tgid, attempt.exec_id);
         let parent_name = self.processes.name_of(attempt.ppid);
+        let (identity, host_network) = match &self.identity {
+            Some(sources) => {
+                let mut identity = sources.resolver.resolve(attempt.cgroup_id, attempt.tgid);
+                if identity.container == ContainerLookup::CgroupUnknown && attempt.ppid != 0 {
+                    // The parent usually shares the cgroup; the resolver
+                    // checks the inode, so a wrong guess is never accepted.
+                    identity = sources.resolver.resolve(attempt.cgroup_id, attempt.ppid);
+                }
+                let in_container = !matches!(
+                    identity.container,
+                    ContainerLookup::Host | ContainerLookup::CgroupUnknown
+                );
+                let host_network =
+                    in_container.then(|| sources.host_netns.is_host(attempt.netns_cookie));
+                (Some(identity), host_network)
+            }
+            None => (None, None),
+        };
+        let cgroup_path = identity
+            .as_ref()
+            .and_then(|i| i.cgroup.as_ref())
+            .map(|entry| entry.path.clone());
+        let user_name = self.user_name(
+            attempt.cgroup_id,
+            attempt.uid,
+            attempt.tgid,
+            cgroup_path.as_deref(),
+        );
         Event {
             attempt,
             process,
             parent_name,
+            user_name,
+            identity,
+            host_network,
         }
+    }
+}
+
+impl Enricher {
+    /// `user.name` for `uid` as the processes of `cgroup_id` see it. When
+    /// the process has already exited, any live process of the same cgroup
+    /// (same root filesystem) answers instead, and failing that the host.
+    fn user_name(
+        &mut self,
+        cgroup_id: u64,
+        uid: u32,
+        tgid: u32,
+        cgroup_path: Option<&str>,
+    ) -> Option<Arc<str>> {
+        let sources = self.identity.as_ref()?;
+        let key = (cgroup_id, uid);
+        if let Some(Some(name)) = self.user_names.get(&key) {
+            return Some(name.clone());
+        }
+        let mut name = sources.users.lookup(tgid, uid);
+        if name.is_none()
+            && let Some(path) = cgroup_path
+        {
+            let procs = sources
+                .resolver
+                .cgroups()
+                .root()
+                .join(path.trim_start_matches('/'))
+                .join("cgroup.procs");
+            let sibling = std::fs::read_to_string(procs)
+                .ok()
+                .and_then(|pids| pids.lines().find_map(|pid| pid.trim().parse::<u32>().ok()));
+            name = sibling.and_then(|pid| sources.users.lookup(pid, uid));
+        }
+        if name.is_none() {
+            // Nothing of the process's own view is left: the host's.
+            name = sources.users.host(uid);
+        }
+        if self.user_names.len() >= USER_CACHE_CAP {
+            self.user_names.clear();
+        }
+        // Misses are cached too (as None) but retried on the next exec or
+        // event, since a later process of the cgroup may be alive.
+        self.user_names.insert(key, name.clone());
+        name
     }
 }
 

@@ -31,10 +31,18 @@ impl ProcessImage {
     fn new(exepath: String, name: String, argv: &[String]) -> ProcessImage {
         let exe = argv.first().cloned().unwrap_or_else(|| exepath.clone());
         let args = argv.get(1..).unwrap_or_default().join(" ");
+        // Falco renders name + args; argv[0]'s basename is the name the
+        // program was invoked as, which stays right for multi-call binaries
+        // (busybox re-executes /proc/self/exe with argv[0] = the applet).
+        let invoked = argv
+            .first()
+            .and_then(|arg0| arg0.rsplit('/').next())
+            .filter(|base| !base.is_empty())
+            .unwrap_or(&name);
         let cmdline = if args.is_empty() {
-            name.clone()
+            invoked.to_string()
         } else {
-            format!("{name} {args}")
+            format!("{invoked} {args}")
         };
         ProcessImage {
             exepath: exepath.into(),
@@ -90,16 +98,36 @@ impl ProcessCache {
             // running the new image when its exec record arrives.
             None => read_cmdline(&proc_dir).unwrap_or_default(),
         };
-        let mut exepath = exec.filename.clone();
-        if !exepath.starts_with('/') {
-            if let Ok(resolved) = std::fs::read_link(proc_dir.join("exe")) {
-                exepath = resolved.to_string_lossy().into_owned();
-            }
-        }
+        let exepath = self.exepath_of(exec, &proc_dir);
         let image = ProcessImage::new(exepath, exec.comm.to_string_lossy().into_owned(), &argv);
         self.insert(exec.exec_id, Arc::new(image));
         self.current.insert(exec.tgid, exec.exec_id);
         self.fallback.remove(&exec.tgid);
+    }
+
+    /// The path as given to execve, made absolute where it was not. A
+    /// `/proc/self/exe` re-exec runs the image the process had before the
+    /// exec (its own, or its parent's if it had not exec'd since the fork).
+    fn exepath_of(&self, exec: &ExecRecord, proc_dir: &Path) -> String {
+        let given = &exec.filename;
+        if given.starts_with('/') && !given.starts_with("/proc/") {
+            return given.clone();
+        }
+        if given.starts_with("/proc/") {
+            // Prefer the previous image's path over /proc/<pid>/exe: it is
+            // known whether or not the process is still alive.
+            let previous = [exec.tgid, exec.ppid]
+                .iter()
+                .filter_map(|pid| self.current.get(pid))
+                .find_map(|id| self.images.get(id));
+            if let Some(image) = previous {
+                return image.exepath.to_string();
+            }
+        }
+        match std::fs::read_link(proc_dir.join("exe")) {
+            Ok(resolved) => resolved.to_string_lossy().into_owned(),
+            Err(_) => given.clone(),
+        }
     }
 
     /// The image of process `tgid` running exec `exec_id` (0: untracked).
@@ -115,10 +143,10 @@ impl ProcessCache {
             return Some(image);
         }
         let now = Instant::now();
-        if let Some((at, image)) = self.fallback.get(&tgid) {
-            if now.duration_since(*at) < FALLBACK_TTL {
-                return image.clone();
-            }
+        if let Some((at, image)) = self.fallback.get(&tgid)
+            && now.duration_since(*at) < FALLBACK_TTL
+        {
+            return image.clone();
         }
         let image = self.read_proc(tgid).map(Arc::new);
         if self.fallback.len() >= self.cap {
@@ -257,6 +285,24 @@ mod tests {
         assert_eq!(&*image.exe, "curl");
         assert_eq!(&*image.args, "-s http://198.51.100.7/");
         assert_eq!(&*image.cmdline, "curl -s http://198.51.100.7/");
+    }
+
+    #[test]
+    fn multi_call_binary_reexec_keeps_applet_name_and_real_path() {
+        let mut cache = ProcessCache::new("/nonexistent", 64);
+        let mut shell = exec(50, 1, &["sh", "-c", "nc x"]);
+        shell.filename = "/bin/sh".into();
+        cache.on_exec(&shell);
+        let mut applet = exec(51, 2, &["nc", "-w1", "203.0.113.9", "80"]);
+        applet.ppid = 50;
+        applet.filename = "/proc/self/exe".into();
+        let mut comm = [0u8; 16];
+        comm[..3].copy_from_slice(b"exe");
+        applet.comm = Comm::from_raw(comm);
+        cache.on_exec(&applet);
+        let image = cache.lookup(51, 2).expect("cached");
+        assert_eq!(&*image.exepath, "/bin/sh", "the parent's image");
+        assert_eq!(&*image.cmdline, "nc -w1 203.0.113.9 80");
     }
 
     #[test]

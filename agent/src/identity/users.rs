@@ -121,6 +121,33 @@ impl UserNames {
         }
     }
 
+    /// The name of `uid` in the host's passwd (`host_passwd`), for processes
+    /// whose own view is gone. Cached under a key no mount namespace has.
+    pub fn host(&self, uid: u32) -> Option<Arc<str>> {
+        const HOST_KEY: u64 = 0;
+        let key = (HOST_KEY, uid);
+        {
+            let cache = self.cache.read().unwrap_or_else(|p| p.into_inner());
+            if let Some(entry) = cache.get(&key)
+                && entry.loaded.elapsed() < self.config.ttl
+            {
+                self.stats.hits.fetch_add(1, Ordering::Relaxed);
+                return entry.name.clone();
+            }
+        }
+        self.stats.host_fallbacks.fetch_add(1, Ordering::Relaxed);
+        let name = match read_regular(&self.config.host_passwd) {
+            Ok(text) => name_for_uid(&text, uid).map(Arc::from),
+            Err(err) => {
+                self.stats.read_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(%err, "host passwd unreadable");
+                None
+            }
+        };
+        self.insert(key, name.clone());
+        name
+    }
+
     /// Like [`lookup`](Self::lookup) with the mount namespace already known;
     /// `pid` is only read on a cache miss.
     pub fn lookup_in(&self, mnt_ns: u64, pid: u32, uid: u32) -> Option<Arc<str>> {

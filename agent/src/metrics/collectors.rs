@@ -209,8 +209,10 @@ impl Everything {
             })
             .collect();
         if let Some(k) = &kernel {
-            verdicts.push(("ignored_in_kernel", k.iter().map(|c| c.ignored).sum()));
-            verdicts.push(("lost_in_kernel", k.iter().map(|c| c.ringbuf_full).sum()));
+            // Egress hooks only: other slots (exec) count process records.
+            let egress = || Hook::ALL.iter().filter_map(|h| k.get(*h as usize));
+            verdicts.push(("ignored_in_kernel", egress().map(|c| c.ignored).sum()));
+            verdicts.push(("lost_in_kernel", egress().map(|c| c.ringbuf_full).sum()));
         }
         family(
             enc,
@@ -228,7 +230,8 @@ impl Everything {
             MetricType::Counter,
             [([("map", "EGRET_COUNTERS")], read_errors)],
         )?;
-        let per_hook: [(&str, &str, fn(&HookCounters) -> u64); 5] = [
+        type Field = fn(&HookCounters) -> u64;
+        let per_hook: [(&str, &str, Field); 5] = [
             ("egret_kernel_seen", "Invocations of the kernel hook", |c| {
                 c.seen
             }),
@@ -254,11 +257,12 @@ impl Everything {
             ),
         ];
         for (name, help, get) in per_hook {
+            // Every slot, exec included: its ring buffer drops matter too.
             let rows = kernel.iter().flat_map(|k: &[HookCounters; HOOKS]| {
-                Hook::ALL
-                    .iter()
-                    .zip(k.iter())
-                    .map(move |(hook, c)| ([("hook", hook.name())], get(c)))
+                k.iter().enumerate().map(move |(i, c)| {
+                    let hook = u8::try_from(i).ok().and_then(Hook::from_u8);
+                    ([("hook", hook.map_or("unknown", Hook::name))], get(c))
+                })
             });
             family(enc, name, help, None, MetricType::Counter, rows)?;
         }

@@ -182,10 +182,11 @@ struct AlertState {
     falco: Option<LruSeries<3>>,
     /// Joined tag lists keyed by the address of the rule's tag slice; the
     /// held `Arc` keeps that address from being reused while cached.
-    tags: HashMap<usize, (Arc<[Arc<str>]>, Box<str>)>,
+    tags: TagCache,
 }
 
 const TAG_CACHE: usize = 1024;
+type TagCache = HashMap<usize, (Arc<[Arc<str>]>, Box<str>)>;
 
 struct Shared {
     started: Instant,
@@ -570,10 +571,7 @@ fn put_decimal(out: &mut [u8], mut v: u16) -> usize {
     n
 }
 
-fn joined_tags<'c>(
-    cache: &'c mut HashMap<usize, (Arc<[Arc<str>]>, Box<str>)>,
-    tags: &Arc<[Arc<str>]>,
-) -> &'c str {
+fn joined_tags<'c>(cache: &'c mut TagCache, tags: &Arc<[Arc<str>]>) -> &'c str {
     let key = Arc::as_ptr(tags).cast::<u8>() as usize;
     if !cache.contains_key(&key) && cache.len() >= TAG_CACHE {
         // Rules share one tag list each, so this only trips when something

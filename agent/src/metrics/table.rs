@@ -399,7 +399,7 @@ mod tests {
         let names: Vec<String> = (0..64).map(|i| format!("v{i}")).collect();
         for round in 0..10u64 {
             for (i, n) in names.iter().enumerate() {
-                if (i as u64 + round) % 3 != 0 {
+                if !(i as u64 + round).is_multiple_of(3) {
                     t.add([n.as_str()], 1);
                 }
             }

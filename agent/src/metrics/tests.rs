@@ -186,6 +186,8 @@ fn kernel_counters_verdicts_queues_and_pipeline() {
         repeat_of_connect: 0,
     };
     counters[2].ringbuf_full = 2;
+    // The exec slot's drops are reported per hook but are not egress events.
+    counters[Hook::Exec as usize].ringbuf_full = 5;
     m.set_kernel_counters(counters);
     m.observe_events(Verdict::NoMatch, 7);
     m.observe_events(Verdict::Alerted, 1);
@@ -201,6 +203,7 @@ fn kernel_counters_verdicts_queues_and_pipeline() {
     for line in [
         "egret_kernel_seen_total{hook=\"connect4\"} 10\n",
         "egret_kernel_ringbuf_drops_total{hook=\"sendmsg4\"} 2\n",
+        "egret_kernel_ringbuf_drops_total{hook=\"exec\"} 5\n",
         "egret_egress_events_total{verdict=\"no_match\"} 7\n",
         "egret_egress_events_total{verdict=\"alerted\"} 1\n",
         "egret_egress_events_total{verdict=\"ignored_in_kernel\"} 4\n",

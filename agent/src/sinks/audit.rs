@@ -35,6 +35,8 @@ pub struct AuditRecord<'a> {
     pub pname: Option<&'a str>,
     #[serde(rename = "user.uid")]
     pub uid: u32,
+    #[serde(rename = "user.name")]
+    pub user_name: Option<&'a str>,
     #[serde(rename = "group.gid")]
     pub gid: u32,
     #[serde(rename = "fd.type")]
@@ -49,6 +51,26 @@ pub struct AuditRecord<'a> {
     pub sport: u16,
     #[serde(rename = "fd.name")]
     pub fd_name: String,
+    #[serde(rename = "container.id")]
+    pub container_id: Option<&'a str>,
+    #[serde(rename = "container.name")]
+    pub container_name: Option<&'a str>,
+    #[serde(rename = "container.image")]
+    pub container_image: Option<&'a str>,
+    #[serde(rename = "container.image.repository")]
+    pub image_repository: Option<&'a str>,
+    #[serde(rename = "container.image.tag")]
+    pub image_tag: Option<&'a str>,
+    #[serde(rename = "container.host_network")]
+    pub host_network: Option<bool>,
+    #[serde(rename = "k8s.ns.name")]
+    pub k8s_ns: Option<&'a str>,
+    #[serde(rename = "k8s.pod.name")]
+    pub k8s_pod: Option<&'a str>,
+    #[serde(rename = "k8s.pod.uid")]
+    pub k8s_pod_uid: Option<&'a str>,
+    #[serde(rename = "k8s.pod.labels")]
+    pub k8s_pod_labels: Option<&'a std::collections::BTreeMap<String, String>>,
     #[serde(rename = "egret.v4_mapped")]
     pub v4_mapped: bool,
     #[serde(rename = "egret.cgroup_id")]
@@ -66,6 +88,9 @@ impl<'a> AuditRecord<'a> {
         let event = &enriched.attempt;
         let process = enriched.process.as_deref();
         let v4 = event.daddr.is_ipv4();
+        let meta = enriched.identity.as_ref().and_then(|i| i.metadata());
+        let pod = meta.and_then(|m| m.pod.as_ref());
+        let image_ref = meta.and_then(|m| m.image_ref.as_ref());
         AuditRecord {
             time: timefmt::rfc3339_nanos(event.wall_ns),
             evt_time: event.wall_ns,
@@ -79,6 +104,7 @@ impl<'a> AuditRecord<'a> {
             cmdline: process.map(|p| &*p.cmdline),
             pname: enriched.parent_name.as_deref(),
             uid: event.uid,
+            user_name: enriched.user_name.as_deref(),
             gid: event.gid,
             fd_type: if v4 { "ipv4" } else { "ipv6" },
             fd_typechar: if v4 { "4" } else { "6" },
@@ -86,6 +112,16 @@ impl<'a> AuditRecord<'a> {
             sip: event.daddr.to_string(),
             sport: event.dport,
             fd_name: fd_name(event),
+            container_id: enriched.container_id(),
+            container_name: meta.map(|m| m.name.as_str()),
+            container_image: meta.and_then(|m| m.image.as_deref()),
+            image_repository: image_ref.map(|r| r.repository.as_str()),
+            image_tag: image_ref.and_then(|r| r.tag.as_deref()),
+            host_network: enriched.host_network,
+            k8s_ns: pod.and_then(|p| p.namespace.as_deref()),
+            k8s_pod: pod.and_then(|p| p.name.as_deref()),
+            k8s_pod_uid: pod.and_then(|p| p.uid.as_deref()),
+            k8s_pod_labels: pod.map(|p| &p.labels),
             v4_mapped: event.v4_mapped,
             cgroup_id: event.cgroup_id,
             netns_cookie: event.netns_cookie,
@@ -155,6 +191,9 @@ mod tests {
             attempt,
             process: None,
             parent_name: None,
+            user_name: None,
+            identity: None,
+            host_network: None,
         }
     }
 

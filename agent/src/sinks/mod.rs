@@ -1,2 +1,3 @@
 //! Sink stages: where decoded events leave the agent.
 pub mod audit;
+pub mod webhook;

@@ -45,7 +45,10 @@ impl Agent {
     pub fn spawn(args: &[&str]) -> Agent {
         let mut child = Command::new(env!("CARGO_BIN_EXE_egret"))
             .args(args)
-            .env("EGRET_LOG", "info")
+            .env(
+                "EGRET_LOG",
+                std::env::var("EGRET_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

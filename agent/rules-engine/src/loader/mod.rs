@@ -14,17 +14,35 @@ type Failure = (Loc, String);
 const LIST_KEYS: &[&str] = &["list", "items", "append", "override"];
 const MACRO_KEYS: &[&str] = &["macro", "condition", "append", "override"];
 const RULE_KEYS: &[&str] = &[
-    "rule", "desc", "condition", "output", "priority", "source", "enabled", "tags",
-    "exceptions", "override", "append", "warn_evttypes", "skip-if-unknown-filter",
-    "capture", "capture_duration",
+    "rule",
+    "desc",
+    "condition",
+    "output",
+    "priority",
+    "source",
+    "enabled",
+    "tags",
+    "exceptions",
+    "override",
+    "append",
+    "warn_evttypes",
+    "skip-if-unknown-filter",
+    "capture",
+    "capture_duration",
 ];
 const RULE_APPENDABLE: &[&str] = &["condition", "output", "desc", "tags", "exceptions"];
 const RULE_REPLACEABLE: &[&str] = &[
-    "condition", "output", "desc", "priority", "tags", "exceptions", "enabled",
-    "warn_evttypes", "skip-if-unknown-filter",
+    "condition",
+    "output",
+    "desc",
+    "priority",
+    "tags",
+    "exceptions",
+    "enabled",
+    "warn_evttypes",
+    "skip-if-unknown-filter",
 ];
-const APPEND_DEPRECATED: &str =
-    "'append' key is deprecated. Add an 'override' key with the fields to append, e.g. 'override: {condition: append}'";
+const APPEND_DEPRECATED: &str = "'append' key is deprecated. Add an 'override' key with the fields to append, e.g. 'override: {condition: append}'";
 const ENABLED_DEPRECATED: &str =
     "the form '- rule: name / enabled: bool' is deprecated. Use 'override: {enabled: replace}'";
 
@@ -36,19 +54,26 @@ pub(crate) struct Reader<'a> {
 
 fn is_list_name(name: &str) -> bool {
     !name.is_empty()
-        && !name
-            .bytes()
-            .any(|b| matches!(b, b'(' | b')' | b'"' | b'\'' | b'=' | b',') || b.is_ascii_whitespace() || b == 0x0b)
+        && !name.bytes().any(|b| {
+            matches!(b, b'(' | b')' | b'"' | b'\'' | b'=' | b',')
+                || b.is_ascii_whitespace()
+                || b == 0x0b
+        })
 }
 
 fn is_macro_name(name: &str) -> bool {
-    Cursor::new(name).identifier().is_some_and(|id| id.len() == name.len())
+    Cursor::new(name)
+        .identifier()
+        .is_some_and(|id| id.len() == name.len())
 }
 
 fn is_version(text: &str) -> bool {
     let core = text.split(['-', '+']).next().unwrap_or("");
     let parts: Vec<&str> = core.split('.').collect();
-    parts.len() == 3 && parts.iter().all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+    parts.len() == 3
+        && parts
+            .iter()
+            .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
 }
 
 fn parse_bool(text: &str) -> Option<bool> {
@@ -64,7 +89,10 @@ impl Reader<'_> {
         let docs = match yaml::parse(text) {
             Ok(docs) => docs,
             Err(e) => {
-                self.sink.error(Loc::at(self.file, e.mark), format!("invalid YAML: {}", e.message));
+                self.sink.error(
+                    Loc::at(self.file, e.mark),
+                    format!("invalid YAML: {}", e.message),
+                );
                 return;
             }
         };
@@ -78,7 +106,10 @@ impl Reader<'_> {
                         }
                     }
                 }
-                _ => self.sink.error(self.loc(doc), "rules content is not a YAML array of objects"),
+                _ => self.sink.error(
+                    self.loc(doc),
+                    "rules content is not a YAML array of objects",
+                ),
             }
         }
     }
@@ -93,7 +124,10 @@ impl Reader<'_> {
 
     fn read_item(&mut self, item: &Node) -> Result<(), Failure> {
         if !matches!(item.kind, Kind::Map(_)) {
-            return self.fail(item, "unexpected element type: each element should be a YAML mapping");
+            return self.fail(
+                item,
+                "unexpected element type: each element should be a YAML mapping",
+            );
         }
         if item.get("required_engine_version").is_some() {
             self.engine_version(item)
@@ -106,35 +140,53 @@ impl Reader<'_> {
         } else if item.get("rule").is_some() {
             self.read_rule(item)
         } else {
-            self.sink.warning(self.loc(item), "unknown top level item, ignored");
+            self.sink
+                .warning(self.loc(item), "unknown top level item, ignored");
             Ok(())
         }
     }
 
     /// Falco's `decode_val`: absent is None; present must be a non-empty scalar.
-    fn scalar<'n>(&self, item: &'n Node, key: &str) -> Result<Option<(&'n str, &'n Node)>, Failure> {
+    fn scalar<'n>(
+        &self,
+        item: &'n Node,
+        key: &str,
+    ) -> Result<Option<(&'n str, &'n Node)>, Failure> {
         let Some(value) = item.get(key) else {
             return Ok(None);
         };
         match &value.kind {
             Kind::Null => self.fail(value, format!("mapping for key '{key}' is empty")),
-            Kind::Scalar(s, _) if s.is_empty() => self.fail(value, format!("value for key '{key}' must be non-empty")),
+            Kind::Scalar(s, _) if s.is_empty() => {
+                self.fail(value, format!("value for key '{key}' must be non-empty"))
+            }
             Kind::Scalar(s, _) => Ok(Some((s, value))),
-            _ => self.fail(value, format!("value for key '{key}' is not a scalar value")),
+            _ => self.fail(
+                value,
+                format!("value for key '{key}' is not a scalar value"),
+            ),
         }
     }
 
     fn required<'n>(&self, item: &'n Node, key: &str) -> Result<(&'n str, &'n Node), Failure> {
-        self.scalar(item, key)?
-            .map_or_else(|| self.fail(item, format!("item has no mapping for key '{key}'")), Ok)
+        self.scalar(item, key)?.map_or_else(
+            || self.fail(item, format!("item has no mapping for key '{key}'")),
+            Ok,
+        )
     }
 
     fn boolean(&self, item: &Node, key: &str) -> Result<Option<bool>, Failure> {
         match self.scalar(item, key)? {
             None => Ok(None),
-            Some((text, node)) => parse_bool(text)
-                .map(Some)
-                .map_or_else(|| self.fail(node, format!("value for key '{key}' is not a boolean: '{text}'")), Ok),
+            Some((text, node)) => parse_bool(text).map(Some).map_or_else(
+                || {
+                    self.fail(
+                        node,
+                        format!("value for key '{key}' is not a boolean: '{text}'"),
+                    )
+                },
+                Ok,
+            ),
         }
     }
 
@@ -156,7 +208,9 @@ impl Reader<'_> {
     }
 
     fn tags(&self, item: &Node) -> Result<Option<BTreeSet<String>>, Failure> {
-        Ok(self.strings(item, "tags")?.map(|tags| tags.into_iter().map(|(t, _)| t).collect()))
+        Ok(self
+            .strings(item, "tags")?
+            .map(|tags| tags.into_iter().map(|(t, _)| t).collect()))
     }
 
     fn text(&self, value: &str, node: &Node) -> Text {
@@ -171,8 +225,14 @@ impl Reader<'_> {
         for (key, _) in item.entries() {
             match key.as_str() {
                 Some(k) if allowed.contains(&k) => {}
-                Some(k) => self.sink.warning(self.loc(key), format!("unknown key '{k}' in {what} '{name}' ignored")),
-                None => self.sink.warning(self.loc(key), format!("non-string key in {what} '{name}' ignored")),
+                Some(k) => self.sink.warning(
+                    self.loc(key),
+                    format!("unknown key '{k}' in {what} '{name}' ignored"),
+                ),
+                None => self.sink.warning(
+                    self.loc(key),
+                    format!("non-string key in {what} '{name}' ignored"),
+                ),
             }
         }
     }
@@ -189,19 +249,31 @@ impl Reader<'_> {
             return Ok((append, replace));
         };
         if !matches!(node.kind, Kind::Map(_)) {
-            return self.fail(node, "'override' must be a mapping of keys to 'append' or 'replace'");
+            return self.fail(
+                node,
+                "'override' must be a mapping of keys to 'append' or 'replace'",
+            );
         }
         for (key, op) in node.entries() {
             let Some(key_text) = key.as_str() else {
                 return self.fail(key, "override keys must be strings");
             };
             match op.as_str() {
-                Some("append") if appendable.contains(&key_text) => append.insert(key_text.to_string()),
-                Some("append") => {
-                    return self.fail(key, format!("key '{key_text}' cannot be appended to, use 'replace' instead"));
+                Some("append") if appendable.contains(&key_text) => {
+                    append.insert(key_text.to_string())
                 }
-                Some("replace") if replaceable.contains(&key_text) => replace.insert(key_text.to_string()),
-                Some("replace") => return self.fail(key, format!("key '{key_text}' cannot be replaced")),
+                Some("append") => {
+                    return self.fail(
+                        key,
+                        format!("key '{key_text}' cannot be appended to, use 'replace' instead"),
+                    );
+                }
+                Some("replace") if replaceable.contains(&key_text) => {
+                    replace.insert(key_text.to_string())
+                }
+                Some("replace") => {
+                    return self.fail(key, format!("key '{key_text}' cannot be replaced"));
+                }
                 _ => {
                     return self.fail(op, format!("invalid override operation for key '{key_text}': expected 'append' or 'replace'"));
                 }
@@ -215,20 +287,29 @@ impl Reader<'_> {
         if text.parse::<u32>().is_ok() || is_version(text) {
             return Ok(());
         }
-        self.fail(node, format!("unable to parse engine version '{text}': expected an integer or \"x.y.z\""))
+        self.fail(
+            node,
+            format!("unable to parse engine version '{text}': expected an integer or \"x.y.z\""),
+        )
     }
 
     /// Egret has no plugins (it provides the container fields itself), so the
     /// requirements are only checked for shape.
     fn plugin_versions(&self, plugins: &Node) -> Result<(), Failure> {
         let Kind::Seq(entries) = &plugins.kind else {
-            return self.fail(plugins, "value of required_plugin_versions must be a sequence");
+            return self.fail(
+                plugins,
+                "value of required_plugin_versions must be a sequence",
+            );
         };
         for plugin in entries {
             self.plugin_version(plugin)?;
             if let Some(alternatives) = plugin.get("alternatives") {
                 let Kind::Seq(alts) = &alternatives.kind else {
-                    return self.fail(alternatives, "value of plugin version alternatives must be a sequence");
+                    return self.fail(
+                        alternatives,
+                        "value of plugin version alternatives must be a sequence",
+                    );
                 };
                 for alt in alts {
                     self.plugin_version(alt)?;
@@ -245,7 +326,10 @@ impl Reader<'_> {
         let (name, _) = self.required(plugin, "name")?;
         let (version, node) = self.required(plugin, "version")?;
         if !is_version(version) {
-            return self.fail(node, format!("invalid required version '{version}' for plugin '{name}'"));
+            return self.fail(
+                node,
+                format!("invalid required version '{version}' for plugin '{name}'"),
+            );
         }
         Ok(())
     }
@@ -256,13 +340,22 @@ impl Reader<'_> {
             return self.fail(item, format!("list '{name}' has an invalid name: list names must match ([^()\"'[:space:]=,]+)"));
         }
         self.check_keys(item, LIST_KEYS, "list", name);
-        let items = self
-            .strings(item, "items")?
-            .ok_or_else(|| (self.loc(item), "item has no mapping for key 'items'".to_string()))?;
-        let items: Vec<ListItem> = items.into_iter().map(|(text, loc)| ListItem { text, loc }).collect();
+        let items = self.strings(item, "items")?.ok_or_else(|| {
+            (
+                self.loc(item),
+                "item has no mapping for key 'items'".to_string(),
+            )
+        })?;
+        let items: Vec<ListItem> = items
+            .into_iter()
+            .map(|(text, loc)| ListItem { text, loc })
+            .collect();
         let append = self.appends(item, &["items"])?;
         if append {
-            return self.coll.append_list(name, items).map_err(|m| (self.loc(item), m));
+            return self
+                .coll
+                .append_list(name, items)
+                .map_err(|m| (self.loc(item), m));
         }
         self.coll.define_list(ListInfo {
             name: name.to_string(),
@@ -283,7 +376,10 @@ impl Reader<'_> {
         }
         let (append, replace) = self.overrides(item, key, key)?;
         if flag && !(append.is_empty() && replace.is_empty()) {
-            return self.fail(item, "keys 'override' and 'append: true' cannot be used together");
+            return self.fail(
+                item,
+                "keys 'override' and 'append: true' cannot be used together",
+            );
         }
         Ok(flag || !append.is_empty())
     }
@@ -297,7 +393,10 @@ impl Reader<'_> {
         let (cond, node) = self.required(item, "condition")?;
         let cond = self.text(cond, node);
         if self.appends(item, &["condition"])? {
-            return self.coll.append_macro(name, &cond).map_err(|m| (self.loc(item), m));
+            return self
+                .coll
+                .append_macro(name, &cond)
+                .map_err(|m| (self.loc(item), m));
         }
         self.coll.define_macro(MacroInfo {
             name: name.to_string(),

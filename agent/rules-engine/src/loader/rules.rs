@@ -6,10 +6,10 @@ use super::{
     APPEND_DEPRECATED, ENABLED_DEPRECATED, Failure, RULE_APPENDABLE, RULE_KEYS, RULE_REPLACEABLE,
     Reader,
 };
+use crate::Priority;
 use crate::collect::{Entry, ExceptionInfo, RuleInfo, RuleUpdate, SYSCALL};
 use crate::exceptions;
 use crate::yaml::{Kind, Node};
-use crate::Priority;
 
 impl Reader<'_> {
     pub(super) fn read_rule(&mut self, item: &Node) -> Result<(), Failure> {
@@ -22,7 +22,10 @@ impl Reader<'_> {
         let (append, replace) = self.overrides(item, RULE_APPENDABLE, RULE_REPLACEABLE)?;
         let at = self.loc(item);
         if append_flag && !(append.is_empty() && replace.is_empty()) {
-            return Err((at, "keys 'override' and 'append: true' cannot be used together".into()));
+            return Err((
+                at,
+                "keys 'override' and 'append: true' cannot be used together".into(),
+            ));
         }
         if !(append.is_empty() && replace.is_empty()) {
             self.check_override_keys(item, &append, &replace)?;
@@ -70,7 +73,9 @@ impl Reader<'_> {
             if let Some(key) = keys.iter().find(|k| item.get(k).is_none()) {
                 return self.fail(
                     item,
-                    format!("an {kind} override for '{key}' was specified but '{key}' is not defined"),
+                    format!(
+                        "an {kind} override for '{key}' was specified but '{key}' is not defined"
+                    ),
                 );
             }
         }
@@ -81,7 +86,9 @@ impl Reader<'_> {
             {
                 return self.fail(
                     value,
-                    format!("unexpected key '{key}': no corresponding entry under 'override' is defined"),
+                    format!(
+                        "unexpected key '{key}': no corresponding entry under 'override' is defined"
+                    ),
                 );
             }
         }
@@ -127,7 +134,8 @@ impl Reader<'_> {
 
     fn priority(&self, item: &Node) -> Result<Priority, Failure> {
         let (text, node) = self.required(item, "priority")?;
-        Priority::parse(text).map_or_else(|| self.fail(node, format!("invalid priority '{text}'")), Ok)
+        Priority::parse(text)
+            .map_or_else(|| self.fail(node, format!("invalid priority '{text}'")), Ok)
     }
 
     fn define_rule(&mut self, item: &Node, name: &str) -> Result<(), Failure> {
@@ -138,7 +146,9 @@ impl Reader<'_> {
         let source = self.scalar(item, "source")?.map_or(SYSCALL, |(s, _)| s);
         let enabled = self.boolean(item, "enabled")?.unwrap_or(true);
         self.boolean(item, "warn_evttypes")?;
-        let skip = self.boolean(item, "skip-if-unknown-filter")?.unwrap_or(false);
+        let skip = self
+            .boolean(item, "skip-if-unknown-filter")?
+            .unwrap_or(false);
         let tags = self.tags(item)?.unwrap_or_default();
         let exceptions = self
             .exceptions(item, false)?
@@ -149,7 +159,10 @@ impl Reader<'_> {
             })
             .collect::<Result<Vec<_>, _>>()?;
         if source != SYSCALL {
-            self.sink.warning(self.loc(item), format!("rule '{name}': unknown source '{source}', skipping"));
+            self.sink.warning(
+                self.loc(item),
+                format!("rule '{name}': unknown source '{source}', skipping"),
+            );
         }
         let info = RuleInfo {
             name: name.to_string(),
@@ -170,14 +183,19 @@ impl Reader<'_> {
 
     fn entry(&self, node: &Node, key: &str) -> Result<Entry, Failure> {
         match &node.kind {
-            Kind::Scalar(s, _) if s.is_empty() => self.fail(node, format!("exception '{key}' values must be non-empty")),
+            Kind::Scalar(s, _) if s.is_empty() => {
+                self.fail(node, format!("exception '{key}' values must be non-empty"))
+            }
             Kind::Scalar(s, _) => Ok(Entry::Item(s.clone())),
             Kind::Seq(items) => items
                 .iter()
                 .map(|i| self.entry(i, key))
                 .collect::<Result<Vec<_>, _>>()
                 .map(Entry::List),
-            _ => self.fail(node, format!("exception '{key}' must be a string or a list")),
+            _ => self.fail(
+                node,
+                format!("exception '{key}' must be a string or a list"),
+            ),
         }
     }
 
@@ -197,13 +215,25 @@ impl Reader<'_> {
             }
             let (name, _) = self.required(ex, "name")?;
             if out.iter().any(|e| e.name == name) {
-                return self.fail(ex, format!("exception names in the same object must be unique: '{name}'"));
+                return self.fail(
+                    ex,
+                    format!("exception names in the same object must be unique: '{name}'"),
+                );
             }
-            let fields = ex.get("fields").map(|f| self.entry(f, "fields")).transpose()?;
+            let fields = ex
+                .get("fields")
+                .map(|f| self.entry(f, "fields"))
+                .transpose()?;
             if fields.is_none() && !appending {
-                return self.fail(ex, format!("exception '{name}': item has no mapping for key 'fields'"));
+                return self.fail(
+                    ex,
+                    format!("exception '{name}': item has no mapping for key 'fields'"),
+                );
             }
-            let comps = ex.get("comps").map(|c| self.entry(c, "comps")).transpose()?;
+            let comps = ex
+                .get("comps")
+                .map(|c| self.entry(c, "comps"))
+                .transpose()?;
             let mut values = Vec::new();
             match ex.get("values").map(|v| &v.kind) {
                 Some(Kind::Seq(items)) => {
@@ -213,7 +243,12 @@ impl Reader<'_> {
                 }
                 Some(Kind::Null) | None => {
                     if appending {
-                        self.sink.warning(self.loc(ex), format!("exception '{name}': overriding/appending exception with no values"));
+                        self.sink.warning(
+                            self.loc(ex),
+                            format!(
+                                "exception '{name}': overriding/appending exception with no values"
+                            ),
+                        );
                     }
                 }
                 Some(_) => return self.fail(ex, "rule exception values must be a sequence"),

@@ -28,7 +28,11 @@ pub fn ruleset(yaml: &str) -> Ruleset {
         .filter(|d| d.severity == Severity::Error)
         .map(ToString::to_string)
         .collect();
-    assert!(errors.is_empty(), "unexpected errors:\n{}", errors.join("\n"));
+    assert!(
+        errors.is_empty(),
+        "unexpected errors:\n{}",
+        errors.join("\n")
+    );
     loaded.ruleset
 }
 

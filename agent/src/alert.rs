@@ -4,62 +4,7 @@ use std::{collections::BTreeMap, sync::Arc};
 
 use serde::Serialize;
 
-/// Falco's priorities, most severe first (ordering: Emergency < Debug, so
-/// `priority <= minimum` means "at least as severe as minimum").
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-pub enum Priority {
-    Emergency,
-    Alert,
-    Critical,
-    Error,
-    Warning,
-    Notice,
-    Informational,
-    Debug,
-}
-
-impl Priority {
-    pub const ALL: [Priority; 8] = [
-        Priority::Emergency,
-        Priority::Alert,
-        Priority::Critical,
-        Priority::Error,
-        Priority::Warning,
-        Priority::Notice,
-        Priority::Informational,
-        Priority::Debug,
-    ];
-
-    /// Falco spelling, as used in payloads and metric labels.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Priority::Emergency => "Emergency",
-            Priority::Alert => "Alert",
-            Priority::Critical => "Critical",
-            Priority::Error => "Error",
-            Priority::Warning => "Warning",
-            Priority::Notice => "Notice",
-            Priority::Informational => "Informational",
-            Priority::Debug => "Debug",
-        }
-    }
-
-    /// Case-insensitive, with Falco's `info` alias.
-    pub fn parse(raw: &str) -> Option<Priority> {
-        let lower = raw.trim().to_ascii_lowercase();
-        match lower.as_str() {
-            "emergency" => Some(Priority::Emergency),
-            "alert" => Some(Priority::Alert),
-            "critical" => Some(Priority::Critical),
-            "error" => Some(Priority::Error),
-            "warning" => Some(Priority::Warning),
-            "notice" => Some(Priority::Notice),
-            "informational" | "info" => Some(Priority::Informational),
-            "debug" => Some(Priority::Debug),
-            _ => None,
-        }
-    }
-}
+pub use egret_rules::Priority;
 
 /// One fired rule for one event.
 #[derive(Clone, Debug, Serialize)]
@@ -85,15 +30,6 @@ fn serialize_priority<S: serde::Serializer>(p: &Priority, s: S) -> Result<S::Ok,
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn priorities_parse_like_falco() {
-        assert_eq!(Priority::parse("WARNING"), Some(Priority::Warning));
-        assert_eq!(Priority::parse("info"), Some(Priority::Informational));
-        assert_eq!(Priority::parse("Critical"), Some(Priority::Critical));
-        assert_eq!(Priority::parse("loud"), None);
-        assert!(Priority::Critical < Priority::Warning);
-    }
 
     #[test]
     fn serialises_falco_shape() {

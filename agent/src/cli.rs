@@ -8,9 +8,10 @@ use ipnet::IpNet;
 #[derive(Debug, Parser)]
 #[command(name = "egret", version, about = "eBPF runtime egress monitor")]
 pub struct Cli {
-    /// Log filter for stderr (tracing syntax, e.g. `info` or `egret=debug`).
-    #[arg(long, global = true, default_value = "info", env = "EGRET_LOG")]
-    pub log_level: String,
+    /// Log filter for stderr (tracing syntax, e.g. `info` or `egret=debug`)
+    /// [default: the config file's `log_level`, else info].
+    #[arg(long, global = true, env = "EGRET_LOG")]
+    pub log_level: Option<String>,
 
     #[command(subcommand)]
     pub command: Command,
@@ -20,11 +21,67 @@ pub struct Cli {
 pub enum Command {
     /// Load the kernel hooks and report outbound connection attempts.
     Run(RunArgs),
+    /// Configuration file tools.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Rule file tools.
+    #[command(subcommand)]
+    Rules(RulesCommand),
 }
 
+#[derive(Debug, Subcommand)]
+pub enum RulesCommand {
+    /// Validate rule files, loaded in the order given (directories: their
+    /// *.yaml files by name); prints `file:line:col: severity: message` per
+    /// problem and exits non-zero on any error.
+    Check {
+        #[arg(required = true, value_name = "PATH")]
+        paths: Vec<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Validate config files; prints `file:line:col: message` per problem.
+    Check {
+        #[arg(required = true, value_name = "FILE")]
+        files: Vec<PathBuf>,
+    },
+}
+
+/// Flags override the config file; unset flags leave its value (or the
+/// default) in place.
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// Serve /healthz and /readyz on this address (e.g. 127.0.0.1:9464).
+    /// Configuration file (egret.yaml).
+    #[arg(long, value_name = "FILE", env = "EGRET_CONFIG")]
+    pub config: Option<PathBuf>,
+
+    /// Rule file or directory (repeatable; loaded in order) [default: the
+    /// bundled rules].
+    #[arg(long = "rules", value_name = "PATH")]
+    pub rules: Vec<PathBuf>,
+
+    /// `first`: one alert per event, from the first matching rule (Falco's
+    /// default); `all`: every matching rule alerts.
+    #[arg(long, value_name = "MODE", value_parser = ["first", "all"])]
+    pub rule_matching: Option<String>,
+
+    /// Write every egress event as a JSON line to this file (`-`: stdout),
+    /// besides the alerts on stdout.
+    #[arg(long, value_name = "PATH")]
+    pub audit: Option<String>,
+
+    /// Send alerts to this URL, falcosidekick payload (repeatable; more
+    /// options in the config file's `webhooks`).
+    #[arg(long = "webhook", value_name = "URL")]
+    pub webhooks: Vec<String>,
+
+    /// `hostname` in alerts [default: $NODE_NAME, else the host name].
+    #[arg(long, value_name = "NAME")]
+    pub hostname: Option<String>,
+
+    /// Serve /healthz, /readyz and /metrics on this address (e.g. 127.0.0.1:9464).
     #[arg(long, value_name = "ADDR")]
     pub listen: Option<SocketAddr>,
 
@@ -42,31 +99,29 @@ pub struct RunArgs {
     #[arg(long)]
     pub no_builtin_ignore: bool,
 
-    /// containerd socket for container and pod metadata.
-    #[arg(
-        long,
-        value_name = "PATH",
-        default_value = "/run/containerd/containerd.sock"
-    )]
-    pub containerd_socket: PathBuf,
+    /// containerd socket for container and pod metadata
+    /// [default: /run/containerd/containerd.sock].
+    #[arg(long, value_name = "PATH")]
+    pub containerd_socket: Option<PathBuf>,
 
-    /// containerd namespace of the Kubernetes containers.
-    #[arg(long, value_name = "NAME", default_value = "k8s.io")]
-    pub containerd_namespace: String,
+    /// containerd namespace of the Kubernetes containers [default: k8s.io].
+    #[arg(long, value_name = "NAME")]
+    pub containerd_namespace: Option<String>,
 
     /// The host's passwd, for user names of processes whose own root is
-    /// gone (in a DaemonSet: the node's /etc/passwd mounted read-only).
-    #[arg(long, value_name = "PATH", default_value = "/etc/passwd")]
-    pub host_passwd: PathBuf,
+    /// gone (in a DaemonSet: the node's /etc/passwd mounted read-only)
+    /// [default: /etc/passwd].
+    #[arg(long, value_name = "PATH")]
+    pub host_passwd: Option<PathBuf>,
 
     /// Do not resolve containers, pods and user names (process fields only).
     #[arg(long)]
     pub no_identity: bool,
 
-    /// Kernel ring buffer size in bytes: a power of two, at least one page.
-    #[arg(long, value_name = "BYTES", default_value_t = egret_common::DEFAULT_RINGBUF_BYTES,
-          value_parser = parse_ringbuf_bytes)]
-    pub ringbuf_bytes: u32,
+    /// Kernel ring buffer size in bytes: a power of two, at least one page
+    /// [default: 8388608].
+    #[arg(long, value_name = "BYTES", value_parser = parse_ringbuf_bytes)]
+    pub ringbuf_bytes: Option<u32>,
 }
 
 fn parse_cidr(raw: &str) -> Result<IpNet, String> {
@@ -132,8 +187,10 @@ mod tests {
         let Parsed::Cli(cli) = parse(["egret", "run"]) else {
             panic!("run should parse")
         };
-        let Command::Run(args) = cli.command;
-        assert_eq!(args.ringbuf_bytes, egret_common::DEFAULT_RINGBUF_BYTES);
+        let Command::Run(args) = cli.command else {
+            panic!("run expected")
+        };
+        assert_eq!(args.ringbuf_bytes, None);
         assert!(args.ignore_cidrs.is_empty());
     }
 
@@ -149,7 +206,9 @@ mod tests {
         ]) else {
             panic!("should parse")
         };
-        let Command::Run(args) = cli.command;
+        let Command::Run(args) = cli.command else {
+            panic!("run expected")
+        };
         assert_eq!(args.ignore_cidrs[1].to_string(), "2001:db8::1/128");
     }
 

@@ -82,6 +82,16 @@ impl Comm {
         &self.bytes[..usize::from(self.len)]
     }
 
+    /// The comm as text without allocating: up to the first invalid UTF-8
+    /// byte (attackers can set any bytes; rules then see the valid prefix).
+    pub fn as_str(&self) -> &str {
+        let bytes = self.as_bytes();
+        match std::str::from_utf8(bytes) {
+            Ok(text) => text,
+            Err(err) => std::str::from_utf8(&bytes[..err.valid_up_to()]).unwrap_or_default(),
+        }
+    }
+
     /// Lossy: invalid UTF-8 in a comm (attackers can set any bytes) becomes U+FFFD.
     pub fn to_string_lossy(&self) -> std::borrow::Cow<'_, str> {
         String::from_utf8_lossy(self.as_bytes())

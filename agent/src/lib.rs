@@ -2,12 +2,14 @@
 //! (source → decode → sinks).
 pub mod alert;
 pub mod cli;
+pub mod config;
 pub mod enrich;
 pub mod event;
 pub mod health;
 pub mod identity;
 pub mod kernel;
 pub mod metrics;
+pub mod rules;
 pub mod run;
 pub mod sinks;
 pub mod source;

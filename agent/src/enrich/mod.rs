@@ -1,6 +1,7 @@
 //! Enrich stage: keeps identity state current from the kernel's lifecycle
 //! records and attaches it to each egress attempt. Records arrive in ring
 //! buffer order, so an exec is always applied before the connects it made.
+pub mod fields;
 pub mod process;
 
 use std::{collections::HashMap, sync::Arc};
@@ -21,6 +22,8 @@ use process::{ProcessCache, ProcessImage};
 #[derive(Clone, Debug)]
 pub struct Event {
     pub attempt: EgressAttempt,
+    /// `fd.name`, formatted once, inline.
+    pub fd_name: fields::FdName,
     pub process: Option<Arc<ProcessImage>>,
     /// `proc.pname`.
     pub parent_name: Option<Arc<str>>,
@@ -53,6 +56,48 @@ pub struct IdentitySources {
     pub resolver: IdentityResolver,
     pub users: UserNames,
     pub host_netns: HostNetns,
+}
+
+impl IdentitySources {
+    /// Cgroup tree, containerd client (its worker must be spawned by the
+    /// caller), user names and the host's network namespace.
+    pub fn from_config(
+        config: &crate::config::IdentityConfig,
+    ) -> anyhow::Result<(IdentitySources, crate::identity::containerd::ContainerdWorker)> {
+        use anyhow::Context as _;
+
+        use crate::identity::{
+            cgroups::{CgroupPaths, CgroupPathsConfig},
+            containerd::{ContainerdConfig, ContainerdMetadata},
+            users::UserNamesConfig,
+        };
+        let cgroups = CgroupPaths::from_mountinfo(CgroupPathsConfig::default())
+            .context("cgroup tree for container identity")?;
+        // Warm the cache so the first events do not each trigger a walk.
+        if let Err(err) = cgroups.refresh() {
+            tracing::warn!(%err, "initial cgroup walk failed; retrying on demand");
+        }
+        let (containerd, worker) = ContainerdMetadata::new(ContainerdConfig {
+            socket: config.containerd_socket.clone(),
+            namespace: config.containerd_namespace.clone(),
+            ..Default::default()
+        })
+        .context("containerd client")?;
+        let users = UserNames::new(UserNamesConfig {
+            host_passwd: config.host_passwd.clone(),
+            ..Default::default()
+        });
+        let host_netns =
+            HostNetns::detect().context("reading this host's network namespace cookie")?;
+        Ok((
+            IdentitySources {
+                resolver: IdentityResolver::new(cgroups, Some(containerd)),
+                users,
+                host_netns,
+            },
+            worker,
+        ))
+    }
 }
 
 /// User names are cached per (cgroup, uid): processes of one cgroup share a
@@ -126,6 +171,7 @@ impl Enricher {
             cgroup_path.as_deref(),
         );
         Event {
+            fd_name: fields::FdName::new(std::net::SocketAddr::new(attempt.daddr, attempt.dport)),
             attempt,
             process,
             parent_name,

@@ -2,17 +2,22 @@
 //! Falco has them and `egret.*` for what it lacks.
 use std::borrow::Cow;
 
+use std::path::PathBuf;
+
 use serde::Serialize;
 use tokio::{
     io::{AsyncWrite, AsyncWriteExt},
     sync::mpsc,
 };
 
-use crate::{enrich::Event, event::EgressAttempt, timefmt};
+use crate::{enrich::Event, timefmt};
 
 #[derive(Serialize)]
 pub struct AuditRecord<'a> {
     pub time: String,
+    /// Milliseconds since the Unix epoch, for log pipelines that want an
+    /// integer timestamp.
+    pub timestamp_ms: u64,
     #[serde(rename = "evt.time")]
     pub evt_time: u64,
     #[serde(rename = "evt.type")]
@@ -50,7 +55,7 @@ pub struct AuditRecord<'a> {
     #[serde(rename = "fd.sport")]
     pub sport: u16,
     #[serde(rename = "fd.name")]
-    pub fd_name: String,
+    pub fd_name: &'a str,
     #[serde(rename = "container.id")]
     pub container_id: Option<&'a str>,
     #[serde(rename = "container.name")]
@@ -93,6 +98,7 @@ impl<'a> AuditRecord<'a> {
         let image_ref = meta.and_then(|m| m.image_ref.as_ref());
         AuditRecord {
             time: timefmt::rfc3339_nanos(event.wall_ns),
+            timestamp_ms: event.wall_ns / 1_000_000,
             evt_time: event.wall_ns,
             evt_type: event.evt_type(),
             hook: event.hook.name(),
@@ -111,7 +117,7 @@ impl<'a> AuditRecord<'a> {
             l4proto: event.l4proto.as_str(),
             sip: event.daddr.to_string(),
             sport: event.dport,
-            fd_name: fd_name(event),
+            fd_name: enriched.fd_name.as_str(),
             container_id: enriched.container_id(),
             container_name: meta.map(|m| m.name.as_str()),
             container_image: meta.and_then(|m| m.image.as_deref()),
@@ -131,18 +137,30 @@ impl<'a> AuditRecord<'a> {
     }
 }
 
-/// The destination as `ip:port` (`[ip]:port` for IPv6). At connect time the
-/// kernel has not chosen the local address yet, so unlike Falco's
-/// `client->server` form only the server side is known.
-pub fn fd_name(event: &EgressAttempt) -> String {
-    std::net::SocketAddr::new(event.daddr, event.dport).to_string()
+/// Where audit records go.
+pub enum AuditOutput<W> {
+    Writer(W),
+    /// A file rotated by size: `path` → `path.1` → … → `path.N` (dropped).
+    File {
+        path: PathBuf,
+        max_bytes: u64,
+        max_files: u32,
+    },
 }
 
 /// Writes every batch as JSON lines, flushing once per batch.
 pub async fn run<W: AsyncWrite + Unpin>(
     mut rx: mpsc::Receiver<Vec<Event>>,
-    mut out: W,
+    output: AuditOutput<W>,
 ) -> std::io::Result<u64> {
+    let mut sink = match output {
+        AuditOutput::Writer(w) => Sink::Writer(w),
+        AuditOutput::File {
+            path,
+            max_bytes,
+            max_files,
+        } => Sink::File(RotatingFile::open(path, max_bytes, max_files).await?),
+    };
     let mut buf = Vec::with_capacity(64 * 1024);
     let mut written = 0u64;
     while let Some(batch) = rx.recv().await {
@@ -152,17 +170,100 @@ pub async fn run<W: AsyncWrite + Unpin>(
                 .map_err(std::io::Error::other)?;
             buf.push(b'\n');
         }
-        out.write_all(&buf).await?;
-        out.flush().await?;
+        sink.write(&buf).await?;
         written += batch.len() as u64;
     }
     Ok(written)
 }
 
+enum Sink<W> {
+    Writer(W),
+    File(RotatingFile),
+}
+
+impl<W: AsyncWrite + Unpin> Sink<W> {
+    async fn write(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        match self {
+            Sink::Writer(w) => {
+                w.write_all(buf).await?;
+                w.flush().await
+            }
+            Sink::File(file) => file.write(buf).await,
+        }
+    }
+}
+
+struct RotatingFile {
+    path: PathBuf,
+    max_bytes: u64,
+    max_files: u32,
+    file: tokio::fs::File,
+    size: u64,
+}
+
+impl RotatingFile {
+    async fn open(path: PathBuf, max_bytes: u64, max_files: u32) -> std::io::Result<Self> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            tokio::fs::create_dir_all(dir).await?;
+        }
+        let file = tokio::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .await?;
+        let size = file.metadata().await?.len();
+        Ok(RotatingFile {
+            path,
+            max_bytes,
+            max_files,
+            file,
+            size,
+        })
+    }
+
+    /// Rotates before a batch that would overflow, so no line is split
+    /// across files.
+    async fn write(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        if self.size > 0 && self.size + buf.len() as u64 > self.max_bytes {
+            self.rotate().await?;
+        }
+        self.file.write_all(buf).await?;
+        self.file.flush().await?;
+        self.size += buf.len() as u64;
+        Ok(())
+    }
+
+    async fn rotate(&mut self) -> std::io::Result<()> {
+        let numbered = |n: u32| {
+            let mut name = self.path.clone().into_os_string();
+            name.push(format!(".{n}"));
+            PathBuf::from(name)
+        };
+        if self.max_files == 0 {
+            tokio::fs::remove_file(&self.path).await?;
+        } else {
+            for n in (1..self.max_files).rev() {
+                let from = numbered(n);
+                if tokio::fs::try_exists(&from).await.unwrap_or(false) {
+                    tokio::fs::rename(&from, numbered(n + 1)).await?;
+                }
+            }
+            tokio::fs::rename(&self.path, numbered(1)).await?;
+        }
+        self.file = tokio::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.path)
+            .await?;
+        self.size = 0;
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::{Comm, L4Proto};
+    use crate::event::{Comm, EgressAttempt, L4Proto};
     use egret_common::Hook;
 
     fn attempt(daddr: &str) -> Event {
@@ -188,6 +289,10 @@ mod tests {
             v4_mapped: false,
         };
         Event {
+            fd_name: crate::enrich::fields::FdName::new(std::net::SocketAddr::new(
+                attempt.daddr,
+                attempt.dport,
+            )),
             attempt,
             process: None,
             parent_name: None,
@@ -205,7 +310,7 @@ mod tests {
             .unwrap();
         drop(tx);
         let mut out = Vec::new();
-        assert_eq!(run(rx, &mut out).await.unwrap(), 2);
+        assert_eq!(run(rx, AuditOutput::Writer(&mut out)).await.unwrap(), 2);
         let text = String::from_utf8(out).unwrap();
         let lines: Vec<serde_json::Value> = text
             .lines()
@@ -220,5 +325,33 @@ mod tests {
         assert_eq!(lines[0]["time"], "2023-11-14T22:13:20.123456789Z");
         assert_eq!(lines[1]["fd.name"], "[2001:db8::7]:8080");
         assert_eq!(lines[1]["fd.type"], "ipv6");
+        assert_eq!(lines[0]["timestamp_ms"], 1_700_000_000_123u64);
+    }
+
+    #[tokio::test]
+    async fn file_rotates_by_size_and_keeps_max_files() {
+        let dir = std::env::temp_dir().join(format!("egret-audit-{}", std::process::id()));
+        let path = dir.join("audit.jsonl");
+        let (tx, rx) = mpsc::channel(64);
+        for _ in 0..20 {
+            tx.send(vec![attempt("198.51.100.7")]).await.unwrap();
+        }
+        drop(tx);
+        let output: AuditOutput<tokio::io::Sink> = AuditOutput::File {
+            path: path.clone(),
+            max_bytes: 4096,
+            max_files: 2,
+        };
+        assert_eq!(run(rx, output).await.unwrap(), 20);
+        let size = |p: &std::path::Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+        assert!(size(&path) <= 4096 && size(&path) > 0);
+        assert!(size(&dir.join("audit.jsonl.1")) > 0);
+        assert!(size(&dir.join("audit.jsonl.2")) > 0);
+        assert!(!dir.join("audit.jsonl.3").exists(), "at most max_files rotated");
+        for file in ["audit.jsonl", "audit.jsonl.1"] {
+            let text = std::fs::read_to_string(dir.join(file)).unwrap();
+            assert!(text.lines().all(|l| serde_json::from_str::<serde_json::Value>(l).is_ok()));
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -1,0 +1,293 @@
+//! `egret.yaml`: one file for everything, in a shape Falco users know.
+//! Unknown keys are errors (with file:line:col), never silently ignored: a
+//! misspelt option in a security daemon's config must not go unnoticed.
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+};
+
+use ipnet::IpNet;
+use serde::Deserialize;
+
+use crate::{metrics::MetricsConfig, sinks::webhook::EndpointConfig};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    /// Already formatted as `file:line:col: message`.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum RuleMatching {
+    /// Stop at the first matching rule per event (Falco's default).
+    #[default]
+    First,
+    /// Every matching rule raises an alert.
+    All,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Rule files or directories, loaded in order. Empty: the bundled rules.
+    pub rules_files: Vec<PathBuf>,
+    pub rule_matching: RuleMatching,
+    pub listen: Option<SocketAddr>,
+    /// Alert `hostname`; default `$NODE_NAME`, else the host name.
+    pub hostname: Option<String>,
+    pub log_level: Option<String>,
+    pub audit: AuditConfig,
+    pub kernel: KernelConfig,
+    pub identity: IdentityConfig,
+    pub metrics: MetricsConfig,
+    pub webhooks: Vec<EndpointConfig>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditConfig {
+    /// Where every egress event goes: unset/"" off, "-" stdout, else a file.
+    pub path: Option<String>,
+    /// Rotate the file when it reaches this size.
+    pub max_bytes: u64,
+    /// Rotated files kept (`audit.jsonl.1` … `.N`).
+    pub max_files: u32,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        AuditConfig {
+            path: None,
+            max_bytes: 100 * 1024 * 1024,
+            max_files: 5,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KernelConfig {
+    /// cgroup v2 directory to attach to; default the cgroup2 root.
+    pub cgroup: Option<PathBuf>,
+    /// Destination networks dropped in the kernel, on top of what the rules
+    /// make ignorable and the built-in loopback/unspecified networks.
+    pub ignore_networks: Vec<IpNet>,
+    pub builtin_ignore: bool,
+    pub ringbuf_bytes: u32,
+}
+
+impl Default for KernelConfig {
+    fn default() -> Self {
+        KernelConfig {
+            cgroup: None,
+            ignore_networks: Vec::new(),
+            builtin_ignore: true,
+            ringbuf_bytes: egret_common::DEFAULT_RINGBUF_BYTES,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IdentityConfig {
+    pub enabled: bool,
+    pub containerd_socket: PathBuf,
+    pub containerd_namespace: String,
+    pub host_passwd: PathBuf,
+}
+
+impl Default for IdentityConfig {
+    fn default() -> Self {
+        IdentityConfig {
+            enabled: true,
+            containerd_socket: PathBuf::from("/run/containerd/containerd.sock"),
+            containerd_namespace: String::from("k8s.io"),
+            host_passwd: PathBuf::from("/etc/passwd"),
+        }
+    }
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Config::parse(&path.display().to_string(), &text)
+    }
+
+    pub fn parse(name: &str, text: &str) -> Result<Config, ConfigError> {
+        // An empty file is a valid "all defaults" config.
+        if text.trim().is_empty() {
+            return Ok(Config::default());
+        }
+        let config: Config = serde_yaml_ng::from_str(text).map_err(|err| {
+            let message = strip_location(&err.to_string());
+            ConfigError::Invalid(match err.location() {
+                Some(at) => format!("{name}:{}:{}: {message}", at.line(), at.column()),
+                None => format!("{name}: {message}"),
+            })
+        })?;
+        config.validate(name)?;
+        Ok(config)
+    }
+
+    fn validate(&self, name: &str) -> Result<(), ConfigError> {
+        let bytes = self.kernel.ringbuf_bytes;
+        if bytes < 4096 || !bytes.is_power_of_two() {
+            return Err(ConfigError::Invalid(format!(
+                "{name}: kernel.ringbuf_bytes: {bytes} must be a power of two of at least 4096"
+            )));
+        }
+        if self.audit.max_bytes < 4096 {
+            return Err(ConfigError::Invalid(format!(
+                "{name}: audit.max_bytes: {} is below 4096",
+                self.audit.max_bytes
+            )));
+        }
+        let mut names = std::collections::HashSet::new();
+        for hook_name in self.webhooks.iter().filter_map(|h| h.name.as_deref()) {
+            if !names.insert(hook_name) {
+                return Err(ConfigError::Invalid(format!(
+                    "{name}: webhooks: the name `{hook_name}` is used twice"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Config {
+    /// Config for `egret run`: the file named by `--config` (if any) with
+    /// every flag given on the command line applied on top.
+    pub fn for_run(args: crate::cli::RunArgs) -> Result<Config, ConfigError> {
+        let mut config = match &args.config {
+            Some(path) => Config::load(path)?,
+            None => Config::default(),
+        };
+        if !args.rules.is_empty() {
+            config.rules_files = args.rules;
+        }
+        match args.rule_matching.as_deref() {
+            Some("all") => config.rule_matching = RuleMatching::All,
+            Some(_) => config.rule_matching = RuleMatching::First,
+            None => {}
+        }
+        if args.audit.is_some() {
+            config.audit.path = args.audit;
+        }
+        config
+            .webhooks
+            .extend(args.webhooks.iter().map(|url| EndpointConfig::from_url(url)));
+        if args.hostname.is_some() {
+            config.hostname = args.hostname;
+        }
+        if args.listen.is_some() {
+            config.listen = args.listen;
+        }
+        if args.cgroup.is_some() {
+            config.kernel.cgroup = args.cgroup;
+        }
+        config.kernel.ignore_networks.extend(args.ignore_cidrs);
+        if args.no_builtin_ignore {
+            config.kernel.builtin_ignore = false;
+        }
+        if let Some(bytes) = args.ringbuf_bytes {
+            config.kernel.ringbuf_bytes = bytes;
+        }
+        if let Some(socket) = args.containerd_socket {
+            config.identity.containerd_socket = socket;
+        }
+        if let Some(namespace) = args.containerd_namespace {
+            config.identity.containerd_namespace = namespace;
+        }
+        if let Some(passwd) = args.host_passwd {
+            config.identity.host_passwd = passwd;
+        }
+        if args.no_identity {
+            config.identity.enabled = false;
+        }
+        Ok(config)
+    }
+}
+
+/// serde_yaml_ng appends " at line N column M"; the location is printed in
+/// front instead, compiler style.
+fn strip_location(message: &str) -> String {
+    match message.rfind(" at line ") {
+        Some(at) => message[..at].to_string(),
+        None => message.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_is_all_defaults() {
+        let config = Config::parse("e.yaml", "").unwrap();
+        assert!(config.rules_files.is_empty());
+        assert_eq!(config.rule_matching, RuleMatching::First);
+        assert!(config.kernel.builtin_ignore);
+        assert!(config.identity.enabled);
+    }
+
+    #[test]
+    fn full_example_parses() {
+        let text = "
+rules_files: [/etc/egret/rules.d, /etc/egret/extra.yaml]
+rule_matching: all
+listen: 0.0.0.0:9464
+hostname: node-7
+audit: {path: /var/log/egret/audit.jsonl, max_bytes: 1048576, max_files: 3}
+kernel: {ignore_networks: [10.0.0.0/8, 'fd00::/8'], builtin_ignore: true, ringbuf_bytes: 16777216}
+identity: {containerd_socket: /run/k3s/containerd/containerd.sock, containerd_namespace: k8s.io}
+metrics: {falco_compat: true}
+webhooks:
+  - name: soar
+    url: https://soar.example.internal/egret
+    min_priority: warning
+";
+        let config = Config::parse("e.yaml", text).unwrap();
+        assert_eq!(config.rule_matching, RuleMatching::All);
+        assert_eq!(config.kernel.ignore_networks.len(), 2);
+        assert_eq!(config.webhooks.len(), 1);
+        assert_eq!(config.audit.max_files, 3);
+    }
+
+    #[test]
+    fn unknown_key_is_an_error_with_line_and_column() {
+        let text = "listen: 127.0.0.1:9464\nkernel:\n  ringbuf_byte: 4096\n";
+        let err = Config::parse("egret.yaml", text).unwrap_err().to_string();
+        assert!(err.starts_with("egret.yaml:3:3: "), "{err}");
+        assert!(err.contains("ringbuf_byte"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_are_errors() {
+        for text in [
+            "kernel: {ringbuf_bytes: 1000}",
+            "kernel: {ignore_networks: [not-a-net]}",
+            "listen: nowhere",
+            "rule_matching: some",
+            "audit: {max_bytes: 10}",
+            "webhooks: [{name: a, url: 'http://127.0.0.1:1/'}, {name: a, url: 'http://127.0.0.1:2/'}]",
+            "- just\n- a list",
+            "{{{{",
+        ] {
+            let err = Config::parse("c.yaml", text);
+            assert!(err.is_err(), "{text} should fail");
+            let message = err.unwrap_err().to_string();
+            assert!(message.starts_with("c.yaml"), "{message}");
+            assert!(!message.contains('\n'), "{message}");
+        }
+    }
+}

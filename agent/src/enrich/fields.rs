@@ -1,0 +1,118 @@
+//! The enriched event as the rule engine sees it: one borrowed value per
+//! field, nothing allocated per event.
+use std::{fmt::Write as _, net::SocketAddr};
+
+use egret_rules::{FieldId, Value};
+
+use super::Event;
+
+/// `fd.name` (`ip:port`, `[ip]:port`) built in place: the longest is
+/// `[ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255]:65535`, 54 bytes.
+#[derive(Clone, Copy)]
+pub struct FdName {
+    buf: [u8; 56],
+    len: u8,
+}
+
+impl FdName {
+    pub fn new(addr: SocketAddr) -> FdName {
+        let mut name = FdName {
+            buf: [0; 56],
+            len: 0,
+        };
+        // Cannot fail: the buffer fits the longest socket address.
+        let _ = write!(name, "{addr}");
+        name
+    }
+
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.buf[..usize::from(self.len)]).unwrap_or_default()
+    }
+}
+
+impl std::fmt::Write for FdName {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        let start = usize::from(self.len);
+        let end = start + s.len();
+        if end > self.buf.len() {
+            return Err(std::fmt::Error);
+        }
+        self.buf[start..end].copy_from_slice(s.as_bytes());
+        self.len = end as u8;
+        Ok(())
+    }
+}
+
+impl std::fmt::Debug for FdName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+fn opt_str(value: Option<&str>) -> Value<'_> {
+    value.map_or(Value::Missing, Value::Str)
+}
+
+impl egret_rules::Event for Event {
+    fn value(&self, field: FieldId) -> Value<'_> {
+        let a = &self.attempt;
+        let process = self.process.as_deref();
+        let meta = self.identity.as_ref().and_then(|i| i.metadata());
+        let pod = meta.and_then(|m| m.pod.as_ref());
+        match field {
+            FieldId::EvtType => Value::Str(a.evt_type()),
+            FieldId::EvtTime => Value::U64(a.wall_ns),
+            FieldId::Hook => Value::Str(a.hook.name()),
+            FieldId::ServerIp => Value::Ip(a.daddr),
+            FieldId::ServerPort => Value::U64(u64::from(a.dport)),
+            FieldId::L4Proto => Value::Str(a.l4proto.as_str()),
+            FieldId::FdName => Value::Str(self.fd_name.as_str()),
+            FieldId::ClientIp | FieldId::ClientPort => Value::Missing,
+            FieldId::Pid => Value::U64(u64::from(a.tgid)),
+            FieldId::Ppid if a.ppid != 0 => Value::U64(u64::from(a.ppid)),
+            FieldId::Ppid => Value::Missing,
+            FieldId::Tid => Value::U64(u64::from(a.tid)),
+            FieldId::ProcName => Value::Str(a.comm.as_str()),
+            FieldId::ProcExepath => opt_str(process.map(|p| &*p.exepath)),
+            FieldId::ProcExe => opt_str(process.map(|p| &*p.exe)),
+            FieldId::ProcCmdline => opt_str(process.map(|p| &*p.cmdline)),
+            FieldId::ProcPname => opt_str(self.parent_name.as_deref()),
+            FieldId::ProcArgs => opt_str(process.map(|p| &*p.args)),
+            FieldId::Uid => Value::U64(u64::from(a.uid)),
+            FieldId::Gid => Value::U64(u64::from(a.gid)),
+            FieldId::UserName => opt_str(self.user_name.as_deref()),
+            FieldId::ContainerId => opt_str(self.container_id()),
+            FieldId::ContainerName => opt_str(meta.map(|m| m.name.as_str())),
+            FieldId::ContainerImage => opt_str(meta.and_then(|m| m.image.as_deref())),
+            FieldId::ContainerImageRepository => {
+                opt_str(meta.and_then(|m| m.image_ref.as_ref()).map(|r| r.repository.as_str()))
+            }
+            FieldId::ContainerImageTag => {
+                opt_str(meta.and_then(|m| m.image_ref.as_ref()).and_then(|r| r.tag.as_deref()))
+            }
+            FieldId::ContainerHostNetwork => self.host_network.map_or(Value::Missing, Value::Bool),
+            FieldId::K8sNsName => opt_str(pod.and_then(|p| p.namespace.as_deref())),
+            FieldId::K8sPodName => opt_str(pod.and_then(|p| p.name.as_deref())),
+            FieldId::K8sPodUid => opt_str(pod.and_then(|p| p.uid.as_deref())),
+            FieldId::K8sPodLabels => pod.map_or(Value::Missing, |p| Value::Labels(&p.labels)),
+            FieldId::V4Mapped => Value::Bool(a.v4_mapped),
+            FieldId::CgroupId => Value::U64(a.cgroup_id),
+            FieldId::NetnsCookie => Value::U64(a.netns_cookie),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fd_name_fits_the_longest_address() {
+        let longest: SocketAddr = "[ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255]:65535"
+            .parse()
+            .unwrap();
+        assert_eq!(FdName::new(longest).as_str(), longest.to_string());
+        let v4: SocketAddr = "198.51.100.7:443".parse().unwrap();
+        assert_eq!(FdName::new(v4).as_str(), "198.51.100.7:443");
+    }
+}

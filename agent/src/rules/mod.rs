@@ -1,0 +1,226 @@
+//! Rule sources for the agent: the bundled rules (embedded, so an installed
+//! binary needs no source tree), user files and directories loaded in order,
+//! change detection for reloads, and `egret rules check`.
+pub mod reload;
+pub mod stage;
+
+use std::{
+    path::PathBuf,
+    time::SystemTime,
+};
+
+use egret_rules::{Diagnostic, Options, RuleMatching, Ruleset, Severity, Source};
+
+use crate::config;
+
+/// The bundled rules, in load order. `rules_dir_is_fully_bundled` (test)
+/// fails if a file in rules/ is missing here.
+pub const BUNDLED: &[(&str, &str)] = &[(
+    "rules/egress.yaml",
+    include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../rules/egress.yaml")),
+)];
+
+#[derive(Debug, thiserror::Error)]
+pub enum RulesError {
+    #[error("{path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    /// The rules did not load; every diagnostic, one per line.
+    #[error("rules did not load:\n{}", render(.0))]
+    Invalid(Vec<Diagnostic>),
+}
+
+fn render(diagnostics: &[Diagnostic]) -> String {
+    diagnostics
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Files to load, in order: a directory contributes its `*.yaml`/`*.yml`
+/// files sorted by name; an empty list means the bundled rules.
+#[derive(Clone, Debug, Default)]
+pub struct RulePaths(pub Vec<PathBuf>);
+
+impl RulePaths {
+    pub fn is_bundled(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    fn files(&self) -> Result<Vec<PathBuf>, RulesError> {
+        let mut files = Vec::new();
+        for path in &self.0 {
+            let read_err = |source| RulesError::Read {
+                path: path.display().to_string(),
+                source,
+            };
+            if path.is_dir() {
+                let mut entries: Vec<PathBuf> = std::fs::read_dir(path)
+                    .map_err(read_err)?
+                    .filter_map(|e| e.ok().map(|e| e.path()))
+                    .filter(|p| {
+                        p.is_file()
+                            && p.extension().is_some_and(|ext| ext == "yaml" || ext == "yml")
+                    })
+                    .collect();
+                entries.sort();
+                files.extend(entries);
+            } else {
+                std::fs::metadata(path).map_err(read_err)?;
+                files.push(path.clone());
+            }
+        }
+        Ok(files)
+    }
+
+    /// (name, text) of every source, read now.
+    pub fn read(&self) -> Result<Vec<(String, String)>, RulesError> {
+        if self.is_bundled() {
+            return Ok(BUNDLED
+                .iter()
+                .map(|(name, text)| (name.to_string(), text.to_string()))
+                .collect());
+        }
+        self.files()?
+            .into_iter()
+            .map(|file| {
+                std::fs::read_to_string(&file)
+                    .map(|text| (file.display().to_string(), text))
+                    .map_err(|source| RulesError::Read {
+                        path: file.display().to_string(),
+                        source,
+                    })
+            })
+            .collect()
+    }
+
+    /// Changes when any rule file is added, removed, replaced or modified
+    /// (ConfigMap updates swap a symlink, which changes the inode).
+    pub fn fingerprint(&self) -> Vec<(PathBuf, Option<(SystemTime, u64, u64)>)> {
+        use std::os::unix::fs::MetadataExt;
+        let files = self.files().unwrap_or_default();
+        files
+            .into_iter()
+            .map(|file| {
+                let meta = std::fs::metadata(&file)
+                    .ok()
+                    .and_then(|m| Some((m.modified().ok()?, m.len(), m.ino())));
+                (file, meta)
+            })
+            .collect()
+    }
+}
+
+pub fn options(matching: config::RuleMatching) -> Options {
+    Options {
+        rule_matching: match matching {
+            config::RuleMatching::First => RuleMatching::First,
+            config::RuleMatching::All => RuleMatching::All,
+        },
+        ..Options::default()
+    }
+}
+
+/// Loads and compiles; warnings are logged, any error refuses the set.
+pub fn load(paths: &RulePaths, options: &Options) -> Result<Ruleset, RulesError> {
+    let texts = paths.read()?;
+    let sources: Vec<Source<'_>> = texts
+        .iter()
+        .map(|(name, text)| Source::new(name, text))
+        .collect();
+    let loaded = egret_rules::load(&sources, options);
+    if loaded.has_errors() {
+        return Err(RulesError::Invalid(
+            loaded
+                .diagnostics
+                .into_iter()
+                .filter(|d| d.severity == Severity::Error)
+                .collect(),
+        ));
+    }
+    for warning in &loaded.diagnostics {
+        tracing::warn!("{warning}");
+    }
+    Ok(loaded.ruleset)
+}
+
+/// `egret rules check`: every problem of the files, loaded in order.
+pub fn check(files: &[PathBuf]) -> Result<Vec<Diagnostic>, RulesError> {
+    let texts = RulePaths(files.to_vec()).read()?;
+    let sources: Vec<Source<'_>> = texts
+        .iter()
+        .map(|(name, text)| Source::new(name, text))
+        .collect();
+    Ok(egret_rules::check(&sources, &Options::default()))
+}
+
+/// Whether `path` is one of ours (for tests and docs).
+pub fn bundled_names() -> impl Iterator<Item = &'static str> {
+    BUNDLED.iter().map(|(name, _)| *name)
+}
+
+pub fn describe(paths: &RulePaths) -> String {
+    if paths.is_bundled() {
+        "bundled rules".into()
+    } else {
+        paths
+            .0
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rules_dir_is_fully_bundled() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../rules");
+        let mut on_disk: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .map(|e| format!("rules/{}", e.file_name().to_string_lossy()))
+            .filter(|name| name.ends_with(".yaml") || name.ends_with(".yml"))
+            .collect();
+        on_disk.sort();
+        let mut bundled: Vec<String> = bundled_names().map(String::from).collect();
+        bundled.sort();
+        assert_eq!(on_disk, bundled);
+    }
+
+    #[test]
+    fn bundled_rules_load() {
+        let ruleset = load(&RulePaths::default(), &Options::default()).unwrap();
+        assert!(ruleset.rules().len() >= 7);
+        assert!(ruleset.find("Outbound Connection in Container").is_some());
+    }
+
+    #[test]
+    fn directories_load_sorted_and_broken_files_report_positions() {
+        let dir = std::env::temp_dir().join(format!("egret-rules-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("b.yaml"), "- list: ports\n  items: [1]\n").unwrap();
+        std::fs::write(
+            dir.join("a.yaml"),
+            "- rule: R\n  desc: d\n  condition: fd.sport in (1\n  output: o\n  priority: INFO\n",
+        )
+        .unwrap();
+        std::fs::write(dir.join("notes.txt"), "not rules").unwrap();
+        let paths = RulePaths(vec![dir.clone()]);
+        let names: Vec<String> = paths.read().unwrap().into_iter().map(|(n, _)| n).collect();
+        assert_eq!(names.len(), 2, "only YAML files");
+        assert!(names[0].ends_with("a.yaml") && names[1].ends_with("b.yaml"));
+        let err = load(&paths, &Options::default()).unwrap_err().to_string();
+        assert!(err.contains("a.yaml:3:"), "{err}");
+        let before = paths.fingerprint();
+        std::fs::write(dir.join("b.yaml"), "- list: ports\n  items: [1, 2]\n").unwrap();
+        assert_ne!(before, paths.fingerprint());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,7 +1,16 @@
 #!/usr/bin/env bash
-# Idempotent set-up of everything Egret's build and tests need on a fresh
-# Debian machine of this kind. Safe to run repeatedly: each step checks first.
+# Idempotent set-up of what Egret needs on a fresh Debian machine of this
+# kind: the build toolchain always, and with --tests also what the test
+# suite uses. Safe to run repeatedly: each step checks first.
 set -euo pipefail
+
+WITH_TESTS=0
+for arg in "$@"; do
+  case "$arg" in
+    --tests) WITH_TESTS=1 ;;
+    *) echo "usage: $0 [--tests]" >&2; exit 2 ;;
+  esac
+done
 
 log() { printf '[setup] %s\n' "$*" >&2; }
 
@@ -21,11 +30,13 @@ apt_install() {
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 }
 
-# Build: LLVM 22 for bpf-linker, protoc for the containerd gRPC client;
-# runtime/test tools: iproute2 for netns,
-# bpftool to inspect attachments, python3 for the io_uring/socket test helpers.
-apt_install llvm-22-dev libpolly-22-dev libzstd-dev zlib1g-dev \
-  iproute2 bpftool protobuf-compiler bpftrace prometheus
+# Build: LLVM 22 for bpf-linker, protoc for the containerd gRPC client.
+apt_install llvm-22-dev libpolly-22-dev libzstd-dev zlib1g-dev protobuf-compiler
+if [ "$WITH_TESTS" -eq 1 ]; then
+  # iproute2 for test network namespaces, bpftool to inspect attachments,
+  # bpftrace as the benchmark peer, prometheus/promtool for metrics tests.
+  apt_install iproute2 bpftool bpftrace prometheus
+fi
 
 if ! rustup component list --toolchain nightly --installed 2>/dev/null | grep -q '^rust-src'; then
   log "rustup component add rust-src --toolchain nightly"
@@ -37,6 +48,14 @@ if ! command -v bpf-linker >/dev/null 2>&1 || ! bpf-linker --version 2>/dev/null
   PATH="/usr/lib/llvm-22/bin:$PATH" cargo install bpf-linker --version 0.13.0 --locked \
     --no-default-features --features llvm-22
 fi
-# Test-only: containerd, runc and busybox-static for the identity tests.
-bash "$(dirname "$0")/setup-containerd.sh"
-log "toolchain ready"
+if [ "$WITH_TESTS" -eq 1 ]; then
+  # containerd, runc and busybox-static for the identity tests.
+  bash "$(dirname "$0")/setup-containerd.sh"
+  # buildah, capsh/setpriv and kubernetes-validate for the deploy tests.
+  bash "$(dirname "$0")/setup-deploy.sh"
+  if ! command -v cargo-fuzz >/dev/null 2>&1; then
+    log "cargo install cargo-fuzz (the rule engine's fuzz pass)"
+    cargo install cargo-fuzz --version 0.13.2 --locked
+  fi
+fi
+log "ready"

@@ -20,7 +20,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Load the kernel hooks and report outbound connection attempts.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Configuration file tools.
     #[command(subcommand)]
     Config(ConfigCommand),

@@ -135,6 +135,9 @@ impl Config {
                 None => format!("{name}: {message}"),
             })
         })?;
+        let mut config = config;
+        // Empty strings in YAML mean "not set", as for `hostname`.
+        config.kernel.cgroup = config.kernel.cgroup.filter(|p| !p.as_os_str().is_empty());
         config.validate(name)?;
         Ok(config)
     }
@@ -185,7 +188,7 @@ impl Config {
         }
         config
             .webhooks
-            .extend(args.webhooks.iter().map(|url| EndpointConfig::from_url(url)));
+            .extend(args.webhooks.iter().map(EndpointConfig::from_url));
         if args.hostname.is_some() {
             config.hostname = args.hostname;
         }
@@ -269,6 +272,22 @@ webhooks:
         let err = Config::parse("egret.yaml", text).unwrap_err().to_string();
         assert!(err.starts_with("egret.yaml:3:3: "), "{err}");
         assert!(err.contains("ringbuf_byte"), "{err}");
+    }
+
+    #[test]
+    fn secrets_are_plain_maps_and_empty_strings_mean_unset() {
+        let text = "
+kernel: {cgroup: ''}
+webhooks:
+  - url: https://soar.example.internal/egret
+    bearer_token: {file: /etc/egret/secrets/token}
+    hmac: {secret: {env: EGRET_HMAC}, header: X-Egret-Signature}
+";
+        let config = Config::parse("c.yaml", text).unwrap();
+        assert!(config.webhooks[0].bearer_token.is_some());
+        assert_eq!(config.kernel.cgroup, None);
+        let both = "webhooks: [{url: 'http://127.0.0.1:1/', bearer_token: {file: /a, env: B}}]";
+        assert!(Config::parse("c.yaml", both).is_err());
     }
 
     #[test]

@@ -21,7 +21,7 @@ fn main() -> ExitCode {
         Command::Config(ConfigCommand::Check { files }) => check_configs(&files),
         Command::Rules(RulesCommand::Check { paths }) => check_rules(&paths),
         Command::Run(args) => {
-            let config = match Config::for_run(args) {
+            let config = match Config::for_run(*args) {
                 Ok(config) => config,
                 Err(err) => {
                     eprintln!("egret: error: {err}");
@@ -67,7 +67,20 @@ fn run_agent(config: Config) -> ExitCode {
     match runtime.block_on(egret::run::run(config)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("egret: error: {}", one_line(&err));
+            // Rule problems are one `file:line:col` per line, like a
+            // compiler's; everything else is one line.
+            let rules = err.chain().any(|cause| {
+                matches!(
+                    cause.downcast_ref(),
+                    Some(egret::rules::RulesError::Invalid(_))
+                )
+            });
+            let message = one_line(&err);
+            if rules {
+                eprintln!("egret: error: {message}");
+            } else {
+                eprintln!("egret: error: {}", message.replace('\n', " "));
+            }
             ExitCode::FAILURE
         }
     }

@@ -46,14 +46,23 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let ruleset = rules::load(&rule_paths, &rule_options)
         .with_context(|| format!("loading {}", rules::describe(&rule_paths)))?;
     tracing::info!(rules = ruleset.rules().len(), from = %rules::describe(&rule_paths), "rules loaded");
+    // The first load is a load too: without this the rule gauges read 0
+    // ("last reload failed") until the first reload, and
+    // EgretRuleReloadFailed pages for every healthy agent.
+    metrics.rules_reloaded(ruleset.rules().len());
 
     let webhook_endpoints = config.webhooks.clone();
     let webhooks = if webhook_endpoints.is_empty() {
         None
     } else {
         Some(
-            WebhookSink::start(&webhook_endpoints, Some(&metrics), shutdown.clone(), DEFAULT_SHUTDOWN_GRACE)
-                .context("webhooks")?,
+            WebhookSink::start(
+                &webhook_endpoints,
+                Some(&metrics),
+                shutdown.clone(),
+                DEFAULT_SHUTDOWN_GRACE,
+            )
+            .context("webhooks")?,
         )
     };
 
@@ -105,7 +114,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     let (identity, containerd_task) = if config.identity.enabled {
         let (sources, worker) = IdentitySources::from_config(&config.identity)?;
-        (Some(sources), Some(tokio::spawn(worker.run(shutdown.clone()))))
+        (
+            Some(sources),
+            Some(tokio::spawn(worker.run(shutdown.clone()))),
+        )
     } else {
         (None, None)
     };
@@ -118,8 +130,17 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let (events_tx, events_rx) = mpsc::channel(STAGE_QUEUE);
     metrics.watch_queue("records", &records_tx);
     metrics.watch_queue("events", &events_tx);
-    let source_task = tokio::spawn(source::run(ring, records_tx, source_stats.clone(), shutdown.clone()));
-    let enrich_task = tokio::spawn(enrich::run(Enricher::new(processes, identity), records_rx, events_tx));
+    let source_task = tokio::spawn(source::run(
+        ring,
+        records_tx,
+        source_stats.clone(),
+        shutdown.clone(),
+    ));
+    let enrich_task = tokio::spawn(enrich::run(
+        Enricher::new(processes, identity).with_metrics(metrics.clone()),
+        records_rx,
+        events_tx,
+    ));
     let audit_dropped = Arc::new(AtomicU64::new(0));
     let (audit_tx, audit_task) = match &audit_path {
         Some(path) => {
@@ -170,11 +191,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     metrics.set_kernel_reader(|| None);
     tracing::info!(program_ids = ?program_ids, "detached kernel programs");
 
-    join("source", source_task).await?.context("reading the ring buffer")?;
+    join("source", source_task)
+        .await?
+        .context("reading the ring buffer")?;
     join("enrich", enrich_task).await?;
     let alerts = join("rules", rules_task).await?.context("writing alerts")?;
     let audited = match audit_task {
-        Some(task) => join("audit", task).await?.context("writing the audit log")?,
+        Some(task) => join("audit", task)
+            .await?
+            .context("writing the audit log")?,
         None => 0,
     };
     join("reload", reload_task).await?;
@@ -184,7 +209,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     if let Some(task) = health {
         join("http", task).await?.context("serving HTTP")?;
     }
-    log_totals(counters, &source_stats, alerts, audited, audit_dropped.load(Ordering::Relaxed));
+    log_totals(
+        counters,
+        &source_stats,
+        alerts,
+        audited,
+        audit_dropped.load(Ordering::Relaxed),
+    );
     Ok(())
 }
 
@@ -200,7 +231,11 @@ async fn serve_http(
     let bound = listener.local_addr().context("reading bound address")?;
     tracing::info!(%bound, "serving /healthz, /readyz and /metrics");
     let router = health::router(readiness.clone()).merge(metrics::router(metrics.clone()));
-    Ok(tokio::spawn(health::serve(listener, router, shutdown.clone())))
+    Ok(tokio::spawn(health::serve(
+        listener,
+        router,
+        shutdown.clone(),
+    )))
 }
 
 /// Alert `hostname`: configured, else the node name Kubernetes passes in
@@ -218,7 +253,9 @@ fn hostname(config: &Config) -> String {
 }
 
 fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 async fn join<T>(name: &str, task: JoinHandle<T>) -> anyhow::Result<T> {
@@ -232,7 +269,10 @@ async fn join<T>(name: &str, task: JoinHandle<T>) -> anyhow::Result<T> {
 }
 
 fn log_totals(
-    counters: Result<[egret_common::HookCounters; egret_common::Hook::COUNT as usize], crate::kernel::KernelError>,
+    counters: Result<
+        [egret_common::HookCounters; egret_common::Hook::COUNT as usize],
+        crate::kernel::KernelError,
+    >,
     source: &source::SourceStats,
     alerts: u64,
     audited: u64,

@@ -271,9 +271,15 @@ fn unusable_environment_gives_one_clear_line() {
     let status = agent.wait_exit(Duration::from_secs(10));
     assert_eq!(status.code(), Some(1));
     let stderr = agent.stderr();
-    let errors: Vec<&String> = stderr.iter().filter(|l| l.starts_with("egret: error:")).collect();
+    let errors: Vec<&String> = stderr
+        .iter()
+        .filter(|l| l.starts_with("egret: error:"))
+        .collect();
     assert_eq!(errors.len(), 1, "{stderr:?}");
-    assert!(errors[0].contains("/tmp is not a cgroup v2 directory"), "{stderr:?}");
+    assert!(
+        errors[0].contains("/tmp is not a cgroup v2 directory"),
+        "{stderr:?}"
+    );
 
     // No privileges: the kernel refuses to load programs.
     let output = std::process::Command::new("setpriv")

@@ -2,6 +2,9 @@
 //! throwaway network namespaces. Privileged tests run as root (always in CI)
 //! and print a skip reason otherwise; see `support::privileged`.
 mod containers;
+mod deploy;
 mod identity;
 mod kernel_hooks;
+mod prometheus;
+mod rules;
 mod support;

@@ -94,7 +94,10 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         fs::remove_dir_all(&staging).context("clearing the previous staging directory")?;
     }
     stage(&root, &binary, &staging)?;
-    build(&work, &staging, &options.name, &options.output)?;
+    let built = build(&work, &staging, &options.name, &options.output);
+    // The staged tree is a copy of the binary; the archive is the product.
+    let _ = fs::remove_dir_all(&staging);
+    built?;
     eprintln!(
         "==> wrote {} ({}); load it with `ctr -n k8s.io image import {}`",
         options.output.display(),
@@ -111,8 +114,7 @@ fn stage(root: &Path, binary: &Path, staging: &Path) -> anyhow::Result<()> {
         fs::create_dir_all(target.parent().expect("absolute image path"))?;
         // fs::copy follows symlinks: the image gets the file under the path
         // the loader asks for, whatever the host's symlink layout is.
-        fs::copy(src, &target)
-            .with_context(|| format!("copying {} to {dst}", src.display()))?;
+        fs::copy(src, &target).with_context(|| format!("copying {} to {dst}", src.display()))?;
         Ok(())
     };
     put(binary, BINARY_IN_IMAGE)?;
@@ -136,7 +138,9 @@ fn stage(root: &Path, binary: &Path, staging: &Path) -> anyhow::Result<()> {
     if ca.is_file() {
         put(ca, CA_BUNDLE)?;
     } else {
-        eprintln!("note: {CA_BUNDLE} missing (apt-get install ca-certificates); HTTPS webhooks need a CA bundle");
+        eprintln!(
+            "note: {CA_BUNDLE} missing (apt-get install ca-certificates); HTTPS webhooks need a CA bundle"
+        );
     }
     // Mount points the DaemonSet uses; empty directories in a read-only root.
     for dir in ["etc/egret/rules.d", "etc/egret/secrets", "host/etc"] {
@@ -234,6 +238,8 @@ fn build(work: &Path, staging: &Path, name: &str, output: &Path) -> anyhow::Resu
             format!(r#"["{BINARY_IN_IMAGE}", "run"]"#),
             "--cmd".into(),
             String::new(),
+            "--created-by".into(),
+            "cargo xtask image".into(),
             "--workingdir".into(),
             "/".into(),
             "--user".into(),

@@ -1,6 +1,7 @@
 //! Tasks cargo cannot express on its own. `cargo xtask test` is the whole
 //! suite CI runs: formatting, lints (host crates and the eBPF crate on its
-//! own target), unit tests and the privileged end-to-end tests.
+//! own target), unit tests, the privileged end-to-end tests, a short fuzz
+//! pass and a short benchmark run.
 mod bench;
 mod image;
 mod test;
@@ -12,10 +13,16 @@ fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         Some("test") => test::run(&args[1..]),
         Some("lint") => test::lint(),
+        Some("fuzz") => {
+            let seconds = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(60);
+            test::fuzz(seconds)
+        }
         Some("bench") => bench::run(&args[1..]),
         Some("image") => image::run(&args[1..]),
         _ => {
-            eprintln!("usage: cargo xtask <test [--no-lint] | lint | bench [--short] | image [--binary PATH]>");
+            eprintln!(
+                "usage: cargo xtask <test [--no-lint] [--no-fuzz] [--no-bench] | lint | fuzz [SECONDS] | bench [--short] | image [--binary PATH]>"
+            );
             return ExitCode::from(2);
         }
     };

@@ -82,7 +82,39 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     run_step(
         "tests (unit + end-to-end)",
         cargo().args(["test", "--workspace", "--exclude", "egret-ebpf"]),
-    )
+    )?;
+    if !args.iter().any(|a| a == "--no-fuzz") {
+        fuzz(FUZZ_SECONDS_CI)?;
+    }
+    if root_user && !args.iter().any(|a| a == "--no-bench") {
+        // Keeps the benchmark harness from rotting; it asserts nothing
+        // about timings.
+        crate::bench::run(&["--short".to_string()])?;
+    }
+    Ok(())
+}
+
+/// Seconds per fuzz target in CI: short, but long enough to run the
+/// parser and loader over many thousands of generated inputs.
+const FUZZ_SECONDS_CI: u32 = 20;
+
+/// A short cargo-fuzz pass over the rule engine's condition parser and
+/// YAML loader (nightly and cargo-fuzz, installed by scripts/setup.sh).
+pub fn fuzz(seconds: u32) -> anyhow::Result<()> {
+    let dir = root().join("agent/rules-engine");
+    for target in ["condition", "loader"] {
+        run_step(
+            &format!("fuzz {target} ({seconds} s)"),
+            Command::new("rustup")
+                .current_dir(&dir)
+                .args(["run", "nightly", "cargo", "fuzz", "run", target, "--"])
+                .arg(format!("-max_total_time={seconds}"))
+                .env_remove("RUSTC")
+                .env_remove("CARGO")
+                .env_remove("RUSTUP_TOOLCHAIN"),
+        )?;
+    }
+    Ok(())
 }
 
 unsafe extern "C" {

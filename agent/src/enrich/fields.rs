@@ -20,9 +20,47 @@ impl FdName {
             buf: [0; 56],
             len: 0,
         };
-        // Cannot fail: the buffer fits the longest socket address.
-        let _ = write!(name, "{addr}");
+        match addr {
+            // Every event gets an fd.name, and `core::fmt` for an IPv4
+            // socket address cost as much as the rest of enrichment.
+            SocketAddr::V4(v4) => {
+                for (i, octet) in v4.ip().octets().into_iter().enumerate() {
+                    if i > 0 {
+                        name.push(b'.');
+                    }
+                    name.push_decimal(u16::from(octet));
+                }
+                name.push(b':');
+                name.push_decimal(v4.port());
+            }
+            // Cannot fail: the buffer fits the longest socket address.
+            SocketAddr::V6(_) => {
+                let _ = write!(name, "{addr}");
+            }
+        }
         name
+    }
+
+    /// Only for IPv4 socket addresses (at most 21 bytes): never overflows.
+    fn push(&mut self, byte: u8) {
+        self.buf[usize::from(self.len)] = byte;
+        self.len += 1;
+    }
+
+    fn push_decimal(&mut self, mut value: u16) {
+        let mut digits = [0u8; 5];
+        let mut n = 0;
+        loop {
+            digits[n] = b'0' + (value % 10) as u8;
+            n += 1;
+            value /= 10;
+            if value == 0 {
+                break;
+            }
+        }
+        for digit in digits[..n].iter().rev() {
+            self.push(*digit);
+        }
     }
 
     pub fn as_str(&self) -> &str {
@@ -84,12 +122,14 @@ impl egret_rules::Event for Event {
             FieldId::ContainerId => opt_str(self.container_id()),
             FieldId::ContainerName => opt_str(meta.map(|m| m.name.as_str())),
             FieldId::ContainerImage => opt_str(meta.and_then(|m| m.image.as_deref())),
-            FieldId::ContainerImageRepository => {
-                opt_str(meta.and_then(|m| m.image_ref.as_ref()).map(|r| r.repository.as_str()))
-            }
-            FieldId::ContainerImageTag => {
-                opt_str(meta.and_then(|m| m.image_ref.as_ref()).and_then(|r| r.tag.as_deref()))
-            }
+            FieldId::ContainerImageRepository => opt_str(
+                meta.and_then(|m| m.image_ref.as_ref())
+                    .map(|r| r.repository.as_str()),
+            ),
+            FieldId::ContainerImageTag => opt_str(
+                meta.and_then(|m| m.image_ref.as_ref())
+                    .and_then(|r| r.tag.as_deref()),
+            ),
             FieldId::ContainerHostNetwork => self.host_network.map_or(Value::Missing, Value::Bool),
             FieldId::K8sNsName => opt_str(pod.and_then(|p| p.namespace.as_deref())),
             FieldId::K8sPodName => opt_str(pod.and_then(|p| p.name.as_deref())),
@@ -114,5 +154,14 @@ mod tests {
         assert_eq!(FdName::new(longest).as_str(), longest.to_string());
         let v4: SocketAddr = "198.51.100.7:443".parse().unwrap();
         assert_eq!(FdName::new(v4).as_str(), "198.51.100.7:443");
+        for v4 in [
+            "0.0.0.0:0",
+            "255.255.255.255:65535",
+            "10.0.20.100:8080",
+            "1.2.3.4:9",
+        ] {
+            let addr: SocketAddr = v4.parse().unwrap();
+            assert_eq!(FdName::new(addr).as_str(), v4);
+        }
     }
 }

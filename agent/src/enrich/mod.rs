@@ -63,7 +63,10 @@ impl IdentitySources {
     /// caller), user names and the host's network namespace.
     pub fn from_config(
         config: &crate::config::IdentityConfig,
-    ) -> anyhow::Result<(IdentitySources, crate::identity::containerd::ContainerdWorker)> {
+    ) -> anyhow::Result<(
+        IdentitySources,
+        crate::identity::containerd::ContainerdWorker,
+    )> {
         use anyhow::Context as _;
 
         use crate::identity::{
@@ -108,7 +111,17 @@ pub struct Enricher {
     pub processes: ProcessCache,
     identity: Option<IdentitySources>,
     user_names: HashMap<(u64, u32), Option<Arc<str>>>,
+    metrics: Option<Arc<crate::metrics::Metrics>>,
 }
+
+/// Why an event went out with fields missing (`egret_enrichment_failures_total`).
+pub const FAILURE_REASONS: [&str; 5] = [
+    "process_unknown",
+    "cgroup_unknown",
+    "container_pending",
+    "container_not_found",
+    "container_unavailable",
+];
 
 impl Enricher {
     pub fn new(processes: ProcessCache, identity: Option<IdentitySources>) -> Enricher {
@@ -116,7 +129,34 @@ impl Enricher {
             processes,
             identity,
             user_names: HashMap::new(),
+            metrics: None,
         }
+    }
+
+    /// Counts enrichment failures by reason in `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<crate::metrics::Metrics>) -> Enricher {
+        metrics.declare_enrichment_reasons(&FAILURE_REASONS);
+        self.metrics = Some(metrics);
+        self
+    }
+
+    fn count_failures(&self, event: &Event) {
+        let Some(metrics) = &self.metrics else { return };
+        if event.process.is_none() {
+            metrics.enrichment_failed("process_unknown");
+        }
+        let Some(identity) = &event.identity else {
+            return;
+        };
+        use crate::identity::container_cache::Unknown;
+        let reason = match &identity.container {
+            ContainerLookup::CgroupUnknown => "cgroup_unknown",
+            ContainerLookup::Unknown(Unknown::Pending) => "container_pending",
+            ContainerLookup::Unknown(Unknown::NotFound) => "container_not_found",
+            ContainerLookup::Unknown(_) => "container_unavailable",
+            _ => return,
+        };
+        metrics.enrichment_failed(reason);
     }
 
     /// Applies lifecycle records and enriches egress ones, in order.
@@ -134,7 +174,11 @@ impl Enricher {
                     self.user_name(exec.cgroup_id, exec.uid, exec.tgid, None);
                     self.processes.on_exec(&exec);
                 }
-                Record::Egress(attempt) => out.push(self.enrich(attempt)),
+                Record::Egress(attempt) => {
+                    let event = self.enrich(attempt);
+                    self.count_failures(&event);
+                    out.push(event);
+                }
             }
         }
     }
@@ -160,16 +204,13 @@ impl Enricher {
             }
             None => (None, None),
         };
+        // Borrowed: the path is only read on a user-name cache miss, and
+        // copying it cost an allocation per event.
         let cgroup_path = identity
             .as_ref()
-            .and_then(|i| i.cgroup.as_ref())
-            .map(|entry| entry.path.clone());
-        let user_name = self.user_name(
-            attempt.cgroup_id,
-            attempt.uid,
-            attempt.tgid,
-            cgroup_path.as_deref(),
-        );
+            .and_then(|i| i.cgroup.as_deref())
+            .map(|entry| &*entry.path);
+        let user_name = self.user_name(attempt.cgroup_id, attempt.uid, attempt.tgid, cgroup_path);
         Event {
             fd_name: fields::FdName::new(std::net::SocketAddr::new(attempt.daddr, attempt.dport)),
             attempt,

@@ -353,7 +353,8 @@ fn permission_hint(err: &(dyn std::error::Error + 'static)) -> &'static str {
     let mut eperm = false;
     while let Some(err) = next {
         if let Some(io) = err.downcast_ref::<std::io::Error>() {
-            eperm |= io.raw_os_error() == Some(libc::EPERM);
+            // EACCES too: the verifier refuses unprivileged pointer work.
+            eperm |= matches!(io.raw_os_error(), Some(libc::EPERM | libc::EACCES));
         }
         next = err.source();
     }

@@ -286,6 +286,12 @@ impl Metrics {
             shared: shared.clone(),
             registry,
         };
+        // Both results are exported from the start: a first failure is
+        // then a counter going 0 -> 1, which increase() sees, instead of a
+        // new series whose first sample it cannot.
+        for result in ["success", "failure"] {
+            drop(m.rule_reloads.get_or_create(&[("result", result)]));
+        }
         m.register_rest(shared)
     }
 
@@ -409,6 +415,16 @@ impl Metrics {
     }
 
     /// `reason` is a fixed string from the enrichment code (bounded).
+    /// Creates the enrichment failure series at zero, so a dashboard sees
+    /// a flat line rather than nothing until the first failure.
+    pub fn declare_enrichment_reasons(&self, reasons: &[&'static str]) {
+        for reason in reasons {
+            let _ = self
+                .enrichment_failures
+                .get_or_create(&[("reason", *reason)]);
+        }
+    }
+
     pub fn enrichment_failed(&self, reason: &'static str) {
         self.enrichment_failures
             .get_or_create(&[("reason", reason)])

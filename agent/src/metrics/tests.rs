@@ -228,6 +228,23 @@ fn kernel_counters_verdicts_queues_and_pipeline() {
 }
 
 #[test]
+fn rule_reload_results_start_at_zero() {
+    // A first failed reload must be a 0 -> 1 step Prometheus can see.
+    let text = Metrics::new(&MetricsConfig::default()).encode().unwrap();
+    let mut reloads = samples(&text, "egret_rule_reloads_total");
+    // A family's series come out in hash order.
+    reloads.sort_unstable();
+    assert_eq!(
+        reloads,
+        [
+            "egret_rule_reloads_total{result=\"failure\"} 0",
+            "egret_rule_reloads_total{result=\"success\"} 0",
+        ],
+        "{text}"
+    );
+}
+
+#[test]
 fn kernel_reader_runs_at_scrape_and_counts_failures() {
     let m = Metrics::new(&MetricsConfig::default());
     let calls = Arc::new(AtomicU64::new(0));

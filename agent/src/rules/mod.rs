@@ -4,10 +4,7 @@
 pub mod reload;
 pub mod stage;
 
-use std::{
-    path::PathBuf,
-    time::SystemTime,
-};
+use std::{path::PathBuf, time::SystemTime};
 
 use egret_rules::{Diagnostic, Options, RuleMatching, Ruleset, Severity, Source};
 
@@ -40,6 +37,9 @@ fn render(diagnostics: &[Diagnostic]) -> String {
         .join("\n")
 }
 
+/// Per rule file: modification time, length and inode (`None`: unreadable).
+pub type Fingerprint = Vec<(PathBuf, Option<(SystemTime, u64, u64)>)>;
+
 /// Files to load, in order: a directory contributes its `*.yaml`/`*.yml`
 /// files sorted by name; an empty list means the bundled rules.
 #[derive(Clone, Debug, Default)]
@@ -63,7 +63,8 @@ impl RulePaths {
                     .filter_map(|e| e.ok().map(|e| e.path()))
                     .filter(|p| {
                         p.is_file()
-                            && p.extension().is_some_and(|ext| ext == "yaml" || ext == "yml")
+                            && p.extension()
+                                .is_some_and(|ext| ext == "yaml" || ext == "yml")
                     })
                     .collect();
                 entries.sort();
@@ -99,7 +100,7 @@ impl RulePaths {
 
     /// Changes when any rule file is added, removed, replaced or modified
     /// (ConfigMap updates swap a symlink, which changes the inode).
-    pub fn fingerprint(&self) -> Vec<(PathBuf, Option<(SystemTime, u64, u64)>)> {
+    pub fn fingerprint(&self) -> Fingerprint {
         use std::os::unix::fs::MetadataExt;
         let files = self.files().unwrap_or_default();
         files
@@ -177,6 +178,8 @@ pub fn describe(paths: &RulePaths) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+
     use super::*;
 
     #[test]

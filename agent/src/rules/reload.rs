@@ -95,7 +95,10 @@ impl Reloader {
             }
             Err(err) => {
                 self.metrics.rules_reload_failed();
-                tracing::error!(reason, "rules not reloaded, previous rules stay active: {err}");
+                tracing::error!(
+                    reason,
+                    "rules not reloaded, previous rules stay active: {err}"
+                );
             }
         }
     }

@@ -49,47 +49,12 @@ impl<W: AsyncWrite + Unpin> RulesStage<W> {
         while let Some(events) = rx.recv().await {
             let ruleset = self.rules.borrow_and_update().clone();
             out.clear();
-            let started = Instant::now();
-            let mut alerted = 0u64;
-            for event in &events {
-                ruleset.evaluate(event, &mut matches);
-                if matches.is_empty() {
-                    continue;
-                }
-                alerted += 1;
-                for id in &matches {
-                    let Some(rule) = ruleset.rule(*id) else { continue };
-                    let alert = Arc::new(self.alert(rule, event));
-                    serde_json::to_writer(&mut out, &*alert).map_err(std::io::Error::other)?;
-                    out.push(b'\n');
-                    let ctx = AlertContext {
-                        k8s_ns_name: str_field(event, FieldId::K8sNsName),
-                        k8s_pod_name: str_field(event, FieldId::K8sPodName),
-                        container_name: str_field(event, FieldId::ContainerName),
-                        container_id: event.container_id().unwrap_or(""),
-                        proc_name: event.attempt.comm.as_str(),
-                        dest: Some((event.attempt.daddr, event.attempt.dport)),
-                    };
-                    self.metrics.observe_alert(&alert, &ctx);
-                    if let Some(webhooks) = &self.webhooks {
-                        webhooks.submit(&alert, &ctx);
-                    }
-                    alerts_total += 1;
-                }
-            }
-            let n = events.len() as u64;
-            if n > 0 {
-                // One timing per batch keeps clock reads off the per-event
-                // path; the histogram records the batch's mean per event.
-                self.metrics
-                    .observe_evaluation(started.elapsed() / events.len() as u32);
-            }
-            self.metrics.observe_events(Verdict::Alerted, alerted);
-            self.metrics.observe_events(Verdict::NoMatch, n - alerted);
+            alerts_total += self.evaluate_batch(&ruleset, &events, &mut matches, &mut out)?;
             if !out.is_empty() {
                 self.alerts_out.write_all(&out).await?;
                 self.alerts_out.flush().await?;
             }
+            let n = events.len() as u64;
             if let Some(audit) = &self.audit
                 && audit.try_send(events).is_err()
             {
@@ -101,6 +66,62 @@ impl<W: AsyncWrite + Unpin> RulesStage<W> {
             webhooks.finish().await;
         }
         Ok(alerts_total)
+    }
+}
+
+impl<W> RulesStage<W> {
+    /// One batch, without I/O: evaluates every event, appends each alert
+    /// to `out` as a JSON line, counts events and alerts in the metrics and
+    /// hands alerts to the webhook sink. Returns the alerts raised. The
+    /// pipeline benchmark (`agent/benches/pipeline.rs`) drives this too.
+    pub fn evaluate_batch(
+        &self,
+        ruleset: &Ruleset,
+        events: &[Event],
+        matches: &mut Vec<RuleId>,
+        out: &mut Vec<u8>,
+    ) -> std::io::Result<u64> {
+        let started = Instant::now();
+        let mut alerted = 0u64;
+        let mut alerts = 0u64;
+        for event in events {
+            ruleset.evaluate(event, matches);
+            if matches.is_empty() {
+                continue;
+            }
+            alerted += 1;
+            for id in matches.iter() {
+                let Some(rule) = ruleset.rule(*id) else {
+                    continue;
+                };
+                let alert = Arc::new(self.alert(rule, event));
+                serde_json::to_writer(&mut *out, &*alert).map_err(std::io::Error::other)?;
+                out.push(b'\n');
+                let ctx = AlertContext {
+                    k8s_ns_name: str_field(event, FieldId::K8sNsName),
+                    k8s_pod_name: str_field(event, FieldId::K8sPodName),
+                    container_name: str_field(event, FieldId::ContainerName),
+                    container_id: event.container_id().unwrap_or(""),
+                    proc_name: event.attempt.comm.as_str(),
+                    dest: Some((event.attempt.daddr, event.attempt.dport)),
+                };
+                self.metrics.observe_alert(&alert, &ctx);
+                if let Some(webhooks) = &self.webhooks {
+                    webhooks.submit(&alert, &ctx);
+                }
+                alerts += 1;
+            }
+        }
+        let n = events.len() as u64;
+        if n > 0 {
+            // One timing per batch keeps clock reads off the per-event
+            // path; the histogram records the batch's mean per event.
+            self.metrics
+                .observe_evaluation(started.elapsed() / events.len() as u32);
+        }
+        self.metrics.observe_events(Verdict::Alerted, alerted);
+        self.metrics.observe_events(Verdict::NoMatch, n - alerted);
+        Ok(alerts)
     }
 
     fn alert(&self, rule: &egret_rules::Rule, event: &Event) -> Alert {

@@ -347,10 +347,16 @@ mod tests {
         assert!(size(&path) <= 4096 && size(&path) > 0);
         assert!(size(&dir.join("audit.jsonl.1")) > 0);
         assert!(size(&dir.join("audit.jsonl.2")) > 0);
-        assert!(!dir.join("audit.jsonl.3").exists(), "at most max_files rotated");
+        assert!(
+            !dir.join("audit.jsonl.3").exists(),
+            "at most max_files rotated"
+        );
         for file in ["audit.jsonl", "audit.jsonl.1"] {
             let text = std::fs::read_to_string(dir.join(file)).unwrap();
-            assert!(text.lines().all(|l| serde_json::from_str::<serde_json::Value>(l).is_ok()));
+            assert!(
+                text.lines()
+                    .all(|l| serde_json::from_str::<serde_json::Value>(l).is_ok())
+            );
         }
         std::fs::remove_dir_all(&dir).unwrap();
     }

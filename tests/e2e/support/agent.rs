@@ -66,6 +66,10 @@ impl Agent {
         }
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn stderr(&self) -> Vec<String> {
         self.lines.0.lock().expect("lines lock").stderr.clone()
     }
@@ -89,6 +93,25 @@ impl Agent {
                 .filter_map(|l| serde_json::from_str::<Value>(l).ok())
                 .find(&pred)
         })
+    }
+
+    /// Waits until at least `count` JSON lines satisfy `pred`.
+    pub fn wait_json_count(
+        &self,
+        pred: impl Fn(&Value) -> bool,
+        count: usize,
+        timeout: Duration,
+    ) -> bool {
+        self.wait_for(timeout, |lines| {
+            let found = lines
+                .stdout
+                .iter()
+                .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+                .filter(&pred)
+                .count();
+            (found >= count).then_some(())
+        })
+        .is_some()
     }
 
     /// Waits for the first event reported for process `pid`.

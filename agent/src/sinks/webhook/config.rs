@@ -70,11 +70,36 @@ pub enum PayloadFormat {
 }
 
 /// Where a secret lives: `{ file: /path }` or `{ env: NAME }`.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase", deny_unknown_fields)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SecretSource {
     File(PathBuf),
     Env(String),
+}
+
+/// YAML maps, not YAML enum tags: serde_yaml_ng would otherwise want
+/// `!file /path`, which no Falco user would guess.
+impl<'de> Deserialize<'de> for SecretSource {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Raw {
+            file: Option<PathBuf>,
+            env: Option<String>,
+        }
+        match Raw::deserialize(deserializer)? {
+            Raw {
+                file: Some(path),
+                env: None,
+            } => Ok(SecretSource::File(path)),
+            Raw {
+                file: None,
+                env: Some(name),
+            } => Ok(SecretSource::Env(name)),
+            _ => Err(serde::de::Error::custom(
+                "a secret is `{file: PATH}` or `{env: NAME}`, exactly one of them",
+            )),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Deserialize)]

@@ -23,7 +23,7 @@ use egret::metrics::promql::{self, Expression};
 use serde_json::Value;
 
 use crate::support::{
-    self,
+    self, TempDir,
     agent::{Agent, EVENT_TIMEOUT},
     netns::{NetNs, V4_SERVER},
 };
@@ -739,27 +739,4 @@ fn read_request(stream: &mut TcpStream) -> std::io::Result<()> {
         have += n;
     }
     Ok(())
-}
-
-/// A per-test directory under the system temp dir, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        let dir = std::env::temp_dir().join(format!("egret-{tag}-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("temp dir");
-        TempDir(dir)
-    }
-
-    fn write(&self, name: &str, text: &str) -> PathBuf {
-        let path = self.0.join(name);
-        std::fs::write(&path, text).expect("write temp file");
-        path
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }

@@ -5,7 +5,7 @@ use std::{path::PathBuf, process::Command, time::Duration};
 use serde_json::Value;
 
 use crate::support::{
-    self,
+    self, TempDir,
     agent::{Agent, EVENT_TIMEOUT},
     containerd::{Containerd, Pod, RunSpec, Source, busybox_rootfs, unique_id},
     netns::{NetNs, V4_SERVER},
@@ -23,28 +23,6 @@ const SEED_RULE: &str = "- rule: Outbound Connection in Container
   priority: WARNING
   tags: [network, outbound]
 ";
-
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        let dir = std::env::temp_dir().join(format!("egret-{tag}-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("temp dir");
-        TempDir(dir)
-    }
-
-    fn write(&self, name: &str, text: &str) -> PathBuf {
-        let path = self.0.join(name);
-        std::fs::write(&path, text).expect("write temp file");
-        path
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 fn alerts(agent: &Agent, rule: &str) -> Vec<Value> {
     agent

@@ -11,6 +11,11 @@
 //!   connect-loop   <addr:port> <count>: connect+close in a loop on one thread,
 //!                  print connects/s (benchmarks). Port 0 listens on that
 //!                  address and accepts each connection on the same thread.
+//!   connect-timed  <addr:port> <count> <rate>: `count` TCP connects, one
+//!                  every 1/rate seconds, to consecutive ports from `port`
+//!                  up; prints `port realtime_ns` per connect (the
+//!                  CLOCK_REALTIME just before connect) once all are done
+//!                  (benchmarks: alert latency). Refusals are expected.
 use std::{
     io::{Error, ErrorKind, Result},
     net::{IpAddr, SocketAddr, SocketAddrV6, TcpStream, UdpSocket},
@@ -27,6 +32,19 @@ fn main() {
                 .map_err(|_| Error::new(ErrorKind::InvalidInput, "count"))?;
             connect_loop(addr, count)
         }),
+        Some([mode, addr, count, rate]) if mode == "connect-timed" => {
+            parse(addr).and_then(|addr| {
+                let count = count
+                    .parse()
+                    .map_err(|_| Error::new(ErrorKind::InvalidInput, "count"))?;
+                let rate = rate
+                    .parse::<f64>()
+                    .ok()
+                    .filter(|r| *r > 0.0)
+                    .ok_or_else(|| Error::new(ErrorKind::InvalidInput, "rate"))?;
+                connect_timed(addr, count, rate)
+            })
+        }
         _ => Err(Error::new(
             ErrorKind::InvalidInput,
             "usage: egret-probe <mode> <addr:port>",
@@ -186,4 +204,38 @@ fn connect_accept_loop(addr: SocketAddr, count: u64) -> Result<()> {
 
 fn report_rate(count: u64, start: Instant) {
     println!("{:.0}", count as f64 / start.elapsed().as_secs_f64());
+}
+
+/// Paced connects to `addr.port()`, `+1`, `+2`…, so every attempt has its
+/// own destination (webhook coalescing keys on it) and can be matched to
+/// the alert it raises. The schedule is absolute: a late connect does not
+/// delay the next ones.
+fn connect_timed(addr: SocketAddr, count: u16, rate: f64) -> Result<()> {
+    use std::time::{SystemTime, UNIX_EPOCH};
+
+    if u32::from(addr.port()) + u32::from(count) > 65_536 {
+        return Err(Error::new(ErrorKind::InvalidInput, "ports run past 65535"));
+    }
+    let interval = Duration::from_secs_f64(1.0 / rate);
+    let start = Instant::now();
+    let mut sent = Vec::with_capacity(usize::from(count));
+    for i in 0..count {
+        let due = start + interval * u32::from(i);
+        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+        let target = SocketAddr::new(addr.ip(), addr.port() + i);
+        let at = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        // Refused or not, the attempt is what raises the alert.
+        let _ = TcpStream::connect_timeout(&target, Duration::from_millis(500));
+        sent.push((target.port(), at));
+    }
+    let mut out = String::with_capacity(sent.len() * 28);
+    for (port, at) in sent {
+        out.push_str(&format!("{port} {at}\n"));
+    }
+    print!("{out}");
+    Ok(())
 }

@@ -150,15 +150,7 @@ impl KernelProbes {
                 source: Box::new(source),
             })?;
         for name in PROGRAMS {
-            let program: &mut CgroupSockAddr = ebpf
-                .program_mut(name)
-                .ok_or(KernelError::MissingProgram(name))?
-                .try_into()
-                .map_err(|source| KernelError::Program {
-                    name,
-                    source: Box::new(source),
-                    hint: "",
-                })?;
+            let program: &mut CgroupSockAddr = program(&mut ebpf, name)?;
             program.load().map_err(|source| KernelError::Program {
                 name,
                 hint: permission_hint(&source),
@@ -169,15 +161,7 @@ impl KernelProbes {
             .iter()
             .chain(ARGV_TRACEPOINTS.iter().filter(|_| captures_argv));
         for (name, _, _) in tracepoints {
-            let program: &mut TracePoint = ebpf
-                .program_mut(name)
-                .ok_or(KernelError::MissingProgram(name))?
-                .try_into()
-                .map_err(|source| KernelError::Program {
-                    name,
-                    source: Box::new(source),
-                    hint: "",
-                })?;
+            let program: &mut TracePoint = program(&mut ebpf, name)?;
             program.load().map_err(|source| KernelError::Program {
                 name,
                 hint: permission_hint(&source),
@@ -243,16 +227,7 @@ impl KernelProbes {
             .iter()
             .chain(ARGV_TRACEPOINTS.iter().filter(|_| captures_argv));
         for (name, category, tracepoint) in tracepoints {
-            let program: &mut TracePoint = self
-                .ebpf
-                .program_mut(name)
-                .ok_or(KernelError::MissingProgram(name))?
-                .try_into()
-                .map_err(|source| KernelError::Program {
-                    name,
-                    source: Box::new(source),
-                    hint: "",
-                })?;
+            let program: &mut TracePoint = program(&mut self.ebpf, name)?;
             program.attach(category, tracepoint).map_err(|source| {
                 KernelError::AttachTracepoint {
                     name,
@@ -269,16 +244,7 @@ impl KernelProbes {
             source,
         })?;
         for name in PROGRAMS {
-            let program: &mut CgroupSockAddr = self
-                .ebpf
-                .program_mut(name)
-                .ok_or(KernelError::MissingProgram(name))?
-                .try_into()
-                .map_err(|source| KernelError::Program {
-                    name,
-                    source: Box::new(source),
-                    hint: "",
-                })?;
+            let program: &mut CgroupSockAddr = program(&mut self.ebpf, name)?;
             program
                 .attach(&dir, CgroupAttachMode::Single)
                 .map_err(|source| KernelError::Attach {
@@ -345,6 +311,21 @@ impl KernelProbes {
         }
         Ok(out)
     }
+}
+
+/// The program `name` of the object, as its concrete type.
+fn program<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, KernelError>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    ebpf.program_mut(name)
+        .ok_or(KernelError::MissingProgram(name))?
+        .try_into()
+        .map_err(|source| KernelError::Program {
+            name,
+            source: Box::new(source),
+            hint: "",
+        })
 }
 
 /// A hint when the kernel said EPERM anywhere down the error chain.

@@ -13,7 +13,7 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Parsed::Error(message) => {
-            eprintln!("egret: error: {message}");
+            report(format_args!("egret: error: {message}"));
             return ExitCode::from(2);
         }
     };
@@ -24,7 +24,7 @@ fn main() -> ExitCode {
             let config = match Config::for_run(*args) {
                 Ok(config) => config,
                 Err(err) => {
-                    eprintln!("egret: error: {err}");
+                    report(format_args!("egret: error: {err}"));
                     return ExitCode::from(2);
                 }
             };
@@ -33,7 +33,7 @@ fn main() -> ExitCode {
                 .or_else(|| config.log_level.clone())
                 .unwrap_or_else(|| "info".into());
             if let Err(message) = init_logging(&log_level) {
-                eprintln!("egret: error: {message}");
+                report(format_args!("egret: error: {message}"));
                 return ExitCode::from(2);
             }
             run_agent(config)
@@ -60,7 +60,9 @@ fn run_agent(config: Config) -> ExitCode {
     {
         Ok(runtime) => runtime,
         Err(err) => {
-            eprintln!("egret: error: starting the async runtime: {err}");
+            report(format_args!(
+                "egret: error: starting the async runtime: {err}"
+            ));
             return ExitCode::FAILURE;
         }
     };
@@ -77,13 +79,20 @@ fn run_agent(config: Config) -> ExitCode {
             });
             let message = one_line(&err);
             if rules {
-                eprintln!("egret: error: {message}");
+                report(format_args!("egret: error: {message}"));
             } else {
-                eprintln!("egret: error: {}", message.replace('\n', " "));
+                report(format_args!("egret: error: {}", message.replace('\n', " ")));
             }
             ExitCode::FAILURE
         }
     }
+}
+
+/// Prints to stderr without `eprintln!`'s panic when stderr is gone (a
+/// crashed log collector must not turn an error exit into a hang or abort).
+fn report(message: std::fmt::Arguments<'_>) {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr(), "{message}");
 }
 
 /// `egret config check`: every file, every problem, non-zero on any.

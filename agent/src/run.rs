@@ -155,22 +155,28 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                     max_files: config.audit.max_files,
                 }
             };
-            (Some(tx), Some(tokio::spawn(audit::run(rx, output))))
+            let task = audit::run(rx, output);
+            (
+                Some(tx),
+                Some(tokio::spawn(stop_on_error("audit", task, shutdown.clone()))),
+            )
         }
         None => (None, None),
     };
-    let rules_task = tokio::spawn(
-        RulesStage {
-            rules: rules_rx,
-            hostname: hostname(&config).into(),
-            metrics: metrics.clone(),
-            webhooks,
-            alerts_out: tokio::io::stdout(),
-            audit: audit_tx,
-            audit_dropped: audit_dropped.clone(),
-        }
-        .run(events_rx),
-    );
+    let stage = RulesStage {
+        rules: rules_rx,
+        hostname: hostname(&config).into(),
+        metrics: metrics.clone(),
+        webhooks,
+        alerts_out: tokio::io::stdout(),
+        audit: audit_tx,
+        audit_dropped: audit_dropped.clone(),
+    };
+    let rules_task = tokio::spawn(stop_on_error(
+        "rules",
+        stage.run(events_rx),
+        shutdown.clone(),
+    ));
 
     readiness.set(true);
     let program_ids = lock(&probes).attached_program_ids().to_vec();
@@ -217,6 +223,22 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         audit_dropped.load(Ordering::Relaxed),
     );
     Ok(())
+}
+
+/// A sink that can no longer write (stdout closed, disk full) must not leave
+/// the hooks attached and /readyz green while events pile up: the agent
+/// shuts down and exits non-zero, so the orchestrator restarts it.
+async fn stop_on_error<T>(
+    stage: &'static str,
+    task: impl std::future::Future<Output = std::io::Result<T>>,
+    shutdown: CancellationToken,
+) -> std::io::Result<T> {
+    let result = task.await;
+    if let Err(err) = &result {
+        tracing::error!(stage, %err, "output stage failed; shutting down");
+        shutdown.cancel();
+    }
+    result
 }
 
 async fn serve_http(

@@ -105,7 +105,7 @@ impl<const N: usize> Lru<N> {
             None => Found::Miss,
             Some(&i) => {
                 let slot = &self.slots[i as usize];
-                if slot.labels.iter().zip(values).all(|(a, b)| **a == **b) {
+                if slot.labels.iter().zip(values).all(|(a, b)| same(a, b)) {
                     Found::Hit(i)
                 } else {
                     Found::Collision(i)
@@ -189,6 +189,26 @@ fn seed() -> [u64; 2] {
         let s = RandomState::new();
         [s.hash_one(0x5eed_u64) | 1, s.hash_one(0xfeed_u64) | 1]
     })
+}
+
+/// Label equality without a call to libc's `memcmp`. Labels are a few
+/// dozen bytes; on the benchmark VM glibc's AVX-512 `memcmp` spent most of
+/// its time stalled on the masked load of its short-input path, which made
+/// these comparisons a sixth of the agent's CPU in an alert storm. Word-wise
+/// comparison made the pipeline bench 16% (mixed) to 32% (all alerts) faster.
+fn same(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    if a.len() != b.len() {
+        return false;
+    }
+    let mut words_a = a.chunks_exact(8);
+    let mut words_b = b.chunks_exact(8);
+    for (x, y) in (&mut words_a).zip(&mut words_b) {
+        if word(x) != word(y) {
+            return false;
+        }
+    }
+    word(words_a.remainder()) == word(words_b.remainder())
 }
 
 /// Full 64×64→128-bit multiply folded back to 64 bits: the mixing step of
@@ -383,6 +403,34 @@ mod tests {
         t.add(["ab", "c"], 1);
         t.add(["a", "bc"], 1);
         assert_eq!(t.len(), 2);
+    }
+
+    #[test]
+    fn label_equality() {
+        for (a, b) in [
+            ("", ""),
+            ("a", "a"),
+            ("exactly8", "exactly8"),
+            (
+                "Outbound Connection in Container",
+                "Outbound Connection in Container",
+            ),
+        ] {
+            assert!(same(a, b), "{a} = {b}");
+        }
+        for (a, b) in [
+            ("", "a"),
+            ("a", "b"),
+            ("exactly8", "exactly9"),
+            ("exactly8+", "exactly8-"),
+            ("abc", "abd"),
+            (
+                "Outbound Connection in Container",
+                "Outbound Connection in Containe",
+            ),
+        ] {
+            assert!(!same(a, b), "{a} != {b}");
+        }
     }
 
     #[test]

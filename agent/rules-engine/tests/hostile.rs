@@ -218,3 +218,12 @@ fn scalars_ending_the_input() {
         ruleset(&rule_yaml("r", "fd.sport = 1").replace("priority: INFO\n", "priority: INFO"));
     assert_eq!(rules.rules().len(), 1);
 }
+
+#[test]
+fn parser_panic_paths_become_diagnostics() {
+    // libyaml-safer 0.3 panics ("TODO") on a tag followed by ',' inside a
+    // flow collection; found by the CI fuzz pass. The loader must turn that
+    // into an error for the file, not take the agent down.
+    let error = first_error("- list: l\n  items: [!x, a]\n");
+    assert!(error.contains("YAML parser failed"), "{error}");
+}

@@ -5,7 +5,11 @@
 use egret_rules::{Options, RuleMatching, Source, TestEvent, load, parse_condition};
 use libfuzzer_sys::fuzz_target;
 
+#[path = "common.rs"]
+mod common;
+
 fuzz_target!(|data: &[u8]| {
+    common::let_parser_panics_unwind();
     let Ok(condition) = std::str::from_utf8(data) else {
         return;
     };

@@ -134,6 +134,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         ring,
         records_tx,
         source_stats.clone(),
+        metrics.clone(),
         shutdown.clone(),
     ));
     let enrich_task = tokio::spawn(enrich::run(

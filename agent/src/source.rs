@@ -51,6 +51,7 @@ pub async fn run(
     ring: RingBuf<MapData>,
     tx: mpsc::Sender<Batch>,
     stats: Arc<SourceStats>,
+    metrics: Arc<crate::metrics::Metrics>,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     // SAFETY: the ring buffer owns its map fd and lives inside the AsyncFd,
@@ -66,7 +67,7 @@ pub async fn run(
         // us again, and one committed before it is read by the drain below.
         guard.clear_ready();
         let mut drained = false;
-        while let Some(batch) = drain(guard.get_inner_mut(), &stats) {
+        while let Some(batch) = drain(guard.get_inner_mut(), &stats, &metrics) {
             drained = true;
             if tx.send(batch).await.is_err() {
                 return Ok(());
@@ -83,7 +84,7 @@ pub async fn run(
                 () = tokio::time::sleep(LINGER) => {}
             }
             drained = false;
-            while let Some(batch) = drain(ring.get_mut(), &stats) {
+            while let Some(batch) = drain(ring.get_mut(), &stats, &metrics) {
                 drained = true;
                 if tx.send(batch).await.is_err() {
                     return Ok(());
@@ -92,7 +93,7 @@ pub async fn run(
         }
     }
     // Whatever the kernel committed before shutdown still goes out.
-    while let Some(batch) = drain(ring.get_mut(), &stats) {
+    while let Some(batch) = drain(ring.get_mut(), &stats, &metrics) {
         if tx.send(batch).await.is_err() {
             break;
         }
@@ -101,7 +102,11 @@ pub async fn run(
 }
 
 /// Up to [`BATCH`] decoded events, or `None` when the ring is empty.
-fn drain(ring: &mut RingBuf<MapData>, stats: &SourceStats) -> Option<Batch> {
+fn drain(
+    ring: &mut RingBuf<MapData>,
+    stats: &SourceStats,
+    metrics: &crate::metrics::Metrics,
+) -> Option<Batch> {
     let offset = event::wall_offset_ns();
     let mut batch = Vec::with_capacity(BATCH);
     let mut errors = 0;
@@ -116,6 +121,9 @@ fn drain(ring: &mut RingBuf<MapData>, stats: &SourceStats) -> Option<Batch> {
         }
     }
     stats.decode_errors.fetch_add(errors, Ordering::Relaxed);
+    if errors > 0 {
+        metrics.observe_events(crate::metrics::Verdict::DecodeError, errors);
+    }
     stats
         .decoded
         .fetch_add(batch.len() as u64, Ordering::Relaxed);

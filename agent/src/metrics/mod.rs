@@ -91,11 +91,15 @@ pub enum Verdict {
     Alerted,
     /// Evaluated; no rule fired.
     NoMatch,
-    /// Skipped in userspace before evaluation (e.g. an exception list).
+    /// Skipped in userspace before evaluation. Reserved: nothing is
+    /// filtered in userspace today (the kernel's ignore list has its own
+    /// counters, `egret_kernel_*`).
     Filtered,
     /// The ring buffer record could not be decoded.
     DecodeError,
-    /// Shed by the pipeline (a full queue between stages).
+    /// Not written to the audit log because its queue was full. These
+    /// events were still evaluated, so they are also counted as alerted or
+    /// no_match.
     Dropped,
 }
 

@@ -3,6 +3,7 @@
 pub mod agent;
 pub mod containerd;
 pub mod netns;
+pub mod prometheus;
 
 use std::path::PathBuf;
 

@@ -100,7 +100,7 @@ fn addresses_networks_and_cidr_literals() {
     for cond in [
         "fd.sip in (2001:db8::/32)",
         "fd.sip = \"2001:db8::42\"",
-        "fd.snet in (\"2001:db8::/64\", 192.0.2.0/24)",
+        "fd.snet in (\"2001:db8::/64\", 203.0.113.0/24)",
         "fd.typechar = 6 and fd.type = ipv6",
     ] {
         assert!(fires(&one_rule(cond), &v6), "{cond}");

@@ -118,9 +118,9 @@ fn reasons_through_and_or_not() {
   exceptions:
     - name: lab
       fields: fd.sip
-      values: [192.0.2.0/24]
+      values: [203.0.113.0/24]
 ";
-    assert_eq!(nets(yaml), ["10.0.0.0/8", "192.0.2.0/24"]);
+    assert_eq!(nets(yaml), ["10.0.0.0/8", "203.0.113.0/24"]);
 }
 
 #[test]

@@ -35,7 +35,7 @@ fn evaluation_allocates_nothing() {
   condition: >
     proc.name in (many) or proc.cmdline icontains CURL or proc.exepath glob '/usr/*/x'
     or proc.exepath regex '.*/python[0-9]' or proc.exepath pmatch (/opt) or k8s.pod.labels intersects (app:web)
-    or k8s.pod.label[app] = api or fd.sport in (1, 2, 3) or fd.snet in (192.0.2.0/24, 2001:db8::/32)
+    or k8s.pod.label[app] = api or fd.sport in (1, 2, 3) or fd.snet in (203.0.113.0/24, 2001:db8::/32)
     or fd.typechar = 7 or proc.cmdline bcontains 00
   output: o
   priority: INFO

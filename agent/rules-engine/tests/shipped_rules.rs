@@ -117,7 +117,7 @@ fn cloud_metadata() {
 #[test]
 fn k8s_api_server() {
     assert!(hits(K8S_API, &pod("10.96.0.1", 443)));
-    assert!(hits(K8S_API, &pod("192.0.2.10", 6443)));
+    assert!(hits(K8S_API, &pod("203.0.113.10", 6443)));
     assert!(!hits(
         K8S_API,
         &pod("10.96.0.1", 443).with(FieldId::K8sNsName, "kube-system")

@@ -69,7 +69,7 @@ pub async fn run(
         let mut drained = false;
         while let Some(batch) = drain(guard.get_inner_mut(), &stats, &metrics) {
             drained = true;
-            if tx.send(batch).await.is_err() {
+            if !batch.is_empty() && tx.send(batch).await.is_err() {
                 return Ok(());
             }
         }
@@ -86,7 +86,7 @@ pub async fn run(
             drained = false;
             while let Some(batch) = drain(ring.get_mut(), &stats, &metrics) {
                 drained = true;
-                if tx.send(batch).await.is_err() {
+                if !batch.is_empty() && tx.send(batch).await.is_err() {
                     return Ok(());
                 }
             }
@@ -94,31 +94,39 @@ pub async fn run(
     }
     // Whatever the kernel committed before shutdown still goes out.
     while let Some(batch) = drain(ring.get_mut(), &stats, &metrics) {
-        if tx.send(batch).await.is_err() {
+        if !batch.is_empty() && tx.send(batch).await.is_err() {
             break;
         }
     }
     Ok(())
 }
 
-/// Up to [`BATCH`] decoded events, or `None` when the ring is empty.
+/// Up to [`BATCH`] decoded records, or `None` when the ring is empty. The
+/// batch is allocated only once there is something to put in it: every
+/// wake-up and linger tick ends with a drain that finds the ring empty.
 fn drain(
     ring: &mut RingBuf<MapData>,
     stats: &SourceStats,
     metrics: &crate::metrics::Metrics,
 ) -> Option<Batch> {
+    let first = ring.next()?;
     let offset = event::wall_offset_ns();
     let mut batch = Vec::with_capacity(BATCH);
     let mut errors = 0;
-    while batch.len() < BATCH {
-        let Some(record) = ring.next() else { break };
-        match event::decode(&record, offset) {
-            Ok(record) => batch.push(record),
-            Err(err) => {
-                errors += 1;
-                tracing::debug!(%err, "undecodable ring buffer record");
-            }
+    let mut push = |record: &[u8], batch: &mut Batch| match event::decode(record, offset) {
+        Ok(record) => batch.push(record),
+        Err(err) => {
+            errors += 1;
+            tracing::debug!(%err, "undecodable ring buffer record");
         }
+    };
+    push(&first, &mut batch);
+    drop(first);
+    let mut read = 1;
+    while read < BATCH {
+        let Some(record) = ring.next() else { break };
+        push(&record, &mut batch);
+        read += 1;
     }
     stats.decode_errors.fetch_add(errors, Ordering::Relaxed);
     if errors > 0 {
@@ -127,5 +135,5 @@ fn drain(
     stats
         .decoded
         .fetch_add(batch.len() as u64, Ordering::Relaxed);
-    (!batch.is_empty() || errors > 0).then_some(batch)
+    Some(batch)
 }

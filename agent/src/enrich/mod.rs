@@ -171,7 +171,7 @@ impl Enricher {
                     if let Some(sources) = &self.identity {
                         sources.resolver.resolve(exec.cgroup_id, exec.tgid);
                     }
-                    self.user_name(exec.cgroup_id, exec.uid, exec.tgid, None);
+                    self.refresh_user_name(exec.cgroup_id, exec.uid, exec.tgid);
                     self.processes.on_exec(&exec);
                 }
                 Record::Egress(attempt) => {
@@ -224,9 +224,10 @@ impl Enricher {
 }
 
 impl Enricher {
-    /// `user.name` for `uid` as the processes of `cgroup_id` see it. When
-    /// the process has already exited, any live process of the same cgroup
-    /// (same root filesystem) answers instead, and failing that the host.
+    /// `user.name` for `uid` as the processes of `cgroup_id` see it, from
+    /// the cache. A miss is cached too: a uid without a name (arbitrary
+    /// container UIDs) must not cost /proc and passwd reads per event. Only
+    /// an exec in the cgroup, when a live process can answer, looks again.
     fn user_name(
         &mut self,
         cgroup_id: u64,
@@ -234,11 +235,31 @@ impl Enricher {
         tgid: u32,
         cgroup_path: Option<&str>,
     ) -> Option<Arc<str>> {
-        let sources = self.identity.as_ref()?;
-        let key = (cgroup_id, uid);
-        if let Some(Some(name)) = self.user_names.get(&key) {
-            return Some(name.clone());
+        match self.user_names.get(&(cgroup_id, uid)) {
+            Some(cached) => cached.clone(),
+            None => self.resolve_user_name(cgroup_id, uid, tgid, cgroup_path),
         }
+    }
+
+    /// At exec time the process is most likely alive: look again unless a
+    /// name is already known.
+    fn refresh_user_name(&mut self, cgroup_id: u64, uid: u32, tgid: u32) {
+        if !matches!(self.user_names.get(&(cgroup_id, uid)), Some(Some(_))) {
+            self.resolve_user_name(cgroup_id, uid, tgid, None);
+        }
+    }
+
+    /// The process's own view; when it has already exited, any live
+    /// process of the same cgroup (same root filesystem); failing that, the
+    /// host's passwd.
+    fn resolve_user_name(
+        &mut self,
+        cgroup_id: u64,
+        uid: u32,
+        tgid: u32,
+        cgroup_path: Option<&str>,
+    ) -> Option<Arc<str>> {
+        let sources = self.identity.as_ref()?;
         let mut name = sources.users.lookup(tgid, uid);
         if name.is_none()
             && let Some(path) = cgroup_path
@@ -255,15 +276,12 @@ impl Enricher {
             name = sibling.and_then(|pid| sources.users.lookup(pid, uid));
         }
         if name.is_none() {
-            // Nothing of the process's own view is left: the host's.
             name = sources.users.host(uid);
         }
         if self.user_names.len() >= USER_CACHE_CAP {
             self.user_names.clear();
         }
-        // Misses are cached too (as None) but retried on the next exec or
-        // event, since a later process of the cgroup may be alive.
-        self.user_names.insert(key, name.clone());
+        self.user_names.insert((cgroup_id, uid), name.clone());
         name
     }
 }
@@ -279,5 +297,91 @@ pub async fn run(
         if !events.is_empty() && tx.send(events).await.is_err() {
             break;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering;
+
+    use egret_common::Hook;
+
+    use super::*;
+    use crate::{
+        event::{Comm, ExecRecord, L4Proto},
+        identity::{
+            cgroups::{CgroupPaths, CgroupPathsConfig},
+            users::UserNamesConfig,
+        },
+    };
+
+    /// Processes that no longer exist, a uid no passwd names.
+    const GONE_PID: u32 = u32::MAX - 1;
+    const NAMELESS_UID: u32 = 4_000_000;
+
+    fn enricher() -> Enricher {
+        let sources = IdentitySources {
+            resolver: IdentityResolver::new(
+                CgroupPaths::new("/nonexistent".into(), CgroupPathsConfig::default()),
+                None,
+            ),
+            users: UserNames::new(UserNamesConfig::default()),
+            host_netns: HostNetns::from_cookie(1),
+        };
+        Enricher::new(ProcessCache::new("/nonexistent", 64), Some(sources))
+    }
+
+    fn attempt() -> Record {
+        Record::Egress(EgressAttempt {
+            hook: Hook::Connect4,
+            mono_ns: 1,
+            wall_ns: 1,
+            tgid: GONE_PID,
+            tid: GONE_PID,
+            uid: NAMELESS_UID,
+            gid: 0,
+            comm: Comm::from_raw([0; 16]),
+            exec_id: 0,
+            ppid: 0,
+            cgroup_id: 7,
+            netns_cookie: 1,
+            socket_cookie: 1,
+            l4proto: L4Proto::Tcp,
+            daddr: "198.51.100.7".parse().unwrap(),
+            dport: 443,
+            v4_mapped: false,
+        })
+    }
+
+    /// Lookup chains run: each starts by reading the (gone) process's view.
+    fn lookups(enricher: &Enricher) -> u64 {
+        let sources = enricher.identity.as_ref().unwrap();
+        sources.users.stats().process_gone.load(Ordering::Relaxed)
+    }
+
+    #[test]
+    fn a_nameless_uid_is_looked_up_once_not_per_event() {
+        let mut enricher = enricher();
+        let mut out = Vec::new();
+        enricher.process_batch((0..100).map(|_| attempt()).collect(), &mut out);
+        assert_eq!(out.len(), 100);
+        assert!(out.iter().all(|e| e.user_name.is_none()));
+        assert_eq!(lookups(&enricher), 1, "one lookup chain for 100 events");
+
+        // An exec in the cgroup may bring a process that can answer.
+        let exec = Record::Exec(ExecRecord {
+            tgid: GONE_PID,
+            ppid: 1,
+            uid: NAMELESS_UID,
+            gid: 0,
+            exec_id: 9,
+            cgroup_id: 7,
+            comm: Comm::from_raw([0; 16]),
+            filename: "/bin/x".into(),
+            argv: Some(vec!["x".into()]),
+            args_truncated: false,
+        });
+        enricher.process_batch(vec![exec, attempt()], &mut out);
+        assert_eq!(lookups(&enricher), 2, "looked again at exec only");
     }
 }

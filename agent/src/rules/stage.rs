@@ -90,6 +90,15 @@ impl<W> RulesStage<W> {
                 continue;
             }
             alerted += 1;
+            // Depends on the event only: once, however many rules match.
+            let ctx = AlertContext {
+                k8s_ns_name: str_field(event, FieldId::K8sNsName),
+                k8s_pod_name: str_field(event, FieldId::K8sPodName),
+                container_name: str_field(event, FieldId::ContainerName),
+                container_id: event.container_id().unwrap_or(""),
+                proc_name: event.attempt.comm.as_str(),
+                dest: Some((event.attempt.daddr, event.attempt.dport)),
+            };
             for id in matches.iter() {
                 let Some(rule) = ruleset.rule(*id) else {
                     continue;
@@ -97,14 +106,6 @@ impl<W> RulesStage<W> {
                 let alert = Arc::new(self.alert(rule, event));
                 serde_json::to_writer(&mut *out, &*alert).map_err(std::io::Error::other)?;
                 out.push(b'\n');
-                let ctx = AlertContext {
-                    k8s_ns_name: str_field(event, FieldId::K8sNsName),
-                    k8s_pod_name: str_field(event, FieldId::K8sPodName),
-                    container_name: str_field(event, FieldId::ContainerName),
-                    container_id: event.container_id().unwrap_or(""),
-                    proc_name: event.attempt.comm.as_str(),
-                    dest: Some((event.attempt.daddr, event.attempt.dport)),
-                };
                 self.metrics.observe_alert(&alert, &ctx);
                 if let Some(webhooks) = &self.webhooks {
                     webhooks.submit(&alert, &ctx);

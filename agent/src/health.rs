@@ -1,11 +1,8 @@
 //! `/healthz` (the process serves requests) and `/readyz` (every kernel
 //! program is attached) for Kubernetes probes.
-use std::{
-    net::SocketAddr,
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
+use std::sync::{
+    Arc,
+    atomic::{AtomicBool, Ordering},
 };
 
 use axum::{Router, extract::State, http::StatusCode, routing::get};
@@ -40,11 +37,8 @@ async fn readyz(State(readiness): State<Readiness>) -> (StatusCode, &'static str
     }
 }
 
-/// Binds now (so a bad address fails start-up) and serves until shutdown.
-pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    TcpListener::bind(addr).await
-}
-
+/// Serves until shutdown; the caller binds first, so a bad address fails
+/// start-up.
 pub async fn serve(
     listener: TcpListener,
     router: Router,

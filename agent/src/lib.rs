@@ -9,6 +9,7 @@ pub mod health;
 pub mod identity;
 pub mod kernel;
 pub mod metrics;
+pub mod numfmt;
 pub mod rules;
 pub mod run;
 pub mod sinks;

@@ -248,7 +248,7 @@ async fn serve_http(
     metrics: &Arc<Metrics>,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<JoinHandle<std::io::Result<()>>> {
-    let listener = health::bind(addr)
+    let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("listening on {addr}"))?;
     let bound = listener.local_addr().context("reading bound address")?;

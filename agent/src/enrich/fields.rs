@@ -5,6 +5,7 @@ use std::{fmt::Write as _, net::SocketAddr};
 use egret_rules::{FieldId, Value};
 
 use super::Event;
+use crate::numfmt;
 
 /// `fd.name` (`ip:port`, `[ip]:port`) built in place: the longest is
 /// `[ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255]:65535`, 54 bytes.
@@ -24,14 +25,11 @@ impl FdName {
             // Every event gets an fd.name, and `core::fmt` for an IPv4
             // socket address cost as much as the rest of enrichment.
             SocketAddr::V4(v4) => {
-                for (i, octet) in v4.ip().octets().into_iter().enumerate() {
-                    if i > 0 {
-                        name.push(b'.');
-                    }
-                    name.push_decimal(u16::from(octet));
-                }
-                name.push(b':');
-                name.push_decimal(v4.port());
+                let mut len = numfmt::put_ipv4(&mut name.buf, *v4.ip());
+                name.buf[len] = b':';
+                len += 1;
+                len += numfmt::put_decimal(&mut name.buf[len..], v4.port());
+                name.len = len as u8;
             }
             // Cannot fail: the buffer fits the longest socket address.
             SocketAddr::V6(_) => {
@@ -39,28 +37,6 @@ impl FdName {
             }
         }
         name
-    }
-
-    /// Only for IPv4 socket addresses (at most 21 bytes): never overflows.
-    fn push(&mut self, byte: u8) {
-        self.buf[usize::from(self.len)] = byte;
-        self.len += 1;
-    }
-
-    fn push_decimal(&mut self, mut value: u16) {
-        let mut digits = [0u8; 5];
-        let mut n = 0;
-        loop {
-            digits[n] = b'0' + (value % 10) as u8;
-            n += 1;
-            value /= 10;
-            if value == 0 {
-                break;
-            }
-        }
-        for digit in digits[..n].iter().rev() {
-            self.push(*digit);
-        }
     }
 
     pub fn as_str(&self) -> &str {

@@ -547,14 +547,7 @@ fn falco_priority(p: Priority) -> &'static str {
 fn fmt_ip(buf: &mut [u8; 48], ip: IpAddr) -> &str {
     match ip {
         IpAddr::V4(v4) => {
-            let mut len = 0;
-            for (i, octet) in v4.octets().into_iter().enumerate() {
-                if i > 0 {
-                    buf[len] = b'.';
-                    len += 1;
-                }
-                len += put_decimal(&mut buf[len..], u16::from(octet));
-            }
+            let len = crate::numfmt::put_ipv4(&mut buf[..], v4);
             std::str::from_utf8(&buf[..len]).unwrap_or("")
         }
         IpAddr::V6(v6) => {
@@ -568,27 +561,8 @@ fn fmt_ip(buf: &mut [u8; 48], ip: IpAddr) -> &str {
 }
 
 fn fmt_u16(buf: &mut [u8; 8], v: u16) -> &str {
-    let len = put_decimal(&mut buf[..], v);
+    let len = crate::numfmt::put_decimal(&mut buf[..], v);
     std::str::from_utf8(&buf[..len]).unwrap_or("")
-}
-
-/// Writes `v` in decimal at the start of `out` (at least 5 bytes long);
-/// returns the length.
-fn put_decimal(out: &mut [u8], mut v: u16) -> usize {
-    let mut digits = [0u8; 5];
-    let mut n = 0;
-    loop {
-        digits[n] = b'0' + (v % 10) as u8;
-        n += 1;
-        v /= 10;
-        if v == 0 {
-            break;
-        }
-    }
-    for (o, d) in out.iter_mut().zip(digits[..n].iter().rev()) {
-        *o = *d;
-    }
-    n
 }
 
 fn joined_tags<'c>(cache: &'c mut TagCache, tags: &Arc<[Arc<str>]>) -> &'c str {

@@ -8,6 +8,7 @@ pub mod event;
 pub mod health;
 pub mod identity;
 pub mod kernel;
+pub mod logging;
 pub mod metrics;
 pub mod numfmt;
 pub mod rules;

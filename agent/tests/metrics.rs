@@ -57,14 +57,10 @@ fn populated() -> Arc<Metrics> {
             ..ctx
         },
     );
-    for v in [
-        Verdict::Alerted,
-        Verdict::NoMatch,
-        Verdict::DecodeError,
-        Verdict::Dropped,
-    ] {
+    for v in [Verdict::Alerted, Verdict::NoMatch, Verdict::DecodeError] {
         m.observe_events(v, 3);
     }
+    m.observe_audit_dropped(3);
     m.observe_evaluation(Duration::from_nanos(900));
     m.observe_evaluation(Duration::from_micros(40));
     m.enrichment_failed("cgroup_unknown");

@@ -10,9 +10,8 @@ use tokio::sync::mpsc;
 
 use crate::{
     identity::{
-        netns::HostNetns,
-        resolver::{ContainerLookup, Identity, IdentityResolver},
-        users::UserNames,
+        IdentitySources,
+        resolver::{ContainerLookup, Identity},
     },
     pipeline::decode::{EgressAttempt, Record},
 };
@@ -48,58 +47,6 @@ impl Event {
             (_, Some(id)) => Some(id.get(..12).unwrap_or(id)),
             (_, None) => None,
         }
-    }
-}
-
-/// Container identity sources; absent in unit tests and `--no-identity`.
-pub struct IdentitySources {
-    pub resolver: IdentityResolver,
-    pub users: UserNames,
-    pub host_netns: HostNetns,
-}
-
-impl IdentitySources {
-    /// Cgroup tree, containerd client (its worker must be spawned by the
-    /// caller), user names and the host's network namespace.
-    pub fn from_config(
-        config: &crate::config::IdentityConfig,
-    ) -> anyhow::Result<(
-        IdentitySources,
-        crate::identity::containerd::ContainerdWorker,
-    )> {
-        use anyhow::Context as _;
-
-        use crate::identity::{
-            cgroups::{CgroupPaths, CgroupPathsConfig},
-            containerd::{ContainerdConfig, ContainerdMetadata},
-            users::UserNamesConfig,
-        };
-        let cgroups = CgroupPaths::from_mountinfo(CgroupPathsConfig::default())
-            .context("cgroup tree for container identity")?;
-        // Warm the cache so the first events do not each trigger a walk.
-        if let Err(err) = cgroups.refresh() {
-            tracing::warn!(%err, "initial cgroup walk failed; retrying on demand");
-        }
-        let (containerd, worker) = ContainerdMetadata::new(ContainerdConfig {
-            socket: config.containerd_socket.clone(),
-            namespace: config.containerd_namespace.clone(),
-            ..Default::default()
-        })
-        .context("containerd client")?;
-        let users = UserNames::new(UserNamesConfig {
-            host_passwd: config.host_passwd.clone(),
-            ..Default::default()
-        });
-        let host_netns =
-            HostNetns::detect().context("reading this host's network namespace cookie")?;
-        Ok((
-            IdentitySources {
-                resolver: IdentityResolver::new(cgroups, Some(containerd)),
-                users,
-                host_netns,
-            },
-            worker,
-        ))
     }
 }
 
@@ -249,9 +196,7 @@ impl Enricher {
         }
     }
 
-    /// The process's own view; when it has already exited, any live
-    /// process of the same cgroup (same root filesystem); failing that, the
-    /// host's passwd.
+    /// Looks the name up (see [`IdentitySources::user_name`]) and caches it.
     fn resolve_user_name(
         &mut self,
         cgroup_id: u64,
@@ -259,25 +204,7 @@ impl Enricher {
         tgid: u32,
         cgroup_path: Option<&str>,
     ) -> Option<Arc<str>> {
-        let sources = self.identity.as_ref()?;
-        let mut name = sources.users.lookup(tgid, uid);
-        if name.is_none()
-            && let Some(path) = cgroup_path
-        {
-            let procs = sources
-                .resolver
-                .cgroups()
-                .root()
-                .join(path.trim_start_matches('/'))
-                .join("cgroup.procs");
-            let sibling = std::fs::read_to_string(procs)
-                .ok()
-                .and_then(|pids| pids.lines().find_map(|pid| pid.trim().parse::<u32>().ok()));
-            name = sibling.and_then(|pid| sources.users.lookup(pid, uid));
-        }
-        if name.is_none() {
-            name = sources.users.host(uid);
-        }
+        let name = self.identity.as_ref()?.user_name(tgid, uid, cgroup_path);
         if self.user_names.len() >= USER_CACHE_CAP {
             self.user_names.clear();
         }
@@ -310,7 +237,9 @@ mod tests {
     use crate::{
         identity::{
             cgroups::{CgroupPaths, CgroupPathsConfig},
-            users::UserNamesConfig,
+            netns::HostNetns,
+            resolver::IdentityResolver,
+            users::{UserNames, UserNamesConfig},
         },
         pipeline::decode::{Comm, ExecRecord, L4Proto},
     };

@@ -45,6 +45,7 @@ use tokio::sync::mpsc;
 
 use crate::{
     outputs::alert::{Alert, Priority},
+    pipeline::enrich::EnrichFailure,
     sync::lock,
 };
 use table::{LruSeries, ValueCap};
@@ -435,20 +436,19 @@ impl Metrics {
         self.evaluation.observe(elapsed.as_secs_f64());
     }
 
-    /// `reason` is a fixed string from the enrichment code (bounded).
     /// Creates the enrichment failure series at zero, so a dashboard sees
     /// a flat line rather than nothing until the first failure.
-    pub fn declare_enrichment_reasons(&self, reasons: &[&'static str]) {
-        for reason in reasons {
+    pub fn declare_enrichment_reasons(&self) {
+        for reason in EnrichFailure::ALL {
             let _ = self
                 .enrichment_failures
-                .get_or_create(&[("reason", *reason)]);
+                .get_or_create(&[("reason", reason.as_str())]);
         }
     }
 
-    pub fn enrichment_failed(&self, reason: &'static str) {
+    pub fn enrichment_failed(&self, reason: EnrichFailure) {
         self.enrichment_failures
-            .get_or_create(&[("reason", reason)])
+            .get_or_create(&[("reason", reason.as_str())])
             .inc();
     }
 

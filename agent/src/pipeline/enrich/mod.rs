@@ -62,13 +62,39 @@ pub struct Enricher {
 }
 
 /// Why an event went out with fields missing (`egret_enrichment_failures_total`).
-pub const FAILURE_REASONS: [&str; 5] = [
-    "process_unknown",
-    "cgroup_unknown",
-    "container_pending",
-    "container_not_found",
-    "container_unavailable",
-];
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EnrichFailure {
+    /// No image for the process: its exec was not seen and /proc is gone.
+    ProcessUnknown,
+    /// The cgroup id could not be mapped to a path.
+    CgroupUnknown,
+    /// containerd metadata is being fetched.
+    ContainerPending,
+    /// containerd has no such container.
+    ContainerNotFound,
+    /// The fetch failed, timed out or could not be queued.
+    ContainerUnavailable,
+}
+
+impl EnrichFailure {
+    pub const ALL: [EnrichFailure; 5] = [
+        EnrichFailure::ProcessUnknown,
+        EnrichFailure::CgroupUnknown,
+        EnrichFailure::ContainerPending,
+        EnrichFailure::ContainerNotFound,
+        EnrichFailure::ContainerUnavailable,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EnrichFailure::ProcessUnknown => "process_unknown",
+            EnrichFailure::CgroupUnknown => "cgroup_unknown",
+            EnrichFailure::ContainerPending => "container_pending",
+            EnrichFailure::ContainerNotFound => "container_not_found",
+            EnrichFailure::ContainerUnavailable => "container_unavailable",
+        }
+    }
+}
 
 impl Enricher {
     pub fn new(processes: ProcessCache, identity: Option<IdentitySources>) -> Enricher {
@@ -82,7 +108,7 @@ impl Enricher {
 
     /// Counts enrichment failures by reason in `metrics`.
     pub fn with_metrics(mut self, metrics: Arc<crate::metrics::Metrics>) -> Enricher {
-        metrics.declare_enrichment_reasons(&FAILURE_REASONS);
+        metrics.declare_enrichment_reasons();
         self.metrics = Some(metrics);
         self
     }
@@ -90,17 +116,17 @@ impl Enricher {
     fn count_failures(&self, event: &Event) {
         let Some(metrics) = &self.metrics else { return };
         if event.process.is_none() {
-            metrics.enrichment_failed("process_unknown");
+            metrics.enrichment_failed(EnrichFailure::ProcessUnknown);
         }
         let Some(identity) = &event.identity else {
             return;
         };
         use crate::identity::container_cache::Unknown;
         let reason = match &identity.container {
-            ContainerLookup::CgroupUnknown => "cgroup_unknown",
-            ContainerLookup::Unknown(Unknown::Pending) => "container_pending",
-            ContainerLookup::Unknown(Unknown::NotFound) => "container_not_found",
-            ContainerLookup::Unknown(_) => "container_unavailable",
+            ContainerLookup::CgroupUnknown => EnrichFailure::CgroupUnknown,
+            ContainerLookup::Unknown(Unknown::Pending) => EnrichFailure::ContainerPending,
+            ContainerLookup::Unknown(Unknown::NotFound) => EnrichFailure::ContainerNotFound,
+            ContainerLookup::Unknown(_) => EnrichFailure::ContainerUnavailable,
             _ => return,
         };
         metrics.enrichment_failed(reason);

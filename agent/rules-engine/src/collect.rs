@@ -6,6 +6,7 @@ use std::collections::{BTreeSet, HashMap};
 
 use crate::Priority;
 use crate::diagnostics::{Loc, Text};
+use crate::exceptions::{self, ExceptionInfo};
 
 pub(crate) struct Indexed<T> {
     pub items: Vec<T>,
@@ -66,21 +67,6 @@ pub(crate) struct MacroInfo {
     pub cond: Text,
     pub index: u32,
     pub visibility: u32,
-    pub loc: Loc,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) enum Entry {
-    Item(String),
-    List(Vec<Entry>),
-}
-
-#[derive(Clone, Debug)]
-pub(crate) struct ExceptionInfo {
-    pub name: String,
-    pub fields: Option<Entry>,
-    pub comps: Option<Entry>,
-    pub values: Vec<Entry>,
     pub loc: Loc,
 }
 
@@ -229,7 +215,7 @@ impl Collection {
                             ex.name
                         ));
                     }
-                    added.push(crate::exceptions::validate(ex)?);
+                    added.push(exceptions::validate(ex)?);
                 }
             }
         }
@@ -266,7 +252,7 @@ impl Collection {
         let exceptions = match update.exceptions {
             Some(list) => Some(
                 list.into_iter()
-                    .map(crate::exceptions::validate)
+                    .map(exceptions::validate)
                     .collect::<Result<Vec<_>, _>>()?,
             ),
             None => None,

@@ -2,9 +2,26 @@
 //! `and not ((f1 c1 v1 and f2 c2 v2) or ...)`, built the way Falco builds it
 //! from text, but directly as syntax so that values need no re-quoting.
 use crate::ast::{Check, Expr, ExprKind, Literal, Op, Rhs};
-use crate::collect::{Entry, ExceptionInfo};
+use crate::diagnostics::Loc;
 use crate::lexer::Cursor;
 use crate::parser;
+
+/// A `fields`, `comps` or `values` entry: a string or a (nested) list.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Entry {
+    Item(String),
+    List(Vec<Entry>),
+}
+
+/// One exception as read, before it becomes a condition.
+#[derive(Clone, Debug)]
+pub(crate) struct ExceptionInfo {
+    pub name: String,
+    pub fields: Option<Entry>,
+    pub comps: Option<Entry>,
+    pub values: Vec<Entry>,
+    pub loc: Loc,
+}
 
 fn item(entry: &Entry) -> Option<&str> {
     match entry {

@@ -71,13 +71,14 @@ mod exceptions;
 mod fields;
 mod lexer;
 mod load;
-mod loader;
 mod matchers;
 mod netset;
 mod output;
 mod parser;
 mod priority;
+mod reader;
 mod ruleset;
+#[cfg(any(test, feature = "test-util"))]
 mod testing;
 mod yaml;
 
@@ -88,6 +89,7 @@ pub use load::{LoadError, Loaded, RuleReport, RuleStatus, Source, check, load};
 pub use parser::ParseError;
 pub use priority::{InvalidPriority, Priority};
 pub use ruleset::{InvalidRuleMatching, Options, Rendered, Rule, RuleId, RuleMatching, Ruleset};
+#[cfg(any(test, feature = "test-util"))]
 pub use testing::{OwnedValue, TestEvent};
 
 /// Checks one condition's syntax only (no macros, lists or fields).

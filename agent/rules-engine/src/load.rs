@@ -9,7 +9,7 @@ use crate::diagnostics::{
     BUILTIN_FILE, Diagnostic, Files, Loc, Location, ScalarLoc, Severity, Sink, Text,
 };
 use crate::eval::type_masks;
-use crate::loader::Reader;
+use crate::reader::Reader;
 use crate::ruleset::{Options, Rule, Ruleset};
 use crate::yaml::Style;
 

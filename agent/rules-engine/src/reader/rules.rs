@@ -7,8 +7,8 @@ use super::{
     Reader,
 };
 use crate::Priority;
-use crate::collect::{Entry, ExceptionInfo, RuleInfo, RuleUpdate, SYSCALL};
-use crate::exceptions;
+use crate::collect::{RuleInfo, RuleUpdate, SYSCALL};
+use crate::exceptions::{self, Entry, ExceptionInfo};
 use crate::yaml::{Kind, Node};
 
 impl Reader<'_> {

@@ -67,6 +67,7 @@ mod compile;
 mod diagnostics;
 mod eval;
 mod event;
+mod evt_types;
 mod exceptions;
 mod fields;
 mod lexer;
@@ -78,6 +79,7 @@ mod parser;
 mod priority;
 mod reader;
 mod ruleset;
+mod source;
 #[cfg(any(test, feature = "test-util"))]
 mod testing;
 mod yaml;
@@ -89,6 +91,7 @@ pub use load::{LoadError, Loaded, RuleReport, RuleStatus, Source, check, load};
 pub use parser::ParseError;
 pub use priority::{InvalidPriority, Priority};
 pub use ruleset::{InvalidRuleMatching, Options, Rendered, Rule, RuleId, RuleMatching, Ruleset};
+pub use source::{MAX_SOURCE_BYTES, MAX_TOTAL_BYTES, ReadError, read_source};
 #[cfg(any(test, feature = "test-util"))]
 pub use testing::{OwnedValue, TestEvent};
 

@@ -47,6 +47,44 @@ pub(crate) struct Compiler<'c, 'f> {
     used: HashSet<String>,
     /// Nodes and values spent so far, against MAX_TOTAL.
     spent: usize,
+    /// Lists whose names the grammar cannot express (`test list`), with
+    /// their items as condition text.
+    odd_lists: Vec<(&'c str, String)>,
+}
+
+/// Characters Falco's textual list substitution treats as name boundaries.
+const LIST_DELIMS: &[char] = &[' ', '\t', '\n', '\r', '(', ')', ',', '='];
+
+/// Falco substitutes list names into the condition text; Egret resolves
+/// names while compiling, except for names the grammar cannot express,
+/// which are substituted as Falco does (positions in errors then refer to
+/// the substituted text).
+fn substitute(text: &str, name: &str, items: &str) -> Option<String> {
+    let mut out = String::new();
+    let mut rest = text;
+    let mut changed = false;
+    while let Some(i) = rest.find(name) {
+        let before = rest.get(..i).unwrap_or("");
+        let after = rest.get(i + name.len()..).unwrap_or("");
+        let bounded = before
+            .chars()
+            .next_back()
+            .is_none_or(|c| LIST_DELIMS.contains(&c))
+            && after
+                .chars()
+                .next()
+                .is_none_or(|c| LIST_DELIMS.contains(&c));
+        out.push_str(before);
+        if bounded {
+            out.push_str(items);
+            changed = true;
+        } else {
+            out.push_str(name);
+        }
+        rest = after;
+    }
+    out.push_str(rest);
+    changed.then_some(out)
 }
 
 /// A field the catalog lacks, and where the rule uses it.
@@ -60,6 +98,7 @@ pub(crate) struct Compiled {
     pub output: Template,
     pub unknown: Vec<Unknown>,
     pub errors: Vec<(Loc, String)>,
+    pub warnings: Vec<(Loc, String)>,
 }
 
 /// A fully quoted list item stands for its unquoted content, as when Falco
@@ -97,6 +136,7 @@ impl<'c, 'f> Compiler<'c, 'f> {
             macros: HashMap::new(),
             used: HashSet::new(),
             spent: 0,
+            odd_lists: Vec::new(),
         };
         for info in &coll.lists.items {
             if !c.lists.contains_key(info.name.as_str()) {
@@ -114,8 +154,28 @@ impl<'c, 'f> Compiler<'c, 'f> {
                 c.lists.insert(&info.name, values);
             }
         }
+        for info in &coll.lists.items {
+            if info.name.contains(LIST_DELIMS) || info.name.contains(['"', '\'']) {
+                let items: Vec<String> = c
+                    .lists
+                    .get(info.name.as_str())
+                    .map(|vs| {
+                        vs.iter()
+                            .map(|v| {
+                                if v.text.contains(' ') {
+                                    format!("\"{}\"", v.text)
+                                } else {
+                                    v.text.clone()
+                                }
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                c.odd_lists.push((&info.name, items.join(", ")));
+            }
+        }
         for info in &coll.macros.items {
-            let ast = match parser::parse(&info.cond.text) {
+            let ast = match c.parse(&info.cond.text) {
                 Ok(ast) => {
                     scan_refs(&ast, &mut c.used);
                     Some(ast)
@@ -238,13 +298,25 @@ impl<'c, 'f> Compiler<'c, 'f> {
         out
     }
 
+    /// Parses a condition, after substituting any oddly named lists.
+    fn parse(&mut self, text: &str) -> Result<Expr, parser::ParseError> {
+        let mut owned: Option<String> = None;
+        for (name, items) in &self.odd_lists {
+            if let Some(new) = substitute(owned.as_deref().unwrap_or(text), name, items) {
+                owned = Some(new);
+                self.used.insert((*name).to_string());
+            }
+        }
+        parser::parse(owned.as_deref().unwrap_or(text))
+    }
+
     pub fn is_used(&self, name: &str) -> bool {
         self.used.contains(name)
     }
 
     /// Records what a rule that will not be compiled refers to.
     pub fn note_refs(&mut self, rule: &RuleInfo) {
-        if let Ok(ast) = parser::parse(&rule.cond.text) {
+        if let Ok(ast) = self.parse(&rule.cond.text) {
             scan_refs(&ast, &mut self.used);
         }
     }
@@ -252,7 +324,8 @@ impl<'c, 'f> Compiler<'c, 'f> {
     pub fn compile_rule(&mut self, rule: &'c RuleInfo) -> Compiled {
         let mut parts = Vec::new();
         let mut errors = Vec::new();
-        let cond = parser::parse(&rule.cond.text)
+        let cond = self
+            .parse(&rule.cond.text)
             .map_err(|e| errors.push((rule.cond.locate(e.offset, self.files), e.message)))
             .ok();
         let exceptions: Vec<(String, Loc, Option<Expr>)> = rule
@@ -277,6 +350,7 @@ impl<'c, 'f> Compiler<'c, 'f> {
             unknown: Vec::new(),
             errors,
             stack: Vec::new(),
+            warnings: Vec::new(),
             size: 0,
             nodes: 0,
             reported_size: false,
@@ -322,15 +396,48 @@ impl<'c, 'f> Compiler<'c, 'f> {
                 other => cx.errors.push((at, other.to_string())),
             }
         }
-        let (size, unknown, errors) = (cx.size, cx.unknown, cx.errors);
+        let (size, unknown, errors, warnings) = (cx.size, cx.unknown, cx.errors, cx.warnings);
         self.spent = self.spent.saturating_add(size);
         Compiled {
             node: all(parts),
             output,
             unknown,
             errors,
+            warnings,
         }
     }
+}
+
+/// Falco's warning for a string value that reads like a field or a field
+/// transformer: the rule compares with that text, which is rarely meant.
+fn ambiguity(text: &str) -> Option<String> {
+    let trimmed = text.trim();
+    if let Some((name, arg)) = parser::parse_field(trimmed)
+        && name.contains('.')
+        && fields::lookup(&name, arg.as_deref()).is_ok()
+    {
+        return Some(format!(
+            "'{text}' may be a valid field misused as a const string value"
+        ));
+    }
+    let transformer = parser::TRANSFORMERS
+        .iter()
+        .any(|t| trimmed.starts_with(t) && trimmed.ends_with(')'));
+    transformer.then(|| {
+        format!("'{text}' may be a valid field transformer misused as a const string value")
+    })
+}
+
+/// `toupper(proc.pname)` as a whole value: Falco compares with the
+/// transformed field; Egret has no transformers, and refuses it rather than
+/// compare with the text.
+fn transformer_value(text: &str) -> Option<String> {
+    let t = parser::TRANSFORMERS.iter().find(|t| text.starts_with(*t))?;
+    let inner = text.get(t.len()..)?.strip_suffix(')')?;
+    parser::parse_field(inner).filter(|_| !inner.starts_with(' '))?;
+    Some(format!(
+        "field transformer '{t})' in the value '{text}' is not supported by Egret"
+    ))
 }
 
 /// Every macro name a condition refers to, with its offset.
@@ -368,6 +475,7 @@ struct Cx<'a, 'c, 'f> {
     unknown: Vec<Unknown>,
     errors: Vec<(Loc, String)>,
     stack: Vec<&'a str>,
+    warnings: Vec<(Loc, String)>,
     size: usize,
     nodes: usize,
     reported_size: bool,
@@ -402,13 +510,16 @@ impl<'a> Cx<'a, '_, '_> {
         };
         for text in names {
             let Some((name, arg)) = parser::parse_field(text) else {
-                self.errors.push((
-                    ex.loc,
-                    format!(
-                        "exception '{}': '{text}' is not a valid field name",
-                        ex.name
-                    ),
-                ));
+                let transformer = parser::TRANSFORMERS
+                    .iter()
+                    .any(|t| text.trim().starts_with(t));
+                let why = if transformer {
+                    "field transformers are not supported by Egret"
+                } else {
+                    "not a valid field name"
+                };
+                self.errors
+                    .push((ex.loc, format!("exception '{}': '{text}': {why}", ex.name)));
                 continue;
             };
             match fields::lookup(&name, arg.as_deref()) {
@@ -559,8 +670,51 @@ impl<'a> Cx<'a, '_, '_> {
             });
             wheres.push(at);
         };
+        let literals: &[crate::ast::Literal] = match &check.rhs {
+            Rhs::Value(lit) => std::slice::from_ref(lit),
+            Rhs::List(items) => items,
+            Rhs::None => &[],
+        };
+        if field.kind == fields::Kind::Str {
+            for lit in literals {
+                if let Some(error) = transformer_value(&lit.text) {
+                    let at = self.locate(scope, lit.pos);
+                    self.errors.push((at, error));
+                    return Node::Const(false);
+                }
+                if let Some(warning) = ambiguity(&lit.text) {
+                    let at = self.locate(scope, lit.pos);
+                    self.warnings.push((at, warning));
+                }
+            }
+        }
         match &check.rhs {
             Rhs::None => {}
+            // Falco pastes list items over a bare list name anywhere, so
+            // `proc.name = one_item_list` compares with that item; more
+            // items there make Falco's condition a syntax error.
+            Rhs::Value(lit) if !lit.quoted && self.comp.lists.contains_key(lit.text.as_str()) => {
+                let values = self
+                    .comp
+                    .lists
+                    .get(lit.text.as_str())
+                    .map_or(&[][..], |v| v);
+                match values {
+                    [one] => push(&one.text, Err(one.loc)),
+                    _ => {
+                        let at = self.locate(scope, lit.pos);
+                        self.errors.push((
+                            at,
+                            format!(
+                                "list '{}' has {} items where one value is expected (use 'in')",
+                                lit.text,
+                                values.len()
+                            ),
+                        ));
+                        return Node::Const(false);
+                    }
+                }
+            }
             Rhs::Value(lit) => push(&lit.text, Ok(lit.pos)),
             Rhs::List(items) => {
                 for lit in items {

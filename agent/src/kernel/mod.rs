@@ -5,6 +5,7 @@
 //! Egret program attached.
 pub mod cgroup;
 mod ignore;
+pub mod quarantine;
 pub mod tracefs;
 
 use std::{fs::File, path::Path};
@@ -157,6 +158,7 @@ impl KernelProbes {
                 source: Box::new(source),
             })?;
         }
+        Self::load_quarantine(&mut ebpf)?;
         let tracepoints = TRACEPOINTS
             .iter()
             .chain(ARGV_TRACEPOINTS.iter().filter(|_| captures_argv));

@@ -3,7 +3,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use egret_common::{
     AF_INET, AF_INET6, EXEC_FLAG_ARGS_TRUNCATED, EXEC_FLAG_NO_ARGS, EgressEvent, ExecEvent,
-    FLAG_V4_MAPPED, Hook, RecordKind,
+    FLAG_PACKET, FLAG_V4_MAPPED, Hook, RecordKind,
 };
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -129,6 +129,26 @@ pub struct EgressAttempt {
     pub dport: u16,
     /// The program asked for `::ffff:a.b.c.d`; `daddr` holds the IPv4 address.
     pub v4_mapped: bool,
+    /// Set when a quarantine denied the attempt (`egret.action` = blocked).
+    pub blocked: Option<Blocked>,
+}
+
+/// What a quarantine's programs denied.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Blocked {
+    /// Kernel slot of the quarantine (the agent maps it to the quarantine id).
+    pub slot: u32,
+    /// A dropped packet (ICMP, raw, existing flow) rather than a refused call;
+    /// process fields are then 0.
+    pub packet: bool,
+}
+
+/// `egret.action`: what happened to the attempt.
+pub fn action_name(blocked: Option<Blocked>) -> &'static str {
+    match blocked {
+        Some(_) => "blocked",
+        None => "observed",
+    }
 }
 
 impl EgressAttempt {
@@ -167,6 +187,9 @@ pub fn decode(record: &[u8], wall_offset_ns: i64) -> Result<Record, DecodeError>
     let kind = *record.first().ok_or(DecodeError::Truncated(0))?;
     match kind {
         k if k == RecordKind::Egress as u8 => {
+            decode_egress(record, wall_offset_ns).map(Record::Egress)
+        }
+        k if k == RecordKind::Blocked as u8 => {
             decode_egress(record, wall_offset_ns).map(Record::Egress)
         }
         k if k == RecordKind::Exec as u8 => decode_exec(record).map(Record::Exec),
@@ -241,6 +264,10 @@ fn decode_egress(record: &[u8], wall_offset_ns: i64) -> Result<EgressAttempt, De
         daddr,
         dport: raw.dport,
         v4_mapped: raw.flags & FLAG_V4_MAPPED != 0,
+        blocked: (raw.kind == RecordKind::Blocked as u8).then_some(Blocked {
+            slot: raw.quarantine,
+            packet: raw.flags & FLAG_PACKET != 0,
+        }),
     })
 }
 
@@ -281,7 +308,7 @@ mod tests {
             mono_ns: 5_000,
             exec_id: 4_000,
             ppid: 1,
-            _pad1: 0,
+            quarantine: 0,
             cgroup_id: 77,
             netns_cookie: 4096,
             socket_cookie: 9,
@@ -329,6 +356,29 @@ mod tests {
             (event.tgid, event.tid, event.uid, event.gid),
             (100, 101, 1000, 1001)
         );
+    }
+
+    #[test]
+    fn blocked_records_carry_their_quarantine() {
+        let event = egress(decode(&bytes(&raw_event()), 0));
+        assert_eq!((event.blocked, action_name(event.blocked)), (None, "observed"));
+        let mut raw = raw_event();
+        raw.kind = RecordKind::Blocked as u8;
+        raw.quarantine = 3;
+        let event = egress(decode(&bytes(&raw), 0));
+        assert_eq!(
+            event.blocked,
+            Some(Blocked {
+                slot: 3,
+                packet: false
+            })
+        );
+        assert_eq!(action_name(event.blocked), "blocked");
+        raw.flags = FLAG_PACKET;
+        raw.protocol = 1;
+        let event = egress(decode(&bytes(&raw), 0));
+        assert!(event.blocked.is_some_and(|b| b.packet));
+        assert_eq!(event.l4proto, L4Proto::Icmp);
     }
 
     #[test]

@@ -80,7 +80,7 @@ fn current_target() -> Option<QuarantineTarget> {
             return None;
         }
         // SAFETY: map value read during the program.
-        if let Some(target) = unsafe { QUARANTINE_TARGETS.get(&id) } {
+        if let Some(target) = unsafe { QUARANTINE_TARGETS.get(id) } {
             return Some(*target);
         }
     }
@@ -97,7 +97,7 @@ fn skb_target(skb: *mut __sk_buff) -> Option<QuarantineTarget> {
             return None;
         }
         // SAFETY: map value read during the program.
-        if let Some(target) = unsafe { QUARANTINE_TARGETS.get(&id) } {
+        if let Some(target) = unsafe { QUARANTINE_TARGETS.get(id) } {
             return Some(*target);
         }
     }
@@ -233,7 +233,11 @@ fn try_egress(ctx: &SkBuffContext) -> Option<i32> {
     let target = skb_target(skb)?;
     let counters = counters(target.slot)?;
     // SAFETY: context pointer; plain __sk_buff field read.
-    let proto = u32::from_be(unsafe { core::ptr::read_volatile(&raw const (*skb).protocol) });
+    // skb->protocol is a __be16, widened to u32 in the UAPI context.
+    let proto =
+        u32::from(u16::from_be(
+            unsafe { core::ptr::read_volatile(&raw const (*skb).protocol) } as u16,
+        ));
     let mut mapped = [0u8; 16];
     let (family, ip_proto) = if proto == ETH_P_IP {
         // cgroup_skb data starts at the network header.

@@ -3,6 +3,7 @@
 pub mod agent;
 pub mod cgroup;
 pub mod containerd;
+pub mod control;
 pub mod netns;
 pub mod prometheus;
 

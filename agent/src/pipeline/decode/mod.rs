@@ -361,7 +361,10 @@ mod tests {
     #[test]
     fn blocked_records_carry_their_quarantine() {
         let event = egress(decode(&bytes(&raw_event()), 0));
-        assert_eq!((event.blocked, action_name(event.blocked)), (None, "observed"));
+        assert_eq!(
+            (event.blocked, action_name(event.blocked)),
+            (None, "observed")
+        );
         let mut raw = raw_event();
         raw.kind = RecordKind::Blocked as u8;
         raw.quarantine = 3;

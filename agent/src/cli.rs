@@ -136,6 +136,11 @@ pub struct RunArgs {
     /// [default: /var/lib/egret/quarantines.json].
     #[arg(long, value_name = "FILE")]
     pub quarantine_state: Option<PathBuf>,
+
+    /// Quarantine list to apply (a mounted ConfigMap key, re-read every
+    /// second); needs the control API.
+    #[arg(long, value_name = "FILE")]
+    pub quarantine_file: Option<PathBuf>,
 }
 
 fn parse_cidr(raw: &str) -> Result<IpNet, String> {

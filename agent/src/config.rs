@@ -61,6 +61,9 @@ pub struct ControlConfig {
     pub token_file: Option<PathBuf>,
     /// Persisted quarantines, re-applied at start before readiness.
     pub state_file: PathBuf,
+    /// A quarantine list (a mounted ConfigMap key), applied for the targets
+    /// that run on this node; re-read every second.
+    pub quarantine_file: Option<PathBuf>,
 }
 
 impl Default for ControlConfig {
@@ -69,6 +72,7 @@ impl Default for ControlConfig {
             listen: None,
             token_file: None,
             state_file: PathBuf::from("/var/lib/egret/quarantines.json"),
+            quarantine_file: None,
         }
     }
 }
@@ -264,6 +268,9 @@ impl Config {
         }
         if let Some(path) = args.quarantine_state {
             config.control.state_file = path;
+        }
+        if args.quarantine_file.is_some() {
+            config.control.quarantine_file = args.quarantine_file;
         }
         config.check_control("command line")?;
         Ok(config)

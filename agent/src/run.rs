@@ -111,9 +111,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             "no syscall tracepoints: command lines come from /proc and may be missed for short-lived processes"
         );
     }
-    let quarantine_maps = match config.control.listen {
-        Some(_) => Some(probes.take_quarantine_maps()?),
-        None => None,
+    let quarantines_on =
+        config.control.listen.is_some() || config.control.quarantine_file.is_some();
+    let quarantine_maps = if quarantines_on {
+        Some(probes.take_quarantine_maps()?)
+    } else {
+        None
     };
     let probes = Arc::new(std::sync::Mutex::new(probes));
     let reader = probes.clone();
@@ -131,9 +134,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let reload_task = tokio::spawn(reloader.run(shutdown.clone()));
     // Quarantines are re-applied before readiness, so a restarted agent is
     // never ready while a workload it had cut off is open again.
-    let control = match quarantine_maps {
+    let quarantines = match quarantine_maps {
         Some(maps) => Some(
-            start_control(
+            crate::quarantine::start(
                 &config,
                 &cgroup_path,
                 probes.clone(),
@@ -242,10 +245,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     if let Some(task) = health {
         join("http", task).await?.context("serving HTTP")?;
     }
-    if let Some((api, ticker)) = control {
-        join("control", api)
-            .await?
-            .context("serving the control API")?;
+    if let Some((api, ticker)) = quarantines {
+        if let Some(api) = api {
+            join("control", api)
+                .await?
+                .context("serving the control API")?;
+        }
         join("quarantine ticker", ticker).await?;
     }
     log_totals(
@@ -291,61 +296,6 @@ async fn serve_http(
         router,
         shutdown.clone(),
     )))
-}
-
-/// Builds the quarantine manager, re-applies persisted quarantines, and
-/// serves the control API; returns the API and expiry tasks.
-async fn start_control(
-    config: &Config,
-    cgroup_path: &std::path::Path,
-    probes: Arc<std::sync::Mutex<KernelProbes>>,
-    maps: crate::kernel::quarantine::QuarantineMaps,
-    containerd: Option<Arc<crate::identity::containerd::ContainerdMetadata>>,
-    metrics: &Arc<Metrics>,
-    shutdown: &CancellationToken,
-) -> anyhow::Result<(JoinHandle<std::io::Result<()>>, JoinHandle<()>)> {
-    use crate::quarantine::{Manager, api, target::TargetResolver};
-    let (Some(addr), Some(token_file)) = (config.control.listen, &config.control.token_file) else {
-        anyhow::bail!("control.listen needs control.token_file");
-    };
-    let token = api::Token::from_file(token_file)
-        .with_context(|| format!("reading the control token {}", token_file.display()))?;
-    let mount = cgroup::cgroup2_root()?;
-    let resolver = TargetResolver::new(mount, cgroup_path.to_path_buf(), containerd);
-    let manager = Arc::new(Manager::new(
-        probes,
-        maps,
-        resolver,
-        Some(config.control.state_file.clone()),
-        Some(metrics.clone()),
-    ));
-    let restored = manager.restore().context("restoring quarantines")?;
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("control API: listening on {addr}"))?;
-    let bound = listener.local_addr().context("reading bound address")?;
-    tracing::info!(%bound, restored, "serving the quarantine control API");
-    let api_task = tokio::spawn(api::serve(
-        listener,
-        api::router(manager.clone(), token),
-        shutdown.clone(),
-    ));
-    let ticker_shutdown = shutdown.clone();
-    let ticker = tokio::spawn(async move {
-        let mut every = tokio::time::interval(Duration::from_secs(1));
-        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = ticker_shutdown.cancelled() => break,
-                _ = every.tick() => {
-                    let manager = manager.clone();
-                    // Cgroup walks and map reads: off the async workers.
-                    let _ = tokio::task::spawn_blocking(move || manager.tick()).await;
-                }
-            }
-        }
-    });
-    Ok((api_task, ticker))
 }
 
 /// Alert `hostname`: configured, else the node name Kubernetes passes in

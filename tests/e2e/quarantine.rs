@@ -23,7 +23,7 @@ const CTR_B: &str = "b1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7
 const TOKEN: &str = "test-token-0123456789abcdef";
 
 struct Setup {
-    _dir: TempDir,
+    dir: TempDir,
     cgroup: TestCgroup,
     ns: NetNs,
     _listener: Listener,
@@ -58,7 +58,7 @@ impl Setup {
             dir.0.join("state/quarantines.json").display().to_string(),
         ];
         Setup {
-            _dir: dir,
+            dir,
             cgroup,
             ns,
             _listener: listener,
@@ -281,5 +281,73 @@ fn quarantine_refuses_the_host_scope() {
     );
     assert_eq!(status, 404, "{body}");
     assert!(setup.control.ids().is_empty());
+    assert!(agent.terminate().success());
+}
+
+/// Writes `text` as the kubelet publishes a ConfigMap: a fresh timestamped
+/// directory, then an atomic swap of the `..data` symlink.
+fn publish(dir: &std::path::Path, generation: u32, text: &str) {
+    let data = dir.join(format!("..gen_{generation}"));
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join("quarantines.yaml"), text).unwrap();
+    let tmp = dir.join("..data_tmp");
+    let _ = std::fs::remove_file(&tmp);
+    std::os::unix::fs::symlink(format!("..gen_{generation}"), &tmp).unwrap();
+    std::fs::rename(&tmp, dir.join("..data")).unwrap();
+    let link = dir.join("quarantines.yaml");
+    if std::fs::symlink_metadata(&link).is_err() {
+        std::os::unix::fs::symlink("..data/quarantines.yaml", &link).unwrap();
+    }
+}
+
+#[test]
+fn quarantine_list_file_applies_through_symlink_swaps() {
+    if !privileged("quarantine_list_file_applies_through_symlink_swaps") {
+        return;
+    }
+    let mut setup = Setup::new("list");
+    let list_dir = setup.dir.0.join("configmap");
+    std::fs::create_dir_all(&list_dir).unwrap();
+    publish(&list_dir, 1, "quarantines: []\n");
+    setup.args.extend([
+        "--quarantine-file".to_owned(),
+        list_dir.join("quarantines.yaml").display().to_string(),
+    ]);
+    let a = Workload::new(setup.cgroup.path(), &format!("kubepods/pod{POD_A}/{CTR_A}"));
+    let b = Workload::new(setup.cgroup.path(), &format!("kubepods/pod{POD_B}/{CTR_B}"));
+    let ns = &setup.ns;
+    let mut agent = setup.agent();
+    assert_eq!(probe_in(a.path(), ns, "tcp", &server(7000)), "ok");
+
+    // Entries for pods on other nodes are ignored; ours is applied.
+    publish(
+        &list_dir,
+        2,
+        &format!(
+            "quarantines:\n  - target: {{pod_uid: 00000000-0000-4000-8000-00000000abcd}}\n  - target: {{pod_uid: {POD_A}}}\n    reason: SOAR case 4711\n"
+        ),
+    );
+    eventually("quarantine from the list", Duration::from_secs(10), || {
+        probe_in(a.path(), ns, "tcp", &server(7000)) == eperm()
+    });
+    assert_eq!(probe_in(b.path(), ns, "tcp", &server(7000)), "ok");
+    let (_, list) = setup.control.call("GET", "/v1/quarantines", None);
+    let entries = list["quarantines"].as_array().unwrap();
+    assert_eq!(entries.len(), 1, "{list}");
+    assert!(
+        entries[0]["requested_by"]
+            .as_str()
+            .unwrap()
+            .starts_with("file:")
+    );
+
+    // A broken list changes nothing; removing the entry lifts it.
+    publish(&list_dir, 3, "quarantines: [{target: {colour: red}}]\n");
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(probe_in(a.path(), ns, "tcp", &server(7000)), eperm());
+    publish(&list_dir, 4, "quarantines: []\n");
+    eventually("lifted by the list", Duration::from_secs(10), || {
+        probe_in(a.path(), ns, "tcp", &server(7000)) == "ok"
+    });
     assert!(agent.terminate().success());
 }

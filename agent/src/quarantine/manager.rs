@@ -196,14 +196,14 @@ impl Manager {
         inner.entries.values().map(|e| inner.view(e)).collect()
     }
 
-    /// Ids of the quarantines whose target is `target` (for the file source).
-    pub fn ids_for(&self, target: &TargetSpec) -> Vec<String> {
+    /// (id, target) of the quarantines one source asked for.
+    pub fn by_requester(&self, requester: &str) -> Vec<(String, TargetSpec)> {
         let inner = self.lock();
         inner
             .entries
             .values()
-            .filter(|e| &e.record.target == target)
-            .map(|e| e.record.id.clone())
+            .filter(|e| e.record.requested_by == requester)
+            .map(|e| (e.record.id.clone(), e.record.target.clone()))
             .collect()
     }
 

@@ -13,4 +13,5 @@ pub mod pipeline;
 pub mod quarantine;
 pub mod ruleset;
 pub mod run;
+pub mod sync;
 pub mod timefmt;

@@ -1,17 +1,24 @@
 //! The quarantine programs' side of the kernel: attaching the enforcing
 //! programs to one cgroup directory and filling their maps.
 //!
-//! Each quarantine owns its bpf_links; dropping [`QuarantineLinks`] detaches
-//! them, so lifting a quarantine, or the agent exiting for any reason,
-//! leaves nothing attached (fail-open: see docs/quarantine.md).
-use std::{fs::File, os::unix::fs::MetadataExt as _, path::Path};
+//! [`QuarantinePrograms`] holds its own references to the loaded programs,
+//! so quarantines are attached and lifted while the pipeline owns the rest
+//! of the object. Each quarantine owns its bpf_links; dropping
+//! [`QuarantineLinks`] detaches them, so lifting a quarantine, or the agent
+//! exiting for any reason, leaves nothing attached (fail-open: see
+//! docs/quarantine.md).
+use std::{
+    fs::File,
+    os::{
+        fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+        unix::fs::MetadataExt as _,
+    },
+    path::Path,
+};
 
 use aya::{
     maps::{HashMap as BpfHashMap, MapData, PerCpuArray, lpm_trie::LpmTrie},
-    programs::{
-        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr,
-        cgroup_skb::CgroupSkbLink, cgroup_sock_addr::CgroupSockAddrLink,
-    },
+    programs::{CgroupSkb, CgroupSockAddr, ProgramFd},
 };
 use egret_common::{
     QUARANTINE_ALLOW_MAP, QUARANTINE_COUNTERS_MAP, QUARANTINE_SLOTS, QUARANTINE_STOP_EXISTING,
@@ -21,34 +28,36 @@ use ipnet::IpNet;
 
 use super::{KernelError, KernelProbes, permission_hint, program};
 
-/// The enforcing sock_addr programs.
-pub const SOCK_ADDR_PROGRAMS: [&str; 4] = [
-    "egret_q_connect4",
-    "egret_q_connect6",
-    "egret_q_sendmsg4",
-    "egret_q_sendmsg6",
+// `enum bpf_attach_type` values (include/uapi/linux/bpf.h).
+const BPF_CGROUP_INET_EGRESS: u32 = 1;
+const BPF_CGROUP_INET4_CONNECT: u32 = 10;
+const BPF_CGROUP_INET6_CONNECT: u32 = 11;
+const BPF_CGROUP_UDP4_SENDMSG: u32 = 14;
+const BPF_CGROUP_UDP6_SENDMSG: u32 = 15;
+/// `enum bpf_cmd`: BPF_LINK_CREATE.
+const BPF_LINK_CREATE: libc::c_long = 28;
+
+/// The enforcing sock_addr programs and their attach types.
+pub const SOCK_ADDR_PROGRAMS: [(&str, u32); 4] = [
+    ("egret_q_connect4", BPF_CGROUP_INET4_CONNECT),
+    ("egret_q_connect6", BPF_CGROUP_INET6_CONNECT),
+    ("egret_q_sendmsg4", BPF_CGROUP_UDP4_SENDMSG),
+    ("egret_q_sendmsg6", BPF_CGROUP_UDP6_SENDMSG),
 ];
 /// The enforcing packet program.
 pub const EGRESS_PROGRAM: &str = "egret_q_egress";
 
-/// A quarantine's attachments; dropping it detaches them.
+/// A quarantine's attachments; dropping it closes (detaches) them.
+#[derive(Debug)]
 pub struct QuarantineLinks {
-    sock_addr: Vec<CgroupSockAddrLink>,
-    egress: Option<CgroupSkbLink>,
+    _links: Vec<OwnedFd>,
     /// Cgroup id (inode) of the directory they are attached to.
     pub cgroup_id: u64,
 }
 
-impl std::fmt::Debug for QuarantineLinks {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("QuarantineLinks")
-            .field("cgroup_id", &self.cgroup_id)
-            .field(
-                "links",
-                &(self.sock_addr.len() + usize::from(self.egress.is_some())),
-            )
-            .finish()
-    }
+/// The loaded enforcing programs (their own fds).
+pub struct QuarantinePrograms {
+    programs: Vec<(&'static str, u32, ProgramFd)>,
 }
 
 /// The maps the enforcing programs read.
@@ -61,7 +70,7 @@ pub struct QuarantineMaps {
 impl KernelProbes {
     /// Loads the enforcing programs (called from [`KernelProbes::load`]).
     pub(super) fn load_quarantine(ebpf: &mut aya::Ebpf) -> Result<(), KernelError> {
-        for name in SOCK_ADDR_PROGRAMS {
+        for (name, _) in SOCK_ADDR_PROGRAMS {
             let program: &mut CgroupSockAddr = program(ebpf, name)?;
             program.load().map_err(|source| KernelError::Program {
                 name,
@@ -77,8 +86,36 @@ impl KernelProbes {
         })
     }
 
-    /// The quarantine maps; can be taken once.
-    pub fn take_quarantine_maps(&mut self) -> Result<QuarantineMaps, KernelError> {
+    /// The enforcing programs and their maps; can be taken once.
+    pub fn take_quarantine(&mut self) -> Result<(QuarantinePrograms, QuarantineMaps), KernelError> {
+        let fd_err = |name: &'static str| {
+            move |source: aya::programs::ProgramError| KernelError::Program {
+                name,
+                hint: "",
+                source: Box::new(source),
+            }
+        };
+        let clone_err = |name: &'static str| {
+            move |err: std::io::Error| KernelError::Program {
+                name,
+                hint: "",
+                source: Box::new(aya::programs::ProgramError::IOError(err)),
+            }
+        };
+        let mut programs = Vec::with_capacity(SOCK_ADDR_PROGRAMS.len() + 1);
+        for (name, attach_type) in SOCK_ADDR_PROGRAMS {
+            let program: &mut CgroupSockAddr = program(&mut self.ebpf, name)?;
+            let fd = program.fd().map_err(fd_err(name))?;
+            programs.push((name, attach_type, fd.try_clone().map_err(clone_err(name))?));
+        }
+        let egress: &mut CgroupSkb = program(&mut self.ebpf, EGRESS_PROGRAM)?;
+        let fd = egress.fd().map_err(fd_err(EGRESS_PROGRAM))?;
+        programs.push((
+            EGRESS_PROGRAM,
+            BPF_CGROUP_INET_EGRESS,
+            fd.try_clone().map_err(clone_err(EGRESS_PROGRAM))?,
+        ));
+
         let mut take = |name: &'static str| {
             self.ebpf
                 .take_map(name)
@@ -88,16 +125,21 @@ impl KernelProbes {
         let targets = take(QUARANTINE_TARGETS_MAP)?;
         let allow = take(QUARANTINE_ALLOW_MAP)?;
         let counters = take(QUARANTINE_COUNTERS_MAP)?;
-        Ok(QuarantineMaps {
+        let maps = QuarantineMaps {
             targets: BpfHashMap::try_from(targets).map_err(map_err(QUARANTINE_TARGETS_MAP))?,
             allow: LpmTrie::try_from(allow).map_err(map_err(QUARANTINE_ALLOW_MAP))?,
             counters: PerCpuArray::try_from(counters).map_err(map_err(QUARANTINE_COUNTERS_MAP))?,
-        })
+        };
+        Ok((QuarantinePrograms { programs }, maps))
     }
+}
 
-    /// Attaches the enforcing programs to the cgroup directory `dir` (never
-    /// call this for a cgroup you are not prepared to cut off).
-    pub fn attach_quarantine(&mut self, dir: &Path) -> Result<QuarantineLinks, KernelError> {
+impl QuarantinePrograms {
+    /// Attaches the enforcing programs to the cgroup directory `dir` through
+    /// bpf_link (stacking with every other program there, like the
+    /// monitors' links). Never call this for a cgroup you are not prepared
+    /// to cut off.
+    pub fn attach(&self, dir: &Path) -> Result<QuarantineLinks, KernelError> {
         let path = dir.display().to_string();
         let open = File::open(dir).map_err(|source| KernelError::OpenCgroup {
             path: path.clone(),
@@ -110,38 +152,50 @@ impl KernelProbes {
                 source,
             })?
             .ino();
-        let attach_err = |name: &'static str| {
-            let path = path.clone();
-            move |source: aya::programs::ProgramError| KernelError::Attach {
-                name,
-                path,
-                hint: permission_hint(&source),
-                source: Box::new(source),
-            }
-        };
-        // Links are collected as they are made so a failure half-way drops
+        // Collected as they are made, so a failure half-way closes
         // (detaches) the ones already attached.
-        let mut links = QuarantineLinks {
-            sock_addr: Vec::with_capacity(SOCK_ADDR_PROGRAMS.len()),
-            egress: None,
-            cgroup_id,
-        };
-        for name in SOCK_ADDR_PROGRAMS {
-            let program: &mut CgroupSockAddr = program(&mut self.ebpf, name)?;
-            let id = program
-                .attach(&open, CgroupAttachMode::Single)
-                .map_err(attach_err(name))?;
-            links
-                .sock_addr
-                .push(program.take_link(id).map_err(attach_err(name))?);
+        let mut links = Vec::with_capacity(self.programs.len());
+        for (name, attach_type, fd) in &self.programs {
+            let link = link_create(fd, &open, *attach_type).map_err(|source| {
+                KernelError::QuarantineAttach {
+                    name,
+                    path: path.clone(),
+                    source,
+                }
+            })?;
+            links.push(link);
         }
-        let egress: &mut CgroupSkb = program(&mut self.ebpf, EGRESS_PROGRAM)?;
-        let id = egress
-            .attach(&open, CgroupSkbAttachType::Egress, CgroupAttachMode::Single)
-            .map_err(attach_err(EGRESS_PROGRAM))?;
-        links.egress = Some(egress.take_link(id).map_err(attach_err(EGRESS_PROGRAM))?);
-        Ok(links)
+        Ok(QuarantineLinks {
+            _links: links,
+            cgroup_id,
+        })
     }
+}
+
+/// BPF_LINK_CREATE for a cgroup program: the link fd; closing it detaches.
+fn link_create(program: &ProgramFd, cgroup: &File, attach_type: u32) -> std::io::Result<OwnedFd> {
+    use std::os::fd::AsFd as _;
+    // union bpf_attr's link_create: prog_fd, target_fd, attach_type, flags,
+    // then per-type fields this attach leaves zero.
+    let mut attr = [0u32; 32];
+    attr[0] = program.as_fd().as_raw_fd() as u32;
+    attr[1] = cgroup.as_raw_fd() as u32;
+    attr[2] = attach_type;
+    // SAFETY: bpf(2) with a zeroed, correctly sized attr; the fds are live
+    // for the call, and the returned fd is owned below.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_LINK_CREATE,
+            attr.as_mut_ptr(),
+            std::mem::size_of_val(&attr),
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: a fresh fd the kernel just returned to us.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
 impl QuarantineMaps {

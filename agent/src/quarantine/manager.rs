@@ -15,8 +15,8 @@ use super::{
 };
 use crate::{
     kernel::{
-        KernelError, KernelProbes,
-        quarantine::{QuarantineLinks, QuarantineMaps},
+        KernelError,
+        quarantine::{QuarantineLinks, QuarantineMaps, QuarantinePrograms},
     },
     metrics::Metrics,
 };
@@ -80,7 +80,7 @@ struct Entry {
 }
 
 struct Inner {
-    probes: Arc<Mutex<KernelProbes>>,
+    programs: QuarantinePrograms,
     maps: QuarantineMaps,
     resolver: TargetResolver,
     state_path: Option<PathBuf>,
@@ -94,7 +94,7 @@ pub struct Manager {
 
 impl Manager {
     pub fn new(
-        probes: Arc<Mutex<KernelProbes>>,
+        programs: QuarantinePrograms,
         maps: QuarantineMaps,
         resolver: TargetResolver,
         state_path: Option<PathBuf>,
@@ -102,7 +102,7 @@ impl Manager {
     ) -> Manager {
         Manager {
             inner: Mutex::new(Inner {
-                probes,
+                programs,
                 maps,
                 resolver,
                 state_path,
@@ -274,13 +274,7 @@ impl Inner {
             .ok_or(QuarantineError::Full)?;
         let baseline = self.maps.counters(slot)?;
         // Maps first, then links: the programs act the moment they attach.
-        let links = {
-            let mut probes = self
-                .probes
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
-            probes.attach_quarantine(&resolved.dir)?
-        };
+        let links = self.programs.attach(&resolved.dir)?;
         if let Err(err) = self.maps.enable(
             links.cgroup_id,
             slot,

@@ -16,9 +16,16 @@ use anyhow::Context as _;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::{config::Config, kernel::KernelProbes, metrics::Metrics};
+use crate::{config::Config, metrics::Metrics};
 use file::FileSource;
 use target::TargetResolver;
+
+/// The quarantine tasks; they own the manager, so once both have stopped
+/// (on the shutdown token) every quarantine's links close.
+pub struct Tasks {
+    pub api: Option<JoinHandle<std::io::Result<()>>>,
+    pub ticker: JoinHandle<()>,
+}
 
 /// Builds the quarantine manager, re-applies persisted quarantines, and
 /// serves the control API (when configured); returns the API task and the
@@ -26,12 +33,12 @@ use target::TargetResolver;
 pub async fn start(
     config: &Config,
     cgroup_path: &std::path::Path,
-    probes: Arc<std::sync::Mutex<KernelProbes>>,
+    programs: crate::kernel::quarantine::QuarantinePrograms,
     maps: crate::kernel::quarantine::QuarantineMaps,
     containerd: Option<Arc<crate::identity::containerd::ContainerdMetadata>>,
     metrics: &Arc<Metrics>,
     shutdown: &CancellationToken,
-) -> anyhow::Result<(Option<JoinHandle<std::io::Result<()>>>, JoinHandle<()>)> {
+) -> anyhow::Result<Tasks> {
     let token = match (config.control.listen, &config.control.token_file) {
         (Some(_), Some(file)) => Some(
             api::Token::from_file(file)
@@ -43,7 +50,7 @@ pub async fn start(
     let mount = crate::kernel::cgroup::cgroup2_root()?;
     let resolver = TargetResolver::new(mount, cgroup_path.to_path_buf(), containerd);
     let manager = Arc::new(Manager::new(
-        probes,
+        programs,
         maps,
         resolver,
         Some(config.control.state_file.clone()),
@@ -93,5 +100,8 @@ pub async fn start(
             }
         }
     });
-    Ok((api_task, ticker))
+    Ok(Tasks {
+        api: api_task,
+        ticker,
+    })
 }

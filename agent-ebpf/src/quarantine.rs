@@ -263,8 +263,9 @@ fn try_egress(ctx: &SkBuffContext) -> Option<i32> {
         // which this quarantine lets continue.
         return Some(ALLOW);
     }
-    // SAFETY: this CPU's slot, migration disabled in cgroup hooks.
+    // SAFETY: helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
+    // SAFETY: this CPU's slot, migration disabled in cgroup hooks.
     let emit = unsafe {
         (*counters).dropped_packets += 1;
         let due =

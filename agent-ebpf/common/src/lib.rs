@@ -294,13 +294,20 @@ const _: () = assert!(core::mem::size_of::<QuarantineCounters>() == 48);
 
 #[cfg(feature = "user")]
 mod pod {
-    // SAFETY: plain-old-data, repr(C), no padding bytes left implicit.
+    // SAFETY (each): plain-old-data, repr(C), no padding bytes left
+    // implicit; the size assertions above pin the layout.
+    // SAFETY: as above.
     unsafe impl aya::Pod for super::HookCounters {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for super::EgressEvent {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for super::ProcState {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for super::QuarantineTarget {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for super::QuarantineCounters {}
 }
+
 // `Hook::ALL` lists every counter slot, each at its own index.
 const _: () = {
     let mut slot = 0;

@@ -299,6 +299,9 @@ impl Metrics {
         for result in ["success", "failure"] {
             drop(m.rule_reloads.get_or_create(&[("result", result)]));
         }
+        // Zero from the start, so EgretQuarantineNotEnforced can tell "had
+        // quarantines, then vanished" from "never had any".
+        m.quarantines(0, 0);
         m.register_rest(shared)
     }
 

@@ -7,6 +7,8 @@ mod maps;
 #[cfg(target_arch = "bpf")]
 mod process;
 #[cfg(target_arch = "bpf")]
+mod quarantine;
+#[cfg(target_arch = "bpf")]
 mod sock_addr;
 
 #[cfg(target_arch = "bpf")]

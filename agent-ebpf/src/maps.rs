@@ -1,11 +1,12 @@
 //! Maps shared by every hook family. Names match `egret_common::*_MAP`.
 use aya_ebpf::{
     macros::map,
-    maps::{LpmTrie, LruHashMap, PerCpuArray, RingBuf},
+    maps::{HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use egret_common::{
     DEFAULT_RINGBUF_BYTES, ExecArgs, Hook, HookCounters, IGNORE_MAX_ENTRIES, PROCS_MAX_ENTRIES,
-    ProcState,
+    ProcState, QUARANTINE_ALLOW_MAX_ENTRIES, QUARANTINE_SLOTS, QuarantineCounters,
+    QuarantineTarget,
 };
 
 #[map(name = "EGRET_EVENTS")]
@@ -32,3 +33,17 @@ pub static EXEC_ARGS: LruHashMap<u32, ExecArgs> = LruHashMap::with_max_entries(1
 /// Per-CPU scratch: ExecArgs is too large for the 512-byte BPF stack.
 #[map(name = "EGRET_ARGS_TMP")]
 pub static ARGS_SCRATCH: PerCpuArray<ExecArgs> = PerCpuArray::with_max_entries(1, 0);
+
+/// Quarantined cgroup id → slot and flags (see `quarantine.rs`).
+#[map(name = "EGRET_Q_TARGETS")]
+pub static QUARANTINE_TARGETS: HashMap<u64, QuarantineTarget> =
+    HashMap::with_max_entries(QUARANTINE_SLOTS, 0);
+
+/// Allowed destinations per quarantine slot; the value is unused.
+#[map(name = "EGRET_Q_ALLOW")]
+pub static QUARANTINE_ALLOW: LpmTrie<[u8; 20], u8> =
+    LpmTrie::with_max_entries(QUARANTINE_ALLOW_MAX_ENTRIES, 0);
+
+#[map(name = "EGRET_Q_COUNTERS")]
+pub static QUARANTINE_COUNTERS: PerCpuArray<QuarantineCounters> =
+    PerCpuArray::with_max_entries(QUARANTINE_SLOTS, 0);

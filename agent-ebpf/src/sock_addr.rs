@@ -173,7 +173,7 @@ fn emit(ctx: &SockAddrContext, hook: Hook) -> Outcome {
         mono_ns,
         exec_id,
         ppid,
-        _pad1: 0,
+        quarantine: 0,
         cgroup_id,
         netns_cookie,
         socket_cookie,

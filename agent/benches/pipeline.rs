@@ -273,7 +273,7 @@ fn egress_records(fixture: &Fixture, mix: Mix) -> Vec<Vec<u8>> {
                 mono_ns: 1_000_000 + i as u64 * 1000,
                 exec_id: 5000 + u64::from(p),
                 ppid: 1,
-                _pad1: 0,
+                quarantine: 0,
                 cgroup_id: fixture.cgroup_of(p),
                 netns_cookie: if in_pod && !host_network {
                     POD_NETNS + u64::from(p)

@@ -127,6 +127,25 @@ pub struct RunArgs {
     /// [default: 8388608].
     #[arg(long, value_name = "BYTES", value_parser = parse_ringbuf_bytes)]
     pub ringbuf_bytes: Option<u32>,
+
+    /// Serve the quarantine control API on this address (its own listener,
+    /// never the metrics one); needs --control-token-file.
+    #[arg(long, value_name = "ADDR")]
+    pub control_listen: Option<SocketAddr>,
+
+    /// File holding the control API's bearer token (at least 16 characters).
+    #[arg(long, value_name = "FILE")]
+    pub control_token_file: Option<PathBuf>,
+
+    /// Where quarantines are persisted across restarts
+    /// [default: /var/lib/egret/quarantines.json].
+    #[arg(long, value_name = "FILE")]
+    pub quarantine_state: Option<PathBuf>,
+
+    /// Quarantine list to apply (a mounted ConfigMap key, re-read every
+    /// second); needs the control API.
+    #[arg(long, value_name = "FILE")]
+    pub quarantine_file: Option<PathBuf>,
 }
 
 fn parse_cidr(raw: &str) -> Result<IpNet, String> {

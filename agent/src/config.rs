@@ -47,9 +47,36 @@ pub struct Config {
     pub identity: IdentityConfig,
     pub metrics: MetricsConfig,
     pub webhooks: Vec<EndpointConfig>,
+    pub control: ControlConfig,
     /// `--summary`: where to write the exit totals as JSON. Command line only.
     #[serde(skip)]
     pub summary: Option<PathBuf>,
+}
+
+/// The quarantine control API (docs/quarantine.md).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ControlConfig {
+    /// Its own listener, never the metrics one; unset: no control API.
+    pub listen: Option<SocketAddr>,
+    /// Bearer token file (required with `listen`).
+    pub token_file: Option<PathBuf>,
+    /// Persisted quarantines, re-applied at start before readiness.
+    pub state_file: PathBuf,
+    /// A quarantine list (a mounted ConfigMap key), applied for the targets
+    /// that run on this node; re-read every second.
+    pub quarantine_file: Option<PathBuf>,
+}
+
+impl Default for ControlConfig {
+    fn default() -> Self {
+        ControlConfig {
+            listen: None,
+            token_file: None,
+            state_file: PathBuf::from("/var/lib/egret/quarantines.json"),
+            quarantine_file: None,
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -179,6 +206,7 @@ impl Config {
                 self.audit.max_bytes
             )));
         }
+        self.check_control(name)?;
         let mut names = std::collections::HashSet::new();
         for hook_name in self.webhooks.iter().filter_map(|h| h.name.as_deref()) {
             if !names.insert(hook_name) {
@@ -192,6 +220,21 @@ impl Config {
 }
 
 impl Config {
+    fn check_control(&self, name: &str) -> Result<(), ConfigError> {
+        if self.control.listen.is_some() && self.control.token_file.is_none() {
+            return Err(ConfigError::Invalid(format!(
+                "{name}: control.listen needs control.token_file (--control-token-file): \
+                 the control API never runs unauthenticated"
+            )));
+        }
+        if self.listen.is_some() && self.listen == self.control.listen {
+            return Err(ConfigError::Invalid(format!(
+                "{name}: control.listen must differ from listen (the metrics port)"
+            )));
+        }
+        Ok(())
+    }
+
     /// Config for `egret run`: the file named by `--config` (if any) with
     /// every flag given on the command line applied on top.
     pub fn for_run(args: crate::cli::RunArgs) -> Result<Config, ConfigError> {
@@ -241,6 +284,19 @@ impl Config {
         if args.no_identity {
             config.identity.enabled = false;
         }
+        if args.control_listen.is_some() {
+            config.control.listen = args.control_listen;
+        }
+        if args.control_token_file.is_some() {
+            config.control.token_file = args.control_token_file;
+        }
+        if let Some(path) = args.quarantine_state {
+            config.control.state_file = path;
+        }
+        if args.quarantine_file.is_some() {
+            config.control.quarantine_file = args.quarantine_file;
+        }
+        config.check_control("command line")?;
         Ok(config)
     }
 }

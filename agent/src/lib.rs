@@ -10,6 +10,7 @@ pub mod metrics;
 pub mod numfmt;
 pub mod outputs;
 pub mod pipeline;
+pub mod quarantine;
 pub mod ruleset;
 pub mod run;
 pub mod sync;

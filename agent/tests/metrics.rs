@@ -471,7 +471,7 @@ fn deploy_queries_only_name_exported_metrics() {
             .collect::<Vec<_>>()
     };
     assert_eq!(of(promql::RULES), of(promql::PROMETHEUS_RULE));
-    assert_eq!(of(promql::RULES).len(), 12);
+    assert_eq!(of(promql::RULES).len(), 13);
 }
 
 #[test]

@@ -7,5 +7,6 @@ mod identity;
 mod kernel_counters;
 mod kernel_hooks;
 mod prometheus;
+mod quarantine;
 mod rules;
 mod support;

@@ -16,6 +16,10 @@
 //!                  up; prints `port realtime_ns` per connect (the
 //!                  CLOCK_REALTIME just before connect) once all are done
 //!                  (benchmarks: alert latency). Refusals are expected.
+//!   report-<mode>  tcp, udp-sendto, icmp-raw or icmp-ping: one attempt,
+//!                  prints `ok` or `err <errno>` (quarantine tests check
+//!                  for EPERM); exits 0 either way.
+//!   listen         accept TCP connections on <addr:port> until killed.
 use std::{
     io::{Error, ErrorKind, Result},
     net::{IpAddr, SocketAddr, SocketAddrV6, TcpStream, UdpSocket},
@@ -25,6 +29,16 @@ use std::{
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let result = match args.get(1..) {
+        Some([mode, addr]) if mode.starts_with("report-") => parse(addr).and_then(|addr| {
+            let outcome = report(&mode["report-".len()..], addr);
+            match outcome {
+                Ok(()) => println!("ok"),
+                Err(err) if err.kind() == ErrorKind::InvalidInput => return Err(err),
+                Err(err) => println!("err {}", err.raw_os_error().unwrap_or(-1)),
+            }
+            Ok(())
+        }),
+        Some([mode, addr]) if mode == "listen" => parse(addr).and_then(listen),
         Some([mode, addr]) => parse(addr).and_then(|addr| run(mode, addr)),
         Some([mode, addr, count]) if mode == "connect-loop" => parse(addr).and_then(|addr| {
             let count = count
@@ -92,6 +106,67 @@ fn run(mode: &str, addr: SocketAddr) -> Result<()> {
             format!("unknown mode {other}"),
         )),
     }
+}
+
+fn report(mode: &str, addr: SocketAddr) -> Result<()> {
+    match mode {
+        "tcp" => TcpStream::connect_timeout(&addr, Duration::from_secs(2)).map(drop),
+        "udp-sendto" => run("udp-sendto", addr),
+        "icmp-raw" => icmp_echo(addr, libc::SOCK_RAW),
+        "icmp-ping" => icmp_echo(addr, libc::SOCK_DGRAM),
+        other => Err(Error::new(
+            ErrorKind::InvalidInput,
+            format!("unknown report mode {other}"),
+        )),
+    }
+}
+
+/// One ICMP echo request (IPv4) from a raw or a ping socket.
+fn icmp_echo(addr: SocketAddr, kind: libc::c_int) -> Result<()> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    let IpAddr::V4(v4) = addr.ip() else {
+        return Err(Error::new(ErrorKind::InvalidInput, "icmp needs IPv4"));
+    };
+    // SAFETY: plain socket(2); the fd is owned below.
+    let raw = unsafe { libc::socket(libc::AF_INET, kind | libc::SOCK_CLOEXEC, libc::IPPROTO_ICMP) };
+    if raw < 0 {
+        return Err(Error::last_os_error());
+    }
+    // SAFETY: raw is a fresh fd we own.
+    let socket = unsafe { OwnedFd::from_raw_fd(raw) };
+    // type 8 (echo request), code 0, checksum, id, sequence 1.
+    let mut packet = [8u8, 0, 0, 0, 0x45, 0x67, 0, 1];
+    let sum = packet
+        .chunks(2)
+        .map(|w| u32::from(u16::from_be_bytes([w[0], w[1]])))
+        .sum::<u32>();
+    let sum = !(((sum & 0xffff) + (sum >> 16)) as u16);
+    packet[2..4].copy_from_slice(&sum.to_be_bytes());
+    let (storage, len) = sockaddr(&SocketAddr::new(IpAddr::V4(v4), 0));
+    // SAFETY: valid fd, buffer and sockaddr for the call's duration.
+    let sent = unsafe {
+        libc::sendto(
+            socket.as_raw_fd(),
+            packet.as_ptr().cast(),
+            packet.len(),
+            0,
+            (&raw const storage).cast(),
+            len,
+        )
+    };
+    if sent < 0 {
+        return Err(Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn listen(addr: SocketAddr) -> Result<()> {
+    let listener = std::net::TcpListener::bind(addr)?;
+    println!("listening");
+    for stream in listener.incoming() {
+        drop(stream);
+    }
+    Ok(())
 }
 
 fn unspecified(addr: &SocketAddr) -> SocketAddr {

@@ -100,11 +100,17 @@ impl Hook {
 pub enum RecordKind {
     Egress = 1,
     Exec = 2,
+    /// An [`EgressEvent`] a quarantine denied; `quarantine` names its slot.
+    Blocked = 3,
 }
 
 /// `flags` bit: the destination was an IPv4-mapped IPv6 address
 /// (`::ffff:a.b.c.d`) and is reported as the IPv4 address it is.
 pub const FLAG_V4_MAPPED: u8 = 1 << 0;
+/// `flags` bit of a [`RecordKind::Blocked`] record: a packet dropped by the
+/// cgroup_skb egress program (ICMP, raw, or an existing flow), not a call a
+/// sock_addr hook refused; process fields are then 0 (softirq context).
+pub const FLAG_PACKET: u8 = 1 << 1;
 
 /// One outbound connection attempt, as seen by a cgroup sock_addr hook.
 #[repr(C)]
@@ -135,7 +141,8 @@ pub struct EgressEvent {
     pub exec_id: u64,
     /// Parent tgid from the lifecycle tracker; 0 when unknown.
     pub ppid: u32,
-    pub _pad1: u32,
+    /// [`RecordKind::Blocked`]: the quarantine slot that denied; else 0.
+    pub quarantine: u32,
     pub cgroup_id: u64,
     pub netns_cookie: u64,
     pub socket_cookie: u64,
@@ -143,6 +150,60 @@ pub struct EgressEvent {
     pub daddr: [u8; 16],
     /// Task comm, NUL padded.
     pub comm: [u8; 16],
+}
+
+/// Hash cgroup id → [`QuarantineTarget`]: the cgroups the enforcing
+/// programs are attached to. The programs find their quarantine by looking
+/// up each ancestor of the acting cgroup.
+pub const QUARANTINE_TARGETS_MAP: &str = "EGRET_Q_TARGETS";
+/// LPM trie of allowed destinations per quarantine. Keys are
+/// `{prefix_len: u32, data: [u8; 20]}`: the slot (big-endian u32, always
+/// fully matched: prefix_len = 32 + network prefix) then the address,
+/// IPv4-mapped like [`IGNORE_MAP`].
+pub const QUARANTINE_ALLOW_MAP: &str = "EGRET_Q_ALLOW";
+/// Per-CPU [`QuarantineCounters`], one per slot.
+pub const QUARANTINE_COUNTERS_MAP: &str = "EGRET_Q_COUNTERS";
+/// Most quarantines at once (slots 1..QUARANTINE_SLOTS; 0 means none).
+pub const QUARANTINE_SLOTS: u32 = 256;
+/// Allow-list networks over all quarantines.
+pub const QUARANTINE_ALLOW_MAX_ENTRIES: u32 = 4096;
+/// Deepest cgroup level the programs search for a quarantined ancestor.
+pub const QUARANTINE_MAX_LEVEL: i32 = 32;
+/// Blocked-packet events per slot per CPU are at most one per this many
+/// nanoseconds, so a flood from a quarantined workload cannot crowd the ring
+/// buffer (drops are still all counted).
+pub const QUARANTINE_PACKET_EVENT_GAP_NS: u64 = 10_000_000;
+
+/// [`QuarantineTarget::flags`] bit: the cgroup_skb program drops every
+/// non-allowed packet, stopping flows that were open before the quarantine
+/// (without it, only ICMP, raw and other non-TCP/UDP sockets are dropped).
+pub const QUARANTINE_STOP_EXISTING: u32 = 1 << 0;
+
+/// Value of [`QUARANTINE_TARGETS_MAP`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct QuarantineTarget {
+    /// 1..[`QUARANTINE_SLOTS`].
+    pub slot: u32,
+    pub flags: u32,
+}
+
+/// Value of [`QUARANTINE_COUNTERS_MAP`], summed across CPUs by the agent.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct QuarantineCounters {
+    /// connect() calls refused with EPERM.
+    pub blocked_connects: u64,
+    /// UDP sends to a named destination refused with EPERM.
+    pub blocked_sends: u64,
+    /// Packets the egress program dropped.
+    pub dropped_packets: u64,
+    /// Attempts let through because the destination is allow-listed.
+    pub allowed: u64,
+    /// Blocked records lost because the ring buffer was full.
+    pub ringbuf_full: u64,
+    /// Time of the last blocked-packet event (rate limit, not a count).
+    pub last_packet_event_ns: u64,
 }
 
 /// Per-hook counters, summed across CPUs by the agent.
@@ -228,6 +289,8 @@ const _: () = assert!(core::mem::size_of::<ExecEvent>() == 1600);
 const _: () = assert!(EXEC_ARGS_BYTES.is_power_of_two());
 const _: () = assert!(core::mem::align_of::<EgressEvent>() == 8);
 const _: () = assert!(core::mem::size_of::<HookCounters>() == 40);
+const _: () = assert!(core::mem::size_of::<QuarantineTarget>() == 8);
+const _: () = assert!(core::mem::size_of::<QuarantineCounters>() == 48);
 
 #[cfg(feature = "user")]
 mod pod {
@@ -239,6 +302,10 @@ mod pod {
     unsafe impl aya::Pod for super::EgressEvent {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::ProcState {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::QuarantineTarget {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::QuarantineCounters {}
 }
 
 // `Hook::ALL` lists every counter slot, each at its own index.

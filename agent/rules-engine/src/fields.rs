@@ -80,10 +80,13 @@ pub enum FieldId {
     CgroupId,
     /// `egret.netns_cookie`: U64.
     NetnsCookie,
+    /// `egret.action`: Str, `observed`, or `blocked` when a quarantine
+    /// denied the attempt.
+    Action,
 }
 
 impl FieldId {
-    pub const COUNT: usize = FieldId::NetnsCookie as usize + 1;
+    pub const COUNT: usize = FieldId::Action as usize + 1;
 
     pub const ALL: [FieldId; FieldId::COUNT] = [
         FieldId::EvtType,
@@ -120,6 +123,7 @@ impl FieldId {
         FieldId::V4Mapped,
         FieldId::CgroupId,
         FieldId::NetnsCookie,
+        FieldId::Action,
     ];
 
     pub fn index(self) -> usize {
@@ -202,6 +206,7 @@ fn catalog(name: &str) -> Option<(Src, Kind)> {
         "egret.v4_mapped" => (ev(F::V4Mapped), Kind::Bool),
         "egret.cgroup_id" => (ev(F::CgroupId), Kind::U64),
         "egret.netns_cookie" => (ev(F::NetnsCookie), Kind::U64),
+        "egret.action" => (ev(F::Action), Kind::Str),
         _ => return None,
     })
 }

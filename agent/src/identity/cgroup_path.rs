@@ -188,7 +188,7 @@ fn is_kubepods(part: &str) -> bool {
 
 /// `pod<uid>` (cgroupfs) or `kubepods[-<qos>]-pod<uid>.slice` (systemd, where
 /// the uid's dashes became underscores because `-` separates slice levels).
-fn pod_uid(part: &str) -> Option<Box<str>> {
+pub fn pod_uid(part: &str) -> Option<Box<str>> {
     let raw = if let Some(slice) = part.strip_suffix(".slice") {
         let (_, uid) = slice.rsplit_once("-pod")?;
         slice.starts_with("kubepods").then_some(uid)?

@@ -6,6 +6,7 @@
 //! Egret program attached.
 pub mod cgroup;
 mod ignore;
+pub mod quarantine;
 pub mod tracefs;
 
 use std::{fs::File, path::Path, sync::Arc};
@@ -62,6 +63,12 @@ pub enum KernelError {
     AttachTracepoint {
         name: &'static str,
         source: Box<aya::programs::ProgramError>,
+    },
+    #[error("attaching quarantine program {name} to cgroup {path}: {source}")]
+    QuarantineAttach {
+        name: &'static str,
+        path: String,
+        source: std::io::Error,
     },
     #[error("attaching {name} to cgroup {path}{hint}")]
     Attach {
@@ -197,6 +204,7 @@ impl KernelProbes {
                 source: Box::new(source),
             })?;
         }
+        Self::load_quarantine(&mut ebpf)?;
         let tracepoints = TRACEPOINTS
             .iter()
             .chain(ARGV_TRACEPOINTS.iter().filter(|_| captures_argv));

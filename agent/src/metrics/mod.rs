@@ -233,6 +233,9 @@ pub struct Metrics {
     webhook_coalesced: Family<EndpointLabel, Counter>,
     webhook_drops: Family<EndpointReasonLabels, Counter>,
     webhook_seconds: Family<EndpointLabel, Histogram, fn() -> Histogram>,
+    /// Labels: quarantine id (at most QUARANTINE_SLOTS live) × kind (3).
+    quarantine_blocked: Family<[(&'static str, String); 2], Counter>,
+    quarantines: Family<[(&'static str, &'static str); 1], Gauge>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -289,6 +292,8 @@ impl Metrics {
             webhook_coalesced: Family::default(),
             webhook_drops: Family::default(),
             webhook_seconds: Family::new_with_constructor(webhook_histogram),
+            quarantine_blocked: Family::default(),
+            quarantines: Family::default(),
             shared: shared.clone(),
             registry,
         };
@@ -298,6 +303,9 @@ impl Metrics {
         for result in ["success", "failure"] {
             drop(m.rule_reloads.get_or_create(&[("result", result)]));
         }
+        // Zero from the start, so EgretQuarantineNotEnforced can tell "had
+        // quarantines, then vanished" from "never had any".
+        m.quarantines(0, 0);
         m.register_rest(shared)
     }
 
@@ -358,6 +366,16 @@ impl Metrics {
             "Duration of one webhook request attempt",
             Unit::Seconds,
             self.webhook_seconds.clone(),
+        );
+        r.register(
+            "egret_quarantine_blocked",
+            "Egress a quarantine denied, by quarantine id and kind (connect, send, packet)",
+            self.quarantine_blocked.clone(),
+        );
+        r.register(
+            "egret_quarantines",
+            "Quarantines on this node, by state (active: enforced; pending: target not present)",
+            self.quarantines.clone(),
         );
         r.register_collector(Box::new(collectors::Everything::new(shared)));
         Arc::new(self)
@@ -471,6 +489,31 @@ impl Metrics {
             .get_or_create(&[("result", "failure")])
             .inc();
         self.rules_last_reload_ok.set(0);
+    }
+
+    /// Adds blocked attempts of one quarantine.
+    pub fn quarantine_blocked(&self, id: &str, kind: &'static str, n: u64) {
+        let counter = self
+            .quarantine_blocked
+            .get_or_create(&[("quarantine", id.to_owned()), ("kind", kind.to_owned())]);
+        counter.inc_by(n);
+    }
+
+    /// Drops a lifted quarantine's series, keeping the label set bounded.
+    pub fn quarantine_lifted(&self, id: &str) {
+        for kind in ["connect", "send", "packet"] {
+            self.quarantine_blocked
+                .remove(&[("quarantine", id.to_owned()), ("kind", kind.to_owned())]);
+        }
+    }
+
+    pub fn quarantines(&self, active: usize, pending: usize) {
+        self.quarantines
+            .get_or_create(&[("state", "active")])
+            .set(active as i64);
+        self.quarantines
+            .get_or_create(&[("state", "pending")])
+            .set(pending as i64);
     }
 
     /// Latest kernel counters (for a periodic updater).

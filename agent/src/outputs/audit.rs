@@ -86,6 +86,15 @@ pub struct AuditRecord<'a> {
     pub socket_cookie: u64,
     #[serde(rename = "egret.mono_ns")]
     pub mono_ns: u64,
+    /// `observed`, or `blocked` when a quarantine denied the attempt.
+    #[serde(rename = "egret.action")]
+    pub action: &'static str,
+    /// Kernel slot of the quarantine that blocked (see GET /v1/quarantines).
+    #[serde(
+        rename = "egret.quarantine.slot",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub quarantine_slot: Option<u32>,
 }
 
 impl<'a> AuditRecord<'a> {
@@ -133,6 +142,8 @@ impl<'a> AuditRecord<'a> {
             netns_cookie: event.netns_cookie,
             socket_cookie: event.socket_cookie,
             mono_ns: event.mono_ns,
+            action: crate::pipeline::decode::action_name(event.blocked),
+            quarantine_slot: event.blocked.map(|b| b.slot),
         }
     }
 }
@@ -287,6 +298,7 @@ mod tests {
             daddr: daddr.parse().unwrap(),
             dport: 8080,
             v4_mapped: false,
+            blocked: None,
         };
         Event {
             fd_name: crate::pipeline::enrich::fields::FdName::new(std::net::SocketAddr::new(

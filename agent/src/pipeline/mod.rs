@@ -128,6 +128,29 @@ impl Pipeline {
             (None, None)
         };
         let reload_task = tokio::spawn(reloader.run(shutdown.clone()));
+        // Quarantines are re-applied before readiness, so a restarted agent
+        // is never ready while a workload it had cut off is open again.
+        let quarantine =
+            if config.control.listen.is_some() || config.control.quarantine_file.is_some() {
+                let (programs, maps) = probes.take_quarantine()?;
+                let containerd = identity
+                    .as_ref()
+                    .and_then(|s| s.resolver.containerd().cloned());
+                Some(
+                    crate::quarantine::start(
+                        config,
+                        &cgroup_path,
+                        programs,
+                        maps,
+                        containerd,
+                        metrics,
+                        shutdown,
+                    )
+                    .await?,
+                )
+            } else {
+                None
+            };
 
         let (records_tx, records_rx) = mpsc::channel(STAGE_QUEUE);
         let (events_tx, events_rx) = mpsc::channel(STAGE_QUEUE);
@@ -172,6 +195,7 @@ impl Pipeline {
             evaluate: evaluate_task,
             reload: reload_task,
             containerd: containerd_task,
+            quarantine,
         })
     }
 }

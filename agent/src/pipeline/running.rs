@@ -27,6 +27,8 @@ pub struct Running {
     pub(super) evaluate: JoinHandle<std::io::Result<Outputs<Stdout>>>,
     pub(super) reload: JoinHandle<()>,
     pub(super) containerd: Option<JoinHandle<()>>,
+    /// The control API (if configured) and the quarantine ticker.
+    pub(super) quarantine: Option<crate::quarantine::Tasks>,
 }
 
 /// What start-up did, for the ready line.
@@ -100,11 +102,23 @@ impl Running {
             evaluate,
             reload,
             containerd,
+            quarantine,
         } = self;
         let counters = probes.counters();
         metrics.set_kernel_reader(|| None);
         let program_ids = probes.detach();
         tracing::info!(program_ids = ?program_ids, "detached kernel programs");
+        // The ticker and the API own the quarantine manager: once both have
+        // stopped, its links close and every quarantine is lifted (the
+        // persisted state re-applies them at the next start).
+        if let Some(crate::quarantine::Tasks { api, ticker }) = quarantine {
+            if let Some(api) = api {
+                join("control", api)
+                    .await?
+                    .context("serving the control API")?;
+            }
+            join("quarantine ticker", ticker).await?;
+        }
         if let Ok(counters) = &counters {
             // The last values stay visible to a final scrape.
             metrics.set_kernel_counters(*counters);

@@ -3,6 +3,7 @@
 //! re-exports them under the names the tests use, and adds what needs the
 //! agent's library or is specific to these tests.
 pub mod containerd;
+pub mod control;
 pub mod prometheus;
 
 use std::path::{Path, PathBuf};

@@ -1,7 +1,8 @@
-//! `RecordKind::Egress`: one outbound attempt from a cgroup sock_addr hook.
+//! `RecordKind::Egress`: one outbound attempt from a cgroup sock_addr hook;
+//! `RecordKind::Blocked`: the same layout, for what a quarantine denied.
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use egret_common::{AF_INET, AF_INET6, EgressEvent, FLAG_V4_MAPPED, Hook};
+use egret_common::{AF_INET, AF_INET6, EgressEvent, FLAG_PACKET, FLAG_V4_MAPPED, Hook, RecordKind};
 
 use super::{Comm, DecodeError, read_record};
 
@@ -74,6 +75,26 @@ pub struct EgressAttempt {
     pub dport: u16,
     /// The program asked for `::ffff:a.b.c.d`; `daddr` holds the IPv4 address.
     pub v4_mapped: bool,
+    /// Set when a quarantine denied the attempt (`egret.action` = blocked).
+    pub blocked: Option<Blocked>,
+}
+
+/// What a quarantine's programs denied.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Blocked {
+    /// Kernel slot of the quarantine (GET /v1/quarantines shows each one's).
+    pub slot: u32,
+    /// A dropped packet (ICMP, raw, existing flow) rather than a refused call;
+    /// process fields are then 0.
+    pub packet: bool,
+}
+
+/// `egret.action`: what happened to the attempt.
+pub fn action_name(blocked: Option<Blocked>) -> &'static str {
+    match blocked {
+        Some(_) => "blocked",
+        None => "observed",
+    }
 }
 
 impl EgressAttempt {
@@ -116,5 +137,9 @@ pub(super) fn decode(record: &[u8], wall_offset_ns: i64) -> Result<EgressAttempt
         daddr,
         dport: raw.dport,
         v4_mapped: raw.flags & FLAG_V4_MAPPED != 0,
+        blocked: (raw.kind == RecordKind::Blocked as u8).then_some(Blocked {
+            slot: raw.quarantine,
+            packet: raw.flags & FLAG_PACKET != 0,
+        }),
     })
 }

@@ -7,7 +7,7 @@ mod exec;
 
 use egret_common::RecordKind;
 
-pub use attempt::{EgressAttempt, L4Proto, evt_type};
+pub use attempt::{Blocked, EgressAttempt, L4Proto, action_name, evt_type};
 pub use exec::ExecRecord;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -85,8 +85,12 @@ pub fn decode(record: &[u8], wall_offset_ns: i64) -> Result<Record, DecodeError>
 type Decoder = fn(&[u8], i64) -> Result<Record, DecodeError>;
 
 /// Record kind → decoder.
-pub const DECODERS: [(RecordKind, Decoder); 2] = [
+pub const DECODERS: [(RecordKind, Decoder); 3] = [
     (RecordKind::Egress, |record, wall_offset_ns| {
+        attempt::decode(record, wall_offset_ns).map(Record::Egress)
+    }),
+    // Same layout; `EgressAttempt::blocked` tells them apart.
+    (RecordKind::Blocked, |record, wall_offset_ns| {
         attempt::decode(record, wall_offset_ns).map(Record::Egress)
     }),
     (RecordKind::Exec, |record, _| {
@@ -123,7 +127,7 @@ mod tests {
 
     use egret_common::{
         AF_INET, AF_INET6, EXEC_FLAG_ARGS_TRUNCATED, EXEC_FLAG_NO_ARGS, EgressEvent, ExecEvent,
-        FLAG_V4_MAPPED, Hook,
+        FLAG_PACKET, FLAG_V4_MAPPED, Hook,
     };
 
     use super::*;
@@ -146,7 +150,7 @@ mod tests {
             mono_ns: 5_000,
             exec_id: 4_000,
             ppid: 1,
-            _pad1: 0,
+            quarantine: 0,
             cgroup_id: 77,
             netns_cookie: 4096,
             socket_cookie: 9,
@@ -194,6 +198,32 @@ mod tests {
             (event.tgid, event.tid, event.uid, event.gid),
             (100, 101, 1000, 1001)
         );
+    }
+
+    #[test]
+    fn blocked_records_carry_their_quarantine() {
+        let event = egress(decode(&bytes(&raw_event()), 0));
+        assert_eq!(
+            (event.blocked, action_name(event.blocked)),
+            (None, "observed")
+        );
+        let mut raw = raw_event();
+        raw.kind = RecordKind::Blocked as u8;
+        raw.quarantine = 3;
+        let event = egress(decode(&bytes(&raw), 0));
+        assert_eq!(
+            event.blocked,
+            Some(Blocked {
+                slot: 3,
+                packet: false
+            })
+        );
+        assert_eq!(action_name(event.blocked), "blocked");
+        raw.flags = FLAG_PACKET;
+        raw.protocol = 1;
+        let event = egress(decode(&bytes(&raw), 0));
+        assert!(event.blocked.is_some_and(|b| b.packet));
+        assert_eq!(event.l4proto, L4Proto::Icmp);
     }
 
     #[test]

@@ -305,6 +305,7 @@ mod tests {
             daddr: "198.51.100.7".parse().unwrap(),
             dport: 443,
             v4_mapped: false,
+            blocked: None,
         })
     }
 

@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod numfmt;
 pub mod rules;
 pub mod run;
+pub mod secret;
 pub mod sinks;
 pub mod source;
 pub mod timefmt;

@@ -55,7 +55,7 @@ const HOOKS: usize = Hook::COUNT as usize;
 
 /// Limits and switches; embedded in the agent's config file.
 #[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[serde(deny_unknown_fields, default, expecting = "metrics settings (a map)")]
 pub struct MetricsConfig {
     /// Series in `egret_destination_alerts_total` (rule × destination ×
     /// process × container); the least recently updated is evicted beyond.

@@ -39,6 +39,10 @@ pub struct Config {
     /// Rule files or directories, loaded in order. Empty: the bundled rules.
     pub rules_files: Vec<PathBuf>,
     pub rule_matching: RuleMatching,
+    /// Lets a reload take an empty rules file, or a set of zero rules in
+    /// place of active ones (off: such a reload is refused and counted as
+    /// failed, so a truncated file cannot switch detection off).
+    pub rules_allow_empty: bool,
     pub listen: Option<SocketAddr>,
     /// Alert `hostname`; default `$NODE_NAME`, else the host name.
     pub hostname: Option<String>,

@@ -89,6 +89,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         ignore_map: probes.take_ignore_map()?,
         base_ignore,
         rules_drive_ignore: audit_path.is_none(),
+        allow_empty: config.rules_allow_empty,
         metrics: metrics.clone(),
     };
     let initial = rules_rx.borrow().clone();

@@ -2,6 +2,14 @@
 //! longer loads keeps the previous rules running and logs every problem.
 //! Each successful load also reprograms the kernel's ignore list, so traffic
 //! no rule can match stops costing anything in userspace.
+//!
+//! Detection must never be switched off by accident, so a reload is also
+//! refused (and counted as failed) when a rule file is empty — `: > rules.yaml`
+//! or an editor caught mid-save — or when the new set has no rules while the
+//! active one has some, unless `rules_allow_empty` opts in. A file caught
+//! half-written is not loaded either: a change is acted on only once two
+//! polls in a row see the same files, and a load whose files changed while
+//! they were read is discarded and retried.
 use std::{sync::Arc, time::Duration};
 
 use egret_rules::{Options, Ruleset};
@@ -11,7 +19,7 @@ use tokio::{
 };
 use tokio_util::sync::CancellationToken;
 
-use super::{RulePaths, load};
+use super::{RulePaths, RulesError, compile};
 use crate::{
     kernel::{IgnoreMap, IgnoreSet},
     metrics::Metrics,
@@ -30,7 +38,55 @@ pub struct Reloader {
     /// With an audit log every event is wanted, so rules must not make the
     /// kernel drop anything.
     pub rules_drive_ignore: bool,
+    /// `rules_allow_empty`: an empty file or a set of zero rules may
+    /// replace active rules.
+    pub allow_empty: bool,
     pub metrics: Arc<Metrics>,
+}
+
+/// Why new rules were not taken; the active ones stay.
+#[derive(Debug, thiserror::Error)]
+pub enum Refused {
+    #[error(transparent)]
+    Load(#[from] RulesError),
+    #[error("{0} is empty (an empty rules file is refused unless `rules_allow_empty: true`)")]
+    EmptyFile(String),
+    #[error(
+        "the new rules define no rules while {0} are active (refused unless `rules_allow_empty: true`)"
+    )]
+    NoRules(usize),
+}
+
+/// No YAML content at all: blank lines, comments and document markers.
+fn is_blank(text: &str) -> bool {
+    text.lines().all(|line| {
+        let line = line.trim();
+        line.is_empty() || line.starts_with('#') || line == "---" || line == "..."
+    })
+}
+
+/// Reads `paths` once, consistently, and compiles them. `Ok(None)`: a file
+/// changed while it was read (try again later). `active` is the number of
+/// rules running now (0 at start-up).
+pub fn load_checked(
+    paths: &RulePaths,
+    options: &Options,
+    active: usize,
+    allow_empty: bool,
+) -> Result<Option<Ruleset>, Refused> {
+    let before = paths.fingerprint();
+    let texts = paths.read()?;
+    if paths.fingerprint() != before {
+        return Ok(None);
+    }
+    if !allow_empty && let Some((name, _)) = texts.iter().find(|(_, text)| is_blank(text)) {
+        return Err(Refused::EmptyFile(name.clone()));
+    }
+    let ruleset = compile(&texts, options)?;
+    if !allow_empty && active > 0 && ruleset.rules().is_empty() {
+        return Err(Refused::NoRules(active));
+    }
+    Ok(Some(ruleset))
 }
 
 impl Reloader {
@@ -63,6 +119,9 @@ impl Reloader {
             }
         };
         let mut seen = self.paths.fingerprint();
+        // A new fingerprint seen once; acted on when the next poll sees it
+        // again, so a file being written is not loaded half-way.
+        let mut settling = None;
         let mut poll = tokio::time::interval(POLL);
         loop {
             let reason = tokio::select! {
@@ -74,24 +133,39 @@ impl Reloader {
                     }
                     let now = self.paths.fingerprint();
                     if now == seen {
+                        settling = None;
                         continue;
                     }
-                    seen = now;
+                    if settling.as_ref() != Some(&now) {
+                        settling = Some(now);
+                        continue;
+                    }
                     "rule files changed"
                 }
             };
-            self.reload(reason);
+            // A load that met a file mid-write is retried at the next poll.
+            if self.reload(reason) {
+                seen = self.paths.fingerprint();
+                settling = None;
+            }
         }
     }
 
-    fn reload(&mut self, reason: &str) {
-        match load(&self.paths, &self.options) {
-            Ok(ruleset) => {
+    /// `false` when the files changed during the read (nothing decided).
+    fn reload(&mut self, reason: &str) -> bool {
+        let active = self.rules.borrow().rules().len();
+        match load_checked(&self.paths, &self.options, active, self.allow_empty) {
+            Ok(Some(ruleset)) => {
                 let count = ruleset.rules().len();
                 self.apply_ignore(&ruleset);
                 self.metrics.rules_reloaded(count);
                 tracing::info!(reason, rules = count, "rules reloaded");
                 self.rules.send_replace(Arc::new(ruleset));
+                true
+            }
+            Ok(None) => {
+                tracing::info!(reason, "rule files changed while being read; retrying");
+                false
             }
             Err(err) => {
                 self.metrics.rules_reload_failed();
@@ -99,7 +173,57 @@ impl Reloader {
                     reason,
                     "rules not reloaded, previous rules stay active: {err}"
                 );
+                true
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ONE_RULE: &str =
+        "- rule: R\n  desc: d\n  condition: fd.sport = 1\n  output: o\n  priority: INFO\n";
+
+    fn dir(tag: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("egret-reload-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn empty_files_and_zero_rules_are_refused_without_opt_in() {
+        let dir = dir("empty");
+        let file = dir.join("rules.yaml");
+        let paths = RulePaths(vec![file.clone()]);
+        let options = Options::default();
+        std::fs::write(&file, ONE_RULE).unwrap();
+        let loaded = load_checked(&paths, &options, 0, false).unwrap().unwrap();
+        assert_eq!(loaded.rules().len(), 1);
+
+        for empty in ["", "\n  \n", "# all rules removed\n---\n"] {
+            std::fs::write(&file, empty).unwrap();
+            let err = load_checked(&paths, &options, 1, false).unwrap_err();
+            assert!(matches!(err, Refused::EmptyFile(_)), "{empty:?}: {err}");
+            assert!(err.to_string().contains("rules.yaml is empty"), "{err}");
+        }
+        // Only lists and macros: parses, but no rule would ever fire.
+        std::fs::write(&file, "- list: ports\n  items: [1]\n").unwrap();
+        let err = load_checked(&paths, &options, 3, false).unwrap_err();
+        assert!(matches!(err, Refused::NoRules(3)), "{err}");
+        // With the opt-in both are taken; at start-up (nothing active) a
+        // rule-less set is not a shrink.
+        assert!(load_checked(&paths, &options, 0, false).is_ok());
+        assert!(load_checked(&paths, &options, 3, true).unwrap().is_some());
+        std::fs::write(&file, "").unwrap();
+        assert!(load_checked(&paths, &options, 3, true).unwrap().is_some());
+        // A truncated rule (the file cut mid-write) fails as a whole.
+        std::fs::write(&file, &ONE_RULE[..40]).unwrap();
+        assert!(matches!(
+            load_checked(&paths, &options, 1, false),
+            Err(Refused::Load(_))
+        ));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

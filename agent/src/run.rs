@@ -19,7 +19,7 @@ use crate::{
     metrics::{self, Metrics},
     rules::{self, RulePaths, reload::Reloader, stage::RulesStage},
     sinks::{
-        audit::{self, AuditOutput},
+        audit::{self, AuditSink, AuditTarget},
         webhook::{DEFAULT_SHUTDOWN_GRACE, WebhookSink},
     },
     source,
@@ -81,6 +81,22 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     };
     base_ignore.extend(config.kernel.ignore_networks.iter().copied());
     let audit_path = config.audit.path.clone().filter(|p| !p.is_empty());
+    // Opened now: a path that can never be written fails start-up.
+    let audit_sink = match &audit_path {
+        Some(path) if path == "-" => Some(AuditSink::open(
+            AuditTarget::Writer(std::io::stdout()),
+            metrics.clone(),
+        )?),
+        Some(path) => Some(AuditSink::open(
+            AuditTarget::File {
+                path: path.into(),
+                max_bytes: config.audit.max_bytes,
+                max_files: config.audit.max_files,
+            },
+            metrics.clone(),
+        )?),
+        None => None,
+    };
     let (rules_tx, rules_rx) = tokio::sync::watch::channel(Arc::new(ruleset));
     let mut reloader = Reloader {
         paths: rule_paths,
@@ -144,24 +160,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         events_tx,
     ));
     let audit_dropped = Arc::new(AtomicU64::new(0));
-    let (audit_tx, audit_task) = match &audit_path {
-        Some(path) => {
+    let (audit_tx, audit_task) = match audit_sink {
+        Some(sink) => {
             let (tx, rx) = mpsc::channel(STAGE_QUEUE);
             metrics.watch_queue("audit", &tx);
-            let output = if path == "-" {
-                AuditOutput::Writer(tokio::io::stdout())
-            } else {
-                AuditOutput::File {
-                    path: path.into(),
-                    max_bytes: config.audit.max_bytes,
-                    max_files: config.audit.max_files,
-                }
-            };
-            let task = audit::run(rx, output);
-            (
-                Some(tx),
-                Some(tokio::spawn(stop_on_error("audit", task, shutdown.clone()))),
-            )
+            (Some(tx), Some(tokio::spawn(audit::run(rx, sink))))
         }
         None => (None, None),
     };
@@ -205,9 +208,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     join("enrich", enrich_task).await?;
     let alerts = join("rules", rules_task).await?.context("writing alerts")?;
     let audited = match audit_task {
-        Some(task) => join("audit", task)
-            .await?
-            .context("writing the audit log")?,
+        Some(task) => join("audit", task).await?,
         None => 0,
     };
     join("reload", reload_task).await?;

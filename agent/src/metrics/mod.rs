@@ -9,6 +9,7 @@
 //! The per-alert path takes one uncontended mutex and allocates nothing when
 //! the series already exist; per-event counters are plain atomics.
 mod collectors;
+mod outputs;
 pub mod promql;
 mod table;
 mod webhook;
@@ -44,6 +45,7 @@ use serde::Deserialize;
 use tokio::sync::mpsc;
 
 use crate::alert::{Alert, Priority};
+pub use outputs::{LossReason, Output};
 use table::{LruSeries, ValueCap};
 pub use webhook::{DropReason, WebhookMetrics};
 
@@ -226,6 +228,7 @@ pub struct Metrics {
     rule_reloads: Family<[(&'static str, &'static str); 1], Counter>,
     rules_loaded: Gauge,
     rules_last_reload_ok: Gauge,
+    output_lost: outputs::LostFamily,
     webhook_deliveries: Family<EndpointLabel, Counter>,
     webhook_delivered_alerts: Family<EndpointLabel, Counter>,
     webhook_retries: Family<EndpointLabel, Counter>,
@@ -281,6 +284,7 @@ impl Metrics {
             rule_reloads: Family::default(),
             rules_loaded: Gauge::default(),
             rules_last_reload_ok: Gauge::default(),
+            output_lost: Family::default(),
             webhook_deliveries: Family::default(),
             webhook_delivered_alerts: Family::default(),
             webhook_retries: Family::default(),
@@ -296,6 +300,7 @@ impl Metrics {
         for result in ["success", "failure"] {
             drop(m.rule_reloads.get_or_create(&[("result", result)]));
         }
+        outputs::declare(&m.output_lost);
         m.register_rest(shared)
     }
 
@@ -320,6 +325,11 @@ impl Metrics {
             "egret_rules_last_reload_successful",
             "1 if the last rule load succeeded",
             self.rules_last_reload_ok.clone(),
+        );
+        r.register(
+            "egret_output_lost_records",
+            "Records a local output (audit log, stdout alerts) could not write, by reason",
+            self.output_lost.clone(),
         );
         r.register(
             "egret_webhook_deliveries",
@@ -450,6 +460,16 @@ impl Metrics {
             .get_or_create(&[("result", "failure")])
             .inc();
         self.rules_last_reload_ok.set(0);
+    }
+
+    /// `n` records `output` could not write.
+    pub fn output_lost(&self, output: Output, reason: LossReason, n: u64) {
+        outputs::add(&self.output_lost, output, reason, n);
+    }
+
+    /// Records `output` lost so far, all reasons.
+    pub fn output_lost_total(&self, output: Output) -> u64 {
+        outputs::total(&self.output_lost, output)
     }
 
     /// Latest kernel counters (for a periodic updater).

@@ -44,7 +44,7 @@ use prometheus_client::{
 use serde::Deserialize;
 use tokio::sync::mpsc;
 
-use crate::alert::{Alert, Priority};
+use crate::outputs::alert::{Alert, Priority};
 pub use outputs::{LossReason, Output};
 use table::{LruSeries, ValueCap};
 pub use webhook::{DropReason, WebhookMetrics};

@@ -25,9 +25,9 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 
 use crate::{
-    enrich::Event,
     logging::{DEFAULT_INTERVAL, RateLimited},
     metrics::{LossReason, Metrics, Output},
+    pipeline::enrich::Event,
     timefmt,
 };
 
@@ -396,7 +396,7 @@ impl RotatingFile {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::{Comm, EgressAttempt, L4Proto};
+    use crate::pipeline::decode::{Comm, EgressAttempt, L4Proto};
     use egret_common::Hook;
 
     fn attempt(daddr: &str) -> Event {
@@ -422,7 +422,7 @@ mod tests {
             v4_mapped: false,
         };
         Event {
-            fd_name: crate::enrich::fields::FdName::new(std::net::SocketAddr::new(
+            fd_name: crate::pipeline::enrich::fields::FdName::new(std::net::SocketAddr::new(
                 attempt.daddr,
                 attempt.dport,
             )),

@@ -10,7 +10,7 @@ use serde::{Deserialize, Deserializer, de};
 
 pub use crate::secret::{Secret, SecretError, SecretSource};
 use crate::{
-    alert::Priority,
+    outputs::alert::Priority,
     secret::{de_opaque_string, de_opaque_string_map},
 };
 

@@ -9,6 +9,8 @@ use axum::{Router, extract::State, http::StatusCode, routing::get};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::listener::Limits;
+
 #[derive(Clone, Default)]
 pub struct Readiness(Arc<AtomicBool>);
 
@@ -37,14 +39,12 @@ async fn readyz(State(readiness): State<Readiness>) -> (StatusCode, &'static str
     }
 }
 
-/// Serves until shutdown; the caller binds first, so a bad address fails
-/// start-up.
+/// Serves until shutdown with the default [`Limits`]; the caller binds
+/// first, so a bad address fails start-up.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router)
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await
+    crate::listener::serve(listener, router, Limits::default(), shutdown).await
 }

@@ -5,6 +5,7 @@ pub mod config;
 pub mod health;
 pub mod identity;
 pub mod kernel;
+pub mod listener;
 pub mod logging;
 pub mod metrics;
 pub mod numfmt;

@@ -5,6 +5,7 @@ pub mod cgroup;
 pub mod containerd;
 pub mod netns;
 pub mod prometheus;
+pub mod tmpfs;
 
 use std::path::PathBuf;
 

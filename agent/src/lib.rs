@@ -15,3 +15,4 @@ pub mod ruleset;
 pub mod run;
 pub mod secret;
 pub mod timefmt;
+pub mod watchdog;

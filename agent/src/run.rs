@@ -4,7 +4,7 @@
 use std::{
     net::SocketAddr,
     sync::{Arc, atomic::AtomicU64, atomic::Ordering},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use anyhow::Context as _;
@@ -15,9 +15,10 @@ use crate::{
     config::Config,
     health::{self, Readiness},
     kernel::{IgnoreSet, KernelProbes, cgroup},
-    metrics::{self, Metrics},
+    metrics::{self, Metrics, Output},
     outputs::{
         audit::{self, AuditSink, AuditTarget},
+        stdout_queue::StdoutQueue,
         webhook::{DEFAULT_SHUTDOWN_GRACE, WebhookSink},
     },
     pipeline::{
@@ -25,8 +26,17 @@ use crate::{
         evaluate::RulesStage,
         source,
     },
-    ruleset::{self as rules, RulePaths, reload::Reloader},
+    ruleset::{
+        self as rules, RulePaths,
+        reload::{self, Reloader},
+    },
+    watchdog::{self, Watchdog},
 };
+
+/// From the shutdown signal to exit, at most (plus the detach itself): well
+/// under the 30 s termination grace of the shipped DaemonSet. Webhook
+/// endpoints get [`DEFAULT_SHUTDOWN_GRACE`] of it.
+pub const SHUTDOWN_BOUND: Duration = Duration::from_secs(10);
 
 /// Batches in flight between stages; with [`source::BATCH`] events each.
 const STAGE_QUEUE: usize = 64;
@@ -48,11 +58,38 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let rule_options = rules::options(config.rule_matching);
     let ruleset = rules::load(&rule_paths, &rule_options)
         .with_context(|| format!("loading {}", rules::describe(&rule_paths)))?;
+    if !config.rules_allow_empty
+        && let Some(empty) = reload::empty_file(&rule_paths)
+    {
+        anyhow::bail!(
+            "{empty} is empty: an agent without rules detects nothing (set `rules_allow_empty: true` to start anyway)"
+        );
+    }
     tracing::info!(rules = ruleset.rules().len(), from = %rules::describe(&rule_paths), "rules loaded");
     // The first load is a load too: without this the rule gauges read 0
     // ("last reload failed") until the first reload, and
     // EgretRuleReloadFailed pages for every healthy agent.
     metrics.rules_reloaded(ruleset.rules().len());
+
+    let audit_path = config.audit.path.clone().filter(|p| !p.is_empty());
+    // Opened now: a path that can never be written fails start-up.
+    let audit_sink = match &audit_path {
+        Some(path) if path == "-" => Some(AuditSink::open(
+            AuditTarget::Writer(std::io::stdout()),
+            metrics.clone(),
+        )?),
+        Some(path) => Some(AuditSink::open(
+            AuditTarget::File {
+                path: path.into(),
+                max_bytes: config.audit.max_bytes,
+                max_files: config.audit.max_files,
+            },
+            metrics.clone(),
+        )?),
+        None => None,
+    };
+    let stdout = StdoutQueue::stdout(metrics.clone()).context("starting the stdout writer")?;
+    metrics.watch_queue_with("stdout_bytes", stdout.probe());
 
     let webhook_endpoints = config.webhooks.clone();
     let webhooks = if webhook_endpoints.is_empty() {
@@ -83,23 +120,6 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         IgnoreSet::default()
     };
     base_ignore.extend(config.kernel.ignore_networks.iter().copied());
-    let audit_path = config.audit.path.clone().filter(|p| !p.is_empty());
-    // Opened now: a path that can never be written fails start-up.
-    let audit_sink = match &audit_path {
-        Some(path) if path == "-" => Some(AuditSink::open(
-            AuditTarget::Writer(std::io::stdout()),
-            metrics.clone(),
-        )?),
-        Some(path) => Some(AuditSink::open(
-            AuditTarget::File {
-                path: path.into(),
-                max_bytes: config.audit.max_bytes,
-                max_files: config.audit.max_files,
-            },
-            metrics.clone(),
-        )?),
-        None => None,
-    };
     let (rules_tx, rules_rx) = tokio::sync::watch::channel(Arc::new(ruleset));
     let mut reloader = Reloader {
         paths: rule_paths,
@@ -150,6 +170,29 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let (events_tx, events_rx) = mpsc::channel(STAGE_QUEUE);
     metrics.watch_queue("records", &records_tx);
     metrics.watch_queue("events", &events_tx);
+    let mut dog = Watchdog::new(readiness.clone(), watchdog::Bounds::default());
+    dog.queue("records", watchdog::queue_probe(&records_tx));
+    dog.queue("events", watchdog::queue_probe(&events_tx));
+    {
+        let probes = Arc::downgrade(&probes);
+        dog.ringbuf_drops(move || {
+            let probes = probes.upgrade()?;
+            let counters = lock(&probes).counters().ok()?;
+            Some(
+                egret_common::Hook::EGRESS
+                    .iter()
+                    .filter_map(|h| counters.get(*h as usize))
+                    .map(|c| c.ringbuf_full)
+                    .sum(),
+            )
+        });
+        let m = metrics.clone();
+        dog.progress(
+            move || Some(m.events_evaluated()),
+            watchdog::queue_probe(&events_tx),
+        );
+    }
+    let watchdog_task = tokio::spawn(dog.run(shutdown.clone()));
     let source_task = tokio::spawn(source::run(
         ring,
         records_tx,
@@ -176,7 +219,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         hostname: hostname(&config).into(),
         metrics: metrics.clone(),
         webhooks,
-        alerts_out: tokio::io::stdout(),
+        alerts_out: stdout.clone(),
         audit: audit_tx,
         audit_dropped: audit_dropped.clone(),
     };
@@ -205,21 +248,32 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     metrics.set_kernel_reader(|| None);
     tracing::info!(program_ids = ?program_ids, "detached kernel programs");
 
-    join("source", source_task)
-        .await?
-        .context("reading the ring buffer")?;
-    join("enrich", enrich_task).await?;
-    let alerts = join("rules", rules_task).await?.context("writing alerts")?;
-    let audited = match audit_task {
-        Some(task) => join("audit", task).await?,
+    // One deadline for everything after the hooks are gone, whatever the
+    // outputs do: a stage still running at the deadline is abandoned (and
+    // what it held is counted as lost where it can be), never waited for.
+    let deadline = Instant::now() + SHUTDOWN_BOUND;
+    if let Some(result) = join_by("source", source_task, deadline).await? {
+        result.context("reading the ring buffer")?;
+    }
+    join_by("enrich", enrich_task, deadline).await?;
+    let alerts = match join_by("rules", rules_task, deadline).await? {
+        Some(result) => result.context("evaluating rules")?,
         None => 0,
     };
-    join("reload", reload_task).await?;
+    let alerts_written = stdout.finish(deadline).await;
+    let audited = match audit_task {
+        Some(task) => join_by("audit", task, deadline).await?.unwrap_or(0),
+        None => 0,
+    };
+    join_by("reload", reload_task, deadline).await?;
+    join_by("watchdog", watchdog_task, deadline).await?;
     if let Some(task) = containerd_task {
-        join("containerd", task).await?;
+        join_by("containerd", task, deadline).await?;
     }
-    if let Some(task) = health {
-        join("http", task).await?.context("serving HTTP")?;
+    if let Some(task) = health
+        && let Some(result) = join_by("http", task, deadline).await?
+    {
+        result.context("serving HTTP")?;
     }
     log_totals(
         counters,
@@ -227,6 +281,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         alerts,
         audited,
         audit_dropped.load(Ordering::Relaxed),
+    );
+    tracing::info!(
+        alerts_written,
+        stdout_lost = metrics.output_lost_total(Output::Stdout),
+        audit_lost = metrics.output_lost_total(Output::Audit),
+        "output totals"
     );
     Ok(())
 }
@@ -286,13 +346,23 @@ fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-async fn join<T>(name: &str, task: JoinHandle<T>) -> anyhow::Result<T> {
-    // A stage that does not drain within this long is abandoned, so a stuck
-    // sink can never turn SIGTERM into SIGKILL.
-    const STAGE_GRACE: Duration = Duration::from_secs(15);
-    match tokio::time::timeout(STAGE_GRACE, task).await {
-        Ok(joined) => joined.with_context(|| format!("{name} task")),
-        Err(_) => anyhow::bail!("{name} task did not finish within {STAGE_GRACE:?}"),
+/// `None` when the task was still running at `deadline` (it is abandoned
+/// and ends with the process); a panicked task is an error.
+async fn join_by<T>(
+    name: &str,
+    task: JoinHandle<T>,
+    deadline: Instant,
+) -> anyhow::Result<Option<T>> {
+    match tokio::time::timeout_at(deadline.into(), task).await {
+        Ok(joined) => joined.map(Some).with_context(|| format!("{name} task")),
+        Err(_) => {
+            tracing::warn!(
+                task = name,
+                bound = ?SHUTDOWN_BOUND,
+                "still running at the shutdown deadline; abandoned"
+            );
+            Ok(None)
+        }
     }
 }
 
@@ -332,6 +402,8 @@ fn log_totals(
     );
 }
 
+/// The first SIGTERM/SIGINT starts the ordered shutdown; a second one
+/// exits at once (an operator who signals twice wants the process gone).
 fn spawn_signal_handler(shutdown: CancellationToken) -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
@@ -342,6 +414,14 @@ fn spawn_signal_handler(shutdown: CancellationToken) -> anyhow::Result<()> {
             _ = int.recv() => tracing::info!("SIGINT received"),
         }
         shutdown.cancel();
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        tracing::warn!("second signal during shutdown; exiting now");
+        // Links to the kernel programs are file descriptors: exiting
+        // detaches them.
+        std::process::exit(1);
     });
     Ok(())
 }

@@ -423,6 +423,15 @@ impl Metrics {
         self.shared.verdicts[verdict as usize].fetch_add(n, Ordering::Relaxed);
     }
 
+    /// Events the rules were evaluated against so far (alerted or not),
+    /// the evaluate stage's progress for the liveness watchdog.
+    pub fn events_evaluated(&self) -> u64 {
+        [Verdict::Alerted, Verdict::NoMatch]
+            .iter()
+            .map(|v| self.shared.verdicts[*v as usize].load(Ordering::Relaxed))
+            .sum()
+    }
+
     /// Time taken to evaluate the rules against one event.
     pub fn observe_evaluation(&self, elapsed: Duration) {
         self.evaluation.observe(elapsed.as_secs_f64());

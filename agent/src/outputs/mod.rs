@@ -1,4 +1,5 @@
 //! Sink stages: where decoded events leave the agent.
 pub mod alert;
 pub mod audit;
+pub mod stdout_queue;
 pub mod webhook;

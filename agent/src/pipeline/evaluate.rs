@@ -15,7 +15,7 @@ use tokio::{
 };
 
 use crate::{
-    metrics::{AlertContext, Metrics, Verdict},
+    metrics::{AlertContext, LossReason, Metrics, Output, Verdict},
     outputs::{alert::Alert, webhook::WebhookSink},
     pipeline::enrich::Event,
     timefmt,
@@ -59,6 +59,8 @@ impl<W: AsyncWrite + Unpin> RulesStage<W> {
             {
                 self.audit_dropped.fetch_add(n, Ordering::Relaxed);
                 self.metrics.observe_events(Verdict::Dropped, n);
+                self.metrics
+                    .output_lost(Output::Audit, LossReason::QueueFull, n);
             }
         }
         if let Some(webhooks) = self.webhooks.take() {

@@ -65,6 +65,19 @@ fn is_blank(text: &str) -> bool {
     })
 }
 
+/// The first rule file with no content, if any (the bundled rules never
+/// are).
+pub fn empty_file(paths: &RulePaths) -> Option<String> {
+    if paths.is_bundled() {
+        return None;
+    }
+    let texts = paths.read().ok()?;
+    texts
+        .into_iter()
+        .find(|(_, text)| is_blank(text))
+        .map(|(name, _)| name)
+}
+
 /// Reads `paths` once, consistently, and compiles them. `Ok(None)`: a file
 /// changed while it was read (try again later). `active` is the number of
 /// rules running now (0 at start-up).

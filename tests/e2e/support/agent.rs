@@ -43,6 +43,12 @@ impl Agent {
 
     /// Starts the agent without waiting for anything.
     pub fn spawn(args: &[&str]) -> Agent {
+        Agent::spawn_with_stdout(args, Stdio::piped())
+    }
+
+    /// Like [`Agent::spawn`] with stdout going to `stdout` (a FIFO nobody
+    /// reads, say); its lines are collected only when it is `piped()`.
+    pub fn spawn_with_stdout(args: &[&str], stdout: Stdio) -> Agent {
         let mut child = Command::new(env!("CARGO_BIN_EXE_egret"))
             .args(args)
             .env(
@@ -50,14 +56,15 @@ impl Agent {
                 std::env::var("EGRET_TEST_LOG").unwrap_or_else(|_| "info".into()),
             )
             .stdin(Stdio::null())
-            .stdout(Stdio::piped())
+            .stdout(stdout)
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn egret");
         let lines: Shared = Arc::default();
-        let stdout = child.stdout.take().expect("stdout piped");
+        if let Some(stdout) = child.stdout.take() {
+            collect(stdout, lines.clone(), |l| &mut l.stdout);
+        }
         let stderr = child.stderr.take().expect("stderr piped");
-        collect(stdout, lines.clone(), |l| &mut l.stdout);
         collect(stderr, lines.clone(), |l| &mut l.stderr);
         Agent {
             child,

@@ -14,5 +14,6 @@ pub mod pipeline;
 pub mod ruleset;
 pub mod run;
 pub mod secret;
+pub mod sync;
 pub mod timefmt;
 pub mod watchdog;

@@ -157,7 +157,7 @@ impl<'a> AuditRecord<'a> {
 }
 
 /// Where audit records go.
-pub enum AuditTarget<W> {
+pub enum AuditDestination<W> {
     Writer(W),
     /// A file rotated by size: `path` → `path.1` → … → `path.N` (dropped).
     File {
@@ -201,10 +201,10 @@ static WRITE_FAILED: RateLimited = RateLimited::new(DEFAULT_INTERVAL);
 impl<W: Write> AuditSink<W> {
     /// Opens (creating) the file now, so a path that can never work fails
     /// start-up with one clear error instead of at the first event.
-    pub fn open(target: AuditTarget<W>, metrics: Arc<Metrics>) -> Result<Self, AuditError> {
+    pub fn open(target: AuditDestination<W>, metrics: Arc<Metrics>) -> Result<Self, AuditError> {
         let out = match target {
-            AuditTarget::Writer(w) => Out::Writer(w),
-            AuditTarget::File {
+            AuditDestination::Writer(w) => Out::Writer(w),
+            AuditDestination::File {
                 path,
                 max_bytes,
                 max_files,
@@ -446,7 +446,7 @@ mod tests {
             .unwrap();
         drop(tx);
         let mut out = Vec::new();
-        let sink = AuditSink::open(AuditTarget::Writer(&mut out), metrics()).unwrap();
+        let sink = AuditSink::open(AuditDestination::Writer(&mut out), metrics()).unwrap();
         assert_eq!(sink.run_blocking(rx), 2);
         let text = String::from_utf8(out).unwrap();
         let lines: Vec<serde_json::Value> = text
@@ -474,7 +474,7 @@ mod tests {
             tx.try_send(vec![attempt("198.51.100.7")]).unwrap();
         }
         drop(tx);
-        let target: AuditTarget<std::io::Sink> = AuditTarget::File {
+        let target: AuditDestination<std::io::Sink> = AuditDestination::File {
             path: path.clone(),
             max_bytes: 4096,
             max_files: 2,
@@ -523,7 +523,7 @@ mod tests {
         let full = std::cell::Cell::new(false);
         let metrics = metrics();
         let mut sink = AuditSink::open(
-            AuditTarget::Writer(FlakyDisk {
+            AuditDestination::Writer(FlakyDisk {
                 full: &full,
                 out: Vec::new(),
             }),
@@ -561,7 +561,8 @@ mod tests {
             out: Vec::new(),
         };
         {
-            let mut sink = AuditSink::open(AuditTarget::Writer(&mut out), metrics.clone()).unwrap();
+            let mut sink =
+                AuditSink::open(AuditDestination::Writer(&mut out), metrics.clone()).unwrap();
             assert!(sink.write(b"{}\n").is_err());
             full.set(false);
             sink.write(b"{}\n").unwrap();
@@ -581,7 +582,7 @@ mod tests {
             ),
             (PathBuf::from("/dev/full"), "not a regular file"),
         ] {
-            let target: AuditTarget<std::io::Sink> = AuditTarget::File {
+            let target: AuditDestination<std::io::Sink> = AuditDestination::File {
                 path: path.clone(),
                 max_bytes: 4096,
                 max_files: 1,
@@ -604,7 +605,7 @@ mod tests {
     fn a_file_moved_away_is_reopened() {
         let dir = std::env::temp_dir().join(format!("egret-audit-mv-{}", std::process::id()));
         let path = dir.join("audit.jsonl");
-        let target: AuditTarget<std::io::Sink> = AuditTarget::File {
+        let target: AuditDestination<std::io::Sink> = AuditDestination::File {
             path: path.clone(),
             max_bytes: 1 << 20,
             max_files: 1,

@@ -19,7 +19,7 @@ use tokio::{
 };
 use tokio_util::sync::CancellationToken;
 
-use super::{RulePaths, RulesError, compile};
+use super::{RulePaths, RulesError, compile, describe};
 use crate::{
     kernel::{IgnoreMap, IgnoreSet},
     metrics::Metrics,
@@ -28,27 +28,22 @@ use crate::{
 /// How often rule files are checked for changes (a metadata read each).
 const POLL: Duration = Duration::from_secs(2);
 
-pub struct Reloader {
+/// Where rules come from and how they compile.
+pub struct RuleSource {
     pub paths: RulePaths,
     pub options: Options,
-    pub rules: watch::Sender<Arc<Ruleset>>,
-    pub ignore_map: IgnoreMap,
-    /// Built-in and configured networks; rule-derived ones are added on top.
-    pub base_ignore: IgnoreSet,
-    /// With an audit log every event is wanted, so rules must not make the
-    /// kernel drop anything.
-    pub rules_drive_ignore: bool,
-    /// `rules_allow_empty`: an empty file or a set of zero rules may
-    /// replace active rules.
+    /// `rules_allow_empty`: an empty file, or a set of zero rules in place
+    /// of active ones, may be loaded.
     pub allow_empty: bool,
-    pub metrics: Arc<Metrics>,
 }
 
 /// Why new rules were not taken; the active ones stay.
 #[derive(Debug, thiserror::Error)]
 pub enum Refused {
-    #[error(transparent)]
-    Load(#[from] RulesError),
+    /// Not `transparent`: the [`RulesError`] stays in the error chain, where
+    /// `main` looks for it to print one diagnostic per line.
+    #[error("{0}")]
+    Load(#[source] RulesError),
     #[error("{0} is empty (an empty rules file is refused unless `rules_allow_empty: true`)")]
     EmptyFile(String),
     #[error(
@@ -57,25 +52,18 @@ pub enum Refused {
     NoRules(usize),
 }
 
+impl From<RulesError> for Refused {
+    fn from(err: RulesError) -> Self {
+        Refused::Load(err)
+    }
+}
+
 /// No YAML content at all: blank lines, comments and document markers.
 fn is_blank(text: &str) -> bool {
     text.lines().all(|line| {
         let line = line.trim();
         line.is_empty() || line.starts_with('#') || line == "---" || line == "..."
     })
-}
-
-/// The first rule file with no content, if any (the bundled rules never
-/// are).
-pub fn empty_file(paths: &RulePaths) -> Option<String> {
-    if paths.is_bundled() {
-        return None;
-    }
-    let texts = paths.read().ok()?;
-    texts
-        .into_iter()
-        .find(|(_, text)| is_blank(text))
-        .map(|(name, _)| name)
 }
 
 /// Reads `paths` once, consistently, and compiles them. `Ok(None)`: a file
@@ -102,25 +90,108 @@ pub fn load_checked(
     Ok(Some(ruleset))
 }
 
-impl Reloader {
+/// The kernel's ignore list as the rules drive it.
+pub struct KernelIgnore {
+    pub map: IgnoreMap,
+    /// Built-in and configured networks; rule-derived ones are added on top.
+    pub base: IgnoreSet,
+    /// With an audit log every event is wanted, so rules must not make the
+    /// kernel drop anything.
+    pub rules_drive: bool,
+}
+
+pub struct Reloader {
+    source: RuleSource,
+    rules: watch::Sender<Arc<Ruleset>>,
+    ignore: KernelIgnore,
+    metrics: Arc<Metrics>,
+}
+
+impl RuleSource {
+    /// Loads the rules and counts the load. The first load is a load too:
+    /// without counting it the rule gauges read 0 ("last reload failed")
+    /// until the first reload, and EgretRuleReloadFailed pages for every
+    /// healthy agent.
+    pub fn load(&self, metrics: &Metrics) -> Result<Ruleset, Refused> {
+        // At start-up nothing else can be used: a file that changes while
+        // it is read is read again.
+        for _ in 0..3 {
+            if let Some(ruleset) = self.load_over(0, metrics)? {
+                return Ok(ruleset);
+            }
+        }
+        Err(Refused::Load(RulesError::Read {
+            path: self.describe(),
+            source: std::io::Error::other("the rule files kept changing while being read"),
+        }))
+    }
+
+    /// Loads in place of `active` rules, counting the result; `Ok(None)`
+    /// (files changed mid-read) counts nothing.
+    fn load_over(&self, active: usize, metrics: &Metrics) -> Result<Option<Ruleset>, Refused> {
+        match load_checked(&self.paths, &self.options, active, self.allow_empty) {
+            Ok(Some(ruleset)) => {
+                metrics.rules_reloaded(ruleset.rules().len());
+                Ok(Some(ruleset))
+            }
+            Ok(None) => Ok(None),
+            Err(err) => {
+                metrics.rules_reload_failed();
+                Err(err)
+            }
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        describe(&self.paths)
+    }
+}
+
+impl KernelIgnore {
     /// The ignore set for `ruleset`.
-    pub fn ignore_set(&self, ruleset: &Ruleset) -> IgnoreSet {
-        let mut set = self.base_ignore.clone();
-        if self.rules_drive_ignore {
+    fn wanted(&self, ruleset: &Ruleset) -> IgnoreSet {
+        let mut set = self.base.clone();
+        if self.rules_drive {
             set.extend(ruleset.kernel_ignorable_networks());
         }
         set
     }
 
-    pub fn apply_ignore(&mut self, ruleset: &Ruleset) {
-        let wanted = self.ignore_set(ruleset);
-        if &wanted == self.ignore_map.current() {
+    fn apply(&mut self, ruleset: &Ruleset) {
+        let wanted = self.wanted(ruleset);
+        if &wanted == self.map.current() {
             return;
         }
-        match self.ignore_map.replace(&wanted) {
+        match self.map.replace(&wanted) {
             Ok(()) => tracing::info!(networks = wanted.len(), "kernel ignore list updated"),
             Err(err) => tracing::error!(%err, "could not update the kernel ignore list"),
         }
+    }
+}
+
+impl Reloader {
+    /// Programs the kernel ignore list for `first` (already loaded by
+    /// [`RuleSource::load`]) and publishes it; the receiver follows reloads.
+    pub fn new(
+        source: RuleSource,
+        first: Ruleset,
+        mut ignore: KernelIgnore,
+        metrics: Arc<Metrics>,
+    ) -> (Reloader, watch::Receiver<Arc<Ruleset>>) {
+        ignore.apply(&first);
+        let (rules, rx) = watch::channel(Arc::new(first));
+        let reloader = Reloader {
+            source,
+            rules,
+            ignore,
+            metrics,
+        };
+        (reloader, rx)
+    }
+
+    /// Networks the kernel currently drops.
+    pub fn ignored_networks(&self) -> usize {
+        self.ignore.map.current().len()
     }
 
     pub async fn run(mut self, shutdown: CancellationToken) {
@@ -131,7 +202,7 @@ impl Reloader {
                 None
             }
         };
-        let mut seen = self.paths.fingerprint();
+        let mut seen = self.source.paths.fingerprint();
         // A new fingerprint seen once; acted on when the next poll sees it
         // again, so a file being written is not loaded half-way.
         let mut settling = None;
@@ -141,10 +212,10 @@ impl Reloader {
                 () = shutdown.cancelled() => return,
                 Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => None } } => "SIGHUP",
                 _ = poll.tick() => {
-                    if self.paths.is_bundled() {
+                    if self.source.paths.is_bundled() {
                         continue;
                     }
-                    let now = self.paths.fingerprint();
+                    let now = self.source.paths.fingerprint();
                     if now == seen {
                         settling = None;
                         continue;
@@ -158,7 +229,7 @@ impl Reloader {
             };
             // A load that met a file mid-write is retried at the next poll.
             if self.reload(reason) {
-                seen = self.paths.fingerprint();
+                seen = self.source.paths.fingerprint();
                 settling = None;
             }
         }
@@ -167,12 +238,10 @@ impl Reloader {
     /// `false` when the files changed during the read (nothing decided).
     fn reload(&mut self, reason: &str) -> bool {
         let active = self.rules.borrow().rules().len();
-        match load_checked(&self.paths, &self.options, active, self.allow_empty) {
+        match self.source.load_over(active, &self.metrics) {
             Ok(Some(ruleset)) => {
-                let count = ruleset.rules().len();
-                self.apply_ignore(&ruleset);
-                self.metrics.rules_reloaded(count);
-                tracing::info!(reason, rules = count, "rules reloaded");
+                self.ignore.apply(&ruleset);
+                tracing::info!(reason, rules = ruleset.rules().len(), "rules reloaded");
                 self.rules.send_replace(Arc::new(ruleset));
                 true
             }
@@ -181,7 +250,6 @@ impl Reloader {
                 false
             }
             Err(err) => {
-                self.metrics.rules_reload_failed();
                 tracing::error!(
                     reason,
                     "rules not reloaded, previous rules stay active: {err}"
@@ -199,15 +267,10 @@ mod tests {
     const ONE_RULE: &str =
         "- rule: R\n  desc: d\n  condition: fd.sport = 1\n  output: o\n  priority: INFO\n";
 
-    fn dir(tag: &str) -> std::path::PathBuf {
-        let dir = std::env::temp_dir().join(format!("egret-reload-{tag}-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        dir
-    }
-
     #[test]
     fn empty_files_and_zero_rules_are_refused_without_opt_in() {
-        let dir = dir("empty");
+        let dir = std::env::temp_dir().join(format!("egret-reload-empty-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
         let file = dir.join("rules.yaml");
         let paths = RulePaths(vec![file.clone()]);
         let options = Options::default();

@@ -366,6 +366,7 @@ fn blocked_stdout_counts_dropped_alerts_and_exits_within_the_bound() {
     let dir = TempDir::new("faults-stdout");
     let rules = dir.write("rules.yaml", RULE);
     let mut fifo = StuckFifo::new(&dir.0.join("stdout"));
+    let summary = dir.0.join("summary.json");
     let listen = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()));
     let mut agent = Agent::spawn_with_stdout(
         &[
@@ -375,6 +376,8 @@ fn blocked_stdout_counts_dropped_alerts_and_exits_within_the_bound() {
             &rules.display().to_string(),
             "--listen",
             &listen.to_string(),
+            "--summary",
+            &summary.display().to_string(),
         ],
         fifo.stdio(),
     );
@@ -409,18 +412,12 @@ fn blocked_stdout_counts_dropped_alerts_and_exits_within_the_bound() {
         "bounded shutdown (10 s bound): took {took:?}\n{stderr}"
     );
     assert!(status.success(), "{status:?}\n{stderr}");
-    let totals = agent
-        .stderr()
-        .into_iter()
-        .find(|l| l.contains("output totals"))
-        .unwrap_or_else(|| panic!("output totals at exit:\n{stderr}"));
-    let lost: u64 = totals
-        .split("stdout_lost=")
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|n| n.parse().ok())
-        .expect("stdout_lost in the totals");
-    assert!(lost > 0, "{totals}");
+    let summary: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(&summary).unwrap_or_else(|e| panic!("summary: {e}\n{stderr}")),
+    )
+    .expect("summary JSON");
+    let lost = summary["pipeline"]["stdout_lost"].as_u64().expect("stdout_lost");
+    assert!(lost > 0, "{summary}");
 }
 
 #[test]

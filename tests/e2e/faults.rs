@@ -286,7 +286,7 @@ fn truncated_rules_keep_the_old_rules_and_count_the_failure() {
         });
     }
     let stderr = agent.stderr().join("\n");
-    assert!(stderr.contains("rules.yaml is empty"), "{stderr}");
+    assert!(stderr.contains("rules.yaml is now empty"), "{stderr}");
     assert!(stderr.contains("define no rules"), "{stderr}");
     assert!(!stderr.contains("rules reloaded"), "{stderr}");
 }
@@ -416,7 +416,9 @@ fn blocked_stdout_counts_dropped_alerts_and_exits_within_the_bound() {
         &std::fs::read_to_string(&summary).unwrap_or_else(|e| panic!("summary: {e}\n{stderr}")),
     )
     .expect("summary JSON");
-    let lost = summary["pipeline"]["stdout_lost"].as_u64().expect("stdout_lost");
+    let lost = summary["pipeline"]["stdout_lost"]
+        .as_u64()
+        .expect("stdout_lost");
     assert!(lost > 0, "{summary}");
 }
 

@@ -71,7 +71,7 @@ impl Pipeline {
         let first = source
             .load(metrics)
             .with_context(|| format!("loading {}", source.describe()))?;
-        tracing::info!(rules = first.rules().len(), from = %source.describe(), "rules loaded");
+        tracing::info!(rules = first.ruleset.rules().len(), from = %source.describe(), "rules loaded");
         // Outputs that can be checked now are: an audit path that can never
         // be written fails start-up, not the first event.
         let audit_sink = open_audit(config, metrics)?;

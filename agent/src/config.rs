@@ -296,10 +296,25 @@ fn user_terms(message: &str) -> String {
 /// serde_yaml_ng appends " at line N column M"; the location is printed in
 /// front instead, compiler style.
 fn strip_location(message: &str) -> String {
-    match message.rfind(" at line ") {
-        Some(at) => message[..at].to_string(),
-        None => message.to_string(),
+    // Syntax errors name two places (`…at line 2 column 1, while parsing a
+    // flow sequence at line 1 column 4`): every one goes.
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    while let Some(at) = rest.find(" at line ") {
+        out.push_str(&rest[..at]);
+        let after = &rest[at + " at line ".len()..];
+        let digits = |s: &str| s.trim_start_matches(|c: char| c.is_ascii_digit()).len();
+        let line_end = after.len() - digits(after);
+        match after[line_end..].strip_prefix(" column ") {
+            Some(col) if line_end > 0 => rest = &col[col.len() - digits(col)..],
+            _ => {
+                out.push_str(" at line ");
+                rest = after;
+            }
+        }
     }
+    out.push_str(rest);
+    out
 }
 
 #[cfg(test)]
@@ -390,7 +405,11 @@ webhooks:
                 "c.yaml:3:14: webhooks[0].timeout: ",
                 "`-5` is negative",
             ),
-            ("a: [unclosed", "c.yaml:", "did not find expected"),
+            (
+                "a: [unclosed",
+                "c.yaml:2:1: ",
+                "did not find expected ',' or ']', while parsing a flow sequence",
+            ),
             (
                 "kernel: 5",
                 "c.yaml:1:9: kernel: ",

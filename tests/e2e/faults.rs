@@ -12,8 +12,9 @@ use std::{
 use crate::support::{
     self, TempDir,
     agent::{Agent, EVENT_TIMEOUT},
+    free_port,
+    http::{Receiver, get as http_get},
     netns::{NetNs, V4_SERVER},
-    prometheus::{WebhookReceiver, free_port, http_get},
     tmpfs::Tmpfs,
 };
 
@@ -70,7 +71,7 @@ fn audit_on_a_full_disk_keeps_alerting_counts_losses_and_resumes() {
     let audit = disk.path().join("audit.jsonl");
     // Room for a few dozen records only.
     let filler = disk.fill("filler", 32 * 1024);
-    let receiver = WebhookReceiver::start();
+    let receiver = Receiver::start().expect("webhook receiver");
     let listen = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()));
     let agent = Agent::start(&[
         "run",
@@ -82,7 +83,7 @@ fn audit_on_a_full_disk_keeps_alerting_counts_losses_and_resumes() {
         "--listen",
         &listen.to_string(),
         "--webhook",
-        &format!("http://{}/", receiver.addr),
+        &receiver.url(),
     ]);
     let ns = NetNs::new("faults-disk");
     let probe = support::probe_path();
@@ -100,9 +101,7 @@ fn audit_on_a_full_disk_keeps_alerting_counts_losses_and_resumes() {
     wait_until("audit losses counted", EVENT_TIMEOUT, || {
         metric(listen, lost).is_some_and(|n| n > 0.0)
     });
-    wait_until("webhook deliveries", EVENT_TIMEOUT, || {
-        receiver.requests() > 0
-    });
+    wait_until("webhook deliveries", EVENT_TIMEOUT, || receiver.count() > 0);
     let written_while_full = audit_lines_for_server(&audit);
     assert!(
         written_while_full < 2000,
@@ -298,12 +297,12 @@ fn inline_secrets_are_not_echoed() {
         "egret.yaml",
         "webhooks:\n  - url: http://127.0.0.1:1/\n    bearer_token: \"inline-s3cret-value\"\n",
     );
-    let check = Command::new(env!("CARGO_BIN_EXE_egret"))
+    let check = Command::new(support::agent_path())
         .args(["config", "check"])
         .arg(&config)
         .output()
         .expect("egret config check");
-    let run = Command::new(env!("CARGO_BIN_EXE_egret"))
+    let run = Command::new(support::agent_path())
         .args(["run", "--config"])
         .arg(&config)
         .output()
@@ -368,7 +367,8 @@ fn blocked_stdout_counts_dropped_alerts_and_exits_within_the_bound() {
     let mut fifo = StuckFifo::new(&dir.0.join("stdout"));
     let summary = dir.0.join("summary.json");
     let listen = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()));
-    let mut agent = Agent::spawn_with_stdout(
+    let mut agent = Agent::spawn_with_stdio(
+        support::agent_path(),
         &[
             "run",
             "--no-identity",

@@ -50,6 +50,8 @@ pub(super) struct Started {
 /// Totals at exit, machine-readable (`egret run --summary PATH`).
 #[derive(Debug, Serialize)]
 pub struct Summary {
+    /// Networks in the kernel ignore list at start-up.
+    pub ignored_networks: usize,
     /// Kernel counters per hook; absent when they could not be read.
     pub kernel: Option<BTreeMap<&'static str, HookTotals>>,
     pub pipeline: PipelineTotals,
@@ -105,7 +107,7 @@ impl Running {
     /// (the source stops on it).
     pub async fn stop(self) -> anyhow::Result<Summary> {
         let Running {
-            started: _,
+            started,
             probes,
             metrics,
             source,
@@ -144,7 +146,8 @@ impl Running {
         if let Some(task) = containerd {
             join_by("containerd", task, deadline).await?;
         }
-        let summary = Summary::new(counters.ok(), &metrics, totals);
+        let mut summary = Summary::new(counters.ok(), &metrics, totals);
+        summary.ignored_networks = started.ignored_networks;
         summary.log();
         Ok(summary)
     }
@@ -175,6 +178,7 @@ impl Summary {
         let alerted = metrics.events(Verdict::Alerted);
         let no_match = metrics.events(Verdict::NoMatch);
         Summary {
+            ignored_networks: 0,
             kernel,
             pipeline: PipelineTotals {
                 events: alerted + no_match,

@@ -32,12 +32,16 @@ fn rule_matching<'de, D: serde::Deserializer<'de>>(d: D) -> Result<RuleMatching,
 }
 
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[serde(deny_unknown_fields, default, expecting = "a map of settings")]
 pub struct Config {
     /// Rule files or directories, loaded in order. Empty: the bundled rules.
     pub rules_files: Vec<PathBuf>,
     #[serde(deserialize_with = "rule_matching")]
     pub rule_matching: RuleMatching,
+    /// Lets a reload take an empty rules file, or a set of zero rules in
+    /// place of active ones (off: such a reload is refused and counted as
+    /// failed, so a truncated file cannot switch detection off).
+    pub rules_allow_empty: bool,
     pub listen: Option<SocketAddr>,
     /// Alert `hostname`; default `$NODE_NAME`, else the host name.
     pub hostname: Option<String>,
@@ -80,7 +84,7 @@ impl Default for ControlConfig {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[serde(deny_unknown_fields, default, expecting = "audit settings (a map)")]
 pub struct AuditConfig {
     /// Where every egress event goes: unset/"" off, "-" stdout, else a file.
     pub path: AuditTarget,
@@ -123,7 +127,7 @@ impl Default for AuditConfig {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[serde(deny_unknown_fields, default, expecting = "kernel settings (a map)")]
 pub struct KernelConfig {
     /// cgroup v2 directory to attach to; default the cgroup2 root.
     pub cgroup: Option<PathBuf>,
@@ -146,7 +150,7 @@ impl Default for KernelConfig {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[serde(deny_unknown_fields, default, expecting = "identity settings (a map)")]
 pub struct IdentityConfig {
     pub enabled: bool,
     pub containerd_socket: PathBuf,
@@ -179,13 +183,18 @@ impl Config {
         if text.trim().is_empty() {
             return Ok(Config::default());
         }
-        let config: Config = serde_yaml_ng::from_str(text).map_err(|err| {
-            let message = strip_location(&err.to_string());
+        let located = |err: serde_yaml_ng::Error| {
+            let message = user_terms(&strip_location(&err.to_string()));
             ConfigError::Invalid(match err.location() {
                 Some(at) => format!("{name}:{}:{}: {message}", at.line(), at.column()),
                 None => format!("{name}: {message}"),
             })
-        })?;
+        };
+        // The whole file must be YAML before any key is judged: the typed
+        // pass reads as it goes and would report `a: [unclosed` as an
+        // unknown key `a` rather than the unclosed list.
+        serde_yaml_ng::from_str::<serde::de::IgnoredAny>(text).map_err(located)?;
+        let config: Config = serde_yaml_ng::from_str(text).map_err(located)?;
         let mut config = config;
         // Empty strings in YAML mean "not set", as for `hostname`.
         config.kernel.cgroup = config.kernel.cgroup.filter(|p| !p.as_os_str().is_empty());
@@ -301,13 +310,67 @@ impl Config {
     }
 }
 
+/// serde names Rust types where the user wrote YAML (`expected u32`); say
+/// it in the file's terms instead.
+fn user_terms(message: &str) -> String {
+    const TERMS: [(&str, &str); 11] = [
+        ("expected u8", "expected a whole number from 0 to 255"),
+        ("expected u16", "expected a whole number from 0 to 65535"),
+        (
+            "expected u32",
+            "expected a whole number from 0 to 4294967295",
+        ),
+        ("expected u64", "expected a whole number of at least 0"),
+        ("expected usize", "expected a whole number of at least 0"),
+        ("expected i32", "expected a whole number"),
+        ("expected i64", "expected a whole number"),
+        ("expected f64", "expected a number"),
+        ("expected a borrowed string", "expected a string"),
+        ("expected path string", "expected a path"),
+        (
+            "expected socket address",
+            "expected an address such as 127.0.0.1:9464",
+        ),
+    ];
+    let mut out = message.to_owned();
+    for (from, to) in TERMS {
+        if let Some(at) = out.find(from) {
+            // Only whole words: `expected u32` but not `expected u320`.
+            let end = at + from.len();
+            if out[end..]
+                .chars()
+                .next()
+                .is_none_or(|c| !c.is_alphanumeric())
+            {
+                out.replace_range(at..end, to);
+            }
+        }
+    }
+    out
+}
+
 /// serde_yaml_ng appends " at line N column M"; the location is printed in
 /// front instead, compiler style.
 fn strip_location(message: &str) -> String {
-    match message.rfind(" at line ") {
-        Some(at) => message[..at].to_string(),
-        None => message.to_string(),
+    // Syntax errors name two places (`…at line 2 column 1, while parsing a
+    // flow sequence at line 1 column 4`): every one goes.
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    while let Some(at) = rest.find(" at line ") {
+        out.push_str(&rest[..at]);
+        let after = &rest[at + " at line ".len()..];
+        let digits = |s: &str| s.trim_start_matches(|c: char| c.is_ascii_digit()).len();
+        let line_end = after.len() - digits(after);
+        match after[line_end..].strip_prefix(" column ") {
+            Some(col) if line_end > 0 => rest = &col[col.len() - digits(col)..],
+            _ => {
+                out.push_str(" at line ");
+                rest = after;
+            }
+        }
     }
+    out.push_str(rest);
+    out
 }
 
 #[cfg(test)]
@@ -387,6 +450,54 @@ webhooks:
             let message = err.unwrap_err().to_string();
             assert!(message.starts_with("c.yaml"), "{message}");
             assert!(!message.contains('\n'), "{message}");
+        }
+    }
+
+    #[test]
+    fn errors_name_the_key_and_place_in_the_users_terms() {
+        for (text, at, wanted) in [
+            (
+                "webhooks:\n  - url: http://127.0.0.1:1/\n    timeout: -5\n",
+                "c.yaml:3:14: webhooks[0].timeout: ",
+                "`-5` is negative",
+            ),
+            (
+                "a: [unclosed",
+                "c.yaml:2:1: ",
+                "did not find expected ',' or ']', while parsing a flow sequence",
+            ),
+            (
+                "kernel: 5",
+                "c.yaml:1:9: kernel: ",
+                "expected kernel settings (a map)",
+            ),
+            (
+                "kernel: {ringbuf_bytes: abc}",
+                "c.yaml:1:25: kernel.ringbuf_bytes: ",
+                "expected a whole number from 0 to 4294967295",
+            ),
+        ] {
+            let message = Config::parse("c.yaml", text).unwrap_err().to_string();
+            assert!(message.starts_with(at), "{text}: {message}");
+            assert!(message.contains(wanted), "{text}: {message}");
+            for internal in ["Raw", "struct", "untagged", "u32", "unknown field"] {
+                assert!(!message.contains(internal), "{text}: {message}");
+            }
+        }
+    }
+
+    #[test]
+    fn inline_secrets_are_refused_without_echo() {
+        for text in [
+            "webhooks: [{url: 'http://127.0.0.1:1/', bearer_token: \"inline-secret\"}]",
+            "webhooks: [{url: 'http://127.0.0.1:1/', hmac: {secret: inline-secret}}]",
+            "webhooks: [{url: 'http://127.0.0.1:1/', headers: {X-Key: [inline-secret]}}]",
+        ] {
+            let message = Config::parse("c.yaml", text).unwrap_err().to_string();
+            assert!(message.starts_with("c.yaml:1:"), "{message}");
+            assert!(message.contains("webhooks[0]."), "{message}");
+            assert!(!message.contains("inline-secret"), "{message}");
+            assert!(!message.contains("Raw"), "{message}");
         }
     }
 }

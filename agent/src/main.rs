@@ -66,7 +66,11 @@ fn run_agent(config: Config) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(egret::run::run(config)) {
+    let result = runtime.block_on(egret::run::run(config));
+    // Dropping the runtime would wait for every blocking task, including a
+    // write to a stdout nobody reads; the shutdown bound is already spent.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(500));
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             // Rule problems are one `file:line:col` per line, like a

@@ -25,7 +25,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         None => None,
     };
 
-    let running = Pipeline::start(&config, &metrics, &shutdown).await?;
+    let running = Pipeline::start(&config, &metrics, &readiness, &shutdown).await?;
     readiness.set(true);
     running.log_ready();
 
@@ -34,9 +34,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     tracing::info!("shutting down");
     let summary = running.stop().await?;
     if let Some(task) = health {
-        match tokio::time::timeout(crate::pipeline::STAGE_GRACE, task).await {
-            Ok(joined) => joined.context("http task")?.context("serving HTTP")?,
-            Err(_) => tracing::warn!("HTTP listener did not stop in time"),
+        // The listener saw the token long ago; this only collects it.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+        if let Some(result) = crate::pipeline::join_by("http", task, deadline).await? {
+            result.context("serving HTTP")?;
         }
     }
     if let Some(path) = &config.summary {
@@ -64,6 +65,8 @@ async fn serve_http(
     )))
 }
 
+/// The first SIGTERM/SIGINT starts the ordered shutdown; a second one
+/// exits at once (an operator who signals twice wants the process gone).
 fn spawn_signal_handler(shutdown: CancellationToken) -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
@@ -74,6 +77,14 @@ fn spawn_signal_handler(shutdown: CancellationToken) -> anyhow::Result<()> {
             _ = int.recv() => tracing::info!("SIGINT received"),
         }
         shutdown.cancel();
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        tracing::warn!("second signal during shutdown; exiting now");
+        // Links to the kernel programs are file descriptors: exiting
+        // detaches them.
+        std::process::exit(1);
     });
     Ok(())
 }

@@ -3,6 +3,7 @@
 //! and print a skip reason otherwise; see `support::privileged`.
 mod containers;
 mod deploy;
+mod faults;
 mod identity;
 mod kernel_counters;
 mod kernel_hooks;

@@ -9,6 +9,7 @@
 //! The per-alert path takes one uncontended mutex and allocates nothing when
 //! the series already exist; per-event counters are plain atomics.
 mod collectors;
+mod outputs;
 #[cfg(any(test, feature = "test-util"))]
 pub mod promql;
 mod table;
@@ -49,6 +50,7 @@ use crate::{
     pipeline::enrich::EnrichFailure,
     sync::lock,
 };
+pub use outputs::{LossReason, Output};
 use table::{LruSeries, ValueCap};
 pub use webhook::{DropReason, WebhookMetrics};
 
@@ -60,7 +62,7 @@ const HOOKS: usize = Hook::COUNT as usize;
 
 /// Limits and switches; embedded in the agent's config file.
 #[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[serde(deny_unknown_fields, default, expecting = "metrics settings (a map)")]
 pub struct MetricsConfig {
     /// Series in `egret_destination_alerts_total` (rule × destination ×
     /// process × container); the least recently updated is evicted beyond.
@@ -227,6 +229,7 @@ pub struct Metrics {
     rules_loaded: Gauge,
     audit_dropped: Counter,
     rules_last_reload_ok: Gauge,
+    output_lost: outputs::LostFamily,
     webhook_deliveries: Family<EndpointLabel, Counter>,
     webhook_delivered_alerts: Family<EndpointLabel, Counter>,
     webhook_retries: Family<EndpointLabel, Counter>,
@@ -286,6 +289,7 @@ impl Metrics {
             rules_loaded: Gauge::default(),
             audit_dropped: Counter::default(),
             rules_last_reload_ok: Gauge::default(),
+            output_lost: Family::default(),
             webhook_deliveries: Family::default(),
             webhook_delivered_alerts: Family::default(),
             webhook_retries: Family::default(),
@@ -306,6 +310,7 @@ impl Metrics {
         // Zero from the start, so EgretQuarantineNotEnforced can tell "had
         // quarantines, then vanished" from "never had any".
         m.quarantines(0, 0);
+        outputs::declare(&m.output_lost);
         m.register_rest(shared)
     }
 
@@ -335,6 +340,11 @@ impl Metrics {
             "egret_rules_last_reload_successful",
             "1 if the last rule load succeeded",
             self.rules_last_reload_ok.clone(),
+        );
+        r.register(
+            "egret_output_lost_records",
+            "Records a local output (audit log, stdout alerts) could not write, by reason",
+            self.output_lost.clone(),
         );
         r.register(
             "egret_webhook_deliveries",
@@ -438,6 +448,12 @@ impl Metrics {
         self.shared.verdicts[verdict as usize].fetch_add(n, Ordering::Relaxed);
     }
 
+    /// Events the rules were evaluated against so far (alerted or not),
+    /// the evaluate stage's progress for the liveness watchdog.
+    pub fn events_evaluated(&self) -> u64 {
+        self.events(Verdict::Alerted) + self.events(Verdict::NoMatch)
+    }
+
     /// Egress attempts counted as `verdict` so far.
     pub fn events(&self, verdict: Verdict) -> u64 {
         self.shared.verdicts[verdict as usize].load(Ordering::Relaxed)
@@ -514,6 +530,16 @@ impl Metrics {
         self.quarantines
             .get_or_create(&[("state", "pending")])
             .set(pending as i64);
+    }
+
+    /// `n` records `output` could not write.
+    pub fn output_lost(&self, output: Output, reason: LossReason, n: u64) {
+        outputs::add(&self.output_lost, output, reason, n);
+    }
+
+    /// Records `output` lost so far, all reasons.
+    pub fn output_lost_total(&self, output: Output) -> u64 {
+        outputs::total(&self.output_lost, output)
     }
 
     /// Latest kernel counters (for a periodic updater).

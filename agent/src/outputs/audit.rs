@@ -1,16 +1,35 @@
 //! Audit sink: one JSON object per egress attempt, Falco field names where
 //! Falco has them and `egret.*` for what it lacks.
-use std::borrow::Cow;
-
-use std::path::PathBuf;
-
-use serde::Serialize;
-use tokio::{
-    io::{AsyncWrite, AsyncWriteExt},
-    sync::mpsc,
+//!
+//! The audit log is a record, not the detector: when it cannot be written
+//! (disk full, file removed, I/O error) the agent keeps evaluating and
+//! alerting, the lost records are counted by reason
+//! (`egret_output_lost_records_total{output="audit"}`), the error is logged
+//! rate-limited, and every later batch tries again, reopening the file when
+//! it was rotated or removed, so the log resumes by itself once the disk has
+//! room. A failed write is cut back to the last whole line. The path is
+//! checked when the agent starts (a directory, a device, a path that cannot
+//! be created are start-up errors), not at the first event.
+//!
+//! Writes are blocking and run on their own thread, so a slow disk stalls
+//! only this sink (its queue fills and drops are counted upstream).
+use std::{
+    borrow::Cow,
+    fs::File,
+    io::Write,
+    path::{Path, PathBuf},
+    sync::Arc,
 };
 
-use crate::{pipeline::enrich::Event, timefmt};
+use serde::Serialize;
+use tokio::sync::mpsc;
+
+use crate::{
+    logging::{DEFAULT_INTERVAL, RateLimited},
+    metrics::{LossReason, Metrics, Output},
+    pipeline::enrich::Event,
+    timefmt,
+};
 
 #[derive(Serialize)]
 pub struct AuditRecord<'a> {
@@ -149,7 +168,7 @@ impl<'a> AuditRecord<'a> {
 }
 
 /// Where audit records go.
-pub enum AuditOutput<W> {
+pub enum AuditDestination<W> {
     Writer(W),
     /// A file rotated by size: `path` → `path.1` → … → `path.N` (dropped).
     File {
@@ -159,114 +178,228 @@ pub enum AuditOutput<W> {
     },
 }
 
-/// Writes every batch as JSON lines, flushing once per batch.
-pub async fn run<W: AsyncWrite + Unpin>(
-    mut rx: mpsc::Receiver<Vec<Event>>,
-    output: AuditOutput<W>,
-) -> std::io::Result<u64> {
-    let mut sink = match output {
-        AuditOutput::Writer(w) => Sink::Writer(w),
-        AuditOutput::File {
-            path,
-            max_bytes,
-            max_files,
-        } => Sink::File(RotatingFile::open(path, max_bytes, max_files).await?),
-    };
-    let mut buf = Vec::with_capacity(64 * 1024);
-    let mut written = 0u64;
-    while let Some(batch) = rx.recv().await {
-        buf.clear();
-        for event in &batch {
-            serde_json::to_writer(&mut buf, &AuditRecord::new(event))
-                .map_err(std::io::Error::other)?;
-            buf.push(b'\n');
-        }
-        sink.write(&buf).await?;
-        written += batch.len() as u64;
-    }
-    Ok(written)
+#[derive(Debug, thiserror::Error)]
+pub enum AuditError {
+    #[error("audit log {path}: creating its directory: {source}")]
+    Dir {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("audit log {path}: {source}")]
+    Open {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error(
+        "audit log {path}: not a regular file (the audit log must be a file it can append to and rotate)"
+    )]
+    NotRegular { path: String },
 }
 
-enum Sink<W> {
+/// An opened audit sink; [`AuditSink::open`] is the start-up check.
+pub struct AuditSink<W> {
+    out: Out<W>,
+    metrics: Arc<Metrics>,
+}
+
+enum Out<W> {
     Writer(W),
     File(RotatingFile),
 }
 
-impl<W: AsyncWrite + Unpin> Sink<W> {
-    async fn write(&mut self, buf: &[u8]) -> std::io::Result<()> {
-        match self {
-            Sink::Writer(w) => {
-                w.write_all(buf).await?;
-                w.flush().await
+static WRITE_FAILED: RateLimited = RateLimited::new(DEFAULT_INTERVAL);
+
+impl<W: Write> AuditSink<W> {
+    /// Opens (creating) the file now, so a path that can never work fails
+    /// start-up with one clear error instead of at the first event.
+    pub fn open(target: AuditDestination<W>, metrics: Arc<Metrics>) -> Result<Self, AuditError> {
+        let out = match target {
+            AuditDestination::Writer(w) => Out::Writer(w),
+            AuditDestination::File {
+                path,
+                max_bytes,
+                max_files,
+            } => {
+                let file = open_append(&path)?;
+                Out::File(RotatingFile {
+                    path,
+                    max_bytes,
+                    max_files,
+                    file: Some(file),
+                })
             }
-            Sink::File(file) => file.write(buf).await,
+        };
+        Ok(AuditSink { out, metrics })
+    }
+
+    /// Writes every batch until the channel closes; returns the records
+    /// written. Never fails: a batch that cannot be written is counted.
+    pub fn run_blocking(mut self, mut rx: mpsc::Receiver<Vec<Event>>) -> u64 {
+        let mut buf = Vec::with_capacity(64 * 1024);
+        let mut written = 0u64;
+        // Records lost since the last successful write, for the log line
+        // that says the sink recovered.
+        let mut outage = 0u64;
+        while let Some(batch) = rx.blocking_recv() {
+            buf.clear();
+            for event in &batch {
+                // Serialising our own structs into a Vec cannot fail; if it
+                // ever did, the partial record is cut off below.
+                let mark = buf.len();
+                if serde_json::to_writer(&mut buf, &AuditRecord::new(event)).is_err() {
+                    buf.truncate(mark);
+                    continue;
+                }
+                buf.push(b'\n');
+            }
+            let n = batch.len() as u64;
+            match self.write(&buf) {
+                Ok(()) => {
+                    written += n;
+                    if outage > 0 {
+                        tracing::info!(lost = outage, "audit log writable again");
+                        outage = 0;
+                    }
+                }
+                Err(err) => {
+                    let reason = LossReason::of(&err);
+                    self.metrics.output_lost(Output::Audit, reason, n);
+                    outage += n;
+                    crate::error_limited!(
+                        WRITE_FAILED,
+                        %err,
+                        reason = reason.as_str(),
+                        lost_so_far = outage,
+                        "audit log write failed; records dropped and counted, retrying with the next batch"
+                    );
+                }
+            }
+        }
+        written
+    }
+
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        match &mut self.out {
+            Out::Writer(w) => {
+                w.write_all(buf)?;
+                w.flush()
+            }
+            Out::File(file) => file.write(buf),
         }
     }
+}
+
+/// Runs the sink on a blocking thread until the channel closes.
+pub async fn run<W: Write + Send + 'static>(
+    rx: mpsc::Receiver<Vec<Event>>,
+    sink: AuditSink<W>,
+) -> u64 {
+    match tokio::task::spawn_blocking(move || sink.run_blocking(rx)).await {
+        Ok(written) => written,
+        Err(err) => {
+            tracing::error!(%err, "audit sink thread failed");
+            0
+        }
+    }
+}
+
+fn open_append(path: &Path) -> Result<File, AuditError> {
+    let shown = || path.display().to_string();
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|source| AuditError::Dir {
+            path: shown(),
+            source,
+        })?;
+    }
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|source| AuditError::Open {
+            path: shown(),
+            source,
+        })?;
+    let meta = file.metadata().map_err(|source| AuditError::Open {
+        path: shown(),
+        source,
+    })?;
+    if !meta.is_file() {
+        return Err(AuditError::NotRegular { path: shown() });
+    }
+    Ok(file)
 }
 
 struct RotatingFile {
     path: PathBuf,
     max_bytes: u64,
     max_files: u32,
-    file: tokio::fs::File,
-    size: u64,
+    /// `None` after the file could not be reopened; tried again per batch.
+    file: Option<File>,
 }
 
 impl RotatingFile {
-    async fn open(path: PathBuf, max_bytes: u64, max_files: u32) -> std::io::Result<Self> {
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            tokio::fs::create_dir_all(dir).await?;
-        }
-        let file = tokio::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .await?;
-        let size = file.metadata().await?.len();
-        Ok(RotatingFile {
-            path,
-            max_bytes,
-            max_files,
-            file,
-            size,
-        })
-    }
-
     /// Rotates before a batch that would overflow, so no line is split
-    /// across files.
-    async fn write(&mut self, buf: &[u8]) -> std::io::Result<()> {
-        if self.size > 0 && self.size + buf.len() as u64 > self.max_bytes {
-            self.rotate().await?;
+    /// across files; a failed write is cut back to the last whole line.
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        let max_bytes = self.max_bytes;
+        let size = self.current()?.metadata()?.len();
+        if size > 0 && size + buf.len() as u64 > max_bytes {
+            self.rotate()?;
         }
-        self.file.write_all(buf).await?;
-        self.file.flush().await?;
-        self.size += buf.len() as u64;
+        let file = self.current()?;
+        let start = file.metadata()?.len();
+        if let Err(err) = file.write_all(buf) {
+            // Truncating needs no space; if even that fails the next
+            // successful open starts a fresh line anyway (see `current`).
+            let _ = file.set_len(start);
+            return Err(err);
+        }
         Ok(())
     }
 
-    async fn rotate(&mut self) -> std::io::Result<()> {
+    /// The open file, reopened when it is missing or the path now names
+    /// another file (moved away by logrotate, deleted, replaced).
+    fn current(&mut self) -> std::io::Result<&mut File> {
+        use std::os::unix::fs::MetadataExt;
+        let stale = match (&self.file, std::fs::metadata(&self.path)) {
+            (Some(file), Ok(on_disk)) => file.metadata()?.ino() != on_disk.ino(),
+            _ => true,
+        };
+        if stale {
+            self.file = None;
+            let file = open_append(&self.path).map_err(|err| match err {
+                AuditError::Dir { source, .. } | AuditError::Open { source, .. } => source,
+                AuditError::NotRegular { .. } => {
+                    std::io::Error::other("the audit path is no longer a regular file")
+                }
+            })?;
+            tracing::info!(path = %self.path.display(), "audit log reopened");
+            self.file = Some(file);
+        }
+        self.file
+            .as_mut()
+            .ok_or_else(|| std::io::Error::other("audit log not open"))
+    }
+
+    fn rotate(&mut self) -> std::io::Result<()> {
         let numbered = |n: u32| {
             let mut name = self.path.clone().into_os_string();
             name.push(format!(".{n}"));
             PathBuf::from(name)
         };
         if self.max_files == 0 {
-            tokio::fs::remove_file(&self.path).await?;
+            std::fs::remove_file(&self.path)?;
         } else {
             for n in (1..self.max_files).rev() {
                 let from = numbered(n);
-                if tokio::fs::try_exists(&from).await.unwrap_or(false) {
-                    tokio::fs::rename(&from, numbered(n + 1)).await?;
+                if from.exists() {
+                    std::fs::rename(&from, numbered(n + 1))?;
                 }
             }
-            tokio::fs::rename(&self.path, numbered(1)).await?;
+            std::fs::rename(&self.path, numbered(1))?;
         }
-        self.file = tokio::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.path)
-            .await?;
-        self.size = 0;
+        // `current` opens the new file.
+        self.file = None;
         Ok(())
     }
 }
@@ -314,15 +447,19 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn writes_one_json_line_per_event() {
+    fn metrics() -> Arc<Metrics> {
+        Metrics::new(&crate::metrics::MetricsConfig::default())
+    }
+
+    #[test]
+    fn writes_one_json_line_per_event() {
         let (tx, rx) = mpsc::channel(4);
-        tx.send(vec![attempt("198.51.100.7"), attempt("2001:db8::7")])
-            .await
+        tx.try_send(vec![attempt("198.51.100.7"), attempt("2001:db8::7")])
             .unwrap();
         drop(tx);
         let mut out = Vec::new();
-        assert_eq!(run(rx, AuditOutput::Writer(&mut out)).await.unwrap(), 2);
+        let sink = AuditSink::open(AuditDestination::Writer(&mut out), metrics()).unwrap();
+        assert_eq!(sink.run_blocking(rx), 2);
         let text = String::from_utf8(out).unwrap();
         let lines: Vec<serde_json::Value> = text
             .lines()
@@ -340,21 +477,22 @@ mod tests {
         assert_eq!(lines[0]["timestamp_ms"], 1_700_000_000_123u64);
     }
 
-    #[tokio::test]
-    async fn file_rotates_by_size_and_keeps_max_files() {
+    #[test]
+    fn file_rotates_by_size_and_keeps_max_files() {
         let dir = std::env::temp_dir().join(format!("egret-audit-{}", std::process::id()));
         let path = dir.join("audit.jsonl");
         let (tx, rx) = mpsc::channel(64);
         for _ in 0..20 {
-            tx.send(vec![attempt("198.51.100.7")]).await.unwrap();
+            tx.try_send(vec![attempt("198.51.100.7")]).unwrap();
         }
         drop(tx);
-        let output: AuditOutput<tokio::io::Sink> = AuditOutput::File {
+        let target: AuditDestination<std::io::Sink> = AuditDestination::File {
             path: path.clone(),
             max_bytes: 4096,
             max_files: 2,
         };
-        assert_eq!(run(rx, output).await.unwrap(), 20);
+        let sink = AuditSink::open(target, metrics()).unwrap();
+        assert_eq!(sink.run_blocking(rx), 20);
         let size = |p: &std::path::Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
         assert!(size(&path) <= 4096 && size(&path) > 0);
         assert!(size(&dir.join("audit.jsonl.1")) > 0);
@@ -370,6 +508,125 @@ mod tests {
                     .all(|l| serde_json::from_str::<serde_json::Value>(l).is_ok())
             );
         }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Fails every write while `full` is set, like a full disk.
+    struct FlakyDisk<'a> {
+        full: &'a std::cell::Cell<bool>,
+        out: Vec<u8>,
+    }
+
+    impl Write for FlakyDisk<'_> {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            if self.full.get() {
+                return Err(std::io::Error::from_raw_os_error(libc::ENOSPC));
+            }
+            self.out.extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn write_errors_are_counted_and_the_sink_keeps_going() {
+        let full = std::cell::Cell::new(false);
+        let metrics = metrics();
+        let mut sink = AuditSink::open(
+            AuditDestination::Writer(FlakyDisk {
+                full: &full,
+                out: Vec::new(),
+            }),
+            metrics.clone(),
+        )
+        .unwrap();
+        let batch = |n: usize| (0..n).map(|_| attempt("198.51.100.7")).collect::<Vec<_>>();
+        let mut buf = Vec::new();
+        for event in &batch(2) {
+            serde_json::to_writer(&mut buf, &AuditRecord::new(event)).unwrap();
+            buf.push(b'\n');
+        }
+        sink.write(&buf).unwrap();
+        full.set(true);
+        let (tx, rx) = mpsc::channel(4);
+        tx.try_send(batch(3)).unwrap();
+        drop(tx);
+        // run_blocking consumes the sink; the writer's state is read back
+        // through the shared cell and the metrics.
+        assert_eq!(sink.run_blocking(rx), 0);
+        assert_eq!(metrics.output_lost_total(Output::Audit), 3);
+        let text = metrics.encode().unwrap();
+        assert!(
+            text.contains(r#"egret_output_lost_records_total{output="audit",reason="no_space"} 3"#),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn resumes_after_the_disk_has_room_again() {
+        let full = std::cell::Cell::new(true);
+        let metrics = metrics();
+        let mut out = FlakyDisk {
+            full: &full,
+            out: Vec::new(),
+        };
+        {
+            let mut sink =
+                AuditSink::open(AuditDestination::Writer(&mut out), metrics.clone()).unwrap();
+            assert!(sink.write(b"{}\n").is_err());
+            full.set(false);
+            sink.write(b"{}\n").unwrap();
+        }
+        assert_eq!(out.out, b"{}\n");
+    }
+
+    #[test]
+    fn unusable_paths_fail_at_open_with_one_clear_error() {
+        let dir = std::env::temp_dir().join(format!("egret-audit-bad-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        for (path, wanted) in [
+            (dir.clone(), "Is a directory"),
+            (
+                PathBuf::from("/proc/nonexist/audit.jsonl"),
+                "creating its directory",
+            ),
+            (PathBuf::from("/dev/full"), "not a regular file"),
+        ] {
+            let target: AuditDestination<std::io::Sink> = AuditDestination::File {
+                path: path.clone(),
+                max_bytes: 4096,
+                max_files: 1,
+            };
+            let err = AuditSink::open(target, metrics())
+                .err()
+                .unwrap()
+                .to_string();
+            assert!(
+                err.starts_with(&format!("audit log {}", path.display())),
+                "{err}"
+            );
+            assert!(err.contains(wanted), "{err}");
+            assert!(!err.contains('\n'), "{err}");
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_file_moved_away_is_reopened() {
+        let dir = std::env::temp_dir().join(format!("egret-audit-mv-{}", std::process::id()));
+        let path = dir.join("audit.jsonl");
+        let target: AuditDestination<std::io::Sink> = AuditDestination::File {
+            path: path.clone(),
+            max_bytes: 1 << 20,
+            max_files: 1,
+        };
+        let mut sink = AuditSink::open(target, metrics()).unwrap();
+        sink.write(b"{\"a\":1}\n").unwrap();
+        std::fs::rename(&path, dir.join("rotated-by-logrotate")).unwrap();
+        sink.write(b"{\"a\":2}\n").unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "{\"a\":2}\n");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

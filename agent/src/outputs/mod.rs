@@ -2,22 +2,25 @@
 //! hands each evaluated batch to [`Outputs::send`], the one fan-out: alerts
 //! go to stdout and the webhook endpoints, every event to the audit log.
 //!
-//! Each output owns its own queue or writer, so a slow one is handled where
-//! it is (the audit queue and webhook queues drop and count; stdout is
-//! written in line and applies backpressure). A new output is a module here
-//! plus a field in [`Outputs`] and a line in `send` and `stop`.
+//! Each output owns its own queue, so a slow or failing one is handled where
+//! it is and never stops evaluation: the audit queue, the webhook queues and
+//! stdout's queue ([`stdout_queue`]) each drop and count
+//! (`egret_output_lost_records_total`, `egret_webhook_drops_total`). A new
+//! output is a module here plus a field in [`Outputs`] and a line in `send`
+//! and `stop`.
 pub mod alert;
 pub mod audit;
 pub mod stdout;
+pub mod stdout_queue;
 pub mod webhook;
 
-use std::{sync::Arc, time::Duration};
+use std::{sync::Arc, time::Instant};
 
 use egret_rules::{Event as _, FieldId, Value};
 use tokio::{io::AsyncWrite, sync::mpsc, task::JoinHandle};
 
 use crate::{
-    metrics::{AlertContext, Metrics},
+    metrics::{AlertContext, LossReason, Metrics, Output},
     pipeline::enrich::Event,
 };
 use alert::Alert;
@@ -57,7 +60,7 @@ pub fn alert_context(event: &Event) -> AlertContext<'_> {
 /// The audit log's queue and writer task; a full queue is a counted drop.
 pub struct AuditQueue {
     pub tx: mpsc::Sender<Vec<Event>>,
-    pub task: JoinHandle<std::io::Result<u64>>,
+    pub task: JoinHandle<u64>,
 }
 
 pub struct Outputs<W> {
@@ -104,14 +107,17 @@ impl<W: AsyncWrite + Unpin> Outputs<W> {
             let n = batch.events.len() as u64;
             if audit.tx.try_send(batch.events).is_err() {
                 self.metrics.observe_audit_dropped(n);
+                self.metrics
+                    .output_lost(Output::Audit, LossReason::QueueFull, n);
             }
         }
         Ok(())
     }
 
-    /// Closes every output and waits for each to drain, each within
-    /// `deadline` (webhooks keep their own grace, which is shorter).
-    pub async fn stop(self, deadline: Duration) -> std::io::Result<OutputTotals> {
+    /// Closes every output and waits for them to drain until `deadline`
+    /// (webhooks keep their own grace, which is shorter); what an output
+    /// still holds then is abandoned, and counted where it can be.
+    pub async fn stop(self, deadline: Instant) -> std::io::Result<OutputTotals> {
         let Outputs {
             stdout,
             audit,
@@ -120,19 +126,21 @@ impl<W: AsyncWrite + Unpin> Outputs<W> {
         } = self;
         let alerts_written = stdout.written();
         if let Some(webhooks) = webhooks
-            && tokio::time::timeout(deadline, webhooks.finish())
+            && tokio::time::timeout_at(deadline.into(), webhooks.finish())
                 .await
                 .is_err()
         {
-            tracing::warn!(?deadline, "webhook endpoints did not finish in time");
+            tracing::warn!("webhook endpoints did not finish by the shutdown deadline");
         }
         let mut audited = 0;
         if let Some(AuditQueue { tx, task }) = audit {
             drop(tx);
-            match tokio::time::timeout(deadline, task).await {
-                Ok(Ok(written)) => audited = written?,
+            match tokio::time::timeout_at(deadline.into(), task).await {
+                Ok(Ok(written)) => audited = written,
                 Ok(Err(join)) => return Err(std::io::Error::other(join)),
-                Err(_) => tracing::warn!(?deadline, "audit log did not drain in time"),
+                Err(_) => tracing::warn!(
+                    "audit log did not drain by the shutdown deadline; the rest of its queue is lost"
+                ),
             }
         }
         Ok(OutputTotals {

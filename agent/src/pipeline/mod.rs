@@ -16,7 +16,7 @@ pub mod evaluate;
 mod running;
 pub mod source;
 
-use std::{path::PathBuf, sync::Arc};
+use std::sync::Arc;
 
 use anyhow::Context as _;
 use tokio::sync::mpsc;
@@ -24,22 +24,25 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     config::{AuditTarget, Config},
+    health::Readiness,
     identity::IdentitySources,
     kernel::{IgnoreSet, KernelProbes, cgroup},
     metrics::Metrics,
     outputs::{
         AuditQueue, Outputs,
-        audit::{self, AuditOutput},
+        audit::{self, AuditDestination, AuditSink},
+        stdout_queue::StdoutQueue,
         webhook::{DEFAULT_SHUTDOWN_GRACE, WebhookSink},
     },
     ruleset::{
         self, RulePaths,
         reload::{KernelIgnore, Reloader, RuleSource},
     },
+    watchdog::{self, Watchdog},
 };
 use enrich::{Enricher, process::ProcessCache};
 use evaluate::{EvaluateStage, Evaluator};
-pub use running::{Running, STAGE_GRACE, Summary};
+pub use running::{Running, SHUTDOWN_BOUND, Summary, join_by};
 
 /// Batches in flight between stages; with [`source::BATCH`] events each.
 pub const STAGE_QUEUE: usize = 64;
@@ -51,21 +54,29 @@ pub struct Pipeline;
 
 impl Pipeline {
     /// Builds and starts every stage. `shutdown` is the agent's one token:
-    /// cancelling it stops the source, the reloader and the identity worker,
-    /// and [`Running::stop`] then drains the rest in order.
+    /// cancelling it stops the source, the reloader, the identity worker and
+    /// the watchdog, and [`Running::stop`] then drains the rest in order.
+    /// The watchdog reports a wedged or stalled pipeline to `readiness`.
     pub async fn start(
         config: &Config,
         metrics: &Arc<Metrics>,
+        readiness: &Readiness,
         shutdown: &CancellationToken,
     ) -> anyhow::Result<Running> {
         let source = RuleSource {
             paths: RulePaths(config.rules_files.clone()),
             options: ruleset::options(config.rule_matching),
+            allow_empty: config.rules_allow_empty,
         };
         let first = source
             .load(metrics)
             .with_context(|| format!("loading {}", source.describe()))?;
-        tracing::info!(rules = first.rules().len(), from = %source.describe(), "rules loaded");
+        tracing::info!(rules = first.ruleset.rules().len(), from = %source.describe(), "rules loaded");
+        // Outputs that can be checked now are: an audit path that can never
+        // be written fails start-up, not the first event.
+        let audit_sink = open_audit(config, metrics)?;
+        let stdout = StdoutQueue::stdout(metrics.clone()).context("starting the stdout writer")?;
+        metrics.watch_queue_with("stdout_bytes", stdout.probe());
 
         let webhooks = if config.webhooks.is_empty() {
             None
@@ -116,6 +127,7 @@ impl Pipeline {
             );
         }
         let counters = probes.counter_reader();
+        let watchdog_counters = probes.counter_reader();
         metrics.set_kernel_reader(move || counters.read().ok());
 
         let (identity, containerd_task) = if config.identity.enabled {
@@ -156,6 +168,25 @@ impl Pipeline {
         let (events_tx, events_rx) = mpsc::channel(STAGE_QUEUE);
         metrics.watch_queue("records", &records_tx);
         metrics.watch_queue("events", &events_tx);
+        let mut dog = Watchdog::new(readiness.clone(), watchdog::Bounds::default());
+        dog.queue("records", watchdog::queue_probe(&records_tx));
+        dog.queue("events", watchdog::queue_probe(&events_tx));
+        dog.ringbuf_drops(move || {
+            let counters = watchdog_counters.read().ok()?;
+            Some(
+                egret_common::Hook::EGRESS
+                    .iter()
+                    .filter_map(|h| counters.get(*h as usize))
+                    .map(|c| c.ringbuf_full)
+                    .sum(),
+            )
+        });
+        let progress = metrics.clone();
+        dog.progress(
+            move || Some(progress.events_evaluated()),
+            watchdog::queue_probe(&events_tx),
+        );
+        let watchdog_task = tokio::spawn(dog.run(shutdown.clone()));
         let source_task = tokio::spawn(source::run(
             ring,
             records_tx,
@@ -167,14 +198,14 @@ impl Pipeline {
             records_rx,
             events_tx,
         ));
-        let audit = audit_queue(config, metrics, shutdown);
+        let audit = audit_sink.map(|sink| audit_queue(sink, metrics));
         let stage = EvaluateStage {
             rules,
             evaluator: Evaluator {
                 hostname: hostname(config).into(),
                 metrics: metrics.clone(),
             },
-            outputs: Outputs::new(tokio::io::stdout(), audit, webhooks, metrics.clone()),
+            outputs: Outputs::new(stdout.clone(), audit, webhooks, metrics.clone()),
         };
         let evaluate_task = tokio::spawn(running::stop_on_error(
             "evaluate",
@@ -194,34 +225,36 @@ impl Pipeline {
             enrich: enrich_task,
             evaluate: evaluate_task,
             reload: reload_task,
+            watchdog: watchdog_task,
             containerd: containerd_task,
             quarantine,
+            stdout,
         })
     }
 }
 
-fn audit_queue(
+/// The audit sink, opened (and so checked) now; `None` when it is off.
+fn open_audit(
     config: &Config,
-    metrics: &Metrics,
-    shutdown: &CancellationToken,
-) -> Option<AuditQueue> {
-    let output = match &config.audit.path {
-        AuditTarget::Off => return None,
-        AuditTarget::Stdout => AuditOutput::Writer(tokio::io::stdout()),
-        AuditTarget::File(path) => AuditOutput::File {
-            path: PathBuf::from(path),
+    metrics: &Arc<Metrics>,
+) -> anyhow::Result<Option<AuditSink<std::io::Stdout>>> {
+    let destination = match &config.audit.path {
+        AuditTarget::Off => return Ok(None),
+        AuditTarget::Stdout => AuditDestination::Writer(std::io::stdout()),
+        AuditTarget::File(path) => AuditDestination::File {
+            path: path.clone(),
             max_bytes: config.audit.max_bytes,
             max_files: config.audit.max_files,
         },
     };
+    Ok(Some(AuditSink::open(destination, metrics.clone())?))
+}
+
+fn audit_queue(sink: AuditSink<std::io::Stdout>, metrics: &Metrics) -> AuditQueue {
     let (tx, rx) = mpsc::channel(STAGE_QUEUE);
     metrics.watch_queue("audit", &tx);
-    let task = tokio::spawn(running::stop_on_error(
-        "audit",
-        audit::run(rx, output),
-        shutdown.clone(),
-    ));
-    Some(AuditQueue { tx, task })
+    let task = tokio::spawn(audit::run(rx, sink));
+    AuditQueue { tx, task }
 }
 
 /// Alert `hostname`: configured, else the node name Kubernetes passes in

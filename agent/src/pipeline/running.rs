@@ -1,22 +1,30 @@
 //! A started pipeline and its ordered, bounded stop.
-use std::{collections::BTreeMap, path::Path, sync::Arc, time::Duration};
+use std::{
+    collections::BTreeMap,
+    path::Path,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use anyhow::Context as _;
 use egret_common::{Hook, HookCounters};
 use serde::Serialize;
-use tokio::{io::Stdout, task::JoinHandle};
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
     kernel::KernelProbes,
-    metrics::{Metrics, Verdict},
-    outputs::{OutputTotals, Outputs},
+    metrics::{Metrics, Output, Verdict},
+    outputs::{OutputTotals, Outputs, stdout_queue::StdoutQueue},
 };
 
-/// How long each stage, and each output, may take to drain at shutdown. A
-/// stage that takes longer is abandoned, so a stuck output can never turn
-/// SIGTERM into SIGKILL.
-pub const STAGE_GRACE: Duration = Duration::from_secs(15);
+/// From the detach to exit, at most, whatever the outputs do (a stdout
+/// nobody reads, a hung disk): well under the 30 s termination grace of the
+/// shipped DaemonSet. Stages and outputs share this one deadline; what is
+/// still running then is abandoned and what it held is counted as lost
+/// where it can be. Webhook endpoints get
+/// [`crate::outputs::webhook::DEFAULT_SHUTDOWN_GRACE`] of it.
+pub const SHUTDOWN_BOUND: Duration = Duration::from_secs(10);
 
 pub struct Running {
     pub(super) started: Started,
@@ -24,11 +32,14 @@ pub struct Running {
     pub(super) metrics: Arc<Metrics>,
     pub(super) source: JoinHandle<std::io::Result<()>>,
     pub(super) enrich: JoinHandle<()>,
-    pub(super) evaluate: JoinHandle<std::io::Result<Outputs<Stdout>>>,
+    pub(super) evaluate: JoinHandle<std::io::Result<Outputs<StdoutQueue>>>,
     pub(super) reload: JoinHandle<()>,
+    pub(super) watchdog: JoinHandle<()>,
     pub(super) containerd: Option<JoinHandle<()>>,
     /// The control API (if configured) and the quarantine ticker.
     pub(super) quarantine: Option<crate::quarantine::Tasks>,
+    /// The stdout queue's handle, to drain it by the deadline.
+    pub(super) stdout: StdoutQueue,
 }
 
 /// What start-up did, for the ready line.
@@ -66,6 +77,10 @@ pub struct PipelineTotals {
     pub decode_errors: u64,
     /// Events the audit log's full queue refused.
     pub audit_dropped: u64,
+    /// Records each local output could not write, all reasons
+    /// (`egret_output_lost_records_total`).
+    pub stdout_lost: u64,
+    pub audit_lost: u64,
     #[serde(flatten)]
     pub outputs: OutputTotals,
 }
@@ -89,9 +104,9 @@ impl Running {
     }
 
     /// Stops in order: detach the hooks (nothing new arrives), then let each
-    /// stage drain into the next, then the outputs, each within
-    /// [`STAGE_GRACE`]. The shutdown token must already be cancelled (the
-    /// source stops on it).
+    /// stage drain into the next, then the outputs, all by one deadline
+    /// [`SHUTDOWN_BOUND`] away. The shutdown token must already be cancelled
+    /// (the source stops on it).
     pub async fn stop(self) -> anyhow::Result<Summary> {
         let Running {
             started,
@@ -101,8 +116,10 @@ impl Running {
             enrich,
             evaluate,
             reload,
+            watchdog,
             containerd,
             quarantine,
+            stdout,
         } = self;
         let counters = probes.counters();
         metrics.set_kernel_reader(|| None);
@@ -111,35 +128,39 @@ impl Running {
         // The ticker and the API own the quarantine manager: once both have
         // stopped, its links close and every quarantine is lifted (the
         // persisted state re-applies them at the next start).
+        let deadline = Instant::now() + SHUTDOWN_BOUND;
         if let Some(crate::quarantine::Tasks { api, ticker }) = quarantine {
-            if let Some(api) = api {
-                join("control", api)
-                    .await?
-                    .context("serving the control API")?;
+            if let Some(api) = api
+                && let Some(result) = join_by("control", api, deadline).await?
+            {
+                result.context("serving the control API")?;
             }
-            join("quarantine ticker", ticker).await?;
+            join_by("quarantine ticker", ticker, deadline).await?;
         }
         if let Ok(counters) = &counters {
             // The last values stay visible to a final scrape.
             metrics.set_kernel_counters(*counters);
         }
 
-        join("source", source)
-            .await?
-            .context("reading the ring buffer")?;
-        join("enrich", enrich).await?;
-        let outputs = join("evaluate", evaluate)
-            .await?
-            .context("writing alerts")?;
-        let outputs = outputs
-            .stop(STAGE_GRACE)
-            .await
-            .context("writing the audit log")?;
-        join("reload", reload).await?;
-        if let Some(task) = containerd {
-            join("containerd", task).await?;
+        if let Some(result) = join_by("source", source, deadline).await? {
+            result.context("reading the ring buffer")?;
         }
-        let mut summary = Summary::new(counters.ok(), &metrics, outputs);
+        join_by("enrich", enrich, deadline).await?;
+        let mut totals = match join_by("evaluate", evaluate, deadline).await? {
+            Some(outputs) => outputs
+                .context("evaluating")?
+                .stop(deadline)
+                .await
+                .context("stopping the outputs")?,
+            None => OutputTotals::default(),
+        };
+        totals.alerts_written = stdout.finish(deadline).await;
+        join_by("reload", reload, deadline).await?;
+        join_by("watchdog", watchdog, deadline).await?;
+        if let Some(task) = containerd {
+            join_by("containerd", task, deadline).await?;
+        }
+        let mut summary = Summary::new(counters.ok(), &metrics, totals);
         summary.ignored_networks = started.ignored_networks;
         summary.log();
         Ok(summary)
@@ -179,6 +200,8 @@ impl Summary {
                 no_match,
                 decode_errors: metrics.events(Verdict::DecodeError),
                 audit_dropped: metrics.audit_dropped(),
+                stdout_lost: metrics.output_lost_total(Output::Stdout),
+                audit_lost: metrics.output_lost_total(Output::Audit),
                 outputs,
             },
         }
@@ -208,6 +231,8 @@ impl Summary {
             alerts = p.outputs.alerts_written,
             audited = p.outputs.audited,
             audit_dropped = p.audit_dropped,
+            stdout_lost = p.stdout_lost,
+            audit_lost = p.audit_lost,
             "pipeline totals"
         );
     }
@@ -219,9 +244,9 @@ impl Summary {
     }
 }
 
-/// An output that can no longer write (stdout closed, disk full) must not
-/// leave the hooks attached and /readyz green while events pile up: the
-/// agent shuts down and exits non-zero, so the orchestrator restarts it.
+/// The evaluate stage fails only if an alert cannot be serialised (outputs
+/// degrade and count instead of failing); should it ever, the agent shuts
+/// down and exits non-zero rather than run without evaluating.
 pub(super) async fn stop_on_error<T>(
     stage: &'static str,
     task: impl std::future::Future<Output = std::io::Result<T>>,
@@ -229,15 +254,28 @@ pub(super) async fn stop_on_error<T>(
 ) -> std::io::Result<T> {
     let result = task.await;
     if let Err(err) = &result {
-        tracing::error!(stage, %err, "output stage failed; shutting down");
+        tracing::error!(stage, %err, "stage failed; shutting down");
         shutdown.cancel();
     }
     result
 }
 
-async fn join<T>(name: &str, task: JoinHandle<T>) -> anyhow::Result<T> {
-    match tokio::time::timeout(STAGE_GRACE, task).await {
-        Ok(joined) => joined.with_context(|| format!("{name} task")),
-        Err(_) => anyhow::bail!("{name} task did not finish within {STAGE_GRACE:?}"),
+/// `None` when the task was still running at `deadline`: it is abandoned
+/// and ends with the process. A panicked task is an error.
+pub async fn join_by<T>(
+    name: &str,
+    task: JoinHandle<T>,
+    deadline: Instant,
+) -> anyhow::Result<Option<T>> {
+    match tokio::time::timeout_at(deadline.into(), task).await {
+        Ok(joined) => joined.map(Some).with_context(|| format!("{name} task")),
+        Err(_) => {
+            tracing::warn!(
+                task = name,
+                bound = ?SHUTDOWN_BOUND,
+                "still running at the shutdown deadline; abandoned"
+            );
+            Ok(None)
+        }
     }
 }

@@ -123,7 +123,11 @@ pub fn options(rule_matching: RuleMatching) -> Options {
 
 /// Loads and compiles; warnings are logged, any error refuses the set.
 pub fn load(paths: &RulePaths, options: &Options) -> Result<Ruleset, RulesError> {
-    let texts = paths.read()?;
+    compile(&paths.read()?, options)
+}
+
+/// Compiles sources already read ([`RulePaths::read`]).
+pub fn compile(texts: &[(String, String)], options: &Options) -> Result<Ruleset, RulesError> {
     let sources: Vec<Source<'_>> = texts
         .iter()
         .map(|(name, text)| Source::new(name, text))

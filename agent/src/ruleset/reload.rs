@@ -2,6 +2,16 @@
 //! longer loads keeps the previous rules running and logs every problem.
 //! Each successful load also reprograms the kernel's ignore list, so traffic
 //! no rule can match stops costing anything in userspace.
+//!
+//! Detection must never be switched off by accident, so a reload is also
+//! refused (and counted as failed) when a rule file that had content is now
+//! empty — `: > rules.yaml` or an editor caught mid-save — or when the new set
+//! has no rules while the active one has some, unless `rules_allow_empty`
+//! opts in. (A file that was empty all along, like the placeholder for local
+//! rules in the shipped ConfigMap, is fine.) A file caught
+//! half-written is not loaded either: a change is acted on only once two
+//! polls in a row see the same files, and a load whose files changed while
+//! they were read is discarded and retried.
 use std::{sync::Arc, time::Duration};
 
 use egret_rules::{Options, Ruleset};
@@ -11,7 +21,7 @@ use tokio::{
 };
 use tokio_util::sync::CancellationToken;
 
-use super::{RulePaths, RulesError, describe};
+use super::{RulePaths, RulesError, compile, describe};
 use crate::{
     kernel::{IgnoreMap, IgnoreSet},
     metrics::Metrics,
@@ -24,6 +34,90 @@ const POLL: Duration = Duration::from_secs(2);
 pub struct RuleSource {
     pub paths: RulePaths,
     pub options: Options,
+    /// `rules_allow_empty`: an empty file, or a set of zero rules in place
+    /// of active ones, may be loaded.
+    pub allow_empty: bool,
+}
+
+/// Why new rules were not taken; the active ones stay.
+#[derive(Debug, thiserror::Error)]
+pub enum Refused {
+    /// Not `transparent`: the [`RulesError`] stays in the error chain, where
+    /// `main` looks for it to print one diagnostic per line.
+    #[error("{0}")]
+    Load(#[source] RulesError),
+    #[error(
+        "{0} is now empty (a rules file emptied while in use is refused unless `rules_allow_empty: true`)"
+    )]
+    EmptyFile(String),
+    #[error(
+        "the new rules define no rules while {0} are active (refused unless `rules_allow_empty: true`)"
+    )]
+    NoRules(usize),
+}
+
+impl From<RulesError> for Refused {
+    fn from(err: RulesError) -> Self {
+        Refused::Load(err)
+    }
+}
+
+/// No YAML content at all: blank lines, comments and document markers.
+fn is_blank(text: &str) -> bool {
+    text.lines().all(|line| {
+        let line = line.trim();
+        line.is_empty() || line.starts_with('#') || line == "---" || line == "..."
+    })
+}
+
+/// What the active rules were loaded from.
+#[derive(Debug, Default)]
+pub struct Active {
+    /// Rules in the active set (0 at start-up).
+    pub rules: usize,
+    /// Files that had content.
+    pub with_content: std::collections::HashSet<String>,
+}
+
+/// A load that may replace the active rules.
+pub struct Loaded {
+    pub ruleset: Ruleset,
+    pub from: Active,
+}
+
+/// Reads `paths` once, consistently, and compiles them. `Ok(None)`: a file
+/// changed while it was read (try again later).
+pub fn load_checked(
+    paths: &RulePaths,
+    options: &Options,
+    active: &Active,
+    allow_empty: bool,
+) -> Result<Option<Loaded>, Refused> {
+    let before = paths.fingerprint();
+    let texts = paths.read()?;
+    if paths.fingerprint() != before {
+        return Ok(None);
+    }
+    if !allow_empty
+        && let Some((name, _)) = texts
+            .iter()
+            .find(|(name, text)| is_blank(text) && active.with_content.contains(name))
+    {
+        return Err(Refused::EmptyFile(name.clone()));
+    }
+    let ruleset = compile(&texts, options)?;
+    if !allow_empty && active.rules > 0 && ruleset.rules().is_empty() {
+        return Err(Refused::NoRules(active.rules));
+    }
+    let from = Active {
+        rules: ruleset.rules().len(),
+        with_content: texts
+            .into_iter()
+            .filter(|(_, text)| !is_blank(text))
+            .map(|(name, _)| name)
+            .collect(),
+    };
+    Ok(Some(Loaded { ruleset, from }))
 }
 
 /// The kernel's ignore list as the rules drive it.
@@ -38,6 +132,7 @@ pub struct KernelIgnore {
 
 pub struct Reloader {
     source: RuleSource,
+    active: Active,
     rules: watch::Sender<Arc<Ruleset>>,
     ignore: KernelIgnore,
     metrics: Arc<Metrics>,
@@ -48,12 +143,29 @@ impl RuleSource {
     /// without counting it the rule gauges read 0 ("last reload failed")
     /// until the first reload, and EgretRuleReloadFailed pages for every
     /// healthy agent.
-    pub fn load(&self, metrics: &Metrics) -> Result<Ruleset, RulesError> {
-        match super::load(&self.paths, &self.options) {
-            Ok(ruleset) => {
-                metrics.rules_reloaded(ruleset.rules().len());
-                Ok(ruleset)
+    pub fn load(&self, metrics: &Metrics) -> Result<Loaded, Refused> {
+        // At start-up nothing else can be used: a file that changes while
+        // it is read is read again.
+        for _ in 0..3 {
+            if let Some(loaded) = self.load_over(&Active::default(), metrics)? {
+                return Ok(loaded);
             }
+        }
+        Err(Refused::Load(RulesError::Read {
+            path: self.describe(),
+            source: std::io::Error::other("the rule files kept changing while being read"),
+        }))
+    }
+
+    /// Loads in place of `active` rules, counting the result; `Ok(None)`
+    /// (files changed mid-read) counts nothing.
+    fn load_over(&self, active: &Active, metrics: &Metrics) -> Result<Option<Loaded>, Refused> {
+        match load_checked(&self.paths, &self.options, active, self.allow_empty) {
+            Ok(Some(loaded)) => {
+                metrics.rules_reloaded(loaded.ruleset.rules().len());
+                Ok(Some(loaded))
+            }
+            Ok(None) => Ok(None),
             Err(err) => {
                 metrics.rules_reload_failed();
                 Err(err)
@@ -93,14 +205,15 @@ impl Reloader {
     /// [`RuleSource::load`]) and publishes it; the receiver follows reloads.
     pub fn new(
         source: RuleSource,
-        first: Ruleset,
+        first: Loaded,
         mut ignore: KernelIgnore,
         metrics: Arc<Metrics>,
     ) -> (Reloader, watch::Receiver<Arc<Ruleset>>) {
-        ignore.apply(&first);
-        let (rules, rx) = watch::channel(Arc::new(first));
+        ignore.apply(&first.ruleset);
+        let (rules, rx) = watch::channel(Arc::new(first.ruleset));
         let reloader = Reloader {
             source,
+            active: first.from,
             rules,
             ignore,
             metrics,
@@ -122,6 +235,9 @@ impl Reloader {
             }
         };
         let mut seen = self.source.paths.fingerprint();
+        // A new fingerprint seen once; acted on when the next poll sees it
+        // again, so a file being written is not loaded half-way.
+        let mut settling = None;
         let mut poll = tokio::time::interval(POLL);
         loop {
             let reason = tokio::select! {
@@ -133,29 +249,112 @@ impl Reloader {
                     }
                     let now = self.source.paths.fingerprint();
                     if now == seen {
+                        settling = None;
                         continue;
                     }
-                    seen = now;
+                    if settling.as_ref() != Some(&now) {
+                        settling = Some(now);
+                        continue;
+                    }
                     "rule files changed"
                 }
             };
-            self.reload(reason);
+            // A load that met a file mid-write is retried at the next poll.
+            if self.reload(reason) {
+                seen = self.source.paths.fingerprint();
+                settling = None;
+            }
         }
     }
 
-    fn reload(&mut self, reason: &str) {
-        match self.source.load(&self.metrics) {
-            Ok(ruleset) => {
+    /// `false` when the files changed during the read (nothing decided).
+    fn reload(&mut self, reason: &str) -> bool {
+        match self.source.load_over(&self.active, &self.metrics) {
+            Ok(Some(Loaded { ruleset, from })) => {
                 self.ignore.apply(&ruleset);
                 tracing::info!(reason, rules = ruleset.rules().len(), "rules reloaded");
                 self.rules.send_replace(Arc::new(ruleset));
+                self.active = from;
+                true
+            }
+            Ok(None) => {
+                tracing::info!(reason, "rule files changed while being read; retrying");
+                false
             }
             Err(err) => {
                 tracing::error!(
                     reason,
                     "rules not reloaded, previous rules stay active: {err}"
                 );
+                true
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ONE_RULE: &str =
+        "- rule: R\n  desc: d\n  condition: fd.sport = 1\n  output: o\n  priority: INFO\n";
+
+    #[test]
+    fn emptied_files_and_zero_rules_are_refused_without_opt_in() {
+        let dir = std::env::temp_dir().join(format!("egret-reload-empty-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("rules.yaml");
+        let placeholder = dir.join("local.yaml");
+        let paths = RulePaths(vec![file.clone(), placeholder.clone()]);
+        let options = Options::default();
+        std::fs::write(&file, ONE_RULE).unwrap();
+        // Empty from the start: a placeholder, not a truncation.
+        std::fs::write(&placeholder, "").unwrap();
+        let first = load_checked(&paths, &options, &Active::default(), false)
+            .unwrap()
+            .unwrap();
+        assert_eq!(first.ruleset.rules().len(), 1);
+        let active = first.from;
+        assert!(
+            load_checked(&paths, &options, &active, false)
+                .unwrap()
+                .is_some()
+        );
+
+        for empty in ["", "\n  \n", "# all rules removed\n---\n"] {
+            std::fs::write(&file, empty).unwrap();
+            let err = load_checked(&paths, &options, &active, false)
+                .err()
+                .unwrap();
+            assert!(matches!(err, Refused::EmptyFile(_)), "{empty:?}: {err}");
+            assert!(err.to_string().contains("rules.yaml is now empty"), "{err}");
+        }
+        // Only lists and macros: parses, but no rule would ever fire.
+        std::fs::write(&file, "- list: ports\n  items: [1]\n").unwrap();
+        let err = load_checked(&paths, &options, &active, false)
+            .err()
+            .unwrap();
+        assert!(matches!(err, Refused::NoRules(1)), "{err}");
+        // With the opt-in both are taken; at start-up (nothing active) a
+        // rule-less set is not a shrink.
+        assert!(load_checked(&paths, &options, &Active::default(), false).is_ok());
+        assert!(
+            load_checked(&paths, &options, &active, true)
+                .unwrap()
+                .is_some()
+        );
+        std::fs::write(&file, "").unwrap();
+        assert!(
+            load_checked(&paths, &options, &active, true)
+                .unwrap()
+                .is_some()
+        );
+        // A truncated rule (the file cut mid-write) fails as a whole.
+        std::fs::write(&file, &ONE_RULE[..40]).unwrap();
+        assert!(matches!(
+            load_checked(&paths, &options, &active, false),
+            Err(Refused::Load(_))
+        ));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

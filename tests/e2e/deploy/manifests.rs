@@ -223,12 +223,24 @@ fn manifests_are_consistent_with_each_other_and_the_config() {
         .iter()
         .filter_map(Yaml::as_str)
         .collect();
-    assert_eq!(args, ["--config", "/etc/egret/egret.yaml"]);
+    // The listener binds the node's IP, not every interface of the node.
+    assert_eq!(
+        args,
+        [
+            "--config",
+            "/etc/egret/egret.yaml",
+            "--listen",
+            &format!("$(NODE_IP):{port}")
+        ]
+    );
+    let env = seq(&container["env"]);
     assert!(
-        seq(&container["env"])
-            .iter()
-            .any(|e| e["name"] == "NODE_NAME"
-                && e["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName")
+        env.iter().any(|e| e["name"] == "NODE_NAME"
+            && e["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName")
+    );
+    assert!(
+        env.iter().any(|e| e["name"] == "NODE_IP"
+            && e["valueFrom"]["fieldRef"]["fieldPath"] == "status.hostIP")
     );
 
     let service = yaml_one(&dir.join("service.yaml"));

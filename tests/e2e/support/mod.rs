@@ -5,6 +5,7 @@
 pub mod containerd;
 pub mod control;
 pub mod prometheus;
+pub mod tmpfs;
 
 use std::path::{Path, PathBuf};
 

@@ -70,6 +70,20 @@ impl Agent {
     }
 
     pub fn spawn_with(binary: &Path, args: &[&str], stdout: Stdout) -> Agent {
+        let stdio = match stdout {
+            Stdout::Discard => Stdio::null(),
+            Stdout::Lines | Stdout::Count => Stdio::piped(),
+        };
+        Agent::spawn_inner(binary, args, stdout, stdio)
+    }
+
+    /// Starts the agent with stdout going to `stdio` (a FIFO nobody reads,
+    /// say); nothing of it is collected.
+    pub fn spawn_with_stdio(binary: &Path, args: &[&str], stdio: Stdio) -> Agent {
+        Agent::spawn_inner(binary, args, Stdout::Discard, stdio)
+    }
+
+    fn spawn_inner(binary: &Path, args: &[&str], stdout: Stdout, stdio: Stdio) -> Agent {
         let mut command = Command::new(binary);
         command
             .args(args)
@@ -78,10 +92,7 @@ impl Agent {
                 std::env::var("EGRET_TEST_LOG").unwrap_or_else(|_| "info".into()),
             )
             .stdin(Stdio::null())
-            .stdout(match stdout {
-                Stdout::Discard => Stdio::null(),
-                Stdout::Lines | Stdout::Count => Stdio::piped(),
-            })
+            .stdout(stdio)
             .stderr(Stdio::piped());
         // Receivers are on loopback; never route them via a proxy.
         for var in [

@@ -6,17 +6,26 @@
 //! DingTalk) carry their credential in the path or query.
 use std::{collections::BTreeMap, fmt, path::PathBuf, time::Duration};
 
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Deserializer, de};
 
-use crate::outputs::alert::Priority;
+pub use crate::secret::{Secret, SecretError, SecretSource};
+use crate::{
+    outputs::alert::Priority,
+    secret::{de_opaque_string, de_opaque_string_map},
+};
 
 /// One receiver.
 #[derive(Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a webhook endpoint (a map with at least `url`)"
+)]
 pub struct EndpointConfig {
     /// Label in metrics and logs; defaults to the URL's host (and port).
     #[serde(default)]
     pub name: Option<String>,
+    /// Incoming-webhook URLs carry their credential: never echoed.
+    #[serde(deserialize_with = "de_opaque_string")]
     pub url: String,
     /// Least severe priority sent (`warning` sends Warning and worse).
     #[serde(default = "default_min_priority", deserialize_with = "de_priority")]
@@ -24,7 +33,7 @@ pub struct EndpointConfig {
     #[serde(default)]
     pub format: PayloadFormat,
     /// Extra request headers. Their values are redacted in `Debug` too.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "de_opaque_string_map")]
     pub headers: BTreeMap<String, String>,
     /// Sent as `Authorization: Bearer <token>`.
     #[serde(default)]
@@ -69,41 +78,11 @@ pub enum PayloadFormat {
     Dingtalk,
 }
 
-/// Where a secret lives: `{ file: /path }` or `{ env: NAME }`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum SecretSource {
-    File(PathBuf),
-    Env(String),
-}
-
-/// YAML maps, not YAML enum tags: serde_yaml_ng would otherwise want
-/// `!file /path`, which no Falco user would guess.
-impl<'de> Deserialize<'de> for SecretSource {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(deny_unknown_fields)]
-        struct Raw {
-            file: Option<PathBuf>,
-            env: Option<String>,
-        }
-        match Raw::deserialize(deserializer)? {
-            Raw {
-                file: Some(path),
-                env: None,
-            } => Ok(SecretSource::File(path)),
-            Raw {
-                file: None,
-                env: Some(name),
-            } => Ok(SecretSource::Env(name)),
-            _ => Err(serde::de::Error::custom(
-                "a secret is `{file: PATH}` or `{env: NAME}`, exactly one of them",
-            )),
-        }
-    }
-}
-
 #[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "an HMAC setting (a map with `secret`)"
+)]
 pub struct HmacConfig {
     pub secret: SecretSource,
     /// Carries `sha256=<hex of HMAC-SHA256(secret, body)>`.
@@ -112,7 +91,7 @@ pub struct HmacConfig {
 }
 
 #[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[serde(deny_unknown_fields, default, expecting = "TLS settings (a map)")]
 pub struct TlsConfig {
     /// Trust the system's root certificates.
     pub system_roots: bool,
@@ -137,7 +116,7 @@ impl Default for TlsConfig {
 
 /// Network errors, 5xx and 429 are retried; other 4xx are not.
 #[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[serde(deny_unknown_fields, default, expecting = "retry settings (a map)")]
 pub struct RetryConfig {
     /// Retries after the first attempt.
     pub max_retries: u32,
@@ -254,60 +233,6 @@ pub fn redact_url(raw: &str) -> String {
     }
 }
 
-/// A secret's value: never displayed, never logged.
-#[derive(Clone)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(<redacted>)")
-    }
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum SecretError {
-    #[error("reading secret file {path}: {source}")]
-    File {
-        path: String,
-        source: std::io::Error,
-    },
-    #[error("environment variable {0} is not set or not UTF-8")]
-    Env(String),
-    #[error("the secret from {0} is empty")]
-    Empty(String),
-}
-
-impl SecretSource {
-    /// The value, with surrounding whitespace (a file's trailing newline)
-    /// removed.
-    pub fn load(&self) -> Result<Secret, SecretError> {
-        let (raw, origin) = match self {
-            SecretSource::File(path) => (
-                std::fs::read_to_string(path).map_err(|source| SecretError::File {
-                    path: path.display().to_string(),
-                    source,
-                })?,
-                path.display().to_string(),
-            ),
-            SecretSource::Env(name) => (
-                std::env::var(name).map_err(|_| SecretError::Env(name.clone()))?,
-                format!("${name}"),
-            ),
-        };
-        let value = raw.trim();
-        if value.is_empty() {
-            return Err(SecretError::Empty(origin));
-        }
-        Ok(Secret(value.to_owned()))
-    }
-}
-
 fn de_priority<'de, D: Deserializer<'de>>(d: D) -> Result<Priority, D::Error> {
     let raw = String::deserialize(d)?;
     Priority::parse(&raw).ok_or_else(|| {
@@ -335,19 +260,33 @@ pub fn parse_duration(raw: &str) -> Option<Duration> {
     Duration::try_from_secs_f64(value * scale).ok()
 }
 
-fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Raw {
-        Seconds(u64),
-        Text(String),
+/// A duration as the user wrote it; every wrong shape says what was found
+/// and what is wanted, in those terms (serde's `untagged` enums only say
+/// "data did not match any variant" and lose the key).
+pub fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    struct V;
+    const WANTED: &str = "a duration such as 500ms, 10s or 2m";
+    impl de::Visitor<'_> for V {
+        type Value = Duration;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str(WANTED)
+        }
+        fn visit_u64<E: de::Error>(self, s: u64) -> Result<Duration, E> {
+            Ok(Duration::from_secs(s))
+        }
+        fn visit_i64<E: de::Error>(self, s: i64) -> Result<Duration, E> {
+            u64::try_from(s)
+                .map(Duration::from_secs)
+                .map_err(|_| E::custom(format!("`{s}` is negative; expected {WANTED}")))
+        }
+        fn visit_f64<E: de::Error>(self, s: f64) -> Result<Duration, E> {
+            Duration::try_from_secs_f64(s).map_err(|_| E::custom(format!("`{s}` is not {WANTED}")))
+        }
+        fn visit_str<E: de::Error>(self, t: &str) -> Result<Duration, E> {
+            parse_duration(t).ok_or_else(|| E::custom(format!("`{t}` is not {WANTED}")))
+        }
     }
-    match Raw::deserialize(d)? {
-        Raw::Seconds(s) => Ok(Duration::from_secs(s)),
-        Raw::Text(t) => parse_duration(&t).ok_or_else(|| {
-            serde::de::Error::custom(format!("`{t}` is not a duration such as 500ms, 10s or 2m"))
-        }),
-    }
+    d.deserialize_any(V)
 }
 
 #[cfg(test)]
@@ -411,10 +350,6 @@ mod tests {
         assert_eq!(
             redact_url("http://127.0.0.1:8080/"),
             "http://127.0.0.1:8080"
-        );
-        assert_eq!(
-            format!("{:?}", Secret("t0ken".into())),
-            "Secret(<redacted>)"
         );
     }
 

@@ -12,4 +12,5 @@ pub mod outputs;
 pub mod pipeline;
 pub mod ruleset;
 pub mod run;
+pub mod sync;
 pub mod timefmt;

@@ -7,8 +7,6 @@ use std::{path::PathBuf, time::SystemTime};
 
 use egret_rules::{Diagnostic, Options, RuleMatching, Ruleset, Severity, Source};
 
-use crate::config;
-
 /// The bundled rules, in load order. `rules_dir_is_fully_bundled` (test)
 /// fails if a file in rules/ is missing here.
 pub const BUNDLED: &[(&str, &str)] = &[(
@@ -23,6 +21,9 @@ pub enum RulesError {
         path: String,
         source: std::io::Error,
     },
+    /// A rule file that is not a regular file, too large, or not text.
+    #[error(transparent)]
+    Source(#[from] egret_rules::ReadError),
     /// The rules did not load; every diagnostic, one per line.
     #[error("rules did not load:\n{}", render(.0))]
     Invalid(Vec<Diagnostic>),
@@ -86,13 +87,12 @@ impl RulePaths {
         }
         self.files()?
             .into_iter()
+            // Bounded and regular files only: a FIFO or /dev/zero named as a
+            // rules file must not hang or exhaust the agent.
             .map(|file| {
-                std::fs::read_to_string(&file)
+                egret_rules::read_source(&file)
                     .map(|text| (file.display().to_string(), text))
-                    .map_err(|source| RulesError::Read {
-                        path: file.display().to_string(),
-                        source,
-                    })
+                    .map_err(RulesError::from)
             })
             .collect()
     }
@@ -114,12 +114,9 @@ impl RulePaths {
     }
 }
 
-pub fn options(matching: config::RuleMatching) -> Options {
+pub fn options(rule_matching: RuleMatching) -> Options {
     Options {
-        rule_matching: match matching {
-            config::RuleMatching::First => RuleMatching::First,
-            config::RuleMatching::All => RuleMatching::All,
-        },
+        rule_matching,
         ..Options::default()
     }
 }
@@ -219,5 +216,15 @@ mod tests {
         std::fs::write(dir.join("b.yaml"), "- list: ports\n  items: [1, 2]\n").unwrap();
         assert_ne!(before, paths.fingerprint());
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn special_files_are_refused_without_reading() {
+        let err = RulePaths(vec!["/dev/zero".into()]).read().unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("not a regular file (a character device)"),
+            "{err}"
+        );
     }
 }

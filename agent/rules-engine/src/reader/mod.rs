@@ -41,7 +41,11 @@ const RULE_REPLACEABLE: &[&str] = &[
     "enabled",
     "warn_evttypes",
     "skip-if-unknown-filter",
+    "capture",
+    "capture_duration",
 ];
+/// The Falco rule engine version whose rules language Egret implements.
+const ENGINE_VERSION: (u64, u64, u64) = (0, 63, 0);
 const APPEND_DEPRECATED: &str = "'append' key is deprecated. Add an 'override' key with the fields to append, e.g. 'override: {condition: append}'";
 const ENABLED_DEPRECATED: &str =
     "the form '- rule: name / enabled: bool' is deprecated. Use 'override: {enabled: replace}'";
@@ -284,7 +288,30 @@ impl Reader<'_> {
 
     fn engine_version(&self, item: &Node) -> Result<(), Failure> {
         let (text, node) = self.required(item, "required_engine_version")?;
-        if text.parse::<u32>().is_ok() || is_version(text) {
+        // An integer N is Falco's old form of 0.N.0.
+        let required = match text.parse::<u64>() {
+            Ok(minor) => Some((0, minor, 0)),
+            Err(_) if is_version(text) => {
+                let core = text.split(['-', '+']).next().unwrap_or("");
+                let mut parts = core
+                    .split('.')
+                    .map(|p| p.parse::<u64>().unwrap_or(u64::MAX));
+                Some((
+                    parts.next().unwrap_or(0),
+                    parts.next().unwrap_or(0),
+                    parts.next().unwrap_or(0),
+                ))
+            }
+            Err(_) => None,
+        };
+        if let Some(required) = required {
+            if required > ENGINE_VERSION {
+                let (a, b, c) = ENGINE_VERSION;
+                return self.fail(
+                    node,
+                    format!("rules require engine version {text}, but Egret implements Falco's rule engine {a}.{b}.{c}"),
+                );
+            }
             return Ok(());
         }
         self.fail(
@@ -337,7 +364,8 @@ impl Reader<'_> {
     fn read_list(&mut self, item: &Node) -> Result<(), Failure> {
         let (name, _) = self.required(item, "list")?;
         if !is_list_name(name) {
-            return self.fail(item, format!("list '{name}' has an invalid name: list names must match ([^()\"'[:space:]=,]+)"));
+            // A warning since Falco 0.38: such a list can only be used quoted.
+            self.sink.warning(self.loc(item), format!("list '{name}' has an invalid name: list names should match ([^()\"'[:space:]=,]+)"));
         }
         self.check_keys(item, LIST_KEYS, "list", name);
         let items = self.strings(item, "items")?.ok_or_else(|| {
@@ -387,7 +415,8 @@ impl Reader<'_> {
     fn read_macro(&mut self, item: &Node) -> Result<(), Failure> {
         let (name, _) = self.required(item, "macro")?;
         if !is_macro_name(name) {
-            return self.fail(item, format!("macro '{name}' has an invalid name: macro names must match ([a-zA-Z]+[a-zA-Z0-9_]*)"));
+            // A warning since Falco 0.38; such a macro cannot be referred to.
+            self.sink.warning(self.loc(item), format!("macro '{name}' has an invalid name: macro names should match ([a-zA-Z]+[a-zA-Z0-9_]*)"));
         }
         self.check_keys(item, MACRO_KEYS, "macro", name);
         let (cond, node) = self.required(item, "condition")?;

@@ -29,6 +29,10 @@ const FILTER: &str = "kernel_hooks::";
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(900);
 /// Left to the guest for booting and shutting down around the test run.
 const BOOT_ALLOWANCE: Duration = Duration::from_secs(180);
+/// The test kit's waits (agent ready in 30 s, an event in 10 s, exit in
+/// 10 s) times this in the guest: under TCG on a busy 2-core host a release
+/// agent start took up to ~10 s and a start-up error exit over 10 s.
+const TIMEOUT_SCALE: u32 = 4;
 /// Kernel images tried when `--kernel` is not given: Debian's 6.1 series.
 const KERNEL_GLOB_PREFIX: &str = "vmlinuz-6.1.";
 
@@ -163,6 +167,8 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
 /// Paths of the host-built binaries the guest runs.
 struct Binaries {
     e2e: PathBuf,
+    /// Holds `egret` and `egret-probe`; the test kit uses them as they are.
+    bin_dir: PathBuf,
 }
 
 /// Builds the agent, the probe and the e2e test binary on the host. The
@@ -171,9 +177,18 @@ struct Binaries {
 /// from cargo's JSON messages, not from a guessed path, so it does not matter
 /// which package declares it.
 fn build() -> anyhow::Result<Binaries> {
+    // The same build as the bench's, so `cargo xtask test` builds it once.
     crate::test::run_step(
         "vm-test: build agent and probe (release)",
-        cargo().args(["build", "--release", "-p", "egret", "--bins", "--examples"]),
+        cargo().args([
+            "build",
+            "--release",
+            "-p",
+            "egret",
+            "-p",
+            "egret-probe",
+            "--bins",
+        ]),
     )?;
     eprintln!("==> vm-test: build e2e tests (release)");
     let output = cargo()
@@ -195,7 +210,19 @@ fn build() -> anyhow::Result<Binaries> {
         bail!("building the e2e tests failed ({})", output.status);
     }
     let e2e = e2e_executable(&String::from_utf8_lossy(&output.stdout))?;
-    Ok(Binaries { e2e })
+    // target/release/deps/e2e-… → target/release, where the agent and the
+    // probe are.
+    let bin_dir = e2e
+        .parent()
+        .and_then(Path::parent)
+        .context("e2e binary outside target/<profile>/deps")?
+        .to_path_buf();
+    for name in ["egret", "egret-probe"] {
+        if !bin_dir.join(name).is_file() {
+            bail!("{name} not found in {}", bin_dir.display());
+        }
+    }
+    Ok(Binaries { e2e, bin_dir })
 }
 
 /// The executable of the test target named `e2e` among cargo's
@@ -239,6 +266,10 @@ fn guest_script(
     s.push_str("echo \"guest: Linux $(uname -r), booted in $(cut -d' ' -f1 /proc/uptime) s\"\n");
     // Privileged tests must not skip, exactly as on the host in CI.
     s.push_str("export CI=true\n");
+    // Nothing is built in the guest (its root is read-only, and cargo under
+    // emulation takes many minutes): the kit takes the host's binaries.
+    let _ = writeln!(s, "export EGRET_TEST_BIN_DIR={}", q(&binaries.bin_dir));
+    let _ = writeln!(s, "export EGRET_TEST_TIMEOUT_SCALE={TIMEOUT_SCALE}");
     let _ = writeln!(s, "cd {}", q(&root()));
     let _ = writeln!(
         s,

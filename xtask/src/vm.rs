@@ -24,8 +24,8 @@ use crate::test::{cargo, root};
 /// (connect and sendmsg over IPv4/IPv6, io_uring, process attribution,
 /// ignore-list filtering, detach on exit, health and start-up errors).
 const FILTER: &str = "kernel_hooks::";
-/// Boot plus the run. A healthy run takes about two minutes under TCG on a
-/// busy 2-core host; the bound stops a wedged guest from eating CI's time.
+/// Boot plus the run. Measured: 445 s under TCG on a 2-core host at load
+/// 13-16; the bound stops a wedged guest from eating CI's time.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(900);
 /// Left to the guest for booting and shutting down around the test run.
 const BOOT_ALLOWANCE: Duration = Duration::from_secs(180);

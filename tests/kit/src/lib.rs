@@ -106,15 +106,9 @@ pub fn binaries() -> &'static Binaries {
         let mut build = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
         build
             .current_dir(repo_root())
-            .args([
-                "build",
-                "-p",
-                "egret",
-                "--bin",
-                "egret",
-                "-p",
-                "egret-probe",
-            ])
+            // `--bins`, not `--bin egret`: that would select only the bin
+            // named egret in both packages and never build the probe.
+            .args(["build", "-p", "egret", "-p", "egret-probe", "--bins"])
             .arg("--target-dir")
             .arg(target_dir);
         if profile_dir.file_name().is_some_and(|p| p == "release") {

@@ -53,6 +53,8 @@ if [ "$WITH_TESTS" -eq 1 ]; then
   bash "$(dirname "$0")/setup-containerd.sh"
   # buildah, capsh/setpriv and kubernetes-validate for the deploy tests.
   bash "$(dirname "$0")/setup-deploy.sh"
+  # qemu, Debian's 6.1 kernel and virtme-ng for `cargo xtask vm-test`.
+  bash "$(dirname "$0")/setup-vm.sh"
   if ! command -v cargo-fuzz >/dev/null 2>&1; then
     log "cargo install cargo-fuzz (the rule engine's fuzz pass)"
     cargo install cargo-fuzz --version 0.13.2 --locked

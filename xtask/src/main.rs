@@ -1,10 +1,12 @@
 //! Tasks cargo cannot express on its own. `cargo xtask test` is the whole
 //! suite CI runs: formatting, lints (host crates and the eBPF crate on its
 //! own target), unit tests, the privileged end-to-end tests, a short fuzz
-//! pass and a short benchmark run.
+//! pass, a short benchmark run and the kernel-hook tests in a Linux 6.1
+//! guest (`cargo xtask vm-test`).
 mod bench;
 mod image;
 mod test;
+mod vm;
 
 use std::process::ExitCode;
 
@@ -19,9 +21,10 @@ fn main() -> ExitCode {
         }
         Some("bench") => bench::run(&args[1..]),
         Some("image") => image::run(&args[1..]),
+        Some("vm-test") => vm::run(&args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask <test [--no-lint] [--no-fuzz] [--no-bench] | lint | fuzz [SECONDS] | bench [--short] | image [--binary PATH]>"
+                "usage: cargo xtask <test [--no-lint] [--no-fuzz] [--no-bench] [--no-vm] | lint | fuzz [SECONDS] | bench [--short] | image [--binary PATH] | vm-test [--kernel PATH] [--timeout SECS] [--filter NAME]>"
             );
             return ExitCode::from(2);
         }

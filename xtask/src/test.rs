@@ -90,6 +90,14 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         // about timings.
         crate::bench::run(&["--short".to_string()])?;
     }
+    if !args.iter().any(|a| a == "--no-vm") {
+        if root_user {
+            // After the bench: both use the same release build.
+            crate::vm::run(&[])?;
+        } else {
+            eprintln!("note: not root; skipping the Linux 6.1 guest (vm-test)");
+        }
+    }
     Ok(())
 }
 

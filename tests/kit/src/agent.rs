@@ -195,7 +195,7 @@ impl Agent {
     }
 
     fn wait_for<T>(&self, timeout: Duration, find: impl Fn(&Lines) -> Option<T>) -> Option<T> {
-        let deadline = Instant::now() + timeout;
+        let deadline = Instant::now() + scaled(timeout);
         let (lock, cond) = &*self.lines;
         let mut lines = lock.lock().expect("lines lock");
         loop {
@@ -242,7 +242,7 @@ impl Agent {
         if let Some(status) = self.status {
             return status;
         }
-        let deadline = Instant::now() + timeout;
+        let deadline = Instant::now() + scaled(timeout);
         let status = loop {
             if let Some(status) = self.child.try_wait().expect("try_wait") {
                 break status;
@@ -292,4 +292,16 @@ fn count_lines(mut stream: impl Read + Send + 'static, count: Arc<AtomicU64>) {
             count.fetch_add(newlines as u64, Ordering::Relaxed);
         }
     });
+}
+
+/// `timeout` times `EGRET_TEST_TIMEOUT_SCALE` (a whole number, default 1):
+/// under software emulation (`cargo xtask vm-test`) everything runs many
+/// times slower, and a wait that is generous on hardware is not there.
+pub fn scaled(timeout: Duration) -> Duration {
+    let factor = std::env::var("EGRET_TEST_TIMEOUT_SCALE")
+        .ok()
+        .and_then(|v| v.parse::<u32>().ok())
+        .filter(|f| *f > 0)
+        .unwrap_or(1);
+    timeout * factor
 }

@@ -86,9 +86,16 @@ impl Binaries {
 /// process with `cargo build` (cheap when they are fresh). A test binary
 /// lives in `target/<profile>/deps/`, so the profile and target dir are
 /// the test's own.
+///
+/// With `EGRET_TEST_BIN_DIR` set, the binaries already built there are used
+/// and nothing is built: `cargo xtask vm-test` builds on the host and runs
+/// the tests in a guest whose filesystem is read-only.
 pub fn binaries() -> &'static Binaries {
     static BINARIES: OnceLock<Binaries> = OnceLock::new();
     BINARIES.get_or_init(|| {
+        if let Some(dir) = std::env::var_os("EGRET_TEST_BIN_DIR") {
+            return Binaries::in_dir(Path::new(&dir)).unwrap_or_else(|err| panic!("{err}"));
+        }
         let exe = std::env::current_exe().expect("test binary path");
         let profile_dir = exe
             .parent()
@@ -99,15 +106,9 @@ pub fn binaries() -> &'static Binaries {
         let mut build = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
         build
             .current_dir(repo_root())
-            .args([
-                "build",
-                "-p",
-                "egret",
-                "--bin",
-                "egret",
-                "-p",
-                "egret-probe",
-            ])
+            // `--bins`, not `--bin egret`: that would select only the bin
+            // named egret in both packages and never build the probe.
+            .args(["build", "-p", "egret", "-p", "egret-probe", "--bins"])
             .arg("--target-dir")
             .arg(target_dir);
         if profile_dir.file_name().is_some_and(|p| p == "release") {

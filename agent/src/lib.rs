@@ -1,6 +1,8 @@
 //! Egret's agent: loads the kernel hooks and runs the event pipeline
 //! (source → decode → sinks).
+pub mod advise;
 pub mod alert;
+pub mod baseline;
 pub mod cli;
 pub mod config;
 pub mod enrich;

@@ -9,7 +9,7 @@ use std::{
 use ipnet::IpNet;
 use serde::Deserialize;
 
-use crate::{metrics::MetricsConfig, sinks::webhook::EndpointConfig};
+use crate::{metrics::MetricsConfig, outputs::webhook::EndpointConfig};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {

@@ -13,16 +13,19 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     config::Config,
-    enrich::{self, Enricher, IdentitySources, process::ProcessCache},
     health::{self, Readiness},
     kernel::{IgnoreSet, KernelProbes, cgroup},
     metrics::{self, Metrics},
-    rules::{self, RulePaths, reload::Reloader, stage::RulesStage},
-    sinks::{
+    outputs::{
         audit::{self, AuditOutput},
         webhook::{DEFAULT_SHUTDOWN_GRACE, WebhookSink},
     },
-    source,
+    pipeline::{
+        enrich::{self, Enricher, IdentitySources, process::ProcessCache},
+        evaluate::RulesStage,
+        source,
+    },
+    ruleset::{self as rules, RulePaths, reload::Reloader},
 };
 
 /// Batches in flight between stages; with [`source::BATCH`] events each.

@@ -18,8 +18,8 @@ use super::{
     format::{Delivery, render},
 };
 use crate::{
-    alert::Priority,
     metrics::{DropReason, WebhookMetrics},
+    outputs::alert::Priority,
 };
 
 pub(super) struct Endpoint {

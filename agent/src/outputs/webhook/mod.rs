@@ -27,8 +27,8 @@ pub use config::{
 pub use format::{COALESCED_FIELD, COALESCED_WINDOW_FIELD};
 
 use crate::{
-    alert::{Alert, Priority},
     metrics::{AlertContext, DropReason, Metrics, WebhookMetrics},
+    outputs::alert::{Alert, Priority},
 };
 use coalesce::Coalescer;
 use endpoint::Endpoint;

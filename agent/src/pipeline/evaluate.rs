@@ -15,10 +15,9 @@ use tokio::{
 };
 
 use crate::{
-    alert::Alert,
-    enrich::Event,
     metrics::{AlertContext, Metrics, Verdict},
-    sinks::webhook::WebhookSink,
+    outputs::{alert::Alert, webhook::WebhookSink},
+    pipeline::enrich::Event,
     timefmt,
 };
 

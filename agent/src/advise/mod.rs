@@ -5,6 +5,7 @@
 //! destination classes) → cidr (aggregation) → render (YAML with comments)
 //! → output (stdout, files per namespace) or diff (against a directory).
 pub mod cidr;
+pub mod command;
 pub mod diff;
 pub mod model;
 pub mod records;

@@ -48,6 +48,49 @@ pub struct Config {
     pub identity: IdentityConfig,
     pub metrics: MetricsConfig,
     pub webhooks: Vec<EndpointConfig>,
+    pub baseline: BaselineSection,
+}
+
+/// `baseline:`: per-workload destination learning for
+/// `egret.dest.new_for_workload` (docs/advisor.md#baseline-alerts).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BaselineSection {
+    pub enabled: bool,
+    /// The profile on the node; delete it (agent stopped) to reset.
+    pub path: PathBuf,
+    /// Seconds each workload learns from its first event.
+    pub learning_seconds: u64,
+    pub max_workloads: usize,
+    pub max_destinations: usize,
+    /// Seconds between writes of a changed profile (and at shutdown).
+    pub flush_seconds: u64,
+}
+
+impl Default for BaselineSection {
+    fn default() -> Self {
+        let d = crate::baseline::BaselineConfig::default();
+        BaselineSection {
+            enabled: false,
+            path: PathBuf::from("/var/lib/egret/baseline.json"),
+            learning_seconds: d.learning.as_secs(),
+            max_workloads: d.max_workloads,
+            max_destinations: d.max_destinations,
+            flush_seconds: d.flush_interval.as_secs(),
+        }
+    }
+}
+
+impl BaselineSection {
+    pub fn to_config(&self) -> crate::baseline::BaselineConfig {
+        crate::baseline::BaselineConfig {
+            path: Some(self.path.clone()),
+            learning: std::time::Duration::from_secs(self.learning_seconds),
+            max_workloads: self.max_workloads,
+            max_destinations: self.max_destinations,
+            flush_interval: std::time::Duration::from_secs(self.flush_seconds),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -153,6 +196,17 @@ impl Config {
             return Err(ConfigError::Invalid(format!(
                 "{name}: audit.max_bytes: {} is below 4096",
                 self.audit.max_bytes
+            )));
+        }
+        let b = &self.baseline;
+        if b.enabled && (b.max_workloads == 0 || b.max_destinations == 0) {
+            return Err(ConfigError::Invalid(format!(
+                "{name}: baseline: max_workloads and max_destinations must be above 0"
+            )));
+        }
+        if b.enabled && b.path.as_os_str().is_empty() {
+            return Err(ConfigError::Invalid(format!(
+                "{name}: baseline.path is empty"
             )));
         }
         let mut names = std::collections::HashSet::new();

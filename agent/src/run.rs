@@ -140,11 +140,23 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         metrics.clone(),
         shutdown.clone(),
     ));
-    let enrich_task = tokio::spawn(enrich::run(
-        Enricher::new(processes, identity).with_metrics(metrics.clone()),
-        records_rx,
-        events_tx,
-    ));
+    let mut enricher = Enricher::new(processes, identity).with_metrics(metrics.clone());
+    if config.baseline.enabled {
+        let baseline = crate::baseline::Baseline::open(
+            config.baseline.to_config(),
+            crate::advise::model::LabelPolicy::default(),
+        )
+        .map_err(anyhow::Error::msg)
+        .context("loading the baseline profile (delete it to start learning again)")?;
+        tracing::info!(
+            path = %config.baseline.path.display(),
+            workloads = baseline.workloads(),
+            learning_seconds = config.baseline.learning_seconds,
+            "workload baselines on"
+        );
+        enricher = enricher.with_baseline(baseline);
+    }
+    let enrich_task = tokio::spawn(enrich::run(enricher, records_rx, events_tx));
     let audit_dropped = Arc::new(AtomicU64::new(0));
     let (audit_tx, audit_task) = match &audit_path {
         Some(path) => {

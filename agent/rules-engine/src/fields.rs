@@ -80,10 +80,14 @@ pub enum FieldId {
     CgroupId,
     /// `egret.netns_cookie`: U64.
     NetnsCookie,
+    /// `egret.dest.new_for_workload`: Bool, true for a destination outside
+    /// the workload's learned baseline; Missing while it learns or when
+    /// baselines are off.
+    NewForWorkload,
 }
 
 impl FieldId {
-    pub const COUNT: usize = FieldId::NetnsCookie as usize + 1;
+    pub const COUNT: usize = FieldId::NewForWorkload as usize + 1;
 
     pub const ALL: [FieldId; FieldId::COUNT] = [
         FieldId::EvtType,
@@ -120,6 +124,7 @@ impl FieldId {
         FieldId::V4Mapped,
         FieldId::CgroupId,
         FieldId::NetnsCookie,
+        FieldId::NewForWorkload,
     ];
 
     pub fn index(self) -> usize {
@@ -202,6 +207,7 @@ fn catalog(name: &str) -> Option<(Src, Kind)> {
         "egret.v4_mapped" => (ev(F::V4Mapped), Kind::Bool),
         "egret.cgroup_id" => (ev(F::CgroupId), Kind::U64),
         "egret.netns_cookie" => (ev(F::NetnsCookie), Kind::U64),
+        "egret.dest.new_for_workload" => (ev(F::NewForWorkload), Kind::Bool),
         _ => return None,
     })
 }

@@ -86,6 +86,12 @@ pub struct AuditRecord<'a> {
     pub socket_cookie: u64,
     #[serde(rename = "egret.mono_ns")]
     pub mono_ns: u64,
+    /// Only with baselines on (`baseline.enabled`).
+    #[serde(
+        rename = "egret.dest.new_for_workload",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub new_for_workload: Option<bool>,
 }
 
 impl<'a> AuditRecord<'a> {
@@ -133,6 +139,7 @@ impl<'a> AuditRecord<'a> {
             netns_cookie: event.netns_cookie,
             socket_cookie: event.socket_cookie,
             mono_ns: event.mono_ns,
+            new_for_workload: enriched.new_for_workload,
         }
     }
 }
@@ -299,6 +306,7 @@ mod tests {
             user_name: None,
             identity: None,
             host_network: None,
+            new_for_workload: None,
         }
     }
 

@@ -114,6 +114,7 @@ impl egret_rules::Event for Event {
             FieldId::V4Mapped => Value::Bool(a.v4_mapped),
             FieldId::CgroupId => Value::U64(a.cgroup_id),
             FieldId::NetnsCookie => Value::U64(a.netns_cookie),
+            FieldId::NewForWorkload => self.new_for_workload.map_or(Value::Missing, Value::Bool),
         }
     }
 }

@@ -204,6 +204,12 @@ impl Config {
                 "{name}: baseline: max_workloads and max_destinations must be above 0"
             )));
         }
+        if b.max_workloads.saturating_mul(b.max_destinations) > crate::baseline::MAX_ENTRIES {
+            return Err(ConfigError::Invalid(format!(
+                "{name}: baseline: max_workloads × max_destinations is above {}",
+                crate::baseline::MAX_ENTRIES
+            )));
+        }
         if b.enabled && b.path.as_os_str().is_empty() {
             return Err(ConfigError::Invalid(format!(
                 "{name}: baseline.path is empty"
@@ -345,6 +351,23 @@ webhooks:
     }
 
     #[test]
+    fn baseline_section() {
+        let config = Config::parse(
+            "c.yaml",
+            "baseline: {enabled: true, path: /var/lib/x.json, learning_seconds: 60}",
+        )
+        .unwrap();
+        let b = config.baseline.to_config();
+        assert!(config.baseline.enabled);
+        assert_eq!(
+            b.path.as_deref(),
+            Some(std::path::Path::new("/var/lib/x.json"))
+        );
+        assert_eq!(b.learning, std::time::Duration::from_secs(60));
+        assert!(!Config::default().baseline.enabled, "off by default");
+    }
+
+    #[test]
     fn bad_values_are_errors() {
         for text in [
             "kernel: {ringbuf_bytes: 1000}",
@@ -352,6 +375,9 @@ webhooks:
             "listen: nowhere",
             "rule_matching: some",
             "audit: {max_bytes: 10}",
+            "baseline: {enabled: true, max_workloads: 0}",
+            "baseline: {max_workloads: 100000, max_destinations: 100000}",
+            "baseline: {learning: 3}",
             "webhooks: [{name: a, url: 'http://127.0.0.1:1/'}, {name: a, url: 'http://127.0.0.1:2/'}]",
             "- just\n- a list",
             "{{{{",

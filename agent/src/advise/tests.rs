@@ -520,3 +520,55 @@ fn hostile_inventory_and_names_stay_inside_their_scalars() {
     .to_string();
     assert!(err.contains("missing.json"), "{err}");
 }
+
+#[test]
+fn a_learned_profile_is_an_input_too() {
+    let dir = temp("profile");
+    std::fs::create_dir_all(dir.0.join("empty")).unwrap();
+    let mut baseline = crate::baseline::Baseline::open(
+        crate::baseline::BaselineConfig {
+            path: Some(dir.0.join("baseline.json")),
+            ..Default::default()
+        },
+        LabelPolicy::default(),
+    )
+    .unwrap();
+    let labels: BTreeMap<String, String> = [("app", "api"), ("pod-template-hash", "9")]
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    for (ip, t) in [
+        ("2001:db8::20", T0),
+        ("2001:db8::20", T0 + 5),
+        ("198.51.100.30", T0 + 9),
+    ] {
+        baseline.observe(
+            Some("pay"),
+            Some(&labels),
+            ip.parse().unwrap(),
+            443,
+            Some(model::Proto::Tcp),
+            t,
+        );
+    }
+    baseline.flush().unwrap();
+    let mut opts = options(&dir.0, false);
+    opts.from = vec![dir.0.join("empty")];
+    opts.pods = None;
+    opts.profiles = vec![dir.0.join("baseline.json")];
+    let advice = advise(&opts).unwrap();
+    let text = to_yaml(&advice.documents);
+    assert!(
+        text.contains("# 2001:db8::20 TCP/443: 2 attempts"),
+        "{text}"
+    );
+    assert!(text.contains("cidr: \"198.51.100.30/32\""), "{text}");
+    let docs = parse_all(&text);
+    assert_eq!(
+        docs[1]["spec"]["podSelector"]["matchLabels"],
+        json!({"app": "api"})
+    );
+    std::fs::write(dir.0.join("baseline.json"), "{}").unwrap();
+    let err = advise(&opts).err().unwrap().to_string();
+    assert!(err.contains("baseline.json: not an Egret profile"), "{err}");
+}

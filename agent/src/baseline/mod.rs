@@ -23,6 +23,10 @@ use egret_rules::Labels;
 use crate::advise::model::{LabelPolicy, Proto, WorkloadKey};
 use store::{LearnedDestination, ProfileFile, WorkloadProfile};
 
+/// Learned destinations across all workloads: at most ~150 bytes each in
+/// the profile, so the file stays under [`store::MAX_FILE_BYTES`].
+pub const MAX_ENTRIES: usize = 1_000_000;
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BaselineConfig {
     /// Where the profile lives; `None` keeps it in memory only.
@@ -39,8 +43,8 @@ impl Default for BaselineConfig {
         BaselineConfig {
             path: None,
             learning: Duration::from_secs(24 * 3600),
-            max_workloads: 4096,
-            max_destinations: 1024,
+            max_workloads: 1024,
+            max_destinations: 256,
             flush_interval: Duration::from_secs(60),
         }
     }
@@ -207,12 +211,15 @@ impl Baseline {
             v4 => v4,
         };
         let hash = workload_hash(namespace, labels, &self.labels);
-        let bucket = self.workloads.entry(hash).or_default();
-        let index = match bucket
-            .iter()
-            .position(|l| same_workload(&l.key, namespace, labels, &self.labels))
-        {
+        let known = self.workloads.get(&hash).and_then(|bucket| {
+            bucket
+                .iter()
+                .position(|l| same_workload(&l.key, namespace, labels, &self.labels))
+        });
+        let index = match known {
             Some(i) => i,
+            // Nothing is inserted for a workload that does not fit, so
+            // hostile label churn cannot grow the map.
             None if self.count >= self.config.max_workloads => {
                 self.counters.workloads_dropped += 1;
                 return Verdict::NoRoom;
@@ -224,6 +231,7 @@ impl Baseline {
                         stable.insert(k.to_owned(), v.to_owned());
                     }
                 });
+                let bucket = self.workloads.entry(hash).or_default();
                 bucket.push(Learned {
                     key: WorkloadKey {
                         namespace: namespace.to_owned(),
@@ -236,6 +244,9 @@ impl Baseline {
                 self.dirty = true;
                 bucket.len() - 1
             }
+        };
+        let Some(bucket) = self.workloads.get_mut(&hash) else {
+            return Verdict::Untracked;
         };
         let learned = &mut bucket[index];
         let learning_ns = u64::try_from(self.config.learning.as_nanos()).unwrap_or(u64::MAX);
@@ -394,6 +405,15 @@ mod tests {
             Verdict::NoRoom
         );
         assert_eq!(b.counters.workloads_dropped, 1);
+        for i in 0..100 {
+            let churn: BTreeMap<String, String> = [("app".to_owned(), format!("x{i}"))].into();
+            assert_eq!(
+                obs(&mut b, &churn, "203.0.113.1", 443, 111),
+                Verdict::NoRoom
+            );
+        }
+        assert_eq!(b.workloads.values().map(Vec::len).sum::<usize>(), 2);
+        assert!(b.workloads.len() <= 2, "no empty buckets");
         assert_eq!(
             b.observe(None, None, ip("203.0.113.1"), 1, tcp, 0),
             Verdict::Untracked

@@ -14,4 +14,5 @@ pub mod outputs;
 pub mod pipeline;
 pub mod ruleset;
 pub mod run;
+pub mod sync;
 pub mod timefmt;

@@ -67,17 +67,20 @@ mod compile;
 mod diagnostics;
 mod eval;
 mod event;
+mod evt_types;
 mod exceptions;
 mod fields;
 mod lexer;
 mod load;
-mod loader;
 mod matchers;
 mod netset;
 mod output;
 mod parser;
 mod priority;
+mod reader;
 mod ruleset;
+mod source;
+#[cfg(any(test, feature = "test-util"))]
 mod testing;
 mod yaml;
 
@@ -88,6 +91,8 @@ pub use load::{LoadError, Loaded, RuleReport, RuleStatus, Source, check, load};
 pub use parser::ParseError;
 pub use priority::{InvalidPriority, Priority};
 pub use ruleset::{InvalidRuleMatching, Options, Rendered, Rule, RuleId, RuleMatching, Ruleset};
+pub use source::{MAX_SOURCE_BYTES, MAX_TOTAL_BYTES, ReadError, read_source};
+#[cfg(any(test, feature = "test-util"))]
 pub use testing::{OwnedValue, TestEvent};
 
 /// Checks one condition's syntax only (no macros, lists or fields).

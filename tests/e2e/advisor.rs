@@ -145,7 +145,7 @@ fn observed_container_egress_becomes_its_networkpolicy() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    let out = Command::new(env!("CARGO_BIN_EXE_egret"))
+    let out = Command::new(support::agent_path())
         .args(["advise", "networkpolicy", "--from"])
         .arg(dir.0.join("node-a"))
         .args(["--namespace", &ns])

@@ -301,7 +301,7 @@ struct Pipeline {
 }
 
 impl Pipeline {
-    fn new(fixture: &Fixture) -> Pipeline {
+    fn new(fixture: &Fixture, baseline: bool) -> Pipeline {
         let ruleset = Arc::new(
             rules::load(&RulePaths::default(), &Options::default()).expect("bundled rules load"),
         );
@@ -315,6 +315,21 @@ impl Pipeline {
             .collect();
         let mut none = Vec::new();
         enricher.process_batch(execs, &mut none);
+        if baseline {
+            // In memory, learning for the whole run: after the first pass
+            // every attempt is a lookup and update of a learned destination,
+            // the same work as checking one after learning.
+            let config = egret::baseline::BaselineConfig {
+                max_destinations: 65_536,
+                ..Default::default()
+            };
+            let baseline = egret::baseline::Baseline::open(
+                config,
+                egret::advise::model::LabelPolicy::default(),
+            )
+            .expect("in-memory baseline");
+            enricher = enricher.with_baseline(baseline);
+        }
         let evaluator = Evaluator {
             hostname: "bench-node".into(),
             metrics: Metrics::new(&MetricsConfig::default()),
@@ -365,9 +380,13 @@ fn bench(c: &mut Criterion) {
     let fixture = Fixture::new();
     let mut group = c.benchmark_group("pipeline");
     group.throughput(Throughput::Elements(RECORDS as u64));
-    for (name, mix) in [("mixed", Mix::Realistic), ("alert_storm", Mix::AlertStorm)] {
+    for (name, mix, baseline) in [
+        ("mixed", Mix::Realistic, false),
+        ("alert_storm", Mix::AlertStorm, false),
+        ("mixed_baseline", Mix::Realistic, true),
+    ] {
         let records = egress_records(&fixture, mix);
-        let mut pipeline = Pipeline::new(&fixture);
+        let mut pipeline = Pipeline::new(&fixture, baseline);
         let alerts = pipeline.run(&records);
         assert!(alerts > 0, "{name}: the mix should raise alerts");
         // Machine-readable for `cargo xtask bench`.

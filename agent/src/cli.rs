@@ -27,6 +27,9 @@ pub enum Command {
     /// Rule file tools.
     #[command(subcommand)]
     Rules(RulesCommand),
+    /// Policies from observed egress (docs/advisor.md).
+    #[command(subcommand)]
+    Advise(crate::advise::command::AdviseCommand),
 }
 
 #[derive(Debug, Subcommand)]

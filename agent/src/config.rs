@@ -52,14 +52,57 @@ pub struct Config {
     pub metrics: MetricsConfig,
     pub webhooks: Vec<EndpointConfig>,
     pub control: ControlConfig,
+    pub baseline: BaselineSection,
     /// `--summary`: where to write the exit totals as JSON. Command line only.
     #[serde(skip)]
     pub summary: Option<PathBuf>,
 }
 
+/// `baseline:`: per-workload destination learning for
+/// `egret.dest.new_for_workload` (docs/advisor.md#baseline-alerts).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default, expecting = "baseline settings (a map)")]
+pub struct BaselineSection {
+    pub enabled: bool,
+    /// The profile on the node; delete it (agent stopped) to reset.
+    pub path: PathBuf,
+    /// Seconds each workload learns from its first event.
+    pub learning_seconds: u64,
+    pub max_workloads: usize,
+    pub max_destinations: usize,
+    /// Seconds between writes of a changed profile (and at shutdown).
+    pub flush_seconds: u64,
+}
+
+impl Default for BaselineSection {
+    fn default() -> Self {
+        let d = crate::baseline::BaselineConfig::default();
+        BaselineSection {
+            enabled: false,
+            path: PathBuf::from("/var/lib/egret/baseline.json"),
+            learning_seconds: d.learning.as_secs(),
+            max_workloads: d.max_workloads,
+            max_destinations: d.max_destinations,
+            flush_seconds: d.flush_interval.as_secs(),
+        }
+    }
+}
+
+impl BaselineSection {
+    pub fn to_config(&self) -> crate::baseline::BaselineConfig {
+        crate::baseline::BaselineConfig {
+            path: Some(self.path.clone()),
+            learning: std::time::Duration::from_secs(self.learning_seconds),
+            max_workloads: self.max_workloads,
+            max_destinations: self.max_destinations,
+            flush_interval: std::time::Duration::from_secs(self.flush_seconds),
+        }
+    }
+}
+
 /// The quarantine control API (docs/quarantine.md).
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[serde(deny_unknown_fields, default, expecting = "control settings (a map)")]
 pub struct ControlConfig {
     /// Its own listener, never the metrics one; unset: no control API.
     pub listen: Option<SocketAddr>,
@@ -216,6 +259,23 @@ impl Config {
             )));
         }
         self.check_control(name)?;
+        let b = &self.baseline;
+        if b.enabled && (b.max_workloads == 0 || b.max_destinations == 0) {
+            return Err(ConfigError::Invalid(format!(
+                "{name}: baseline: max_workloads and max_destinations must be above 0"
+            )));
+        }
+        if b.max_workloads.saturating_mul(b.max_destinations) > crate::baseline::MAX_ENTRIES {
+            return Err(ConfigError::Invalid(format!(
+                "{name}: baseline: max_workloads × max_destinations is above {}",
+                crate::baseline::MAX_ENTRIES
+            )));
+        }
+        if b.enabled && b.path.as_os_str().is_empty() {
+            return Err(ConfigError::Invalid(format!(
+                "{name}: baseline.path is empty"
+            )));
+        }
         let mut names = std::collections::HashSet::new();
         for hook_name in self.webhooks.iter().filter_map(|h| h.name.as_deref()) {
             if !names.insert(hook_name) {
@@ -434,6 +494,23 @@ webhooks:
     }
 
     #[test]
+    fn baseline_section() {
+        let config = Config::parse(
+            "c.yaml",
+            "baseline: {enabled: true, path: /var/lib/x.json, learning_seconds: 60}",
+        )
+        .unwrap();
+        let b = config.baseline.to_config();
+        assert!(config.baseline.enabled);
+        assert_eq!(
+            b.path.as_deref(),
+            Some(std::path::Path::new("/var/lib/x.json"))
+        );
+        assert_eq!(b.learning, std::time::Duration::from_secs(60));
+        assert!(!Config::default().baseline.enabled, "off by default");
+    }
+
+    #[test]
     fn bad_values_are_errors() {
         for text in [
             "kernel: {ringbuf_bytes: 1000}",
@@ -441,6 +518,9 @@ webhooks:
             "listen: nowhere",
             "rule_matching: some",
             "audit: {max_bytes: 10}",
+            "baseline: {enabled: true, max_workloads: 0}",
+            "baseline: {max_workloads: 100000, max_destinations: 100000}",
+            "baseline: {learning: 3}",
             "webhooks: [{name: a, url: 'http://127.0.0.1:1/'}, {name: a, url: 'http://127.0.0.1:2/'}]",
             "- just\n- a list",
             "{{{{",

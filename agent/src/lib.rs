@@ -1,5 +1,7 @@
 //! Egret's agent: loads the kernel hooks and runs the event pipeline
 //! (kernel → source → decode → enrich → evaluate → outputs).
+pub mod advise;
+pub mod baseline;
 pub mod cli;
 pub mod config;
 pub mod health;

@@ -20,6 +20,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Config(ConfigCommand::Check { files }) => check_configs(&files),
         Command::Rules(RulesCommand::Check { paths }) => check_rules(&paths),
+        Command::Advise(command) => egret::advise::command::main(command),
         Command::Run(args) => {
             let config = match Config::for_run(*args) {
                 Ok(config) => config,

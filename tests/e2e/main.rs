@@ -1,6 +1,7 @@
 //! End-to-end tests: the real agent binary, the real kernel, real sockets in
 //! throwaway network namespaces. Privileged tests run as root (always in CI)
 //! and print a skip reason otherwise; see `support::privileged`.
+mod advisor;
 mod containers;
 mod deploy;
 mod faults;

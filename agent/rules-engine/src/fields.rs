@@ -83,10 +83,14 @@ pub enum FieldId {
     /// `egret.action`: Str, `observed`, or `blocked` when a quarantine
     /// denied the attempt.
     Action,
+    /// `egret.dest.new_for_workload`: Bool, true for a destination outside
+    /// the workload's learned baseline; Missing while it learns or when
+    /// baselines are off.
+    NewForWorkload,
 }
 
 impl FieldId {
-    pub const COUNT: usize = FieldId::Action as usize + 1;
+    pub const COUNT: usize = FieldId::NewForWorkload as usize + 1;
 
     pub const ALL: [FieldId; FieldId::COUNT] = [
         FieldId::EvtType,
@@ -124,6 +128,7 @@ impl FieldId {
         FieldId::CgroupId,
         FieldId::NetnsCookie,
         FieldId::Action,
+        FieldId::NewForWorkload,
     ];
 
     pub fn index(self) -> usize {
@@ -207,6 +212,7 @@ fn catalog(name: &str) -> Option<(Src, Kind)> {
         "egret.cgroup_id" => (ev(F::CgroupId), Kind::U64),
         "egret.netns_cookie" => (ev(F::NetnsCookie), Kind::U64),
         "egret.action" => (ev(F::Action), Kind::Str),
+        "egret.dest.new_for_workload" => (ev(F::NewForWorkload), Kind::Bool),
         _ => return None,
     })
 }

@@ -39,12 +39,18 @@ const METADATA: &str = "Contact Cloud Metadata Service From Container";
 const K8S_API: &str = "Contact K8S API Server From Container";
 const DNS: &str = "DNS Query to External Resolver";
 const HOST_NET: &str = "Egress From Host-Network Container";
+const BASELINE: &str = "Workload Contacted Destination Outside Its Baseline";
 
 #[test]
 fn bundled_rules_load_cleanly() {
     let rules = bundled(&Options::default());
     let names: Vec<&str> = rules.rules().iter().map(|r| &**r.name()).collect();
-    assert_eq!(names, [IOC, MINING, METADATA, K8S_API, DNS, HOST_NET, SEED]);
+    assert_eq!(
+        names,
+        [
+            IOC, MINING, METADATA, K8S_API, DNS, HOST_NET, BASELINE, SEED
+        ]
+    );
     let seed = rules.rule(rules.find(SEED).unwrap()).unwrap();
     assert_eq!(seed.priority(), Priority::Warning);
     assert_eq!(
@@ -181,6 +187,16 @@ fn host_network_containers() {
 }
 
 #[test]
+fn baseline_rule_only_for_destinations_outside_the_baseline() {
+    let new = FieldId::NewForWorkload;
+    assert!(hits(BASELINE, &pod("198.51.100.9", 443).with(new, true)));
+    assert!(hits(BASELINE, &pod_udp("10.1.1.1", 53).with(new, true)));
+    assert!(!hits(BASELINE, &pod("198.51.100.9", 443).with(new, false)));
+    // Missing: baselines off, or the workload still learning.
+    assert!(!hits(BASELINE, &pod("198.51.100.9", 443)));
+}
+
+#[test]
 fn first_match_reports_the_most_specific_rule() {
     let rules = bundled(&Options::default());
     let cases = [
@@ -191,6 +207,10 @@ fn first_match_reports_the_most_specific_rule() {
         (
             pod("198.51.100.9", 443).with(FieldId::ContainerHostNetwork, true),
             HOST_NET,
+        ),
+        (
+            pod("198.51.100.9", 443).with(FieldId::NewForWorkload, true),
+            BASELINE,
         ),
         (pod("198.51.100.9", 443), SEED),
     ];

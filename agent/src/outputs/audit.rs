@@ -114,6 +114,12 @@ pub struct AuditRecord<'a> {
         skip_serializing_if = "Option::is_none"
     )]
     pub quarantine_slot: Option<u32>,
+    /// Only with baselines on (`baseline.enabled`).
+    #[serde(
+        rename = "egret.dest.new_for_workload",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub new_for_workload: Option<bool>,
 }
 
 impl<'a> AuditRecord<'a> {
@@ -163,6 +169,7 @@ impl<'a> AuditRecord<'a> {
             mono_ns: event.mono_ns,
             action: crate::pipeline::decode::action_name(event.blocked),
             quarantine_slot: event.blocked.map(|b| b.slot),
+            new_for_workload: enriched.new_for_workload,
         }
     }
 }
@@ -444,6 +451,7 @@ mod tests {
             user_name: None,
             identity: None,
             host_network: None,
+            new_for_workload: None,
         }
     }
 

@@ -130,6 +130,7 @@ impl Pipeline {
         let watchdog_counters = probes.counter_reader();
         metrics.set_kernel_reader(move || counters.read().ok());
 
+        let baseline = open_baseline(config)?;
         let (identity, containerd_task) = if config.identity.enabled {
             let (sources, worker) = IdentitySources::from_config(&config.identity)?;
             (
@@ -193,11 +194,11 @@ impl Pipeline {
             metrics.clone(),
             shutdown.clone(),
         ));
-        let enrich_task = tokio::spawn(enrich::run(
-            Enricher::new(processes, identity).with_metrics(metrics.clone()),
-            records_rx,
-            events_tx,
-        ));
+        let mut enricher = Enricher::new(processes, identity).with_metrics(metrics.clone());
+        if let Some(baseline) = baseline {
+            enricher = enricher.with_baseline(baseline);
+        }
+        let enrich_task = tokio::spawn(enrich::run(enricher, records_rx, events_tx));
         let audit = audit_sink.map(|sink| audit_queue(sink, metrics));
         let stage = EvaluateStage {
             rules,
@@ -231,6 +232,28 @@ impl Pipeline {
             stdout,
         })
     }
+}
+
+/// The learned profile, when baselines are on; a profile that cannot be
+/// read is an error (deleting it is the documented reset).
+fn open_baseline(config: &Config) -> anyhow::Result<Option<crate::baseline::Baseline>> {
+    let section = &config.baseline;
+    if !section.enabled {
+        return Ok(None);
+    }
+    let baseline = crate::baseline::Baseline::open(
+        section.to_config(),
+        crate::advise::model::LabelPolicy::default(),
+    )
+    .map_err(anyhow::Error::msg)
+    .context("loading the baseline profile (delete it to start learning again)")?;
+    tracing::info!(
+        path = %section.path.display(),
+        workloads = baseline.workloads(),
+        learning_seconds = section.learning_seconds,
+        "workload baselines on"
+    );
+    Ok(Some(baseline))
 }
 
 /// The audit sink, opened (and so checked) now; `None` when it is off.

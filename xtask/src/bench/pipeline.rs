@@ -31,7 +31,7 @@ pub fn run(settings: &Settings) -> anyhow::Result<String> {
         bail!("pipeline bench failed ({}):\n{stdout}", output.status);
     }
     let mut measured = Vec::new();
-    for name in ["mixed", "alert_storm"] {
+    for name in ["mixed", "alert_storm", "mixed_baseline"] {
         measured.push(Measured {
             name,
             events_per_second: throughput(&stdout, name)
@@ -48,7 +48,8 @@ pub fn run(settings: &Settings) -> anyhow::Result<String> {
          resolved from warm caches), evaluated against the bundled rules, alerts rendered to \
          JSON and counted in the metrics, in batches of 512 as the agent runs them; only the \
          stdout write is left out. One thread. `mixed`: mostly cluster-internal traffic, 60% \
-         from pods; `alert_storm`: every event alerts.\n",
+         from pods; `alert_storm`: every event alerts; `mixed_baseline`: `mixed` with workload baselines \
+         on (`baseline.enabled`).\n",
         settings.criterion.join(" ")
     )?;
     writeln!(

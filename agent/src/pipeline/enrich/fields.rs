@@ -115,6 +115,7 @@ impl egret_rules::Event for Event {
             FieldId::CgroupId => Value::U64(a.cgroup_id),
             FieldId::NetnsCookie => Value::U64(a.netns_cookie),
             FieldId::Action => Value::Str(crate::pipeline::decode::action_name(a.blocked)),
+            FieldId::NewForWorkload => self.new_for_workload.map_or(Value::Missing, Value::Bool),
         }
     }
 }

@@ -34,6 +34,9 @@ pub struct Event {
     /// The container shares the host's network namespace (NetworkPolicy
     /// does not apply); `None` for host processes or when unknown.
     pub host_network: Option<bool>,
+    /// `egret.dest.new_for_workload`; `None` without a baseline, outside
+    /// pods, or while over the baseline's bounds.
+    pub new_for_workload: Option<bool>,
 }
 
 impl Event {
@@ -59,6 +62,7 @@ pub struct Enricher {
     identity: Option<IdentitySources>,
     user_names: HashMap<(u64, u32), Option<Arc<str>>>,
     metrics: Option<Arc<crate::metrics::Metrics>>,
+    baseline: Option<crate::baseline::Baseline>,
 }
 
 /// Why an event went out with fields missing (`egret_enrichment_failures_total`).
@@ -103,6 +107,41 @@ impl Enricher {
             identity,
             user_names: HashMap::new(),
             metrics: None,
+            baseline: None,
+        }
+    }
+
+    /// Learns workloads' destinations and sets `egret.dest.new_for_workload`.
+    pub fn with_baseline(mut self, baseline: crate::baseline::Baseline) -> Enricher {
+        self.baseline = Some(baseline);
+        self
+    }
+
+    /// Writes the baseline profile if it changed; `force` ignores the
+    /// flush interval (shutdown).
+    pub fn flush_baseline(&mut self, force: bool, last: &mut std::time::Instant) {
+        let Some(baseline) = &mut self.baseline else {
+            return;
+        };
+        if !force && last.elapsed() < baseline.config().flush_interval {
+            return;
+        }
+        *last = std::time::Instant::now();
+        use crate::logging::RateLimited;
+        const MINUTE: std::time::Duration = std::time::Duration::from_secs(60);
+        static WRITE: RateLimited = RateLimited::new(MINUTE);
+        static BOUNDS: RateLimited = RateLimited::new(MINUTE);
+        if let Err(err) = baseline.flush() {
+            crate::warn_limited!(WRITE, %err, "writing the baseline profile failed; retrying at the next flush");
+        }
+        let c = baseline.counters;
+        if c.workloads_dropped + c.destinations_dropped > 0 {
+            crate::warn_limited!(
+                BOUNDS,
+                workloads_dropped = c.workloads_dropped,
+                destinations_dropped = c.destinations_dropped,
+                "baseline bounds reached (baseline.max_workloads / max_destinations)"
+            );
         }
     }
 
@@ -184,6 +223,28 @@ impl Enricher {
             .and_then(|i| i.cgroup.as_deref())
             .map(|entry| &*entry.path);
         let user_name = self.user_name(attempt.cgroup_id, attempt.uid, attempt.tgid, cgroup_path);
+        let new_for_workload = self.baseline.as_mut().and_then(|baseline| {
+            let pod = identity
+                .as_ref()
+                .and_then(|i| i.metadata())
+                .and_then(|m| m.pod.as_ref());
+            // NetworkPolicy does not apply on the host network; neither do
+            // workload baselines.
+            if host_network == Some(true) {
+                return None;
+            }
+            let proto = crate::advise::model::Proto::from_audit(attempt.l4proto.as_str());
+            baseline
+                .observe(
+                    pod.and_then(|p| p.namespace.as_deref()),
+                    pod.map(|p| &p.labels as &dyn egret_rules::Labels),
+                    attempt.daddr,
+                    attempt.dport,
+                    proto,
+                    attempt.wall_ns,
+                )
+                .field()
+        });
         Event {
             fd_name: fields::FdName::new(std::net::SocketAddr::new(attempt.daddr, attempt.dport)),
             attempt,
@@ -192,6 +253,7 @@ impl Enricher {
             user_name,
             identity,
             host_network,
+            new_for_workload,
         }
     }
 }
@@ -244,13 +306,16 @@ pub async fn run(
     mut rx: mpsc::Receiver<Vec<Record>>,
     tx: mpsc::Sender<Vec<Event>>,
 ) {
+    let mut flushed = std::time::Instant::now();
     while let Some(records) = rx.recv().await {
         let mut events = Vec::with_capacity(records.len());
         enricher.process_batch(records, &mut events);
+        enricher.flush_baseline(false, &mut flushed);
         if !events.is_empty() && tx.send(events).await.is_err() {
             break;
         }
     }
+    enricher.flush_baseline(true, &mut flushed);
 }
 
 #[cfg(test)]

@@ -19,6 +19,7 @@ use std::{
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use egret::{
+    alert::{Additions, AppendOutputs},
     enrich::{Enricher, IdentitySources, process::ProcessCache},
     event::{self, Record},
     identity::{
@@ -313,6 +314,11 @@ impl Pipeline {
         let stage = RulesStage {
             rules: rx,
             hostname: "bench-node".into(),
+            // The shipped default: workload identity on every alert.
+            additions: Arc::new(
+                Additions::build(&AppendOutputs::default().0, &Default::default())
+                    .expect("default additions"),
+            ),
             metrics: Metrics::new(&MetricsConfig::default()),
             webhooks: None,
             alerts_out: tokio::io::sink(),

@@ -9,7 +9,11 @@ use std::{
 use ipnet::IpNet;
 use serde::Deserialize;
 
-use crate::{metrics::MetricsConfig, sinks::webhook::EndpointConfig};
+use crate::{
+    alert::{Additions, AppendOutputs},
+    metrics::MetricsConfig,
+    sinks::webhook::EndpointConfig,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -48,6 +52,12 @@ pub struct Config {
     pub identity: IdentityConfig,
     pub metrics: MetricsConfig,
     pub webhooks: Vec<EndpointConfig>,
+    /// Falco's `append_output`; unset: the workload identity fields on
+    /// every alert (see [`crate::alert::WORKLOAD_FIELDS`]); `[]`: nothing.
+    pub append_output: AppendOutputs,
+    /// Static fields on every alert (falcosidekick's `customfields`), e.g.
+    /// the cluster name; labels too where the output has labels.
+    pub custom_fields: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -155,6 +165,8 @@ impl Config {
                 self.audit.max_bytes
             )));
         }
+        Additions::build(&self.append_output.0, &self.custom_fields)
+            .map_err(|e| ConfigError::Invalid(format!("{name}: {e}")))?;
         let mut names = std::collections::HashSet::new();
         for hook_name in self.webhooks.iter().filter_map(|h| h.name.as_deref()) {
             if !names.insert(hook_name) {
@@ -241,6 +253,9 @@ mod tests {
         assert_eq!(config.rule_matching, RuleMatching::First);
         assert!(config.kernel.builtin_ignore);
         assert!(config.identity.enabled);
+        assert_eq!(config.append_output, AppendOutputs::default());
+        let none = Config::parse("e.yaml", "append_output: []").unwrap();
+        assert!(none.append_output.0.is_empty());
     }
 
     #[test]
@@ -300,6 +315,8 @@ webhooks:
             "audit: {max_bytes: 10}",
             "webhooks: [{name: a, url: 'http://127.0.0.1:1/'}, {name: a, url: 'http://127.0.0.1:2/'}]",
             "- just\n- a list",
+            "append_output: [{extra_fields: [proc.tty]}]",
+            "append_output: [{match: {rules: x}}]",
             "{{{{",
         ] {
             let err = Config::parse("c.yaml", text);

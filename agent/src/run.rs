@@ -12,6 +12,7 @@ use tokio::{sync::mpsc, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
+    alert::Additions,
     config::Config,
     enrich::{self, Enricher, IdentitySources, process::ProcessCache},
     health::{self, Readiness},
@@ -51,6 +52,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // EgretRuleReloadFailed pages for every healthy agent.
     metrics.rules_reloaded(ruleset.rules().len());
 
+    let additions = Arc::new(
+        Additions::build(&config.append_output.0, &config.custom_fields)
+            .map_err(anyhow::Error::msg)
+            .context("append_output / custom_fields")?,
+    );
     let webhook_endpoints = config.webhooks.clone();
     let webhooks = if webhook_endpoints.is_empty() {
         None
@@ -167,6 +173,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let stage = RulesStage {
         rules: rules_rx,
         hostname: hostname(&config).into(),
+        additions: additions.clone(),
         metrics: metrics.clone(),
         webhooks,
         alerts_out: tokio::io::stdout(),

@@ -68,6 +68,7 @@ mod diagnostics;
 mod eval;
 mod event;
 mod exceptions;
+mod extra;
 mod fields;
 mod lexer;
 mod load;
@@ -83,6 +84,7 @@ mod yaml;
 
 pub use diagnostics::{Diagnostic, Location, Severity};
 pub use event::{Event, Labels, Value};
+pub use extra::{FIELD_CATALOGUE, FieldInfo, OutputTemplate, TemplateError, field_catalogue};
 pub use fields::FieldId;
 pub use load::{LoadError, Loaded, RuleReport, RuleStatus, Source, check, load};
 pub use parser::ParseError;

@@ -15,7 +15,7 @@ use tokio::{
 };
 
 use crate::{
-    alert::Alert,
+    alert::{Additions, Alert},
     enrich::Event,
     metrics::{AlertContext, Metrics, Verdict},
     sinks::webhook::WebhookSink,
@@ -25,6 +25,8 @@ use crate::{
 pub struct RulesStage<W> {
     pub rules: watch::Receiver<Arc<Ruleset>>,
     pub hostname: Arc<str>,
+    /// `append_output` and `custom_fields`, applied to every alert.
+    pub additions: Arc<Additions>,
     pub metrics: Arc<Metrics>,
     pub webhooks: Option<WebhookSink>,
     /// Alerts, one JSON object per line (stdout in production).
@@ -127,7 +129,7 @@ impl<W> RulesStage<W> {
 
     fn alert(&self, rule: &egret_rules::Rule, event: &Event) -> Alert {
         let rendered = rule.render(event);
-        Alert {
+        let mut alert = Alert {
             time: timefmt::rfc3339_nanos(event.attempt.wall_ns),
             rule: rule.name().clone(),
             priority: rule.priority(),
@@ -136,6 +138,8 @@ impl<W> RulesStage<W> {
             tags: rule.tags().clone(),
             source: "syscall",
             hostname: self.hostname.clone(),
-        }
+        };
+        self.additions.apply(&mut alert, event);
+        alert
     }
 }

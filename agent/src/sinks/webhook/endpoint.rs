@@ -19,7 +19,9 @@ use super::{
 };
 use crate::{
     alert::Priority,
+    logging::RateLimited,
     metrics::{DropReason, WebhookMetrics},
+    warn_limited,
 };
 
 pub(super) struct Endpoint {
@@ -34,6 +36,11 @@ pub(super) struct Endpoint {
     headers: HeaderMap,
     signer: Option<(HeaderName, hmac::Key)>,
     retry: RetryConfig,
+    /// One per fault kind: a receiver that rejects everything must not
+    /// write a log line per alert.
+    rejected_log: RateLimited,
+    failed_log: RateLimited,
+    encode_log: RateLimited,
 }
 
 /// What one attempt came to.
@@ -124,8 +131,16 @@ impl Endpoint {
             headers,
             signer,
             retry: cfg.retry.clone(),
+            rejected_log: RateLimited::default(),
+            failed_log: RateLimited::default(),
+            encode_log: RateLimited::default(),
             name,
         })
+    }
+
+    /// Warning lines held back by the rate limiters and not yet reported.
+    pub fn suppressed_warnings(&self) -> u64 {
+        self.rejected_log.pending() + self.failed_log.pending() + self.encode_log.pending()
     }
 
     /// Sends `d`, retrying as configured, and records the outcome. Returns
@@ -134,7 +149,7 @@ impl Endpoint {
         let body = match render(self.format, &d) {
             Ok(body) => body,
             Err(err) => {
-                tracing::warn!(endpoint = %self.name, %err, "could not encode alert payload");
+                warn_limited!(self.encode_log, endpoint = %self.name, %err, "could not encode alert payload");
                 self.metrics.dropped(DropReason::Encode, d.alerts);
                 return;
             }
@@ -171,7 +186,7 @@ impl Endpoint {
                     return;
                 }
                 Attempt::Rejected(status) => {
-                    tracing::warn!(endpoint = %self.name, url = %self.shown_url, %status,
+                    warn_limited!(self.rejected_log, endpoint = %self.name, url = %self.shown_url, %status,
                         alerts = d.alerts, "webhook receiver rejected the alert; not retrying");
                     self.metrics.dropped(DropReason::Rejected, d.alerts);
                     return;
@@ -179,7 +194,7 @@ impl Endpoint {
                 Attempt::Retry { after, why } => (after, why),
             };
             if attempt == self.retry.max_retries {
-                tracing::warn!(endpoint = %self.name, url = %self.shown_url, last_error = %why,
+                warn_limited!(self.failed_log, endpoint = %self.name, url = %self.shown_url, last_error = %why,
                     attempts = attempt + 1, alerts = d.alerts, "webhook delivery failed; dropping alert");
                 self.metrics.dropped(DropReason::RetriesExhausted, d.alerts);
                 return;

@@ -103,6 +103,7 @@ impl Worker {
             deliveries = ep.metrics.deliveries.get(),
             delivered_alerts = ep.metrics.delivered_alerts.get(),
             dropped = DropReason::ALL.iter().map(|r| ep.metrics.drops(*r)).sum::<u64>(),
+            suppressed_warnings = ep.suppressed_warnings(),
             "webhook endpoint stopped"
         );
     }

@@ -304,10 +304,11 @@ pub fn urlencode(s: &str) -> String {
 }
 
 /// Accepts every webhook POST with 200, so the agent's webhook counters and
-/// request-duration histogram have data.
+/// request-duration histogram have data; keeps the JSON bodies.
 pub struct WebhookReceiver {
     pub addr: SocketAddr,
     pub requests: Arc<AtomicUsize>,
+    pub bodies: Arc<std::sync::Mutex<Vec<Value>>>,
     pub stop: Arc<AtomicBool>,
     pub thread: Option<JoinHandle<()>>,
 }
@@ -317,17 +318,21 @@ impl WebhookReceiver {
         let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind receiver");
         let addr = listener.local_addr().expect("receiver address");
         let requests = Arc::new(AtomicUsize::new(0));
+        let bodies = Arc::new(std::sync::Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
         let thread = {
-            let (requests, stop) = (requests.clone(), stop.clone());
+            let (requests, stop, bodies) = (requests.clone(), stop.clone(), bodies.clone());
             std::thread::spawn(move || {
                 for stream in listener.incoming() {
                     if stop.load(Ordering::Relaxed) {
                         break;
                     }
                     let Ok(mut stream) = stream else { continue };
-                    if read_request(&mut stream).is_ok() {
+                    if let Ok(body) = read_request(&mut stream) {
                         requests.fetch_add(1, Ordering::Relaxed);
+                        if let Ok(v) = serde_json::from_slice::<Value>(&body) {
+                            bodies.lock().unwrap_or_else(|p| p.into_inner()).push(v);
+                        }
                         let _ = stream.write_all(
                             b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
                         );
@@ -338,6 +343,7 @@ impl WebhookReceiver {
         WebhookReceiver {
             addr,
             requests,
+            bodies,
             stop,
             thread: Some(thread),
         }
@@ -345,6 +351,24 @@ impl WebhookReceiver {
 
     pub fn requests(&self) -> usize {
         self.requests.load(Ordering::Relaxed)
+    }
+
+    /// Until a received payload satisfies `pred`.
+    pub fn wait_for(&self, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Option<Value> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let found = self
+                .bodies
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .find(|v| pred(v))
+                .cloned();
+            if found.is_some() || Instant::now() >= deadline {
+                return found;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 }
 
@@ -359,8 +383,9 @@ impl Drop for WebhookReceiver {
     }
 }
 
-/// Reads one request: headers, then `Content-Length` bytes of body.
-pub fn read_request(stream: &mut TcpStream) -> std::io::Result<()> {
+/// Reads one request: headers, then `Content-Length` bytes of body, which
+/// it returns.
+pub fn read_request(stream: &mut TcpStream) -> std::io::Result<Vec<u8>> {
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
     let mut buf = Vec::new();
     let mut byte = [0u8; 1024];
@@ -380,13 +405,13 @@ pub fn read_request(stream: &mut TcpStream) -> std::io::Result<()> {
         .find_map(|l| l.strip_prefix("content-length:"))
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(0);
-    let mut have = buf.len() - header_end;
-    while have < length {
+    let mut body = buf[header_end..].to_vec();
+    while body.len() < length {
         let n = stream.read(&mut byte)?;
         if n == 0 {
             return Err(std::io::ErrorKind::UnexpectedEof.into());
         }
-        have += n;
+        body.extend_from_slice(&byte[..n]);
     }
-    Ok(())
+    Ok(body)
 }

@@ -231,6 +231,7 @@ pub struct Metrics {
     webhook_retries: Family<EndpointLabel, Counter>,
     webhook_coalesced: Family<EndpointLabel, Counter>,
     webhook_drops: Family<EndpointReasonLabels, Counter>,
+    webhook_errcodes: Family<EndpointReasonLabels, Counter>,
     webhook_seconds: Family<EndpointLabel, Histogram, fn() -> Histogram>,
 }
 
@@ -286,6 +287,7 @@ impl Metrics {
             webhook_retries: Family::default(),
             webhook_coalesced: Family::default(),
             webhook_drops: Family::default(),
+            webhook_errcodes: Family::default(),
             webhook_seconds: Family::new_with_constructor(webhook_histogram),
             shared: shared.clone(),
             registry,
@@ -345,6 +347,11 @@ impl Metrics {
             "egret_webhook_drops",
             "Alerts a webhook endpoint lost, by reason",
             self.webhook_drops.clone(),
+        );
+        r.register(
+            "egret_webhook_receiver_errors",
+            "Requests a receiver answered 2xx but refused in its body, by its error code (DingTalk errcode; at most 16 codes per endpoint, then `other`)",
+            self.webhook_errcodes.clone(),
         );
         r.register_with_unit(
             "egret_webhook_request_duration",
@@ -503,6 +510,7 @@ impl Metrics {
             coalesced: self.webhook_coalesced.get_or_create_owned(&label),
             drops,
             request_seconds: Some(self.webhook_seconds.get_or_create_owned(&label)),
+            errcodes: webhook::ErrorCodes::attached(self.webhook_errcodes.clone(), endpoint),
         }
     }
 

@@ -57,7 +57,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             .map_err(anyhow::Error::msg)
             .context("append_output / custom_fields")?,
     );
-    let webhook_endpoints = config.webhooks.clone();
+    let mut webhook_endpoints = config.webhooks.clone();
+    // Custom fields are labels too where an output has labels.
+    for endpoint in &mut webhook_endpoints {
+        endpoint.label_fields = config.custom_fields.keys().cloned().collect();
+    }
     let webhooks = if webhook_endpoints.is_empty() {
         None
     } else {

@@ -214,7 +214,8 @@ fn slack(d: &Delivery, cfg: &SlackConfig) -> serde_json::Value {
 /// DingTalk's markdown is a subset (headings, bold, italics, links,
 /// images, lists, quotes) with no escape character and no code spans it
 /// guarantees, so untrusted text cannot be quoted safely: the characters
-/// that could open markup are replaced by their full-width forms, which
+/// that could open markup are replaced by their full-width forms (`(` and
+/// `!` are harmless once `[` is gone), which
 /// read the same and mean nothing to the renderer, and line breaks by
 /// spaces (a new line could start a heading or a list).
 pub fn dingtalk_text(s: &str) -> String {
@@ -224,9 +225,6 @@ pub fn dingtalk_text(s: &str) -> String {
             '_' => '＿',
             '[' => '［',
             ']' => '］',
-            '(' => '（',
-            ')' => '）',
-            '!' => '！',
             '#' => '＃',
             '>' => '＞',
             '<' => '＜',
@@ -410,7 +408,7 @@ mod tests {
         assert!(text.contains("- **container.id**: ＜NA＞\n"), "{text}");
         assert_eq!(
             dingtalk_text("[x](http://e) **b** _i_ ![i](u)\n# h"),
-            "［x］（http://e） ＊＊b＊＊ ＿i＿ ！［i］（u） ＃ h"
+            "［x］(http://e) ＊＊b＊＊ ＿i＿ !［i］(u) ＃ h"
         );
     }
 

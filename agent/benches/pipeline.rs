@@ -1,7 +1,7 @@
 //! The userspace pipeline without the kernel: ring-buffer records →
 //! decode → enrich (process cache and identity, every lookup a cache hit) →
 //! bundled rules → alerts rendered to JSON and counted in the metrics, in
-//! batches of [`egret::source::BATCH`] as the agent runs them. Only the
+//! batches of [`egret::pipeline::source::BATCH`] as the agent runs them. Only the
 //! stdout write is left out. `cargo xtask bench` runs it (scenario 3) and
 //! reads the `pipeline/mixed` throughput.
 //!
@@ -19,9 +19,6 @@ use std::{
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use egret::{
-    alert::{Additions, AppendOutputs},
-    enrich::{Enricher, IdentitySources, process::ProcessCache},
-    event::{self, Record},
     identity::{
         cgroups::{CgroupPaths, CgroupPathsConfig},
         netns::HostNetns,
@@ -29,8 +26,14 @@ use egret::{
         users::{UserNames, UserNamesConfig},
     },
     metrics::{Metrics, MetricsConfig},
-    rules::{self, RulePaths, stage::RulesStage},
-    source::BATCH,
+    outputs::alert::{Additions, AppendOutputs},
+    pipeline::{
+        decode::{self as event, Record},
+        enrich::{Enricher, IdentitySources, process::ProcessCache},
+        evaluate::RulesStage,
+        source::BATCH,
+    },
+    ruleset::{self as rules, RulePaths},
 };
 use egret_common::{
     AF_INET, AF_INET6, EXEC_ARG_CHUNK, EXEC_ARGS_BYTES, EXEC_FILENAME_BYTES, EgressEvent,

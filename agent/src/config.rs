@@ -10,9 +10,11 @@ use ipnet::IpNet;
 use serde::Deserialize;
 
 use crate::{
-    alert::{Additions, AppendOutputs},
     metrics::MetricsConfig,
-    sinks::webhook::EndpointConfig,
+    outputs::{
+        alert::{Additions, AppendOutputs},
+        webhook::EndpointConfig,
+    },
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -53,7 +55,7 @@ pub struct Config {
     pub metrics: MetricsConfig,
     pub webhooks: Vec<EndpointConfig>,
     /// Falco's `append_output`; unset: the workload identity fields on
-    /// every alert (see [`crate::alert::WORKLOAD_FIELDS`]); `[]`: nothing.
+    /// every alert (see [`crate::outputs::alert::WORKLOAD_FIELDS`]); `[]`: nothing.
     pub append_output: AppendOutputs,
     /// Static fields on every alert (falcosidekick's `customfields`), e.g.
     /// the cluster name; labels too where the output has labels.

@@ -1,18 +1,15 @@
 //! Egret's agent: loads the kernel hooks and runs the event pipeline
-//! (source → decode → sinks).
-pub mod alert;
+//! (kernel → source → decode → enrich → evaluate → outputs).
 pub mod cli;
 pub mod config;
-pub mod enrich;
-pub mod event;
 pub mod health;
 pub mod identity;
 pub mod kernel;
 pub mod logging;
 pub mod metrics;
 pub mod numfmt;
-pub mod rules;
+pub mod outputs;
+pub mod pipeline;
+pub mod ruleset;
 pub mod run;
-pub mod sinks;
-pub mod source;
 pub mod timefmt;

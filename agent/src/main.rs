@@ -74,7 +74,7 @@ fn run_agent(config: Config) -> ExitCode {
             let rules = err.chain().any(|cause| {
                 matches!(
                     cause.downcast_ref(),
-                    Some(egret::rules::RulesError::Invalid(_))
+                    Some(egret::ruleset::RulesError::Invalid(_))
                 )
             });
             let message = one_line(&err);
@@ -116,7 +116,7 @@ fn check_configs(files: &[std::path::PathBuf]) -> ExitCode {
 
 /// `egret rules check`: every diagnostic, non-zero on any error.
 fn check_rules(paths: &[std::path::PathBuf]) -> ExitCode {
-    match egret::rules::check(paths) {
+    match egret::ruleset::check(paths) {
         Ok(diagnostics) => {
             for diagnostic in &diagnostics {
                 println!("{diagnostic}");

@@ -12,18 +12,21 @@ use tokio::{sync::mpsc, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    alert::Additions,
     config::Config,
-    enrich::{self, Enricher, IdentitySources, process::ProcessCache},
     health::{self, Readiness},
     kernel::{IgnoreSet, KernelProbes, cgroup},
     metrics::{self, Metrics},
-    rules::{self, RulePaths, reload::Reloader, stage::RulesStage},
-    sinks::{
+    outputs::{
+        alert::Additions,
         audit::{self, AuditOutput},
         webhook::{DEFAULT_SHUTDOWN_GRACE, WebhookSink},
     },
-    source,
+    pipeline::{
+        enrich::{self, Enricher, IdentitySources, process::ProcessCache},
+        evaluate::RulesStage,
+        source,
+    },
+    ruleset::{self as rules, RulePaths, reload::Reloader},
 };
 
 /// Batches in flight between stages; with [`source::BATCH`] events each.

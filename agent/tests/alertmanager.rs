@@ -11,9 +11,9 @@ use std::{
 };
 
 use egret::{
-    alert::{Alert, Priority},
     metrics::{AlertContext, DropReason, Metrics, MetricsConfig},
-    sinks::webhook::{EndpointConfig, PayloadFormat, WebhookSink},
+    outputs::alert::{Alert, Priority},
+    outputs::webhook::{EndpointConfig, PayloadFormat, WebhookSink},
 };
 use tokio_util::sync::CancellationToken;
 

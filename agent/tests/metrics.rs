@@ -13,8 +13,8 @@ use std::{
 };
 
 use egret::{
-    alert::{Alert, Priority},
     metrics::{self, AlertContext, DropReason, Metrics, MetricsConfig, Verdict, promql},
+    outputs::alert::{Alert, Priority},
 };
 use egret_common::{Hook, HookCounters};
 

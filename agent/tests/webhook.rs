@@ -11,10 +11,12 @@ use std::{
 };
 
 use egret::{
-    alert::{Alert, Priority},
     metrics::{AlertContext, DropReason, Metrics, MetricsConfig},
-    sinks::webhook::{
-        COALESCED_FIELD, EndpointConfig, HmacConfig, PayloadFormat, SecretSource, WebhookSink,
+    outputs::{
+        alert::{Alert, Priority},
+        webhook::{
+            COALESCED_FIELD, EndpointConfig, HmacConfig, PayloadFormat, SecretSource, WebhookSink,
+        },
     },
 };
 use receiver::{Got, Script, TestPki, receiver};

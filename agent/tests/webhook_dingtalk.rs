@@ -12,9 +12,9 @@ use std::{
 
 use dingtalk::{DingTalk, SEND_TOO_FAST, SIGN_MISMATCH};
 use egret::{
-    alert::{Alert, Priority},
     metrics::{AlertContext, DropReason, Metrics, MetricsConfig, WebhookMetrics},
-    sinks::webhook::{EndpointConfig, PayloadFormat, RateLimitConfig, SecretSource, WebhookSink},
+    outputs::alert::{Alert, Priority},
+    outputs::webhook::{EndpointConfig, PayloadFormat, RateLimitConfig, SecretSource, WebhookSink},
 };
 use tokio_util::sync::CancellationToken;
 

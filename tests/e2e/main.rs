@@ -4,6 +4,7 @@
 mod containers;
 mod deploy;
 mod identity;
+mod kernel_counters;
 mod kernel_hooks;
 mod prometheus;
 mod rules;

@@ -53,7 +53,18 @@ pub enum Hook {
 impl Hook {
     /// Hooks with counters: the four sock_addr hooks plus exec.
     pub const COUNT: u32 = 5;
-    pub const ALL: [Hook; 4] = [
+    /// Every counter slot, in slot order: whoever reads the counters reads
+    /// them all (a slot left out here is a count nobody ever sees).
+    pub const ALL: [Hook; Hook::COUNT as usize] = [
+        Hook::Connect4,
+        Hook::Connect6,
+        Hook::Sendmsg4,
+        Hook::Sendmsg6,
+        Hook::Exec,
+    ];
+    /// The sock_addr hooks, whose records are outbound attempts (the exec
+    /// slot counts process records).
+    pub const EGRESS: [Hook; 4] = [
         Hook::Connect4,
         Hook::Connect6,
         Hook::Sendmsg4,
@@ -225,3 +236,12 @@ mod pod {
     unsafe impl aya::Pod for super::EgressEvent {}
     unsafe impl aya::Pod for super::ProcState {}
 }
+// `Hook::ALL` lists every counter slot, each at its own index.
+const _: () = {
+    let mut slot = 0;
+    while slot < Hook::ALL.len() {
+        assert!(Hook::ALL[slot] as usize == slot);
+        slot += 1;
+    }
+    assert!(Hook::ALL.len() == Hook::COUNT as usize);
+};

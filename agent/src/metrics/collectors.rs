@@ -210,7 +210,7 @@ impl Everything {
             .collect();
         if let Some(k) = &kernel {
             // Egress hooks only: other slots (exec) count process records.
-            let egress = || Hook::ALL.iter().filter_map(|h| k.get(*h as usize));
+            let egress = || Hook::EGRESS.iter().filter_map(|h| k.get(*h as usize));
             verdicts.push(("ignored_in_kernel", egress().map(|c| c.ignored).sum()));
             verdicts.push(("lost_in_kernel", egress().map(|c| c.ringbuf_full).sum()));
         }

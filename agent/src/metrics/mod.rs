@@ -43,7 +43,7 @@ use prometheus_client::{
 use serde::Deserialize;
 use tokio::sync::mpsc;
 
-use crate::alert::{Alert, Priority};
+use crate::outputs::alert::{Alert, Priority};
 use table::{LruSeries, ValueCap};
 pub use webhook::{DropReason, WebhookMetrics};
 

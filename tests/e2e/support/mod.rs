@@ -1,6 +1,7 @@
 //! Shared test plumbing: RAII guards for the agent process and network
 //! namespaces, and a runner for the probe program.
 pub mod agent;
+pub mod cgroup;
 pub mod containerd;
 pub mod netns;
 pub mod prometheus;

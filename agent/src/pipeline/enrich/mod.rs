@@ -9,12 +9,12 @@ use std::{collections::HashMap, sync::Arc};
 use tokio::sync::mpsc;
 
 use crate::{
-    event::{EgressAttempt, Record},
     identity::{
         netns::HostNetns,
         resolver::{ContainerLookup, Identity, IdentityResolver},
         users::UserNames,
     },
+    pipeline::decode::{EgressAttempt, Record},
 };
 use process::{ProcessCache, ProcessImage};
 
@@ -308,11 +308,11 @@ mod tests {
 
     use super::*;
     use crate::{
-        event::{Comm, ExecRecord, L4Proto},
         identity::{
             cgroups::{CgroupPaths, CgroupPathsConfig},
             users::UserNamesConfig,
         },
+        pipeline::decode::{Comm, ExecRecord, L4Proto},
     };
 
     /// Processes that no longer exist, a uid no passwd names.

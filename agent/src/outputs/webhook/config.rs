@@ -8,7 +8,7 @@ use std::{collections::BTreeMap, fmt, path::PathBuf, time::Duration};
 
 use serde::{Deserialize, Deserializer};
 
-use crate::alert::Priority;
+use crate::outputs::alert::Priority;
 
 /// One receiver.
 #[derive(Clone, Deserialize)]

@@ -8,7 +8,7 @@ use serde::{Serialize, Serializer, ser::SerializeMap};
 use serde_json::json;
 
 use super::config::{PayloadFormat, SlackConfig, SlackFormat};
-use crate::alert::{Alert, Priority};
+use crate::outputs::alert::{Alert, Priority};
 
 /// Field added to `output_fields` of a summary: how many identical alerts
 /// it stands for.

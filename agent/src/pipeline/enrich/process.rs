@@ -11,7 +11,7 @@ use std::{
 
 use egret_common::{EXEC_ID_SEEDED, ProcState};
 
-use crate::event::ExecRecord;
+use crate::pipeline::decode::ExecRecord;
 
 #[derive(Debug, PartialEq, Eq)]
 pub struct ProcessImage {
@@ -256,7 +256,7 @@ fn read_stat(proc_dir: &Path) -> Option<(u32, u64)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::Comm;
+    use crate::pipeline::decode::Comm;
 
     fn exec(tgid: u32, exec_id: u64, argv: &[&str]) -> ExecRecord {
         let mut comm = [0u8; 16];

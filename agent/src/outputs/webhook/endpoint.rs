@@ -19,9 +19,9 @@ use super::{
     format::{Delivery, Style, render},
 };
 use crate::{
-    alert::Priority,
     logging::RateLimited,
     metrics::{DropReason, WebhookMetrics},
+    outputs::alert::Priority,
     warn_limited,
 };
 

@@ -13,7 +13,7 @@ use ring::hmac;
 
 use super::{config::RateLimitConfig, format::Delivery};
 use crate::{
-    alert::{Alert, Priority},
+    outputs::alert::{Alert, Priority},
     timefmt,
 };
 

@@ -11,7 +11,7 @@ use serde_json::{Map, Value, json};
 
 use super::format::{Delivery, Style};
 use crate::{
-    alert::{Priority, WORKLOAD_FIELDS},
+    outputs::alert::{Priority, WORKLOAD_FIELDS},
     timefmt,
 };
 
@@ -127,7 +127,7 @@ mod tests {
     use std::{collections::BTreeMap, sync::Arc};
 
     use super::*;
-    use crate::alert::Alert;
+    use crate::outputs::alert::Alert;
 
     #[test]
     fn label_names_are_sanitised() {

@@ -32,8 +32,8 @@ pub use dingtalk::signed_url as dingtalk_signed_url;
 pub use format::{COALESCED_FIELD, COALESCED_WINDOW_FIELD};
 
 use crate::{
-    alert::{Alert, Priority},
     metrics::{AlertContext, DropReason, Metrics, WebhookMetrics},
+    outputs::alert::{Alert, Priority},
 };
 use coalesce::Coalescer;
 use endpoint::Endpoint;

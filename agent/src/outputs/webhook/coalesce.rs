@@ -16,7 +16,7 @@ use std::{
 };
 
 use super::format::Delivery;
-use crate::alert::Alert;
+use crate::outputs::alert::Alert;
 
 struct Window {
     ends: Instant,
@@ -142,7 +142,7 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
-    use crate::alert::Priority;
+    use crate::outputs::alert::Priority;
 
     fn alert(n: u32) -> Arc<Alert> {
         Arc::new(Alert {

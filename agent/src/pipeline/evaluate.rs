@@ -15,10 +15,12 @@ use tokio::{
 };
 
 use crate::{
-    alert::{Additions, Alert},
-    enrich::Event,
     metrics::{AlertContext, Metrics, Verdict},
-    sinks::webhook::WebhookSink,
+    outputs::{
+        alert::{Additions, Alert},
+        webhook::WebhookSink,
+    },
+    pipeline::enrich::Event,
     timefmt,
 };
 

@@ -10,7 +10,7 @@ use tokio::{
     sync::mpsc,
 };
 
-use crate::{enrich::Event, timefmt};
+use crate::{pipeline::enrich::Event, timefmt};
 
 #[derive(Serialize)]
 pub struct AuditRecord<'a> {
@@ -263,7 +263,7 @@ impl RotatingFile {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::{Comm, EgressAttempt, L4Proto};
+    use crate::pipeline::decode::{Comm, EgressAttempt, L4Proto};
     use egret_common::Hook;
 
     fn attempt(daddr: &str) -> Event {
@@ -289,7 +289,7 @@ mod tests {
             v4_mapped: false,
         };
         Event {
-            fd_name: crate::enrich::fields::FdName::new(std::net::SocketAddr::new(
+            fd_name: crate::pipeline::enrich::fields::FdName::new(std::net::SocketAddr::new(
                 attempt.daddr,
                 attempt.dport,
             )),

@@ -2,7 +2,6 @@
 //! binary needs no source tree), user files and directories loaded in order,
 //! change detection for reloads, and `egret rules check`.
 pub mod reload;
-pub mod stage;
 
 use std::{path::PathBuf, time::SystemTime};
 

@@ -28,7 +28,7 @@ use tokio::{
 };
 use tokio_util::sync::CancellationToken;
 
-use crate::event::{self, Record};
+use crate::pipeline::decode::{self as event, Record};
 
 /// Events per batch: large enough to amortise channel and write costs, small
 /// enough that one batch never holds latency back noticeably.

@@ -9,6 +9,8 @@ use std::{
 use ipnet::IpNet;
 use serde::Deserialize;
 
+mod overrides;
+
 use crate::{
     metrics::MetricsConfig,
     outputs::{
@@ -135,6 +137,46 @@ impl Config {
         Config::parse(&path.display().to_string(), &text)
     }
 
+    /// The file (if any) with `-o key=value` overrides applied on top. The
+    /// file is checked on its own first, so its errors keep file:line:col.
+    pub fn load_with_overrides(
+        path: Option<&Path>,
+        overrides: &[String],
+    ) -> Result<Config, ConfigError> {
+        let (name, text) = match path {
+            Some(path) => (
+                path.display().to_string(),
+                std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.display().to_string(),
+                    source,
+                })?,
+            ),
+            None => ("defaults".to_owned(), String::new()),
+        };
+        if overrides.is_empty() {
+            return Config::parse(&name, &text);
+        }
+        Config::parse(&name, &text)?;
+        let mut doc: serde_yaml_ng::Value = if text.trim().is_empty() {
+            serde_yaml_ng::Value::Null
+        } else {
+            serde_yaml_ng::from_str(&text)
+                .map_err(|e| ConfigError::Invalid(format!("{name}: {e}")))?
+        };
+        for o in overrides {
+            overrides::apply(&mut doc, o)
+                .map_err(|e| ConfigError::Invalid(format!("-o {o}: {e}")))?;
+        }
+        let shown = format!("{name} with -o {}", overrides.join(" -o "));
+        if doc.is_null() {
+            return Ok(Config::default());
+        }
+        let config: Config = serde_yaml_ng::from_value(doc).map_err(|e| {
+            ConfigError::Invalid(format!("{shown}: {}", strip_location(&e.to_string())))
+        })?;
+        config.finish(&shown)
+    }
+
     pub fn parse(name: &str, text: &str) -> Result<Config, ConfigError> {
         // An empty file is a valid "all defaults" config.
         if text.trim().is_empty() {
@@ -147,7 +189,11 @@ impl Config {
                 None => format!("{name}: {message}"),
             })
         })?;
-        let mut config = config;
+        config.finish(name)
+    }
+
+    fn finish(self, name: &str) -> Result<Config, ConfigError> {
+        let mut config = self;
         // Empty strings in YAML mean "not set", as for `hostname`.
         config.kernel.cgroup = config.kernel.cgroup.filter(|p| !p.as_os_str().is_empty());
         config.validate(name)?;
@@ -185,10 +231,7 @@ impl Config {
     /// Config for `egret run`: the file named by `--config` (if any) with
     /// every flag given on the command line applied on top.
     pub fn for_run(args: crate::cli::RunArgs) -> Result<Config, ConfigError> {
-        let mut config = match &args.config {
-            Some(path) => Config::load(path)?,
-            None => Config::default(),
-        };
+        let mut config = Config::load_with_overrides(args.config.as_deref(), &args.options)?;
         if !args.rules.is_empty() {
             config.rules_files = args.rules;
         }
@@ -305,6 +348,45 @@ webhooks:
         assert_eq!(config.kernel.cgroup, None);
         let both = "webhooks: [{url: 'http://127.0.0.1:1/', bearer_token: {file: /a, env: B}}]";
         assert!(Config::parse("c.yaml", both).is_err());
+    }
+
+    #[test]
+    fn dash_o_overrides_the_file() {
+        let dir = std::env::temp_dir().join(format!("egret-config-o-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("egret.yaml");
+        std::fs::write(
+            &file,
+            "hostname: from-file\nwebhooks: [{url: 'http://127.0.0.1:1/'}]\n",
+        )
+        .unwrap();
+        let c = Config::load_with_overrides(
+            Some(&file),
+            &[
+                "hostname=node-9".into(),
+                "webhooks[0].min_priority=error".into(),
+                "custom_fields.cluster=eu-1".into(),
+                "kernel.builtin_ignore=false".into(),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.hostname.as_deref(), Some("node-9"));
+        assert_eq!(
+            c.webhooks[0].min_priority,
+            crate::outputs::alert::Priority::Error
+        );
+        assert_eq!(c.custom_fields["cluster"], "eu-1");
+        assert!(!c.kernel.builtin_ignore);
+        let none = Config::load_with_overrides(None, &["rule_matching=all".into()]).unwrap();
+        assert_eq!(none.rule_matching, RuleMatching::All);
+        for bad in ["kernel.ringbuf_bytes=1000", "nosuchkey=1", "hostname"] {
+            let err = Config::load_with_overrides(Some(&file), &[bad.into()]).unwrap_err();
+            assert!(
+                err.to_string().contains(bad.split('=').next().unwrap()),
+                "{bad}: {err}"
+            );
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -13,3 +13,4 @@ pub mod pipeline;
 pub mod ruleset;
 pub mod run;
 pub mod timefmt;
+pub mod tools;

@@ -277,7 +277,7 @@ async fn serve_http(
 
 /// Alert `hostname`: configured, else the node name Kubernetes passes in
 /// (`NODE_NAME` from the downward API), else the kernel's host name.
-fn hostname(config: &Config) -> String {
+pub fn hostname(config: &Config) -> String {
     if let Some(name) = config.hostname.clone().filter(|n| !n.is_empty()) {
         return name;
     }

@@ -7,8 +7,9 @@ use std::sync::Arc;
 use serde_json::Value as Json;
 
 use crate::event::Event;
-use crate::fields::{self, Kind};
+use crate::fields::{self, Kind, Src};
 use crate::output::{self, Template};
+use crate::testing::{OwnedValue, TestEvent};
 
 /// A compiled `%field` template, for `extra_output` and `extra_fields`.
 #[derive(Debug)]
@@ -188,6 +189,58 @@ pub fn field_catalogue() -> Vec<FieldInfo> {
         .collect()
 }
 
+/// An event from JSON keyed by field names: an audit log line, an alert's
+/// `output_fields`, or a hand-written sample (`egret rules test`). Keys
+/// that are no field (`time`, `rule`) are returned, not refused, so an
+/// audit line loads as is; a value of the wrong type is an error.
+pub fn event_from_json(
+    map: &serde_json::Map<String, Json>,
+) -> Result<(TestEvent, Vec<String>), TemplateError> {
+    let mut event = TestEvent::default();
+    let mut ignored = Vec::new();
+    for (key, value) in map {
+        if value.is_null() {
+            continue;
+        }
+        let Ok(field) = fields::lookup(key, None) else {
+            ignored.push(key.clone());
+            continue;
+        };
+        let Src::Event(id) = field.src else {
+            // Derived fields (fd.type, pod label shortcuts) follow from others.
+            ignored.push(key.clone());
+            continue;
+        };
+        let bad = |want: &str| TemplateError(format!("{key}: expected {want}, got {value}"));
+        let owned = match (field.kind, value) {
+            (Kind::Str, Json::String(s)) => OwnedValue::Str(s.clone()),
+            (Kind::U64, Json::Number(n)) => {
+                OwnedValue::U64(n.as_u64().ok_or_else(|| bad("an unsigned integer"))?)
+            }
+            (Kind::U64, Json::String(s)) => {
+                OwnedValue::U64(s.parse().map_err(|_| bad("an unsigned integer"))?)
+            }
+            (Kind::Ip | Kind::Net, Json::String(s)) => {
+                OwnedValue::Ip(s.parse().map_err(|_| bad("an IP address"))?)
+            }
+            (Kind::Bool, Json::Bool(b)) => OwnedValue::Bool(*b),
+            (Kind::Labels, Json::Object(labels)) => OwnedValue::Labels(
+                labels
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_owned()))
+                    .collect(),
+            ),
+            (Kind::Str, _) => return Err(bad("a string")),
+            (Kind::U64, _) => return Err(bad("an unsigned integer")),
+            (Kind::Ip | Kind::Net, _) => return Err(bad("an IP address string")),
+            (Kind::Bool, _) => return Err(bad("true or false")),
+            (Kind::Labels, _) => return Err(bad("an object of labels")),
+        };
+        event.set(id, owned);
+    }
+    Ok((event, ignored))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -206,6 +259,26 @@ mod tests {
                 .any(|f| fields::lookup(f.name, None).map(|x| x.src) == Ok(fields::Src::Event(id)));
             assert!(covered, "{id:?} has no catalogue entry");
         }
+    }
+
+    #[test]
+    fn events_load_from_audit_json() {
+        let v: Json = serde_json::json!({
+            "time": "2026-01-01T00:00:00Z",
+            "evt.type": "connect",
+            "fd.sip": "203.0.113.7",
+            "fd.sport": 443,
+            "container.id": "0123456789ab",
+            "k8s.pod.labels": {"app": "web"},
+            "user.name": null
+        });
+        let (ev, ignored) = event_from_json(v.as_object().unwrap()).unwrap();
+        assert_eq!(ignored, ["time"]);
+        let t = OutputTemplate::parse("%fd.name %fd.sip:%fd.sport %k8s.pod.label[app]").unwrap();
+        assert_eq!(t.render(&ev).0, "<NA> 203.0.113.7:443 web");
+        let bad: Json = serde_json::json!({"fd.sport": "https"});
+        let err = event_from_json(bad.as_object().unwrap()).unwrap_err();
+        assert!(err.to_string().contains("fd.sport"), "{err}");
     }
 
     #[test]

@@ -84,7 +84,9 @@ mod yaml;
 
 pub use diagnostics::{Diagnostic, Location, Severity};
 pub use event::{Event, Labels, Value};
-pub use extra::{FIELD_CATALOGUE, FieldInfo, OutputTemplate, TemplateError, field_catalogue};
+pub use extra::{
+    FIELD_CATALOGUE, FieldInfo, OutputTemplate, TemplateError, event_from_json, field_catalogue,
+};
 pub use fields::FieldId;
 pub use load::{LoadError, Loaded, RuleReport, RuleStatus, Source, check, load};
 pub use parser::ParseError;

@@ -215,3 +215,50 @@ async fn send_too_fast_is_retried_and_never_counted_delivered() {
     shutdown.cancel();
     sink.finish().await;
 }
+
+/// `egret alert test`: one synthetic alert per endpoint, each reported.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alert_test_reports_every_endpoint() {
+    let good = DingTalk::start("SECgood", 20).await;
+    let bad = DingTalk::start("SECgood", 20).await;
+    let yaml = format!(
+        "custom_fields: {{cluster: test-cluster}}
+webhooks:
+  - name: good
+    url: '{}'
+    format: dingtalk
+    min_priority: critical
+    secret: {{file: {}}}
+  - name: bad
+    url: '{}'
+    format: dingtalk
+    secret: {{file: {}}}
+",
+        good.url,
+        secret_file("test-good", "SECgood").display(),
+        bad.url,
+        secret_file("test-bad", "SECnot").display(),
+    );
+    let config = egret::config::Config::parse("alert-test.yaml", &yaml).expect("config");
+    let mut out = Vec::new();
+    let all_ok = egret::tools::alert_test(&config, &mut out)
+        .await
+        .expect("alert test");
+    let report = String::from_utf8(out).expect("utf-8");
+    println!("{report}");
+    assert!(!all_ok, "{report}");
+    assert!(report.contains("good: ok (1 attempt(s))"), "{report}");
+    assert!(report.contains("bad: FAILED: receiver_error"), "{report}");
+    let got = good.accepted();
+    assert_eq!(got.len(), 1);
+    println!("accepted: {}", got[0]);
+    let text = got[0]["markdown"]["text"].as_str().unwrap_or_default();
+    // Severe enough for the critical-only endpoint, and carrying the
+    // custom field.
+    assert!(
+        text.contains("Critical") && text.contains("Egret test alert"),
+        "{text}"
+    );
+    assert!(text.contains("- **cluster**: test-cluster"), "{text}");
+    assert_eq!(bad.refused(SIGN_MISMATCH), 1);
+}

@@ -14,23 +14,28 @@ use std::{
     hint::black_box,
     os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
-    sync::{Arc, atomic::AtomicU64},
+    sync::Arc,
 };
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use egret::{
     identity::{
+        IdentitySources,
         cgroups::{CgroupPaths, CgroupPathsConfig},
         netns::HostNetns,
         resolver::IdentityResolver,
         users::{UserNames, UserNamesConfig},
     },
     metrics::{Metrics, MetricsConfig},
-    outputs::alert::{Additions, AppendOutputs},
+    outputs::{
+        Raised,
+        alert::{Additions, AppendOutputs},
+        stdout,
+    },
     pipeline::{
         decode::{self as event, Record},
-        enrich::{Enricher, IdentitySources, process::ProcessCache},
-        evaluate::RulesStage,
+        enrich::{Enricher, process::ProcessCache},
+        evaluate::Evaluator,
         source::BATCH,
     },
     ruleset::{self as rules, RulePaths},
@@ -289,12 +294,13 @@ fn egress_records(fixture: &Fixture, mix: Mix) -> Vec<Vec<u8>> {
 }
 
 /// What one agent holds: the enricher (caches warmed by exec records), the
-/// rule set and the rules stage with its metrics.
+/// rule set and the evaluator with its metrics.
 struct Pipeline {
     enricher: Enricher,
     ruleset: Arc<Ruleset>,
-    stage: RulesStage<tokio::io::Sink>,
+    evaluator: Evaluator,
     matches: Vec<egret_rules::RuleId>,
+    alerts: Vec<Raised>,
     out: Vec<u8>,
 }
 
@@ -313,9 +319,7 @@ impl Pipeline {
             .collect();
         let mut none = Vec::new();
         enricher.process_batch(execs, &mut none);
-        let (_tx, rx) = tokio::sync::watch::channel(ruleset.clone());
-        let stage = RulesStage {
-            rules: rx,
+        let evaluator = Evaluator {
             hostname: "bench-node".into(),
             // The shipped default: workload identity on every alert.
             additions: Arc::new(
@@ -323,16 +327,13 @@ impl Pipeline {
                     .expect("default additions"),
             ),
             metrics: Metrics::new(&MetricsConfig::default()),
-            webhooks: None,
-            alerts_out: tokio::io::sink(),
-            audit: None,
-            audit_dropped: Arc::new(AtomicU64::new(0)),
         };
         Pipeline {
             enricher,
             ruleset,
-            stage,
+            evaluator,
             matches: Vec::new(),
+            alerts: Vec::new(),
             out: Vec::with_capacity(16 * 1024),
         }
     }
@@ -353,12 +354,16 @@ impl Pipeline {
             // Enrich stage.
             let mut events = Vec::with_capacity(batch.len());
             self.enricher.process_batch(batch, &mut events);
-            // Rules stage, minus the stdout write.
+            // Evaluate stage, and the stdout output minus the write.
+            self.alerts.clear();
+            alerts += self.evaluator.evaluate_batch(
+                &self.ruleset,
+                &events,
+                &mut self.matches,
+                &mut self.alerts,
+            );
             self.out.clear();
-            alerts += self
-                .stage
-                .evaluate_batch(&self.ruleset, &events, &mut self.matches, &mut self.out)
-                .expect("alerts serialise");
+            stdout::encode(&self.alerts, &mut self.out).expect("alerts serialise");
             black_box(&self.out);
         }
         alerts

@@ -122,6 +122,11 @@ pub struct RunArgs {
     #[arg(long, value_name = "PATH")]
     pub audit: Option<String>,
 
+    /// At exit, write the totals (kernel counters per hook, pipeline and
+    /// output totals) to this file as JSON.
+    #[arg(long, value_name = "PATH")]
+    pub summary: Option<PathBuf>,
+
     /// Send alerts to this URL, falcosidekick payload (repeatable; more
     /// options in the config file's `webhooks`).
     #[arg(long = "webhook", value_name = "URL")]

@@ -31,14 +31,12 @@ pub enum ConfigError {
     Invalid(String),
 }
 
-#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum RuleMatching {
-    /// Stop at the first matching rule per event (Falco's default).
-    #[default]
-    First,
-    /// Every matching rule raises an alert.
-    All,
+pub use egret_rules::RuleMatching;
+
+/// `first` or `all`, parsed by the rule engine's own parser.
+fn rule_matching<'de, D: serde::Deserializer<'de>>(d: D) -> Result<RuleMatching, D::Error> {
+    let text = String::deserialize(d)?;
+    text.parse().map_err(serde::de::Error::custom)
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -46,6 +44,7 @@ pub enum RuleMatching {
 pub struct Config {
     /// Rule files or directories, loaded in order. Empty: the bundled rules.
     pub rules_files: Vec<PathBuf>,
+    #[serde(deserialize_with = "rule_matching")]
     pub rule_matching: RuleMatching,
     pub listen: Option<SocketAddr>,
     /// Alert `hostname`; default `$NODE_NAME`, else the host name.
@@ -62,23 +61,48 @@ pub struct Config {
     /// Static fields on every alert (falcosidekick's `customfields`), e.g.
     /// the cluster name; labels too where the output has labels.
     pub custom_fields: std::collections::BTreeMap<String, String>,
+    /// `--summary`: where to write the exit totals as JSON. Command line only.
+    #[serde(skip)]
+    pub summary: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuditConfig {
     /// Where every egress event goes: unset/"" off, "-" stdout, else a file.
-    pub path: Option<String>,
+    pub path: AuditTarget,
     /// Rotate the file when it reaches this size.
     pub max_bytes: u64,
     /// Rotated files kept (`audit.jsonl.1` … `.N`).
     pub max_files: u32,
 }
 
+/// Where the audit log goes, decided once when the config is read.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(from = "Option<String>")]
+pub enum AuditTarget {
+    #[default]
+    Off,
+    Stdout,
+    File(PathBuf),
+}
+
+impl From<Option<String>> for AuditTarget {
+    /// The config and `--audit` spelling: unset or empty is off, `-` is
+    /// stdout, anything else a file path.
+    fn from(text: Option<String>) -> Self {
+        match text.as_deref() {
+            None | Some("") => AuditTarget::Off,
+            Some("-") => AuditTarget::Stdout,
+            Some(path) => AuditTarget::File(PathBuf::from(path)),
+        }
+    }
+}
+
 impl Default for AuditConfig {
     fn default() -> Self {
         AuditConfig {
-            path: None,
+            path: AuditTarget::Off,
             max_bytes: 100 * 1024 * 1024,
             max_files: 5,
         }
@@ -235,17 +259,17 @@ impl Config {
         if !args.rules.is_empty() {
             config.rules_files = args.rules;
         }
-        match args.rule_matching.as_deref() {
-            Some("all") => config.rule_matching = RuleMatching::All,
-            Some(_) => config.rule_matching = RuleMatching::First,
-            None => {}
+        if let Some(matching) = args.rule_matching.as_deref() {
+            // clap allows only the two values the engine parses.
+            config.rule_matching = matching.parse().unwrap_or_default();
         }
         if args.audit.is_some() {
-            config.audit.path = args.audit;
+            config.audit.path = AuditTarget::from(args.audit);
         }
         config
             .webhooks
             .extend(args.webhooks.iter().map(EndpointConfig::from_url));
+        config.summary = args.summary;
         if args.hostname.is_some() {
             config.hostname = args.hostname;
         }

@@ -12,5 +12,6 @@ pub mod outputs;
 pub mod pipeline;
 pub mod ruleset;
 pub mod run;
+pub mod sync;
 pub mod timefmt;
 pub mod tools;

@@ -248,7 +248,7 @@ fn synthetic_alert(config: &Config, priority: Priority) -> anyhow::Result<Alert>
         output_fields: fields,
         tags: vec![Arc::from("test")].into(),
         source: "syscall",
-        hostname: crate::run::hostname(config).into(),
+        hostname: crate::pipeline::hostname(config).into(),
     })
 }
 

@@ -15,6 +15,7 @@ use std::{
 use egret::{
     metrics::{self, AlertContext, DropReason, Metrics, MetricsConfig, Verdict, promql},
     outputs::alert::{Alert, Priority},
+    pipeline::enrich::EnrichFailure,
 };
 use egret_common::{Hook, HookCounters};
 
@@ -57,17 +58,13 @@ fn populated() -> Arc<Metrics> {
             ..ctx
         },
     );
-    for v in [
-        Verdict::Alerted,
-        Verdict::NoMatch,
-        Verdict::DecodeError,
-        Verdict::Dropped,
-    ] {
+    for v in [Verdict::Alerted, Verdict::NoMatch, Verdict::DecodeError] {
         m.observe_events(v, 3);
     }
+    m.observe_audit_dropped(3);
     m.observe_evaluation(Duration::from_nanos(900));
     m.observe_evaluation(Duration::from_micros(40));
-    m.enrichment_failed("cgroup_unknown");
+    m.enrichment_failed(EnrichFailure::CgroupUnknown);
     m.rules_reloaded(7);
     let mut k = [HookCounters::default(); Hook::COUNT as usize];
     for (i, c) in k.iter_mut().enumerate() {

@@ -5,7 +5,12 @@ use std::process::Command;
 use egret::kernel::KernelProbes;
 use egret_common::Hook;
 
-use crate::support::{self, cgroup::TestCgroup};
+use crate::support::{
+    self,
+    agent::Agent,
+    cgroup::TestCgroup,
+    netns::{NetNs, V4_SERVER},
+};
 
 #[test]
 fn exec_counters_and_exec_losses_are_read_through_kernel_probes() {
@@ -39,4 +44,48 @@ fn exec_counters_and_exec_losses_are_read_through_kernel_probes() {
         "exec records lost to a full ring buffer must be visible: {exec:?}"
     );
     assert!(exec.emitted + exec.ringbuf_full <= exec.seen, "{exec:?}");
+}
+
+#[test]
+fn exit_summary_is_machine_readable() {
+    if !support::privileged("exit_summary_is_machine_readable") {
+        return;
+    }
+    let dir = support::TempDir::new("summary");
+    let path = dir.0.join("summary.json");
+    let path_arg = path.display().to_string();
+    let mut agent = Agent::start(&["run", "--audit", "-", "--summary", &path_arg]);
+    let ns = NetNs::new("summary");
+    let (pid, _) = ns.run(
+        &support::probe_path(),
+        &["tcp", &format!("{V4_SERVER}:8080")],
+    );
+    agent.wait_event_for_pid(pid);
+    let status = agent.terminate();
+    assert!(status.success(), "clean exit: {status:?}");
+
+    let text = std::fs::read_to_string(&path).expect("summary written at exit");
+    let summary: serde_json::Value = serde_json::from_str(&text).expect("summary is JSON");
+    for hook in Hook::ALL {
+        assert!(
+            summary["kernel"][hook.name()]["seen"].is_u64(),
+            "{} missing: {summary}",
+            hook.name()
+        );
+    }
+    assert!(summary["kernel"]["connect4"]["emitted"].as_u64() >= Some(1));
+    assert!(summary["kernel"]["exec"]["seen"].as_u64() >= Some(1));
+    let pipeline = &summary["pipeline"];
+    let events = pipeline["events"].as_u64().expect("events");
+    assert!(events >= 1, "{summary}");
+    assert_eq!(
+        pipeline["alerted"]
+            .as_u64()
+            .zip(pipeline["no_match"].as_u64())
+            .map(|(a, n)| a + n),
+        Some(events),
+        "{summary}"
+    );
+    assert!(pipeline["audited"].as_u64() >= Some(events), "{summary}");
+    assert_eq!(pipeline["audit_dropped"], 0, "{summary}");
 }

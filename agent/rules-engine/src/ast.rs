@@ -22,7 +22,31 @@ pub(crate) struct Check {
     pub field: String,
     pub arg: Option<String>,
     pub op: Op,
+    /// `oneof`/`anyof`/`allof` after a string operator (Falco 0.44): the
+    /// operator applies to each value of the list.
+    pub quant: Option<Quant>,
     pub rhs: Rhs,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Quant {
+    /// Exactly one value matches.
+    One,
+    /// At least one value matches.
+    Any,
+    /// Every value matches.
+    All,
+}
+
+impl Quant {
+    pub fn parse(word: &str) -> Option<Quant> {
+        match word {
+            "oneof" => Some(Quant::One),
+            "anyof" => Some(Quant::Any),
+            "allof" => Some(Quant::All),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -115,6 +139,24 @@ impl Op {
             "exists" => Op::Exists,
             _ => return None,
         })
+    }
+
+    /// String operators, the only ones a modifier may follow.
+    pub fn takes_modifier(self) -> bool {
+        matches!(
+            self,
+            Op::Eq
+                | Op::Ne
+                | Op::Contains
+                | Op::IContains
+                | Op::BContains
+                | Op::StartsWith
+                | Op::BStartsWith
+                | Op::EndsWith
+                | Op::Glob
+                | Op::IGlob
+                | Op::Regex
+        )
     }
 
     pub fn takes_list(self) -> bool {

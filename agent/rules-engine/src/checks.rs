@@ -3,6 +3,7 @@
 use crate::FieldId;
 use crate::ast::Op;
 use crate::eval::{Cmp, LabelSet};
+use crate::evt_types;
 use crate::fields::{Field, Kind, Src};
 use crate::matchers::{Glob, PathSet, StrSet, U64Set};
 use crate::netset::{NetSet, parse_net};
@@ -27,6 +28,60 @@ fn canonical_evt_type(value: &str) -> &str {
         "sendmsg" | "sendmmsg" => "sendto",
         other => other,
     }
+}
+
+/// Service names a port field accepts, as Falco resolves them from the
+/// services database (`fd.sport = https`). A fixed table: what a rule means
+/// must not depend on the node's /etc/services.
+const SERVICES: &[(&str, u64)] = &[
+    ("amqp", 5672),
+    ("bgp", 179),
+    ("dns", 53),
+    ("domain", 53),
+    ("ftp", 21),
+    ("ftp-data", 20),
+    ("ftps", 990),
+    ("git", 9418),
+    ("http", 80),
+    ("http-alt", 8080),
+    ("https", 443),
+    ("imap", 143),
+    ("imap2", 143),
+    ("imaps", 993),
+    ("irc", 194),
+    ("ircs-u", 6697),
+    ("kerberos", 88),
+    ("ldap", 389),
+    ("ldaps", 636),
+    ("microsoft-ds", 445),
+    ("ms-wbt-server", 3389),
+    ("mysql", 3306),
+    ("nntp", 119),
+    ("ntp", 123),
+    ("pop3", 110),
+    ("pop3s", 995),
+    ("postgresql", 5432),
+    ("rdp", 3389),
+    ("redis", 6379),
+    ("rsync", 873),
+    ("sip", 5060),
+    ("smtp", 25),
+    ("smtps", 465),
+    ("snmp", 161),
+    ("socks", 1080),
+    ("ssh", 22),
+    ("submission", 587),
+    ("syslog", 514),
+    ("telnet", 23),
+    ("tftp", 69),
+    ("xmpp-client", 5222),
+];
+
+fn port_number(name: &str) -> Option<u64> {
+    SERVICES
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|&(_, port)| port)
 }
 
 fn parse_u64(text: &str) -> Option<u64> {
@@ -63,8 +118,13 @@ pub(crate) fn build(
     match field.kind {
         Kind::Str => build_str(field, op, values, first()),
         Kind::U64 => {
+            let port = matches!(
+                field.src,
+                Src::Event(FieldId::ServerPort | FieldId::ClientPort)
+            );
             let num = |v: &Val<'_>| {
-                parse_u64(v.text).ok_or((
+                let named = port.then(|| port_number(v.text)).flatten();
+                named.or_else(|| parse_u64(v.text)).ok_or((
                     Some(v.at),
                     format!(
                         "'{}' is not a valid unsigned number for field '{name}'",
@@ -162,6 +222,14 @@ fn build_str(
             s.into()
         }
     };
+    if evt_type
+        && matches!(op, Op::Eq | Op::Ne | Op::In | Op::Intersects)
+        && let Some(v) = values.iter().find(|v| !evt_types::is_known(v.text))
+    {
+        let hint = evt_types::suggest(v.text)
+            .map_or_else(String::new, |s| format!("; did you mean '{s}'?"));
+        return Err((Some(v.at), format!("unknown event type '{}'{hint}", v.text)));
+    }
     let cmp = match op {
         Op::Eq | Op::Ne => Cmp::StrEq(canon(text(first)?)),
         Op::Lt => Cmp::StrLt(text(first)?.into()),

@@ -6,6 +6,7 @@ use std::collections::{BTreeSet, HashMap};
 
 use crate::Priority;
 use crate::diagnostics::{Loc, Text};
+use crate::exceptions::{self, ExceptionInfo};
 
 pub(crate) struct Indexed<T> {
     pub items: Vec<T>,
@@ -69,21 +70,6 @@ pub(crate) struct MacroInfo {
     pub loc: Loc,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) enum Entry {
-    Item(String),
-    List(Vec<Entry>),
-}
-
-#[derive(Clone, Debug)]
-pub(crate) struct ExceptionInfo {
-    pub name: String,
-    pub fields: Option<Entry>,
-    pub comps: Option<Entry>,
-    pub values: Vec<Entry>,
-    pub loc: Loc,
-}
-
 pub(crate) struct RuleInfo {
     pub name: String,
     pub desc: String,
@@ -110,7 +96,15 @@ pub(crate) struct RuleUpdate {
     pub priority: Option<Priority>,
     pub enabled: Option<bool>,
     pub skip_if_unknown_filter: Option<bool>,
+    /// Accepted for Falco compatibility; Egret has no use for them.
+    pub warn_evttypes: Option<bool>,
+    pub capture: Option<bool>,
+    pub capture_duration: Option<u64>,
+    /// The `source` the update names, if any: it must be the rule's.
+    pub source: Option<String>,
 }
+
+const OTHER_SOURCE: &str = "Rule has been re-defined with a different source";
 
 impl RuleUpdate {
     pub fn is_empty(&self) -> bool {
@@ -122,6 +116,9 @@ impl RuleUpdate {
             && self.priority.is_none()
             && self.enabled.is_none()
             && self.skip_if_unknown_filter.is_none()
+            && self.warn_evttypes.is_none()
+            && self.capture.is_none()
+            && self.capture_duration.is_none()
     }
 }
 
@@ -189,7 +186,7 @@ impl Collection {
         if let Some(old) = self.rules.get(&info.name)
             && old.source != info.source
         {
-            return Err("Rule has been re-defined with a different source".into());
+            return Err(OTHER_SOURCE.into());
         }
         info.index = self.next_index();
         let name = info.name.clone();
@@ -207,6 +204,9 @@ impl Collection {
             return Err(
                 "Appended rule must have at least one field that can be appended to".into(),
             );
+        }
+        if update.source.as_ref().is_some_and(|s| *s != rule.source) {
+            return Err(OTHER_SOURCE.into());
         }
         // Check the exceptions first so that a refused append changes nothing.
         let mut extra_values = Vec::new();
@@ -229,7 +229,7 @@ impl Collection {
                             ex.name
                         ));
                     }
-                    added.push(crate::exceptions::validate(ex)?);
+                    added.push(exceptions::validate(ex)?);
                 }
             }
         }
@@ -263,10 +263,13 @@ impl Collection {
         if update.is_empty() {
             return Err("The rule must have at least one field that can be replaced".into());
         }
+        if update.source.as_ref().is_some_and(|s| *s != rule.source) {
+            return Err(OTHER_SOURCE.into());
+        }
         let exceptions = match update.exceptions {
             Some(list) => Some(
                 list.into_iter()
-                    .map(crate::exceptions::validate)
+                    .map(exceptions::validate)
                     .collect::<Result<Vec<_>, _>>()?,
             ),
             None => None,

@@ -2,7 +2,7 @@
 //! builds the evaluator tree for each rule.
 use std::collections::{HashMap, HashSet};
 
-use crate::ast::{Expr, ExprKind, Rhs};
+use crate::ast::{Expr, ExprKind, Quant, Rhs};
 use crate::checks::{self, Val};
 use crate::collect::{Collection, ListInfo, MacroInfo, RuleInfo};
 use crate::diagnostics::{Files, Loc, Sink, Text};
@@ -15,11 +15,17 @@ use crate::parser;
 
 /// Depth of a condition after macro expansion; bounds the stack used by
 /// compiling and evaluating it.
-const MAX_DEPTH: u32 = 200;
-/// Nodes plus values one rule may expand to (macros can nest exponentially).
-const MAX_SIZE: usize = 1_000_000;
-/// Values one list may expand to, and how deep lists may nest.
-const MAX_LIST_VALUES: usize = 100_000;
+pub(crate) const MAX_DEPTH: u32 = 1000;
+/// Nodes one rule may expand to (macros can nest exponentially).
+pub(crate) const MAX_NODES: usize = 1_000_000;
+/// Nodes plus values one rule may expand to: room for a few huge lists.
+pub(crate) const MAX_SIZE: usize = 4_000_000;
+/// Nodes plus values all lists and rules may expand to together: bounds the
+/// memory a load takes (a value costs some 50 bytes once compiled).
+pub(crate) const MAX_TOTAL: usize = 8_000_000;
+/// Values one list may expand to (IOC lists run to millions), and how deep
+/// lists may nest.
+pub(crate) const MAX_LIST_VALUES: usize = 2_000_000;
 const MAX_LIST_NESTING: u32 = 32;
 
 #[derive(Clone)]
@@ -39,6 +45,8 @@ pub(crate) struct Compiler<'c, 'f> {
     macros: HashMap<&'c str, MacroEntry<'c>>,
     /// Names referenced as macros or list values anywhere.
     used: HashSet<String>,
+    /// Nodes and values spent so far, against MAX_TOTAL.
+    spent: usize,
 }
 
 /// A field the catalog lacks, and where the rule uses it.
@@ -88,10 +96,12 @@ impl<'c, 'f> Compiler<'c, 'f> {
             lists: HashMap::new(),
             macros: HashMap::new(),
             used: HashSet::new(),
+            spent: 0,
         };
         for info in &coll.lists.items {
             if !c.lists.contains_key(info.name.as_str()) {
                 let values = c.resolve_list(coll, info, 0);
+                c.spent = c.spent.saturating_add(values.len());
                 if values.len() > MAX_LIST_VALUES {
                     sink.error(
                         info.loc,
@@ -120,7 +130,72 @@ impl<'c, 'f> Compiler<'c, 'f> {
             };
             c.macros.insert(&info.name, MacroEntry { info, ast });
         }
+        let mut checked = HashMap::new();
+        for info in &coll.macros.items {
+            c.check_macro(&info.name, &mut Vec::new(), &mut checked, sink);
+        }
         c
+    }
+
+    /// Falco resolves every macro, used or not: a macro naming an undefined
+    /// macro, or a reference loop, is an error even if no rule uses it. Each
+    /// macro's own mistakes are reported once, at its text; the result is
+    /// memoized so shared macros are walked once.
+    fn check_macro(
+        &self,
+        name: &str,
+        stack: &mut Vec<String>,
+        checked: &mut HashMap<String, bool>,
+        sink: &mut Sink,
+    ) -> bool {
+        if let Some(&ok) = checked.get(name) {
+            return ok;
+        }
+        let Some(entry) = self.macros.get(name) else {
+            return false;
+        };
+        let Some(ast) = &entry.ast else {
+            checked.insert(name.to_string(), false);
+            return false;
+        };
+        let mut refs = Vec::new();
+        idents(ast, &mut refs);
+        stack.push(name.to_string());
+        let mut ok = true;
+        for (r, pos) in refs {
+            let at = || entry.info.cond.locate(pos as usize, self.files);
+            match self.macros.get(r) {
+                Some(m) if m.info.index < entry.info.visibility => {
+                    if stack.iter().any(|s| s == r) {
+                        sink.error(
+                            at(),
+                            format!("macro '{name}': reference loop in macro '{r}'"),
+                        );
+                        ok = false;
+                    } else if !self.check_macro(r, stack, checked, sink) {
+                        ok = false;
+                    }
+                }
+                Some(_) if r == name => {
+                    sink.error(at(), format!("macro '{name}' refers to itself"));
+                    ok = false;
+                }
+                Some(_) => {
+                    sink.error(at(), format!("macro '{name}': undefined macro '{r}' used in filter: it is defined after the macro that uses it"));
+                    ok = false;
+                }
+                None => {
+                    sink.error(
+                        at(),
+                        format!("macro '{name}': undefined macro '{r}' used in filter"),
+                    );
+                    ok = false;
+                }
+            }
+        }
+        stack.pop();
+        checked.insert(name.to_string(), ok);
+        ok
     }
 
     /// Items naming a list defined before this list's last change expand to
@@ -134,6 +209,9 @@ impl<'c, 'f> Compiler<'c, 'f> {
         let mut out = Vec::new();
         for item in &info.items {
             if out.len() > MAX_LIST_VALUES {
+                break;
+            }
+            if self.spent.saturating_add(out.len()) > MAX_TOTAL {
                 break;
             }
             match coll.lists.get(&item.text) {
@@ -200,8 +278,20 @@ impl<'c, 'f> Compiler<'c, 'f> {
             errors,
             stack: Vec::new(),
             size: 0,
+            nodes: 0,
             reported_size: false,
         };
+        if self.spent > MAX_TOTAL {
+            cx.errors.push((
+                rule.loc,
+                format!("the rules expand to more than {MAX_TOTAL} nodes and values in all; rule not loaded"),
+            ));
+        }
+        // Falco checks exception fields when the exception is defined, even
+        // before it has values.
+        for ex in &rule.exceptions {
+            cx.exception_fields(ex);
+        }
         if let Some(cond) = &cond {
             let scope = Scope {
                 text: Some(&rule.cond),
@@ -232,13 +322,29 @@ impl<'c, 'f> Compiler<'c, 'f> {
                 other => cx.errors.push((at, other.to_string())),
             }
         }
+        let (size, unknown, errors) = (cx.size, cx.unknown, cx.errors);
+        self.spent = self.spent.saturating_add(size);
         Compiled {
             node: all(parts),
             output,
-            unknown: cx.unknown,
-            errors: cx.errors,
+            unknown,
+            errors,
         }
     }
+}
+
+/// Every macro name a condition refers to, with its offset.
+fn idents<'e>(expr: &'e Expr, out: &mut Vec<(&'e str, u32)>) {
+    let mut todo = vec![expr];
+    while let Some(e) = todo.pop() {
+        match &e.kind {
+            ExprKind::And(children) | ExprKind::Or(children) => todo.extend(children.iter()),
+            ExprKind::Not(inner) => todo.push(inner),
+            ExprKind::Ident(name) => out.push((name, e.pos)),
+            ExprKind::Check(_) => {}
+        }
+    }
+    out.sort_by_key(|(_, pos)| *pos);
 }
 
 #[derive(Clone, Copy)]
@@ -263,6 +369,7 @@ struct Cx<'a, 'c, 'f> {
     errors: Vec<(Loc, String)>,
     stack: Vec<&'a str>,
     size: usize,
+    nodes: usize,
     reported_size: bool,
 }
 
@@ -280,17 +387,61 @@ impl<'a> Cx<'a, '_, '_> {
         }
     }
 
+    fn exception_fields(&mut self, ex: &crate::exceptions::ExceptionInfo) {
+        use crate::exceptions::Entry;
+        let names: Vec<&str> = match &ex.fields {
+            Some(Entry::Item(f)) => vec![f.as_str()],
+            Some(Entry::List(fs)) => fs
+                .iter()
+                .filter_map(|f| match f {
+                    Entry::Item(f) => Some(f.as_str()),
+                    Entry::List(_) => None,
+                })
+                .collect(),
+            None => Vec::new(),
+        };
+        for text in names {
+            let Some((name, arg)) = parser::parse_field(text) else {
+                self.errors.push((
+                    ex.loc,
+                    format!(
+                        "exception '{}': '{text}' is not a valid field name",
+                        ex.name
+                    ),
+                ));
+                continue;
+            };
+            match fields::lookup(&name, arg.as_deref()) {
+                Ok(_) => {}
+                Err(FieldError::Unknown(field)) => {
+                    let at = self.comp.files.location(ex.loc);
+                    self.note_unknown(field, format!("exception '{}' at {at}", ex.name));
+                }
+                Err(e) => self
+                    .errors
+                    .push((ex.loc, format!("exception '{}': {e}", ex.name))),
+            }
+        }
+    }
+
     fn spend(&mut self, n: usize, at: Loc) -> bool {
         self.size = self.size.saturating_add(n);
-        if self.size <= MAX_SIZE {
+        if self.size <= MAX_SIZE
+            && self.nodes <= MAX_NODES
+            && self.comp.spent.saturating_add(self.size) <= MAX_TOTAL
+        {
             return true;
         }
         if !self.reported_size {
             self.reported_size = true;
-            self.errors.push((
-                at,
-                format!("condition expands to more than {MAX_SIZE} nodes and values"),
-            ));
+            let message = if self.nodes > MAX_NODES {
+                format!("condition expands to more than {MAX_NODES} nodes")
+            } else if self.size > MAX_SIZE {
+                format!("condition expands to more than {MAX_SIZE} nodes and values")
+            } else {
+                format!("the rules expand to more than {MAX_TOTAL} nodes and values in all")
+            };
+            self.errors.push((at, message));
         }
         false
     }
@@ -304,6 +455,7 @@ impl<'a> Cx<'a, '_, '_> {
             ));
             return Node::Const(false);
         }
+        self.nodes = self.nodes.saturating_add(1);
         if !self.spend(1, scope.fixed) {
             return Node::Const(false);
         }
@@ -325,8 +477,27 @@ impl<'a> Cx<'a, '_, '_> {
     fn macro_ref(&mut self, name: &str, pos: u32, scope: &Scope<'a>, depth: u32) -> Node {
         let at = self.locate(scope, pos);
         let comp = self.comp;
+        // Inside a macro, reference mistakes were reported at the macro
+        // (`check_macro`); the rule only learns that it cannot load.
+        if matches!(scope.place, Place::Macro(_)) {
+            let broken = match comp.macros.get(name) {
+                Some(entry) if entry.info.index < scope.visibility => {
+                    self.stack.contains(&name) || entry.ast.is_none()
+                }
+                _ => true,
+            };
+            if broken {
+                self.errors.push((at, String::new()));
+                return Node::Const(false);
+            }
+        }
         let entry = match comp.macros.get(name) {
             Some(entry) if entry.info.index < scope.visibility => entry,
+            Some(_) if matches!(scope.place, Place::Macro(m) if m == name) => {
+                self.errors
+                    .push((at, format!("macro '{name}' refers to itself")));
+                return Node::Const(false);
+            }
             Some(_) => {
                 self.errors.push((at, format!("undefined macro '{name}' used in filter: it is defined after the macro that uses it")));
                 return Node::Const(false);
@@ -339,7 +510,7 @@ impl<'a> Cx<'a, '_, '_> {
         };
         if self.stack.contains(&name) {
             self.errors
-                .push((at, format!("macro '{name}' refers to itself")));
+                .push((at, format!("reference loop in macro '{name}'")));
             return Node::Const(false);
         }
         let Some(ast) = &entry.ast else {
@@ -407,6 +578,37 @@ impl<'a> Cx<'a, '_, '_> {
         }
         if !self.spend(vals.len(), scope.fixed) {
             return Node::Const(false);
+        }
+        if let Some(quant) = check.quant {
+            // `op oneof (a, b)`: the operator against each value.
+            let mut nodes = Vec::with_capacity(vals.len());
+            for v in &vals {
+                let one = [Val {
+                    text: v.text,
+                    at: v.at,
+                }];
+                match checks::build(&check.field, &field, check.op, &one) {
+                    Ok((cmp, negate)) => nodes.push(Node::Check(Box::new(Test {
+                        src: field.src.clone(),
+                        cmp,
+                        negate,
+                    }))),
+                    Err((_, message)) => {
+                        let at = match wheres.get(v.at) {
+                            Some(Err(loc)) => *loc,
+                            Some(Ok(p)) => self.locate(scope, *p),
+                            None => self.locate(scope, pos),
+                        };
+                        self.errors.push((at, message));
+                        return Node::Const(false);
+                    }
+                }
+            }
+            return match quant {
+                Quant::Any => any(nodes),
+                Quant::All => all(nodes),
+                Quant::One => Node::One(nodes.into_boxed_slice()),
+            };
         }
         match checks::build(&check.field, &field, check.op, &vals) {
             Ok((cmp, negate)) => Node::Check(Box::new(Test {

@@ -12,6 +12,8 @@ pub(crate) enum Node {
     And(Box<[Node]>),
     Or(Box<[Node]>),
     Not(Box<Node>),
+    /// Exactly one child is true: Falco's `oneof` modifier.
+    One(Box<[Node]>),
     Check(Box<Test>),
 }
 
@@ -151,6 +153,7 @@ impl Node {
             Node::And(nodes) => nodes.iter().all(|n| n.eval(event)),
             Node::Or(nodes) => nodes.iter().any(|n| n.eval(event)),
             Node::Not(node) => !node.eval(event),
+            Node::One(nodes) => nodes.iter().filter(|n| n.eval(event)).take(2).count() == 1,
             Node::Check(test) => test.eval(event),
         }
     }
@@ -189,6 +192,11 @@ pub(crate) fn type_masks(node: &Node) -> (u8, u8) {
             let (t, f) = type_masks(inner);
             (f, t)
         }
+        // True only where some child may be; false anywhere.
+        Node::One(nodes) => (
+            nodes.iter().map(type_masks).fold(0, |t, (ct, _)| t | ct),
+            ALL_TYPES,
+        ),
         Node::Check(test) => {
             let members: Vec<&str> = match (&test.src, &test.cmp) {
                 (Src::Event(FieldId::EvtType), Cmp::StrEq(s)) => vec![s],
@@ -235,6 +243,7 @@ pub(crate) fn destination_truth(node: &Node) -> (NetSet, NetSet) {
             let (t, f) = destination_truth(inner);
             (f, t)
         }
+        Node::One(_) => (NetSet::default(), NetSet::default()),
         Node::Check(test) => match (&test.src, &test.cmp) {
             // The hooks only produce connect and sendto events.
             (Src::Event(FieldId::EvtType), _) => {

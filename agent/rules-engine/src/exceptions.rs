@@ -1,10 +1,27 @@
 //! Rule exceptions: validation when defined, and the condition they add,
 //! `and not ((f1 c1 v1 and f2 c2 v2) or ...)`, built the way Falco builds it
 //! from text, but directly as syntax so that values need no re-quoting.
-use crate::ast::{Check, Expr, ExprKind, Literal, Op, Rhs};
-use crate::collect::{Entry, ExceptionInfo};
+use crate::ast::{Check, Expr, ExprKind, Literal, Op, Quant, Rhs};
+use crate::diagnostics::Loc;
 use crate::lexer::Cursor;
 use crate::parser;
+
+/// A `fields`, `comps` or `values` entry: a string or a (nested) list.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Entry {
+    Item(String),
+    List(Vec<Entry>),
+}
+
+/// One exception as read, before it becomes a condition.
+#[derive(Clone, Debug)]
+pub(crate) struct ExceptionInfo {
+    pub name: String,
+    pub fields: Option<Entry>,
+    pub comps: Option<Entry>,
+    pub values: Vec<Entry>,
+    pub loc: Loc,
+}
 
 fn item(entry: &Entry) -> Option<&str> {
     match entry {
@@ -13,11 +30,26 @@ fn item(entry: &Entry) -> Option<&str> {
     }
 }
 
-fn comparison(text: &str) -> Result<Op, String> {
-    match Op::parse(text) {
-        Some(Op::Exists) | None => Err(format!("'{text}' is not a supported comparison operator")),
-        Some(op) => Ok(op),
+/// A comparison as written in `comps`: an operator, optionally followed by
+/// a modifier (`startswith oneof`); surrounding blanks are ignored.
+fn comparison(text: &str) -> Result<(Op, Option<Quant>), String> {
+    let refuse = || format!("'{}' is not a supported comparison operator", text.trim());
+    let mut words = text.split_whitespace();
+    let op = match words.next().and_then(Op::parse) {
+        Some(Op::Exists) | None => return Err(refuse()),
+        Some(op) => op,
+    };
+    let quant = match words.next() {
+        None => None,
+        Some(word) => match Quant::parse(word) {
+            Some(q) if op.takes_modifier() => Some(q),
+            _ => return Err(refuse()),
+        },
+    };
+    if words.next().is_some() {
+        return Err(refuse());
     }
+    Ok((op, quant))
 }
 
 /// Falco's checks on a newly defined exception; fills in default `comps`.
@@ -53,7 +85,7 @@ pub(crate) fn validate(mut ex: ExceptionInfo) -> Result<ExceptionInfo, String> {
                     return Err(prefix("fields and comps must both be strings"));
                 }
             };
-            if !matches!(comp.as_str(), "in" | "pmatch" | "intersects") {
+            if !matches!(comp.trim(), "in" | "pmatch" | "intersects") {
                 return Err(prefix(
                     "when fields is a single value, comps must be one of (in, pmatch, intersects)",
                 ));
@@ -85,7 +117,18 @@ fn literal(text: &str) -> Literal {
     }
 }
 
-fn check(field: &str, op: Op, rhs: Rhs) -> Result<Expr, String> {
+/// A value for a list operator: `(a, b)` or `(list_name)` as Falco pastes
+/// it into the condition (so list names expand), or one bare value.
+fn list_rhs(text: &str) -> Rhs {
+    if text.trim_start().starts_with('(')
+        && let Some(items) = parser::parse_list(text)
+    {
+        return Rhs::List(items);
+    }
+    Rhs::List(vec![literal(text)])
+}
+
+fn check(field: &str, (op, quant): (Op, Option<Quant>), rhs: Rhs) -> Result<Expr, String> {
     let (name, arg) =
         parser::parse_field(field).ok_or_else(|| format!("'{field}' is not a valid field name"))?;
     Ok(Expr {
@@ -93,6 +136,7 @@ fn check(field: &str, op: Op, rhs: Rhs) -> Result<Expr, String> {
             field: name,
             arg,
             op,
+            quant,
             rhs,
         })),
         pos: 0,
@@ -132,6 +176,14 @@ pub(crate) fn condition(ex: &ExceptionInfo) -> Result<Option<Expr>, String> {
             let op = comparison(comp).map_err(|e| prefix(&e))?;
             let values = values_of(&ex.values)
                 .map_err(|_| prefix("expected values array to contain a list of strings"))?;
+            // A value written `(list_name)` names the list, as in Falco.
+            let values = values
+                .into_iter()
+                .flat_map(|v| match list_rhs(&v.text) {
+                    Rhs::List(items) if !v.quoted => items,
+                    _ => vec![v],
+                })
+                .collect();
             check(field, op, Rhs::List(values))
                 .map(Some)
                 .map_err(|e| prefix(&e))
@@ -151,11 +203,18 @@ pub(crate) fn condition(ex: &ExceptionInfo) -> Result<Option<Expr>, String> {
                         return Err(prefix("fields and comps must be strings"));
                     };
                     let op = comparison(comp).map_err(|e| prefix(&e))?;
+                    let listed = op.0.takes_list() || op.1.is_some();
                     let rhs = match value {
                         Entry::List(items) => Rhs::List(values_of(items).map_err(|e| prefix(&e))?),
-                        Entry::Item(v) if op.takes_list() => Rhs::List(vec![literal(v)]),
+                        Entry::Item(v) if listed => list_rhs(v),
                         Entry::Item(v) => Rhs::Value(literal(v)),
                     };
+                    if matches!(rhs, Rhs::List(_)) && !listed {
+                        return Err(prefix(&format!(
+                            "comparison '{}' takes one value, not a list",
+                            comp.trim()
+                        )));
+                    }
                     all.push(check(field, op, rhs).map_err(|e| prefix(&e))?);
                 }
                 alternatives.push(Expr {

@@ -218,6 +218,11 @@ pub(crate) enum FieldError {
         "field 'k8s.pod.label' needs a label key, as in k8s.pod.label[app] or k8s.pod.label.app"
     )]
     MissingLabelKey,
+    /// A `%` in an output not followed by a field name.
+    #[error(
+        "invalid formatting token '{0}': every '%' in an output starts a field, as in %proc.name"
+    )]
+    InvalidToken(String),
 }
 
 /// Resolves `name` or `name[arg]`.

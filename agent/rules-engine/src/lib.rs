@@ -67,31 +67,37 @@ mod compile;
 mod diagnostics;
 mod eval;
 mod event;
+mod evt_types;
 mod exceptions;
 mod extra;
 mod fields;
 mod lexer;
 mod load;
-mod loader;
 mod matchers;
 mod netset;
 mod output;
 mod parser;
 mod priority;
+mod reader;
 mod ruleset;
+mod source;
+#[cfg(any(test, feature = "test-util"))]
 mod testing;
 mod yaml;
 
 pub use diagnostics::{Diagnostic, Location, Severity};
 pub use event::{Event, Labels, Value};
 pub use extra::{
-    FIELD_CATALOGUE, FieldInfo, OutputTemplate, TemplateError, event_from_json, field_catalogue,
+    FIELD_CATALOGUE, FieldInfo, JsonEvent, OutputTemplate, TemplateError, event_from_json,
+    field_catalogue,
 };
 pub use fields::FieldId;
 pub use load::{LoadError, Loaded, RuleReport, RuleStatus, Source, check, load};
 pub use parser::ParseError;
 pub use priority::{InvalidPriority, Priority};
 pub use ruleset::{InvalidRuleMatching, Options, Rendered, Rule, RuleId, RuleMatching, Ruleset};
+pub use source::{MAX_SOURCE_BYTES, MAX_TOTAL_BYTES, ReadError, read_source};
+#[cfg(any(test, feature = "test-util"))]
 pub use testing::{OwnedValue, TestEvent};
 
 /// Checks one condition's syntax only (no macros, lists or fields).

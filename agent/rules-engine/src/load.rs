@@ -9,8 +9,9 @@ use crate::diagnostics::{
     BUILTIN_FILE, Diagnostic, Files, Loc, Location, ScalarLoc, Severity, Sink, Text,
 };
 use crate::eval::type_masks;
-use crate::loader::Reader;
+use crate::reader::Reader;
 use crate::ruleset::{Options, Rule, Ruleset};
+use crate::source::{MAX_SOURCE_BYTES, MAX_TOTAL_BYTES, find_nul};
 use crate::yaml::Style;
 
 /// One rules file (or embedded text); `name` is what diagnostics show.
@@ -128,8 +129,47 @@ pub fn load(sources: &[Source<'_>], options: &Options) -> Loaded {
             col: 0,
         },
     });
+    let mut total = 0usize;
     for source in sources {
         let file = files.add(source.name, source.text);
+        let start = Loc {
+            file,
+            line: 1,
+            col: 0,
+        };
+        total = total.saturating_add(source.text.len());
+        if source.text.len() > MAX_SOURCE_BYTES {
+            sink.error(
+                start,
+                format!(
+                    "rules file is larger than {} MiB; not loaded",
+                    MAX_SOURCE_BYTES >> 20
+                ),
+            );
+            continue;
+        }
+        if total > MAX_TOTAL_BYTES {
+            sink.error(
+                start,
+                format!(
+                    "rules files add up to more than {} MiB; this one and the rest not loaded",
+                    MAX_TOTAL_BYTES >> 20
+                ),
+            );
+            break;
+        }
+        if let Some((line, col)) = find_nul(source.text) {
+            let at = Loc {
+                file,
+                line: u32::try_from(line).unwrap_or(u32::MAX),
+                col: u32::try_from(col - 1).unwrap_or(u32::MAX),
+            };
+            sink.error(
+                at,
+                "invalid YAML: NUL byte (rules files are text); not loaded",
+            );
+            continue;
+        }
         Reader {
             file,
             coll: &mut coll,
@@ -170,7 +210,22 @@ fn compile(
             let compiled = compiler.compile_rule(info);
             let fields: Vec<String> = compiled.unknown.iter().map(|u| u.field.clone()).collect();
             if !compiled.errors.is_empty() {
+                let mut macro_errors = false;
                 for (at, message) in compiled.errors {
+                    // Empty: a mistake inside a macro, reported there.
+                    if message.is_empty() {
+                        if !macro_errors {
+                            macro_errors = true;
+                            sink.error(
+                                info.loc,
+                                format!(
+                                    "rule '{}' not loaded: a macro it uses has errors",
+                                    info.name
+                                ),
+                            );
+                        }
+                        continue;
+                    }
                     sink.error(at, format!("rule '{}': {message}", info.name));
                 }
                 RuleStatus::Failed

@@ -53,23 +53,37 @@ pub(crate) fn parse(text: &str) -> (Template, Vec<BadField>) {
         if i >= bytes.len() {
             break;
         }
-        let name_len = bytes
+        // As in libsinsp's formatter: `%`, an optional width, then a field.
+        let width = bytes
             .get(i + 1..)
+            .unwrap_or(&[])
+            .iter()
+            .take_while(|b| b.is_ascii_digit())
+            .count();
+        let from = i + 1 + width;
+        let name_len = bytes
+            .get(from..)
             .unwrap_or(&[])
             .iter()
             .take_while(|b| is_name_byte(**b))
             .count();
         let name = body
-            .get(i + 1..i + 1 + name_len)
+            .get(from..from + name_len)
             .unwrap_or("")
             .trim_end_matches('.');
-        // Without a dot it is no field name ("100%", "%s"): keep it as text.
+        // Every `%` starts a field: "100% done", "%foo" and a final `%` are
+        // errors in Falco (LOAD_ERR_COMPILE_OUTPUT), not text.
         if !name.contains('.') {
-            lit.push('%');
-            i += 1;
+            let rest: String = body.get(i..).unwrap_or("").chars().take(40).collect();
+            bad.push(BadField {
+                offset: lead + i,
+                name: rest.clone(),
+                error: FieldError::InvalidToken(rest),
+            });
+            i = from + name_len.max(1);
             continue;
         }
-        let mut end = i + 1 + name.len();
+        let mut end = from + name.len();
         let mut arg = None;
         if bytes.get(end) == Some(&b'[')
             && let Some(close) = body.get(end..).and_then(|r| r.find(']'))
@@ -77,7 +91,7 @@ pub(crate) fn parse(text: &str) -> (Template, Vec<BadField>) {
             arg = body.get(end + 1..end + close);
             end += close + 1;
         }
-        let key = body.get(i + 1..end).unwrap_or(name);
+        let key = body.get(from..end).unwrap_or(name);
         i = end;
         // Falco kept `%container.info` for compatibility; it expands to nothing.
         if name == "container.info" && arg.is_none() {
@@ -189,14 +203,14 @@ mod tests {
     #[test]
     fn expands_fields_and_missing_values() {
         let (t, bad) = parse(
-            "  Outbound (command=%proc.cmdline to=%fd.name user=%user.name pod=%k8s.pod.label[app]). 100%  ",
+            "  Outbound (command=%proc.cmdline to=%fd.name user=%user.name pod=%k8s.pod.label[app]).  ",
         );
         assert!(bad.is_empty());
         let ev = TestEvent::connect("203.0.113.9".parse().unwrap(), 443).with_label("app", "web");
         let (text, json) = t.render(&ev);
         assert_eq!(
             text,
-            "Outbound (command=curl https://example.com to=203.0.113.9:443 user=root pod=web). 100%"
+            "Outbound (command=curl https://example.com to=203.0.113.9:443 user=root pod=web)."
         );
         assert_eq!(json.len(), 4);
         assert_eq!(json[3].0.as_ref(), "k8s.pod.label[app]");
@@ -226,5 +240,22 @@ mod tests {
         let names: Vec<&str> = bad.iter().map(|b| b.name.as_str()).collect();
         assert_eq!(names, ["proc.tty", "proc.aname"]);
         assert_eq!(bad[0].offset, 2);
+    }
+
+    #[test]
+    fn every_percent_starts_a_field() {
+        for text in ["100% done", "%foo", "x %", "%not_a_real_field", "%%"] {
+            let (_, bad) = parse(text);
+            assert!(
+                matches!(
+                    bad.first().map(|b| &b.error),
+                    Some(FieldError::InvalidToken(_))
+                ),
+                "{text}"
+            );
+        }
+        let (t, bad) = parse("%20proc.name!");
+        assert!(bad.is_empty());
+        assert_eq!(t.keys()[0].as_ref(), "proc.name");
     }
 }

@@ -11,12 +11,12 @@
 //! `and`/`or` must be followed by a blank or `(`, word operators by a blank,
 //! and `<`, `<=`, `>`, `>=` take numbers, all as in Falco. Field transformers
 //! (`val()`, `tolower()`, ...) are refused with a clear message.
-use crate::ast::{Check, Expr, ExprKind, Literal, Op, Rhs};
+use crate::ast::{Check, Expr, ExprKind, Literal, Op, Quant, Rhs};
 use crate::lexer::{Cursor, LexError};
 
 /// Parenthesised nesting allowed in one condition. Each level costs a few
 /// stack frames here and in the compiler, so this bounds stack use.
-pub(crate) const MAX_NESTING: u32 = 100;
+pub(crate) const MAX_NESTING: u32 = 250;
 
 /// A condition that does not parse; `offset` is a byte offset into it.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -250,13 +250,21 @@ impl<'a> Parser<'a> {
     ) -> Result<Expr, ParseError> {
         self.c.blank();
         let start = self.c.pos;
+        let mut quant = None;
         let (op, rhs) = if self.c.eat("exists") {
             self.mark(start);
             (Op::Exists, Rhs::None)
         } else if let Some(op) = self.num_op() {
             (op, Rhs::Value(self.num_value()?))
         } else if let Some(op) = self.str_op() {
-            (op, Rhs::Value(self.str_value()?))
+            self.c.blank();
+            match self.modifier() {
+                Some(q) => {
+                    quant = Some(q);
+                    (op, self.list_value()?)
+                }
+                None => (op, Rhs::Value(self.str_value()?)),
+            }
         } else if let Some(op) = self.list_op() {
             (op, self.list_value()?)
         } else {
@@ -269,10 +277,26 @@ impl<'a> Parser<'a> {
                 field,
                 arg,
                 op,
+                quant,
                 rhs,
             })),
             pos,
         })
+    }
+
+    /// `oneof`, `anyof` or `allof`, followed by a blank or `(`.
+    fn modifier(&mut self) -> Option<Quant> {
+        for word in ["oneof", "anyof", "allof"] {
+            let rest = self.c.rest();
+            let follows = rest
+                .strip_prefix(word)
+                .and_then(|r| r.bytes().next())
+                .is_some_and(|b| b == b'(' || b.is_ascii_whitespace());
+            if follows && self.c.eat(word) {
+                return Quant::parse(word);
+            }
+        }
+        None
     }
 
     fn num_op(&mut self) -> Option<Op> {
@@ -395,6 +419,19 @@ fn join(mut children: Vec<Expr>, pos: u32, make: fn(Vec<Expr>) -> ExprKind) -> E
     Expr {
         kind: make(children),
         pos,
+    }
+}
+
+/// `(a, b, ...)` on its own, as an exception value for a list operator.
+pub(crate) fn parse_list(text: &str) -> Option<Vec<Literal>> {
+    let mut p = Parser {
+        c: Cursor::new(text.trim()),
+        depth: 0,
+        last: (0, 0),
+    };
+    match p.list_value().ok()? {
+        Rhs::List(items) if p.c.at_end() => Some(items),
+        _ => None,
     }
 }
 

@@ -1,4 +1,4 @@
-//! An owned [`Event`] for tests, benches and `egret rules` tooling.
+//! An owned [`Event`] for tests, benches and fuzzing (feature `test-util`).
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 

@@ -8,8 +8,11 @@ use libyaml_safer::{EventData, Parser};
 /// Rule files are a few levels deep; deeper input is hostile or a mistake,
 /// and refusing it keeps the tree's recursive drop and clone shallow.
 const MAX_DEPTH: usize = 64;
-/// Caps what aliases can expand to (the "billion laughs" document).
-const MAX_NODES: usize = 1_000_000;
+/// Caps what aliases can expand to (the "billion laughs" document), in nodes
+/// and in scalar bytes: a few large scalars aliased many times cost memory
+/// without many nodes. Generous enough for IOC lists of a few million items.
+pub(crate) const MAX_NODES: usize = 4_000_000;
+pub(crate) const MAX_BYTES: usize = 256 << 20;
 
 /// 1-based line, 0-based column in characters.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -110,18 +113,32 @@ enum Frame {
     Map(Vec<(Node, Node)>, Option<Node>),
 }
 
+/// What a node costs: nodes and scalar bytes, aliases expanded.
+#[derive(Clone, Copy, Default)]
+struct Cost {
+    nodes: usize,
+    bytes: usize,
+}
+
+impl Cost {
+    fn add(&mut self, other: Cost) {
+        self.nodes = self.nodes.saturating_add(other.nodes);
+        self.bytes = self.bytes.saturating_add(other.bytes);
+    }
+}
+
 struct Open {
     frame: Frame,
     mark: Mark,
     anchor: Option<String>,
-    nodes: usize,
+    cost: Cost,
 }
 
 struct Builder {
     stack: Vec<Open>,
-    anchors: HashMap<String, (Node, usize)>,
+    anchors: HashMap<String, (Node, Cost)>,
     docs: Vec<Node>,
-    nodes: usize,
+    cost: Cost,
 }
 
 fn is_null(value: &str, style: Style) -> bool {
@@ -129,27 +146,38 @@ fn is_null(value: &str, style: Style) -> bool {
 }
 
 impl Builder {
-    fn push(
-        &mut self,
-        node: Node,
-        count: usize,
-        anchor: Option<String>,
-        at: Mark,
-    ) -> Result<(), YamlError> {
-        self.nodes = self.nodes.saturating_add(count);
-        if self.nodes > MAX_NODES {
+    /// Charges `cost` to the document, before anything is built or cloned.
+    fn spend(&mut self, cost: Cost, at: Mark) -> Result<(), YamlError> {
+        self.cost.add(cost);
+        if self.cost.nodes > MAX_NODES {
             return Err(YamlError {
                 mark: at,
-                message: format!("document expands to more than {MAX_NODES} nodes"),
+                message: format!(
+                    "the rules expand to more than {MAX_NODES} YAML nodes (aliases included)"
+                ),
             });
         }
+        if self.cost.bytes > MAX_BYTES {
+            return Err(YamlError {
+                mark: at,
+                message: format!(
+                    "the rules expand to more than {} MiB of text (aliases included)",
+                    MAX_BYTES >> 20
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// Adds a node whose cost was already spent.
+    fn push(&mut self, node: Node, cost: Cost, anchor: Option<String>) {
         if let Some(anchor) = anchor {
-            self.anchors.insert(anchor, (node.clone(), count));
+            self.anchors.insert(anchor, (node.clone(), cost));
         }
         match self.stack.last_mut() {
             None => self.docs.push(node),
             Some(open) => {
-                open.nodes = open.nodes.saturating_add(count);
+                open.cost.add(cost);
                 match &mut open.frame {
                     Frame::Seq(items) => items.push(node),
                     Frame::Map(entries, key) => match key.take() {
@@ -159,7 +187,6 @@ impl Builder {
                 }
             }
         }
-        Ok(())
     }
 
     fn open(&mut self, frame: Frame, mark: Mark, anchor: Option<String>) -> Result<(), YamlError> {
@@ -173,7 +200,7 @@ impl Builder {
             frame,
             mark,
             anchor,
-            nodes: 1,
+            cost: Cost::default(),
         });
         Ok(())
     }
@@ -193,7 +220,12 @@ impl Builder {
             kind,
             mark: open.mark,
         };
-        self.push(node, open.nodes, open.anchor, at)
+        // The collection's contents were charged as they arrived.
+        self.spend(Cost { nodes: 1, bytes: 0 }, at)?;
+        let mut cost = open.cost;
+        cost.nodes = cost.nodes.saturating_add(1);
+        self.push(node, cost, open.anchor);
+        Ok(())
     }
 }
 
@@ -227,7 +259,7 @@ fn parse_events(text: &str) -> Result<Vec<Node>, YamlError> {
         stack: Vec::new(),
         anchors: HashMap::new(),
         docs: Vec::new(),
-        nodes: 0,
+        cost: Cost::default(),
     };
     loop {
         let event = parser.parse().map_err(|e| YamlError {
@@ -243,12 +275,17 @@ fn parse_events(text: &str) -> Result<Vec<Node>, YamlError> {
                 ..
             } => {
                 let style = Style::from(style);
+                let cost = Cost {
+                    nodes: 1,
+                    bytes: value.len(),
+                };
+                b.spend(cost, mark)?;
                 let kind = if is_null(&value, style) {
                     Kind::Null
                 } else {
                     Kind::Scalar(value, style)
                 };
-                b.push(Node { kind, mark }, 1, anchor, mark)?;
+                b.push(Node { kind, mark }, cost, anchor);
             }
             EventData::SequenceStart { anchor, .. } => {
                 b.open(Frame::Seq(Vec::new()), mark, anchor)?
@@ -258,13 +295,17 @@ fn parse_events(text: &str) -> Result<Vec<Node>, YamlError> {
             }
             EventData::SequenceEnd | EventData::MappingEnd => b.close(mark)?,
             EventData::Alias { anchor } => {
-                let Some((node, count)) = b.anchors.get(&anchor).cloned() else {
+                let Some(&(_, cost)) = b.anchors.get(&anchor) else {
                     return Err(YamlError {
                         mark,
                         message: format!("alias to unknown anchor '{anchor}'"),
                     });
                 };
-                b.push(node, count, None, mark)?;
+                // Charged before the copy is made, so a refused alias costs nothing.
+                b.spend(cost, mark)?;
+                if let Some((node, _)) = b.anchors.get(&anchor).cloned() {
+                    b.push(node, cost, None);
+                }
             }
             EventData::StreamEnd => return Ok(b.docs),
             EventData::StreamStart { .. }

@@ -32,7 +32,13 @@ fn yaml_errors_have_positions() {
     assert!(
         first_error("- macro: m\n  condition:\n").contains("mapping for key 'condition' is empty")
     );
-    assert!(first_error("- macro: 1m\n  condition: a\n").contains("invalid name"));
+    // Falco >= 0.38 only warns about an invalid macro name.
+    let loaded = load_text(
+        "- macro: 1m\n  condition: fd.sport = 1\n",
+        &Options::default(),
+    );
+    assert!(!loaded.has_errors());
+    assert!(diagnostics(&loaded)[0].contains("invalid name"));
     assert!(first_error("- list: l\n  items: a\n").contains("is not a sequence"));
     assert!(first_error("- list: l\n  items: [[a]]\n").contains("is not a scalar"));
     assert!(
@@ -133,14 +139,17 @@ fn deep_conditions_and_macro_chains() {
 
     // A long chain of macros, each using the previous one.
     let mut chain = String::from("- macro: c0\n  condition: fd.sport = 1\n");
-    for i in 1..1_000 {
+    for i in 1..1_100 {
         chain.push_str(&format!("- macro: c{i}\n  condition: c{p}\n", p = i - 1));
     }
-    chain.push_str(&rule_yaml("r", "c999"));
+    chain.push_str(&rule_yaml("r", "c1099"));
     assert!(first_error(&chain).contains("levels deep"));
 
     let cycle = "- macro: a\n  condition: fd.sport = 1\n- macro: a\n  condition: or a\n  override:\n    condition: append\n";
-    assert!(first_error(&format!("{cycle}{}", rule_yaml("r", "a"))).contains("refers to itself"));
+    assert!(
+        first_error(&format!("{cycle}{}", rule_yaml("r", "a")))
+            .contains("reference loop in macro 'a'")
+    );
 }
 
 #[test]

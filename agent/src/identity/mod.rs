@@ -1,7 +1,8 @@
 //! Who made a connection: cgroup → container → pod, uid → user name.
 //!
 //! Each part works on its own; [`resolver::IdentityResolver`] combines the
-//! per-event ones behind a single cheap lookup.
+//! cgroup and container steps behind a single cheap lookup, and
+//! [`IdentitySources`] is everything the enrich stage asks.
 pub mod cgroup_path;
 pub mod cgroups;
 pub mod container_cache;
@@ -9,4 +10,7 @@ pub mod containerd;
 pub mod metadata;
 pub mod netns;
 pub mod resolver;
+mod sources;
 pub mod users;
+
+pub use sources::IdentitySources;

@@ -1,18 +1,22 @@
 //! Loading, attaching and talking to the kernel programs.
 //!
-//! Dropping [`KernelProbes`] detaches every program: attachments are bpf_link
+//! [`KernelProbes::detach`] detaches every program at a point the caller
+//! chooses. Dropping [`KernelProbes`] detaches too: attachments are bpf_link
 //! file descriptors owned by this process, so even a crash cannot leave an
 //! Egret program attached.
 pub mod cgroup;
 mod ignore;
 pub mod tracefs;
 
-use std::{fs::File, path::Path};
+use std::{fs::File, path::Path, sync::Arc};
 
 use aya::{
     Ebpf, EbpfLoader,
     maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
-    programs::{CgroupAttachMode, CgroupSockAddr, TracePoint},
+    programs::{
+        CgroupAttachMode, CgroupSockAddr, TracePoint, cgroup_sock_addr::CgroupSockAddrLinkId,
+        trace_point::TracePointLinkId,
+    },
 };
 use egret_common::{
     COUNTERS_MAP, EVENTS_MAP, Hook, HookCounters, IGNORE_MAP, PROCS_MAP, ProcState,
@@ -123,10 +127,46 @@ impl Offsets {
 
 pub struct KernelProbes {
     ebpf: Ebpf,
-    counters: PerCpuArray<MapData, HookCounters>,
+    counters: Arc<KernelCounters>,
     procs: BpfHashMap<MapData, u32, ProcState>,
     attached_ids: Vec<u32>,
+    links: Vec<Link>,
     captures_argv: bool,
+}
+
+/// One attachment, kept so [`KernelProbes::detach`] can undo it.
+enum Link {
+    Tracepoint(&'static str, TracePointLinkId),
+    Cgroup(&'static str, CgroupSockAddrLinkId),
+}
+
+/// The per-CPU hook counters. Holding them keeps only the map open, never
+/// the programs, so metrics can read them without delaying detachment.
+pub struct KernelCounters(PerCpuArray<MapData, HookCounters>);
+
+impl KernelCounters {
+    /// Every slot of [`Hook::ALL`], summed over CPUs.
+    pub fn read(&self) -> Result<[HookCounters; Hook::COUNT as usize], KernelError> {
+        let mut out = [HookCounters::default(); Hook::COUNT as usize];
+        for hook in Hook::ALL {
+            let per_cpu = self
+                .0
+                .get(&(hook as u32), 0)
+                .map_err(|source| KernelError::Map {
+                    name: COUNTERS_MAP,
+                    source,
+                })?;
+            let total = &mut out[hook as usize];
+            for c in per_cpu.iter() {
+                total.seen += c.seen;
+                total.ignored += c.ignored;
+                total.emitted += c.emitted;
+                total.ringbuf_full += c.ringbuf_full;
+                total.repeat_of_connect += c.repeat_of_connect;
+            }
+        }
+        Ok(out)
+    }
 }
 
 impl KernelProbes {
@@ -184,9 +224,10 @@ impl KernelProbes {
         })?;
         Ok(Self {
             ebpf,
-            counters,
+            counters: Arc::new(KernelCounters(counters)),
             procs,
             attached_ids: Vec::new(),
+            links: Vec::new(),
             captures_argv,
         })
     }
@@ -228,12 +269,13 @@ impl KernelProbes {
             .chain(ARGV_TRACEPOINTS.iter().filter(|_| captures_argv));
         for (name, category, tracepoint) in tracepoints {
             let program: &mut TracePoint = program(&mut self.ebpf, name)?;
-            program.attach(category, tracepoint).map_err(|source| {
+            let link = program.attach(category, tracepoint).map_err(|source| {
                 KernelError::AttachTracepoint {
                     name,
                     source: Box::new(source),
                 }
             })?;
+            self.links.push(Link::Tracepoint(name, link));
             if let Ok(info) = program.info() {
                 self.attached_ids.push(info.id());
             }
@@ -245,7 +287,7 @@ impl KernelProbes {
         })?;
         for name in PROGRAMS {
             let program: &mut CgroupSockAddr = program(&mut self.ebpf, name)?;
-            program
+            let link = program
                 .attach(&dir, CgroupAttachMode::Single)
                 .map_err(|source| KernelError::Attach {
                     name,
@@ -253,6 +295,7 @@ impl KernelProbes {
                     hint: permission_hint(&source),
                     source: Box::new(source),
                 })?;
+            self.links.push(Link::Cgroup(name, link));
             if let Ok(info) = program.info() {
                 self.attached_ids.push(info.id());
             }
@@ -291,25 +334,37 @@ impl KernelProbes {
 
     /// Counters per hook, summed over CPUs.
     pub fn counters(&self) -> Result<[HookCounters; Hook::COUNT as usize], KernelError> {
-        let mut out = [HookCounters::default(); Hook::COUNT as usize];
-        for hook in Hook::ALL {
-            let per_cpu =
-                self.counters
-                    .get(&(hook as u32), 0)
-                    .map_err(|source| KernelError::Map {
-                        name: COUNTERS_MAP,
-                        source,
-                    })?;
-            let total = &mut out[hook as usize];
-            for c in per_cpu.iter() {
-                total.seen += c.seen;
-                total.ignored += c.ignored;
-                total.emitted += c.emitted;
-                total.ringbuf_full += c.ringbuf_full;
-                total.repeat_of_connect += c.repeat_of_connect;
+        self.counters.read()
+    }
+
+    /// A handle on the counters that outlives detachment (for metrics).
+    pub fn counter_reader(&self) -> Arc<KernelCounters> {
+        self.counters.clone()
+    }
+
+    /// Detaches every program, egress hooks first (nothing new is emitted
+    /// once they are gone) and process tracking last, and unloads them.
+    /// Returns the ids of the programs that were attached.
+    pub fn detach(mut self) -> Vec<u32> {
+        for link in self.links.drain(..).rev() {
+            let (name, result) = match link {
+                Link::Cgroup(name, id) => (
+                    name,
+                    program::<CgroupSockAddr>(&mut self.ebpf, name).map(|p| p.detach(id)),
+                ),
+                Link::Tracepoint(name, id) => (
+                    name,
+                    program::<TracePoint>(&mut self.ebpf, name).map(|p| p.detach(id)),
+                ),
+            };
+            // Dropping the object below closes any link left behind.
+            match result {
+                Ok(Ok(())) => {}
+                Ok(Err(err)) => tracing::warn!(program = name, %err, "detach failed"),
+                Err(err) => tracing::warn!(program = name, %err, "detach failed"),
             }
         }
-        Ok(out)
+        std::mem::take(&mut self.attached_ids)
     }
 }
 

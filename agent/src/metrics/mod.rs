@@ -17,7 +17,7 @@ use std::{
     collections::HashMap,
     net::IpAddr,
     sync::{
-        Arc, Mutex, MutexGuard, PoisonError,
+        Arc, Mutex, MutexGuard,
         atomic::{AtomicU64, Ordering},
     },
     time::{Duration, Instant},
@@ -43,7 +43,11 @@ use prometheus_client::{
 use serde::Deserialize;
 use tokio::sync::mpsc;
 
-use crate::outputs::alert::{Alert, Priority};
+use crate::{
+    outputs::alert::{Alert, Priority},
+    pipeline::enrich::EnrichFailure,
+    sync::lock,
+};
 use table::{LruSeries, ValueCap};
 pub use webhook::{DropReason, WebhookMetrics};
 
@@ -97,19 +101,14 @@ pub enum Verdict {
     Filtered,
     /// The ring buffer record could not be decoded.
     DecodeError,
-    /// Not written to the audit log because its queue was full. These
-    /// events were still evaluated, so they are also counted as alerted or
-    /// no_match.
-    Dropped,
 }
 
 impl Verdict {
-    const ALL: [Verdict; 5] = [
+    pub const ALL: [Verdict; 4] = [
         Verdict::Alerted,
         Verdict::NoMatch,
         Verdict::Filtered,
         Verdict::DecodeError,
-        Verdict::Dropped,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -118,7 +117,6 @@ impl Verdict {
             Verdict::NoMatch => "no_match",
             Verdict::Filtered => "filtered",
             Verdict::DecodeError => "decode_error",
-            Verdict::Dropped => "dropped",
         }
     }
 }
@@ -195,7 +193,7 @@ type TagCache = HashMap<usize, (Arc<[Arc<str>]>, Box<str>)>;
 struct Shared {
     started: Instant,
     alert_state: Mutex<AlertState>,
-    verdicts: [AtomicU64; 5],
+    verdicts: [AtomicU64; Verdict::ALL.len()],
     kernel: Mutex<KernelView>,
     queues: Mutex<Vec<(String, QueueProbe)>>,
 }
@@ -211,9 +209,7 @@ impl Shared {
     fn alerts(&self) -> MutexGuard<'_, AlertState> {
         // A panic elsewhere while holding the lock leaves counters that are
         // still valid numbers; keep serving them.
-        self.alert_state
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+        lock(&self.alert_state)
     }
 }
 
@@ -225,6 +221,7 @@ pub struct Metrics {
     enrichment_failures: Family<[(&'static str, &'static str); 1], Counter>,
     rule_reloads: Family<[(&'static str, &'static str); 1], Counter>,
     rules_loaded: Gauge,
+    audit_dropped: Counter,
     rules_last_reload_ok: Gauge,
     webhook_deliveries: Family<EndpointLabel, Counter>,
     webhook_delivered_alerts: Family<EndpointLabel, Counter>,
@@ -281,6 +278,7 @@ impl Metrics {
             enrichment_failures: Family::default(),
             rule_reloads: Family::default(),
             rules_loaded: Gauge::default(),
+            audit_dropped: Counter::default(),
             rules_last_reload_ok: Gauge::default(),
             webhook_deliveries: Family::default(),
             webhook_delivered_alerts: Family::default(),
@@ -312,6 +310,11 @@ impl Metrics {
             "egret_rule_reloads",
             "Rule file loads, by result",
             self.rule_reloads.clone(),
+        );
+        r.register(
+            "egret_audit_dropped_events",
+            "Events not written to the audit log because its queue was full (they were evaluated)",
+            self.audit_dropped.clone(),
         );
         r.register(
             "egret_rules_loaded",
@@ -420,25 +423,39 @@ impl Metrics {
         self.shared.verdicts[verdict as usize].fetch_add(n, Ordering::Relaxed);
     }
 
+    /// Egress attempts counted as `verdict` so far.
+    pub fn events(&self, verdict: Verdict) -> u64 {
+        self.shared.verdicts[verdict as usize].load(Ordering::Relaxed)
+    }
+
+    /// `n` events the audit log's full queue refused. Its own series: these
+    /// events already have a verdict.
+    pub fn observe_audit_dropped(&self, n: u64) {
+        self.audit_dropped.inc_by(n);
+    }
+
+    pub fn audit_dropped(&self) -> u64 {
+        self.audit_dropped.get()
+    }
+
     /// Time taken to evaluate the rules against one event.
     pub fn observe_evaluation(&self, elapsed: Duration) {
         self.evaluation.observe(elapsed.as_secs_f64());
     }
 
-    /// `reason` is a fixed string from the enrichment code (bounded).
     /// Creates the enrichment failure series at zero, so a dashboard sees
     /// a flat line rather than nothing until the first failure.
-    pub fn declare_enrichment_reasons(&self, reasons: &[&'static str]) {
-        for reason in reasons {
+    pub fn declare_enrichment_reasons(&self) {
+        for reason in EnrichFailure::ALL {
             let _ = self
                 .enrichment_failures
-                .get_or_create(&[("reason", *reason)]);
+                .get_or_create(&[("reason", reason.as_str())]);
         }
     }
 
-    pub fn enrichment_failed(&self, reason: &'static str) {
+    pub fn enrichment_failed(&self, reason: EnrichFailure) {
         self.enrichment_failures
-            .get_or_create(&[("reason", reason)])
+            .get_or_create(&[("reason", reason.as_str())])
             .inc();
     }
 
@@ -538,10 +555,6 @@ async fn scrape(State(metrics): State<Arc<Metrics>>) -> Response {
             StatusCode::INTERNAL_SERVER_ERROR.into_response()
         }
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Falco numbers priorities in its metrics: 0 Emergency .. 7 Debug.

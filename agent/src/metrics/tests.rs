@@ -192,7 +192,7 @@ fn kernel_counters_verdicts_queues_and_pipeline() {
     m.observe_events(Verdict::NoMatch, 7);
     m.observe_events(Verdict::Alerted, 1);
     m.observe_evaluation(Duration::from_micros(3));
-    m.enrichment_failed("container_unknown");
+    m.enrichment_failed(crate::pipeline::enrich::EnrichFailure::ContainerNotFound);
     m.rules_reloaded(12);
     m.rules_reload_failed();
     let (tx, _rx) = mpsc::channel::<u8>(8);
@@ -209,7 +209,7 @@ fn kernel_counters_verdicts_queues_and_pipeline() {
         "egret_egress_events_total{verdict=\"ignored_in_kernel\"} 4\n",
         "egret_egress_events_total{verdict=\"lost_in_kernel\"} 3\n",
         "egret_rule_evaluation_duration_seconds_count 1\n",
-        "egret_enrichment_failures_total{reason=\"container_unknown\"} 1\n",
+        "egret_enrichment_failures_total{reason=\"container_not_found\"} 1\n",
         "egret_rule_reloads_total{result=\"failure\"} 1\n",
         "egret_rules_loaded 12\n",
         "egret_rules_last_reload_successful 0\n",

@@ -1,120 +1,88 @@
-//! Rules stage: evaluates every enriched event against the current rule set
-//! (swapped atomically on reload), writes alerts as JSON lines on stdout,
-//! counts them, hands them to the webhook sink, and forwards events to the
-//! audit sink.
-use std::{
-    collections::BTreeMap,
-    sync::{Arc, atomic::AtomicU64, atomic::Ordering},
-    time::Instant,
-};
+//! Evaluate stage: matches every enriched event against the current rule set
+//! (swapped atomically on reload), counts one verdict per event, and hands
+//! each batch with its alerts to the outputs' one fan-out.
+use std::{collections::BTreeMap, sync::Arc, time::Instant};
 
-use egret_rules::{Event as _, FieldId, RuleId, Ruleset, Value};
+use egret_rules::{RuleId, Ruleset};
 use tokio::{
-    io::{AsyncWrite, AsyncWriteExt},
+    io::AsyncWrite,
     sync::{mpsc, watch},
 };
 
 use crate::{
-    metrics::{AlertContext, Metrics, Verdict},
+    metrics::{Metrics, Verdict},
     outputs::{
+        Evaluated, Outputs, Raised,
         alert::{Additions, Alert},
-        webhook::WebhookSink,
+        alert_context,
     },
     pipeline::enrich::Event,
     timefmt,
 };
 
-pub struct RulesStage<W> {
-    pub rules: watch::Receiver<Arc<Ruleset>>,
+/// Evaluation state that does not depend on the outputs; the pipeline
+/// benchmark (`agent/benches/pipeline.rs`) drives it without I/O.
+pub struct Evaluator {
     pub hostname: Arc<str>,
     /// `append_output` and `custom_fields`, applied to every alert.
     pub additions: Arc<Additions>,
     pub metrics: Arc<Metrics>,
-    pub webhooks: Option<WebhookSink>,
-    /// Alerts, one JSON object per line (stdout in production).
-    pub alerts_out: W,
-    /// Every event, for the audit log; full queue = counted drop.
-    pub audit: Option<mpsc::Sender<Vec<Event>>>,
-    pub audit_dropped: Arc<AtomicU64>,
 }
 
-fn str_field(event: &Event, field: FieldId) -> &str {
-    match event.value(field) {
-        Value::Str(s) => s,
-        _ => "",
-    }
+pub struct EvaluateStage<W> {
+    pub rules: watch::Receiver<Arc<Ruleset>>,
+    pub evaluator: Evaluator,
+    pub outputs: Outputs<W>,
 }
 
-impl<W: AsyncWrite + Unpin> RulesStage<W> {
-    pub async fn run(mut self, mut rx: mpsc::Receiver<Vec<Event>>) -> std::io::Result<u64> {
+impl<W: AsyncWrite + Unpin> EvaluateStage<W> {
+    /// Runs until the enrich stage closes its channel, then returns the
+    /// outputs for an ordered stop.
+    pub async fn run(mut self, mut rx: mpsc::Receiver<Vec<Event>>) -> std::io::Result<Outputs<W>> {
         let mut matches: Vec<RuleId> = Vec::new();
-        let mut out = Vec::with_capacity(16 * 1024);
-        let mut alerts_total = 0u64;
         while let Some(events) = rx.recv().await {
             let ruleset = self.rules.borrow_and_update().clone();
-            out.clear();
-            alerts_total += self.evaluate_batch(&ruleset, &events, &mut matches, &mut out)?;
-            if !out.is_empty() {
-                self.alerts_out.write_all(&out).await?;
-                self.alerts_out.flush().await?;
-            }
-            let n = events.len() as u64;
-            if let Some(audit) = &self.audit
-                && audit.try_send(events).is_err()
-            {
-                self.audit_dropped.fetch_add(n, Ordering::Relaxed);
-                self.metrics.observe_events(Verdict::Dropped, n);
-            }
+            let mut alerts = Vec::new();
+            self.evaluator
+                .evaluate_batch(&ruleset, &events, &mut matches, &mut alerts);
+            self.outputs.send(Evaluated { events, alerts }).await?;
         }
-        if let Some(webhooks) = self.webhooks.take() {
-            webhooks.finish().await;
-        }
-        Ok(alerts_total)
+        Ok(self.outputs)
     }
 }
 
-impl<W> RulesStage<W> {
-    /// One batch, without I/O: evaluates every event, appends each alert
-    /// to `out` as a JSON line, counts events and alerts in the metrics and
-    /// hands alerts to the webhook sink. Returns the alerts raised. The
-    /// pipeline benchmark (`agent/benches/pipeline.rs`) drives this too.
+impl Evaluator {
+    /// One batch, without I/O: evaluates every event, appends each alert to
+    /// `alerts`, and counts verdicts and alerts in the metrics. Returns the
+    /// alerts raised.
     pub fn evaluate_batch(
         &self,
         ruleset: &Ruleset,
         events: &[Event],
         matches: &mut Vec<RuleId>,
-        out: &mut Vec<u8>,
-    ) -> std::io::Result<u64> {
+        alerts: &mut Vec<Raised>,
+    ) -> u64 {
         let started = Instant::now();
+        let before = alerts.len();
         let mut alerted = 0u64;
-        let mut alerts = 0u64;
-        for event in events {
+        for (index, event) in events.iter().enumerate() {
             ruleset.evaluate(event, matches);
             if matches.is_empty() {
                 continue;
             }
             alerted += 1;
             // Depends on the event only: once, however many rules match.
-            let ctx = AlertContext {
-                k8s_ns_name: str_field(event, FieldId::K8sNsName),
-                k8s_pod_name: str_field(event, FieldId::K8sPodName),
-                container_name: str_field(event, FieldId::ContainerName),
-                container_id: event.container_id().unwrap_or(""),
-                proc_name: event.attempt.comm.as_str(),
-                dest: Some((event.attempt.daddr, event.attempt.dport)),
-            };
+            let ctx = alert_context(event);
             for id in matches.iter() {
                 let Some(rule) = ruleset.rule(*id) else {
                     continue;
                 };
                 let alert = Arc::new(self.alert(rule, event));
-                serde_json::to_writer(&mut *out, &*alert).map_err(std::io::Error::other)?;
-                out.push(b'\n');
                 self.metrics.observe_alert(&alert, &ctx);
-                if let Some(webhooks) = &self.webhooks {
-                    webhooks.submit(&alert, &ctx);
-                }
-                alerts += 1;
+                alerts.push(Raised {
+                    alert,
+                    event: index,
+                });
             }
         }
         let n = events.len() as u64;
@@ -126,7 +94,7 @@ impl<W> RulesStage<W> {
         }
         self.metrics.observe_events(Verdict::Alerted, alerted);
         self.metrics.observe_events(Verdict::NoMatch, n - alerted);
-        Ok(alerts)
+        (alerts.len() - before) as u64
     }
 
     fn alert(&self, rule: &egret_rules::Rule, event: &Event) -> Alert {

@@ -13,13 +13,7 @@
 //! Backpressure, not loss: when the next stage is slow, `send` waits, the ring
 //! buffer fills, and the kernel counts the reserve failures it then suffers
 //! (`ringbuf_full`), so every lost event is accounted for.
-use std::{
-    sync::{
-        Arc,
-        atomic::{AtomicU64, Ordering},
-    },
-    time::Duration,
-};
+use std::{sync::Arc, time::Duration};
 
 use aya::maps::{MapData, RingBuf};
 use tokio::{
@@ -28,7 +22,10 @@ use tokio::{
 };
 use tokio_util::sync::CancellationToken;
 
-use crate::pipeline::decode::{self as event, Record};
+use crate::{
+    metrics::{Metrics, Verdict},
+    pipeline::decode::{self, Record},
+};
 
 /// Events per batch: large enough to amortise channel and write costs, small
 /// enough that one batch never holds latency back noticeably.
@@ -41,17 +38,10 @@ pub const LINGER: Duration = Duration::from_millis(1);
 
 pub type Batch = Vec<Record>;
 
-#[derive(Debug, Default)]
-pub struct SourceStats {
-    pub decoded: AtomicU64,
-    pub decode_errors: AtomicU64,
-}
-
 pub async fn run(
     ring: RingBuf<MapData>,
     tx: mpsc::Sender<Batch>,
-    stats: Arc<SourceStats>,
-    metrics: Arc<crate::metrics::Metrics>,
+    metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     // SAFETY: the ring buffer owns its map fd and lives inside the AsyncFd,
@@ -67,7 +57,7 @@ pub async fn run(
         // us again, and one committed before it is read by the drain below.
         guard.clear_ready();
         let mut drained = false;
-        while let Some(batch) = drain(guard.get_inner_mut(), &stats, &metrics) {
+        while let Some(batch) = drain(guard.get_inner_mut(), &metrics) {
             drained = true;
             if !batch.is_empty() && tx.send(batch).await.is_err() {
                 return Ok(());
@@ -84,7 +74,7 @@ pub async fn run(
                 () = tokio::time::sleep(LINGER) => {}
             }
             drained = false;
-            while let Some(batch) = drain(ring.get_mut(), &stats, &metrics) {
+            while let Some(batch) = drain(ring.get_mut(), &metrics) {
                 drained = true;
                 if !batch.is_empty() && tx.send(batch).await.is_err() {
                     return Ok(());
@@ -93,7 +83,7 @@ pub async fn run(
         }
     }
     // Whatever the kernel committed before shutdown still goes out.
-    while let Some(batch) = drain(ring.get_mut(), &stats, &metrics) {
+    while let Some(batch) = drain(ring.get_mut(), &metrics) {
         if !batch.is_empty() && tx.send(batch).await.is_err() {
             break;
         }
@@ -104,16 +94,12 @@ pub async fn run(
 /// Up to [`BATCH`] decoded records, or `None` when the ring is empty. The
 /// batch is allocated only once there is something to put in it: every
 /// wake-up and linger tick ends with a drain that finds the ring empty.
-fn drain(
-    ring: &mut RingBuf<MapData>,
-    stats: &SourceStats,
-    metrics: &crate::metrics::Metrics,
-) -> Option<Batch> {
+fn drain(ring: &mut RingBuf<MapData>, metrics: &Metrics) -> Option<Batch> {
     let first = ring.next()?;
-    let offset = event::wall_offset_ns();
+    let offset = decode::wall_offset_ns();
     let mut batch = Vec::with_capacity(BATCH);
     let mut errors = 0;
-    let mut push = |record: &[u8], batch: &mut Batch| match event::decode(record, offset) {
+    let mut push = |record: &[u8], batch: &mut Batch| match decode::decode(record, offset) {
         Ok(record) => batch.push(record),
         Err(err) => {
             errors += 1;
@@ -128,12 +114,8 @@ fn drain(
         push(&record, &mut batch);
         read += 1;
     }
-    stats.decode_errors.fetch_add(errors, Ordering::Relaxed);
     if errors > 0 {
-        metrics.observe_events(crate::metrics::Verdict::DecodeError, errors);
+        metrics.observe_events(Verdict::DecodeError, errors);
     }
-    stats
-        .decoded
-        .fetch_add(batch.len() as u64, Ordering::Relaxed);
     Some(batch)
 }

@@ -7,8 +7,6 @@ use std::{path::PathBuf, time::SystemTime};
 
 use egret_rules::{Diagnostic, Options, RuleMatching, Ruleset, Severity, Source};
 
-use crate::config;
-
 /// The bundled rules, in load order. `rules_dir_is_fully_bundled` (test)
 /// fails if a file in rules/ is missing here.
 pub const BUNDLED: &[(&str, &str)] = &[(
@@ -134,12 +132,9 @@ impl RulePaths {
     }
 }
 
-pub fn options(matching: config::RuleMatching) -> Options {
+pub fn options(rule_matching: RuleMatching) -> Options {
     Options {
-        rule_matching: match matching {
-            config::RuleMatching::First => RuleMatching::First,
-            config::RuleMatching::All => RuleMatching::All,
-        },
+        rule_matching,
         ..Options::default()
     }
 }

@@ -11,7 +11,7 @@ use tokio::{
 };
 use tokio_util::sync::CancellationToken;
 
-use super::{RulePaths, load};
+use super::{RulePaths, RulesError, describe};
 use crate::{
     kernel::{IgnoreMap, IgnoreSet},
     metrics::Metrics,
@@ -20,38 +20,97 @@ use crate::{
 /// How often rule files are checked for changes (a metadata read each).
 const POLL: Duration = Duration::from_secs(2);
 
-pub struct Reloader {
+/// Where rules come from and how they compile.
+pub struct RuleSource {
     pub paths: RulePaths,
     pub options: Options,
-    pub rules: watch::Sender<Arc<Ruleset>>,
-    pub ignore_map: IgnoreMap,
-    /// Built-in and configured networks; rule-derived ones are added on top.
-    pub base_ignore: IgnoreSet,
-    /// With an audit log every event is wanted, so rules must not make the
-    /// kernel drop anything.
-    pub rules_drive_ignore: bool,
-    pub metrics: Arc<Metrics>,
 }
 
-impl Reloader {
+/// The kernel's ignore list as the rules drive it.
+pub struct KernelIgnore {
+    pub map: IgnoreMap,
+    /// Built-in and configured networks; rule-derived ones are added on top.
+    pub base: IgnoreSet,
+    /// With an audit log every event is wanted, so rules must not make the
+    /// kernel drop anything.
+    pub rules_drive: bool,
+}
+
+pub struct Reloader {
+    source: RuleSource,
+    rules: watch::Sender<Arc<Ruleset>>,
+    ignore: KernelIgnore,
+    metrics: Arc<Metrics>,
+}
+
+impl RuleSource {
+    /// Loads the rules and counts the load. The first load is a load too:
+    /// without counting it the rule gauges read 0 ("last reload failed")
+    /// until the first reload, and EgretRuleReloadFailed pages for every
+    /// healthy agent.
+    pub fn load(&self, metrics: &Metrics) -> Result<Ruleset, RulesError> {
+        match super::load(&self.paths, &self.options) {
+            Ok(ruleset) => {
+                metrics.rules_reloaded(ruleset.rules().len());
+                Ok(ruleset)
+            }
+            Err(err) => {
+                metrics.rules_reload_failed();
+                Err(err)
+            }
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        describe(&self.paths)
+    }
+}
+
+impl KernelIgnore {
     /// The ignore set for `ruleset`.
-    pub fn ignore_set(&self, ruleset: &Ruleset) -> IgnoreSet {
-        let mut set = self.base_ignore.clone();
-        if self.rules_drive_ignore {
+    fn wanted(&self, ruleset: &Ruleset) -> IgnoreSet {
+        let mut set = self.base.clone();
+        if self.rules_drive {
             set.extend(ruleset.kernel_ignorable_networks());
         }
         set
     }
 
-    pub fn apply_ignore(&mut self, ruleset: &Ruleset) {
-        let wanted = self.ignore_set(ruleset);
-        if &wanted == self.ignore_map.current() {
+    fn apply(&mut self, ruleset: &Ruleset) {
+        let wanted = self.wanted(ruleset);
+        if &wanted == self.map.current() {
             return;
         }
-        match self.ignore_map.replace(&wanted) {
+        match self.map.replace(&wanted) {
             Ok(()) => tracing::info!(networks = wanted.len(), "kernel ignore list updated"),
             Err(err) => tracing::error!(%err, "could not update the kernel ignore list"),
         }
+    }
+}
+
+impl Reloader {
+    /// Programs the kernel ignore list for `first` (already loaded by
+    /// [`RuleSource::load`]) and publishes it; the receiver follows reloads.
+    pub fn new(
+        source: RuleSource,
+        first: Ruleset,
+        mut ignore: KernelIgnore,
+        metrics: Arc<Metrics>,
+    ) -> (Reloader, watch::Receiver<Arc<Ruleset>>) {
+        ignore.apply(&first);
+        let (rules, rx) = watch::channel(Arc::new(first));
+        let reloader = Reloader {
+            source,
+            rules,
+            ignore,
+            metrics,
+        };
+        (reloader, rx)
+    }
+
+    /// Networks the kernel currently drops.
+    pub fn ignored_networks(&self) -> usize {
+        self.ignore.map.current().len()
     }
 
     pub async fn run(mut self, shutdown: CancellationToken) {
@@ -62,17 +121,17 @@ impl Reloader {
                 None
             }
         };
-        let mut seen = self.paths.fingerprint();
+        let mut seen = self.source.paths.fingerprint();
         let mut poll = tokio::time::interval(POLL);
         loop {
             let reason = tokio::select! {
                 () = shutdown.cancelled() => return,
                 Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => None } } => "SIGHUP",
                 _ = poll.tick() => {
-                    if self.paths.is_bundled() {
+                    if self.source.paths.is_bundled() {
                         continue;
                     }
-                    let now = self.paths.fingerprint();
+                    let now = self.source.paths.fingerprint();
                     if now == seen {
                         continue;
                     }
@@ -85,16 +144,13 @@ impl Reloader {
     }
 
     fn reload(&mut self, reason: &str) {
-        match load(&self.paths, &self.options) {
+        match self.source.load(&self.metrics) {
             Ok(ruleset) => {
-                let count = ruleset.rules().len();
-                self.apply_ignore(&ruleset);
-                self.metrics.rules_reloaded(count);
-                tracing::info!(reason, rules = count, "rules reloaded");
+                self.ignore.apply(&ruleset);
+                tracing::info!(reason, rules = ruleset.rules().len(), "rules reloaded");
                 self.rules.send_replace(Arc::new(ruleset));
             }
             Err(err) => {
-                self.metrics.rules_reload_failed();
                 tracing::error!(
                     reason,
                     "rules not reloaded, previous rules stay active: {err}"

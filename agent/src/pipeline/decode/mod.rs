@@ -1,10 +1,14 @@
-//! Decoding kernel records into the agent's event model.
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+//! Decoding kernel records into the agent's event model: one decoder per
+//! record kind (`attempt`, `exec`), chosen by the record's first byte from
+//! [`DECODERS`]. A new record kind (DNS, flows, sockets) is a module here, a
+//! [`Record`] variant and a row in the table.
+mod attempt;
+mod exec;
 
-use egret_common::{
-    AF_INET, AF_INET6, EXEC_FLAG_ARGS_TRUNCATED, EXEC_FLAG_NO_ARGS, EgressEvent, ExecEvent,
-    FLAG_V4_MAPPED, Hook, RecordKind,
-};
+use egret_common::RecordKind;
+
+pub use attempt::{EgressAttempt, L4Proto, evt_type};
+pub use exec::ExecRecord;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum DecodeError {
@@ -16,50 +20,6 @@ pub enum DecodeError {
     UnknownHook(u8),
     #[error("unknown address family {0}")]
     UnknownFamily(u8),
-}
-
-/// Layer-4 protocol of the socket, as Falco names it in `fd.l4proto`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum L4Proto {
-    Tcp,
-    Udp,
-    Icmp,
-    Raw,
-    Other(u8),
-}
-
-impl L4Proto {
-    fn from_ip_protocol(protocol: u8) -> Self {
-        match protocol {
-            6 => L4Proto::Tcp,
-            17 => L4Proto::Udp,
-            1 | 58 => L4Proto::Icmp,
-            255 => L4Proto::Raw,
-            other => L4Proto::Other(other),
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            L4Proto::Tcp => "tcp",
-            L4Proto::Udp => "udp",
-            L4Proto::Icmp => "icmp",
-            L4Proto::Raw => "raw",
-            L4Proto::Other(_) => "unknown",
-        }
-    }
-}
-
-/// Falco's `evt.type` for what the hook saw. The UDP sendmsg hook runs for
-/// sendto, sendmsg, sendmmsg and io_uring sends alike and cannot tell them
-/// apart; it is reported as `sendto`, the call libc resolvers and most tools
-/// use for unconnected UDP.
-pub fn evt_type(hook: Hook) -> &'static str {
-    match hook {
-        Hook::Connect4 | Hook::Connect6 => "connect",
-        Hook::Sendmsg4 | Hook::Sendmsg6 => "sendto",
-        Hook::Exec => "execve",
-    }
 }
 
 /// Task comm: at most 15 bytes, not necessarily UTF-8.
@@ -104,56 +64,6 @@ impl std::fmt::Debug for Comm {
     }
 }
 
-/// One outbound connection attempt, decoded.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct EgressAttempt {
-    pub hook: Hook,
-    /// CLOCK_MONOTONIC nanoseconds when the hook ran.
-    pub mono_ns: u64,
-    /// Nanoseconds since the Unix epoch, derived from `mono_ns`.
-    pub wall_ns: u64,
-    pub tgid: u32,
-    pub tid: u32,
-    pub uid: u32,
-    pub gid: u32,
-    pub comm: Comm,
-    /// Image identity from the kernel's process tracker; 0 if untracked.
-    pub exec_id: u64,
-    /// Parent tgid from the kernel's process tracker; 0 if untracked.
-    pub ppid: u32,
-    pub cgroup_id: u64,
-    pub netns_cookie: u64,
-    pub socket_cookie: u64,
-    pub l4proto: L4Proto,
-    pub daddr: IpAddr,
-    pub dport: u16,
-    /// The program asked for `::ffff:a.b.c.d`; `daddr` holds the IPv4 address.
-    pub v4_mapped: bool,
-}
-
-impl EgressAttempt {
-    pub fn evt_type(&self) -> &'static str {
-        evt_type(self.hook)
-    }
-}
-
-/// A successful exec, as the kernel saw it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ExecRecord {
-    pub tgid: u32,
-    pub ppid: u32,
-    pub uid: u32,
-    pub gid: u32,
-    pub exec_id: u64,
-    pub cgroup_id: u64,
-    pub comm: Comm,
-    /// The path given to execve (may be relative).
-    pub filename: String,
-    /// argv as captured at execve entry; `None` when it was not captured.
-    pub argv: Option<Vec<String>>,
-    pub args_truncated: bool,
-}
-
 /// Anything the kernel sends up the ring buffer.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Record {
@@ -165,14 +75,24 @@ pub enum Record {
 /// sampled by the caller once per batch.
 pub fn decode(record: &[u8], wall_offset_ns: i64) -> Result<Record, DecodeError> {
     let kind = *record.first().ok_or(DecodeError::Truncated(0))?;
-    match kind {
-        k if k == RecordKind::Egress as u8 => {
-            decode_egress(record, wall_offset_ns).map(Record::Egress)
-        }
-        k if k == RecordKind::Exec as u8 => decode_exec(record).map(Record::Exec),
-        other => Err(DecodeError::UnknownKind(other)),
+    match DECODERS.iter().find(|(k, _)| *k as u8 == kind) {
+        Some((_, decoder)) => decoder(record, wall_offset_ns),
+        None => Err(DecodeError::UnknownKind(kind)),
     }
 }
+
+/// Decodes one record of a known kind; the offset is as for [`decode`].
+type Decoder = fn(&[u8], i64) -> Result<Record, DecodeError>;
+
+/// Record kind → decoder.
+pub const DECODERS: [(RecordKind, Decoder); 2] = [
+    (RecordKind::Egress, |record, wall_offset_ns| {
+        attempt::decode(record, wall_offset_ns).map(Record::Egress)
+    }),
+    (RecordKind::Exec, |record, _| {
+        exec::decode(record).map(Record::Exec)
+    }),
+];
 
 fn read_record<T: Copy>(record: &[u8]) -> Result<T, DecodeError> {
     if record.len() < size_of::<T>() {
@@ -180,68 +100,6 @@ fn read_record<T: Copy>(record: &[u8]) -> Result<T, DecodeError> {
     }
     // SAFETY: length checked; T is a Pod kernel record, read unaligned.
     Ok(unsafe { std::ptr::read_unaligned(record.as_ptr().cast()) })
-}
-
-fn decode_exec(record: &[u8]) -> Result<ExecRecord, DecodeError> {
-    let raw: ExecEvent = read_record(record)?;
-    let filename_len = usize::from(raw.filename_len).min(raw.filename.len());
-    let args_len = usize::from(raw.args_len).min(raw.args.len());
-    let argv = (raw.flags & EXEC_FLAG_NO_ARGS == 0).then(|| {
-        raw.args[..args_len]
-            .split(|b| *b == 0)
-            .filter(|arg| !arg.is_empty())
-            .map(|arg| String::from_utf8_lossy(arg).into_owned())
-            .collect()
-    });
-    Ok(ExecRecord {
-        tgid: raw.tgid,
-        ppid: raw.ppid,
-        uid: raw.uid,
-        gid: raw.gid,
-        exec_id: raw.exec_id,
-        cgroup_id: raw.cgroup_id,
-        comm: Comm::from_raw(raw.comm),
-        filename: String::from_utf8_lossy(&raw.filename[..filename_len]).into_owned(),
-        argv,
-        args_truncated: raw.flags & EXEC_FLAG_ARGS_TRUNCATED != 0,
-    })
-}
-
-fn decode_egress(record: &[u8], wall_offset_ns: i64) -> Result<EgressAttempt, DecodeError> {
-    let raw: EgressEvent = read_record(record)?;
-    let hook = match Hook::from_u8(raw.hook) {
-        Some(hook) if hook != Hook::Exec => hook,
-        _ => return Err(DecodeError::UnknownHook(raw.hook)),
-    };
-    let daddr = match raw.family {
-        AF_INET => IpAddr::V4(Ipv4Addr::new(
-            raw.daddr[0],
-            raw.daddr[1],
-            raw.daddr[2],
-            raw.daddr[3],
-        )),
-        AF_INET6 => IpAddr::V6(Ipv6Addr::from(raw.daddr)),
-        other => return Err(DecodeError::UnknownFamily(other)),
-    };
-    Ok(EgressAttempt {
-        hook,
-        mono_ns: raw.mono_ns,
-        wall_ns: raw.mono_ns.saturating_add_signed(wall_offset_ns),
-        tgid: raw.tgid,
-        tid: raw.pid,
-        uid: raw.uid,
-        gid: raw.gid,
-        comm: Comm::from_raw(raw.comm),
-        exec_id: raw.exec_id,
-        ppid: raw.ppid,
-        cgroup_id: raw.cgroup_id,
-        netns_cookie: raw.netns_cookie,
-        socket_cookie: raw.socket_cookie,
-        l4proto: L4Proto::from_ip_protocol(raw.protocol),
-        daddr,
-        dport: raw.dport,
-        v4_mapped: raw.flags & FLAG_V4_MAPPED != 0,
-    })
 }
 
 /// realtime − monotonic in nanoseconds: add to a `bpf_ktime_get_ns` stamp to
@@ -261,6 +119,13 @@ pub fn wall_offset_ns() -> i64 {
 
 #[cfg(test)]
 mod tests {
+    use std::net::{IpAddr, Ipv6Addr};
+
+    use egret_common::{
+        AF_INET, AF_INET6, EXEC_FLAG_ARGS_TRUNCATED, EXEC_FLAG_NO_ARGS, EgressEvent, ExecEvent,
+        FLAG_V4_MAPPED, Hook,
+    };
+
     use super::*;
 
     fn raw_event() -> EgressEvent {

@@ -10,9 +10,8 @@ use tokio::sync::mpsc;
 
 use crate::{
     identity::{
-        netns::HostNetns,
-        resolver::{ContainerLookup, Identity, IdentityResolver},
-        users::UserNames,
+        IdentitySources,
+        resolver::{ContainerLookup, Identity},
     },
     pipeline::decode::{EgressAttempt, Record},
 };
@@ -51,58 +50,6 @@ impl Event {
     }
 }
 
-/// Container identity sources; absent in unit tests and `--no-identity`.
-pub struct IdentitySources {
-    pub resolver: IdentityResolver,
-    pub users: UserNames,
-    pub host_netns: HostNetns,
-}
-
-impl IdentitySources {
-    /// Cgroup tree, containerd client (its worker must be spawned by the
-    /// caller), user names and the host's network namespace.
-    pub fn from_config(
-        config: &crate::config::IdentityConfig,
-    ) -> anyhow::Result<(
-        IdentitySources,
-        crate::identity::containerd::ContainerdWorker,
-    )> {
-        use anyhow::Context as _;
-
-        use crate::identity::{
-            cgroups::{CgroupPaths, CgroupPathsConfig},
-            containerd::{ContainerdConfig, ContainerdMetadata},
-            users::UserNamesConfig,
-        };
-        let cgroups = CgroupPaths::from_mountinfo(CgroupPathsConfig::default())
-            .context("cgroup tree for container identity")?;
-        // Warm the cache so the first events do not each trigger a walk.
-        if let Err(err) = cgroups.refresh() {
-            tracing::warn!(%err, "initial cgroup walk failed; retrying on demand");
-        }
-        let (containerd, worker) = ContainerdMetadata::new(ContainerdConfig {
-            socket: config.containerd_socket.clone(),
-            namespace: config.containerd_namespace.clone(),
-            ..Default::default()
-        })
-        .context("containerd client")?;
-        let users = UserNames::new(UserNamesConfig {
-            host_passwd: config.host_passwd.clone(),
-            ..Default::default()
-        });
-        let host_netns =
-            HostNetns::detect().context("reading this host's network namespace cookie")?;
-        Ok((
-            IdentitySources {
-                resolver: IdentityResolver::new(cgroups, Some(containerd)),
-                users,
-                host_netns,
-            },
-            worker,
-        ))
-    }
-}
-
 /// User names are cached per (cgroup, uid): processes of one cgroup share a
 /// root filesystem, and resolving per event would cost a stat each time.
 const USER_CACHE_CAP: usize = 16_384;
@@ -115,13 +62,39 @@ pub struct Enricher {
 }
 
 /// Why an event went out with fields missing (`egret_enrichment_failures_total`).
-pub const FAILURE_REASONS: [&str; 5] = [
-    "process_unknown",
-    "cgroup_unknown",
-    "container_pending",
-    "container_not_found",
-    "container_unavailable",
-];
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EnrichFailure {
+    /// No image for the process: its exec was not seen and /proc is gone.
+    ProcessUnknown,
+    /// The cgroup id could not be mapped to a path.
+    CgroupUnknown,
+    /// containerd metadata is being fetched.
+    ContainerPending,
+    /// containerd has no such container.
+    ContainerNotFound,
+    /// The fetch failed, timed out or could not be queued.
+    ContainerUnavailable,
+}
+
+impl EnrichFailure {
+    pub const ALL: [EnrichFailure; 5] = [
+        EnrichFailure::ProcessUnknown,
+        EnrichFailure::CgroupUnknown,
+        EnrichFailure::ContainerPending,
+        EnrichFailure::ContainerNotFound,
+        EnrichFailure::ContainerUnavailable,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EnrichFailure::ProcessUnknown => "process_unknown",
+            EnrichFailure::CgroupUnknown => "cgroup_unknown",
+            EnrichFailure::ContainerPending => "container_pending",
+            EnrichFailure::ContainerNotFound => "container_not_found",
+            EnrichFailure::ContainerUnavailable => "container_unavailable",
+        }
+    }
+}
 
 impl Enricher {
     pub fn new(processes: ProcessCache, identity: Option<IdentitySources>) -> Enricher {
@@ -135,7 +108,7 @@ impl Enricher {
 
     /// Counts enrichment failures by reason in `metrics`.
     pub fn with_metrics(mut self, metrics: Arc<crate::metrics::Metrics>) -> Enricher {
-        metrics.declare_enrichment_reasons(&FAILURE_REASONS);
+        metrics.declare_enrichment_reasons();
         self.metrics = Some(metrics);
         self
     }
@@ -143,17 +116,17 @@ impl Enricher {
     fn count_failures(&self, event: &Event) {
         let Some(metrics) = &self.metrics else { return };
         if event.process.is_none() {
-            metrics.enrichment_failed("process_unknown");
+            metrics.enrichment_failed(EnrichFailure::ProcessUnknown);
         }
         let Some(identity) = &event.identity else {
             return;
         };
         use crate::identity::container_cache::Unknown;
         let reason = match &identity.container {
-            ContainerLookup::CgroupUnknown => "cgroup_unknown",
-            ContainerLookup::Unknown(Unknown::Pending) => "container_pending",
-            ContainerLookup::Unknown(Unknown::NotFound) => "container_not_found",
-            ContainerLookup::Unknown(_) => "container_unavailable",
+            ContainerLookup::CgroupUnknown => EnrichFailure::CgroupUnknown,
+            ContainerLookup::Unknown(Unknown::Pending) => EnrichFailure::ContainerPending,
+            ContainerLookup::Unknown(Unknown::NotFound) => EnrichFailure::ContainerNotFound,
+            ContainerLookup::Unknown(_) => EnrichFailure::ContainerUnavailable,
             _ => return,
         };
         metrics.enrichment_failed(reason);
@@ -249,9 +222,7 @@ impl Enricher {
         }
     }
 
-    /// The process's own view; when it has already exited, any live
-    /// process of the same cgroup (same root filesystem); failing that, the
-    /// host's passwd.
+    /// Looks the name up (see [`IdentitySources::user_name`]) and caches it.
     fn resolve_user_name(
         &mut self,
         cgroup_id: u64,
@@ -259,25 +230,7 @@ impl Enricher {
         tgid: u32,
         cgroup_path: Option<&str>,
     ) -> Option<Arc<str>> {
-        let sources = self.identity.as_ref()?;
-        let mut name = sources.users.lookup(tgid, uid);
-        if name.is_none()
-            && let Some(path) = cgroup_path
-        {
-            let procs = sources
-                .resolver
-                .cgroups()
-                .root()
-                .join(path.trim_start_matches('/'))
-                .join("cgroup.procs");
-            let sibling = std::fs::read_to_string(procs)
-                .ok()
-                .and_then(|pids| pids.lines().find_map(|pid| pid.trim().parse::<u32>().ok()));
-            name = sibling.and_then(|pid| sources.users.lookup(pid, uid));
-        }
-        if name.is_none() {
-            name = sources.users.host(uid);
-        }
+        let name = self.identity.as_ref()?.user_name(tgid, uid, cgroup_path);
         if self.user_names.len() >= USER_CACHE_CAP {
             self.user_names.clear();
         }
@@ -310,7 +263,9 @@ mod tests {
     use crate::{
         identity::{
             cgroups::{CgroupPaths, CgroupPathsConfig},
-            users::UserNamesConfig,
+            netns::HostNetns,
+            resolver::IdentityResolver,
+            users::{UserNames, UserNamesConfig},
         },
         pipeline::decode::{Comm, ExecRecord, L4Proto},
     };

@@ -6,7 +6,16 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use egret_rules::{Loaded, Options, RuleStatus, Severity, Source, load};
 
-const DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/falco-rules");
+/// `shared/falco-rules` beside the checkout (or any directory above it, so
+/// that git worktrees nested deeper find the same copy).
+fn dir() -> std::path::PathBuf {
+    let manifest = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    manifest
+        .ancestors()
+        .map(|a| a.join("shared/falco-rules"))
+        .find(|d| d.is_dir())
+        .unwrap_or_else(|| panic!("no shared/falco-rules above {}", manifest.display()))
+}
 const FILES: [&str; 4] = [
     "falco_rules.yaml",
     "falco-incubating_rules.yaml",
@@ -63,7 +72,7 @@ const CATALOG: &[&str] = &[
 ];
 
 fn read(file: &str) -> String {
-    std::fs::read_to_string(format!("{DIR}/{file}")).unwrap_or_else(|e| panic!("{file}: {e}"))
+    std::fs::read_to_string(dir().join(file)).unwrap_or_else(|e| panic!("{file}: {e}"))
 }
 
 struct Summary {

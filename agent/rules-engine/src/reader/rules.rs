@@ -7,8 +7,8 @@ use super::{
     Reader,
 };
 use crate::Priority;
-use crate::collect::{Entry, ExceptionInfo, RuleInfo, RuleUpdate, SYSCALL};
-use crate::exceptions;
+use crate::collect::{RuleInfo, RuleUpdate, SYSCALL};
+use crate::exceptions::{self, Entry, ExceptionInfo};
 use crate::yaml::{Kind, Node};
 
 impl Reader<'_> {
@@ -120,8 +120,10 @@ impl Reader<'_> {
                 "skip-if-unknown-filter" => {
                     update.skip_if_unknown_filter = self.boolean(item, "skip-if-unknown-filter")?;
                 }
-                "warn_evttypes" => {
-                    self.boolean(item, "warn_evttypes")?;
+                "warn_evttypes" => update.warn_evttypes = self.boolean(item, "warn_evttypes")?,
+                "capture" => update.capture = self.boolean(item, "capture")?,
+                "capture_duration" => {
+                    update.capture_duration = Some(self.duration(item)?);
                 }
                 _ => {}
             }
@@ -129,7 +131,33 @@ impl Reader<'_> {
         if appending {
             update.priority = None;
         }
+        update.source = self.update_source(item)?;
         Ok(update)
+    }
+
+    /// `source` on an append or override: empty means "the rule's own".
+    fn update_source(&self, item: &Node) -> Result<Option<String>, Failure> {
+        match item.get("source").map(|n| &n.kind) {
+            None | Some(Kind::Null) => Ok(None),
+            Some(Kind::Scalar(s, _)) if s.is_empty() => Ok(None),
+            Some(Kind::Scalar(s, _)) => Ok(Some(s.clone())),
+            Some(_) => self.fail(item, "value for key 'source' is not a scalar value"),
+        }
+    }
+
+    /// Falco's `capture_duration`: a number of milliseconds. Egret takes no
+    /// captures, so it is only checked.
+    fn duration(&self, item: &Node) -> Result<u64, Failure> {
+        let (text, node) = self.required(item, "capture_duration")?;
+        text.parse().map_or_else(
+            |_| {
+                self.fail(
+                    node,
+                    format!("value for key 'capture_duration' is not a number: '{text}'"),
+                )
+            },
+            Ok,
+        )
     }
 
     fn priority(&self, item: &Node) -> Result<Priority, Failure> {
@@ -146,6 +174,10 @@ impl Reader<'_> {
         let source = self.scalar(item, "source")?.map_or(SYSCALL, |(s, _)| s);
         let enabled = self.boolean(item, "enabled")?.unwrap_or(true);
         self.boolean(item, "warn_evttypes")?;
+        self.boolean(item, "capture")?;
+        if item.get("capture_duration").is_some() {
+            self.duration(item)?;
+        }
         let skip = self
             .boolean(item, "skip-if-unknown-filter")?
             .unwrap_or(false);
@@ -215,9 +247,10 @@ impl Reader<'_> {
             }
             let (name, _) = self.required(ex, "name")?;
             if out.iter().any(|e| e.name == name) {
-                return self.fail(
-                    ex,
-                    format!("exception names in the same object must be unique: '{name}'"),
+                // A warning since Falco 0.38; both exceptions apply.
+                self.sink.warning(
+                    self.loc(ex),
+                    format!("multiple definitions of exception '{name}' in the same rule"),
                 );
             }
             let fields = ex

@@ -41,6 +41,8 @@ const RULE_REPLACEABLE: &[&str] = &[
     "enabled",
     "warn_evttypes",
     "skip-if-unknown-filter",
+    "capture",
+    "capture_duration",
 ];
 const APPEND_DEPRECATED: &str = "'append' key is deprecated. Add an 'override' key with the fields to append, e.g. 'override: {condition: append}'";
 const ENABLED_DEPRECATED: &str =
@@ -337,7 +339,8 @@ impl Reader<'_> {
     fn read_list(&mut self, item: &Node) -> Result<(), Failure> {
         let (name, _) = self.required(item, "list")?;
         if !is_list_name(name) {
-            return self.fail(item, format!("list '{name}' has an invalid name: list names must match ([^()\"'[:space:]=,]+)"));
+            // A warning since Falco 0.38: such a list can only be used quoted.
+            self.sink.warning(self.loc(item), format!("list '{name}' has an invalid name: list names should match ([^()\"'[:space:]=,]+)"));
         }
         self.check_keys(item, LIST_KEYS, "list", name);
         let items = self.strings(item, "items")?.ok_or_else(|| {
@@ -387,7 +390,8 @@ impl Reader<'_> {
     fn read_macro(&mut self, item: &Node) -> Result<(), Failure> {
         let (name, _) = self.required(item, "macro")?;
         if !is_macro_name(name) {
-            return self.fail(item, format!("macro '{name}' has an invalid name: macro names must match ([a-zA-Z]+[a-zA-Z0-9_]*)"));
+            // A warning since Falco 0.38; such a macro cannot be referred to.
+            self.sink.warning(self.loc(item), format!("macro '{name}' has an invalid name: macro names should match ([a-zA-Z]+[a-zA-Z0-9_]*)"));
         }
         self.check_keys(item, MACRO_KEYS, "macro", name);
         let (cond, node) = self.required(item, "condition")?;

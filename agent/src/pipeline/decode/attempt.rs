@@ -1,0 +1,120 @@
+//! `RecordKind::Egress`: one outbound attempt from a cgroup sock_addr hook.
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use egret_common::{AF_INET, AF_INET6, EgressEvent, FLAG_V4_MAPPED, Hook};
+
+use super::{Comm, DecodeError, read_record};
+
+/// Layer-4 protocol of the socket, as Falco names it in `fd.l4proto`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum L4Proto {
+    Tcp,
+    Udp,
+    Icmp,
+    Raw,
+    Other(u8),
+}
+
+impl L4Proto {
+    fn from_ip_protocol(protocol: u8) -> Self {
+        match protocol {
+            6 => L4Proto::Tcp,
+            17 => L4Proto::Udp,
+            1 | 58 => L4Proto::Icmp,
+            255 => L4Proto::Raw,
+            other => L4Proto::Other(other),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            L4Proto::Tcp => "tcp",
+            L4Proto::Udp => "udp",
+            L4Proto::Icmp => "icmp",
+            L4Proto::Raw => "raw",
+            L4Proto::Other(_) => "unknown",
+        }
+    }
+}
+
+/// Falco's `evt.type` for what the hook saw. The UDP sendmsg hook runs for
+/// sendto, sendmsg, sendmmsg and io_uring sends alike and cannot tell them
+/// apart; it is reported as `sendto`, the call libc resolvers and most tools
+/// use for unconnected UDP.
+pub fn evt_type(hook: Hook) -> &'static str {
+    match hook {
+        Hook::Connect4 | Hook::Connect6 => "connect",
+        Hook::Sendmsg4 | Hook::Sendmsg6 => "sendto",
+        Hook::Exec => "execve",
+    }
+}
+
+/// One outbound connection attempt, decoded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EgressAttempt {
+    pub hook: Hook,
+    /// CLOCK_MONOTONIC nanoseconds when the hook ran.
+    pub mono_ns: u64,
+    /// Nanoseconds since the Unix epoch, derived from `mono_ns`.
+    pub wall_ns: u64,
+    pub tgid: u32,
+    pub tid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub comm: Comm,
+    /// Image identity from the kernel's process tracker; 0 if untracked.
+    pub exec_id: u64,
+    /// Parent tgid from the kernel's process tracker; 0 if untracked.
+    pub ppid: u32,
+    pub cgroup_id: u64,
+    pub netns_cookie: u64,
+    pub socket_cookie: u64,
+    pub l4proto: L4Proto,
+    pub daddr: IpAddr,
+    pub dport: u16,
+    /// The program asked for `::ffff:a.b.c.d`; `daddr` holds the IPv4 address.
+    pub v4_mapped: bool,
+}
+
+impl EgressAttempt {
+    pub fn evt_type(&self) -> &'static str {
+        evt_type(self.hook)
+    }
+}
+
+pub(super) fn decode(record: &[u8], wall_offset_ns: i64) -> Result<EgressAttempt, DecodeError> {
+    let raw: EgressEvent = read_record(record)?;
+    let hook = match Hook::from_u8(raw.hook) {
+        Some(hook) if hook != Hook::Exec => hook,
+        _ => return Err(DecodeError::UnknownHook(raw.hook)),
+    };
+    let daddr = match raw.family {
+        AF_INET => IpAddr::V4(Ipv4Addr::new(
+            raw.daddr[0],
+            raw.daddr[1],
+            raw.daddr[2],
+            raw.daddr[3],
+        )),
+        AF_INET6 => IpAddr::V6(Ipv6Addr::from(raw.daddr)),
+        other => return Err(DecodeError::UnknownFamily(other)),
+    };
+    Ok(EgressAttempt {
+        hook,
+        mono_ns: raw.mono_ns,
+        wall_ns: raw.mono_ns.saturating_add_signed(wall_offset_ns),
+        tgid: raw.tgid,
+        tid: raw.pid,
+        uid: raw.uid,
+        gid: raw.gid,
+        comm: Comm::from_raw(raw.comm),
+        exec_id: raw.exec_id,
+        ppid: raw.ppid,
+        cgroup_id: raw.cgroup_id,
+        netns_cookie: raw.netns_cookie,
+        socket_cookie: raw.socket_cookie,
+        l4proto: L4Proto::from_ip_protocol(raw.protocol),
+        daddr,
+        dport: raw.dport,
+        v4_mapped: raw.flags & FLAG_V4_MAPPED != 0,
+    })
+}

@@ -11,7 +11,7 @@ mod sock_addr;
 
 #[cfg(target_arch = "bpf")]
 #[panic_handler]
-fn panic(_info: &core::panic::PanicInfo) -> ! {
+fn panic(_info: &core::panic::PanicInfo<'_>) -> ! {
     // The verifier rejects any path that could reach this; it only has to exist.
     loop {}
 }

@@ -19,12 +19,7 @@ use egret::{
 };
 use egret_common::{Hook, HookCounters};
 
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("agent/ has a parent")
-        .to_path_buf()
-}
+use egret_testkit::repo_root;
 
 /// Every family with at least one sample.
 fn populated() -> Arc<Metrics> {

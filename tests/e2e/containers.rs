@@ -13,7 +13,6 @@ use crate::support::{
     agent::{Agent, EVENT_TIMEOUT},
     containerd::{Containerd, Pod, RunSpec, Source, busybox_rootfs, unique_id},
     netns::{NetNs, V4_SERVER},
-    prometheus::WebhookReceiver,
 };
 
 const IMAGE: &str = "registry.test:5000/egret/busybox:1.36";
@@ -133,8 +132,8 @@ fn seed_rule_webhook_payload_names_the_pod() {
     let dir = TempDir::new("seed-pod");
     let rules = dir.write("seed.yaml", crate::rules::SEED_RULE);
     let config = dir.write("egret.yaml", "custom_fields: {cluster: e2e-cluster}\n");
-    let receiver = WebhookReceiver::start();
-    let webhook = format!("http://{}/", receiver.addr);
+    let receiver = support::http::Receiver::start().expect("webhook receiver");
+    let webhook = receiver.url();
     let agent = agent_for(
         &containerd,
         &[
@@ -160,17 +159,27 @@ fn seed_rule_webhook_payload_names_the_pod() {
     .in_pod(&pod, "web");
     containerd.run(&spec);
     let short = id[..12].to_owned();
-    let payload = receiver
-        .wait_for(EVENT_TIMEOUT, |v| {
-            v["rule"] == "Outbound Connection in Container"
-                && v["output_fields"]["container.id"] == short.as_str()
-        })
-        .unwrap_or_else(|| {
-            panic!(
-                "no webhook payload for container {short}; stderr:\n{}",
-                agent.stderr().join("\n")
-            )
-        });
+    let deadline = std::time::Instant::now() + EVENT_TIMEOUT;
+    let payload = loop {
+        let found = receiver
+            .requests()
+            .iter()
+            .filter_map(|r| serde_json::from_slice::<Value>(&r.body).ok())
+            .find(|v| {
+                v["rule"] == "Outbound Connection in Container"
+                    && v["output_fields"]["container.id"] == short.as_str()
+            });
+        if found.is_some() || std::time::Instant::now() >= deadline {
+            break found;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    .unwrap_or_else(|| {
+        panic!(
+            "no webhook payload for container {short}; stderr:\n{}",
+            agent.stderr().join("\n")
+        )
+    });
     println!("payload: {payload}");
     let fields = &payload["output_fields"];
     assert_eq!(fields["k8s.pod.name"], pod.name, "{payload}");

@@ -1,6 +1,6 @@
 //! Issue 2: every outbound attempt kind is seen on the real kernel, with the
 //! right fields, and the agent cleans up after itself.
-use std::{io::Read, io::Write, net::TcpStream, time::Duration};
+use std::time::Duration;
 
 use serde_json::Value;
 
@@ -234,7 +234,7 @@ fn health_and_readiness_endpoints() {
     if !support::privileged("health_and_readiness_endpoints") {
         return;
     }
-    let port = free_port();
+    let port = support::free_port();
     let listen = format!("127.0.0.1:{port}");
     let agent = Agent::start(&["run", "--audit", "-", "--listen", &listen]);
     assert_eq!(http_status(&listen, "/healthz"), 200);
@@ -289,7 +289,7 @@ fn unusable_environment_gives_one_clear_line() {
             "--clear-groups",
             "--inh-caps=-all",
         ])
-        .arg(env!("CARGO_BIN_EXE_egret"))
+        .arg(crate::support::agent_path())
         .arg("run")
         .output()
         .expect("setpriv (util-linux)");
@@ -307,28 +307,6 @@ fn unusable_environment_gives_one_clear_line() {
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free loopback port")
-}
-
 fn http_status(addr: &str, path: &str) -> u16 {
-    let mut stream = TcpStream::connect(addr).expect("connect to agent");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .expect("timeout");
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
-    )
-    .expect("write");
-    let mut response = String::new();
-    stream.read_to_string(&mut response).expect("read");
-    response
-        .split_whitespace()
-        .nth(1)
-        .and_then(|code| code.parse().ok())
-        .unwrap_or(0)
+    support::http::status(addr.parse().expect("listen address"), path)
 }

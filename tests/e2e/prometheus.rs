@@ -18,10 +18,7 @@ use crate::support::{
     self, TempDir,
     agent::{Agent, EVENT_TIMEOUT},
     netns::{NetNs, V4_SERVER},
-    prometheus::{
-        JOB, PROMETHEUS, PROMETHEUS_TIMEOUT, Prometheus, Vector, WebhookReceiver, free_port,
-        repo_root,
-    },
+    prometheus::{JOB, PROMETHEUS, PROMETHEUS_TIMEOUT, Prometheus, Vector, free_port, repo_root},
 };
 
 const RULE: &str = "Egret E2E Prometheus Egress";
@@ -140,7 +137,7 @@ fn prometheus_scrapes_the_agent_and_answers_every_deploy_expression() {
 "
         ),
     );
-    let receiver = WebhookReceiver::start();
+    let receiver = support::http::Receiver::start().expect("webhook receiver");
     let agent_addr = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()));
     // Prometheus starts first so its start-up overlaps the agent's; until
     // the agent listens its scrapes fail, which the target wait covers.
@@ -226,10 +223,7 @@ fn prometheus_scrapes_the_agent_and_answers_every_deploy_expression() {
         problems.join("\n")
     );
 
-    assert!(
-        receiver.requests() > 0,
-        "the webhook receiver got no request"
-    );
+    assert!(receiver.count() > 0, "the webhook receiver got no request");
     prometheus.wait_rules_evaluated();
     prometheus.wait_alert_firing("EgretEgressAlert", RULE);
 }

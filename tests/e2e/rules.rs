@@ -1,6 +1,6 @@
 //! Issue 4 end to end: the seed article's rule, verbatim, against a real
 //! container; rules-driven in-kernel filtering; reloads; the check commands.
-use std::{path::PathBuf, process::Command, time::Duration};
+use std::{process::Command, time::Duration};
 
 use serde_json::Value;
 
@@ -182,7 +182,7 @@ fn reload_swaps_rules_and_keeps_old_ones_on_a_broken_file() {
 }
 
 fn egret(args: &[&str]) -> (i32, String) {
-    let output = Command::new(env!("CARGO_BIN_EXE_egret"))
+    let output = Command::new(crate::support::agent_path())
         .args(args)
         .output()
         .expect("run egret");
@@ -212,7 +212,7 @@ fn rules_check_reports_every_problem_with_positions() {
     assert!(out.contains(&format!("{name}:6:3: error")), "{out}");
 
     // The bundled rules directory checks clean.
-    let bundled = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../rules");
+    let bundled = crate::support::repo_root().join("rules");
     let (code, out) = egret(&["rules", "check", &bundled.display().to_string()]);
     assert_eq!(code, 0, "{out}");
 }

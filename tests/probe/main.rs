@@ -1,6 +1,6 @@
 //! egret-probe: makes exactly one kind of outbound attempt and exits at once,
-//! so end-to-end tests can check what the agent reports for its pid. It is a
-//! cargo example of the agent package, so `cargo test` always builds it.
+//! so end-to-end tests can check what the agent reports for its pid. Its own
+//! bin crate; the test kit builds it next to the agent.
 //!
 //! Usage: egret-probe <mode> <addr:port>
 //!   tcp            TCP connect (IPv4 or IPv6 by address)

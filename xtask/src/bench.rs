@@ -22,7 +22,7 @@ use std::fmt::Write as _;
 use anyhow::Context as _;
 
 use crate::test::{cargo, root, run_step};
-use procs::{Binaries, NetNs};
+use procs::{bench_netns, binaries};
 
 pub struct Settings {
     /// Scenario 1: interleaved rounds and connects per run.
@@ -91,14 +91,22 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     let settings = Settings::new(short);
     run_step(
         "build (release)",
-        cargo().args(["build", "--release", "-p", "egret", "--bins", "--examples"]),
+        cargo().args([
+            "build",
+            "--release",
+            "-p",
+            "egret",
+            "-p",
+            "egret-probe",
+            "--bins",
+        ]),
     )?;
     // Built up front so compiling never overlaps a measurement.
     run_step(
         "build (pipeline bench)",
         cargo().args(pipeline::BENCH).arg("--no-run"),
     )?;
-    let bins = Binaries::locate()?;
+    let bins = binaries()?;
 
     let mut report = String::new();
     writeln!(report, "# Egret benchmarks\n")?;
@@ -117,7 +125,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     let rules = std::env::temp_dir().join(format!("egret-bench-rules-{}.yaml", std::process::id()));
     connect::write_rules(&rules)?;
     let _rules_file = RemoveOnDrop(rules.clone());
-    let ns = NetNs::create().context("creating the bench network namespace")?;
+    let ns = bench_netns()?;
     section(connect::alerting(&bins, &ns, &rules, &settings)?);
     section(pipeline::run(&settings)?);
     section(latency::run(&bins, &ns, &rules, &settings)?);

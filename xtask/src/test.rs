@@ -71,8 +71,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     if !args.iter().any(|a| a == "--no-lint") {
         lint()?;
     }
-    // SAFETY: geteuid has no preconditions.
-    let root_user = unsafe { libc_geteuid() } == 0;
+    let root_user = egret_testkit::is_root();
     if !root_user {
         if std::env::var_os("CI").is_some() {
             bail!("CI must run the suite as root: the end-to-end tests load eBPF programs");
@@ -115,9 +114,4 @@ pub fn fuzz(seconds: u32) -> anyhow::Result<()> {
         )?;
     }
     Ok(())
-}
-
-unsafe extern "C" {
-    #[link_name = "geteuid"]
-    fn libc_geteuid() -> u32;
 }

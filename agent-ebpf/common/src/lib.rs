@@ -231,11 +231,16 @@ const _: () = assert!(core::mem::size_of::<HookCounters>() == 40);
 
 #[cfg(feature = "user")]
 mod pod {
-    // SAFETY: plain-old-data, repr(C), no padding bytes left implicit.
+    // SAFETY (each): plain-old-data, repr(C), no padding bytes left
+    // implicit; the size assertions above pin the layout.
+    // SAFETY: as above.
     unsafe impl aya::Pod for super::HookCounters {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for super::EgressEvent {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for super::ProcState {}
 }
+
 // `Hook::ALL` lists every counter slot, each at its own index.
 const _: () = {
     let mut slot = 0;

@@ -81,6 +81,8 @@ pub(crate) struct RuleInfo {
     pub source: String,
     pub exceptions: Vec<ExceptionInfo>,
     pub skip_if_unknown_filter: bool,
+    /// Falco's `warn_evttypes`: warn when the rule matches every event type.
+    pub warn_evttypes: bool,
     pub index: u32,
     pub loc: Loc,
 }
@@ -223,6 +225,12 @@ impl Collection {
                     extra_values.push((i, ex.values));
                 }
                 None => {
+                    if ex.fields.is_none() {
+                        return Err(format!(
+                            "exception '{}': rule exception must have fields property with a list of fields",
+                            ex.name
+                        ));
+                    }
                     if ex.values.is_empty() {
                         return Err(format!(
                             "exception '{}': a new exception must have values",
@@ -294,6 +302,9 @@ impl Collection {
         }
         if let Some(enabled) = update.enabled {
             rule.enabled = enabled;
+        }
+        if let Some(warn) = update.warn_evttypes {
+            rule.warn_evttypes = warn;
         }
         if let Some(skip) = update.skip_if_unknown_filter {
             rule.skip_if_unknown_filter = skip;

@@ -54,7 +54,7 @@ impl fmt::Display for Diagnostic {
 }
 
 /// An internal position: file index, 1-based line, 0-based column in chars.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub(crate) struct Loc {
     pub file: u32,
     pub line: u32,
@@ -253,6 +253,10 @@ impl Sink {
 
     pub fn finish(mut self, files: &Files<'_>) -> Vec<Diagnostic> {
         self.items.sort_by_key(|(_, at, _)| *at);
+        // A macro's warning repeats for every rule that uses it.
+        let mut seen = std::collections::HashSet::new();
+        self.items
+            .retain(|(severity, at, message)| seen.insert((*severity, *at, message.clone())));
         self.items
             .into_iter()
             .map(|(severity, at, message)| Diagnostic {

@@ -220,6 +220,96 @@ pub(crate) fn type_masks(node: &Node) -> (u8, u8) {
     }
 }
 
+/// The event types a node can match, as Falco computes them for its
+/// "matches too many evt.type values" warning: a finite set, or the
+/// complement of one (`inverted`), which is every type but a few.
+struct TypeSet {
+    inverted: bool,
+    names: std::collections::BTreeSet<Box<str>>,
+}
+
+impl TypeSet {
+    fn all() -> TypeSet {
+        TypeSet {
+            inverted: true,
+            names: Default::default(),
+        }
+    }
+
+    fn and(self, other: TypeSet) -> TypeSet {
+        let (a, b) = (self, other);
+        match (a.inverted, b.inverted) {
+            (false, false) => TypeSet {
+                inverted: false,
+                names: a.names.intersection(&b.names).cloned().collect(),
+            },
+            (false, true) => TypeSet {
+                inverted: false,
+                names: a.names.difference(&b.names).cloned().collect(),
+            },
+            (true, false) => TypeSet {
+                inverted: false,
+                names: b.names.difference(&a.names).cloned().collect(),
+            },
+            (true, true) => TypeSet {
+                inverted: true,
+                names: a.names.union(&b.names).cloned().collect(),
+            },
+        }
+    }
+
+    fn not(self) -> TypeSet {
+        TypeSet {
+            inverted: !self.inverted,
+            names: self.names,
+        }
+    }
+
+    fn or(self, other: TypeSet) -> TypeSet {
+        self.not().and(other.not()).not()
+    }
+}
+
+fn type_set(node: &Node) -> TypeSet {
+    match node {
+        Node::Const(true) => TypeSet::all(),
+        Node::Const(false) => TypeSet::all().not(),
+        Node::And(nodes) => nodes
+            .iter()
+            .map(type_set)
+            .fold(TypeSet::all(), TypeSet::and),
+        Node::Or(nodes) => nodes
+            .iter()
+            .map(type_set)
+            .fold(TypeSet::all().not(), TypeSet::or),
+        Node::Not(inner) => type_set(inner).not(),
+        Node::One(_) => TypeSet::all(),
+        Node::Check(test) => {
+            let names: std::collections::BTreeSet<Box<str>> = match (&test.src, &test.cmp) {
+                (Src::Event(FieldId::EvtType), Cmp::StrEq(s)) => [s.clone()].into(),
+                (Src::Event(FieldId::EvtType), Cmp::StrIn(StrSet::Small(items))) => {
+                    items.iter().cloned().collect()
+                }
+                (Src::Event(FieldId::EvtType), Cmp::StrIn(StrSet::Hashed(set))) => {
+                    set.iter().cloned().collect()
+                }
+                _ => return TypeSet::all(),
+            };
+            let set = TypeSet {
+                inverted: false,
+                names,
+            };
+            if test.negate { set.not() } else { set }
+        }
+    }
+}
+
+/// Whether the node matches all but finitely many event types: Falco warns
+/// about such rules (more than 100 types).
+pub(crate) fn matches_unbounded_types(node: &Node) -> bool {
+    type_set(node).inverted
+}
+
 /// (destinations for which the node is certainly true, certainly false),
 /// for events from the hooks: the destination is known and `evt.type` is
 /// connect or sendto.

@@ -56,7 +56,7 @@ fn comparison(text: &str) -> Result<(Op, Option<Quant>), String> {
 pub(crate) fn validate(mut ex: ExceptionInfo) -> Result<ExceptionInfo, String> {
     let prefix = |m: &str| format!("exception '{}': {m}", ex.name);
     match &ex.fields {
-        None => return Err(prefix("must have a fields property with a list of fields")),
+        None => return Err(prefix("item has no mapping for key 'fields'")),
         Some(Entry::List(fields)) => {
             let comps = match ex.comps.take() {
                 None => vec![Entry::Item("=".into()); fields.len()],

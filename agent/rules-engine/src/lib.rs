@@ -50,9 +50,14 @@
 //!   whole value; `icontains`/`iglob` fold ASCII case only.
 //! - Field transformers (`val()`, `tolower()`, ...) are refused with an
 //!   error.
-//! - A list name expands inside `(...)` and right after `in`, `intersects`
-//!   or `pmatch`; Falco's textual substitution would also replace it
-//!   elsewhere (`proc.name = some_list`), where Egret keeps the literal.
+//! - A list name expands inside `(...)`, right after `in`, `intersects`
+//!   or `pmatch`, and as a single value when the list has one item; Falco's
+//!   textual substitution would also replace it elsewhere. Lists whose names
+//!   the grammar cannot express are substituted textually, as in Falco.
+//! - `evt.type` values must be Falco event names (a typo is an error with a
+//!   suggestion); port fields take service names (`fd.sport = https`).
+//! - Loading is bounded in bytes and nodes (see docs/rules.md, "Limits");
+//!   [`read_source`] reads a file with those bounds.
 //! - The macro `container` (`container.id != host`) is built in.
 //! - Rules using a field outside the catalog are rejected (an error, or a
 //!   warning with `skip-if-unknown-filter: true`); that includes fields in

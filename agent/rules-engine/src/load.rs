@@ -8,7 +8,7 @@ use crate::compile::Compiler;
 use crate::diagnostics::{
     BUILTIN_FILE, Diagnostic, Files, Loc, Location, ScalarLoc, Severity, Sink, Text,
 };
-use crate::eval::type_masks;
+use crate::eval::{matches_unbounded_types, type_masks};
 use crate::reader::Reader;
 use crate::ruleset::{Options, Rule, Ruleset};
 use crate::source::{MAX_SOURCE_BYTES, MAX_TOTAL_BYTES, find_nul};
@@ -208,8 +208,31 @@ fn compile(
             }
         } else {
             let compiled = compiler.compile_rule(info);
+            for (at, warning) in &compiled.warnings {
+                sink.warning(*at, warning.clone());
+            }
             let fields: Vec<String> = compiled.unknown.iter().map(|u| u.field.clone()).collect();
-            if !compiled.errors.is_empty() {
+            // Falco skips a rule naming an unknown event type, like one
+            // naming an unknown field, when it asks to.
+            let unknown_type = |m: &String| m.starts_with("unknown event type");
+            if info.skip_if_unknown_filter
+                && !compiled.errors.is_empty()
+                && compiled.errors.iter().all(|(_, m)| unknown_type(m))
+            {
+                for (at, message) in &compiled.errors {
+                    sink.warning(
+                        *at,
+                        format!(
+                            "rule '{}': {message}; skipped (skip-if-unknown-filter)",
+                            info.name
+                        ),
+                    );
+                }
+                RuleStatus::Unsupported {
+                    fields: Vec::new(),
+                    requested_skip: true,
+                }
+            } else if !compiled.errors.is_empty() {
                 let mut macro_errors = false;
                 for (at, message) in compiled.errors {
                     // Empty: a mistake inside a macro, reported there.
@@ -253,6 +276,13 @@ fn compile(
                     requested_skip: info.skip_if_unknown_filter,
                 }
             } else {
+                let types = type_masks(&compiled.node).0;
+                if info.warn_evttypes && matches_unbounded_types(&compiled.node) {
+                    sink.warning(
+                        info.loc,
+                        format!("rule '{}' matches too many evt.type values (every one): a significant performance penalty in Falco; restrict evt.type or set warn_evttypes: false", info.name),
+                    );
+                }
                 let tags: BTreeSet<&String> = info.tags.iter().collect();
                 rules.push(Rule {
                     name: Arc::from(info.name.as_str()),
@@ -262,7 +292,7 @@ fn compile(
                     enabled: info.enabled,
                     location: location.clone(),
                     output_template: info.output.text.trim().to_string(),
-                    types: type_masks(&compiled.node).0,
+                    types,
                     condition: compiled.node,
                     output: compiled.output,
                 });

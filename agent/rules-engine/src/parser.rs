@@ -26,7 +26,7 @@ pub struct ParseError {
     pub message: String,
 }
 
-const TRANSFORMERS: [&str; 9] = [
+pub(crate) const TRANSFORMERS: [&str; 9] = [
     "val(",
     "tolower(",
     "toupper(",

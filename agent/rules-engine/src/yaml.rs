@@ -11,8 +11,8 @@ const MAX_DEPTH: usize = 64;
 /// Caps what aliases can expand to (the "billion laughs" document), in nodes
 /// and in scalar bytes: a few large scalars aliased many times cost memory
 /// without many nodes. Generous enough for IOC lists of a few million items.
-pub(crate) const MAX_NODES: usize = 4_000_000;
-pub(crate) const MAX_BYTES: usize = 256 << 20;
+pub(crate) const MAX_NODES: usize = 2_000_000;
+pub(crate) const MAX_BYTES: usize = 96 << 20;
 
 /// 1-based line, 0-based column in characters.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -67,7 +67,7 @@ fn versions_and_multiple_documents_load() {
 ---
 - rule: r
   desc: d
-  condition: fd.sport = 1
+  condition: evt.type = connect and fd.sport = 1
   output: o
   priority: info
 ...
@@ -223,8 +223,9 @@ fn scalars_ending_the_input() {
     ] {
         let _ = load_text(text, &Options::default());
     }
-    let rules =
-        ruleset(&rule_yaml("r", "fd.sport = 1").replace("priority: INFO\n", "priority: INFO"));
+    let rules = ruleset(
+        &rule_yaml("r", "fd.sport = 1").replace("warn_evttypes: false\n", "warn_evttypes: false"),
+    );
     assert_eq!(rules.rules().len(), 1);
 }
 

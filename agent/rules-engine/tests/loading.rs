@@ -225,7 +225,10 @@ fn replace_and_legacy_forms() {
 ";
     let loaded = load_text(yaml, &all_matches());
     assert!(errors(&loaded).is_empty(), "{:?}", errors(&loaded));
-    let warnings: Vec<String> = diagnostics(&loaded);
+    let warnings: Vec<String> = diagnostics(&loaded)
+        .into_iter()
+        .filter(|d| !d.contains("too many evt.type values"))
+        .collect();
     assert_eq!(warnings.len(), 3, "{warnings:?}");
     assert!(warnings[0].starts_with("test.yaml:4:3: warning: 'append' key is deprecated"));
     assert!(warnings[2].starts_with(
@@ -428,7 +431,7 @@ fn unknown_fields_reject_the_rule_and_the_rest_loads() {
   priority: INFO
 - rule: Fine
   desc: d
-  condition: fd.sport > 0
+  condition: evt.type = connect and fd.sport > 0
   output: ok
   priority: INFO
 - rule: Optional

@@ -49,6 +49,7 @@ pub fn ensure_cgroup2(path: &Path) -> Result<(), CgroupError> {
         path: path.to_path_buf(),
     };
     let c_path = CString::new(path.as_os_str().as_encoded_bytes()).map_err(|_| not_cgroup())?;
+    // SAFETY: statfs is plain C data; all-zero is a valid value.
     let mut stat: libc::statfs = unsafe { std::mem::zeroed() };
     // SAFETY: valid C string and an out-pointer to a zeroed statfs.
     let rc = unsafe { libc::statfs(c_path.as_ptr(), &mut stat) };

@@ -76,7 +76,7 @@ fn labelled<'a, const N: usize>(
 }
 
 impl Collector for Everything {
-    fn encode(&self, mut enc: DescriptorEncoder) -> fmt::Result {
+    fn encode(&self, mut enc: DescriptorEncoder<'_>) -> fmt::Result {
         self.encode_alerts(&mut enc)?;
         self.encode_verdicts_and_kernel(&mut enc)?;
         self.encode_queues(&mut enc)?;

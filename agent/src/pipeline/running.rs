@@ -39,6 +39,8 @@ pub(super) struct Started {
 /// Totals at exit, machine-readable (`egret run --summary PATH`).
 #[derive(Debug, Serialize)]
 pub struct Summary {
+    /// Networks in the kernel ignore list at start-up.
+    pub ignored_networks: usize,
     /// Kernel counters per hook; absent when they could not be read.
     pub kernel: Option<BTreeMap<&'static str, HookTotals>>,
     pub pipeline: PipelineTotals,
@@ -90,7 +92,7 @@ impl Running {
     /// source stops on it).
     pub async fn stop(self) -> anyhow::Result<Summary> {
         let Running {
-            started: _,
+            started,
             probes,
             metrics,
             source,
@@ -123,7 +125,8 @@ impl Running {
         if let Some(task) = containerd {
             join("containerd", task).await?;
         }
-        let summary = Summary::new(counters.ok(), &metrics, outputs);
+        let mut summary = Summary::new(counters.ok(), &metrics, outputs);
+        summary.ignored_networks = started.ignored_networks;
         summary.log();
         Ok(summary)
     }
@@ -154,6 +157,7 @@ impl Summary {
         let alerted = metrics.events(Verdict::Alerted);
         let no_match = metrics.events(Verdict::NoMatch);
         Summary {
+            ignored_networks: 0,
             kernel,
             pipeline: PipelineTotals {
                 events: alerted + no_match,

@@ -37,6 +37,9 @@ pub enum RulesError {
         path: String,
         source: std::io::Error,
     },
+    /// A rule file that is not a regular file, too large, or not text.
+    #[error(transparent)]
+    Source(#[from] egret_rules::ReadError),
     /// The rules did not load; every diagnostic, one per line.
     #[error("rules did not load:\n{}", render(.0))]
     Invalid(Vec<Diagnostic>),
@@ -105,10 +108,9 @@ impl RulePaths {
                 continue;
             }
             for file in RulePaths(vec![path.clone()]).files()? {
-                let text = std::fs::read_to_string(&file).map_err(|source| RulesError::Read {
-                    path: file.display().to_string(),
-                    source,
-                })?;
+                // Bounded and regular files only: a FIFO or /dev/zero named
+                // as a rules file must not hang or exhaust the agent.
+                let text = egret_rules::read_source(&file).map_err(RulesError::from)?;
                 out.push((file.display().to_string(), text));
             }
         }
@@ -256,5 +258,15 @@ mod tests {
         std::fs::write(dir.join("b.yaml"), "- list: ports\n  items: [1, 2]\n").unwrap();
         assert_ne!(before, paths.fingerprint());
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn special_files_are_refused_without_reading() {
+        let err = RulePaths(vec!["/dev/zero".into()]).read().unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("not a regular file (a character device)"),
+            "{err}"
+        );
     }
 }

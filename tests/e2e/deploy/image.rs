@@ -75,7 +75,7 @@ fn image_runs_under_containerd_like_the_daemonset() {
     fs::create_dir_all(&work).unwrap();
     let image = format!("localhost/egret:e2e-{}", std::process::id());
     let archive = work.join("egret-image.tar");
-    build_image(Path::new(env!("CARGO_BIN_EXE_egret")), &archive, &image);
+    build_image(Path::new(crate::support::agent_path()), &archive, &image);
     let imported = containerd.ctr(&["image", "import", &archive.display().to_string()]);
     assert!(imported.status.success(), "{imported:?}");
 

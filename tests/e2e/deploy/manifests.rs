@@ -330,7 +330,7 @@ fn manifests_are_consistent_with_each_other_and_the_config() {
 /// The configuration the ConfigMap ships passes the agent's own checker.
 #[test]
 fn shipped_config_passes_egret_config_check() {
-    let out = Command::new(env!("CARGO_BIN_EXE_egret"))
+    let out = Command::new(crate::support::agent_path())
         .args(["config", "check"])
         .arg(deploy().join("egret.yaml"))
         .output()
@@ -347,7 +347,7 @@ fn shipped_config_passes_egret_config_check() {
 /// shipped `rules_files` orders them.
 #[test]
 fn shipped_rules_load_after_the_bundled_ones() {
-    let out = Command::new(env!("CARGO_BIN_EXE_egret"))
+    let out = Command::new(crate::support::agent_path())
         .args(["rules", "check"])
         .arg(repo().join("rules"))
         .arg(deploy().join("rules"))

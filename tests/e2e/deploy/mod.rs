@@ -10,8 +10,7 @@
 use std::{
     collections::BTreeSet,
     fs,
-    io::{BufRead, BufReader, Read, Write},
-    net::{TcpListener, TcpStream},
+    io::{BufRead, BufReader, Read},
     path::{Path, PathBuf},
     process::{Child, Command, ExitStatus, Stdio},
     sync::{Arc, Condvar, Mutex},
@@ -36,10 +35,7 @@ const CRD_KINDS: [&str; 2] = ["ServiceMonitor", "PrometheusRule"];
 const KUBERNETES_VERSION: &str = "1.37.0";
 
 fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("workspace root")
-        .to_path_buf()
+    crate::support::repo_root()
 }
 
 fn deploy() -> PathBuf {
@@ -323,35 +319,18 @@ impl Drop for Proc {
     }
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free loopback port")
-        .port()
-}
+use crate::support::free_port;
 
 /// `GET path` on loopback; the status code, or 0 when nothing answers.
 fn http_status(port: u16, path: &str) -> u16 {
-    http_get(port, path).0
+    crate::support::http::status((std::net::Ipv4Addr::LOCALHOST, port).into(), path)
 }
 
+/// `GET path` on loopback: status code and body, `(0, "")` when nothing
+/// answers.
 fn http_get(port: u16, path: &str) -> (u16, String) {
-    let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else {
-        return (0, String::new());
-    };
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
-    let request = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
-    if stream.write_all(request.as_bytes()).is_err() {
-        return (0, String::new());
-    }
-    let mut response = String::new();
-    let _ = stream.read_to_string(&mut response);
-    let code = response
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    (code, response)
+    crate::support::http::get((std::net::Ipv4Addr::LOCALHOST, port).into(), path)
+        .unwrap_or_default()
 }
 
 /// `egret run <args>` as root with exactly `caps` in its bounding,
@@ -373,7 +352,7 @@ fn agent_with_caps(caps: &[String], args: &[&str]) -> Proc {
             &set,
         ])
         .arg("--")
-        .arg(env!("CARGO_BIN_EXE_egret"))
+        .arg(crate::support::agent_path())
         .args(args)
         .env("EGRET_LOG", "info");
     Proc::spawn(command)

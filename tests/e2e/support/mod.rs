@@ -1,44 +1,22 @@
-//! Shared test plumbing: RAII guards for the agent process and network
-//! namespaces, and a runner for the probe program.
-pub mod agent;
-pub mod cgroup;
+//! Test plumbing for the end-to-end suite. The guards shared with the agent's
+//! tests and the benchmarks live in the test kit (`tests/kit`); this module
+//! re-exports them under the names the tests use, and adds what needs the
+//! agent's library or is specific to these tests.
 pub mod containerd;
-pub mod netns;
 pub mod prometheus;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-/// True when privileged tests can run. Outside CI a non-root run skips with
-/// a printed reason; in CI (env `CI` set) missing root is a failure, so the
-/// suite can never go green by skipping.
-pub fn privileged(test: &str) -> bool {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
-        return true;
-    }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "{test}: privileged tests must run as root in CI"
-    );
-    eprintln!("skipping {test}: needs root (CAP_BPF, CAP_NET_ADMIN, netns)");
-    false
+pub use egret_testkit::{TempDir, agent, cgroup, free_port, http, netns, privileged, repo_root};
+
+/// The agent binary (built by the test kit once per test process).
+pub fn agent_path() -> &'static Path {
+    &egret_testkit::binaries().agent
 }
 
-/// `egret-probe`, built by cargo as an example next to this test binary.
+/// `egret-probe`, built with the agent.
 pub fn probe_path() -> PathBuf {
-    let exe = std::env::current_exe().expect("test binary path");
-    // target/<profile>/deps/e2e-<hash> -> target/<profile>/examples/egret-probe
-    let profile_dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("target/<profile> directory");
-    let probe = profile_dir.join("examples").join("egret-probe");
-    assert!(
-        probe.exists(),
-        "{} missing: run the suite with `cargo test` (which builds examples)",
-        probe.display()
-    );
-    probe
+    egret_testkit::binaries().probe.clone()
 }
 
 /// The cgroup v2 root the agent attaches to by default.
@@ -79,27 +57,4 @@ pub fn program_loaded(id: u32) -> bool {
         .output()
         .map(|out| out.status.success())
         .unwrap_or(false)
-}
-
-/// A per-test directory under the system temp dir, removed on drop.
-pub struct TempDir(pub PathBuf);
-
-impl TempDir {
-    pub fn new(tag: &str) -> TempDir {
-        let dir = std::env::temp_dir().join(format!("egret-{tag}-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("temp dir");
-        TempDir(dir)
-    }
-
-    pub fn write(&self, name: &str, text: &str) -> PathBuf {
-        let path = self.0.join(name);
-        std::fs::write(&path, text).expect("write temp file");
-        path
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }

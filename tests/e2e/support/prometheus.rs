@@ -1,15 +1,9 @@
-//! A real Prometheus server and a loopback webhook receiver for the
-//! end-to-end metrics test, each stopped on drop.
+//! A real Prometheus server for the end-to-end metrics test, stopped on
+//! drop (the webhook receiver is the test kit's `http::Receiver`).
 use std::{
-    io::{Read, Write},
-    net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream},
-    path::{Path, PathBuf},
+    net::{Ipv4Addr, SocketAddr},
+    path::PathBuf,
     process::{Child, Command, Stdio},
-    sync::{
-        Arc,
-        atomic::{AtomicBool, AtomicUsize, Ordering},
-    },
-    thread::JoinHandle,
     time::{Duration, Instant},
 };
 
@@ -25,21 +19,7 @@ pub const JOB: &str = "egret";
 
 pub const PROMETHEUS_TIMEOUT: Duration = Duration::from_secs(20);
 
-pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("agent/ has a parent")
-        .to_path_buf()
-}
-
-/// A port free on loopback a moment ago (the listener is closed before the
-/// port is handed on; a collision shows up as a bind error in a log).
-pub fn free_port() -> u16 {
-    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .and_then(|l| l.local_addr())
-        .expect("bind loopback")
-        .port()
-}
+pub use egret_testkit::{free_port, http::get as http_get, repo_root};
 
 /// An instant vector from `/api/v1/query`: (labels, value) per series.
 #[derive(Debug)]
@@ -237,60 +217,6 @@ impl Drop for Prometheus {
     }
 }
 
-/// A hand-written HTTP/1.1 GET on loopback: status code and body (chunked
-/// bodies decoded).
-pub fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String), String> {
-    let err = |e: std::io::Error| format!("GET http://{addr}{path}: {e}");
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).map_err(err)?;
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .map_err(err)?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: application/json\r\nConnection: close\r\n\r\n"
-    )
-    .map_err(err)?;
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).map_err(err)?;
-    let text = String::from_utf8(raw).map_err(|e| format!("non-UTF-8 response: {e}"))?;
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| format!("no header end: {text}"))?;
-    let code = head
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .ok_or_else(|| format!("bad status line: {head}"))?;
-    let chunked = head.lines().any(|l| {
-        l.to_ascii_lowercase()
-            .replace(' ', "")
-            .starts_with("transfer-encoding:chunked")
-    });
-    let body = if chunked {
-        dechunk(body)?
-    } else {
-        body.to_owned()
-    };
-    Ok((code, body))
-}
-
-pub fn dechunk(mut rest: &str) -> Result<String, String> {
-    let mut out = String::new();
-    loop {
-        let (size, after) = rest.split_once("\r\n").ok_or("truncated chunk size")?;
-        let size = usize::from_str_radix(size.split(';').next().unwrap_or("").trim(), 16)
-            .map_err(|e| format!("bad chunk size {size:?}: {e}"))?;
-        if size == 0 {
-            return Ok(out);
-        }
-        let chunk = after.get(..size).ok_or("truncated chunk")?;
-        out.push_str(chunk);
-        rest = after[size..]
-            .strip_prefix("\r\n")
-            .ok_or("chunk without CRLF")?;
-    }
-}
-
 pub fn urlencode(s: &str) -> String {
     s.bytes()
         .map(|b| {
@@ -301,117 +227,4 @@ pub fn urlencode(s: &str) -> String {
             }
         })
         .collect()
-}
-
-/// Accepts every webhook POST with 200, so the agent's webhook counters and
-/// request-duration histogram have data; keeps the JSON bodies.
-pub struct WebhookReceiver {
-    pub addr: SocketAddr,
-    pub requests: Arc<AtomicUsize>,
-    pub bodies: Arc<std::sync::Mutex<Vec<Value>>>,
-    pub stop: Arc<AtomicBool>,
-    pub thread: Option<JoinHandle<()>>,
-}
-
-impl WebhookReceiver {
-    pub fn start() -> WebhookReceiver {
-        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind receiver");
-        let addr = listener.local_addr().expect("receiver address");
-        let requests = Arc::new(AtomicUsize::new(0));
-        let bodies = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let stop = Arc::new(AtomicBool::new(false));
-        let thread = {
-            let (requests, stop, bodies) = (requests.clone(), stop.clone(), bodies.clone());
-            std::thread::spawn(move || {
-                for stream in listener.incoming() {
-                    if stop.load(Ordering::Relaxed) {
-                        break;
-                    }
-                    let Ok(mut stream) = stream else { continue };
-                    if let Ok(body) = read_request(&mut stream) {
-                        requests.fetch_add(1, Ordering::Relaxed);
-                        if let Ok(v) = serde_json::from_slice::<Value>(&body) {
-                            bodies.lock().unwrap_or_else(|p| p.into_inner()).push(v);
-                        }
-                        let _ = stream.write_all(
-                            b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-                        );
-                    }
-                }
-            })
-        };
-        WebhookReceiver {
-            addr,
-            requests,
-            bodies,
-            stop,
-            thread: Some(thread),
-        }
-    }
-
-    pub fn requests(&self) -> usize {
-        self.requests.load(Ordering::Relaxed)
-    }
-
-    /// Until a received payload satisfies `pred`.
-    pub fn wait_for(&self, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Option<Value> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let found = self
-                .bodies
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .iter()
-                .find(|v| pred(v))
-                .cloned();
-            if found.is_some() || Instant::now() >= deadline {
-                return found;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-}
-
-impl Drop for WebhookReceiver {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        // Wakes the blocking accept so the thread sees the flag.
-        let _ = TcpStream::connect(self.addr);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
-
-/// Reads one request: headers, then `Content-Length` bytes of body, which
-/// it returns.
-pub fn read_request(stream: &mut TcpStream) -> std::io::Result<Vec<u8>> {
-    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    let mut buf = Vec::new();
-    let mut byte = [0u8; 1024];
-    let header_end = loop {
-        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break i + 4;
-        }
-        let n = stream.read(&mut byte)?;
-        if n == 0 {
-            return Err(std::io::ErrorKind::UnexpectedEof.into());
-        }
-        buf.extend_from_slice(&byte[..n]);
-    };
-    let head = String::from_utf8_lossy(&buf[..header_end]).to_ascii_lowercase();
-    let length: usize = head
-        .lines()
-        .find_map(|l| l.strip_prefix("content-length:"))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0);
-    let mut body = buf[header_end..].to_vec();
-    while body.len() < length {
-        let n = stream.read(&mut byte)?;
-        if n == 0 {
-            return Err(std::io::ErrorKind::UnexpectedEof.into());
-        }
-        body.extend_from_slice(&byte[..n]);
-    }
-    Ok(body)
 }

@@ -7,11 +7,13 @@ use std::{fmt::Write as _, path::Path, process::Command, time::Duration};
 
 use anyhow::{Context as _, bail};
 
+use egret_testkit::agent::Stdout;
+
 use super::{
     ALERT_RULES, Settings, goal, median,
     procs::{
-        Binaries, Bpftrace, ExitCounters, NetNs, RunningAgent, Stdout, connect4_counters,
-        cpu_seconds, wait_until_stable,
+        Binaries, Bpftrace, ExitCounters, NetNs, RunningAgent, connect4_counters, cpu_seconds,
+        wait_until_stable,
     },
 };
 use crate::test::root;
@@ -47,12 +49,12 @@ pub fn filtered(bins: &Binaries, settings: &Settings) -> anyhow::Result<String> 
     let mut without = Vec::new();
     let mut with = Vec::new();
     let mut peer = Vec::new();
-    let mut last_log = String::new();
+    let mut last_summary = serde_json::Value::Null;
     for _ in 0..settings.rounds {
         without.push(connect_rate(bins, None, "127.0.0.1:0", settings.connects)?);
         let agent = RunningAgent::start(bins, &[], Stdout::Discard)?;
         with.push(connect_rate(bins, None, "127.0.0.1:0", settings.connects)?);
-        last_log = agent.stop()?;
+        last_summary = agent.stop()?;
         let bpftrace = Bpftrace::start()?;
         peer.push(connect_rate(bins, None, "127.0.0.1:0", settings.connects)?);
         drop(bpftrace);
@@ -80,7 +82,7 @@ pub fn filtered(bins: &Binaries, settings: &Settings) -> anyhow::Result<String> 
         out,
         "\nKernel counters after the last Egret run (connect4):\n"
     )?;
-    writeln!(out, "`{}`", connect4_counters(&last_log))?;
+    writeln!(out, "`{}`", connect4_counters(&last_summary))?;
     Ok(out)
 }
 
@@ -91,9 +93,9 @@ struct Monitor {
     attempts: u64,
     delivered: u64,
     cpu_seconds: f64,
-    /// Egret only: exit counters summed over runs, the last run's log.
+    /// Egret only: exit counters summed over runs, the last run's summary.
     counters: ExitCounters,
-    last_log: String,
+    last_summary: serde_json::Value,
 }
 
 impl Monitor {
@@ -121,15 +123,11 @@ impl Monitor {
         )
     }
 
-    /// Kernel ignore list size the agent logged at start.
+    /// Networks the kernel ignore list held (from the exit summary).
     fn ignored_networks(&self) -> String {
-        let key = "ignored_networks=";
-        self.last_log
-            .find(key)
-            .map(|at| &self.last_log[at + key.len()..])
-            .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
-            .unwrap_or("?")
-            .to_string()
+        self.last_summary["ignored_networks"]
+            .as_u64()
+            .map_or_else(|| "?".to_string(), |n| n.to_string())
     }
 }
 
@@ -154,8 +152,9 @@ fn egret_run(
     into.cpu_seconds += cpu_seconds(agent.pid())? - before.1;
     into.attempts += count;
     into.delivered += delivered;
-    into.last_log = agent.stop()?;
-    into.counters.add(ExitCounters::parse(&into.last_log));
+    into.last_summary = agent.stop()?;
+    into.counters
+        .add(ExitCounters::from_summary(&into.last_summary));
     Ok(())
 }
 
@@ -256,11 +255,11 @@ pub fn alerting(
     writeln!(
         out,
         "Where Egret's events went, summed over its runs (kernel counters of all hooks and \
-         the agent's pipeline totals, which include exec records and other processes):\n"
+         the agent's pipeline totals from its `--summary`, which include other processes):\n"
     )?;
     writeln!(
         out,
-        "| rules | attempts | kernel emitted | ring buffer full | decoded | alerts |"
+        "| rules | attempts | kernel emitted | ring buffer full | events | alerts |"
     )?;
     writeln!(out, "|---|---:|---:|---:|---:|---:|")?;
     for (name, m) in [
@@ -271,7 +270,7 @@ pub fn alerting(
         writeln!(
             out,
             "| {name} | {} | {} | {} | {} | {} |",
-            m.attempts, c.emitted, c.ringbuf_full, c.decoded, c.alerts
+            m.attempts, c.emitted, c.ringbuf_full, c.events, c.alerts
         )?;
         if m.lost() > 0 {
             let place = if c.ringbuf_full > 0 {
@@ -288,7 +287,7 @@ pub fn alerting(
         out,
         "\nKernel counters after the last Egret run (bench rule, connect4):\n"
     )?;
-    writeln!(out, "`{}`", connect4_counters(&egret.last_log))?;
+    writeln!(out, "`{}`", connect4_counters(&egret.last_summary))?;
     Ok(out)
 }
 

@@ -3,160 +3,24 @@
 //! CLOCK_REALTIME on this machine; connects go to consecutive ports, so
 //! each request is matched to its connect by `fd.sport` (and no two alerts
 //! share a coalescing key: the agent's webhook settings stay default).
-use std::{
-    collections::HashMap,
-    fmt::Write as _,
-    io::{BufRead as _, BufReader, Read as _, Write as _},
-    net::{SocketAddr, TcpListener, TcpStream},
-    path::Path,
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicBool, Ordering},
-    },
-    thread::JoinHandle,
-    time::{Duration, SystemTime, UNIX_EPOCH},
-};
+use std::{collections::HashMap, fmt::Write as _, path::Path, time::Duration};
 
 use anyhow::{Context as _, bail};
 
+use egret_testkit::{agent::Stdout, http::Receiver};
+
 use super::{
     Settings, goal, percentile,
-    procs::{Binaries, NetNs, RunningAgent, Stdout, wait_until_stable},
+    procs::{Binaries, NetNs, RunningAgent, wait_until_stable},
 };
 
-/// Port and CLOCK_REALTIME nanoseconds of each request's arrival.
-type Arrivals = Arc<Mutex<Vec<(u16, u128)>>>;
-
-/// A minimal HTTP/1.1 server on 127.0.0.1 that answers 200 to everything
-/// and records when each request (headers and body) had fully arrived.
-struct Receiver {
-    addr: SocketAddr,
-    arrivals: Arrivals,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl Receiver {
-    fn start() -> anyhow::Result<Receiver> {
-        let listener = TcpListener::bind("127.0.0.1:0").context("binding the webhook receiver")?;
-        let addr = listener.local_addr()?;
-        let arrivals = Arrivals::default();
-        let stop = Arc::new(AtomicBool::new(false));
-        let thread = {
-            let (arrivals, stop) = (arrivals.clone(), stop.clone());
-            std::thread::spawn(move || {
-                for stream in listener.incoming() {
-                    if stop.load(Ordering::Relaxed) {
-                        break;
-                    }
-                    let Ok(stream) = stream else { continue };
-                    let arrivals = arrivals.clone();
-                    // Ends when the agent closes the connection.
-                    std::thread::spawn(move || {
-                        let _ = serve(stream, &arrivals);
-                    });
-                }
-            })
-        };
-        Ok(Receiver {
-            addr,
-            arrivals,
-            stop,
-            thread: Some(thread),
-        })
-    }
-
-    fn count(&self) -> u64 {
-        self.arrivals.lock().map_or(0, |a| a.len() as u64)
-    }
-
-    fn arrivals(&self) -> Vec<(u16, u128)> {
-        self.arrivals.lock().map(|a| a.clone()).unwrap_or_default()
-    }
-}
-
-impl Drop for Receiver {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        // Wakes the accept loop so it sees the flag.
-        let _ = TcpStream::connect(self.addr);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
-
-fn realtime_ns() -> u128 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos())
-}
-
-/// Requests on one keep-alive connection until it closes.
-fn serve(stream: TcpStream, arrivals: &Arrivals) -> std::io::Result<()> {
-    stream.set_read_timeout(Some(Duration::from_secs(60)))?;
-    let mut writer = stream.try_clone()?;
-    let mut reader = BufReader::new(stream);
-    let mut line = String::new();
-    loop {
-        line.clear();
-        if reader.read_line(&mut line)? == 0 {
-            return Ok(());
-        }
-        if line.trim().is_empty() {
-            continue;
-        }
-        let mut length = 0usize;
-        let mut chunked = false;
-        loop {
-            line.clear();
-            if reader.read_line(&mut line)? == 0 {
-                return Ok(());
-            }
-            let header = line.trim_end();
-            if header.is_empty() {
-                break;
-            }
-            let (name, value) = header.split_once(':').unwrap_or((header, ""));
-            let value = value.trim();
-            if name.eq_ignore_ascii_case("content-length") {
-                length = value.parse().unwrap_or(0);
-            } else if name.eq_ignore_ascii_case("transfer-encoding") {
-                chunked = value.eq_ignore_ascii_case("chunked");
-            }
-        }
-        let body = if chunked {
-            read_chunked(&mut reader)?
-        } else {
-            let mut body = vec![0u8; length];
-            reader.read_exact(&mut body)?;
-            body
-        };
-        let at = realtime_ns();
-        if let Some(port) = sport(&String::from_utf8_lossy(&body))
-            && let Ok(mut all) = arrivals.lock()
-        {
-            all.push((port, at));
-        }
-        writer.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")?;
-    }
-}
-
-fn read_chunked(reader: &mut impl std::io::BufRead) -> std::io::Result<Vec<u8>> {
-    let mut body = Vec::new();
-    let mut line = String::new();
-    loop {
-        line.clear();
-        reader.read_line(&mut line)?;
-        let size = usize::from_str_radix(line.trim().split(';').next().unwrap_or(""), 16)
-            .map_err(|_| std::io::Error::other("bad chunk size"))?;
-        let mut chunk = vec![0u8; size + 2];
-        reader.read_exact(&mut chunk)?;
-        if size == 0 {
-            return Ok(body);
-        }
-        body.extend_from_slice(&chunk[..size]);
-    }
+/// Port and CLOCK_REALTIME nanoseconds of each alert request's arrival.
+fn arrivals(receiver: &Receiver) -> Vec<(u16, u128)> {
+    receiver
+        .requests()
+        .iter()
+        .filter_map(|r| Some((sport(&String::from_utf8_lossy(&r.body))?, r.arrived_ns)))
+        .collect()
 }
 
 /// `"fd.sport":N` in the alert's `output_fields`.
@@ -205,7 +69,7 @@ pub fn run(
     eprintln!("==> 4. alert latency (connect → webhook)");
     const WARM_UP: u64 = 10;
     const FIRST_PORT: u16 = 20_000;
-    let receiver = Receiver::start()?;
+    let receiver = Receiver::start().context("starting the webhook receiver")?;
     let url = format!("http://{}/", receiver.addr);
     let rules_arg = rules.display().to_string();
     let agent = RunningAgent::start(
@@ -215,15 +79,18 @@ pub fn run(
     )?;
     // The first request opens the HTTP connection; measure after that.
     timed_connects(bins, ns, 10_000, WARM_UP, settings.latency_rate)?;
-    wait_until_stable(|| receiver.count(), WARM_UP, Duration::from_secs(5));
-    let warm = receiver.count();
+    wait_until_stable(|| receiver.count() as u64, WARM_UP, Duration::from_secs(5));
+    let warm = receiver.count() as u64;
 
     let count = settings.latency_alerts;
     let sent = timed_connects(bins, ns, FIRST_PORT, count, settings.latency_rate)?;
-    wait_until_stable(|| receiver.count(), warm + count, Duration::from_secs(5));
+    wait_until_stable(
+        || receiver.count() as u64,
+        warm + count,
+        Duration::from_secs(5),
+    );
     agent.stop()?;
-    let arrived: HashMap<u16, u128> = receiver
-        .arrivals()
+    let arrived: HashMap<u16, u128> = arrivals(&receiver)
         .into_iter()
         .filter(|(port, _)| *port >= FIRST_PORT)
         .collect();

@@ -4,9 +4,11 @@ use std::{fmt::Write as _, path::Path, time::Duration};
 
 use anyhow::{Context as _, bail};
 
+use egret_testkit::agent::Stdout;
+
 use super::{
     Settings, goal,
-    procs::{Binaries, ExitCounters, NetNs, RunningAgent, Stdout, cpu_seconds, status_kib},
+    procs::{Binaries, ExitCounters, NetNs, RunningAgent, cpu_seconds, status_kib},
 };
 
 fn mib(kib: u64) -> f64 {
@@ -46,7 +48,7 @@ pub fn run(
     let cpu = cpu_seconds(pid)? - cpu_before;
     let after = status_kib(pid, "VmRSS")?;
     let peak = status_kib(pid, "VmHWM")?;
-    let counters = ExitCounters::parse(&agent.stop()?);
+    let counters = ExitCounters::from_summary(&agent.stop()?);
 
     let mut out = String::new();
     writeln!(out, "## 5. Memory\n")?;

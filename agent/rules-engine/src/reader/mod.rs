@@ -44,6 +44,8 @@ const RULE_REPLACEABLE: &[&str] = &[
     "capture",
     "capture_duration",
 ];
+/// The Falco rule engine version whose rules language Egret implements.
+const ENGINE_VERSION: (u64, u64, u64) = (0, 63, 0);
 const APPEND_DEPRECATED: &str = "'append' key is deprecated. Add an 'override' key with the fields to append, e.g. 'override: {condition: append}'";
 const ENABLED_DEPRECATED: &str =
     "the form '- rule: name / enabled: bool' is deprecated. Use 'override: {enabled: replace}'";
@@ -286,7 +288,30 @@ impl Reader<'_> {
 
     fn engine_version(&self, item: &Node) -> Result<(), Failure> {
         let (text, node) = self.required(item, "required_engine_version")?;
-        if text.parse::<u32>().is_ok() || is_version(text) {
+        // An integer N is Falco's old form of 0.N.0.
+        let required = match text.parse::<u64>() {
+            Ok(minor) => Some((0, minor, 0)),
+            Err(_) if is_version(text) => {
+                let core = text.split(['-', '+']).next().unwrap_or("");
+                let mut parts = core
+                    .split('.')
+                    .map(|p| p.parse::<u64>().unwrap_or(u64::MAX));
+                Some((
+                    parts.next().unwrap_or(0),
+                    parts.next().unwrap_or(0),
+                    parts.next().unwrap_or(0),
+                ))
+            }
+            Err(_) => None,
+        };
+        if let Some(required) = required {
+            if required > ENGINE_VERSION {
+                let (a, b, c) = ENGINE_VERSION;
+                return self.fail(
+                    node,
+                    format!("rules require engine version {text}, but Egret implements Falco's rule engine {a}.{b}.{c}"),
+                );
+            }
             return Ok(());
         }
         self.fail(

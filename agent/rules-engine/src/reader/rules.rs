@@ -45,6 +45,12 @@ impl Reader<'_> {
                 .filter(|k| item.get(k).is_some())
                 .map(String::from)
                 .collect();
+            if keys.is_empty() {
+                return Err((
+                    at,
+                    "Appended rule must have exceptions or condition property".into(),
+                ));
+            }
             let update = self.rule_update(item, &keys, true)?;
             return self.coll.append_rule(name, update).map_err(|m| (at, m));
         }
@@ -173,7 +179,7 @@ impl Reader<'_> {
         let priority = self.priority(item)?;
         let source = self.scalar(item, "source")?.map_or(SYSCALL, |(s, _)| s);
         let enabled = self.boolean(item, "enabled")?.unwrap_or(true);
-        self.boolean(item, "warn_evttypes")?;
+        let warn_evttypes = self.boolean(item, "warn_evttypes")?.unwrap_or(true);
         self.boolean(item, "capture")?;
         if item.get("capture_duration").is_some() {
             self.duration(item)?;
@@ -207,6 +213,7 @@ impl Reader<'_> {
             source: source.to_string(),
             exceptions,
             skip_if_unknown_filter: skip,
+            warn_evttypes,
             index: 0,
             loc: self.loc(item),
         };

@@ -36,10 +36,11 @@ pub fn ruleset(yaml: &str) -> Ruleset {
     loaded.ruleset
 }
 
-/// A one-rule YAML document for `condition`.
+/// A one-rule YAML document for `condition` (without Falco's warning for a
+/// condition that does not restrict `evt.type`).
 pub fn rule_yaml(name: &str, condition: &str) -> String {
     format!(
-        "- rule: {name}\n  desc: test\n  condition: |\n    {}\n  output: \"{name} %proc.name\"\n  priority: INFO\n",
+        "- rule: {name}\n  desc: test\n  condition: |\n    {}\n  output: \"{name} %proc.name\"\n  priority: INFO\n  warn_evttypes: false\n",
         condition.replace('\n', "\n    ")
     )
 }

@@ -2,8 +2,12 @@
 //! threads; dropping the guard stops the agent (SIGTERM, then SIGKILL).
 use std::{
     io::{BufRead, BufReader, Read},
+    path::Path,
     process::{Child, Command, ExitStatus, Stdio},
-    sync::{Arc, Condvar, Mutex},
+    sync::{
+        Arc, Condvar, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -15,11 +19,24 @@ struct Lines {
     stderr: Vec<String>,
 }
 
+/// What becomes of the agent's stdout (its alerts and audit lines).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stdout {
+    /// Kept line by line, for assertions on the JSON.
+    Lines,
+    /// Only counted, as a log collector would read it (benchmarks: a storm
+    /// of alerts must not grow the test's memory).
+    Count,
+    /// Sent to /dev/null.
+    Discard,
+}
+
 type Shared = Arc<(Mutex<Lines>, Condvar)>;
 
 pub struct Agent {
     child: Child,
     lines: Shared,
+    stdout_count: Arc<AtomicU64>,
     status: Option<ExitStatus>,
 }
 
@@ -27,9 +44,15 @@ pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
 pub const EVENT_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl Agent {
-    /// Starts `egret <args>` and waits for its "egret ready" log line.
+    /// Starts `egret <args>` (the binary [`crate::binaries`] builds) and
+    /// waits for its "egret ready" log line.
     pub fn start(args: &[&str]) -> Agent {
-        let mut agent = Agent::spawn(args);
+        Agent::start_with(&crate::binaries().agent, args, Stdout::Lines)
+    }
+
+    /// As [`Agent::start`], with a given binary and stdout handling.
+    pub fn start_with(binary: &Path, args: &[&str], stdout: Stdout) -> Agent {
+        let mut agent = Agent::spawn_with(binary, args, stdout);
         let ready = agent.wait_stderr(|line| line.contains("egret ready"), READY_TIMEOUT);
         if ready.is_none() {
             let status = agent.terminate();
@@ -43,27 +66,56 @@ impl Agent {
 
     /// Starts the agent without waiting for anything.
     pub fn spawn(args: &[&str]) -> Agent {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_egret"))
+        Agent::spawn_with(&crate::binaries().agent, args, Stdout::Lines)
+    }
+
+    pub fn spawn_with(binary: &Path, args: &[&str], stdout: Stdout) -> Agent {
+        let mut command = Command::new(binary);
+        command
             .args(args)
             .env(
                 "EGRET_LOG",
                 std::env::var("EGRET_TEST_LOG").unwrap_or_else(|_| "info".into()),
             )
             .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn egret");
+            .stdout(match stdout {
+                Stdout::Discard => Stdio::null(),
+                Stdout::Lines | Stdout::Count => Stdio::piped(),
+            })
+            .stderr(Stdio::piped());
+        // Receivers are on loopback; never route them via a proxy.
+        for var in [
+            "HTTP_PROXY",
+            "HTTPS_PROXY",
+            "ALL_PROXY",
+            "http_proxy",
+            "https_proxy",
+            "all_proxy",
+        ] {
+            command.env_remove(var);
+        }
+        let mut child = command.spawn().expect("spawn egret");
         let lines: Shared = Arc::default();
-        let stdout = child.stdout.take().expect("stdout piped");
+        let stdout_count = Arc::new(AtomicU64::new(0));
         let stderr = child.stderr.take().expect("stderr piped");
-        collect(stdout, lines.clone(), |l| &mut l.stdout);
+        if let Some(out) = child.stdout.take() {
+            match stdout {
+                Stdout::Lines => collect(out, lines.clone(), |l| &mut l.stdout),
+                Stdout::Count | Stdout::Discard => count_lines(out, stdout_count.clone()),
+            }
+        }
         collect(stderr, lines.clone(), |l| &mut l.stderr);
         Agent {
             child,
             lines,
+            stdout_count,
             status: None,
         }
+    }
+
+    /// Lines written to stdout so far, with [`Stdout::Count`].
+    pub fn stdout_count(&self) -> u64 {
+        self.stdout_count.load(Ordering::Relaxed)
     }
 
     pub fn pid(&self) -> u32 {
@@ -170,8 +222,7 @@ impl Agent {
         if let Some(status) = self.status {
             return status;
         }
-        // SAFETY: signalling our own child by pid.
-        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        crate::signal(self.child.id(), libc::SIGTERM);
         self.wait_exit(Duration::from_secs(10))
     }
 
@@ -215,6 +266,19 @@ fn collect(
             let (lock, cond) = &*lines;
             pick(&mut lock.lock().expect("lines lock")).push(line);
             cond.notify_all();
+        }
+    });
+}
+
+fn count_lines(mut stream: impl Read + Send + 'static, count: Arc<AtomicU64>) {
+    std::thread::spawn(move || {
+        let mut buf = vec![0u8; 1 << 16];
+        while let Ok(n) = stream.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            let newlines = buf[..n].iter().filter(|b| **b == b'\n').count();
+            count.fetch_add(newlines as u64, Ordering::Relaxed);
         }
     });
 }

@@ -6,7 +6,8 @@ pub struct TestCgroup(PathBuf);
 
 impl TestCgroup {
     pub fn new(tag: &str) -> TestCgroup {
-        let dir = super::cgroup_root().join(format!("egret-test-{tag}-{}", std::process::id()));
+        let root = cgroup2_root().expect("a cgroup2 mount");
+        let dir = root.join(format!("egret-test-{tag}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("create test cgroup");
         TestCgroup(dir)
     }
@@ -23,4 +24,18 @@ impl Drop for TestCgroup {
             eprintln!("could not remove {}: {err}", self.0.display());
         }
     }
+}
+
+/// Where cgroup2 is mounted (hybrid hosts mount it beside v1), from
+/// /proc/self/mountinfo.
+pub fn cgroup2_root() -> Option<PathBuf> {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    mountinfo.lines().find_map(|line| {
+        // `… mount_point … - fstype source options`
+        let (left, right) = line.split_once(" - ")?;
+        if right.split_whitespace().next()? != "cgroup2" {
+            return None;
+        }
+        left.split_whitespace().nth(4).map(PathBuf::from)
+    })
 }

@@ -1,0 +1,1 @@
+//! Empty: the suite is the `e2e` test target (`main.rs`).

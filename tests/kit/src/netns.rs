@@ -1,0 +1,113 @@
+//! A network namespace holding TEST-NET addresses on a veth pair whose both
+//! ends are inside it, so "external" connection attempts stay on this
+//! machine: they are answered (or refused) inside the namespace.
+use std::{
+    path::Path,
+    process::{Command, ExitStatus, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+};
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+pub struct NetNs {
+    pub name: String,
+}
+
+/// Addresses configured in every test namespace.
+pub const V4_SERVER: &str = "198.51.100.1";
+pub const V4_OTHER_NET: &str = "203.0.113.1";
+pub const V6_SERVER: &str = "2001:db8::1";
+
+impl NetNs {
+    /// Creates the namespace, panicking on failure (for tests).
+    pub fn new(tag: &str) -> NetNs {
+        NetNs::create(tag).unwrap_or_else(|err| panic!("network namespace {tag}: {err}"))
+    }
+
+    pub fn create(tag: &str) -> std::io::Result<NetNs> {
+        let name = format!(
+            "egret-{tag}-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        // A leftover of a killed run with the same pid would make `add` fail.
+        let _ = Command::new("ip")
+            .args(["netns", "del", &name])
+            .stderr(Stdio::null())
+            .status();
+        ip(&["netns", "add", &name])?;
+        // Guard exists from here on, so a failing step below still cleans up.
+        let ns = NetNs { name };
+        for args in [
+            &["link", "set", "lo", "up"][..],
+            &["link", "add", "v0", "type", "veth", "peer", "name", "v1"],
+            &["link", "set", "v0", "up"],
+            &["link", "set", "v1", "up"],
+            &["addr", "add", "198.51.100.1/24", "dev", "v0"],
+            &["addr", "add", "203.0.113.1/24", "dev", "v0"],
+            &["addr", "add", "2001:db8::1/64", "dev", "v0", "nodad"],
+        ] {
+            let mut full = vec!["-n", ns.name.as_str()];
+            full.extend_from_slice(args);
+            ip(&full)?;
+        }
+        Ok(ns)
+    }
+
+    /// Runs `program args…` inside the namespace and returns its pid (the
+    /// pid the kernel reports: `ip netns exec` execs in place) and status.
+    pub fn run(&self, program: &Path, args: &[&str]) -> (u32, ExitStatus) {
+        let mut child = self
+            .command(program)
+            .args(args)
+            .spawn()
+            .expect("spawn ip netns exec");
+        let pid = child.id();
+        let status = child.wait().expect("wait for probe");
+        (pid, status)
+    }
+
+    /// `program` run inside the namespace (`ip netns exec` execs in place,
+    /// so the process keeps the program's own name and pid).
+    pub fn command(&self, program: impl AsRef<Path>) -> Command {
+        let mut command = Command::new("ip");
+        command
+            .args(["netns", "exec", &self.name])
+            .arg(program.as_ref());
+        command
+    }
+
+    /// A namespace-local sysctl, e.g. `net.ipv4.tcp_tw_reuse=1`.
+    pub fn sysctl(&self, setting: &str) -> std::io::Result<()> {
+        let status = self
+            .command("sysctl")
+            .args(["-q", "-w", setting])
+            .status()?;
+        if !status.success() {
+            return Err(std::io::Error::other(format!(
+                "sysctl -w {setting} failed in {}",
+                self.name
+            )));
+        }
+        Ok(())
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+fn ip(args: &[&str]) -> std::io::Result<()> {
+    let status = Command::new("ip").args(args).status()?;
+    if !status.success() {
+        return Err(std::io::Error::other(format!(
+            "ip {} failed",
+            args.join(" ")
+        )));
+    }
+    Ok(())
+}

@@ -193,7 +193,16 @@ pub async fn alert_test(config: &Config, out: &mut dyn Write) -> anyhow::Result<
         .endpoint_names()
         .filter_map(|n| Some((n.to_owned(), sink.endpoint_metrics(n)?.clone())))
         .collect();
-    sink.submit(&alert, &AlertContext::from_alert(&alert));
+    // Coalescing is off, so the context only has to exist.
+    let ctx = AlertContext {
+        k8s_ns_name: "",
+        k8s_pod_name: "",
+        container_name: "",
+        container_id: "host",
+        proc_name: "egret",
+        dest: None,
+    };
+    sink.submit(&alert, &ctx);
     let timer = {
         let shutdown = shutdown.clone();
         tokio::spawn(async move {

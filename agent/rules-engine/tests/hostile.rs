@@ -2,7 +2,7 @@
 //! a panic, a stack overflow or an unbounded expansion.
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use egret_rules::{Options, Severity, Source, load, parse_condition};
@@ -108,7 +108,7 @@ fn deep_yaml_and_alias_bombs() {
     for i in 1..12 {
         bomb.push_str(&format!("- list: l{i}\n  items: &a{i} [*a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}]\n", p = i - 1));
     }
-    let start = Instant::now();
+    let start = CpuTimer::start();
     assert!(first_error(&bomb).contains("more than"));
     assert!(start.elapsed() < Duration::from_secs(10));
     assert!(first_error("- list: l\n  items: [*nope]\n").contains("unknown anchor"));
@@ -129,7 +129,7 @@ fn deep_conditions_and_macro_chains() {
         ));
     }
     yaml.push_str(&rule_yaml("r", "m39"));
-    let start = Instant::now();
+    let start = CpuTimer::start();
     assert!(first_error(&yaml).contains("expands to more than"));
     assert!(
         start.elapsed() < Duration::from_secs(20),
@@ -162,7 +162,7 @@ fn list_bombs_and_cycles() {
         ));
     }
     yaml.push_str(&rule_yaml("r", "proc.name in (l11)"));
-    let start = Instant::now();
+    let start = CpuTimer::start();
     assert!(first_error(&yaml).contains("more than"));
     assert!(
         start.elapsed() < Duration::from_secs(20),

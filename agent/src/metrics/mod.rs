@@ -9,6 +9,7 @@
 //! The per-alert path takes one uncontended mutex and allocates nothing when
 //! the series already exist; per-event counters are plain atomics.
 mod collectors;
+#[cfg(any(test, feature = "test-util"))]
 pub mod promql;
 mod table;
 mod webhook;
@@ -140,6 +141,9 @@ impl<'a> AlertContext<'a> {
     /// Best effort from Falco field names in `output_fields` (`k8s.ns.name`,
     /// `k8s.pod.name`, `container.name`, `container.id`, `proc.name`,
     /// `fd.sip`, `fd.sport`).
+    /// Test-only: the agent builds contexts from the event
+    /// (`outputs::alert_context`).
+    #[cfg(any(test, feature = "test-util"))]
     pub fn from_alert(alert: &'a Alert) -> Self {
         let text = |key: &str| {
             alert

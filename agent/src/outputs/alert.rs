@@ -1,4 +1,4 @@
-//! An alert: what the rules stage hands to the outputs. Its JSON form is the
+//! An alert: what the evaluate stage hands to the outputs. Its JSON form is the
 //! stdout line and the falcosidekick-compatible webhook payload.
 //!
 //! Also what is added to every alert outside the rule files: Falco's

@@ -1,6 +1,7 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 use std::net::IpAddr;
+use std::time::Duration;
 
 use egret_rules::{Loaded, Options, RuleMatching, Ruleset, Severity, Source, load};
 
@@ -65,4 +66,30 @@ pub fn fires<E: egret_rules::Event>(rules: &Ruleset, event: &E) -> bool {
 /// Every diagnostic, rendered.
 pub fn diagnostics(loaded: &Loaded) -> Vec<String> {
     loaded.diagnostics.iter().map(ToString::to_string).collect()
+}
+
+/// CPU time this thread has used (user + system). Bounds on the cost of
+/// hostile input are checked in CPU time: wall time on a shared machine
+/// says more about the neighbours than about the loader.
+pub struct CpuTimer(Duration);
+
+fn thread_cpu() -> Duration {
+    let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap();
+    // The command name may contain spaces; fields resume after its ')'.
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 here.
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    // The kernel reports USER_HZ (100 on Linux) ticks.
+    Duration::from_millis(ticks * 10)
+}
+
+impl CpuTimer {
+    pub fn start() -> CpuTimer {
+        CpuTimer(thread_cpu())
+    }
+
+    pub fn elapsed(&self) -> Duration {
+        thread_cpu().saturating_sub(self.0)
+    }
 }

@@ -155,7 +155,7 @@ impl WebhookSink {
     /// Queues `alert` for every endpoint whose minimum priority it meets.
     /// Never waits; a full queue counts a `queue_full` drop. `ctx` tells
     /// identical alerts apart for coalescing (rule, container id and
-    /// destination); see [`AlertContext::from_alert`].
+    /// destination); see `outputs::alert_context`.
     pub fn submit(&self, alert: &Arc<Alert>, ctx: &AlertContext<'_>) {
         let mut key = None;
         for ep in &self.endpoints {
@@ -208,7 +208,7 @@ impl WebhookSink {
         self.endpoints.iter().map(|e| e.name.as_str())
     }
 
-    /// Counters of one endpoint, for tests and final logs.
+    /// Counters of one endpoint, for tests and `egret alert test`.
     pub fn endpoint_metrics(&self, name: &str) -> Option<&WebhookMetrics> {
         self.endpoints
             .iter()

@@ -84,7 +84,7 @@ fn burst(sink: &WebhookSink) -> Instant {
     for n in 0..30 {
         let a = alert(n);
         sink.submit(&a, &AlertContext::from_alert(&a));
-        std::thread::sleep(Duration::from_millis(30));
+        std::thread::sleep(Duration::from_millis(20));
     }
     assert!(started.elapsed() < Duration::from_secs(1));
     started

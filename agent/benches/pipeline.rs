@@ -27,7 +27,11 @@ use egret::{
         users::{UserNames, UserNamesConfig},
     },
     metrics::{Metrics, MetricsConfig},
-    outputs::{Raised, stdout},
+    outputs::{
+        Raised,
+        alert::{Additions, AppendOutputs},
+        stdout,
+    },
     pipeline::{
         decode::{self as event, Record},
         enrich::{Enricher, process::ProcessCache},
@@ -332,6 +336,11 @@ impl Pipeline {
         }
         let evaluator = Evaluator {
             hostname: "bench-node".into(),
+            // The shipped default: workload identity on every alert.
+            additions: Arc::new(
+                Additions::build(&AppendOutputs::default().0, &Default::default())
+                    .expect("default additions"),
+            ),
             metrics: Metrics::new(&MetricsConfig::default()),
         };
         Pipeline {

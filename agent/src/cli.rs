@@ -30,6 +30,27 @@ pub enum Command {
     /// Policies from observed egress (docs/advisor.md).
     #[command(subcommand)]
     Advise(crate::advise::command::AdviseCommand),
+    /// Alert output tools.
+    #[command(subcommand)]
+    Alert(AlertCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AlertCommand {
+    /// Send a synthetic alert to every configured output (webhooks, Slack,
+    /// DingTalk, Alertmanager) and report each endpoint's result; exits
+    /// non-zero if any endpoint did not accept it.
+    Test {
+        /// Configuration file (egret.yaml).
+        #[arg(long, value_name = "FILE", env = "EGRET_CONFIG")]
+        config: Option<PathBuf>,
+        /// Config override, as `egret run -o` (repeatable).
+        #[arg(short = 'o', long = "option", value_name = "KEY=VALUE")]
+        options: Vec<String>,
+        /// Also send to this URL, falcosidekick payload (repeatable).
+        #[arg(long = "webhook", value_name = "URL")]
+        webhooks: Vec<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -41,6 +62,28 @@ pub enum RulesCommand {
         #[arg(required = true, value_name = "PATH")]
         paths: Vec<PathBuf>,
     },
+    /// The fields rules may use, with their types and descriptions.
+    Fields,
+    /// Every rule loaded from PATHs (default: the bundled rules; `bundled`
+    /// names them among other paths): enabled state and source location.
+    List {
+        #[arg(value_name = "PATH")]
+        paths: Vec<PathBuf>,
+    },
+    /// Evaluate rules against a sample event (JSON keyed by field names,
+    /// e.g. an audit log line) and print the alerts it would raise.
+    Test {
+        #[arg(required = true, value_name = "RULES")]
+        paths: Vec<PathBuf>,
+        #[arg(long, value_name = "EVENT.json")]
+        event: PathBuf,
+        /// `first` (default) or `all` matching rules alert.
+        #[arg(long, value_name = "MODE", value_parser = ["first", "all"])]
+        rule_matching: Option<String>,
+    },
+    /// Print the bundled rule files, to copy from or to read what
+    /// `bundled` loads.
+    Dump,
 }
 
 #[derive(Debug, Subcommand)]
@@ -60,8 +103,15 @@ pub struct RunArgs {
     #[arg(long, value_name = "FILE", env = "EGRET_CONFIG")]
     pub config: Option<PathBuf>,
 
-    /// Rule file or directory (repeatable; loaded in order) [default: the
-    /// bundled rules].
+    /// Override one config file key, Falco style: `-o hostname=n1`,
+    /// `-o webhooks[0].min_priority=error`, `-o rules_files[]=x.yaml`
+    /// (repeatable; applied in order, before the other flags).
+    #[arg(short = 'o', long = "option", value_name = "KEY=VALUE")]
+    pub options: Vec<String>,
+
+    /// Rule file or directory (repeatable; loaded in order; `bundled` is
+    /// the bundled rules, so local files can append to them) [default:
+    /// the bundled rules].
     #[arg(long = "rules", value_name = "PATH")]
     pub rules: Vec<PathBuf>,
 
@@ -237,6 +287,36 @@ mod tests {
             panic!("run expected")
         };
         assert_eq!(args.ignore_cidrs[1].to_string(), "2001:db8::1/128");
+    }
+
+    #[test]
+    fn new_subcommands_parse() {
+        let Parsed::Cli(cli) = parse(["egret", "run", "-o", "hostname=a", "-o", "x.y=1"]) else {
+            panic!("-o should parse")
+        };
+        let Command::Run(args) = cli.command else {
+            panic!("run expected")
+        };
+        assert_eq!(args.options, ["hostname=a", "x.y=1"]);
+        for args in [
+            &["egret", "rules", "fields"][..],
+            &["egret", "rules", "list"],
+            &["egret", "rules", "list", "bundled", "local.yaml"],
+            &["egret", "rules", "dump"],
+            &["egret", "rules", "test", "r.yaml", "--event", "e.json"],
+            &[
+                "egret",
+                "alert",
+                "test",
+                "--config",
+                "c.yaml",
+                "-o",
+                "hostname=x",
+            ],
+        ] {
+            assert!(matches!(parse(args), Parsed::Cli(_)), "{args:?}");
+        }
+        assert!(!error_of(&["egret", "rules", "test", "r.yaml"]).contains('\n'));
     }
 
     #[test]

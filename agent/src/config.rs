@@ -9,7 +9,15 @@ use std::{
 use ipnet::IpNet;
 use serde::Deserialize;
 
-use crate::{metrics::MetricsConfig, outputs::webhook::EndpointConfig};
+mod overrides;
+
+use crate::{
+    metrics::MetricsConfig,
+    outputs::{
+        alert::{Additions, AppendOutputs},
+        webhook::EndpointConfig,
+    },
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -53,6 +61,12 @@ pub struct Config {
     pub webhooks: Vec<EndpointConfig>,
     pub control: ControlConfig,
     pub baseline: BaselineSection,
+    /// Falco's `append_output`; unset: the workload identity fields on
+    /// every alert (see [`crate::outputs::alert::WORKLOAD_FIELDS`]); `[]`: nothing.
+    pub append_output: AppendOutputs,
+    /// Static fields on every alert (falcosidekick's `customfields`), e.g.
+    /// the cluster name; labels too where the output has labels.
+    pub custom_fields: std::collections::BTreeMap<String, String>,
     /// `--summary`: where to write the exit totals as JSON. Command line only.
     #[serde(skip)]
     pub summary: Option<PathBuf>,
@@ -221,6 +235,46 @@ impl Config {
         Config::parse(&path.display().to_string(), &text)
     }
 
+    /// The file (if any) with `-o key=value` overrides applied on top. The
+    /// file is checked on its own first, so its errors keep file:line:col.
+    pub fn load_with_overrides(
+        path: Option<&Path>,
+        overrides: &[String],
+    ) -> Result<Config, ConfigError> {
+        let (name, text) = match path {
+            Some(path) => (
+                path.display().to_string(),
+                std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.display().to_string(),
+                    source,
+                })?,
+            ),
+            None => ("defaults".to_owned(), String::new()),
+        };
+        if overrides.is_empty() {
+            return Config::parse(&name, &text);
+        }
+        Config::parse(&name, &text)?;
+        let mut doc: serde_yaml_ng::Value = if text.trim().is_empty() {
+            serde_yaml_ng::Value::Null
+        } else {
+            serde_yaml_ng::from_str(&text)
+                .map_err(|e| ConfigError::Invalid(format!("{name}: {e}")))?
+        };
+        for o in overrides {
+            overrides::apply(&mut doc, o)
+                .map_err(|e| ConfigError::Invalid(format!("-o {o}: {e}")))?;
+        }
+        let shown = format!("{name} with -o {}", overrides.join(" -o "));
+        if doc.is_null() {
+            return Ok(Config::default());
+        }
+        let config: Config = serde_yaml_ng::from_value(doc).map_err(|e| {
+            ConfigError::Invalid(format!("{shown}: {}", strip_location(&e.to_string())))
+        })?;
+        config.finish(&shown)
+    }
+
     pub fn parse(name: &str, text: &str) -> Result<Config, ConfigError> {
         // An empty file is a valid "all defaults" config.
         if text.trim().is_empty() {
@@ -238,7 +292,11 @@ impl Config {
         // unknown key `a` rather than the unclosed list.
         serde_yaml_ng::from_str::<serde::de::IgnoredAny>(text).map_err(located)?;
         let config: Config = serde_yaml_ng::from_str(text).map_err(located)?;
-        let mut config = config;
+        config.finish(name)
+    }
+
+    fn finish(self, name: &str) -> Result<Config, ConfigError> {
+        let mut config = self;
         // Empty strings in YAML mean "not set", as for `hostname`.
         config.kernel.cgroup = config.kernel.cgroup.filter(|p| !p.as_os_str().is_empty());
         config.validate(name)?;
@@ -276,6 +334,8 @@ impl Config {
                 "{name}: baseline.path is empty"
             )));
         }
+        Additions::build(&self.append_output.0, &self.custom_fields)
+            .map_err(|e| ConfigError::Invalid(format!("{name}: {e}")))?;
         let mut names = std::collections::HashSet::new();
         for hook_name in self.webhooks.iter().filter_map(|h| h.name.as_deref()) {
             if !names.insert(hook_name) {
@@ -307,10 +367,7 @@ impl Config {
     /// Config for `egret run`: the file named by `--config` (if any) with
     /// every flag given on the command line applied on top.
     pub fn for_run(args: crate::cli::RunArgs) -> Result<Config, ConfigError> {
-        let mut config = match &args.config {
-            Some(path) => Config::load(path)?,
-            None => Config::default(),
-        };
+        let mut config = Config::load_with_overrides(args.config.as_deref(), &args.options)?;
         if !args.rules.is_empty() {
             config.rules_files = args.rules;
         }
@@ -444,6 +501,9 @@ mod tests {
         assert_eq!(config.rule_matching, RuleMatching::First);
         assert!(config.kernel.builtin_ignore);
         assert!(config.identity.enabled);
+        assert_eq!(config.append_output, AppendOutputs::default());
+        let none = Config::parse("e.yaml", "append_output: []").unwrap();
+        assert!(none.append_output.0.is_empty());
     }
 
     #[test]
@@ -511,6 +571,45 @@ webhooks:
     }
 
     #[test]
+    fn dash_o_overrides_the_file() {
+        let dir = std::env::temp_dir().join(format!("egret-config-o-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("egret.yaml");
+        std::fs::write(
+            &file,
+            "hostname: from-file\nwebhooks: [{url: 'http://127.0.0.1:1/'}]\n",
+        )
+        .unwrap();
+        let c = Config::load_with_overrides(
+            Some(&file),
+            &[
+                "hostname=node-9".into(),
+                "webhooks[0].min_priority=error".into(),
+                "custom_fields.cluster=eu-1".into(),
+                "kernel.builtin_ignore=false".into(),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.hostname.as_deref(), Some("node-9"));
+        assert_eq!(
+            c.webhooks[0].min_priority,
+            crate::outputs::alert::Priority::Error
+        );
+        assert_eq!(c.custom_fields["cluster"], "eu-1");
+        assert!(!c.kernel.builtin_ignore);
+        let none = Config::load_with_overrides(None, &["rule_matching=all".into()]).unwrap();
+        assert_eq!(none.rule_matching, RuleMatching::All);
+        for bad in ["kernel.ringbuf_bytes=1000", "nosuchkey=1", "hostname"] {
+            let err = Config::load_with_overrides(Some(&file), &[bad.into()]).unwrap_err();
+            assert!(
+                err.to_string().contains(bad.split('=').next().unwrap()),
+                "{bad}: {err}"
+            );
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn bad_values_are_errors() {
         for text in [
             "kernel: {ringbuf_bytes: 1000}",
@@ -523,6 +622,8 @@ webhooks:
             "baseline: {learning: 3}",
             "webhooks: [{name: a, url: 'http://127.0.0.1:1/'}, {name: a, url: 'http://127.0.0.1:2/'}]",
             "- just\n- a list",
+            "append_output: [{extra_fields: [proc.tty]}]",
+            "append_output: [{match: {rules: x}}]",
             "{{{{",
         ] {
             let err = Config::parse("c.yaml", text);

@@ -19,4 +19,5 @@ pub mod run;
 pub mod secret;
 pub mod sync;
 pub mod timefmt;
+pub mod tools;
 pub mod watchdog;

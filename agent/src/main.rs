@@ -1,8 +1,10 @@
 use std::process::ExitCode;
 
 use egret::{
-    cli::{self, Command, ConfigCommand, Parsed, RulesCommand},
-    config::Config,
+    cli::{self, AlertCommand, Command, ConfigCommand, Parsed, RulesCommand},
+    config::{Config, RuleMatching},
+    outputs::webhook::EndpointConfig,
+    tools,
 };
 
 fn main() -> ExitCode {
@@ -21,6 +23,48 @@ fn main() -> ExitCode {
         Command::Config(ConfigCommand::Check { files }) => check_configs(&files),
         Command::Rules(RulesCommand::Check { paths }) => check_rules(&paths),
         Command::Advise(command) => egret::advise::command::main(command),
+        Command::Rules(RulesCommand::Fields) => exit(tools::rules_fields(&mut std::io::stdout())),
+        Command::Rules(RulesCommand::Dump) => exit(tools::rules_dump(&mut std::io::stdout())),
+        Command::Rules(RulesCommand::List { paths }) => {
+            match tools::rules_list(&paths, &mut std::io::stdout()) {
+                Ok(true) => ExitCode::SUCCESS,
+                Ok(false) => ExitCode::FAILURE,
+                Err(err) => fail(&err),
+            }
+        }
+        Command::Rules(RulesCommand::Test {
+            paths,
+            event,
+            rule_matching,
+        }) => {
+            let matching = match rule_matching.as_deref() {
+                Some("all") => RuleMatching::All,
+                _ => RuleMatching::First,
+            };
+            match tools::rules_test(&paths, &event, matching, &mut std::io::stdout()) {
+                Ok(_) => ExitCode::SUCCESS,
+                Err(err) => fail(&err),
+            }
+        }
+        Command::Alert(AlertCommand::Test {
+            config,
+            options,
+            webhooks,
+        }) => {
+            let mut config = match Config::load_with_overrides(config.as_deref(), &options) {
+                Ok(config) => config,
+                Err(err) => {
+                    report(format_args!("egret: error: {err}"));
+                    return ExitCode::from(2);
+                }
+            };
+            config
+                .webhooks
+                .extend(webhooks.iter().map(EndpointConfig::from_url));
+            // Rejections and errcodes are logged; show them.
+            let _ = init_logging(&cli.log_level.unwrap_or_else(|| "warn".into()));
+            alert_test(&config)
+        }
         Command::Run(args) => {
             let config = match Config::for_run(*args) {
                 Ok(config) => config,
@@ -39,6 +83,41 @@ fn main() -> ExitCode {
             }
             run_agent(config)
         }
+    }
+}
+
+fn exit(result: std::io::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            report(format_args!("egret: error: {err}"));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn fail(err: &anyhow::Error) -> ExitCode {
+    report(format_args!("egret: error: {}", one_line(err)));
+    ExitCode::FAILURE
+}
+
+fn alert_test(config: &Config) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            report(format_args!(
+                "egret: error: starting the async runtime: {err}"
+            ));
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(tools::alert_test(config, &mut std::io::stdout())) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(err) => fail(&err),
     }
 }
 

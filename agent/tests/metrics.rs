@@ -501,6 +501,66 @@ fn rule_files_pass_promtool() {
     assert!(ok, "{out}");
 }
 
+/// The promtool tests feed series the way the agent creates them (a
+/// per-workload or per-destination counter is absent until it is 1) and
+/// test the dashboard's own table queries, not copies that could drift.
+#[test]
+fn promtool_tests_use_realistic_series_and_the_dashboard_queries() {
+    let text =
+        std::fs::read_to_string(repo_root().join("deploy/prometheus/egret-alerts.test.yaml"))
+            .expect("read promtool tests");
+    let mut lines = text.lines();
+    let mut lazy_series = 0;
+    while let Some(line) = lines.next() {
+        let t = line.trim();
+        if t.starts_with("- series:") && (t.contains("k8s_pod_name=") || t.contains("dest_ip=")) {
+            let values = lines.next().unwrap_or_default().trim();
+            let values = values
+                .trim_start_matches("values:")
+                .trim()
+                .trim_matches('\'');
+            assert!(
+                values.starts_with('_') || values.starts_with("1x") || values.starts_with("2x"),
+                "{t}: a labelled counter never shows a 0 sample first: {values}"
+            );
+            assert!(!values.starts_with('0'), "{t}: {values}");
+            lazy_series += 1;
+        }
+    }
+    assert!(lazy_series >= 4, "{lazy_series} per-workload series");
+    let dashboard = promql::dashboard_expressions(
+        promql::DASHBOARD,
+        &std::fs::read_to_string(repo_root().join(promql::DASHBOARD)).expect("dashboard"),
+    )
+    .expect("dashboard JSON");
+    let tested: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("- expr: '"))
+        .filter_map(|l| l.strip_suffix('\''))
+        .collect();
+    for expr in &tested {
+        assert!(
+            dashboard
+                .iter()
+                .any(|e| promql::instantiate(&e.expr) == *expr),
+            "promtool tests a query the dashboard does not have: {expr}"
+        );
+    }
+    for panel in [
+        "panel Alerts by destination IP:port",
+        "panel Alerts by namespace / pod / container",
+    ] {
+        let e = dashboard
+            .iter()
+            .find(|e| e.origin == panel)
+            .unwrap_or_else(|| panic!("{panel} missing"));
+        assert!(
+            tested.contains(&promql::instantiate(&e.expr).as_str()),
+            "{panel} is not tested"
+        );
+    }
+}
+
 #[test]
 fn dashboard_uses_the_datasource_variable() {
     let json = std::fs::read_to_string(repo_root().join(promql::DASHBOARD)).expect("dashboard");

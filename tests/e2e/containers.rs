@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::support::{
-    self,
+    self, TempDir,
     agent::{Agent, EVENT_TIMEOUT},
     containerd::{Containerd, Pod, RunSpec, Source, busybox_rootfs, unique_id},
     netns::{NetNs, V4_SERVER},
@@ -116,6 +116,88 @@ fn container_connections_name_container_pod_and_namespace() {
     assert_eq!(event["container.id"], "host", "{event}");
     assert_eq!(event["container.name"], Value::Null, "{event}");
     assert_eq!(event["container.host_network"], Value::Null, "{event}");
+}
+
+/// Issue 10: the seed rule, verbatim, names no pod in its output; the
+/// shipped `append_output` default puts the workload in `output_fields` of
+/// the webhook payload, and `custom_fields` add the cluster.
+#[test]
+fn seed_rule_webhook_payload_names_the_pod() {
+    if !support::privileged("seed_rule_webhook_payload_names_the_pod") {
+        return;
+    }
+    let containerd = Containerd::start();
+    let rootfs = busybox_rootfs(&containerd.dir().join("rootfs"));
+    containerd.import_image(&rootfs, IMAGE);
+    let dir = TempDir::new("seed-pod");
+    let rules = dir.write("seed.yaml", crate::rules::SEED_RULE);
+    let config = dir.write("egret.yaml", "custom_fields: {cluster: e2e-cluster}\n");
+    let receiver = support::http::Receiver::start().expect("webhook receiver");
+    let webhook = receiver.url();
+    let agent = agent_for(
+        &containerd,
+        &[
+            "--config",
+            &config.display().to_string(),
+            "--rules",
+            &rules.display().to_string(),
+            "--webhook",
+            &webhook,
+        ],
+    );
+    let pod = Pod {
+        name: "seed-web-5c7d".into(),
+        namespace: "storefront".into(),
+        uid: "0a1b2c3d-4e5f-4a6b-8c7d-8e9f0a1b2c3d".into(),
+    };
+    let id = unique_id("seedapp");
+    let spec = RunSpec::new(
+        &id,
+        Source::Image(IMAGE.into()),
+        &["sh", "-c", "nc -w1 203.0.113.44 443; sleep 1"],
+    )
+    .in_pod(&pod, "web");
+    containerd.run(&spec);
+    let short = id[..12].to_owned();
+    let deadline = std::time::Instant::now() + EVENT_TIMEOUT;
+    let payload = loop {
+        let found = receiver
+            .requests()
+            .iter()
+            .filter_map(|r| serde_json::from_slice::<Value>(&r.body).ok())
+            .find(|v| {
+                v["rule"] == "Outbound Connection in Container"
+                    && v["output_fields"]["container.id"] == short.as_str()
+            });
+        if found.is_some() || std::time::Instant::now() >= deadline {
+            break found;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    .unwrap_or_else(|| {
+        panic!(
+            "no webhook payload for container {short}; stderr:\n{}",
+            agent.stderr().join("\n")
+        )
+    });
+    println!("payload: {payload}");
+    let fields = &payload["output_fields"];
+    assert_eq!(fields["k8s.pod.name"], pod.name, "{payload}");
+    assert_eq!(fields["k8s.ns.name"], pod.namespace, "{payload}");
+    assert_eq!(fields["container.name"], "web", "{payload}");
+    assert_eq!(
+        fields["container.image.repository"], "registry.test:5000/egret/busybox",
+        "{payload}"
+    );
+    assert_eq!(fields["fd.name"], "203.0.113.44:443", "{payload}");
+    assert_eq!(fields["cluster"], "e2e-cluster", "{payload}");
+    // The rule's own output text is unchanged (no extra_output by default).
+    assert!(
+        payload["output"]
+            .as_str()
+            .is_some_and(|o| o.ends_with("connection=203.0.113.44:443 user=root)")),
+        "{payload}"
+    );
 }
 
 #[test]

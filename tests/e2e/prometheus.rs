@@ -228,6 +228,83 @@ fn prometheus_scrapes_the_agent_and_answers_every_deploy_expression() {
     prometheus.wait_alert_firing("EgretEgressAlert", RULE);
 }
 
+/// Issue 10: a workload's first violation pages. The agent creates the
+/// alert series at 1 on its first alert, so `increase()` alone sees
+/// nothing; the shipped rules count a new series' whole value.
+#[test]
+fn one_connect_of_a_new_workload_fires_a_shipped_alert() {
+    if !support::privileged("one_connect_of_a_new_workload_fires_a_shipped_alert") {
+        return;
+    }
+    const FIRST_RULE: &str = "Egret E2E First Violation";
+    const FIRST_PORT: u16 = 8096;
+    let dir = TempDir::new("prometheus-first");
+    let rules = dir.write(
+        "rules.yaml",
+        &format!(
+            "- rule: {FIRST_RULE}
+  desc: A host process connects once to the TEST-NET address of this test
+  condition: evt.type = connect and fd.sip = {V4_SERVER} and fd.sport = {FIRST_PORT}
+  output: First egress (pid=%proc.pid proc=%proc.name connection=%fd.name)
+  priority: WARNING
+  tags: [network]
+"
+        ),
+    );
+    let agent_addr = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()));
+    let prometheus = Prometheus::start(&dir, agent_addr);
+    let agent = Agent::start(&[
+        "run",
+        "--listen",
+        &agent_addr.to_string(),
+        "--rules",
+        &rules.display().to_string(),
+    ]);
+    prometheus.wait_ready();
+    prometheus.wait_target_up(agent_addr);
+    // The series must not exist before the connect: that is the case the
+    // old `increase() > 0` rules missed.
+    let series = format!("egret_alerts_total{{job=\"{JOB}\", rule=\"{FIRST_RULE}\"}}");
+    assert!(
+        prometheus.query(&series).0.is_empty(),
+        "{series} before any connect"
+    );
+
+    let ns = NetNs::new("promfirst");
+    let target = format!("{V4_SERVER}:{FIRST_PORT}");
+    let (pid, _) = ns.run(&support::probe_path(), &["tcp", &target]);
+    agent
+        .wait_json(
+            |v| v["rule"] == FIRST_RULE && v["output_fields"]["proc.pid"] == pid,
+            EVENT_TIMEOUT,
+        )
+        .unwrap_or_else(|| {
+            panic!(
+                "no alert for pid {pid}; stderr:\n{}",
+                agent.stderr().join("\n")
+            )
+        });
+    prometheus.wait_query(&series, |v| v == 1.0);
+    prometheus.wait_alert_firing("EgretEgressAlert", FIRST_RULE);
+    let alerts = prometheus.api("/api/v1/alerts").expect("alerts API");
+    let alert = alerts["data"]["alerts"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|a| a["labels"]["rule"] == FIRST_RULE)
+        .cloned()
+        .unwrap_or_default();
+    println!("firing: {alert}");
+    assert_eq!(alert["labels"]["severity"], "warning", "{alert}");
+    assert_eq!(alert["labels"]["priority"], "Warning", "{alert}");
+    assert!(
+        alert["annotations"]["description"]
+            .as_str()
+            .is_some_and(|d| d.starts_with("1 alert(s) in 5m")),
+        "{alert}"
+    );
+}
+
 /// One expression's result against the live server.
 fn reads(e: &Expression, metric: &str) -> bool {
     promql::metric_names(&e.expr).iter().any(|m| m == metric)

@@ -12,7 +12,7 @@ use crate::support::{
 };
 
 /// The rule from the seed article (shared/seeds/004_*), character for character.
-const SEED_RULE: &str = "- rule: Outbound Connection in Container
+pub(crate) const SEED_RULE: &str = "- rule: Outbound Connection in Container
   desc: Detects outbound network connection from container to external IP
   condition: >
     evt.type = connect and

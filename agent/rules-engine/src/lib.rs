@@ -74,6 +74,7 @@ mod eval;
 mod event;
 mod evt_types;
 mod exceptions;
+mod extra;
 mod fields;
 mod lexer;
 mod load;
@@ -91,6 +92,10 @@ mod yaml;
 
 pub use diagnostics::{Diagnostic, Location, Severity};
 pub use event::{Event, Labels, Value};
+pub use extra::{
+    FIELD_CATALOGUE, FieldInfo, JsonEvent, OutputTemplate, TemplateError, event_from_json,
+    field_catalogue,
+};
 pub use fields::FieldId;
 pub use load::{LoadError, Loaded, RuleReport, RuleStatus, Source, check, load};
 pub use parser::ParseError;

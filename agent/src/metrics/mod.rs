@@ -235,6 +235,7 @@ pub struct Metrics {
     webhook_retries: Family<EndpointLabel, Counter>,
     webhook_coalesced: Family<EndpointLabel, Counter>,
     webhook_drops: Family<EndpointReasonLabels, Counter>,
+    webhook_errcodes: Family<EndpointReasonLabels, Counter>,
     webhook_seconds: Family<EndpointLabel, Histogram, fn() -> Histogram>,
     /// Labels: quarantine id (at most QUARANTINE_SLOTS live) × kind (3).
     quarantine_blocked: Family<[(&'static str, String); 2], Counter>,
@@ -295,6 +296,7 @@ impl Metrics {
             webhook_retries: Family::default(),
             webhook_coalesced: Family::default(),
             webhook_drops: Family::default(),
+            webhook_errcodes: Family::default(),
             webhook_seconds: Family::new_with_constructor(webhook_histogram),
             quarantine_blocked: Family::default(),
             quarantines: Family::default(),
@@ -370,6 +372,11 @@ impl Metrics {
             "egret_webhook_drops",
             "Alerts a webhook endpoint lost, by reason",
             self.webhook_drops.clone(),
+        );
+        r.register(
+            "egret_webhook_receiver_errors",
+            "Requests a receiver answered 2xx but refused in its body, by its error code (DingTalk errcode; at most 16 codes per endpoint, then `other`)",
+            self.webhook_errcodes.clone(),
         );
         r.register_with_unit(
             "egret_webhook_request_duration",
@@ -593,6 +600,7 @@ impl Metrics {
             coalesced: self.webhook_coalesced.get_or_create_owned(&label),
             drops,
             request_seconds: Some(self.webhook_seconds.get_or_create_owned(&label)),
+            errcodes: webhook::ErrorCodes::attached(self.webhook_errcodes.clone(), endpoint),
         }
     }
 

@@ -237,6 +237,15 @@ pub fn metric_names(expr: &str) -> Vec<String> {
             i = skip_group(&chars, i, '{', '}');
         } else if c == '[' {
             i = skip_group(&chars, i, '[', ']');
+        } else if c == '$' {
+            // A Grafana variable (`offset $__range`), not a metric.
+            i += 1;
+            if chars.get(i) == Some(&'{') {
+                i = skip_group(&chars, i, '{', '}');
+            }
+            while i < chars.len() && (chars[i].is_ascii_alphanumeric() || chars[i] == '_') {
+                i += 1;
+            }
         } else if c.is_ascii_digit() || c == '.' {
             while i < chars.len() && (chars[i].is_ascii_alphanumeric() || chars[i] == '.') {
                 i += 1;
@@ -321,6 +330,12 @@ mod tests {
                 "histogram_quantile(0.99, sum by (le) (rate(egret_webhook_request_duration_seconds_bucket[5m])))"
             ),
             ["egret_webhook_request_duration_seconds_bucket"]
+        );
+        assert_eq!(
+            metric_names(
+                "(x{a=\"1\"} unless x{a=\"1\"} offset $__range) or increase(x[${__range}])"
+            ),
+            ["x"]
         );
     }
 

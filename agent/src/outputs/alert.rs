@@ -1,8 +1,14 @@
 //! An alert: what the evaluate stage hands to the outputs. Its JSON form is the
 //! stdout line and the falcosidekick-compatible webhook payload.
+//!
+//! Also what is added to every alert outside the rule files: Falco's
+//! `append_output` (matched by source, tags and rule) and falcosidekick's
+//! static `customfields`, so an operator can make every payload carry the
+//! pod and the cluster without editing the rules.
 use std::{collections::BTreeMap, sync::Arc};
 
-use serde::Serialize;
+use egret_rules::{Event, OutputTemplate};
+use serde::{Deserialize, Serialize};
 
 pub use egret_rules::Priority;
 
@@ -27,6 +33,199 @@ fn serialize_priority<S: serde::Serializer>(p: &Priority, s: S) -> Result<S::Ok,
     s.serialize_str(p.as_str())
 }
 
+/// The workload identity the shipped default adds to every alert: what a
+/// SOAR needs to find and isolate the pod.
+pub const WORKLOAD_FIELDS: &[&str] = &[
+    "container.id",
+    "container.name",
+    "container.image.repository",
+    "k8s.ns.name",
+    "k8s.pod.name",
+];
+
+/// One `append_output` entry, as Falco spells it.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AppendOutput {
+    /// Every criterion given must hold; none given matches every alert.
+    #[serde(default, rename = "match")]
+    pub matching: AppendMatch,
+    /// Appended to the output text after a space; `%field`s expand.
+    #[serde(default)]
+    pub extra_output: Option<String>,
+    /// Added to `output_fields`: a field name, or `{key: template}`.
+    #[serde(default)]
+    pub extra_fields: Vec<ExtraField>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AppendMatch {
+    pub source: Option<String>,
+    /// The rule must carry every one of these tags.
+    #[serde(default)]
+    pub tags: Vec<String>,
+    pub rule: Option<String>,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum ExtraField {
+    Name(String),
+    Templated(BTreeMap<String, String>),
+}
+
+/// `append_output` as configured; when the config does not set it, the
+/// shipped default: [`WORKLOAD_FIELDS`] on every alert.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(transparent)]
+pub struct AppendOutputs(pub Vec<AppendOutput>);
+
+impl Default for AppendOutputs {
+    fn default() -> Self {
+        AppendOutputs(vec![AppendOutput {
+            matching: AppendMatch::default(),
+            extra_output: None,
+            extra_fields: WORKLOAD_FIELDS
+                .iter()
+                .map(|f| ExtraField::Name((*f).to_owned()))
+                .collect(),
+        }])
+    }
+}
+
+#[derive(Debug)]
+struct Compiled {
+    source: Option<String>,
+    tags: Vec<String>,
+    rule: Option<String>,
+    extra_output: Option<OutputTemplate>,
+    /// (key, template, whether the key is a field whose typed value is kept)
+    fields: Vec<(Arc<str>, OutputTemplate, bool)>,
+}
+
+/// `append_output` and `custom_fields`, compiled once per configuration.
+#[derive(Debug, Default)]
+pub struct Additions {
+    entries: Vec<Compiled>,
+    custom: Vec<(Arc<str>, serde_json::Value)>,
+}
+
+impl Additions {
+    /// Errors name the entry (`append_output[1].extra_fields[0]: …`).
+    pub fn build(
+        appends: &[AppendOutput],
+        custom: &BTreeMap<String, String>,
+    ) -> Result<Additions, String> {
+        let mut entries = Vec::with_capacity(appends.len());
+        for (i, a) in appends.iter().enumerate() {
+            let extra_output = match a.extra_output.as_deref().map(str::trim) {
+                Some(text) if !text.is_empty() => Some(
+                    OutputTemplate::parse(text)
+                        .map_err(|e| format!("append_output[{i}].extra_output: {e}"))?,
+                ),
+                _ => None,
+            };
+            let mut fields = Vec::new();
+            for (j, f) in a.extra_fields.iter().enumerate() {
+                let at = |e: egret_rules::TemplateError| {
+                    format!("append_output[{i}].extra_fields[{j}]: {e}")
+                };
+                match f {
+                    ExtraField::Name(name) => {
+                        let t = OutputTemplate::field(name).map_err(at)?;
+                        fields.push((Arc::from(name.trim()), t, true));
+                    }
+                    ExtraField::Templated(map) => {
+                        if map.len() != 1 {
+                            return Err(format!(
+                                "append_output[{i}].extra_fields[{j}]: one `key: template` per entry"
+                            ));
+                        }
+                        for (key, text) in map {
+                            if key.trim().is_empty() {
+                                return Err(format!(
+                                    "append_output[{i}].extra_fields[{j}]: empty key"
+                                ));
+                            }
+                            let t = OutputTemplate::parse(text).map_err(at)?;
+                            fields.push((Arc::from(key.as_str()), t, false));
+                        }
+                    }
+                }
+            }
+            entries.push(Compiled {
+                source: a.matching.source.clone(),
+                tags: a.matching.tags.clone(),
+                rule: a.matching.rule.clone(),
+                extra_output,
+                fields,
+            });
+        }
+        for key in custom.keys() {
+            if key.trim().is_empty() {
+                return Err("custom_fields: empty key".into());
+            }
+        }
+        Ok(Additions {
+            entries,
+            custom: custom
+                .iter()
+                .map(|(k, v)| (Arc::from(k.as_str()), serde_json::Value::String(v.clone())))
+                .collect(),
+        })
+    }
+
+    /// Static custom fields, for outputs that make labels of them.
+    pub fn custom_fields(&self) -> &[(Arc<str>, serde_json::Value)] {
+        &self.custom
+    }
+
+    /// Adds what matches `alert` (whose rule carries `tags`); a field the
+    /// rule's own output already names keeps the rule's value.
+    pub fn apply<E: Event + ?Sized>(&self, alert: &mut Alert, event: &E) {
+        for entry in &self.entries {
+            if entry.source.as_deref().is_some_and(|s| s != alert.source)
+                || entry.rule.as_deref().is_some_and(|r| r != &*alert.rule)
+                || !entry
+                    .tags
+                    .iter()
+                    .all(|t| alert.tags.iter().any(|have| &**have == t))
+            {
+                continue;
+            }
+            if let Some(t) = &entry.extra_output {
+                let (text, fields) = t.render(event);
+                if !alert.output.is_empty() {
+                    alert.output.push(' ');
+                }
+                alert.output.push_str(&text);
+                for (k, v) in fields {
+                    alert.output_fields.entry(k).or_insert(v);
+                }
+            }
+            for (key, t, typed) in &entry.fields {
+                if alert.output_fields.contains_key(key) {
+                    continue;
+                }
+                let (text, mut values) = t.render(event);
+                let value = if *typed && values.len() == 1 {
+                    values.pop().map(|(_, v)| v).unwrap_or_default()
+                } else {
+                    serde_json::Value::String(text)
+                };
+                alert.output_fields.insert(key.clone(), value);
+            }
+        }
+        for (k, v) in &self.custom {
+            alert
+                .output_fields
+                .entry(k.clone())
+                .or_insert_with(|| v.clone());
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -47,5 +246,85 @@ mod tests {
         assert_eq!(json["priority"], "Warning");
         assert_eq!(json["output_fields"]["fd.sip"], serde_json::Value::Null);
         assert_eq!(json["tags"][0], "network");
+    }
+
+    fn seed_alert() -> Alert {
+        Alert {
+            time: "2026-01-01T00:00:00.000000001Z".into(),
+            rule: "Outbound Connection in Container".into(),
+            priority: Priority::Warning,
+            output: "Container outbound connection".into(),
+            output_fields: [(Arc::from("fd.name"), serde_json::json!("203.0.113.7:443"))].into(),
+            tags: vec![Arc::from("network"), Arc::from("outbound")].into(),
+            source: "syscall",
+            hostname: "node-1".into(),
+        }
+    }
+
+    #[test]
+    fn default_adds_the_workload_to_every_alert() {
+        let add = Additions::build(&AppendOutputs::default().0, &BTreeMap::new()).unwrap();
+        let ev = egret_rules::TestEvent::connect("203.0.113.7".parse().unwrap(), 443).in_pod(
+            "shop",
+            "web-1",
+            "nginx:1.27",
+        );
+        let mut alert = seed_alert();
+        add.apply(&mut alert, &ev);
+        let f = &alert.output_fields;
+        assert_eq!(f["k8s.pod.name"], "web-1");
+        assert_eq!(f["k8s.ns.name"], "shop");
+        assert_eq!(f["container.id"], "0123456789ab");
+        assert_eq!(f["container.image.repository"], "nginx");
+        assert_eq!(f["fd.name"], "203.0.113.7:443");
+        assert_eq!(alert.output, "Container outbound connection");
+    }
+
+    #[test]
+    fn matching_extra_output_templated_and_custom_fields() {
+        let appends: Vec<AppendOutput> = serde_yaml_ng::from_str(
+            "
+- match: {source: syscall, tags: [network]}
+  extra_output: 'pod=%k8s.pod.name'
+  extra_fields: [proc.pid, {where: '%k8s.ns.name/%k8s.pod.name'}]
+- match: {rule: Some other rule}
+  extra_output: never
+- match: {tags: [network, missing]}
+  extra_output: never
+",
+        )
+        .unwrap();
+        let custom: BTreeMap<String, String> =
+            [("cluster".to_owned(), "prod-eu".to_owned())].into();
+        let add = Additions::build(&appends, &custom).unwrap();
+        let ev = egret_rules::TestEvent::connect("203.0.113.7".parse().unwrap(), 443).in_pod(
+            "shop",
+            "web-1",
+            "nginx:1.27",
+        );
+        let mut alert = seed_alert();
+        add.apply(&mut alert, &ev);
+        assert_eq!(alert.output, "Container outbound connection pod=web-1");
+        assert_eq!(alert.output_fields["k8s.pod.name"], "web-1");
+        assert!(alert.output_fields["proc.pid"].is_u64());
+        assert_eq!(alert.output_fields["where"], "shop/web-1");
+        assert_eq!(alert.output_fields["cluster"], "prod-eu");
+        assert!(!alert.output.contains("never"));
+    }
+
+    #[test]
+    fn bad_entries_name_their_place() {
+        let bad: Vec<AppendOutput> =
+            serde_yaml_ng::from_str("- extra_fields: [container.id, proc.tty]").unwrap();
+        let err = Additions::build(&bad, &BTreeMap::new()).unwrap_err();
+        assert!(
+            err.starts_with("append_output[0].extra_fields[1]:"),
+            "{err}"
+        );
+        assert!(err.contains("proc.tty"), "{err}");
+        let bad: Vec<AppendOutput> =
+            serde_yaml_ng::from_str("- extra_output: 'x %nope.x'").unwrap();
+        assert!(Additions::build(&bad, &BTreeMap::new()).is_err());
+        assert!(serde_yaml_ng::from_str::<Vec<AppendOutput>>("- matches: {}").is_err());
     }
 }

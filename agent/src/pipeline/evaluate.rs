@@ -11,7 +11,11 @@ use tokio::{
 
 use crate::{
     metrics::{Metrics, Verdict},
-    outputs::{Evaluated, Outputs, Raised, alert::Alert, alert_context},
+    outputs::{
+        Evaluated, Outputs, Raised,
+        alert::{Additions, Alert},
+        alert_context,
+    },
     pipeline::enrich::Event,
     timefmt,
 };
@@ -20,6 +24,8 @@ use crate::{
 /// benchmark (`agent/benches/pipeline.rs`) drives it without I/O.
 pub struct Evaluator {
     pub hostname: Arc<str>,
+    /// `append_output` and `custom_fields`, applied to every alert.
+    pub additions: Arc<Additions>,
     pub metrics: Arc<Metrics>,
 }
 
@@ -93,7 +99,7 @@ impl Evaluator {
 
     fn alert(&self, rule: &egret_rules::Rule, event: &Event) -> Alert {
         let rendered = rule.render(event);
-        Alert {
+        let mut alert = Alert {
             time: timefmt::rfc3339_nanos(event.attempt.wall_ns),
             rule: rule.name().clone(),
             priority: rule.priority(),
@@ -102,6 +108,8 @@ impl Evaluator {
             tags: rule.tags().clone(),
             source: "syscall",
             hostname: self.hostname.clone(),
-        }
+        };
+        self.additions.apply(&mut alert, event);
+        alert
     }
 }

@@ -30,6 +30,7 @@ use crate::{
     metrics::Metrics,
     outputs::{
         AuditQueue, Outputs,
+        alert::Additions,
         audit::{self, AuditDestination, AuditSink},
         stdout_queue::StdoutQueue,
         webhook::{DEFAULT_SHUTDOWN_GRACE, WebhookSink},
@@ -78,11 +79,21 @@ impl Pipeline {
         let stdout = StdoutQueue::stdout(metrics.clone()).context("starting the stdout writer")?;
         metrics.watch_queue_with("stdout_bytes", stdout.probe());
 
-        let webhooks = if config.webhooks.is_empty() {
+        let additions = Arc::new(
+            Additions::build(&config.append_output.0, &config.custom_fields)
+                .map_err(anyhow::Error::msg)
+                .context("append_output / custom_fields")?,
+        );
+        let mut endpoints = config.webhooks.clone();
+        // Custom fields are labels too where an output has labels.
+        for endpoint in &mut endpoints {
+            endpoint.label_fields = config.custom_fields.keys().cloned().collect();
+        }
+        let webhooks = if endpoints.is_empty() {
             None
         } else {
             let sink = WebhookSink::start(
-                &config.webhooks,
+                &endpoints,
                 Some(metrics),
                 shutdown.clone(),
                 DEFAULT_SHUTDOWN_GRACE,
@@ -204,6 +215,7 @@ impl Pipeline {
             rules,
             evaluator: Evaluator {
                 hostname: hostname(config).into(),
+                additions,
                 metrics: metrics.clone(),
             },
             outputs: Outputs::new(stdout.clone(), audit, webhooks, metrics.clone()),
@@ -282,7 +294,7 @@ fn audit_queue(sink: AuditSink<std::io::Stdout>, metrics: &Metrics) -> AuditQueu
 
 /// Alert `hostname`: configured, else the node name Kubernetes passes in
 /// (`NODE_NAME` from the downward API), else the kernel's host name.
-fn hostname(config: &Config) -> String {
+pub fn hostname(config: &Config) -> String {
     if let Some(name) = config.hostname.clone().filter(|n| !n.is_empty()) {
         return name;
     }

@@ -14,6 +14,22 @@ pub const BUNDLED: &[(&str, &str)] = &[(
     include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../rules/egress.yaml")),
 )];
 
+/// A rules path naming the bundled rules, so user files loaded after them
+/// can `append` to or `override` their lists, macros and rules without a
+/// source checkout (`--rules bundled --rules /etc/egret/local.yaml`). A
+/// file or directory of that name in the working directory wins.
+pub const BUNDLED_ENTRY: &str = "bundled";
+
+fn is_bundled_entry(path: &std::path::Path) -> bool {
+    path.as_os_str() == BUNDLED_ENTRY && !path.exists()
+}
+
+fn bundled_sources() -> impl Iterator<Item = (String, String)> {
+    BUNDLED
+        .iter()
+        .map(|(name, text)| (format!("bundled:{name}"), (*text).to_owned()))
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum RulesError {
     #[error("{path}: {source}")]
@@ -52,7 +68,7 @@ impl RulePaths {
 
     fn files(&self) -> Result<Vec<PathBuf>, RulesError> {
         let mut files = Vec::new();
-        for path in &self.0 {
+        for path in self.0.iter().filter(|p| !is_bundled_entry(p)) {
             let read_err = |source| RulesError::Read {
                 path: path.display().to_string(),
                 source,
@@ -85,16 +101,20 @@ impl RulePaths {
                 .map(|(name, text)| (name.to_string(), text.to_string()))
                 .collect());
         }
-        self.files()?
-            .into_iter()
-            // Bounded and regular files only: a FIFO or /dev/zero named as a
-            // rules file must not hang or exhaust the agent.
-            .map(|file| {
-                egret_rules::read_source(&file)
-                    .map(|text| (file.display().to_string(), text))
-                    .map_err(RulesError::from)
-            })
-            .collect()
+        let mut out = Vec::new();
+        for path in &self.0 {
+            if is_bundled_entry(path) {
+                out.extend(bundled_sources());
+                continue;
+            }
+            for file in RulePaths(vec![path.clone()]).files()? {
+                // Bounded and regular files only: a FIFO or /dev/zero named
+                // as a rules file must not hang or exhaust the agent.
+                let text = egret_rules::read_source(&file).map_err(RulesError::from)?;
+                out.push((file.display().to_string(), text));
+            }
+        }
+        Ok(out)
     }
 
     /// Changes when any rule file is added, removed, replaced or modified
@@ -190,6 +210,28 @@ mod tests {
         let mut bundled: Vec<String> = BUNDLED.iter().map(|(name, _)| name.to_string()).collect();
         bundled.sort();
         assert_eq!(on_disk, bundled);
+    }
+
+    #[test]
+    fn a_bundled_entry_lets_user_files_append_to_bundled_lists() {
+        let dir = std::env::temp_dir().join(format!("egret-bundled-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let local = dir.join("local.yaml");
+        std::fs::write(
+            &local,
+            "- rule: Outbound Connection in Container\n  enabled: false\n  override:\n    enabled: replace\n",
+        )
+        .unwrap();
+        let paths = RulePaths(vec![PathBuf::from(BUNDLED_ENTRY), local.clone()]);
+        let names: Vec<String> = paths.read().unwrap().into_iter().map(|(n, _)| n).collect();
+        assert_eq!(names[0], "bundled:rules/egress.yaml");
+        assert!(names[1].ends_with("local.yaml"));
+        let ruleset = load(&paths, &Options::default()).unwrap();
+        let id = ruleset.find("Outbound Connection in Container").unwrap();
+        assert!(!ruleset.rule(id).unwrap().enabled());
+        // Only real files are watched for changes.
+        assert_eq!(paths.fingerprint().len(), 1);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -24,9 +24,13 @@ pub struct EndpointConfig {
     /// Label in metrics and logs; defaults to the URL's host (and port).
     #[serde(default)]
     pub name: Option<String>,
-    /// Incoming-webhook URLs carry their credential: never echoed.
-    #[serde(deserialize_with = "de_opaque_string")]
+    /// The receiver; or `urls` for several (each Alertmanager of an HA
+    /// cluster), which become one endpoint each. Incoming-webhook URLs
+    /// carry their credential: never echoed.
+    #[serde(default, deserialize_with = "de_opaque_string")]
     pub url: String,
+    #[serde(default)]
+    pub urls: Vec<String>,
     /// Least severe priority sent (`warning` sends Warning and worse).
     #[serde(default = "default_min_priority", deserialize_with = "de_priority")]
     pub min_priority: Priority,
@@ -64,6 +68,56 @@ pub struct EndpointConfig {
     /// Use `HTTP(S)_PROXY`/`NO_PROXY` from the environment.
     #[serde(default = "default_true")]
     pub proxy_from_env: bool,
+    /// DingTalk 加签: each request carries `timestamp` and `sign`.
+    #[serde(default)]
+    pub secret: Option<SecretSource>,
+    /// Messages per period, beyond which alerts are held back and sent as
+    /// one summary when the period allows; DingTalk's default is its own
+    /// limit, 20 per minute per robot.
+    #[serde(default)]
+    pub rate_limit: Option<RateLimitConfig>,
+    /// Alertmanager: `endsAt` is the alert's time plus this.
+    #[serde(default = "default_expires", deserialize_with = "de_duration")]
+    pub expires_after: Duration,
+    /// Slack's channel override, `username`, `icon_url`/`icon_emoji`, and
+    /// what the message shows (falcosidekick's `outputformat`).
+    #[serde(default)]
+    pub slack: SlackConfig,
+    /// Output fields made Alertmanager labels (besides the fixed ones);
+    /// set by the agent from `custom_fields`.
+    #[serde(skip)]
+    pub label_fields: Vec<String>,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitConfig {
+    pub messages: u32,
+    #[serde(default = "default_minute", deserialize_with = "de_duration")]
+    pub per: Duration,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SlackConfig {
+    pub channel: Option<String>,
+    pub username: Option<String>,
+    pub icon_url: Option<String>,
+    pub icon_emoji: Option<String>,
+    pub output_format: SlackFormat,
+}
+
+/// falcosidekick's `outputformat`.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum SlackFormat {
+    /// The text line and the attachment with every field.
+    #[default]
+    All,
+    /// The text line only.
+    Text,
+    /// The attachment only.
+    Fields,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
@@ -76,7 +130,15 @@ pub enum PayloadFormat {
     Slack,
     /// DingTalk custom robot, `msgtype: markdown`.
     Dingtalk,
+    /// Alertmanager's API: `POST /api/v2/alerts`.
+    Alertmanager,
 }
+
+/// DingTalk's documented limit per robot.
+pub const DINGTALK_RATE_LIMIT: RateLimitConfig = RateLimitConfig {
+    messages: 20,
+    per: Duration::from_secs(60),
+};
 
 #[derive(Clone, Debug, Deserialize)]
 #[serde(
@@ -159,6 +221,12 @@ fn default_coalesce() -> Duration {
 fn default_coalesce_keys() -> usize {
     10_000
 }
+fn default_expires() -> Duration {
+    Duration::from_secs(15 * 60)
+}
+fn default_minute() -> Duration {
+    Duration::from_secs(60)
+}
 fn default_true() -> bool {
     true
 }
@@ -185,7 +253,49 @@ impl EndpointConfig {
             coalesce_window: default_coalesce(),
             coalesce_max_keys: default_coalesce_keys(),
             proxy_from_env: true,
+            urls: Vec::new(),
+            secret: None,
+            rate_limit: None,
+            expires_after: default_expires(),
+            slack: SlackConfig::default(),
+            label_fields: Vec::new(),
         }
+    }
+
+    /// The limit in force: the configured one, else DingTalk's own for a
+    /// DingTalk robot, else none.
+    pub fn effective_rate_limit(&self) -> Option<RateLimitConfig> {
+        match (&self.rate_limit, self.format) {
+            (Some(limit), _) => Some(limit.clone()),
+            (None, PayloadFormat::Dingtalk) => Some(DINGTALK_RATE_LIMIT),
+            (None, _) => None,
+        }
+    }
+
+    /// One config per receiver: `urls` fan out into copies, named
+    /// `name@host:port` when the entry is named.
+    pub fn expand(&self) -> Vec<EndpointConfig> {
+        if self.urls.is_empty() {
+            return vec![self.clone()];
+        }
+        self.urls
+            .iter()
+            .map(|url| {
+                let mut one = self.clone();
+                one.url = url.clone();
+                one.urls = Vec::new();
+                if let Some(name) = &self.name {
+                    let host = reqwest::Url::parse(url)
+                        .ok()
+                        .and_then(|u| {
+                            Some(format!("{}:{}", u.host_str()?, u.port_or_known_default()?))
+                        })
+                        .unwrap_or_else(|| "invalid".into());
+                    one.name = Some(format!("{name}@{host}"));
+                }
+                one
+            })
+            .collect()
     }
 }
 
@@ -212,6 +322,14 @@ impl fmt::Debug for EndpointConfig {
             .field("coalesce_window", &self.coalesce_window)
             .field("coalesce_max_keys", &self.coalesce_max_keys)
             .field("proxy_from_env", &self.proxy_from_env)
+            .field(
+                "urls",
+                &self.urls.iter().map(|u| redact_url(u)).collect::<Vec<_>>(),
+            )
+            .field("secret", &self.secret)
+            .field("rate_limit", &self.rate_limit)
+            .field("expires_after", &self.expires_after)
+            .field("slack", &self.slack)
             .finish()
     }
 }

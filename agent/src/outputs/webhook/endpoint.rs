@@ -14,26 +14,36 @@ use tokio_util::sync::CancellationToken;
 
 use super::{
     WebhookError,
-    config::{EndpointConfig, PayloadFormat, RetryConfig, redact_url},
-    format::{Delivery, render},
+    config::{EndpointConfig, PayloadFormat, RetryConfig, Secret, redact_url},
+    dingtalk,
+    format::{Delivery, Style, render},
 };
 use crate::{
+    logging::RateLimited,
     metrics::{DropReason, WebhookMetrics},
     outputs::alert::Priority,
+    warn_limited,
 };
 
 pub(super) struct Endpoint {
     pub name: String,
     /// Safe to log (see [`redact_url`]).
     pub shown_url: String,
-    pub format: PayloadFormat,
+    pub style: Style,
     pub min_priority: Priority,
     pub metrics: WebhookMetrics,
     url: Url,
     client: reqwest::Client,
     headers: HeaderMap,
     signer: Option<(HeaderName, hmac::Key)>,
+    /// DingTalk 加签 secret: signs the URL of every attempt.
+    url_secret: Option<Secret>,
     retry: RetryConfig,
+    /// One per fault kind: a receiver that rejects everything must not
+    /// write a log line per alert.
+    rejected_log: RateLimited,
+    failed_log: RateLimited,
+    encode_log: RateLimited,
 }
 
 /// What one attempt came to.
@@ -47,6 +57,11 @@ pub(super) enum Attempt {
     },
     /// The receiver refused this request for good.
     Rejected(StatusCode),
+    /// HTTP 2xx, but the body carries an error code (DingTalk).
+    Refused {
+        code: i64,
+        message: String,
+    },
 }
 
 impl Endpoint {
@@ -59,6 +74,9 @@ impl Endpoint {
             endpoint: name.clone(),
             reason,
         };
+        if cfg.url.is_empty() {
+            return Err(invalid("needs `url` (or `urls`)".into()));
+        }
         let url = Url::parse(&cfg.url).map_err(|e| invalid(format!("URL: {e}")))?;
         if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
             return Err(invalid(
@@ -113,10 +131,33 @@ impl Endpoint {
             }
             None => None,
         };
+        let url_secret = match &cfg.secret {
+            Some(_) if cfg.format != PayloadFormat::Dingtalk => {
+                return Err(invalid(
+                    "`secret` signs DingTalk requests; this endpoint's format is not dingtalk"
+                        .into(),
+                ));
+            }
+            Some(source) => Some(source.load().map_err(secret_err)?),
+            None => None,
+        };
+        if let Some(limit) = cfg.effective_rate_limit()
+            && (limit.messages == 0 || limit.per.is_zero())
+        {
+            return Err(invalid(
+                "rate_limit needs positive `messages` and `per`".into(),
+            ));
+        }
         let client = build_client(cfg, &url, &name)?;
         Ok(Endpoint {
             shown_url: redact_url(&cfg.url),
-            format: cfg.format,
+            style: Style {
+                format: cfg.format,
+                slack: cfg.slack.clone(),
+                expires_after: cfg.expires_after,
+                label_fields: cfg.label_fields.clone(),
+            },
+            url_secret,
             min_priority: cfg.min_priority,
             metrics,
             url,
@@ -124,17 +165,25 @@ impl Endpoint {
             headers,
             signer,
             retry: cfg.retry.clone(),
+            rejected_log: RateLimited::default(),
+            failed_log: RateLimited::default(),
+            encode_log: RateLimited::default(),
             name,
         })
+    }
+
+    /// Warning lines held back by the rate limiters and not yet reported.
+    pub fn suppressed_warnings(&self) -> u64 {
+        self.rejected_log.pending() + self.failed_log.pending() + self.encode_log.pending()
     }
 
     /// Sends `d`, retrying as configured, and records the outcome. Returns
     /// early (counting a shutdown drop) once `stop` is cancelled.
     pub async fn deliver(&self, d: Delivery, stop: &CancellationToken) {
-        let body = match render(self.format, &d) {
+        let body = match render(&self.style, &d) {
             Ok(body) => body,
             Err(err) => {
-                tracing::warn!(endpoint = %self.name, %err, "could not encode alert payload");
+                warn_limited!(self.encode_log, endpoint = %self.name, %err, "could not encode alert payload");
                 self.metrics.dropped(DropReason::Encode, d.alerts);
                 return;
             }
@@ -145,9 +194,15 @@ impl Endpoint {
             Some((name.clone(), value))
         });
         for attempt in 0..=self.retry.max_retries {
+            let url = match &self.url_secret {
+                Some(secret) => {
+                    dingtalk::signed_url(&self.url, secret.expose(), std::time::SystemTime::now())
+                }
+                None => self.url.clone(),
+            };
             let mut request = self
                 .client
-                .post(self.url.clone())
+                .post(url)
                 .headers(self.headers.clone())
                 .body(body.clone());
             if let Some((name, value)) = &signature {
@@ -160,7 +215,7 @@ impl Endpoint {
                     self.metrics.dropped(DropReason::Shutdown, d.alerts);
                     return;
                 }
-                result = request.send() => classify(result),
+                outcome = self.attempt(request) => outcome,
             };
             self.metrics.observe_request(started.elapsed());
             let (after, why) = match outcome {
@@ -171,15 +226,22 @@ impl Endpoint {
                     return;
                 }
                 Attempt::Rejected(status) => {
-                    tracing::warn!(endpoint = %self.name, url = %self.shown_url, %status,
+                    warn_limited!(self.rejected_log, endpoint = %self.name, url = %self.shown_url, %status,
                         alerts = d.alerts, "webhook receiver rejected the alert; not retrying");
                     self.metrics.dropped(DropReason::Rejected, d.alerts);
+                    return;
+                }
+                Attempt::Refused { code, message } => {
+                    warn_limited!(self.rejected_log, endpoint = %self.name, url = %self.shown_url,
+                        errcode = code, errmsg = %message, alerts = d.alerts,
+                        "webhook receiver refused the alert in its answer; not retrying");
+                    self.metrics.receiver_error(code, d.alerts);
                     return;
                 }
                 Attempt::Retry { after, why } => (after, why),
             };
             if attempt == self.retry.max_retries {
-                tracing::warn!(endpoint = %self.name, url = %self.shown_url, last_error = %why,
+                warn_limited!(self.failed_log, endpoint = %self.name, url = %self.shown_url, last_error = %why,
                     attempts = attempt + 1, alerts = d.alerts, "webhook delivery failed; dropping alert");
                 self.metrics.dropped(DropReason::RetriesExhausted, d.alerts);
                 return;
@@ -198,6 +260,39 @@ impl Endpoint {
                 }
                 () = tokio::time::sleep(delay) => {}
             }
+        }
+    }
+}
+
+impl Endpoint {
+    /// One request and what came of it; for DingTalk the answer's body
+    /// decides, since it says HTTP 200 to errors too.
+    async fn attempt(&self, request: reqwest::RequestBuilder) -> Attempt {
+        let result = request.send().await;
+        if self.style.format != PayloadFormat::Dingtalk {
+            return classify(result);
+        }
+        let response = match result {
+            Ok(r) if r.status().is_success() => r,
+            other => return classify(other),
+        };
+        let body = match response.bytes().await {
+            Ok(body) => body,
+            Err(err) => {
+                return Attempt::Retry {
+                    after: None,
+                    why: format!("reading the answer: {}", error_chain(&err.without_url())),
+                };
+            }
+        };
+        match dingtalk::answer(&body) {
+            dingtalk::Answer::Ok | dingtalk::Answer::Unparsed => Attempt::Delivered,
+            dingtalk::Answer::Error(dingtalk::ERRCODE_RATE_LIMITED, message) => Attempt::Retry {
+                // The robot's window is a minute.
+                after: Some(Duration::from_secs(60)),
+                why: format!("errcode {} ({message})", dingtalk::ERRCODE_RATE_LIMITED),
+            },
+            dingtalk::Answer::Error(code, message) => Attempt::Refused { code, message },
         }
     }
 }

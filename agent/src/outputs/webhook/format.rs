@@ -7,7 +7,7 @@ use ring::rand::{SecureRandom, SystemRandom};
 use serde::{Serialize, Serializer, ser::SerializeMap};
 use serde_json::json;
 
-use super::config::PayloadFormat;
+use super::config::{PayloadFormat, SlackConfig, SlackFormat};
 use crate::outputs::alert::{Alert, Priority};
 
 /// Field added to `output_fields` of a summary: how many identical alerts
@@ -36,11 +36,23 @@ impl Delivery {
     }
 }
 
-pub fn render(format: PayloadFormat, d: &Delivery) -> Result<Vec<u8>, serde_json::Error> {
-    match format {
+/// How one endpoint shapes its payloads.
+#[derive(Clone, Debug, Default)]
+pub struct Style {
+    pub format: PayloadFormat,
+    pub slack: SlackConfig,
+    /// Alertmanager `endsAt` = now + this.
+    pub expires_after: Duration,
+    /// Output fields that become Alertmanager labels (custom fields).
+    pub label_fields: Vec<String>,
+}
+
+pub fn render(style: &Style, d: &Delivery) -> Result<Vec<u8>, serde_json::Error> {
+    match style.format {
         PayloadFormat::Falco => serde_json::to_vec(&FalcoPayload::new(d)),
-        PayloadFormat::Slack => serde_json::to_vec(&slack(d)),
+        PayloadFormat::Slack => serde_json::to_vec(&slack(d, &style.slack)),
         PayloadFormat::Dingtalk => serde_json::to_vec(&dingtalk(d)),
+        PayloadFormat::Alertmanager => serde_json::to_vec(&super::alertmanager::payload(d, style)),
     }
 }
 
@@ -150,7 +162,7 @@ fn slack_color(p: Priority) -> &'static str {
     }
 }
 
-fn slack(d: &Delivery) -> serde_json::Value {
+fn slack(d: &Delivery, cfg: &SlackConfig) -> serde_json::Value {
     let a = &*d.alert;
     let short = |title: &str, value: String| json!({ "title": title, "value": slack_escape(&value), "short": true });
     let mut fields = vec![
@@ -171,48 +183,83 @@ fn slack(d: &Delivery) -> serde_json::Value {
         fields.push(json!({ "title": "coalesced", "value": line, "short": false }));
         let _ = write!(text, " (×{})", d.alerts);
     }
-    json!({
-        "text": text,
-        "attachments": [{
-            "fallback": slack_escape(&a.output),
-            "color": slack_color(a.priority),
-            "fields": fields,
-            "footer": "egret",
-        }],
-    })
+    let mut msg = serde_json::Map::new();
+    if cfg.output_format != SlackFormat::Fields {
+        msg.insert("text".into(), json!(text));
+    }
+    if cfg.output_format != SlackFormat::Text {
+        msg.insert(
+            "attachments".into(),
+            json!([{
+                "fallback": slack_escape(&a.output),
+                "color": slack_color(a.priority),
+                "fields": fields,
+                "footer": "egret",
+            }]),
+        );
+    }
+    for (key, value) in [
+        ("channel", &cfg.channel),
+        ("username", &cfg.username),
+        ("icon_url", &cfg.icon_url),
+        ("icon_emoji", &cfg.icon_emoji),
+    ] {
+        if let Some(v) = value {
+            msg.insert(key.into(), json!(v));
+        }
+    }
+    serde_json::Value::Object(msg)
 }
 
-/// Inline code keeps untrusted text from becoming links, headings or
-/// emphasis; a backtick inside would end the span, so it is replaced.
-fn md_code(s: &str) -> String {
-    let clean: String = s
-        .chars()
+/// DingTalk's markdown is a subset (headings, bold, italics, links,
+/// images, lists, quotes) with no escape character and no code spans it
+/// guarantees, so untrusted text cannot be quoted safely: the characters
+/// that could open markup are replaced by their full-width forms (`(` and
+/// `!` are harmless once `[` is gone), which
+/// read the same and mean nothing to the renderer, and line breaks by
+/// spaces (a new line could start a heading or a list).
+pub fn dingtalk_text(s: &str) -> String {
+    s.chars()
         .map(|c| match c {
-            '`' => '\'',
-            '\n' | '\r' => ' ',
+            '*' => '＊',
+            '_' => '＿',
+            '[' => '［',
+            ']' => '］',
+            '#' => '＃',
+            '>' => '＞',
+            '<' => '＜',
+            '`' => '｀',
+            '|' => '｜',
+            '~' => '～',
+            '\n' | '\r' | '\t' => ' ',
             c => c,
         })
-        .collect();
-    format!("`{clean}`")
+        .collect()
 }
 
 fn dingtalk(d: &Delivery) -> serde_json::Value {
     let a = &*d.alert;
+    // The title is the notification preview: plain text, no markup.
     let title = format!("[{}] {}", a.priority.as_str(), a.rule);
     let mut text = format!(
-        "#### {}\n\n> {}\n\n- **priority**: {}\n- **source**: {}\n- **hostname**: {}\n- **time**: {}\n",
-        md_code(&title),
-        md_code(&a.output),
+        "### {}\n\n> {}\n\n- **priority**: {}\n- **source**: {}\n- **hostname**: {}\n- **time**: {}\n",
+        dingtalk_text(&title),
+        dingtalk_text(&a.output),
         a.priority.as_str(),
-        md_code(a.source),
-        md_code(&a.hostname),
-        md_code(&a.time),
+        dingtalk_text(a.source),
+        dingtalk_text(&a.hostname),
+        dingtalk_text(&a.time),
     );
     if !a.tags.is_empty() {
-        let _ = writeln!(text, "- **tags**: {}", md_code(&a.tags.join(", ")));
+        let _ = writeln!(text, "- **tags**: {}", dingtalk_text(&a.tags.join(", ")));
     }
     for (k, v) in &a.output_fields {
-        let _ = writeln!(text, "- **{}**: {}", md_code(k), md_code(&value_text(v)));
+        let _ = writeln!(
+            text,
+            "- **{}**: {}",
+            dingtalk_text(k),
+            dingtalk_text(&value_text(v))
+        );
     }
     if let Some(line) = summary_line(d) {
         let _ = writeln!(text, "\n**{line}**");
@@ -249,9 +296,16 @@ mod tests {
         })
     }
 
+    fn style(format: PayloadFormat) -> Style {
+        Style {
+            format,
+            ..Style::default()
+        }
+    }
+
     #[test]
     fn falco_payload_matches_falcosidekick_input() {
-        let body = render(PayloadFormat::Falco, &Delivery::single(alert())).unwrap();
+        let body = render(&style(PayloadFormat::Falco), &Delivery::single(alert())).unwrap();
         let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
         let keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
         let mut want = [
@@ -288,14 +342,14 @@ mod tests {
             window: Some(Duration::from_secs(10)),
         };
         let v: serde_json::Value =
-            serde_json::from_slice(&render(PayloadFormat::Falco, &d).unwrap()).unwrap();
+            serde_json::from_slice(&render(&style(PayloadFormat::Falco), &d).unwrap()).unwrap();
         assert_eq!(v["output_fields"][COALESCED_FIELD], 41);
         assert_eq!(v["output_fields"][COALESCED_WINDOW_FIELD], 10.0);
         let slack: serde_json::Value =
-            serde_json::from_slice(&render(PayloadFormat::Slack, &d).unwrap()).unwrap();
+            serde_json::from_slice(&render(&style(PayloadFormat::Slack), &d).unwrap()).unwrap();
         assert!(slack["text"].as_str().unwrap().ends_with("(×41)"));
         let ding: serde_json::Value =
-            serde_json::from_slice(&render(PayloadFormat::Dingtalk, &d).unwrap()).unwrap();
+            serde_json::from_slice(&render(&style(PayloadFormat::Dingtalk), &d).unwrap()).unwrap();
         assert!(
             ding["markdown"]["text"]
                 .as_str()
@@ -307,7 +361,7 @@ mod tests {
     #[test]
     fn slack_message_escapes_markup() {
         let v: serde_json::Value = serde_json::from_slice(
-            &render(PayloadFormat::Slack, &Delivery::single(alert())).unwrap(),
+            &render(&style(PayloadFormat::Slack), &Delivery::single(alert())).unwrap(),
         )
         .unwrap();
         assert_eq!(
@@ -334,20 +388,55 @@ mod tests {
     #[test]
     fn dingtalk_markdown_message() {
         let v: serde_json::Value = serde_json::from_slice(
-            &render(PayloadFormat::Dingtalk, &Delivery::single(alert())).unwrap(),
+            &render(&style(PayloadFormat::Dingtalk), &Delivery::single(alert())).unwrap(),
         )
         .unwrap();
         assert_eq!(v["msgtype"], "markdown");
         assert_eq!(v["markdown"]["title"], "[Critical] Unexpected egress");
         let text = v["markdown"]["text"].as_str().unwrap();
         assert!(
-            text.starts_with("#### `[Critical] Unexpected egress`"),
+            text.starts_with(
+                "### ［Critical］ Unexpected egress\n\n> curl connected to 203.0.113.9:443 ＜b＞"
+            ),
             "{text}"
         );
-        // The backticks in the process name cannot close the code span.
+        // Nothing from the event can open markup DingTalk renders.
         assert!(
-            text.contains("- **`proc.name`**: `<script>&'rm'`"),
+            text.contains("- **proc.name**: ＜script＞&｀rm｀\n"),
             "{text}"
         );
+        assert!(text.contains("- **container.id**: ＜NA＞\n"), "{text}");
+        assert_eq!(
+            dingtalk_text("[x](http://e) **b** _i_ ![i](u)\n# h"),
+            "［x］(http://e) ＊＊b＊＊ ＿i＿ !［i］(u) ＃ h"
+        );
+    }
+
+    #[test]
+    fn slack_options_and_layouts() {
+        let mut st = style(PayloadFormat::Slack);
+        st.slack = SlackConfig {
+            channel: Some("#sec-alerts".into()),
+            username: Some("egret".into()),
+            icon_emoji: Some(":bird:".into()),
+            icon_url: None,
+            output_format: SlackFormat::Text,
+        };
+        let text: serde_json::Value =
+            serde_json::from_slice(&render(&st, &Delivery::single(alert())).unwrap()).unwrap();
+        assert_eq!(text["channel"], "#sec-alerts");
+        assert_eq!(text["username"], "egret");
+        assert_eq!(text["icon_emoji"], ":bird:");
+        assert!(text.get("icon_url").is_none());
+        assert!(text["text"].is_string() && text.get("attachments").is_none());
+        st.slack.output_format = SlackFormat::Fields;
+        let fields: serde_json::Value =
+            serde_json::from_slice(&render(&st, &Delivery::single(alert())).unwrap()).unwrap();
+        assert!(fields.get("text").is_none());
+        assert!(fields["attachments"][0]["fields"].is_array());
+        st.slack.output_format = SlackFormat::All;
+        let all: serde_json::Value =
+            serde_json::from_slice(&render(&st, &Delivery::single(alert())).unwrap()).unwrap();
+        assert!(all["text"].is_string() && all["attachments"].is_array());
     }
 }

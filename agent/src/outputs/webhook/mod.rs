@@ -5,8 +5,10 @@
 //! alerts over with [`WebhookSink::submit`], which never waits: a full queue
 //! drops the alert and counts it. Every alert lost afterwards (rejected,
 //! retries exhausted, shutdown) is counted too, per endpoint and reason.
+mod alertmanager;
 mod coalesce;
 pub mod config;
+mod dingtalk;
 mod endpoint;
 pub mod format;
 mod worker;
@@ -21,9 +23,12 @@ use std::{
 use tokio::{sync::mpsc, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
 
+pub use alertmanager::{label_name, severity};
 pub use config::{
-    EndpointConfig, HmacConfig, PayloadFormat, RetryConfig, SecretError, SecretSource, TlsConfig,
+    EndpointConfig, HmacConfig, PayloadFormat, RateLimitConfig, RetryConfig, SecretError,
+    SecretSource, SlackConfig, SlackFormat, TlsConfig,
 };
+pub use dingtalk::signed_url as dingtalk_signed_url;
 pub use format::{COALESCED_FIELD, COALESCED_WINDOW_FIELD};
 
 use crate::{
@@ -94,6 +99,17 @@ impl WebhookSink {
         shutdown: CancellationToken,
         grace: Duration,
     ) -> Result<Self, WebhookError> {
+        for cfg in configs {
+            if !cfg.url.is_empty() && !cfg.urls.is_empty() {
+                return Err(WebhookError::Invalid {
+                    endpoint: cfg.name.clone().unwrap_or_else(|| "webhook".into()),
+                    reason: "`url` and `urls` exclude each other".into(),
+                });
+            }
+        }
+        let configs: Vec<EndpointConfig> =
+            configs.iter().flat_map(EndpointConfig::expand).collect();
+        let configs = &configs[..];
         let names = endpoint_names(configs)?;
         // Build everything before spawning anything: a bad endpoint fails
         // start-up without leaving tasks behind.
@@ -110,7 +126,8 @@ impl WebhookSink {
                 m.watch_queue(&format!("webhook:{}", ep.name), &tx);
             }
             tracing::info!(endpoint = %ep.name, url = %ep.shown_url, format = ?cfg.format,
-                min_priority = ep.min_priority.as_str(), "webhook endpoint configured");
+                min_priority = ep.min_priority.as_str(), rate_limit = ?cfg.effective_rate_limit(),
+                "webhook endpoint configured");
             endpoints.push(Handle {
                 name: ep.name.clone(),
                 min_priority: ep.min_priority,
@@ -121,6 +138,7 @@ impl WebhookSink {
                 endpoint: Arc::new(ep),
                 rx,
                 coalescer: Coalescer::new(cfg.coalesce_window, cfg.coalesce_max_keys),
+                limiter: cfg.effective_rate_limit().map(dingtalk::Limiter::new),
                 max_in_flight: cfg.max_in_flight,
                 shutdown: shutdown.clone(),
                 grace,
@@ -190,8 +208,7 @@ impl WebhookSink {
         self.endpoints.iter().map(|e| e.name.as_str())
     }
 
-    /// Counters of one endpoint, for tests.
-    #[cfg(any(test, feature = "test-util"))]
+    /// Counters of one endpoint, for tests and `egret alert test`.
     pub fn endpoint_metrics(&self, name: &str) -> Option<&WebhookMetrics> {
         self.endpoints
             .iter()

@@ -10,13 +10,16 @@ use tokio::{
 };
 use tokio_util::sync::CancellationToken;
 
-use super::{Queued, coalesce::Coalescer, endpoint::Endpoint, format::Delivery};
+use super::{Queued, coalesce::Coalescer, dingtalk::Limiter, endpoint::Endpoint, format::Delivery};
 use crate::metrics::DropReason;
 
 pub(super) struct Worker {
     pub endpoint: Arc<Endpoint>,
     pub rx: mpsc::Receiver<Queued>,
     pub coalescer: Coalescer,
+    /// Messages per period (DingTalk's 20/min); what exceeds it is held
+    /// and sent as one summary when a slot frees.
+    pub limiter: Option<Limiter>,
     pub max_in_flight: usize,
     pub shutdown: CancellationToken,
     pub grace: Duration,
@@ -40,17 +43,52 @@ impl Worker {
         let mut open = true;
         loop {
             while in_flight.len() < self.max_in_flight {
-                let Some(d) = ready.pop_front() else { break };
+                let now = Instant::now().into_std();
+                let d = match &mut self.limiter {
+                    // Held alerts go first, as one summary, once a slot frees.
+                    Some(limiter) if limiter.held() > 0 => {
+                        if !limiter.try_send(now) {
+                            ready.drain(..).for_each(|d| limiter.hold(d));
+                            break;
+                        }
+                        let Some(summary) = limiter.take_summary() else {
+                            break;
+                        };
+                        tracing::info!(endpoint = %ep.name, alerts = summary.alerts,
+                            "sending a summary of alerts held back by the rate limit");
+                        summary
+                    }
+                    Some(limiter) => {
+                        let Some(d) = ready.pop_front() else { break };
+                        if !limiter.try_send(now) {
+                            limiter.hold(d);
+                            continue;
+                        }
+                        d
+                    }
+                    None => {
+                        let Some(d) = ready.pop_front() else { break };
+                        d
+                    }
+                };
                 let (ep, stop) = (ep.clone(), hard_stop.clone());
                 in_flight.spawn(async move { ep.deliver(d, &stop).await });
             }
+            let held = self.limiter.as_ref().map_or(0, Limiter::held);
             if !open
                 && ready.is_empty()
                 && in_flight.is_empty()
+                && held == 0
                 && self.coalescer.pending_alerts() == 0
             {
                 break;
             }
+            let slot_free = self
+                .limiter
+                .as_ref()
+                .filter(|l| l.held() > 0)
+                .and_then(Limiter::next_slot)
+                .map(Instant::from_std);
             let window_end = self.coalescer.next_deadline().map(Instant::from_std);
             // Read the queue only with a free slot and nothing waiting, so
             // a slow receiver backs alerts up into the bounded queue (where
@@ -71,6 +109,7 @@ impl Worker {
                 () = sleep_until(window_end.unwrap_or_else(never)), if window_end.is_some() => {
                     self.coalescer.expire(std::time::Instant::now(), &mut due);
                 }
+                () = sleep_until(slot_free.unwrap_or_else(never)), if slot_free.is_some() => {}
                 msg = self.rx.recv(), if can_take => match msg {
                     Some(q) => {
                         if self.coalescer.offer(q.alert, q.key, std::time::Instant::now(), &mut due) {
@@ -88,8 +127,9 @@ impl Worker {
         }
         hard_stop.cancel();
         while in_flight.join_next().await.is_some() {}
-        let mut left =
-            ready.iter().map(|d| d.alerts).sum::<u64>() + self.coalescer.pending_alerts();
+        let mut left = ready.iter().map(|d| d.alerts).sum::<u64>()
+            + self.coalescer.pending_alerts()
+            + self.limiter.as_ref().map_or(0, Limiter::held);
         self.rx.close();
         while self.rx.try_recv().is_ok() {
             left += 1;
@@ -103,6 +143,7 @@ impl Worker {
             deliveries = ep.metrics.deliveries.get(),
             delivered_alerts = ep.metrics.delivered_alerts.get(),
             dropped = DropReason::ALL.iter().map(|r| ep.metrics.drops(*r)).sum::<u64>(),
+            suppressed_warnings = ep.suppressed_warnings(),
             "webhook endpoint stopped"
         );
     }

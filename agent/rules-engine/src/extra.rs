@@ -1,0 +1,339 @@
+//! Output templates and fields configured outside rule files (Falco's
+//! `append_output`), and the field catalogue with types and descriptions
+//! for `egret rules fields`. Both reuse the rule output machinery, so an
+//! extra field renders exactly as it would in a rule's output.
+use std::sync::Arc;
+
+use serde_json::Value as Json;
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use crate::FieldId;
+use crate::event::{Event, Value};
+use crate::fields::{self, Kind, Src};
+use crate::output::{self, Template};
+
+/// A compiled `%field` template, for `extra_output` and `extra_fields`.
+#[derive(Debug)]
+pub struct OutputTemplate(Template);
+
+/// Why a template or field name was refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct TemplateError(String);
+
+impl OutputTemplate {
+    /// Every `%field` must be in the catalogue; the first unknown one is
+    /// the error, naming its byte offset.
+    pub fn parse(text: &str) -> Result<OutputTemplate, TemplateError> {
+        let (template, bad) = output::parse(text);
+        match bad.first() {
+            Some(b) => Err(TemplateError(format!("at byte {}: {}", b.offset, b.error))),
+            None => Ok(OutputTemplate(template)),
+        }
+    }
+
+    /// One field by name (`k8s.pod.name`, `k8s.pod.label[app]`).
+    pub fn field(name: &str) -> Result<OutputTemplate, TemplateError> {
+        let name = name.trim();
+        if name.is_empty() || name.contains(char::is_whitespace) || name.contains('%') {
+            return Err(TemplateError(format!("`{name}` is not a field name")));
+        }
+        let t = OutputTemplate::parse(&format!("%{name}"))?;
+        if t.0.keys().len() != 1 {
+            return Err(TemplateError(format!("`{name}` is not a field name")));
+        }
+        Ok(t)
+    }
+
+    /// The text (`<NA>` for missing values) and each field's JSON value
+    /// (`null` when missing).
+    pub fn render<E: Event + ?Sized>(&self, event: &E) -> (String, Vec<(Arc<str>, Json)>) {
+        self.0.render(event)
+    }
+
+    /// Field keys, in order of first use.
+    pub fn keys(&self) -> &[Arc<str>] {
+        self.0.keys()
+    }
+}
+
+/// One catalogue entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FieldInfo {
+    pub name: &'static str,
+    /// `string`, `uint64`, `ipaddr`, `ipnet`, `bool`, `labels`.
+    pub kind: &'static str,
+    pub description: &'static str,
+}
+
+/// Every field rules may name (aliases included), in catalogue order.
+pub const FIELD_CATALOGUE: &[(&str, &str)] = &[
+    (
+        "evt.type",
+        "The syscall: connect or sendto (sendmsg/sendmmsg report sendto).",
+    ),
+    (
+        "evt.time",
+        "Event time, nanoseconds since the Unix epoch (text: UTC time of day).",
+    ),
+    (
+        "evt.hook",
+        "Kernel hook that saw the attempt: connect4, connect6, sendmsg4, sendmsg6.",
+    ),
+    ("egret.hook", "Alias of evt.hook."),
+    (
+        "fd.sip",
+        "Destination (server) IP address; CIDR literals compare as networks.",
+    ),
+    (
+        "fd.rip",
+        "Alias of fd.sip (the remote end of an outbound connection).",
+    ),
+    ("fd.snet", "Destination address, matched against networks."),
+    ("fd.rnet", "Alias of fd.snet."),
+    ("fd.net", "Alias of fd.snet."),
+    ("fd.sport", "Destination (server) port."),
+    ("fd.rport", "Alias of fd.sport."),
+    ("fd.l4proto", "Transport protocol: tcp, udp, icmp or raw."),
+    (
+        "fd.typechar",
+        "4 or 6, from the destination address family.",
+    ),
+    (
+        "fd.type",
+        "ipv4 or ipv6, from the destination address family.",
+    ),
+    ("fd.name", "Destination as ip:port ([ip]:port for IPv6)."),
+    (
+        "fd.cip",
+        "Client (local) IP; unknown at connect time, normally missing.",
+    ),
+    (
+        "fd.cnet",
+        "Client address, matched against networks; normally missing.",
+    ),
+    ("fd.cport", "Client (local) port; normally missing."),
+    ("proc.pid", "Process id (thread group id)."),
+    ("proc.ppid", "Parent process id."),
+    ("thread.tid", "Thread id."),
+    ("proc.name", "Process name (comm, at most 15 bytes)."),
+    ("proc.exepath", "Full path of the executable."),
+    ("proc.exe", "argv[0] as the process started."),
+    ("proc.cmdline", "Process name and arguments."),
+    ("proc.pname", "Parent process name."),
+    ("proc.args", "Arguments, without the process name."),
+    ("user.uid", "User id."),
+    ("group.gid", "Group id."),
+    (
+        "user.name",
+        "User name, from the container's or the host's passwd.",
+    ),
+    (
+        "container.id",
+        "Container id (12 characters); host outside containers.",
+    ),
+    (
+        "container.name",
+        "Container name (Kubernetes container name under CRI).",
+    ),
+    ("container.image", "Image reference, repository:tag."),
+    ("container.image.repository", "Image repository."),
+    ("container.image.tag", "Image tag."),
+    (
+        "container.host_network",
+        "Whether the container shares the host's network namespace.",
+    ),
+    ("k8s.ns.name", "Kubernetes namespace of the pod."),
+    ("k8s.pod.name", "Kubernetes pod name."),
+    ("k8s.pod.uid", "Kubernetes pod UID."),
+    ("k8s.pod.labels", "All pod labels, (key:value,...)."),
+    (
+        "k8s.pod.label",
+        "One pod label: k8s.pod.label[app] or k8s.pod.label.app.",
+    ),
+    (
+        "egret.v4_mapped",
+        "The destination was an IPv4-mapped IPv6 address.",
+    ),
+    ("egret.cgroup_id", "cgroup v2 id of the process."),
+    (
+        "egret.netns_cookie",
+        "Network namespace cookie of the socket.",
+    ),
+];
+
+/// The catalogue with each field's type, as the engine compiles it.
+pub fn field_catalogue() -> Vec<FieldInfo> {
+    FIELD_CATALOGUE
+        .iter()
+        .map(|(name, description)| {
+            let resolved = if *name == "k8s.pod.label" {
+                fields::lookup(name, Some("app"))
+            } else {
+                fields::lookup(name, None)
+            };
+            let kind = match resolved.map(|f| f.kind) {
+                Ok(Kind::Str) => "string",
+                Ok(Kind::U64) => "uint64",
+                Ok(Kind::Ip) => "ipaddr",
+                Ok(Kind::Net) => "ipnet",
+                Ok(Kind::Bool) => "bool",
+                Ok(Kind::Labels) => "labels",
+                Err(_) => "unknown",
+            };
+            FieldInfo {
+                name,
+                kind,
+                description,
+            }
+        })
+        .collect()
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+enum Owned {
+    #[default]
+    Missing,
+    Str(String),
+    U64(u64),
+    Ip(IpAddr),
+    Bool(bool),
+    Labels(BTreeMap<String, String>),
+}
+
+/// An event read from JSON (see [`event_from_json`]); fields not given are
+/// missing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JsonEvent {
+    values: Vec<Owned>,
+}
+
+impl Event for JsonEvent {
+    fn value(&self, field: FieldId) -> Value<'_> {
+        match self.values.get(field.index()) {
+            None | Some(Owned::Missing) => Value::Missing,
+            Some(Owned::Str(s)) => Value::Str(s),
+            Some(Owned::U64(n)) => Value::U64(*n),
+            Some(Owned::Ip(ip)) => Value::Ip(*ip),
+            Some(Owned::Bool(b)) => Value::Bool(*b),
+            Some(Owned::Labels(map)) => Value::Labels(map),
+        }
+    }
+}
+
+/// An event from JSON keyed by field names: an audit log line, an alert's
+/// `output_fields`, or a hand-written sample (`egret rules test`). Keys
+/// that are no field (`time`, `rule`) are returned, not refused, so an
+/// audit line loads as is; a value of the wrong type is an error.
+pub fn event_from_json(
+    map: &serde_json::Map<String, Json>,
+) -> Result<(JsonEvent, Vec<String>), TemplateError> {
+    let mut event = JsonEvent {
+        values: vec![Owned::Missing; FieldId::COUNT],
+    };
+    let mut ignored = Vec::new();
+    for (key, value) in map {
+        if value.is_null() {
+            continue;
+        }
+        let Ok(field) = fields::lookup(key, None) else {
+            ignored.push(key.clone());
+            continue;
+        };
+        let Src::Event(id) = field.src else {
+            // Derived fields (fd.type, pod label shortcuts) follow from others.
+            ignored.push(key.clone());
+            continue;
+        };
+        let bad = |want: &str| TemplateError(format!("{key}: expected {want}, got {value}"));
+        let owned = match (field.kind, value) {
+            (Kind::Str, Json::String(s)) => Owned::Str(s.clone()),
+            (Kind::U64, Json::Number(n)) => {
+                Owned::U64(n.as_u64().ok_or_else(|| bad("an unsigned integer"))?)
+            }
+            (Kind::U64, Json::String(s)) => {
+                Owned::U64(s.parse().map_err(|_| bad("an unsigned integer"))?)
+            }
+            (Kind::Ip | Kind::Net, Json::String(s)) => {
+                Owned::Ip(s.parse().map_err(|_| bad("an IP address"))?)
+            }
+            (Kind::Bool, Json::Bool(b)) => Owned::Bool(*b),
+            (Kind::Labels, Json::Object(labels)) => Owned::Labels(
+                labels
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_owned()))
+                    .collect(),
+            ),
+            (Kind::Str, _) => return Err(bad("a string")),
+            (Kind::U64, _) => return Err(bad("an unsigned integer")),
+            (Kind::Ip | Kind::Net, _) => return Err(bad("an IP address string")),
+            (Kind::Bool, _) => return Err(bad("true or false")),
+            (Kind::Labels, _) => return Err(bad("an object of labels")),
+        };
+        if let Some(slot) = event.values.get_mut(id.index()) {
+            *slot = owned;
+        }
+    }
+    Ok((event, ignored))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::TestEvent;
+
+    #[test]
+    fn catalogue_resolves_and_covers_every_field_id() {
+        let cat = field_catalogue();
+        for f in &cat {
+            assert_ne!(f.kind, "unknown", "{} is not a field", f.name);
+            assert!(!f.description.is_empty());
+        }
+        for id in FieldId::ALL {
+            let covered = cat
+                .iter()
+                .any(|f| fields::lookup(f.name, None).map(|x| x.src) == Ok(fields::Src::Event(id)));
+            assert!(covered, "{id:?} has no catalogue entry");
+        }
+    }
+
+    #[test]
+    fn events_load_from_audit_json() {
+        let v: Json = serde_json::json!({
+            "time": "2026-01-01T00:00:00Z",
+            "evt.type": "connect",
+            "fd.sip": "203.0.113.7",
+            "fd.sport": 443,
+            "container.id": "0123456789ab",
+            "k8s.pod.labels": {"app": "web"},
+            "user.name": null
+        });
+        let (ev, ignored) = event_from_json(v.as_object().unwrap()).unwrap();
+        assert_eq!(ignored, ["time"]);
+        let t = OutputTemplate::parse("%fd.name %fd.sip:%fd.sport %k8s.pod.label[app]").unwrap();
+        assert_eq!(t.render(&ev).0, "<NA> 203.0.113.7:443 web");
+        let bad: Json = serde_json::json!({"fd.sport": "https"});
+        let err = event_from_json(bad.as_object().unwrap()).unwrap_err();
+        assert!(err.to_string().contains("fd.sport"), "{err}");
+    }
+
+    #[test]
+    fn templates_render_like_rule_outputs() {
+        let ev = TestEvent::connect("203.0.113.7".parse().unwrap(), 443).in_pod(
+            "shop",
+            "web-1",
+            "nginx:1.27",
+        );
+        let t = OutputTemplate::parse("pod=%k8s.pod.name ns=%k8s.ns.name").unwrap();
+        let (text, json) = t.render(&ev);
+        assert_eq!(text, "pod=web-1 ns=shop");
+        assert_eq!(json[0].0.as_ref(), "k8s.pod.name");
+        let f = OutputTemplate::field("container.image.repository").unwrap();
+        assert_eq!(f.render(&ev).1[0].1, Json::String("nginx".into()));
+        assert!(OutputTemplate::field("proc.tty").is_err());
+        assert!(OutputTemplate::field("a b").is_err());
+        assert!(OutputTemplate::parse("x=%nope.field").is_err());
+    }
+}

@@ -162,6 +162,14 @@ pub const FIELD_CATALOGUE: &[(&str, &str)] = &[
         "egret.netns_cookie",
         "Network namespace cookie of the socket.",
     ),
+    (
+        "egret.action",
+        "observed, or blocked when a quarantine denied the attempt (docs/quarantine.md).",
+    ),
+    (
+        "egret.dest.new_for_workload",
+        "The destination is outside the workload's learned baseline; <NA> while it learns or with baselines off.",
+    ),
 ];
 
 /// The catalogue with each field's type, as the engine compiles it.

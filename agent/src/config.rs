@@ -300,6 +300,11 @@ impl Config {
         // Empty strings in YAML mean "not set", as for `hostname`.
         config.kernel.cgroup = config.kernel.cgroup.filter(|p| !p.as_os_str().is_empty());
         config.validate(name)?;
+        config.metrics.const_labels = config
+            .custom_fields
+            .iter()
+            .map(|(k, v)| (crate::outputs::webhook::alertmanager::label_name(k), v.clone()))
+            .collect();
         Ok(config)
     }
 
@@ -336,6 +341,21 @@ impl Config {
         }
         Additions::build(&self.append_output.0, &self.custom_fields)
             .map_err(|e| ConfigError::Invalid(format!("{name}: {e}")))?;
+        // Custom fields are labels of every metric series too.
+        let mut labels = std::collections::HashSet::new();
+        for key in self.custom_fields.keys() {
+            let label = crate::outputs::webhook::alertmanager::label_name(key);
+            if crate::metrics::RESERVED_LABELS.contains(&label.as_str()) {
+                return Err(ConfigError::Invalid(format!(
+                    "{name}: custom_fields.{key}: `{label}` is a label of Egret's own metrics; choose another name"
+                )));
+            }
+            if !labels.insert(label.clone()) {
+                return Err(ConfigError::Invalid(format!(
+                    "{name}: custom_fields.{key}: another key is also the metric label `{label}`"
+                )));
+            }
+        }
         let mut names = std::collections::HashSet::new();
         for hook_name in self.webhooks.iter().filter_map(|h| h.name.as_deref()) {
             if !names.insert(hook_name) {
@@ -596,6 +616,18 @@ webhooks:
             crate::outputs::alert::Priority::Error
         );
         assert_eq!(c.custom_fields["cluster"], "eu-1");
+        assert_eq!(
+            c.metrics.const_labels,
+            [("cluster".to_owned(), "eu-1".to_owned())]
+        );
+        let err = Config::load_with_overrides(Some(&file), &["custom_fields.rule=x".into()])
+            .unwrap_err();
+        assert!(err.to_string().contains("label of Egret's own metrics"), "{err}");
+        let err = Config::parse("c.yaml", "custom_fields: {k8s.ns.name: x}\n").unwrap_err();
+        assert!(err.to_string().contains("`k8s_ns_name`"), "{err}");
+        let twice = "custom_fields: {a.b: x, a_b: y}\n";
+        let err = Config::parse("c.yaml", twice).unwrap_err();
+        assert!(err.to_string().contains("also the metric label `a_b`"), "{err}");
         assert!(!c.kernel.builtin_ignore);
         let none = Config::load_with_overrides(None, &["rule_matching=all".into()]).unwrap();
         assert_eq!(none.rule_matching, RuleMatching::All);

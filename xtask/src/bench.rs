@@ -89,18 +89,7 @@ const ALERT_RULES: &str = "\
 pub fn run(args: &[String]) -> anyhow::Result<()> {
     let short = args.iter().any(|a| a == "--short");
     let settings = Settings::new(short);
-    run_step(
-        "build (release)",
-        cargo().args([
-            "build",
-            "--release",
-            "-p",
-            "egret",
-            "-p",
-            "egret-probe",
-            "--bins",
-        ]),
-    )?;
+    crate::test::build_release_binaries("build (release)")?;
     // Built up front so compiling never overlaps a measurement.
     run_step(
         "build (pipeline bench)",

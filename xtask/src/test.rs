@@ -19,6 +19,23 @@ pub fn cargo() -> Command {
     cmd
 }
 
+/// The release agent and probe that the bench and the 6.1 guest run: one
+/// command, so `cargo xtask test` builds them once for both.
+pub fn build_release_binaries(step: &str) -> anyhow::Result<()> {
+    run_step(
+        step,
+        cargo().args([
+            "build",
+            "--release",
+            "-p",
+            "egret",
+            "-p",
+            "egret-probe",
+            "--bins",
+        ]),
+    )
+}
+
 pub fn run_step(name: &str, cmd: &mut Command) -> anyhow::Result<()> {
     eprintln!("==> {name}");
     let status = cmd.status().with_context(|| format!("starting {name}"))?;

@@ -177,19 +177,7 @@ struct Binaries {
 /// from cargo's JSON messages, not from a guessed path, so it does not matter
 /// which package declares it.
 fn build() -> anyhow::Result<Binaries> {
-    // The same build as the bench's, so `cargo xtask test` builds it once.
-    crate::test::run_step(
-        "vm-test: build agent and probe (release)",
-        cargo().args([
-            "build",
-            "--release",
-            "-p",
-            "egret",
-            "-p",
-            "egret-probe",
-            "--bins",
-        ]),
-    )?;
+    crate::test::build_release_binaries("vm-test: build agent and probe (release)")?;
     eprintln!("==> vm-test: build e2e tests (release)");
     let output = cargo()
         .args([

@@ -77,7 +77,46 @@ pub struct MetricsConfig {
     /// Also expose `falcosecurity_falco_rules_matches_total` so Falco
     /// dashboards and alerts work unchanged.
     pub falco_compat: bool,
+    /// Labels on every series: the config's `custom_fields` (falcosidekick's
+    /// `customfields`, e.g. the cluster name), set by `Config`, not a key.
+    #[serde(skip)]
+    pub const_labels: Vec<(String, String)>,
 }
+
+/// Label names Egret's own families use; a custom field may not take one
+/// (a series with a label twice is invalid). `le` and `quantile` belong to
+/// histograms and summaries, `instance`/`job` to Prometheus' target labels.
+pub const RESERVED_LABELS: &[&str] = &[
+    "rule",
+    "rule_name",
+    "priority",
+    "source",
+    "tags",
+    "k8s_ns_name",
+    "k8s_pod_name",
+    "container_name",
+    "dest_ip",
+    "dest_port",
+    "proc_name",
+    "version",
+    "family",
+    "verdict",
+    "map",
+    "hook",
+    "queue",
+    "reason",
+    "result",
+    "output",
+    "endpoint",
+    "errcode",
+    "state",
+    "quarantine",
+    "kind",
+    "le",
+    "quantile",
+    "instance",
+    "job",
+];
 
 impl Default for MetricsConfig {
     fn default() -> Self {
@@ -87,6 +126,7 @@ impl Default for MetricsConfig {
             label_value_limit: 500,
             label_value_idle_secs: 3600,
             falco_compat: false,
+            const_labels: Vec::new(),
         }
     }
 }
@@ -273,7 +313,12 @@ impl Metrics {
             kernel: Mutex::default(),
             queues: Mutex::default(),
         });
-        let mut registry = Registry::default();
+        let mut registry = Registry::with_labels(
+            config
+                .const_labels
+                .iter()
+                .map(|(k, v)| (k.clone().into(), v.clone().into())),
+        );
         // Evaluation of one event: sub-microsecond for simple rule sets, so
         // the buckets start at 250 ns.
         let evaluation = Histogram::new(exponential_buckets(250e-9, 4.0, 10));

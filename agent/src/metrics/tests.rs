@@ -387,3 +387,64 @@ fn observe_cost() {
         text.len()
     );
 }
+
+/// Label names of one sample line (`name{a="x",b="y"} 1`), quotes honoured.
+fn label_names(line: &str) -> Vec<String> {
+    let Some(start) = line.find('{') else {
+        return Vec::new();
+    };
+    let (mut names, mut name, mut quoted, mut escaped) = (Vec::new(), String::new(), false, false);
+    for c in line[start + 1..].chars() {
+        match (quoted, c) {
+            (true, '\\') if !escaped => escaped = true,
+            (true, '"') if !escaped => quoted = false,
+            (true, _) => escaped = false,
+            (false, '"') => quoted = true,
+            (false, '=') => names.push(std::mem::take(&mut name)),
+            (false, ',') => {}
+            (false, '}') => break,
+            (false, c) => name.push(c),
+        }
+    }
+    names
+}
+
+#[test]
+fn custom_fields_label_every_series_and_never_collide() {
+    let config = MetricsConfig {
+        falco_compat: true,
+        const_labels: vec![("cluster".into(), "eu-1".into())],
+        ..MetricsConfig::default()
+    };
+    let m = Metrics::new(&config);
+    let t = tags();
+    m.observe_alert(&alert("Unexpected egress", &t), &ctx("web-1", [203, 0, 113, 7], 443));
+    m.set_kernel_counters([HookCounters::default(); HOOKS]);
+    m.observe_events(Verdict::Alerted, 1);
+    m.observe_evaluation(Duration::from_micros(3));
+    m.enrichment_failed(crate::pipeline::enrich::EnrichFailure::ContainerNotFound);
+    m.rules_reloaded(1);
+    let w = m.webhook("soar");
+    w.deliveries.inc();
+    w.dropped(DropReason::QueueFull, 1);
+    w.observe_request(Duration::from_millis(12));
+    let (tx, _rx) = mpsc::channel::<u8>(8);
+    m.watch_queue("events", &tx);
+    let text = m.encode().unwrap();
+    let lines: Vec<&str> = text.lines().filter(|l| !l.starts_with('#')).collect();
+    assert!(lines.len() > 40, "{text}");
+    for line in lines {
+        let names = label_names(line);
+        assert!(
+            names.iter().filter(|n| *n == "cluster").count() == 1
+                && line.contains(r#"cluster="eu-1""#),
+            "no custom label on {line}"
+        );
+        for name in names.iter().filter(|n| *n != "cluster") {
+            assert!(
+                RESERVED_LABELS.contains(&name.as_str()),
+                "label `{name}` of {line} is missing from RESERVED_LABELS"
+            );
+        }
+    }
+}

@@ -5,7 +5,7 @@
 //! alerts over with [`WebhookSink::submit`], which never waits: a full queue
 //! drops the alert and counts it. Every alert lost afterwards (rejected,
 //! retries exhausted, shutdown) is counted too, per endpoint and reason.
-mod alertmanager;
+pub mod alertmanager;
 mod coalesce;
 pub mod config;
 mod dingtalk;

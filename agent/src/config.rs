@@ -303,7 +303,12 @@ impl Config {
         config.metrics.const_labels = config
             .custom_fields
             .iter()
-            .map(|(k, v)| (crate::outputs::webhook::alertmanager::label_name(k), v.clone()))
+            .map(|(k, v)| {
+                (
+                    crate::outputs::webhook::alertmanager::label_name(k),
+                    v.clone(),
+                )
+            })
             .collect();
         Ok(config)
     }
@@ -620,14 +625,20 @@ webhooks:
             c.metrics.const_labels,
             [("cluster".to_owned(), "eu-1".to_owned())]
         );
-        let err = Config::load_with_overrides(Some(&file), &["custom_fields.rule=x".into()])
-            .unwrap_err();
-        assert!(err.to_string().contains("label of Egret's own metrics"), "{err}");
+        let err =
+            Config::load_with_overrides(Some(&file), &["custom_fields.rule=x".into()]).unwrap_err();
+        assert!(
+            err.to_string().contains("label of Egret's own metrics"),
+            "{err}"
+        );
         let err = Config::parse("c.yaml", "custom_fields: {k8s.ns.name: x}\n").unwrap_err();
         assert!(err.to_string().contains("`k8s_ns_name`"), "{err}");
         let twice = "custom_fields: {a.b: x, a_b: y}\n";
         let err = Config::parse("c.yaml", twice).unwrap_err();
-        assert!(err.to_string().contains("also the metric label `a_b`"), "{err}");
+        assert!(
+            err.to_string().contains("also the metric label `a_b`"),
+            "{err}"
+        );
         assert!(!c.kernel.builtin_ignore);
         let none = Config::load_with_overrides(None, &["rule_matching=all".into()]).unwrap();
         assert_eq!(none.rule_matching, RuleMatching::All);

@@ -100,6 +100,7 @@ pub const RESERVED_LABELS: &[&str] = &[
     "proc_name",
     "version",
     "family",
+    "label",
     "verdict",
     "map",
     "hook",

@@ -418,7 +418,10 @@ fn custom_fields_label_every_series_and_never_collide() {
     };
     let m = Metrics::new(&config);
     let t = tags();
-    m.observe_alert(&alert("Unexpected egress", &t), &ctx("web-1", [203, 0, 113, 7], 443));
+    m.observe_alert(
+        &alert("Unexpected egress", &t),
+        &ctx("web-1", [203, 0, 113, 7], 443),
+    );
     m.set_kernel_counters([HookCounters::default(); HOOKS]);
     m.observe_events(Verdict::Alerted, 1);
     m.observe_evaluation(Duration::from_micros(3));

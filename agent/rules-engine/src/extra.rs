@@ -200,8 +200,10 @@ pub fn field_catalogue() -> Vec<FieldInfo> {
         .collect()
 }
 
+/// An owned field value: what [`JsonEvent`] (and the test-only
+/// `TestEvent`) store per field.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-enum Owned {
+pub enum OwnedValue {
     #[default]
     Missing,
     Str(String),
@@ -211,23 +213,32 @@ enum Owned {
     Labels(BTreeMap<String, String>),
 }
 
+impl OwnedValue {
+    /// The borrowed [`Value`] the engine evaluates.
+    pub fn as_value(&self) -> Value<'_> {
+        match self {
+            OwnedValue::Missing => Value::Missing,
+            OwnedValue::Str(s) => Value::Str(s),
+            OwnedValue::U64(n) => Value::U64(*n),
+            OwnedValue::Ip(ip) => Value::Ip(*ip),
+            OwnedValue::Bool(b) => Value::Bool(*b),
+            OwnedValue::Labels(map) => Value::Labels(map),
+        }
+    }
+}
+
 /// An event read from JSON (see [`event_from_json`]); fields not given are
 /// missing.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct JsonEvent {
-    values: Vec<Owned>,
+    values: Vec<OwnedValue>,
 }
 
 impl Event for JsonEvent {
     fn value(&self, field: FieldId) -> Value<'_> {
-        match self.values.get(field.index()) {
-            None | Some(Owned::Missing) => Value::Missing,
-            Some(Owned::Str(s)) => Value::Str(s),
-            Some(Owned::U64(n)) => Value::U64(*n),
-            Some(Owned::Ip(ip)) => Value::Ip(*ip),
-            Some(Owned::Bool(b)) => Value::Bool(*b),
-            Some(Owned::Labels(map)) => Value::Labels(map),
-        }
+        self.values
+            .get(field.index())
+            .map_or(Value::Missing, OwnedValue::as_value)
     }
 }
 
@@ -239,7 +250,7 @@ pub fn event_from_json(
     map: &serde_json::Map<String, Json>,
 ) -> Result<(JsonEvent, Vec<String>), TemplateError> {
     let mut event = JsonEvent {
-        values: vec![Owned::Missing; FieldId::COUNT],
+        values: vec![OwnedValue::Missing; FieldId::COUNT],
     };
     let mut ignored = Vec::new();
     for (key, value) in map {
@@ -257,18 +268,18 @@ pub fn event_from_json(
         };
         let bad = |want: &str| TemplateError(format!("{key}: expected {want}, got {value}"));
         let owned = match (field.kind, value) {
-            (Kind::Str, Json::String(s)) => Owned::Str(s.clone()),
+            (Kind::Str, Json::String(s)) => OwnedValue::Str(s.clone()),
             (Kind::U64, Json::Number(n)) => {
-                Owned::U64(n.as_u64().ok_or_else(|| bad("an unsigned integer"))?)
+                OwnedValue::U64(n.as_u64().ok_or_else(|| bad("an unsigned integer"))?)
             }
             (Kind::U64, Json::String(s)) => {
-                Owned::U64(s.parse().map_err(|_| bad("an unsigned integer"))?)
+                OwnedValue::U64(s.parse().map_err(|_| bad("an unsigned integer"))?)
             }
             (Kind::Ip | Kind::Net, Json::String(s)) => {
-                Owned::Ip(s.parse().map_err(|_| bad("an IP address"))?)
+                OwnedValue::Ip(s.parse().map_err(|_| bad("an IP address"))?)
             }
-            (Kind::Bool, Json::Bool(b)) => Owned::Bool(*b),
-            (Kind::Labels, Json::Object(labels)) => Owned::Labels(
+            (Kind::Bool, Json::Bool(b)) => OwnedValue::Bool(*b),
+            (Kind::Labels, Json::Object(labels)) => OwnedValue::Labels(
                 labels
                     .iter()
                     .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_owned()))

@@ -93,8 +93,8 @@ mod yaml;
 pub use diagnostics::{Diagnostic, Location, Severity};
 pub use event::{Event, Labels, Value};
 pub use extra::{
-    FIELD_CATALOGUE, FieldInfo, JsonEvent, OutputTemplate, TemplateError, event_from_json,
-    field_catalogue,
+    FIELD_CATALOGUE, FieldInfo, JsonEvent, OutputTemplate, OwnedValue, TemplateError,
+    event_from_json, field_catalogue,
 };
 pub use fields::FieldId;
 pub use load::{LoadError, Loaded, RuleReport, RuleStatus, Source, check, load};
@@ -103,7 +103,7 @@ pub use priority::{InvalidPriority, Priority};
 pub use ruleset::{InvalidRuleMatching, Options, Rendered, Rule, RuleId, RuleMatching, Ruleset};
 pub use source::{MAX_SOURCE_BYTES, MAX_TOTAL_BYTES, ReadError, read_source};
 #[cfg(any(test, feature = "test-util"))]
-pub use testing::{OwnedValue, TestEvent};
+pub use testing::TestEvent;
 
 /// Checks one condition's syntax only (no macros, lists or fields).
 pub fn parse_condition(condition: &str) -> Result<(), ParseError> {

@@ -4,17 +4,7 @@ use std::net::IpAddr;
 
 use crate::{Event, FieldId, Value};
 
-/// An owned field value.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub enum OwnedValue {
-    #[default]
-    Missing,
-    Str(String),
-    U64(u64),
-    Ip(IpAddr),
-    Bool(bool),
-    Labels(BTreeMap<String, String>),
-}
+pub use crate::extra::OwnedValue;
 
 impl From<&str> for OwnedValue {
     fn from(v: &str) -> Self {
@@ -156,13 +146,8 @@ impl TestEvent {
 
 impl Event for TestEvent {
     fn value(&self, field: FieldId) -> Value<'_> {
-        match self.values.get(field.index()) {
-            None | Some(OwnedValue::Missing) => Value::Missing,
-            Some(OwnedValue::Str(s)) => Value::Str(s),
-            Some(OwnedValue::U64(n)) => Value::U64(*n),
-            Some(OwnedValue::Ip(ip)) => Value::Ip(*ip),
-            Some(OwnedValue::Bool(b)) => Value::Bool(*b),
-            Some(OwnedValue::Labels(map)) => Value::Labels(map),
-        }
+        self.values
+            .get(field.index())
+            .map_or(Value::Missing, OwnedValue::as_value)
     }
 }

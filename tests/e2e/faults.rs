@@ -4,7 +4,7 @@
 //! reads.
 use std::{
     net::{Ipv4Addr, SocketAddr, TcpStream},
-    path::Path,
+    path::{Path, PathBuf},
     process::Command,
     time::{Duration, Instant},
 };
@@ -247,17 +247,7 @@ fn truncated_rules_keep_the_old_rules_and_count_the_failure() {
     if !support::privileged("truncated_rules_keep_the_old_rules_and_count_the_failure") {
         return;
     }
-    let dir = TempDir::new("faults-rules");
-    let rules = dir.write("rules.yaml", RULE);
-    let listen = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()));
-    let agent = Agent::start(&[
-        "run",
-        "--no-identity",
-        "--rules",
-        &rules.display().to_string(),
-        "--listen",
-        &listen.to_string(),
-    ]);
+    let (_dir, rules, listen, agent) = agent_with_rule("faults-rules", &[]);
     let ns = NetNs::new("faults-rules");
     let probe = support::probe_path();
     let connect = || ns.run(&probe, &["tcp", &format!("{V4_SERVER}:8080")]);
@@ -427,19 +417,8 @@ fn readiness_fails_while_the_ring_buffer_overflows() {
     if !support::privileged("readiness_fails_while_the_ring_buffer_overflows") {
         return;
     }
-    let dir = TempDir::new("faults-ready");
-    let rules = dir.write("rules.yaml", RULE);
-    let listen = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()));
-    let agent = Agent::start(&[
-        "run",
-        "--no-identity",
-        "--rules",
-        &rules.display().to_string(),
-        "--listen",
-        &listen.to_string(),
-        "--ringbuf-bytes",
-        "4096",
-    ]);
+    let (_dir, _rules, listen, agent) =
+        agent_with_rule("faults-ready", &["--ringbuf-bytes", "4096"]);
     assert_eq!(http_get(listen, "/readyz").map(|r| r.0), Ok(200));
     let ns = NetNs::new("faults-ready");
     // A sustained flood: connect loops back to back, TIME_WAIT ports reused
@@ -502,4 +481,25 @@ fn readiness_fails_while_the_ring_buffer_overflows() {
         agent.stderr().iter().any(|l| l.contains("pipeline wedged")),
         "the wedge is logged"
     );
+}
+
+/// A ready agent with [`RULE`] in a file of its own and health on a free
+/// loopback port, plus `extra` flags; the dir guard keeps the file.
+fn agent_with_rule(tag: &str, extra: &[&str]) -> (TempDir, PathBuf, SocketAddr, Agent) {
+    let dir = TempDir::new(tag);
+    let rules = dir.write("rules.yaml", RULE);
+    let listen = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()));
+    let rules_arg = rules.display().to_string();
+    let listen_arg = listen.to_string();
+    let mut args = vec![
+        "run",
+        "--no-identity",
+        "--rules",
+        &rules_arg,
+        "--listen",
+        &listen_arg,
+    ];
+    args.extend_from_slice(extra);
+    let agent = Agent::start(&args);
+    (dir, rules, listen, agent)
 }

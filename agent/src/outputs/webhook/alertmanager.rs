@@ -111,12 +111,17 @@ pub fn payload_at(d: &Delivery, style: &Style, now: SystemTime) -> Value {
         .saturating_add(style.expires_after)
         .as_nanos();
     let ends = timefmt::rfc3339_nanos(u64::try_from(now_ns).unwrap_or(u64::MAX));
+    let mut annotations = Map::new();
+    annotations.insert("summary".into(), Value::String(a.rule.to_string()));
+    annotations.insert("description".into(), Value::String(description));
+    // Where a responder calls to quarantine (an annotation: a URL is not
+    // an identity of the alert).
+    if let Some(Value::String(url)) = a.output_fields.get(crate::pipeline::CONTROL_URL_FIELD) {
+        annotations.insert("egret_control_url".into(), Value::String(url.clone()));
+    }
     json!([{
         "labels": labels,
-        "annotations": {
-            "summary": a.rule.to_string(),
-            "description": description,
-        },
+        "annotations": annotations,
         "startsAt": a.time,
         "endsAt": ends,
     }])

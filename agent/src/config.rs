@@ -709,6 +709,38 @@ webhooks:
     }
 
     #[test]
+    fn control_tls_rule_actions_and_advertise() {
+        let config: Config = Config::parse("egret.yaml", "control:\n  listen: 0.0.0.0:9465\n  tls_cert: c.pem\n  tls_key: k.pem\n  client_ca: ca.pem\n  rule_actions: dry_run\n  rule_action_allow: [10.96.0.10/32]\n  rule_action_ttl: 30m\n")
+        .unwrap();
+        assert_eq!(config.control.rule_actions, RuleActionMode::DryRun);
+        assert!(config.control.wanted());
+        assert_eq!(
+            config.control.advertised_url("node-1").as_deref(),
+            Some("https://node-1:9465")
+        );
+        for bad in [
+            "control: {listen: 127.0.0.1:9465}\n",
+            "control: {listen: 127.0.0.1:9465, token_file: t, tls_cert: c.pem}\n",
+            "control: {listen: 127.0.0.1:9465, client_ca: ca.pem}\n",
+            "control: {rule_action_ttl: soon}\n",
+            "control: {rule_actions: always}\n",
+            "control: {advertise: node-1:9465}\n",
+        ] {
+            assert!(Config::parse("egret.yaml", bad).is_err(), "{bad}");
+        }
+        let plain: Config = Config::parse(
+            "egret.yaml",
+            "control: {listen: 10.1.2.3:9465, token_file: t, advertise: ''}\n",
+        )
+        .unwrap();
+        assert_eq!(
+            plain.control.advertised_url("n").as_deref(),
+            Some("http://10.1.2.3:9465")
+        );
+        assert!(!Config::default().control.wanted());
+    }
+
+    #[test]
     fn baseline_section() {
         let config = Config::parse(
             "c.yaml",

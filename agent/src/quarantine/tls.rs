@@ -80,10 +80,16 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let empty = dir.join("empty.pem");
         std::fs::write(&empty, "not pem\n").unwrap();
-        let err = acceptor(&empty, &empty, None).unwrap_err().to_string();
+        let err = acceptor(&empty, &empty, None)
+            .err()
+            .expect("no certificate")
+            .to_string();
         assert!(err.contains("empty.pem"), "{err}");
         let missing = dir.join("missing.pem");
-        let err = acceptor(&missing, &empty, None).unwrap_err().to_string();
+        let err = acceptor(&missing, &empty, None)
+            .err()
+            .expect("no file")
+            .to_string();
         assert!(err.contains("missing.pem"), "{err}");
         std::fs::remove_dir_all(dir).unwrap();
     }

@@ -10,5 +10,6 @@ mod kernel_counters;
 mod kernel_hooks;
 mod prometheus;
 mod quarantine;
+mod quarantine_respond;
 mod rules;
 mod support;

@@ -10,6 +10,7 @@ mod kernel_counters;
 mod kernel_hooks;
 mod prometheus;
 mod quarantine;
+mod quarantine_containers;
 mod quarantine_respond;
 mod rules;
 mod support;

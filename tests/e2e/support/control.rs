@@ -363,3 +363,26 @@ fn collect_dirs(dir: &Path, out: &mut Vec<PathBuf>) {
         }
     }
 }
+
+/// Copies `egret-probe` and the shared libraries it needs into a rootfs
+/// (`/bin/egret-probe`), so containers make the same single attempts as
+/// the host-side tests and print `ok` / `err <errno>`.
+pub fn install_probe(rootfs: &Path) {
+    let probe = super::probe_path();
+    let ldd = Command::new("ldd").arg(&probe).output().expect("ldd");
+    for line in String::from_utf8_lossy(&ldd.stdout).lines() {
+        // `libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x…)` or
+        // `/lib64/ld-linux-x86-64.so.2 (0x…)`.
+        let Some(path) = line
+            .split_whitespace()
+            .find(|word| word.starts_with('/'))
+            .map(Path::new)
+        else {
+            continue;
+        };
+        let inside = rootfs.join(path.strip_prefix("/").expect("absolute"));
+        std::fs::create_dir_all(inside.parent().expect("parent")).expect("lib dir");
+        std::fs::copy(path, &inside).expect("copy library");
+    }
+    std::fs::copy(&probe, rootfs.join("bin/egret-probe")).expect("copy probe");
+}

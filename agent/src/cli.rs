@@ -36,7 +36,7 @@ pub enum Command {
     /// Quarantines through a node's control API (docs/quarantine.md). Exit
     /// codes: 0 done, 1 the agent refused (message on stderr), 2 usage or a
     /// local file, 3 the agent could not be reached (or TLS failed).
-    Quarantine(QuarantineArgs),
+    Quarantine(Box<QuarantineArgs>),
 }
 
 #[derive(Debug, Args)]

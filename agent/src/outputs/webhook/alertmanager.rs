@@ -153,6 +153,10 @@ mod tests {
             (Arc::from("fd.sport"), json!(443)),
             (Arc::from("cluster"), json!("prod")),
             (Arc::from("rule"), json!("spoofed")),
+            (
+                Arc::from(crate::pipeline::CONTROL_URL_FIELD),
+                json!("https://node-a:9465"),
+            ),
         ]
         .into();
         let alert = Arc::new(Alert {
@@ -192,6 +196,14 @@ mod tests {
         assert_eq!(
             v[0]["annotations"]["description"],
             "curl to 203.0.113.9:443"
+        );
+        assert_eq!(
+            v[0]["annotations"]["egret_control_url"],
+            "https://node-a:9465"
+        );
+        assert!(
+            l.get("egret_control_url").is_none(),
+            "an annotation, not a label"
         );
         assert_eq!(v[0]["startsAt"], "2026-03-01T10:00:00.000000000Z");
         assert_eq!(v[0]["endsAt"], "2026-03-01T10:10:00.000000000Z");

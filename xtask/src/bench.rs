@@ -7,7 +7,9 @@
 //! 2. connect overhead when every connect alerts, with loss and CPU;
 //! 3. userspace pipeline throughput (criterion bench, no kernel);
 //! 4. alert latency from connect(2) to a webhook receiver;
-//! 5. agent memory at idle and after a long alert storm.
+//! 5. agent memory at idle and after a long alert storm;
+//! 6. what a quarantine's programs cost the quarantined workload's allowed
+//!    traffic (bulk throughput, connect rate, ns/run).
 //!
 //! Traffic of scenarios 2, 4 and 5 goes to 198.51.100.1 (TEST-NET-2) inside
 //! a throwaway network namespace: nothing leaves the machine.
@@ -16,6 +18,7 @@ mod latency;
 mod memory;
 mod pipeline;
 mod procs;
+mod quarantine;
 
 use std::fmt::Write as _;
 
@@ -38,6 +41,10 @@ pub struct Settings {
     latency_rate: f64,
     /// Scenario 5: connects before the second reading.
     memory_events: u64,
+    /// Scenario 6: interleaved rounds, MiB per bulk run, connects per run.
+    quarantine_rounds: usize,
+    quarantine_mib: u64,
+    quarantine_connects: u64,
 }
 
 impl Settings {
@@ -60,6 +67,9 @@ impl Settings {
                 latency_alerts: 50,
                 latency_rate: 200.0,
                 memory_events: 20_000,
+                quarantine_rounds: 1,
+                quarantine_mib: 64,
+                quarantine_connects: 1_000,
             }
         } else {
             Settings {
@@ -71,6 +81,9 @@ impl Settings {
                 latency_alerts: 600,
                 latency_rate: 200.0,
                 memory_events: 1_000_000,
+                quarantine_rounds: 5,
+                quarantine_mib: 2_048,
+                quarantine_connects: 20_000,
             }
         }
     }
@@ -88,6 +101,17 @@ const ALERT_RULES: &str = "\
 
 pub fn run(args: &[String]) -> anyhow::Result<()> {
     let short = args.iter().any(|a| a == "--short");
+    // `--only N`: one scenario (BENCHMARKS.md is then left alone).
+    let only: Option<u32> = args
+        .iter()
+        .position(|a| a == "--only")
+        .map(|i| {
+            args.get(i + 1)
+                .and_then(|n| n.parse().ok())
+                .context("--only needs a scenario number (1-6)")
+        })
+        .transpose()?;
+    let wanted = |n: u32| only.is_none_or(|o| o == n);
     let settings = Settings::new(short);
     crate::test::build_release_binaries("build (release)")?;
     // Built up front so compiling never overlaps a measurement.
@@ -110,18 +134,31 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         report.push('\n');
     };
 
-    section(connect::filtered(&bins, &settings)?);
+    if wanted(1) {
+        section(connect::filtered(&bins, &settings)?);
+    }
     let rules = std::env::temp_dir().join(format!("egret-bench-rules-{}.yaml", std::process::id()));
     connect::write_rules(&rules)?;
     let _rules_file = RemoveOnDrop(rules.clone());
     let ns = bench_netns()?;
-    section(connect::alerting(&bins, &ns, &rules, &settings)?);
-    section(pipeline::run(&settings)?);
-    section(latency::run(&bins, &ns, &rules, &settings)?);
-    section(memory::run(&bins, &ns, &rules, &settings)?);
+    if wanted(2) {
+        section(connect::alerting(&bins, &ns, &rules, &settings)?);
+    }
+    if wanted(3) {
+        section(pipeline::run(&settings)?);
+    }
+    if wanted(4) {
+        section(latency::run(&bins, &ns, &rules, &settings)?);
+    }
+    if wanted(5) {
+        section(memory::run(&bins, &ns, &rules, &settings)?);
+    }
+    if wanted(6) {
+        section(quarantine::run(&bins, &ns, &settings)?);
+    }
     drop(ns);
 
-    if !short {
+    if !short && only.is_none() {
         std::fs::write(
             root().join("BENCHMARKS.md"),
             report.trim_end().to_string() + "\n",

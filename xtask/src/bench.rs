@@ -8,12 +8,14 @@
 //! 3. userspace pipeline throughput (criterion bench, no kernel);
 //! 4. alert latency from connect(2) to a webhook receiver;
 //! 5. agent memory at idle and after a long alert storm;
-//! 6. what a quarantine's programs cost the quarantined workload's allowed
+//! 6. per-program kernel cost by outcome and ignore-list shape;
+//! 7. what a quarantine's programs cost the quarantined workload's allowed
 //!    traffic (bulk throughput, connect rate, ns/run).
 //!
-//! Traffic of scenarios 2, 4 and 5 goes to 198.51.100.1 (TEST-NET-2) inside
+//! Traffic of scenarios 2, 4, 5 and 6 goes to TEST-NET-2 addresses inside
 //! a throwaway network namespace: nothing leaves the machine.
 mod connect;
+mod hooks;
 mod latency;
 mod memory;
 mod pipeline;
@@ -41,7 +43,7 @@ pub struct Settings {
     latency_rate: f64,
     /// Scenario 5: connects before the second reading.
     memory_events: u64,
-    /// Scenario 6: interleaved rounds, MiB per bulk run, connects per run.
+    /// Scenario 7: interleaved rounds, MiB per bulk run, connects per run.
     quarantine_rounds: usize,
     quarantine_mib: u64,
     quarantine_connects: u64,
@@ -101,26 +103,28 @@ const ALERT_RULES: &str = "\
 
 pub fn run(args: &[String]) -> anyhow::Result<()> {
     let short = args.iter().any(|a| a == "--short");
-    // `--only N`: one scenario (BENCHMARKS.md is then left alone).
-    let only: Option<u32> = args
-        .iter()
-        .position(|a| a == "--only")
-        .map(|i| {
+    // `--only N,M`: just those scenarios (BENCHMARKS.md is then left alone).
+    let only: Option<Vec<u32>> = match args.iter().position(|a| a == "--only") {
+        Some(i) => Some(
             args.get(i + 1)
-                .and_then(|n| n.parse().ok())
-                .context("--only needs a scenario number (1-6)")
-        })
-        .transpose()?;
-    let wanted = |n: u32| only.is_none_or(|o| o == n);
-    if wanted(3) {
+                .context("--only needs scenario numbers, e.g. --only 1,6")?
+                .split(',')
+                .map(|n| n.trim().parse::<u32>())
+                .collect::<Result<_, _>>()
+                .context("--only takes scenario numbers 1-7, comma-separated")?,
+        ),
+        None => None,
+    };
+    let want = |n: u32| only.as_ref().is_none_or(|o| o.contains(&n));
+    let settings = Settings::new(short);
+    crate::test::build_release_binaries("build (release)")?;
+    if want(3) {
         // Built up front so compiling never overlaps a measurement.
         run_step(
             "build (pipeline bench)",
             cargo().args(pipeline::BENCH).arg("--no-run"),
         )?;
     }
-    let settings = Settings::new(short);
-    crate::test::build_release_binaries("build (release)")?;
     let bins = binaries()?;
 
     let mut report = String::new();
@@ -136,26 +140,29 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         report.push('\n');
     };
 
-    if wanted(1) {
+    if want(1) {
         section(connect::filtered(&bins, &settings)?);
     }
     let rules = std::env::temp_dir().join(format!("egret-bench-rules-{}.yaml", std::process::id()));
     connect::write_rules(&rules)?;
     let _rules_file = RemoveOnDrop(rules.clone());
     let ns = bench_netns()?;
-    if wanted(2) {
+    if want(2) {
         section(connect::alerting(&bins, &ns, &rules, &settings)?);
     }
-    if wanted(3) {
+    if want(3) {
         section(pipeline::run(&settings)?);
     }
-    if wanted(4) {
+    if want(4) {
         section(latency::run(&bins, &ns, &rules, &settings)?);
     }
-    if wanted(5) {
+    if want(5) {
         section(memory::run(&bins, &ns, &rules, &settings)?);
     }
-    if wanted(6) {
+    if want(6) {
+        section(hooks::run(&bins, &ns, &settings)?);
+    }
+    if want(7) {
         section(quarantine::run(&bins, &ns, &settings)?);
     }
     drop(ns);

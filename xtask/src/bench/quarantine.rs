@@ -1,4 +1,4 @@
-//! Scenario 6: what a quarantine's programs cost the workload they are
+//! Scenario 7: what a quarantine's programs cost the workload they are
 //! attached to, on the traffic its allow list lets through (cluster DNS, a
 //! forensics collector): bulk TCP throughput and connect rate with the
 //! programs attached vs not, interleaved, plus the programs' own ns/run
@@ -44,43 +44,13 @@ fn probe_in(bins: &Binaries, cgroup: &Path, ns: &NetNs, args: &[&str]) -> anyhow
         .with_context(|| format!("probe {args:?} printed {output:?}"))
 }
 
-/// (run_cnt, run_time_ns) of each program whose name starts with `egret_q_`.
-fn program_stats() -> anyhow::Result<Vec<(String, u64, u64)>> {
-    let output = Command::new("bpftool")
-        .args(["-j", "prog", "show"])
-        .output()
-        .context("bpftool")?;
-    let progs: serde_json::Value =
-        serde_json::from_slice(&output.stdout).context("bpftool JSON")?;
-    let mut out = Vec::new();
-    for p in progs.as_array().into_iter().flatten() {
-        let name = p["name"].as_str().unwrap_or("");
-        if name.starts_with("egret_q_") {
-            out.push((
-                name.to_owned(),
-                p["run_cnt"].as_u64().unwrap_or(0),
-                p["run_time_ns"].as_u64().unwrap_or(0),
-            ));
-        }
-    }
-    Ok(out)
-}
-
-struct BpfStats(String);
-
-impl BpfStats {
-    fn enable() -> anyhow::Result<BpfStats> {
-        let path = "/proc/sys/kernel/bpf_stats_enabled";
-        let before = std::fs::read_to_string(path).context(path)?;
-        std::fs::write(path, "1").context(path)?;
-        Ok(BpfStats(before.trim().to_owned()))
-    }
-}
-
-impl Drop for BpfStats {
-    fn drop(&mut self) {
-        let _ = std::fs::write("/proc/sys/kernel/bpf_stats_enabled", &self.0);
-    }
+/// (name, run_cnt, run_time_ns) of the agent's quarantine programs.
+fn program_stats(agent: u32) -> anyhow::Result<Vec<(String, u64, u64)>> {
+    Ok(super::hooks::programs_of(agent)?
+        .into_iter()
+        .filter(|p| p.name.starts_with("egret_q_"))
+        .map(|p| (p.name, p.run_cnt, p.run_time_ns))
+        .collect())
 }
 
 fn cli(bins: &Binaries, url: &str, token: &Path, args: &[&str]) -> anyhow::Result<String> {
@@ -97,7 +67,7 @@ fn cli(bins: &Binaries, url: &str, token: &Path, args: &[&str]) -> anyhow::Resul
 }
 
 pub fn run(bins: &Binaries, ns: &NetNs, settings: &Settings) -> anyhow::Result<String> {
-    eprintln!("==> 6. quarantine programs on allowed traffic");
+    eprintln!("==> 7. quarantine programs on allowed traffic");
     let status = ns
         .command("ip")
         .args(["addr", "add", &format!("{ADDR}/26"), "dev", "v0"])
@@ -149,7 +119,7 @@ pub fn run(bins: &Binaries, ns: &NetNs, settings: &Settings) -> anyhow::Result<S
         &settings.quarantine_connects.to_string(),
     ];
     let (mut bulk_off, mut bulk_on, mut conn_off, mut conn_on) = (vec![], vec![], vec![], vec![]);
-    let stats = BpfStats::enable()?;
+    let stats = super::hooks::StatsEnabled::new()?;
     let mut runs: Vec<(String, u64, u64)> = Vec::new();
     for _ in 0..settings.quarantine_rounds {
         bulk_off.push(probe_in(bins, &workload, ns, &bulk_args)?);
@@ -160,10 +130,10 @@ pub fn run(bins: &Binaries, ns: &NetNs, settings: &Settings) -> anyhow::Result<S
             &token,
             &["add", "--pod-uid", POD, "--allow", "198.51.100.64/26"],
         )?;
-        let before = program_stats()?;
+        let before = program_stats(agent.pid())?;
         bulk_on.push(probe_in(bins, &workload, ns, &bulk_args)?);
         conn_on.push(probe_in(bins, &workload, ns, &loop_args)?);
-        let after = program_stats()?;
+        let after = program_stats(agent.pid())?;
         for (name, cnt, ns_total) in &after {
             let (c0, t0) = before
                 .iter()
@@ -188,7 +158,7 @@ pub fn run(bins: &Binaries, ns: &NetNs, settings: &Settings) -> anyhow::Result<S
     let (b0, b1) = (median(&mut bulk_off), median(&mut bulk_on));
     let (c0, c1) = (median(&mut conn_off), median(&mut conn_on));
     let mut out = String::new();
-    writeln!(out, "## 6. Quarantine programs on allowed traffic\n")?;
+    writeln!(out, "## 7. Quarantine programs on allowed traffic\n")?;
     writeln!(
         out,
         "A process in a quarantined pod's cgroup (allow list `198.51.100.64/26`) talking to \

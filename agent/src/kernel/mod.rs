@@ -15,14 +15,16 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
     programs::{
-        CgroupAttachMode, CgroupSockAddr, TracePoint, cgroup_sock_addr::CgroupSockAddrLinkId,
-        trace_point::TracePointLinkId,
+        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock, CgroupSockAddr, TracePoint,
+        cgroup_skb::CgroupSkbLinkId, cgroup_sock::CgroupSockLinkId,
+        cgroup_sock_addr::CgroupSockAddrLinkId, trace_point::TracePointLinkId,
     },
 };
 use egret_common::{
     COUNTERS_MAP, EVENTS_MAP, Hook, HookCounters, IGNORE_MAP, PROCS_MAP, ProcState,
     TP_EXEC_FILENAME_GLOBAL, TP_EXEC_OLD_PID_GLOBAL, TP_EXECVE_ARGV_GLOBAL,
     TP_EXECVEAT_ARGV_GLOBAL, TP_EXIT_GROUP_DEAD_GLOBAL, TP_FIELD_ABSENT, TP_FORK_CHILD_PID_GLOBAL,
+    TP_SOCKET_FAMILY_GLOBAL, TP_SOCKET_PROTOCOL_GLOBAL, TP_SOCKET_TYPE_GLOBAL,
 };
 
 pub use ignore::{IgnoreMap, IgnoreSet};
@@ -87,6 +89,16 @@ pub const PROGRAMS: [&str; 4] = [
     "egret_sendmsg6",
 ];
 
+/// Raw and ping socket programs (`agent-ebpf/src/sockets.rs`), attached
+/// with the sock_addr ones: the creation hook records each socket's owner,
+/// the egress hook reports its packets' destinations.
+pub const SOCK_CREATE_PROGRAM: &str = "egret_sock_create";
+pub const RAW_EGRESS_PROGRAM: &str = "egret_raw_egress";
+/// Packet socket creation; optional like argv capture (it needs
+/// CONFIG_FTRACE_SYSCALLS).
+const SOCKET_TRACEPOINT: (&str, &str, &str) =
+    ("egret_socket_enter", "syscalls", "sys_enter_socket");
+
 /// Process lifecycle tracepoints: (program, category, tracepoint).
 const TRACEPOINTS: [(&str, &str, &str); 3] = [
     ("egret_fork", "sched", "sched_process_fork"),
@@ -108,6 +120,8 @@ struct Offsets {
     exit_group_dead: u32,
     execve_argv: Option<u32>,
     execveat_argv: Option<u32>,
+    /// sys_enter_socket (family, type, protocol).
+    socket: Option<(u32, u32, u32)>,
 }
 
 impl Offsets {
@@ -128,6 +142,15 @@ impl Offsets {
             exit_group_dead: exit.offset("group_dead").unwrap_or(TP_FIELD_ABSENT),
             execve_argv: argv("sys_enter_execve"),
             execveat_argv: argv("sys_enter_execveat"),
+            socket: Format::read(tracefs, "syscalls", "sys_enter_socket")
+                .ok()
+                .and_then(|f| {
+                    Some((
+                        f.offset("family")?,
+                        f.offset("type")?,
+                        f.offset("protocol")?,
+                    ))
+                }),
         })
     }
 }
@@ -139,12 +162,15 @@ pub struct KernelProbes {
     attached_ids: Vec<u32>,
     links: Vec<Link>,
     captures_argv: bool,
+    sees_packet_sockets: bool,
 }
 
 /// One attachment, kept so [`KernelProbes::detach`] can undo it.
 enum Link {
     Tracepoint(&'static str, TracePointLinkId),
     Cgroup(&'static str, CgroupSockAddrLinkId),
+    Sock(&'static str, CgroupSockLinkId),
+    Skb(&'static str, CgroupSkbLinkId),
 }
 
 /// The per-CPU hook counters. Holding them keeps only the map open, never
@@ -183,6 +209,16 @@ impl KernelProbes {
         let captures_argv = offsets.execve_argv.is_some();
         let execve_argv = offsets.execve_argv.unwrap_or(TP_FIELD_ABSENT);
         let execveat_argv = offsets.execveat_argv.unwrap_or(TP_FIELD_ABSENT);
+        let sees_packet_sockets = offsets.socket.is_some();
+        let (socket_family, socket_type, socket_protocol) =
+            offsets
+                .socket
+                .unwrap_or((TP_FIELD_ABSENT, TP_FIELD_ABSENT, TP_FIELD_ABSENT));
+        if !sees_packet_sockets {
+            tracing::warn!(
+                "no syscalls/sys_enter_socket tracepoint (CONFIG_FTRACE_SYSCALLS): packet socket creation is not reported"
+            );
+        }
         let mut ebpf = EbpfLoader::new()
             .map_max_entries(EVENTS_MAP, ringbuf_bytes)
             .override_global(TP_EXEC_FILENAME_GLOBAL, &offsets.exec_filename, true)
@@ -191,6 +227,9 @@ impl KernelProbes {
             .override_global(TP_EXIT_GROUP_DEAD_GLOBAL, &offsets.exit_group_dead, true)
             .override_global(TP_EXECVE_ARGV_GLOBAL, &execve_argv, true)
             .override_global(TP_EXECVEAT_ARGV_GLOBAL, &execveat_argv, true)
+            .override_global(TP_SOCKET_FAMILY_GLOBAL, &socket_family, true)
+            .override_global(TP_SOCKET_TYPE_GLOBAL, &socket_type, true)
+            .override_global(TP_SOCKET_PROTOCOL_GLOBAL, &socket_protocol, true)
             .load(EBPF_OBJECT)
             .map_err(|source| KernelError::Load {
                 hint: permission_hint(&source),
@@ -205,9 +244,22 @@ impl KernelProbes {
             })?;
         }
         Self::load_quarantine(&mut ebpf)?;
+        let sock: &mut CgroupSock = program(&mut ebpf, SOCK_CREATE_PROGRAM)?;
+        sock.load().map_err(|source| KernelError::Program {
+            name: SOCK_CREATE_PROGRAM,
+            hint: permission_hint(&source),
+            source: Box::new(source),
+        })?;
+        let skb: &mut CgroupSkb = program(&mut ebpf, RAW_EGRESS_PROGRAM)?;
+        skb.load().map_err(|source| KernelError::Program {
+            name: RAW_EGRESS_PROGRAM,
+            hint: permission_hint(&source),
+            source: Box::new(source),
+        })?;
         let tracepoints = TRACEPOINTS
             .iter()
-            .chain(ARGV_TRACEPOINTS.iter().filter(|_| captures_argv));
+            .chain(ARGV_TRACEPOINTS.iter().filter(|_| captures_argv))
+            .chain(std::iter::once(&SOCKET_TRACEPOINT).filter(|_| sees_packet_sockets));
         for (name, _, _) in tracepoints {
             let program: &mut TracePoint = program(&mut ebpf, name)?;
             program.load().map_err(|source| KernelError::Program {
@@ -237,6 +289,7 @@ impl KernelProbes {
             attached_ids: Vec::new(),
             links: Vec::new(),
             captures_argv,
+            sees_packet_sockets,
         })
     }
 
@@ -272,9 +325,11 @@ impl KernelProbes {
     /// produce an egress event is already being followed.
     pub fn attach(&mut self, cgroup: &Path) -> Result<(), KernelError> {
         let captures_argv = self.captures_argv;
+        let sees_packet_sockets = self.sees_packet_sockets;
         let tracepoints = TRACEPOINTS
             .iter()
-            .chain(ARGV_TRACEPOINTS.iter().filter(|_| captures_argv));
+            .chain(ARGV_TRACEPOINTS.iter().filter(|_| captures_argv))
+            .chain(std::iter::once(&SOCKET_TRACEPOINT).filter(|_| sees_packet_sockets));
         for (name, category, tracepoint) in tracepoints {
             let program: &mut TracePoint = program(&mut self.ebpf, name)?;
             let link = program.attach(category, tracepoint).map_err(|source| {
@@ -308,7 +363,34 @@ impl KernelProbes {
                 self.attached_ids.push(info.id());
             }
         }
+        let attach_err = |name: &'static str| {
+            let path = path.clone();
+            move |source: aya::programs::ProgramError| KernelError::Attach {
+                name,
+                path,
+                hint: permission_hint(&source),
+                source: Box::new(source),
+            }
+        };
+        // Owners first, so the first packet of a new raw socket has one.
+        let sock: &mut CgroupSock = program(&mut self.ebpf, SOCK_CREATE_PROGRAM)?;
+        let link = sock
+            .attach(&dir, CgroupAttachMode::Single)
+            .map_err(attach_err(SOCK_CREATE_PROGRAM))?;
+        self.links.push(Link::Sock(SOCK_CREATE_PROGRAM, link));
+        self.attached_ids.extend(sock.info().ok().map(|i| i.id()));
+        let skb: &mut CgroupSkb = program(&mut self.ebpf, RAW_EGRESS_PROGRAM)?;
+        let link = skb
+            .attach(&dir, CgroupSkbAttachType::Egress, CgroupAttachMode::Single)
+            .map_err(attach_err(RAW_EGRESS_PROGRAM))?;
+        self.links.push(Link::Skb(RAW_EGRESS_PROGRAM, link));
+        self.attached_ids.extend(skb.info().ok().map(|i| i.id()));
         Ok(())
+    }
+
+    /// Whether packet socket creation is seen (sys_enter_socket exists).
+    pub fn sees_packet_sockets(&self) -> bool {
+        self.sees_packet_sockets
     }
 
     /// Whether argv is captured in the kernel (else it comes from /proc).
@@ -363,6 +445,14 @@ impl KernelProbes {
                 Link::Tracepoint(name, id) => (
                     name,
                     program::<TracePoint>(&mut self.ebpf, name).map(|p| p.detach(id)),
+                ),
+                Link::Sock(name, id) => (
+                    name,
+                    program::<CgroupSock>(&mut self.ebpf, name).map(|p| p.detach(id)),
+                ),
+                Link::Skb(name, id) => (
+                    name,
+                    program::<CgroupSkb>(&mut self.ebpf, name).map(|p| p.detach(id)),
                 ),
             };
             // Dropping the object below closes any link left behind.

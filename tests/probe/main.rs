@@ -25,6 +25,10 @@
 //!   ping-sendto    <addr> [count]: the same from an unconnected ICMP "ping"
 //!                  socket (SOCK_DGRAM; needs net.ipv4.ping_group_range).
 //!   packet-socket  create an AF_PACKET socket (ETH_P_ALL) and close it.
+//!   tcp-sink       <addr:port>: accept TCP connections and read each to EOF,
+//!                  until killed (benchmarks).
+//!   tcp-bulk       <addr:port> <millis>: write 128 KiB chunks to one TCP
+//!                  connection for `millis`, print bytes/s (benchmarks).
 use std::{
     io::{Error, ErrorKind, Result},
     net::{IpAddr, SocketAddr, SocketAddrV6, TcpStream, UdpSocket},
@@ -51,6 +55,13 @@ fn main() {
             icmp_mode(mode, addr, count)
         }
         Some([mode, addr]) if mode == "listen" => parse(addr).and_then(listen),
+        Some([mode, addr]) if mode == "tcp-sink" => parse(addr).and_then(tcp_sink),
+        Some([mode, addr, millis]) if mode == "tcp-bulk" => parse(addr).and_then(|addr| {
+            let millis = millis
+                .parse()
+                .map_err(|_| Error::new(ErrorKind::InvalidInput, "millis"))?;
+            tcp_bulk(addr, Duration::from_millis(millis))
+        }),
         Some([mode, addr]) => parse(addr).and_then(|addr| run(mode, addr)),
         Some([mode, addr, count]) if mode == "connect-loop" => parse(addr).and_then(|addr| {
             let count = count
@@ -233,6 +244,32 @@ fn icmp_echoes(addr: SocketAddr, kind: libc::c_int, count: u32) -> Result<u32> {
         }
     }
     Ok(sent)
+}
+
+fn tcp_sink(addr: SocketAddr) -> Result<()> {
+    use std::io::Read;
+    let listener = std::net::TcpListener::bind(addr)?;
+    println!("listening");
+    let mut buf = vec![0u8; 256 * 1024];
+    for stream in listener.incoming() {
+        let mut stream = stream?;
+        while stream.read(&mut buf)? > 0 {}
+    }
+    Ok(())
+}
+
+fn tcp_bulk(addr: SocketAddr, run: Duration) -> Result<()> {
+    use std::io::Write;
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    let chunk = vec![0x5au8; 128 * 1024];
+    let start = Instant::now();
+    let mut bytes = 0u64;
+    while start.elapsed() < run {
+        stream.write_all(&chunk)?;
+        bytes += chunk.len() as u64;
+    }
+    println!("{:.0}", bytes as f64 / start.elapsed().as_secs_f64());
+    Ok(())
 }
 
 fn listen(addr: SocketAddr) -> Result<()> {

@@ -7,7 +7,12 @@
 //! 2. connect overhead when every connect alerts, with loss and CPU;
 //! 3. userspace pipeline throughput (criterion bench, no kernel);
 //! 4. alert latency from connect(2) to a webhook receiver;
-//! 5. agent memory at idle and after a long alert storm.
+//! 5. agent memory at idle and after a long alert storm;
+//! 7. bulk TCP throughput with and without Egret (loopback, veth), and
+//!    every program's ns per run (kernel.bpf_stats_enabled).
+//!
+//! `--only=throughput` runs scenario 7 alone and prints it (BENCHMARKS.md
+//! is left as it is).
 //!
 //! Traffic of scenarios 2, 4 and 5 goes to 198.51.100.1 (TEST-NET-2) inside
 //! a throwaway network namespace: nothing leaves the machine.
@@ -16,6 +21,7 @@ mod latency;
 mod memory;
 mod pipeline;
 mod procs;
+mod throughput;
 
 use std::fmt::Write as _;
 
@@ -38,6 +44,9 @@ pub struct Settings {
     latency_rate: f64,
     /// Scenario 5: connects before the second reading.
     memory_events: u64,
+    /// Scenario 7: interleaved rounds and the length of each bulk run.
+    bulk_rounds: usize,
+    bulk_run: std::time::Duration,
 }
 
 impl Settings {
@@ -60,6 +69,8 @@ impl Settings {
                 latency_alerts: 50,
                 latency_rate: 200.0,
                 memory_events: 20_000,
+                bulk_rounds: 1,
+                bulk_run: std::time::Duration::from_millis(300),
             }
         } else {
             Settings {
@@ -71,6 +82,8 @@ impl Settings {
                 latency_alerts: 600,
                 latency_rate: 200.0,
                 memory_events: 1_000_000,
+                bulk_rounds: 7,
+                bulk_run: std::time::Duration::from_secs(2),
             }
         }
     }
@@ -96,6 +109,10 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         cargo().args(pipeline::BENCH).arg("--no-run"),
     )?;
     let bins = binaries()?;
+    if args.iter().any(|a| a == "--only=throughput") {
+        println!("{}", throughput::run(&bins, &settings)?);
+        return Ok(());
+    }
 
     let mut report = String::new();
     writeln!(report, "# Egret benchmarks\n")?;
@@ -120,6 +137,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     section(latency::run(&bins, &ns, &rules, &settings)?);
     section(memory::run(&bins, &ns, &rules, &settings)?);
     drop(ns);
+    section(throughput::run(&bins, &settings)?);
 
     if !short {
         std::fs::write(

@@ -70,6 +70,11 @@ impl RunningAgent {
         self.agent.pid()
     }
 
+    /// Kernel ids of the programs the agent attached.
+    pub fn program_ids(&self) -> Vec<u32> {
+        self.agent.program_ids()
+    }
+
     /// Lines the agent has written to stdout so far.
     pub fn lines(&self) -> u64 {
         self.agent.stdout_count()

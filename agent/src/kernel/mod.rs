@@ -163,6 +163,7 @@ pub struct KernelProbes {
     links: Vec<Link>,
     captures_argv: bool,
     sees_packet_sockets: bool,
+    raw_sockets_off: Option<String>,
 }
 
 /// One attachment, kept so [`KernelProbes::detach`] can undo it.
@@ -244,18 +245,12 @@ impl KernelProbes {
             })?;
         }
         Self::load_quarantine(&mut ebpf)?;
-        let sock: &mut CgroupSock = program(&mut ebpf, SOCK_CREATE_PROGRAM)?;
-        sock.load().map_err(|source| KernelError::Program {
-            name: SOCK_CREATE_PROGRAM,
-            hint: permission_hint(&source),
-            source: Box::new(source),
-        })?;
-        let skb: &mut CgroupSkb = program(&mut ebpf, RAW_EGRESS_PROGRAM)?;
-        skb.load().map_err(|source| KernelError::Program {
-            name: RAW_EGRESS_PROGRAM,
-            hint: permission_hint(&source),
-            source: Box::new(source),
-        })?;
+        // Optional: a kernel that refuses them still gets connect and UDP
+        // monitoring, and says so once.
+        let raw_sockets_off = Self::load_raw_sockets(&mut ebpf).err();
+        if let Some(reason) = &raw_sockets_off {
+            tracing::warn!(%reason, "raw and ping socket monitoring is off; connects and UDP sends are still monitored");
+        }
         let tracepoints = TRACEPOINTS
             .iter()
             .chain(ARGV_TRACEPOINTS.iter().filter(|_| captures_argv))
@@ -290,7 +285,25 @@ impl KernelProbes {
             links: Vec::new(),
             captures_argv,
             sees_packet_sockets,
+            raw_sockets_off,
         })
+    }
+
+    /// Loads the raw/ping socket programs, or says why they cannot be.
+    fn load_raw_sockets(ebpf: &mut Ebpf) -> Result<(), String> {
+        let sock: &mut CgroupSock =
+            program(ebpf, SOCK_CREATE_PROGRAM).map_err(|err| err.to_string())?;
+        sock.load()
+            .map_err(|err| format!("loading {SOCK_CREATE_PROGRAM}: {}", error_chain(&err)))?;
+        let skb: &mut CgroupSkb =
+            program(ebpf, RAW_EGRESS_PROGRAM).map_err(|err| err.to_string())?;
+        skb.load()
+            .map_err(|err| format!("loading {RAW_EGRESS_PROGRAM}: {}", error_chain(&err)))
+    }
+
+    /// Why raw and ping sockets are not monitored; `None` when they are.
+    pub fn raw_sockets_off(&self) -> Option<&str> {
+        self.raw_sockets_off.as_deref()
     }
 
     /// The event ring buffer; can be taken once.
@@ -372,6 +385,9 @@ impl KernelProbes {
                 source: Box::new(source),
             }
         };
+        if self.raw_sockets_off.is_some() {
+            return Ok(());
+        }
         // Owners first, so the first packet of a new raw socket has one.
         let sock: &mut CgroupSock = program(&mut self.ebpf, SOCK_CREATE_PROGRAM)?;
         let link = sock
@@ -479,6 +495,18 @@ where
             source: Box::new(source),
             hint: "",
         })
+}
+
+/// An error and its sources on one line (the verifier's log included).
+fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = err.to_string();
+    let mut next = err.source();
+    while let Some(err) = next {
+        out.push_str(": ");
+        out.push_str(&err.to_string());
+        next = err.source();
+    }
+    out
 }
 
 /// A hint when the kernel said EPERM anywhere down the error chain.

@@ -47,8 +47,18 @@ impl VethPair {
             &["netns", "add", &pair.sender],
             &["netns", "add", &pair.sink],
             &[
-                "link", "add", "ta", "netns", &pair.sender, "type", "veth", "peer", "name", "tb",
-                "netns", &pair.sink,
+                "link",
+                "add",
+                "ta",
+                "netns",
+                &pair.sender,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "tb",
+                "netns",
+                &pair.sink,
             ],
             &["-n", &pair.sender, "addr", "add", SENDER_ADDR, "dev", "ta"],
             &["-n", &pair.sink, "addr", "add", &sink_cidr, "dev", "tb"],
@@ -58,7 +68,10 @@ impl VethPair {
             &["-n", &pair.sink, "link", "set", "lo", "up"],
         ];
         for args in steps {
-            let status = Command::new("ip").args(args).status().context("running ip")?;
+            let status = Command::new("ip")
+                .args(args)
+                .status()
+                .context("running ip")?;
             if !status.success() {
                 bail!("ip {args:?} failed");
             }

@@ -40,8 +40,9 @@ use aya_ebpf::{
     programs::{SkBuffContext, SockContext, TracePointContext},
 };
 use egret_common::{
-    AF_INET, AF_INET6, AF_PACKET, EgressEvent, FLAG_RAW_SOCKET, Hook, RAW_REPORT_GAP_NS, RawFlow,
-    RawFlowKey, RawOwner, RecordKind, SOCK_RAW, SocketEvent, TP_FIELD_ABSENT,
+    AF_INET, AF_INET6, AF_PACKET, EgressEvent, FLAG_RAW_SOCKET, Hook, IGNORE_VERDICT_IGNORE,
+    RAW_REPORT_GAP_NS, RawFlow, RawFlowKey, RawOwner, RecordKind, SOCK_RAW, SocketEvent,
+    TP_FIELD_ABSENT,
 };
 
 use crate::maps::{COUNTERS, EVENTS, IGNORE, PROCS, RAW_FLOWS, RAW_OWNERS};
@@ -296,7 +297,12 @@ fn try_raw_egress(ctx: &SkBuffContext) -> Option<()> {
 
 #[inline(always)]
 fn report(ctx: &SkBuffContext, hook: Hook, mapped: &[u8; 16], raw: bool, ip_proto: u8) -> Outcome {
-    if IGNORE.get(Key::new(128, *mapped)).is_some() {
+    // The longest matching prefix's verdict decides (an exception inside
+    // an ignored network says emit).
+    if IGNORE
+        .get(Key::new(128, *mapped))
+        .is_some_and(|verdict| *verdict == IGNORE_VERDICT_IGNORE)
+    {
         return Outcome::Ignored;
     }
     // SAFETY: helpers valid for cgroup_skb programs.

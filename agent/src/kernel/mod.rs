@@ -27,7 +27,7 @@ use egret_common::{
     TP_SOCKET_FAMILY_GLOBAL, TP_SOCKET_PROTOCOL_GLOBAL, TP_SOCKET_TYPE_GLOBAL,
 };
 
-pub use ignore::{IgnoreMap, IgnoreSet};
+pub use ignore::{IgnoreMap, IgnoreSet, ReplaceError};
 
 /// The compiled kernel programs, embedded at build time.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/egret"));

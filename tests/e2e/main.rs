@@ -11,4 +11,5 @@ mod kernel_hooks;
 mod prometheus;
 mod quarantine;
 mod rules;
+mod sockets;
 mod support;

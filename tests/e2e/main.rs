@@ -13,4 +13,5 @@ mod quarantine;
 mod quarantine_containers;
 mod quarantine_respond;
 mod rules;
+mod sockets;
 mod support;

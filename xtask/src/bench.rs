@@ -9,7 +9,9 @@
 //! 4. alert latency from connect(2) to a webhook receiver;
 //! 5. agent memory at idle and after a long alert storm;
 //! 6. per-program kernel cost by outcome and ignore-list shape;
-//! 7. what a quarantine's programs cost the quarantined workload's allowed
+//! 7. bulk TCP throughput with and without Egret (loopback, veth), and
+//!    every program's ns per run (kernel.bpf_stats_enabled);
+//! 8. what a quarantine's programs cost the quarantined workload's allowed
 //!    traffic (bulk throughput, connect rate, ns/run).
 //!
 //! Traffic of scenarios 2, 4, 5 and 6 goes to TEST-NET-2 addresses inside
@@ -21,6 +23,7 @@ mod memory;
 mod pipeline;
 mod procs;
 mod quarantine;
+mod throughput;
 
 use std::fmt::Write as _;
 
@@ -43,7 +46,10 @@ pub struct Settings {
     latency_rate: f64,
     /// Scenario 5: connects before the second reading.
     memory_events: u64,
-    /// Scenario 7: interleaved rounds, MiB per bulk run, connects per run.
+    /// Scenario 7: interleaved rounds and the length of each bulk run.
+    bulk_rounds: usize,
+    bulk_run: std::time::Duration,
+    /// Scenario 8: interleaved rounds, MiB per bulk run, connects per run.
     quarantine_rounds: usize,
     quarantine_mib: u64,
     quarantine_connects: u64,
@@ -69,6 +75,8 @@ impl Settings {
                 latency_alerts: 50,
                 latency_rate: 200.0,
                 memory_events: 20_000,
+                bulk_rounds: 1,
+                bulk_run: std::time::Duration::from_millis(300),
                 quarantine_rounds: 1,
                 quarantine_mib: 64,
                 quarantine_connects: 1_000,
@@ -83,6 +91,8 @@ impl Settings {
                 latency_alerts: 600,
                 latency_rate: 200.0,
                 memory_events: 1_000_000,
+                bulk_rounds: 7,
+                bulk_run: std::time::Duration::from_secs(2),
                 quarantine_rounds: 5,
                 quarantine_mib: 2_048,
                 quarantine_connects: 20_000,
@@ -111,7 +121,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
                 .split(',')
                 .map(|n| n.trim().parse::<u32>())
                 .collect::<Result<_, _>>()
-                .context("--only takes scenario numbers 1-7, comma-separated")?,
+                .context("--only takes scenario numbers 1-8, comma-separated")?,
         ),
         None => None,
     };
@@ -162,10 +172,13 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     if want(6) {
         section(hooks::run(&bins, &ns, &settings)?);
     }
-    if want(7) {
+    if want(8) {
         section(quarantine::run(&bins, &ns, &settings)?);
     }
     drop(ns);
+    if want(7) {
+        section(throughput::run(&bins, &settings)?);
+    }
 
     if !short && only.is_none() {
         std::fs::write(

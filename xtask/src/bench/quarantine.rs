@@ -1,4 +1,4 @@
-//! Scenario 7: what a quarantine's programs cost the workload they are
+//! Scenario 8: what a quarantine's programs cost the workload they are
 //! attached to, on the traffic its allow list lets through (cluster DNS, a
 //! forensics collector): bulk TCP throughput and connect rate with the
 //! programs attached vs not, interleaved, plus the programs' own ns/run
@@ -67,7 +67,7 @@ fn cli(bins: &Binaries, url: &str, token: &Path, args: &[&str]) -> anyhow::Resul
 }
 
 pub fn run(bins: &Binaries, ns: &NetNs, settings: &Settings) -> anyhow::Result<String> {
-    eprintln!("==> 7. quarantine programs on allowed traffic");
+    eprintln!("==> 8. quarantine programs on allowed traffic");
     let status = ns
         .command("ip")
         .args(["addr", "add", &format!("{ADDR}/26"), "dev", "v0"])
@@ -158,7 +158,7 @@ pub fn run(bins: &Binaries, ns: &NetNs, settings: &Settings) -> anyhow::Result<S
     let (b0, b1) = (median(&mut bulk_off), median(&mut bulk_on));
     let (c0, c1) = (median(&mut conn_off), median(&mut conn_on));
     let mut out = String::new();
-    writeln!(out, "## 7. Quarantine programs on allowed traffic\n")?;
+    writeln!(out, "## 8. Quarantine programs on allowed traffic\n")?;
     writeln!(
         out,
         "A process in a quarantined pod's cgroup (allow list `198.51.100.64/26`) talking to \

@@ -63,6 +63,27 @@ impl std::fmt::Debug for FdName {
     }
 }
 
+/// socket(2)'s arguments as Falco renders them (`evt.arg.*`), made once
+/// per socket event (rare: packet and raw socket creations only).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SocketText {
+    pub domain: Option<&'static str>,
+    pub sock_type: String,
+    pub proto: String,
+    pub args: String,
+}
+
+impl SocketText {
+    pub fn new(args: &crate::pipeline::decode::SocketArgs) -> SocketText {
+        SocketText {
+            domain: args.domain_name(),
+            sock_type: args.sock_type.to_string(),
+            proto: args.protocol.to_string(),
+            args: args.render_args(),
+        }
+    }
+}
+
 fn opt_str(value: Option<&str>) -> Value<'_> {
     value.map_or(Value::Missing, Value::Str)
 }
@@ -73,6 +94,21 @@ impl egret_rules::Event for Event {
         let process = self.process.as_deref();
         let meta = self.identity.as_ref().and_then(|i| i.metadata());
         let pod = meta.and_then(|m| m.pod.as_ref());
+        let socket = self.socket.as_deref();
+        if socket.is_some() {
+            // A socket creation has no destination.
+            match field {
+                FieldId::ServerIp | FieldId::ServerPort | FieldId::FdName | FieldId::V4Mapped => {
+                    return Value::Missing;
+                }
+                FieldId::L4Proto | FieldId::IpProto
+                    if a.l4proto == crate::pipeline::decode::L4Proto::Other(0) =>
+                {
+                    return Value::Missing;
+                }
+                _ => {}
+            }
+        }
         match field {
             FieldId::EvtType => Value::Str(a.evt_type()),
             FieldId::EvtTime => Value::U64(a.wall_ns),
@@ -116,6 +152,11 @@ impl egret_rules::Event for Event {
             FieldId::NetnsCookie => Value::U64(a.netns_cookie),
             FieldId::Action => Value::Str(crate::pipeline::decode::action_name(a.blocked)),
             FieldId::NewForWorkload => self.new_for_workload.map_or(Value::Missing, Value::Bool),
+            FieldId::EvtArgDomain => opt_str(socket.and_then(|s| s.domain)),
+            FieldId::EvtArgType => opt_str(socket.map(|s| s.sock_type.as_str())),
+            FieldId::EvtArgProto => opt_str(socket.map(|s| s.proto.as_str())),
+            FieldId::EvtArgs => opt_str(socket.map(|s| s.args.as_str())),
+            FieldId::IpProto => Value::U64(u64::from(a.ip_protocol)),
         }
     }
 }

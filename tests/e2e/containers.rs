@@ -118,6 +118,46 @@ fn container_connections_name_container_pod_and_namespace() {
     assert_eq!(event["container.host_network"], Value::Null, "{event}");
 }
 
+/// Issue 13 item 6: a container whose only process connects and exits at
+/// once (`kubectl run --rm` style) keeps its container id, pod and
+/// namespace: the cgroup's path reached the agent with the kernel's
+/// `cgroup_mkdir` record, before the container's process existed.
+#[test]
+fn one_shot_container_keeps_container_and_pod() {
+    if !support::privileged("one_shot_container_keeps_container_and_pod") {
+        return;
+    }
+    let containerd = Containerd::start();
+    let rootfs = busybox_rootfs(&containerd.dir().join("rootfs"));
+    containerd.import_image(&rootfs, IMAGE);
+    let agent = agent_for(&containerd, &[]);
+    let pod = pod();
+    for round in 0..3 {
+        let app_id = unique_id("oneshot");
+        // nc is the container's first and only process: no shell, no sleep.
+        let dest = format!("198.51.100.{}", 130 + round);
+        let app = RunSpec::new(
+            &app_id,
+            Source::Image(IMAGE.into()),
+            &["nc", "-w1", &dest, "443"],
+        )
+        .in_pod(&pod, "oneshot");
+        let output = containerd.run(&app);
+        assert!(
+            String::from_utf8_lossy(&output.stderr).contains("unreachable"),
+            "{output:?}"
+        );
+        let event = wait_for(&agent, "from the one-shot container", |v| {
+            v["fd.sip"] == dest.as_str() && v["proc.name"] == "nc"
+        });
+        let context = || format!("{event}\n{}", agent.stderr().join("\n"));
+        assert_eq!(event["container.id"], app_id[..12], "{}", context());
+        assert_eq!(event["container.name"], "oneshot", "{}", context());
+        assert_eq!(event["k8s.pod.name"], pod.name, "{}", context());
+        assert_eq!(event["k8s.ns.name"], pod.namespace, "{}", context());
+    }
+}
+
 /// Issue 10: the seed rule, verbatim, names no pod in its output; the
 /// shipped `append_output` default puts the workload in `output_fields` of
 /// the webhook payload, and `custom_fields` add the cluster.

@@ -1,12 +1,13 @@
 //! Issue 2: every outbound attempt kind is seen on the real kernel, with the
 //! right fields, and the agent cleans up after itself.
-use std::time::Duration;
+use std::{process::Command, time::Duration};
 
 use serde_json::Value;
 
 use crate::support::{
     self,
     agent::Agent,
+    cgroup::TestCgroup,
     netns::{NetNs, V4_OTHER_NET, V4_SERVER, V6_SERVER},
 };
 
@@ -309,4 +310,53 @@ fn unusable_environment_gives_one_clear_line() {
 
 fn http_status(addr: &str, path: &str) -> u16 {
     support::http::status(addr.parse().expect("listen address"), path)
+}
+
+/// Issue 13 item 6: a cgroup created, used by one short process and removed
+/// at once is still named, because its path came with the kernel's
+/// `cgroup_mkdir` record, before the process ran. The leaf is named like a
+/// CRI-O container scope so the resolved path shows as `container.id`
+/// (unresolved, the field would be null).
+#[test]
+fn short_lived_cgroup_keeps_its_path() {
+    if !support::privileged("short_lived_cgroup_keeps_its_path") {
+        return;
+    }
+    let agent = Agent::start(&["run", "--audit", "-"]);
+    let ns = NetNs::new("shortcg");
+    let probe = support::probe_path();
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_nanos();
+    let id = format!("{:032x}{nanos:032x}", u128::from(std::process::id()));
+    let parent = TestCgroup::new("shortcg");
+    for _ in 0..3 {
+        let leaf = parent.child(&format!("crio-{id}.scope"));
+        let procs = leaf.path().join("cgroup.procs");
+        // The shell moves itself in, then becomes the probe (both execs are
+        // in place: the pid is the probe's).
+        let script = format!(
+            "echo $$ > '{}' && exec ip netns exec {} '{}' tcp {V4_SERVER}:8131",
+            procs.display(),
+            ns.name,
+            probe.display()
+        );
+        let mut child = Command::new("sh")
+            .args(["-c", &script])
+            .spawn()
+            .expect("spawn sh");
+        let pid = child.id();
+        assert!(child.wait().expect("wait for probe").success());
+        leaf.remove().expect("remove the leaf cgroup at once");
+
+        let event = agent.wait_event_for_pid(pid);
+        assert_eq!(event["fd.sport"], 8131, "{event}");
+        assert_eq!(
+            event["container.id"],
+            id[..12],
+            "a removed cgroup keeps its path: {event}\n{}",
+            agent.stderr().join("\n")
+        );
+    }
 }

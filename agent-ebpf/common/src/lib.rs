@@ -27,6 +27,11 @@ pub const TP_FORK_CHILD_PID_GLOBAL: &str = "TP_FORK_CHILD_PID";
 pub const TP_EXIT_GROUP_DEAD_GLOBAL: &str = "TP_EXIT_GROUP_DEAD";
 pub const TP_EXECVE_ARGV_GLOBAL: &str = "TP_EXECVE_ARGV";
 pub const TP_EXECVEAT_ARGV_GLOBAL: &str = "TP_EXECVEAT_ARGV";
+/// `cgroup:cgroup_mkdir`/`cgroup_rmdir` (one event class, one layout).
+pub const TP_CGROUP_ROOT_GLOBAL: &str = "TP_CGROUP_ROOT";
+pub const TP_CGROUP_LEVEL_GLOBAL: &str = "TP_CGROUP_LEVEL";
+pub const TP_CGROUP_ID_GLOBAL: &str = "TP_CGROUP_ID";
+pub const TP_CGROUP_PATH_GLOBAL: &str = "TP_CGROUP_PATH";
 /// Offset value meaning "this kernel's tracepoint has no such field".
 pub const TP_FIELD_ABSENT: u32 = u32::MAX;
 
@@ -48,11 +53,16 @@ pub enum Hook {
     Sendmsg6 = 3,
     /// sched_process_exec: counts exec records (not an egress hook).
     Exec = 4,
+    /// cgroup:cgroup_mkdir on the v2 hierarchy: cgroup records.
+    CgroupMkdir = 5,
+    /// cgroup:cgroup_rmdir on the v2 hierarchy.
+    CgroupRmdir = 6,
 }
 
 impl Hook {
-    /// Hooks with counters: the four sock_addr hooks plus exec.
-    pub const COUNT: u32 = 5;
+    /// Hooks with counters: the four sock_addr hooks, exec and the cgroup
+    /// lifecycle.
+    pub const COUNT: u32 = 7;
     /// Every counter slot, in slot order: whoever reads the counters reads
     /// them all (a slot left out here is a count nobody ever sees).
     pub const ALL: [Hook; Hook::COUNT as usize] = [
@@ -61,6 +71,8 @@ impl Hook {
         Hook::Sendmsg4,
         Hook::Sendmsg6,
         Hook::Exec,
+        Hook::CgroupMkdir,
+        Hook::CgroupRmdir,
     ];
     /// The sock_addr hooks, whose records are outbound attempts (the exec
     /// slot counts process records).
@@ -78,6 +90,8 @@ impl Hook {
             2 => Some(Hook::Sendmsg4),
             3 => Some(Hook::Sendmsg6),
             4 => Some(Hook::Exec),
+            5 => Some(Hook::CgroupMkdir),
+            6 => Some(Hook::CgroupRmdir),
             _ => None,
         }
     }
@@ -89,6 +103,8 @@ impl Hook {
             Hook::Sendmsg4 => "sendmsg4",
             Hook::Sendmsg6 => "sendmsg6",
             Hook::Exec => "exec",
+            Hook::CgroupMkdir => "cgroup_mkdir",
+            Hook::CgroupRmdir => "cgroup_rmdir",
         }
     }
 }
@@ -102,6 +118,8 @@ pub enum RecordKind {
     Exec = 2,
     /// An [`EgressEvent`] a quarantine denied; `quarantine` names its slot.
     Blocked = 3,
+    /// A [`CgroupEvent`]: a v2 cgroup was created or removed.
+    Cgroup = 4,
 }
 
 /// `flags` bit: the destination was an IPv4-mapped IPv6 address
@@ -283,6 +301,39 @@ pub struct ExecEvent {
     pub args: [u8; EXEC_ARGS_BYTES + EXEC_ARG_CHUNK],
 }
 
+/// Path bytes kept from `cgroup_mkdir`; Kubernetes paths are ~200 bytes.
+/// A longer path is flagged and left to the agent's tree walk.
+pub const CGROUP_PATH_BYTES: usize = 512;
+/// [`CgroupEvent::op`]: the cgroup was created.
+pub const CGROUP_OP_MKDIR: u8 = 1;
+/// [`CgroupEvent::op`]: the cgroup was removed.
+pub const CGROUP_OP_RMDIR: u8 = 2;
+/// [`CgroupEvent::flags`] bit: the path did not fit in `path`.
+pub const CGROUP_FLAG_PATH_TRUNCATED: u8 = 1 << 0;
+
+/// A cgroup v2 directory created or removed, from the `cgroup:cgroup_mkdir`
+/// and `cgroup:cgroup_rmdir` tracepoints. Sent so that the agent knows a
+/// cgroup's path even when the cgroup is gone before its first event is
+/// enriched (one-shot containers).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct CgroupEvent {
+    /// [`RecordKind::Cgroup`].
+    pub kind: u8,
+    /// [`CGROUP_OP_MKDIR`] or [`CGROUP_OP_RMDIR`].
+    pub op: u8,
+    pub flags: u8,
+    pub _pad0: u8,
+    /// Depth below the root (the root is 0).
+    pub level: u32,
+    /// The cgroup id: what `bpf_get_current_cgroup_id` returns for its tasks.
+    pub id: u64,
+    pub mono_ns: u64,
+    /// Path from the hierarchy root, NUL terminated (`/a/b`).
+    pub path: [u8; CGROUP_PATH_BYTES],
+}
+
+const _: () = assert!(core::mem::size_of::<CgroupEvent>() == 24 + CGROUP_PATH_BYTES);
 const _: () = assert!(core::mem::size_of::<EgressEvent>() == 104);
 const _: () = assert!(core::mem::size_of::<ProcState>() == 16);
 const _: () = assert!(core::mem::size_of::<ExecEvent>() == 1600);

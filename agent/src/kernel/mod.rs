@@ -21,6 +21,7 @@ use aya::{
 };
 use egret_common::{
     COUNTERS_MAP, EVENTS_MAP, Hook, HookCounters, IGNORE_MAP, PROCS_MAP, ProcState,
+    TP_CGROUP_ID_GLOBAL, TP_CGROUP_LEVEL_GLOBAL, TP_CGROUP_PATH_GLOBAL, TP_CGROUP_ROOT_GLOBAL,
     TP_EXEC_FILENAME_GLOBAL, TP_EXEC_OLD_PID_GLOBAL, TP_EXECVE_ARGV_GLOBAL,
     TP_EXECVEAT_ARGV_GLOBAL, TP_EXIT_GROUP_DEAD_GLOBAL, TP_FIELD_ABSENT, TP_FORK_CHILD_PID_GLOBAL,
 };
@@ -87,8 +88,12 @@ pub const PROGRAMS: [&str; 4] = [
     "egret_sendmsg6",
 ];
 
-/// Process lifecycle tracepoints: (program, category, tracepoint).
-const TRACEPOINTS: [(&str, &str, &str); 3] = [
+/// Process and cgroup lifecycle tracepoints: (program, category,
+/// tracepoint). Cgroups first: a cgroup's path must be sent before any
+/// process in it can be.
+const TRACEPOINTS: [(&str, &str, &str); 5] = [
+    ("egret_cgroup_mkdir", "cgroup", "cgroup_mkdir"),
+    ("egret_cgroup_rmdir", "cgroup", "cgroup_rmdir"),
     ("egret_fork", "sched", "sched_process_fork"),
     ("egret_exec", "sched", "sched_process_exec"),
     ("egret_exit", "sched", "sched_process_exit"),
@@ -108,6 +113,8 @@ struct Offsets {
     exit_group_dead: u32,
     execve_argv: Option<u32>,
     execveat_argv: Option<u32>,
+    /// `cgroup_mkdir`/`cgroup_rmdir`: root, level, id, path.
+    cgroup: [u32; 4],
 }
 
 impl Offsets {
@@ -121,7 +128,29 @@ impl Offsets {
                 .ok()
                 .and_then(|f| f.offset("argv"))
         };
+        let cgroup = |name| -> Result<[u32; 4], KernelError> {
+            let format = Format::read(tracefs, "cgroup", name)?;
+            Ok([
+                format.require("root")?,
+                format.require("level")?,
+                format.require("id")?,
+                format.require("path")?,
+            ])
+        };
+        let mkdir = cgroup("cgroup_mkdir")?;
+        let rmdir = cgroup("cgroup_rmdir")?;
+        if mkdir != rmdir {
+            // One program layout serves both; a kernel that split the
+            // event class needs its own globals.
+            return Err(KernelError::Tracefs(
+                tracefs::TracefsError::LayoutMismatch {
+                    first: "cgroup/cgroup_mkdir",
+                    second: "cgroup/cgroup_rmdir",
+                },
+            ));
+        }
         Ok(Offsets {
+            cgroup: mkdir,
             exec_filename: exec.require("filename")?,
             exec_old_pid: exec.offset("old_pid").unwrap_or(TP_FIELD_ABSENT),
             fork_child_pid: fork.require("child_pid")?,
@@ -191,6 +220,10 @@ impl KernelProbes {
             .override_global(TP_EXIT_GROUP_DEAD_GLOBAL, &offsets.exit_group_dead, true)
             .override_global(TP_EXECVE_ARGV_GLOBAL, &execve_argv, true)
             .override_global(TP_EXECVEAT_ARGV_GLOBAL, &execveat_argv, true)
+            .override_global(TP_CGROUP_ROOT_GLOBAL, &offsets.cgroup[0], true)
+            .override_global(TP_CGROUP_LEVEL_GLOBAL, &offsets.cgroup[1], true)
+            .override_global(TP_CGROUP_ID_GLOBAL, &offsets.cgroup[2], true)
+            .override_global(TP_CGROUP_PATH_GLOBAL, &offsets.cgroup[3], true)
             .load(EBPF_OBJECT)
             .map_err(|source| KernelError::Load {
                 hint: permission_hint(&source),

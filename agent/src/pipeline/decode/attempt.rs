@@ -47,6 +47,9 @@ pub fn evt_type(hook: Hook) -> &'static str {
         Hook::Connect4 | Hook::Connect6 => "connect",
         Hook::Sendmsg4 | Hook::Sendmsg6 => "sendto",
         Hook::Exec => "execve",
+        // Never on an attempt (the decoder refuses them); named for totality.
+        Hook::CgroupMkdir => "mkdir",
+        Hook::CgroupRmdir => "rmdir",
     }
 }
 
@@ -106,7 +109,7 @@ impl EgressAttempt {
 pub(super) fn decode(record: &[u8], wall_offset_ns: i64) -> Result<EgressAttempt, DecodeError> {
     let raw: EgressEvent = read_record(record)?;
     let hook = match Hook::from_u8(raw.hook) {
-        Some(hook) if hook != Hook::Exec => hook,
+        Some(hook) if !matches!(hook, Hook::Exec | Hook::CgroupMkdir | Hook::CgroupRmdir) => hook,
         _ => return Err(DecodeError::UnknownHook(raw.hook)),
     };
     let daddr = match raw.family {

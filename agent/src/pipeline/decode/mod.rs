@@ -1,13 +1,15 @@
 //! Decoding kernel records into the agent's event model: one decoder per
-//! record kind (`attempt`, `exec`), chosen by the record's first byte from
+//! record kind (`attempt`, `exec`, `cgroup`), chosen by the record's first byte from
 //! [`DECODERS`]. A new record kind (DNS, flows, sockets) is a module here, a
 //! [`Record`] variant and a row in the table.
 mod attempt;
+mod cgroup;
 mod exec;
 
 use egret_common::RecordKind;
 
 pub use attempt::{Blocked, EgressAttempt, L4Proto, action_name, evt_type};
+pub use cgroup::{CgroupOp, CgroupRecord};
 pub use exec::ExecRecord;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -20,6 +22,8 @@ pub enum DecodeError {
     UnknownHook(u8),
     #[error("unknown address family {0}")]
     UnknownFamily(u8),
+    #[error("unknown cgroup operation {0}")]
+    UnknownCgroupOp(u8),
 }
 
 /// Task comm: at most 15 bytes, not necessarily UTF-8.
@@ -69,6 +73,7 @@ impl std::fmt::Debug for Comm {
 pub enum Record {
     Egress(EgressAttempt),
     Exec(ExecRecord),
+    Cgroup(CgroupRecord),
 }
 
 /// Decodes one ring buffer record. `wall_offset_ns` is realtime − monotonic,
@@ -85,7 +90,7 @@ pub fn decode(record: &[u8], wall_offset_ns: i64) -> Result<Record, DecodeError>
 type Decoder = fn(&[u8], i64) -> Result<Record, DecodeError>;
 
 /// Record kind → decoder.
-pub const DECODERS: [(RecordKind, Decoder); 3] = [
+pub const DECODERS: [(RecordKind, Decoder); 4] = [
     (RecordKind::Egress, |record, wall_offset_ns| {
         attempt::decode(record, wall_offset_ns).map(Record::Egress)
     }),
@@ -95,6 +100,9 @@ pub const DECODERS: [(RecordKind, Decoder); 3] = [
     }),
     (RecordKind::Exec, |record, _| {
         exec::decode(record).map(Record::Exec)
+    }),
+    (RecordKind::Cgroup, |record, _| {
+        cgroup::decode(record).map(Record::Cgroup)
     }),
 ];
 

@@ -158,6 +158,52 @@ fn one_shot_container_keeps_container_and_pod() {
     }
 }
 
+/// Issue 13 item 5: a binary copied into a running container (overlayfs
+/// upper layer, not from the image) is reported with its true path and
+/// `proc.is_exe_upper_layer`; the image's own binary is in the lower layer.
+#[test]
+fn binary_dropped_into_a_container_is_from_the_upper_layer() {
+    if !support::privileged("binary_dropped_into_a_container_is_from_the_upper_layer") {
+        return;
+    }
+    let containerd = Containerd::start();
+    let rootfs = busybox_rootfs(&containerd.dir().join("rootfs"));
+    containerd.import_image(&rootfs, IMAGE);
+    let agent = agent_for(&containerd, &[]);
+    let app_id = unique_id("dropper");
+    // busybox runs the applet named by argv[1] when its own name starts
+    // with "busybox", so the copy still makes the nc attempt.
+    let script = "nc -w1 198.51.100.141 443; \
+        cp /bin/busybox /bin/busybox-dropped && /bin/busybox-dropped nc -w1 198.51.100.142 443";
+    let app = RunSpec::new(&app_id, Source::Image(IMAGE.into()), &["sh", "-c", script]);
+    containerd.run(&app);
+
+    let from_image = wait_for(&agent, "from the image's nc", |v| {
+        v["fd.sip"] == "198.51.100.141" && v["container.id"] == app_id[..12]
+    });
+    let dropped = wait_for(&agent, "from the dropped copy", |v| {
+        v["fd.sip"] == "198.51.100.142" && v["container.id"] == app_id[..12]
+    });
+    let context = || format!("{from_image}\n{dropped}\n{}", agent.stderr().join("\n"));
+    assert_eq!(
+        dropped["proc.exepath"],
+        "/bin/busybox-dropped",
+        "{}",
+        context()
+    );
+    assert_eq!(dropped["proc.is_exe_upper_layer"], true, "{}", context());
+    assert_eq!(dropped["proc.is_exe_lower_layer"], false, "{}", context());
+    // The image's applet resolves to the busybox binary it links to.
+    assert_eq!(from_image["proc.exepath"], "/bin/busybox", "{}", context());
+    assert_eq!(
+        from_image["proc.is_exe_upper_layer"],
+        false,
+        "{}",
+        context()
+    );
+    assert_eq!(from_image["proc.is_exe_lower_layer"], true, "{}", context());
+}
+
 /// Issue 10: the seed rule, verbatim, names no pod in its output; the
 /// shipped `append_output` default puts the workload in `output_fields` of
 /// the webhook payload, and `custom_fields` add the cluster.

@@ -360,3 +360,66 @@ fn short_lived_cgroup_keeps_its_path() {
         );
     }
 }
+
+/// Issue 13 items 4–5: `proc.exepath` is the file the kernel runs, however
+/// the exec named it: a symlink, `fexecve` of a memfd (fileless), a file
+/// deleted before it ran, and a process renamed by prctl keep their true
+/// executable, with the matching `proc.is_exe_*` flags.
+#[test]
+fn exepath_is_the_kernels_executable_file() {
+    if !support::privileged("exepath_is_the_kernels_executable_file") {
+        return;
+    }
+    let agent = Agent::start(&["run", "--audit", "-"]);
+    let ns = NetNs::new("exe");
+    let probe = support::probe_path();
+    let real = std::fs::canonicalize(&probe).expect("probe path");
+    let real = real.to_str().expect("UTF-8 path");
+    let flags = |event: &Value| {
+        [
+            "proc.is_exe_from_memfd",
+            "proc.is_exe_deleted",
+            "proc.is_exe_upper_layer",
+        ]
+        .map(|f| event[f].as_bool().unwrap_or_else(|| panic!("{f}: {event}")))
+    };
+
+    let dir = support::TempDir::new("exe-link");
+    let link = dir.path().join("innocent");
+    std::os::unix::fs::symlink(&probe, &link).expect("symlink");
+    let (pid, _) = ns.run(&link, &["tcp", &format!("{V4_SERVER}:8132")]);
+    let event = agent.wait_event_for_pid(pid);
+    assert_eq!(event["proc.exepath"], real, "through a symlink: {event}");
+    assert_eq!(flags(&event), [false, false, false], "{event}");
+
+    let (pid, _) = ns.run(&probe, &["memfd-exec", &format!("{V4_SERVER}:8133")]);
+    let event = agent.wait_event_for_pid(pid);
+    assert_eq!(event["proc.exepath"], "/memfd:payload (deleted)", "{event}");
+    assert_eq!(flags(&event), [true, false, false], "{event}");
+    assert_eq!(
+        event["proc.cmdline"],
+        format!("sshd tcp {V4_SERVER}:8133"),
+        "argv[0] is a lie, the exe path is not: {event}"
+    );
+
+    let (pid, _) = ns.run(&probe, &["deleted-exec", &format!("{V4_SERVER}:8134")]);
+    let event = agent.wait_event_for_pid(pid);
+    let gone = std::env::temp_dir().join(format!("egret-probe-deleted-{pid}"));
+    assert_eq!(
+        event["proc.exepath"],
+        format!("{} (deleted)", gone.display()),
+        "{event}"
+    );
+    assert_eq!(flags(&event), [false, true, false], "{event}");
+
+    let (pid, _) = ns.run(
+        &probe,
+        &["prctl-rename", "kworker/0:1", &format!("{V4_SERVER}:8135")],
+    );
+    let event = agent.wait_event_for_pid(pid);
+    assert_eq!(event["proc.name"], "kworker/0:1", "{event}");
+    assert_eq!(
+        event["proc.exepath"], real,
+        "a new name hides nothing: {event}"
+    );
+}

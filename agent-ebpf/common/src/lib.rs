@@ -32,6 +32,8 @@ pub const TP_CGROUP_ROOT_GLOBAL: &str = "TP_CGROUP_ROOT";
 pub const TP_CGROUP_LEVEL_GLOBAL: &str = "TP_CGROUP_LEVEL";
 pub const TP_CGROUP_ID_GLOBAL: &str = "TP_CGROUP_ID";
 pub const TP_CGROUP_PATH_GLOBAL: &str = "TP_CGROUP_PATH";
+/// Global holding [`ExeOffsets`], set by the agent from kernel BTF.
+pub const EXE_OFFSETS_GLOBAL: &str = "EXE_OFFSETS";
 /// Offset value meaning "this kernel's tracepoint has no such field".
 pub const TP_FIELD_ABSENT: u32 = u32::MAX;
 
@@ -57,12 +59,15 @@ pub enum Hook {
     CgroupMkdir = 5,
     /// cgroup:cgroup_rmdir on the v2 hierarchy.
     CgroupRmdir = 6,
+    /// The executable file of each exec, resolved in sched_process_exec:
+    /// `seen` execs, `emitted` with a full path, `ignored` without one.
+    ExeFile = 7,
 }
 
 impl Hook {
-    /// Hooks with counters: the four sock_addr hooks, exec and the cgroup
-    /// lifecycle.
-    pub const COUNT: u32 = 7;
+    /// Hooks with counters: the four sock_addr hooks, exec, the cgroup
+    /// lifecycle and the executable file.
+    pub const COUNT: u32 = 8;
     /// Every counter slot, in slot order: whoever reads the counters reads
     /// them all (a slot left out here is a count nobody ever sees).
     pub const ALL: [Hook; Hook::COUNT as usize] = [
@@ -73,6 +78,7 @@ impl Hook {
         Hook::Exec,
         Hook::CgroupMkdir,
         Hook::CgroupRmdir,
+        Hook::ExeFile,
     ];
     /// The sock_addr hooks, whose records are outbound attempts (the exec
     /// slot counts process records).
@@ -92,6 +98,7 @@ impl Hook {
             4 => Some(Hook::Exec),
             5 => Some(Hook::CgroupMkdir),
             6 => Some(Hook::CgroupRmdir),
+            7 => Some(Hook::ExeFile),
             _ => None,
         }
     }
@@ -105,6 +112,7 @@ impl Hook {
             Hook::Exec => "exec",
             Hook::CgroupMkdir => "cgroup_mkdir",
             Hook::CgroupRmdir => "cgroup_rmdir",
+            Hook::ExeFile => "exe_file",
         }
     }
 }
@@ -270,6 +278,69 @@ pub const EXEC_FLAG_ARGS_TRUNCATED: u8 = 1 << 0;
 /// `ExecEvent.flags` bit: no argv was captured at syscall entry.
 pub const EXEC_FLAG_NO_ARGS: u8 = 1 << 1;
 
+/// Bytes kept of the executable's path (`d_path`, NUL terminated).
+pub const EXE_PATH_BYTES: usize = 256;
+/// Longest path component copied; a longer name fails the resolution.
+pub const EXE_NAME_MAX: usize = 255;
+/// Most path components walked (directories plus mount crossings).
+pub const EXE_MAX_DEPTH: u32 = 40;
+
+/// Kernel struct member offsets (bytes) the executable-file resolution
+/// reads, from `/sys/kernel/btf/vmlinux` at load time (no CO-RE in Rust
+/// eBPF). `valid` is 0 when the agent had no BTF: then nothing is read.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ExeOffsets {
+    pub valid: u32,
+    pub task_mm: u32,
+    pub task_fs: u32,
+    pub mm_exe_file: u32,
+    pub fs_root: u32,
+    pub file_f_path: u32,
+    pub file_f_inode: u32,
+    pub path_mnt: u32,
+    pub path_dentry: u32,
+    pub dentry_d_parent: u32,
+    pub dentry_d_name: u32,
+    pub qstr_len: u32,
+    pub qstr_name: u32,
+    pub vfsmount_mnt_root: u32,
+    pub mount_mnt: u32,
+    pub mount_mnt_parent: u32,
+    pub mount_mnt_mountpoint: u32,
+    pub inode_i_nlink: u32,
+    pub inode_i_sb: u32,
+    pub inode_size: u32,
+    pub sb_s_magic: u32,
+    pub _pad: u32,
+}
+
+/// `ExeFile.flags` bit: the kernel's executable file was read (no BTF
+/// offsets: not set, and nothing else is).
+pub const EXE_KNOWN: u32 = 1 << 0;
+/// The executable's inode has no links left (deleted, or a memfd).
+pub const EXE_NO_LINKS: u32 = 1 << 1;
+/// The file is on tmpfs/hugetlbfs, where memfds live.
+pub const EXE_ON_SHMEM: u32 = 1 << 2;
+/// The file is on overlayfs.
+pub const EXE_ON_OVERLAY: u32 = 1 << 3;
+/// On overlayfs, and the inode has an upper (writable layer) dentry.
+pub const EXE_UPPER: u32 = 1 << 4;
+/// The path could not be built (longer than [`EXE_PATH_BYTES`], deeper
+/// than [`EXE_MAX_DEPTH`], or a read failed); it is empty.
+pub const EXE_PATH_ERR: u32 = 1 << 5;
+
+/// What the kernel says about the file an exec runs (`mm->exe_file`).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct ExeFile {
+    pub flags: u32,
+    /// Path bytes, without the NUL.
+    pub len: u32,
+    /// Absolute in the exec'ing task's root, like `d_path`, NUL terminated.
+    pub path: [u8; EXE_PATH_BYTES],
+}
+
 /// Captured argv, built at execve entry and consumed at sched_process_exec.
 #[repr(C)]
 #[derive(Clone, Copy)]
@@ -299,6 +370,8 @@ pub struct ExecEvent {
     pub comm: [u8; 16],
     pub filename: [u8; EXEC_FILENAME_BYTES],
     pub args: [u8; EXEC_ARGS_BYTES + EXEC_ARG_CHUNK],
+    /// The executable file as the kernel resolved it ([`ExeFile`]).
+    pub exe: ExeFile,
 }
 
 /// Path bytes kept from `cgroup_mkdir`; Kubernetes paths are ~200 bytes.
@@ -336,7 +409,9 @@ pub struct CgroupEvent {
 const _: () = assert!(core::mem::size_of::<CgroupEvent>() == 24 + CGROUP_PATH_BYTES);
 const _: () = assert!(core::mem::size_of::<EgressEvent>() == 104);
 const _: () = assert!(core::mem::size_of::<ProcState>() == 16);
-const _: () = assert!(core::mem::size_of::<ExecEvent>() == 1600);
+const _: () = assert!(core::mem::size_of::<ExeFile>() == 8 + EXE_PATH_BYTES);
+const _: () = assert!(core::mem::size_of::<ExeOffsets>() == 88);
+const _: () = assert!(core::mem::size_of::<ExecEvent>() == 1600 + 8 + EXE_PATH_BYTES);
 const _: () = assert!(EXEC_ARGS_BYTES.is_power_of_two());
 const _: () = assert!(core::mem::align_of::<EgressEvent>() == 8);
 const _: () = assert!(core::mem::size_of::<HookCounters>() == 40);
@@ -357,6 +432,8 @@ mod pod {
     unsafe impl aya::Pod for super::QuarantineTarget {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::QuarantineCounters {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::ExeOffsets {}
 }
 
 // `Hook::ALL` lists every counter slot, each at its own index.

@@ -4,7 +4,9 @@
 //! chooses. Dropping [`KernelProbes`] detaches too: attachments are bpf_link
 //! file descriptors owned by this process, so even a crash cannot leave an
 //! Egret program attached.
+pub mod btf;
 pub mod cgroup;
+pub mod exe;
 mod ignore;
 pub mod quarantine;
 pub mod tracefs;
@@ -168,6 +170,8 @@ pub struct KernelProbes {
     attached_ids: Vec<u32>,
     links: Vec<Link>,
     captures_argv: bool,
+    /// Why executables are not resolved in the kernel, if they are not.
+    exe_missing: Option<btf::BtfError>,
 }
 
 /// One attachment, kept so [`KernelProbes::detach`] can undo it.
@@ -212,7 +216,12 @@ impl KernelProbes {
         let captures_argv = offsets.execve_argv.is_some();
         let execve_argv = offsets.execve_argv.unwrap_or(TP_FIELD_ABSENT);
         let execveat_argv = offsets.execveat_argv.unwrap_or(TP_FIELD_ABSENT);
+        let (exe_offsets, exe_missing) = match exe::offsets() {
+            Ok(offsets) => (offsets, None),
+            Err(err) => (egret_common::ExeOffsets::default(), Some(err)),
+        };
         let mut ebpf = EbpfLoader::new()
+            .override_global(egret_common::EXE_OFFSETS_GLOBAL, &exe_offsets, true)
             .map_max_entries(EVENTS_MAP, ringbuf_bytes)
             .override_global(TP_EXEC_FILENAME_GLOBAL, &offsets.exec_filename, true)
             .override_global(TP_EXEC_OLD_PID_GLOBAL, &offsets.exec_old_pid, true)
@@ -270,7 +279,13 @@ impl KernelProbes {
             attached_ids: Vec::new(),
             links: Vec::new(),
             captures_argv,
+            exe_missing,
         })
+    }
+
+    /// Why `proc.exepath` is not the kernel's executable file, if it is not.
+    pub fn exe_hook_missing(&self) -> Option<&btf::BtfError> {
+        self.exe_missing.as_ref()
     }
 
     /// The event ring buffer; can be taken once.

@@ -50,6 +50,7 @@ pub fn evt_type(hook: Hook) -> &'static str {
         // Never on an attempt (the decoder refuses them); named for totality.
         Hook::CgroupMkdir => "mkdir",
         Hook::CgroupRmdir => "rmdir",
+        Hook::ExeFile => "execve",
     }
 }
 
@@ -109,7 +110,14 @@ impl EgressAttempt {
 pub(super) fn decode(record: &[u8], wall_offset_ns: i64) -> Result<EgressAttempt, DecodeError> {
     let raw: EgressEvent = read_record(record)?;
     let hook = match Hook::from_u8(raw.hook) {
-        Some(hook) if !matches!(hook, Hook::Exec | Hook::CgroupMkdir | Hook::CgroupRmdir) => hook,
+        Some(hook)
+            if !matches!(
+                hook,
+                Hook::Exec | Hook::CgroupMkdir | Hook::CgroupRmdir | Hook::ExeFile
+            ) =>
+        {
+            hook
+        }
         _ => return Err(DecodeError::UnknownHook(raw.hook)),
     };
     let daddr = match raw.family {

@@ -420,6 +420,7 @@ mod tests {
             filename: "/bin/x".into(),
             argv: Some(vec!["x".into()]),
             args_truncated: false,
+            exe: None,
         });
         enricher.process_batch(vec![exec, attempt()], &mut out);
         assert_eq!(lookups(&enricher), 2, "looked again at exec only");

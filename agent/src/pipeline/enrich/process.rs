@@ -13,10 +13,52 @@ use egret_common::{EXEC_ID_SEEDED, ProcState};
 
 use crate::pipeline::decode::ExecRecord;
 
+/// What is known of the executable file's origin; `None`: unknown (no LSM
+/// hook on this kernel, or learnt from `/proc`, which cannot tell layers).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ExeOrigin {
+    /// `proc.is_exe_from_memfd`.
+    pub from_memfd: Option<bool>,
+    /// `proc.is_exe_upper_layer`: in overlayfs's writable layer (written
+    /// or changed after the container started, not from the image).
+    pub upper_layer: Option<bool>,
+    /// `proc.is_exe_lower_layer`: in overlayfs's image layers.
+    pub lower_layer: Option<bool>,
+    /// `proc.is_exe_deleted`: deleted after it was started (memfds count
+    /// as `from_memfd` instead).
+    pub deleted: Option<bool>,
+}
+
+impl ExeOrigin {
+    fn from_kernel(exe: &crate::pipeline::decode::ExeFile) -> ExeOrigin {
+        ExeOrigin {
+            from_memfd: Some(exe.from_memfd()),
+            upper_layer: Some(exe.on_overlay && exe.upper),
+            lower_layer: Some(exe.on_overlay && !exe.upper),
+            deleted: Some(exe.deleted()),
+        }
+    }
+
+    /// From a `/proc/<pid>/exe` link: the kernel marks unlinked files, and
+    /// names memfds `/memfd:<name>`; layers cannot be told from a path.
+    fn from_proc_link(link: &str) -> ExeOrigin {
+        let unlinked = link.ends_with(" (deleted)");
+        let memfd = unlinked && link.starts_with("/memfd:");
+        ExeOrigin {
+            from_memfd: Some(memfd),
+            upper_layer: None,
+            lower_layer: None,
+            deleted: Some(unlinked && !memfd),
+        }
+    }
+}
+
 #[derive(Debug, PartialEq, Eq)]
 pub struct ProcessImage {
-    /// `proc.exepath`: the executable's path.
+    /// `proc.exepath`: the executable file the kernel runs (from the LSM
+    /// hook); without it, the execve path made absolute.
     pub exepath: Arc<str>,
+    pub origin: ExeOrigin,
     /// `proc.name`: the task comm at exec time.
     pub name: Arc<str>,
     /// `proc.exe`: argv[0] as given (falls back to the path).
@@ -46,6 +88,7 @@ impl ProcessImage {
         };
         ProcessImage {
             exepath: exepath.into(),
+            origin: ExeOrigin::default(),
             name: name.into(),
             exe: exe.into(),
             args: args.into(),
@@ -98,8 +141,18 @@ impl ProcessCache {
             // running the new image when its exec record arrives.
             None => read_cmdline(&proc_dir).unwrap_or_default(),
         };
-        let exepath = self.exepath_of(exec, &proc_dir);
-        let image = ProcessImage::new(exepath, exec.comm.to_string_lossy().into_owned(), &argv);
+        // The kernel's file wins: the execve string can be a symlink,
+        // /proc/self/fd/N or a relative path (and argv[0] anything at all).
+        let (exepath, origin) = match &exec.exe {
+            Some(exe) if !exe.path.is_empty() => (exe.path.clone(), ExeOrigin::from_kernel(exe)),
+            Some(exe) => (
+                self.exepath_of(exec, &proc_dir),
+                ExeOrigin::from_kernel(exe),
+            ),
+            None => (self.exepath_of(exec, &proc_dir), ExeOrigin::default()),
+        };
+        let mut image = ProcessImage::new(exepath, exec.comm.to_string_lossy().into_owned(), &argv);
+        image.origin = origin;
         self.insert(exec.exec_id, Arc::new(image));
         self.current.insert(exec.tgid, exec.exec_id);
         self.fallback.remove(&exec.tgid);
@@ -227,7 +280,14 @@ impl ProcessCache {
             .map(|p| p.to_string_lossy().into_owned())
             .unwrap_or_default();
         let argv = read_cmdline(&dir).unwrap_or_default();
-        Some(ProcessImage::new(exepath, name, &argv))
+        let origin = if exepath.is_empty() {
+            ExeOrigin::default()
+        } else {
+            ExeOrigin::from_proc_link(&exepath)
+        };
+        let mut image = ProcessImage::new(exepath, name, &argv);
+        image.origin = origin;
+        Some(image)
     }
 }
 
@@ -272,6 +332,7 @@ mod tests {
             filename: "/usr/bin/curl".into(),
             argv: Some(argv.iter().map(|s| s.to_string()).collect()),
             args_truncated: false,
+            exe: None,
         }
     }
 
@@ -303,6 +364,59 @@ mod tests {
         let image = cache.lookup(51, 2).expect("cached");
         assert_eq!(&*image.exepath, "/bin/sh", "the parent's image");
         assert_eq!(&*image.cmdline, "nc -w1 203.0.113.9 80");
+    }
+
+    #[test]
+    fn the_kernels_executable_file_beats_the_execve_path() {
+        use crate::pipeline::decode::ExeFile;
+        let mut cache = ProcessCache::new("/nonexistent", 64);
+        // Started as /proc/self/fd/3 (fexecve of a memfd), renamed by argv[0].
+        let mut memfd = exec(60, 1, &["sshd", "-D"]);
+        memfd.filename = "/proc/self/fd/3".into();
+        memfd.exe = Some(ExeFile {
+            path: "/memfd:payload (deleted)".into(),
+            no_links: true,
+            on_shmem: true,
+            ..ExeFile::default()
+        });
+        cache.on_exec(&memfd);
+        let image = cache.lookup(60, 1).unwrap();
+        assert_eq!(&*image.exepath, "/memfd:payload (deleted)");
+        assert_eq!(&*image.exe, "sshd");
+        assert_eq!(image.origin.from_memfd, Some(true));
+        assert_eq!(image.origin.deleted, Some(false));
+        assert_eq!(image.origin.upper_layer, Some(false));
+
+        let mut dropped = exec(61, 2, &["x"]);
+        dropped.filename = "/usr/local/bin/link-to-x".into();
+        dropped.exe = Some(ExeFile {
+            path: "/tmp/x".into(),
+            on_overlay: true,
+            upper: true,
+            ..ExeFile::default()
+        });
+        cache.on_exec(&dropped);
+        let image = cache.lookup(61, 2).unwrap();
+        assert_eq!(&*image.exepath, "/tmp/x");
+        assert_eq!(
+            (image.origin.upper_layer, image.origin.lower_layer),
+            (Some(true), Some(false))
+        );
+
+        // Without the hook the flags are unknown, not false.
+        cache.on_exec(&exec(62, 3, &["curl"]));
+        let image = cache.lookup(62, 3).unwrap();
+        assert_eq!(&*image.exepath, "/usr/bin/curl");
+        assert_eq!(image.origin, ExeOrigin::default());
+        assert_eq!(
+            ExeOrigin::from_proc_link("/memfd:a (deleted)").from_memfd,
+            Some(true)
+        );
+        assert_eq!(
+            ExeOrigin::from_proc_link("/bin/a (deleted)").deleted,
+            Some(true)
+        );
+        assert_eq!(ExeOrigin::from_proc_link("/bin/a").deleted, Some(false));
     }
 
     #[test]

@@ -63,10 +63,8 @@ fn container_connections_name_container_pod_and_namespace() {
     containerd.run_detached(&sandbox);
 
     // Connects as soon as it starts: the create/start events must have made
-    // the container known by then. The shell keeps the container alive a
-    // moment, as any real workload is; a container whose only process lives
-    // a few milliseconds has its cgroup removed before anyone can name it
-    // (its events still carry the cgroup id and process fields).
+    // the container known by then. (A container whose only process lives a
+    // few milliseconds: `one_shot_container_keeps_container_and_pod`.)
     let app_id = unique_id("app");
     let app = RunSpec::new(
         &app_id,

@@ -207,7 +207,11 @@ fn sigterm_detaches_every_program() {
     let root = support::cgroup_root();
     let mut agent = Agent::start(&["run", "--audit", "-"]);
     let ids = agent.program_ids();
-    assert_eq!(ids.len(), 9, "four sock_addr programs and five tracepoints");
+    assert_eq!(
+        ids.len(),
+        11,
+        "four sock_addr programs and seven tracepoints (process and cgroup lifecycle)"
+    );
     let attached = support::attached_program_ids(&root);
     let on_cgroup = ids.iter().filter(|id| attached.contains(id)).count();
     assert_eq!(

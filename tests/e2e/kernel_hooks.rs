@@ -416,6 +416,21 @@ fn exepath_is_the_kernels_executable_file() {
     );
     assert_eq!(flags(&event), [false, true, false], "{event}");
 
+    // Deleted after it started: seen through /proc while it runs.
+    let copy = dir.path().join("implant");
+    std::fs::copy(&probe, &copy).expect("copy the probe");
+    let (pid, _) = ns.run(&copy, &["rm-self-tcp", &format!("{V4_SERVER}:8136")]);
+    let event = agent.wait_event_for_pid(pid);
+    let copy = std::fs::canonicalize(dir.path())
+        .expect("dir")
+        .join("implant");
+    assert_eq!(
+        event["proc.exepath"],
+        format!("{} (deleted)", copy.display()),
+        "{event}"
+    );
+    assert_eq!(flags(&event), [false, true, false], "{event}");
+
     let (pid, _) = ns.run(
         &probe,
         &["prctl-rename", "kworker/0:1", &format!("{V4_SERVER}:8135")],

@@ -26,6 +26,9 @@
 //!   deleted-exec   <addr:port>: copy this binary to a file, open it,
 //!                  delete it and execveat the descriptor, then `tcp`.
 //!   prctl-rename   <name> <addr:port>: PR_SET_NAME to <name>, then `tcp`.
+//!   rm-self-tcp    <addr:port>: delete the file this process runs from,
+//!                  `tcp`, then stay 2 s (an implant that cleans up after
+//!                  starting and keeps running).
 use std::{
     io::{Error, ErrorKind, Result},
     net::{IpAddr, SocketAddr, SocketAddrV6, TcpStream, UdpSocket},
@@ -47,6 +50,12 @@ fn main() {
         Some([mode, addr]) if mode == "listen" => parse(addr).and_then(listen),
         Some([mode, addr]) if mode == "memfd-exec" => parse(addr).and_then(memfd_exec),
         Some([mode, addr]) if mode == "deleted-exec" => parse(addr).and_then(deleted_exec),
+        Some([mode, addr]) if mode == "rm-self-tcp" => parse(addr).and_then(|addr| {
+            std::fs::remove_file(std::fs::read_link("/proc/self/exe")?)?;
+            let result = run("tcp", addr);
+            std::thread::sleep(Duration::from_secs(2));
+            result
+        }),
         Some([mode, name, addr]) if mode == "prctl-rename" => parse(addr).and_then(|addr| {
             let name = std::ffi::CString::new(name.as_str())
                 .map_err(|_| Error::new(ErrorKind::InvalidInput, "name"))?;

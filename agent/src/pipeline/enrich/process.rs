@@ -110,7 +110,14 @@ pub struct ProcessCache {
     /// tgid → exec id of its current image, for parent names.
     current: HashMap<u32, u64>,
     fallback: HashMap<u32, (Instant, Option<Arc<ProcessImage>>)>,
+    /// When each image's executable was last checked for deletion.
+    deletion_checked: HashMap<u64, Instant>,
 }
+
+/// A binary deleted after it started (run, then `rm`: the usual way to
+/// leave nothing behind) is only visible later, through `/proc/<pid>/exe`;
+/// it is looked at no more often than this per image.
+const DELETION_RECHECK: Duration = Duration::from_secs(1);
 
 impl ProcessCache {
     pub fn new(proc_root: impl Into<PathBuf>, cap: usize) -> ProcessCache {
@@ -121,6 +128,7 @@ impl ProcessCache {
             order: VecDeque::new(),
             current: HashMap::new(),
             fallback: HashMap::new(),
+            deletion_checked: HashMap::new(),
         }
     }
 
@@ -186,8 +194,8 @@ impl ProcessCache {
     /// The image of process `tgid` running exec `exec_id` (0: untracked).
     pub fn lookup(&mut self, tgid: u32, exec_id: u64) -> Option<Arc<ProcessImage>> {
         if exec_id != 0 {
-            if let Some(image) = self.images.get(&exec_id) {
-                return Some(image.clone());
+            if let Some(image) = self.images.get(&exec_id).cloned() {
+                return Some(self.recheck_deleted(tgid, exec_id, image));
             }
             // Evicted or never seen (exec record lost to a full ring
             // buffer): /proc still describes a live process.
@@ -207,6 +215,55 @@ impl ProcessCache {
         }
         self.fallback.insert(tgid, (now, image.clone()));
         image
+    }
+
+    /// Marks the image deleted when its file was removed since the exec.
+    /// The link must name the image's own path (a container's as seen from
+    /// the host ends with it), so a reused pid is never believed.
+    fn recheck_deleted(
+        &mut self,
+        tgid: u32,
+        exec_id: u64,
+        image: Arc<ProcessImage>,
+    ) -> Arc<ProcessImage> {
+        if image.origin.deleted != Some(false) || image.exepath.is_empty() {
+            return image;
+        }
+        let now = Instant::now();
+        if self
+            .deletion_checked
+            .get(&exec_id)
+            .is_some_and(|at| now.duration_since(*at) < DELETION_RECHECK)
+        {
+            return image;
+        }
+        if self.deletion_checked.len() >= self.cap {
+            self.deletion_checked.clear();
+        }
+        self.deletion_checked.insert(exec_id, now);
+        let Ok(link) = std::fs::read_link(self.proc_root.join(tgid.to_string()).join("exe")) else {
+            return image;
+        };
+        let link = link.to_string_lossy();
+        let same_file = link
+            .strip_suffix(" (deleted)")
+            .is_some_and(|path| path.ends_with(&*image.exepath));
+        if !same_file {
+            return image;
+        }
+        let updated = Arc::new(ProcessImage {
+            exepath: format!("{} (deleted)", image.exepath).into(),
+            origin: ExeOrigin {
+                deleted: Some(true),
+                ..image.origin
+            },
+            name: image.name.clone(),
+            exe: image.exe.clone(),
+            args: image.args.clone(),
+            cmdline: image.cmdline.clone(),
+        });
+        self.images.insert(exec_id, updated.clone());
+        updated
     }
 
     /// `proc.pname`: the name of the current image of `ppid`.
@@ -417,6 +474,40 @@ mod tests {
             Some(true)
         );
         assert_eq!(ExeOrigin::from_proc_link("/bin/a").deleted, Some(false));
+    }
+
+    #[test]
+    fn a_binary_deleted_after_it_started_is_flagged() {
+        use crate::pipeline::decode::ExeFile;
+        let dir = std::env::temp_dir().join(format!("egret-deleted-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let copy = dir.join("sleeper");
+        std::fs::copy("/bin/sleep", &copy).unwrap();
+        let mut child = std::process::Command::new(&copy).arg("5").spawn().unwrap();
+        let path = std::fs::read_link(format!("/proc/{}/exe", child.id())).unwrap();
+        let mut cache = ProcessCache::new("/proc", 64);
+        let mut record = exec(child.id(), 9, &["sleeper", "5"]);
+        record.exe = Some(ExeFile {
+            path: path.to_string_lossy().into_owned(),
+            ..ExeFile::default()
+        });
+        cache.on_exec(&record);
+        let before = cache.lookup(child.id(), 9).unwrap();
+        assert_eq!(before.origin.deleted, Some(false));
+        std::fs::remove_file(&copy).unwrap();
+        // Checked at most once a second per image.
+        assert_eq!(
+            cache.lookup(child.id(), 9).unwrap().origin.deleted,
+            Some(false)
+        );
+        cache.deletion_checked.clear();
+        let after = cache.lookup(child.id(), 9).unwrap();
+        child.kill().unwrap();
+        child.wait().unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(after.origin.deleted, Some(true));
+        assert_eq!(&*after.exepath, format!("{} (deleted)", path.display()));
+        assert_eq!(&*after.cmdline, "sleeper 5");
     }
 
     #[test]

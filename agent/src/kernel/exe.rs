@@ -1,6 +1,7 @@
 //! Load-time input of the executable-file resolution
-//! (`agent-ebpf/src/exe.rs`): kernel struct offsets from BTF. Without BTF
-//! the resolution is switched off and the agent says so once:
+//! (`agent-ebpf/src/exe.rs`): kernel struct offsets from BTF. Without BTF,
+//! or on a kernel whose verifier refuses the walk, the resolution is
+//! switched off and the agent says so once:
 //! `proc.exepath` then comes from the execve path (resolved through
 //! `/proc/<pid>/exe` where needed) and the `proc.is_exe_*` flags are absent.
 use std::path::Path;
@@ -8,6 +9,15 @@ use std::path::Path;
 use egret_common::ExeOffsets;
 
 use super::btf::{Btf, BtfError, VMLINUX};
+
+/// Why executables are not resolved in the kernel.
+#[derive(Debug, thiserror::Error)]
+pub enum ExeUnresolved {
+    #[error("{0}")]
+    Btf(#[from] BtfError),
+    #[error("the kernel's verifier refused the executable-file walk: {0}")]
+    Refused(String),
+}
 
 /// The offsets from this kernel's BTF, `valid` set.
 pub fn offsets() -> Result<ExeOffsets, BtfError> {

@@ -171,7 +171,7 @@ pub struct KernelProbes {
     links: Vec<Link>,
     captures_argv: bool,
     /// Why executables are not resolved in the kernel, if they are not.
-    exe_missing: Option<btf::BtfError>,
+    exe_missing: Option<exe::ExeUnresolved>,
 }
 
 /// One attachment, kept so [`KernelProbes::detach`] can undo it.
@@ -211,14 +211,38 @@ impl KernelCounters {
 
 impl KernelProbes {
     /// Loads the object and verifies every program, without attaching yet.
+    /// A kernel whose verifier refuses the executable-file walk (inside
+    /// `egret_exec`) gets the object again with the walk switched off: the
+    /// verifier then skips it as dead code, and the agent runs on with
+    /// execve paths instead of failing to start.
     pub fn load(ringbuf_bytes: u32) -> Result<Self, KernelError> {
+        let exe = exe::offsets().map_err(exe::ExeUnresolved::Btf);
+        let walking = exe.is_ok();
+        match Self::load_with(ringbuf_bytes, exe) {
+            Err(KernelError::Program {
+                name: "egret_exec",
+                source,
+                ..
+            }) if walking => {
+                let refused = exe::ExeUnresolved::Refused(source.to_string());
+                tracing::warn!(%refused, "reloading without the executable-file walk");
+                Self::load_with(ringbuf_bytes, Err(refused))
+            }
+            other => other,
+        }
+    }
+
+    fn load_with(
+        ringbuf_bytes: u32,
+        exe: Result<egret_common::ExeOffsets, exe::ExeUnresolved>,
+    ) -> Result<Self, KernelError> {
         let offsets = Offsets::read(&tracefs::root()?)?;
         let captures_argv = offsets.execve_argv.is_some();
         let execve_argv = offsets.execve_argv.unwrap_or(TP_FIELD_ABSENT);
         let execveat_argv = offsets.execveat_argv.unwrap_or(TP_FIELD_ABSENT);
-        let (exe_offsets, exe_missing) = match exe::offsets() {
+        let (exe_offsets, exe_missing) = match exe {
             Ok(offsets) => (offsets, None),
-            Err(err) => (egret_common::ExeOffsets::default(), Some(err)),
+            Err(why) => (egret_common::ExeOffsets::default(), Some(why)),
         };
         let mut ebpf = EbpfLoader::new()
             .override_global(egret_common::EXE_OFFSETS_GLOBAL, &exe_offsets, true)
@@ -284,7 +308,7 @@ impl KernelProbes {
     }
 
     /// Why `proc.exepath` is not the kernel's executable file, if it is not.
-    pub fn exe_hook_missing(&self) -> Option<&btf::BtfError> {
+    pub fn exe_hook_missing(&self) -> Option<&exe::ExeUnresolved> {
         self.exe_missing.as_ref()
     }
 

@@ -28,7 +28,7 @@ use egret_common::{
     TP_EXECVEAT_ARGV_GLOBAL, TP_EXIT_GROUP_DEAD_GLOBAL, TP_FIELD_ABSENT, TP_FORK_CHILD_PID_GLOBAL,
 };
 
-pub use ignore::{IgnoreMap, IgnoreSet};
+pub use ignore::{IgnoreMap, IgnoreSet, ReplaceError};
 
 /// The compiled kernel programs, embedded at build time.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/egret"));

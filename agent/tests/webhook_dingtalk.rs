@@ -108,7 +108,7 @@ async fn thirty_alerts_in_a_second_are_delivered_or_summarised() {
         &metrics,
     );
     let started = burst(&sink);
-    wait_for("20 messages", Duration::from_secs(5), || {
+    wait_for("20 messages", Duration::from_secs(20), || {
         robot_rx.accepted().len() >= 20
     })
     .await;

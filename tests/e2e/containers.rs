@@ -62,6 +62,7 @@ fn container_connections_name_container_pod_and_namespace() {
     .label("app", "checkout");
     containerd.run_detached(&sandbox);
 
+    // Its own destination: other tests' containers run the same busybox nc.
     // Connects as soon as it starts: the create/start events must have made
     // the container known by then. (A container whose only process lives a
     // few milliseconds: `one_shot_container_keeps_container_and_pod`.)
@@ -69,7 +70,7 @@ fn container_connections_name_container_pod_and_namespace() {
     let app = RunSpec::new(
         &app_id,
         Source::Image(IMAGE.into()),
-        &["sh", "-c", "nc -w1 198.51.100.7 443; sleep 1"],
+        &["sh", "-c", "nc -w1 198.51.100.57 443; sleep 1"],
     )
     .in_pod(&pod, "payment-api")
     .label("io.cri-containerd.kind", "container")
@@ -82,7 +83,7 @@ fn container_connections_name_container_pod_and_namespace() {
 
     let short = &app_id[..12];
     let event = wait_for(&agent, "from the app container", |v| {
-        v["fd.sip"] == "198.51.100.7" && v["proc.name"] == "nc"
+        v["fd.sip"] == "198.51.100.57" && v["proc.name"] == "nc"
     });
     assert_eq!(event["container.id"], short, "{event}");
     assert_eq!(event["container.name"], "payment-api", "{event}");
@@ -104,7 +105,7 @@ fn container_connections_name_container_pod_and_namespace() {
         "{event}\n{}",
         agent.stderr().join("\n")
     );
-    assert_eq!(event["proc.cmdline"], "nc -w1 198.51.100.7 443", "{event}");
+    assert_eq!(event["proc.cmdline"], "nc -w1 198.51.100.57 443", "{event}");
     assert_eq!(event["fd.sport"], 443);
 
     // A host process in the same run is reported as `host`.

@@ -73,6 +73,9 @@ fn audit_on_a_full_disk_keeps_alerting_counts_losses_and_resumes() {
     let filler = disk.fill("filler", 32 * 1024);
     let receiver = Receiver::start().expect("webhook receiver");
     let listen = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()));
+    // Only this test's connects reach the audit log, so the loss counter
+    // moves only with them (other tests run at the same time).
+    let cgroup = support::cgroup::TestCgroup::new("faults-disk");
     let agent = Agent::start(&[
         "run",
         "--no-identity",
@@ -84,12 +87,18 @@ fn audit_on_a_full_disk_keeps_alerting_counts_losses_and_resumes() {
         &listen.to_string(),
         "--webhook",
         &receiver.url(),
+        "--cgroup",
+        &cgroup.path().display().to_string(),
     ]);
     let ns = NetNs::new("faults-disk");
     let probe = support::probe_path();
     let connects = |n: u32| {
         let port0 = format!("{V4_SERVER}:0");
-        let (_, status) = ns.run(&probe, &["connect-loop", &port0, &n.to_string()]);
+        let (_, status) = ns.run_in_cgroup(
+            cgroup.path(),
+            &probe,
+            &["connect-loop", &port0, &n.to_string()],
+        );
         assert!(status.success());
     };
 
@@ -119,6 +128,14 @@ fn audit_on_a_full_disk_keeps_alerting_counts_losses_and_resumes() {
         "a failing audit log is degraded output, not an unready agent"
     );
 
+    // The audit writer may still be failing on the end of the burst: wait
+    // until its loss count stops moving before freeing space.
+    let mut last = metric(listen, lost);
+    wait_until("audit losses settled", EVENT_TIMEOUT, || {
+        std::thread::sleep(Duration::from_millis(500));
+        let now = metric(listen, lost);
+        std::mem::replace(&mut last, now) == now
+    });
     // Space freed: the same file is written again, by itself.
     std::fs::remove_file(&filler).expect("free space");
     let lost_before = metric(listen, lost).expect("lost series");

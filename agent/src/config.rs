@@ -50,6 +50,10 @@ pub struct Config {
     /// place of active ones (off: such a reload is refused and counted as
     /// failed, so a truncated file cannot switch detection off).
     pub rules_allow_empty: bool,
+    /// Skip rules needing event types or fields Egret cannot provide (one
+    /// summarised warning) instead of refusing the rules; typos stay
+    /// errors. `--skip-unsupported-rules` sets it.
+    pub skip_unsupported_rules: bool,
     pub listen: Option<SocketAddr>,
     /// Alert `hostname`; default `$NODE_NAME`, else the host name.
     pub hostname: Option<String>,
@@ -400,6 +404,9 @@ impl Config {
             // clap allows only the two values the engine parses.
             config.rule_matching = matching.parse().unwrap_or_default();
         }
+        if args.skip_unsupported_rules {
+            config.skip_unsupported_rules = true;
+        }
         if args.audit.is_some() {
             config.audit.path = AuditTarget::from(args.audit);
         }
@@ -665,7 +672,7 @@ webhooks:
             "baseline: {learning: 3}",
             "webhooks: [{name: a, url: 'http://127.0.0.1:1/'}, {name: a, url: 'http://127.0.0.1:2/'}]",
             "- just\n- a list",
-            "append_output: [{extra_fields: [proc.tty]}]",
+            "append_output: [{extra_fields: [proc.sname]}]",
             "append_output: [{match: {rules: x}}]",
             "{{{{",
         ] {

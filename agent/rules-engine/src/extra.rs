@@ -115,6 +115,67 @@ pub const FIELD_CATALOGUE: &[(&str, &str)] = &[
         "Client address, matched against networks; normally missing.",
     ),
     ("fd.cport", "Client (local) port; normally missing."),
+    (
+        "fd.lport",
+        "Local port (the client end of an outbound call); normally missing at connect time.",
+    ),
+    ("fd.lip", "Local IP (the client end); normally missing."),
+    (
+        "fd.lnet",
+        "Local address, matched against networks; normally missing.",
+    ),
+    (
+        "fd.ip",
+        "Filter only: matches either end's IP (client or server), as in Falco; != means neither.",
+    ),
+    (
+        "fd.port",
+        "Filter only: matches either end's port (client or server), as in Falco.",
+    ),
+    (
+        "fd.sockfamily",
+        "Socket family: ip for the hooks' IPv4/IPv6 sockets.",
+    ),
+    (
+        "fd.connected",
+        "The socket was connected before the call: false for connects and for sends with an address.",
+    ),
+    (
+        "fd.name_changed",
+        "The socket's destination differs from its previous event's (true on its first).",
+    ),
+    (
+        "fd.sip.name",
+        "Server's DNS name: not observed by Egret yet, always <NA> (never resolved).",
+    ),
+    ("fd.cip.name", "Client's DNS name: always <NA>."),
+    ("fd.rip.name", "Remote end's DNS name: always <NA>."),
+    ("fd.lip.name", "Local end's DNS name: always <NA>."),
+    ("evt.num", "Event number, counted by this agent from 1."),
+    (
+        "evt.dir",
+        "Always <: an Egret event stands for the call's exit event in Falco.",
+    ),
+    (
+        "evt.res",
+        "Result at the attempt: EINPROGRESS (not finished when the hook ran), or EPERM when a quarantine denied it.",
+    ),
+    (
+        "evt.rawres",
+        "Numeric result: -115 (EINPROGRESS) or -1 (EPERM).",
+    ),
+    (
+        "evt.args",
+        "The call's arguments as Falco renders them: fd=<fd type> tuple=local->remote.",
+    ),
+    (
+        "user.loginuid",
+        "Audit login uid of the process (/proc/PID/loginuid); -1 when unset.",
+    ),
+    (
+        "proc.tty",
+        "Controlling terminal's device number (/proc/PID/stat tty_nr); 0 without one.",
+    ),
     ("proc.pid", "Process id (thread group id)."),
     ("proc.ppid", "Parent process id."),
     ("thread.tid", "Thread id."),
@@ -185,6 +246,7 @@ pub fn field_catalogue() -> Vec<FieldInfo> {
             let kind = match resolved.map(|f| f.kind) {
                 Ok(Kind::Str) => "string",
                 Ok(Kind::U64) => "uint64",
+                Ok(Kind::I64) => "int64",
                 Ok(Kind::Ip) => "ipaddr",
                 Ok(Kind::Net) => "ipnet",
                 Ok(Kind::Bool) => "bool",
@@ -208,6 +270,7 @@ pub enum OwnedValue {
     Missing,
     Str(String),
     U64(u64),
+    I64(i64),
     Ip(IpAddr),
     Bool(bool),
     Labels(BTreeMap<String, String>),
@@ -220,6 +283,7 @@ impl OwnedValue {
             OwnedValue::Missing => Value::Missing,
             OwnedValue::Str(s) => Value::Str(s),
             OwnedValue::U64(n) => Value::U64(*n),
+            OwnedValue::I64(n) => Value::I64(*n),
             OwnedValue::Ip(ip) => Value::Ip(*ip),
             OwnedValue::Bool(b) => Value::Bool(*b),
             OwnedValue::Labels(map) => Value::Labels(map),
@@ -275,6 +339,12 @@ pub fn event_from_json(
             (Kind::U64, Json::String(s)) => {
                 OwnedValue::U64(s.parse().map_err(|_| bad("an unsigned integer"))?)
             }
+            (Kind::I64, Json::Number(n)) => {
+                OwnedValue::I64(n.as_i64().ok_or_else(|| bad("an integer"))?)
+            }
+            (Kind::I64, Json::String(s)) => {
+                OwnedValue::I64(s.parse().map_err(|_| bad("an integer"))?)
+            }
             (Kind::Ip | Kind::Net, Json::String(s)) => {
                 OwnedValue::Ip(s.parse().map_err(|_| bad("an IP address"))?)
             }
@@ -287,6 +357,7 @@ pub fn event_from_json(
             ),
             (Kind::Str, _) => return Err(bad("a string")),
             (Kind::U64, _) => return Err(bad("an unsigned integer")),
+            (Kind::I64, _) => return Err(bad("an integer")),
             (Kind::Ip | Kind::Net, _) => return Err(bad("an IP address string")),
             (Kind::Bool, _) => return Err(bad("true or false")),
             (Kind::Labels, _) => return Err(bad("an object of labels")),
@@ -351,7 +422,7 @@ mod tests {
         assert_eq!(json[0].0.as_ref(), "k8s.pod.name");
         let f = OutputTemplate::field("container.image.repository").unwrap();
         assert_eq!(f.render(&ev).1[0].1, Json::String("nginx".into()));
-        assert!(OutputTemplate::field("proc.tty").is_err());
+        assert!(OutputTemplate::field("proc.sname").is_err());
         assert!(OutputTemplate::field("a b").is_err());
         assert!(OutputTemplate::parse("x=%nope.field").is_err());
     }

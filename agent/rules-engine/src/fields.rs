@@ -87,10 +87,29 @@ pub enum FieldId {
     /// the workload's learned baseline; Missing while it learns or when
     /// baselines are off.
     NewForWorkload,
+    /// `evt.num`: U64, the agent's own event number (from 1, per run).
+    EvtNum,
+    /// `evt.dir`: Str, `<`: every Egret event stands for the call's exit
+    /// event in Falco (the one carrying its result).
+    EvtDir,
+    /// `evt.res`: Str, `SUCCESS`, `EINPROGRESS` or the error name.
+    EvtRes,
+    /// `evt.rawres`: I64, 0, or minus the errno.
+    EvtRawres,
+    /// `evt.args`: Str, the call's arguments rendered as Falco does.
+    EvtArgs,
+    /// `fd.connected`: Bool, the socket was connected before the call.
+    FdConnected,
+    /// `fd.name_changed`: Bool, the socket's peer differs from its last one.
+    FdNameChanged,
+    /// `user.loginuid`: I64, the audit login uid; -1 when unset.
+    LoginUid,
+    /// `proc.tty`: U64, the controlling terminal's device number; 0 if none.
+    ProcTty,
 }
 
 impl FieldId {
-    pub const COUNT: usize = FieldId::NewForWorkload as usize + 1;
+    pub const COUNT: usize = FieldId::ProcTty as usize + 1;
 
     pub const ALL: [FieldId; FieldId::COUNT] = [
         FieldId::EvtType,
@@ -129,6 +148,15 @@ impl FieldId {
         FieldId::NetnsCookie,
         FieldId::Action,
         FieldId::NewForWorkload,
+        FieldId::EvtNum,
+        FieldId::EvtDir,
+        FieldId::EvtRes,
+        FieldId::EvtRawres,
+        FieldId::EvtArgs,
+        FieldId::FdConnected,
+        FieldId::FdNameChanged,
+        FieldId::LoginUid,
+        FieldId::ProcTty,
     ];
 
     pub fn index(self) -> usize {
@@ -141,6 +169,7 @@ impl FieldId {
 pub(crate) enum Kind {
     Str,
     U64,
+    I64,
     /// An address; unlike Falco, a CIDR literal compared with it is a network.
     Ip,
     /// Falco's network fields: the value is an address, matched against CIDRs.
@@ -157,6 +186,14 @@ pub(crate) enum Src {
     TypeChar,
     /// `fd.type`: "ipv4" or "ipv6" from the destination address.
     FdType,
+    /// `fd.sockfamily`: "ip" for the IPv4/IPv6 sockets the hooks see.
+    SockFamily,
+    /// A field with no source yet (`fd.sip.name` without observed DNS):
+    /// always missing, so it renders `<NA>` and matches nothing.
+    NotProvided,
+    /// Either end of the connection (`fd.ip`, `fd.port`): a comparison
+    /// holds if it holds for one of them, as in Falco.
+    Either(FieldId, FieldId),
     /// One pod label, by key.
     Label(Box<str>),
 }
@@ -180,6 +217,24 @@ fn catalog(name: &str) -> Option<(Src, Kind)> {
         "fd.snet" | "fd.rnet" | "fd.net" => (ev(F::ServerIp), Kind::Net),
         "fd.sport" | "fd.rport" => (ev(F::ServerPort), Kind::U64),
         "fd.l4proto" => (ev(F::L4Proto), Kind::Str),
+        "fd.lport" => (ev(F::ClientPort), Kind::U64),
+        "fd.lip" => (ev(F::ClientIp), Kind::Ip),
+        "fd.lnet" => (ev(F::ClientIp), Kind::Net),
+        "fd.ip" => (Src::Either(F::ServerIp, F::ClientIp), Kind::Ip),
+        "fd.port" => (Src::Either(F::ServerPort, F::ClientPort), Kind::U64),
+        "fd.sockfamily" => (Src::SockFamily, Kind::Str),
+        "fd.connected" => (ev(F::FdConnected), Kind::Bool),
+        "fd.name_changed" => (ev(F::FdNameChanged), Kind::Bool),
+        "fd.sip.name" | "fd.cip.name" | "fd.rip.name" | "fd.lip.name" => {
+            (Src::NotProvided, Kind::Str)
+        }
+        "evt.num" => (ev(F::EvtNum), Kind::U64),
+        "evt.dir" => (ev(F::EvtDir), Kind::Str),
+        "evt.res" => (ev(F::EvtRes), Kind::Str),
+        "evt.rawres" => (ev(F::EvtRawres), Kind::I64),
+        "evt.args" => (ev(F::EvtArgs), Kind::Str),
+        "user.loginuid" => (ev(F::LoginUid), Kind::I64),
+        "proc.tty" => (ev(F::ProcTty), Kind::U64),
         "fd.typechar" => (Src::TypeChar, Kind::Str),
         "fd.type" => (Src::FdType, Kind::Str),
         "fd.name" => (ev(F::FdName), Kind::Str),
@@ -305,7 +360,7 @@ mod tests {
     #[test]
     fn refuses_unknown_and_stray_args() {
         assert!(matches!(
-            lookup("proc.tty", None),
+            lookup("proc.ttty", None),
             Err(FieldError::Unknown(_))
         ));
         assert!(matches!(

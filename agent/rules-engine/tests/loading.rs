@@ -421,13 +421,13 @@ fn exception_mistakes_are_errors() {
 fn unknown_fields_reject_the_rule_and_the_rest_loads() {
     let yaml = "
 - macro: tty
-  condition: proc.tty != 0
+  condition: proc.sid != 0
 - rule: Needs TTY
   desc: d
   condition: >
     fd.sport > 0
     and tty
-  output: user=%user.loginuid
+  output: user=%user.loginname
   priority: INFO
 - rule: Fine
   desc: d
@@ -436,7 +436,7 @@ fn unknown_fields_reject_the_rule_and_the_rest_loads() {
   priority: INFO
 - rule: Optional
   desc: d
-  condition: evt.dir = <
+  condition: evt.is_io = true
   output: o
   priority: INFO
   skip-if-unknown-filter: true
@@ -445,14 +445,15 @@ fn unknown_fields_reject_the_rule_and_the_rest_loads() {
     assert_eq!(
         diagnostics(&loaded),
         [
-            "test.yaml:4:3: error: rule 'Needs TTY' uses fields Egret does not provide: 'proc.tty' (macro 'tty' at test.yaml:3:14), 'user.loginuid' (output at test.yaml:9:16); rule not loaded",
-            "test.yaml:16:3: warning: rule 'Optional' uses fields Egret does not provide: 'evt.dir' (condition at test.yaml:18:14); skipped (skip-if-unknown-filter)",
+            "test.yaml:4:3: error: rule 'Needs TTY' uses fields Egret does not provide: 'proc.sid' (macro 'tty' at test.yaml:3:14), 'user.loginname' (output at test.yaml:9:16); rule not loaded",
+            "test.yaml:16:3: warning: rule 'Optional' uses fields Egret does not provide: 'evt.is_io' (condition at test.yaml:18:14); skipped (skip-if-unknown-filter)",
         ]
     );
     assert_eq!(
         loaded.rules[0].status,
         RuleStatus::Unsupported {
-            fields: vec!["proc.tty".into(), "user.loginuid".into()],
+            fields: vec!["proc.sid".into(), "user.loginname".into()],
+            event_types: Vec::new(),
             requested_skip: false
         }
     );
@@ -539,4 +540,90 @@ fn every_problem_is_reported_with_its_position() {
         check(&[Source::new("test.yaml", yaml)], &Options::default()).len(),
         12
     );
+}
+
+#[test]
+fn skip_unsupported_skips_what_egret_lacks_but_not_typos() {
+    let skip = Options {
+        skip_unsupported: true,
+        ..Options::default()
+    };
+    let yaml = "
+- list: shells
+  items: [bash, sh]
+- macro: spawned
+  condition: evt.type = execve and proc.name in (shells)
+- rule: Shell
+  desc: d
+  condition: spawned
+  output: o
+  priority: INFO
+- rule: Ancestor
+  desc: d
+  condition: evt.type = connect and proc.aname[2] = sshd
+  output: o
+  priority: INFO
+- rule: Kept
+  desc: d
+  condition: evt.type = connect and fd.lport = 0
+  output: o
+  priority: INFO
+";
+    let loaded = load_text(yaml, &skip);
+    assert_eq!(
+        diagnostics(&loaded),
+        [
+            "test.yaml:6:3: warning: skipped 2 unsupported rule(s) (skip_unsupported_rules): 1 need event types Egret does not see: execve (1); 1 need fields Egret does not provide: proc.aname (1); `egret rules list` shows each"
+        ]
+    );
+    assert_eq!(
+        loaded.rules[0].status,
+        RuleStatus::Unsupported {
+            fields: Vec::new(),
+            event_types: vec!["execve".into()],
+            requested_skip: true
+        }
+    );
+    assert_eq!(
+        loaded.rules[1].status,
+        RuleStatus::Unsupported {
+            fields: vec!["proc.aname".into()],
+            event_types: Vec::new(),
+            requested_skip: true
+        }
+    );
+    assert_eq!(loaded.ruleset.rules().len(), 1);
+    // Strict by default: the Falco field is an error, the execve rule loads
+    // (it never fires).
+    let strict = load_text(yaml, &Options::default());
+    let errors: Vec<String> = diagnostics(&strict)
+        .into_iter()
+        .filter(|d| d.contains("error"))
+        .collect();
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(errors[0].contains("'proc.aname'"), "{errors:?}");
+
+    // Typos stay errors with the option.
+    let typo = "
+- rule: Typo field
+  desc: d
+  condition: evt.type = connect and proc.nmae = curl
+  output: o
+  priority: INFO
+- rule: Typo type
+  desc: d
+  condition: evt.type = conect
+  output: o
+  priority: INFO
+";
+    let loaded = load_text(typo, &skip);
+    let all = diagnostics(&loaded);
+    assert_eq!(
+        all,
+        [
+            "test.yaml:2:3: error: rule 'Typo field': unknown field 'proc.nmae' (condition at test.yaml:4:37): not a Falco field either; did you mean 'proc.name'?",
+            "test.yaml:9:25: error: rule 'Typo type': unknown event type 'conect'; did you mean 'connect'?",
+        ]
+    );
+    assert!(loaded.rules.iter().all(|r| r.status == RuleStatus::Failed));
 }

@@ -138,6 +138,11 @@ fn prometheus_scrapes_the_agent_and_answers_every_deploy_expression() {
         ),
     );
     let receiver = support::http::Receiver::start().expect("webhook receiver");
+    // The node-health alerts must stay silent on a healthy agent; attached
+    // to the root, this agent would also see other tests' containers,
+    // whose private containerd it cannot reach (container_unavailable).
+    // The agent only sees its own test cgroup (declared first: dropped last).
+    let cgroup = support::cgroup::TestCgroup::new("prom");
     let agent_addr = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()));
     // Prometheus starts first so its start-up overlaps the agent's; until
     // the agent listens its scrapes fail, which the target wait covers.
@@ -150,6 +155,8 @@ fn prometheus_scrapes_the_agent_and_answers_every_deploy_expression() {
         &rules.display().to_string(),
         "--webhook",
         &format!("http://{}/", receiver.addr),
+        "--cgroup",
+        &cgroup.path().display().to_string(),
     ]);
     prometheus.wait_ready();
     // A successful scrape before any alert: the webhook counters are then
@@ -161,7 +168,7 @@ fn prometheus_scrapes_the_agent_and_answers_every_deploy_expression() {
     let target = format!("{V4_SERVER}:{PORT}");
     let round = || {
         for _ in 0..PROBES {
-            let (pid, _) = ns.run(&probe, &["tcp", &target]);
+            let (pid, _) = ns.run_in_cgroup(cgroup.path(), &probe, &["tcp", &target]);
             let alert = agent
                 .wait_json(
                     |v| v["rule"] == RULE && v["output_fields"]["proc.pid"] == pid,
@@ -208,6 +215,14 @@ fn prometheus_scrapes_the_agent_and_answers_every_deploy_expression() {
         std::thread::sleep(Duration::from_millis(500));
     };
     print_table(&rows);
+    // Node-wide counters also see other tests' processes and cgroups;
+    // the breakdown says which part of the node a failed check came from.
+    for breakdown in [
+        "sum by (reason) (egret_enrichment_failures_total)",
+        "sum by (hook) (egret_kernel_emitted_total)",
+    ] {
+        println!("{breakdown}: {:?}", prometheus.try_query(breakdown));
+    }
     let problems: Vec<String> = rows
         .iter()
         .filter_map(|r| {

@@ -67,6 +67,32 @@ impl NetNs {
         (pid, status)
     }
 
+    /// Like [`NetNs::run`], with the process placed in `cgroup` before it
+    /// execs, so an agent attached to that cgroup sees it (and nothing that
+    /// other tests run at the same time).
+    pub fn run_in_cgroup(
+        &self,
+        cgroup: &std::path::Path,
+        program: &Path,
+        args: &[&str],
+    ) -> (u32, ExitStatus) {
+        // The shell writes its own pid and execs in place, so the pid the
+        // kernel reports for the probe is the child's pid.
+        let mut child = Command::new("sh")
+            .arg("-c")
+            .arg(r#"echo $$ > "$1/cgroup.procs" && shift && exec ip netns exec "$@""#)
+            .arg("sh")
+            .arg(cgroup)
+            .arg(&self.name)
+            .arg(program)
+            .args(args)
+            .spawn()
+            .expect("spawn sh for ip netns exec");
+        let pid = child.id();
+        let status = child.wait().expect("wait for probe");
+        (pid, status)
+    }
+
     /// `program` run inside the namespace (`ip netns exec` execs in place,
     /// so the process keeps the program's own name and pid).
     pub fn command(&self, program: impl AsRef<Path>) -> Command {

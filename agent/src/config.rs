@@ -531,6 +531,7 @@ mod tests {
         let config = Config::parse("e.yaml", "").unwrap();
         assert!(config.rules_files.is_empty());
         assert_eq!(config.rule_matching, RuleMatching::First);
+        assert!(!config.skip_unsupported_rules, "strict by default");
         assert!(config.kernel.builtin_ignore);
         assert!(config.identity.enabled);
         assert_eq!(config.append_output, AppendOutputs::default());
@@ -543,6 +544,7 @@ mod tests {
         let text = "
 rules_files: [/etc/egret/rules.d, /etc/egret/extra.yaml]
 rule_matching: all
+skip_unsupported_rules: true
 listen: 0.0.0.0:9464
 hostname: node-7
 audit: {path: /var/log/egret/audit.jsonl, max_bytes: 1048576, max_files: 3}
@@ -556,6 +558,7 @@ webhooks:
 ";
         let config = Config::parse("e.yaml", text).unwrap();
         assert_eq!(config.rule_matching, RuleMatching::All);
+        assert!(config.skip_unsupported_rules);
         assert_eq!(config.kernel.ignore_networks.len(), 2);
         assert_eq!(config.webhooks.len(), 1);
         assert_eq!(config.audit.max_files, 3);

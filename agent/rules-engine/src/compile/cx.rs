@@ -67,7 +67,7 @@ pub(super) struct Cx<'a, 'c, 'f> {
     pub(super) reported_size: bool,
     /// Every `evt.type` value the condition compares with, for the reason
     /// a rule is unsupported.
-    pub(super) evt_types: Vec<String>,
+    pub(super) evt_types: std::collections::BTreeSet<String>,
 }
 
 impl<'a> Cx<'a, '_, '_> {
@@ -330,9 +330,10 @@ impl<'a> Cx<'a, '_, '_> {
             return Node::Const(false);
         }
         if field.src == fields::Src::Event(crate::FieldId::EvtType) {
+            // A set: a hostile list of millions of values stays n log n.
             for v in &vals {
-                if !self.evt_types.iter().any(|t| t == v.text) {
-                    self.evt_types.push(v.text.to_string());
+                if !self.evt_types.contains(v.text) {
+                    self.evt_types.insert(v.text.to_string());
                 }
             }
         }

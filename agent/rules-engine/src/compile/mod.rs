@@ -68,7 +68,7 @@ pub(crate) struct Compiled {
     pub errors: Vec<(Loc, String)>,
     pub warnings: Vec<(Loc, String)>,
     /// The `evt.type` values the rule compares with.
-    pub evt_types: Vec<String>,
+    pub evt_types: std::collections::BTreeSet<String>,
 }
 
 impl<'c, 'f> Compiler<'c, 'f> {
@@ -184,7 +184,7 @@ impl<'c, 'f> Compiler<'c, 'f> {
             size: 0,
             nodes: 0,
             reported_size: false,
-            evt_types: Vec::new(),
+            evt_types: Default::default(),
         };
         if self.spent > MAX_TOTAL {
             cx.errors.push((

@@ -23,7 +23,9 @@ use aya_ebpf::{
     maps::lpm_trie::Key,
     programs::SockAddrContext,
 };
-use egret_common::{AF_INET, AF_INET6, EgressEvent, FLAG_V4_MAPPED, Hook, RecordKind};
+use egret_common::{
+    AF_INET, AF_INET6, EgressEvent, FLAG_V4_MAPPED, Hook, IGNORE_VERDICT_IGNORE, RecordKind,
+};
 
 use crate::maps::{COUNTERS, EVENTS, IGNORE, PROCS};
 
@@ -128,7 +130,10 @@ fn emit(ctx: &SockAddrContext, hook: Hook) -> Outcome {
 
     // The trie stores IPv4 networks IPv4-mapped, so one lookup covers both
     // families, including v4-mapped destinations on a v6 socket.
-    if IGNORE.get(Key::new(128, mapped)).is_some() {
+    if IGNORE
+        .get(Key::new(128, mapped))
+        .is_some_and(|verdict| *verdict == IGNORE_VERDICT_IGNORE)
+    {
         return Outcome::Ignored;
     }
 

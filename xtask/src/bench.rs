@@ -7,11 +7,13 @@
 //! 2. connect overhead when every connect alerts, with loss and CPU;
 //! 3. userspace pipeline throughput (criterion bench, no kernel);
 //! 4. alert latency from connect(2) to a webhook receiver;
-//! 5. agent memory at idle and after a long alert storm.
+//! 5. agent memory at idle and after a long alert storm;
+//! 6. per-program kernel cost by outcome and ignore-list shape.
 //!
-//! Traffic of scenarios 2, 4 and 5 goes to 198.51.100.1 (TEST-NET-2) inside
+//! Traffic of scenarios 2, 4, 5 and 6 goes to TEST-NET-2 addresses inside
 //! a throwaway network namespace: nothing leaves the machine.
 mod connect;
+mod hooks;
 mod latency;
 mod memory;
 mod pipeline;
@@ -88,6 +90,19 @@ const ALERT_RULES: &str = "\
 
 pub fn run(args: &[String]) -> anyhow::Result<()> {
     let short = args.iter().any(|a| a == "--short");
+    // `--only N,M`: just those scenarios (BENCHMARKS.md is then left alone).
+    let only: Option<Vec<u32>> = match args.iter().position(|a| a == "--only") {
+        Some(i) => Some(
+            args.get(i + 1)
+                .context("--only needs scenario numbers, e.g. --only 1,6")?
+                .split(',')
+                .map(|n| n.trim().parse::<u32>())
+                .collect::<Result<_, _>>()
+                .context("--only takes scenario numbers 1-6, comma-separated")?,
+        ),
+        None => None,
+    };
+    let want = |n: u32| only.as_ref().is_none_or(|o| o.contains(&n));
     let settings = Settings::new(short);
     crate::test::build_release_binaries("build (release)")?;
     // Built up front so compiling never overlaps a measurement.
@@ -110,18 +125,31 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         report.push('\n');
     };
 
-    section(connect::filtered(&bins, &settings)?);
+    if want(1) {
+        section(connect::filtered(&bins, &settings)?);
+    }
     let rules = std::env::temp_dir().join(format!("egret-bench-rules-{}.yaml", std::process::id()));
     connect::write_rules(&rules)?;
     let _rules_file = RemoveOnDrop(rules.clone());
     let ns = bench_netns()?;
-    section(connect::alerting(&bins, &ns, &rules, &settings)?);
-    section(pipeline::run(&settings)?);
-    section(latency::run(&bins, &ns, &rules, &settings)?);
-    section(memory::run(&bins, &ns, &rules, &settings)?);
+    if want(2) {
+        section(connect::alerting(&bins, &ns, &rules, &settings)?);
+    }
+    if want(3) {
+        section(pipeline::run(&settings)?);
+    }
+    if want(4) {
+        section(latency::run(&bins, &ns, &rules, &settings)?);
+    }
+    if want(5) {
+        section(memory::run(&bins, &ns, &rules, &settings)?);
+    }
+    if want(6) {
+        section(hooks::run(&bins, &ns, &settings)?);
+    }
     drop(ns);
 
-    if !short {
+    if !short && only.is_none() {
         std::fs::write(
             root().join("BENCHMARKS.md"),
             report.trim_end().to_string() + "\n",

@@ -24,7 +24,7 @@ fn main() -> ExitCode {
         Some("vm-test") => vm::run(&args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask <test [--no-lint] [--no-fuzz] [--no-bench] [--no-vm] | lint | fuzz [SECONDS] | bench [--short] | image [--binary PATH] | vm-test [--kernel PATH] [--timeout SECS] [--filter NAME]>"
+                "usage: cargo xtask <test [--no-lint] [--no-fuzz] [--no-bench] [--no-vm] | lint | fuzz [SECONDS] | bench [--short] [--only N,M] | image [--binary PATH] | vm-test [--kernel PATH] [--timeout SECS] [--filter NAME]>"
             );
             return ExitCode::from(2);
         }

@@ -7,10 +7,20 @@
 
 /// Ring buffer carrying [`EgressEvent`] records to userspace.
 pub const EVENTS_MAP: &str = "EGRET_EVENTS";
-/// LPM trie of destination networks that the kernel drops before userspace.
-/// Keys are `{prefix_len: u32, addr: [u8; 16]}` with IPv4 stored IPv4-mapped
-/// (`::ffff:0:0/96` + prefix) so one trie serves both families.
+/// LPM trie of destination prefixes, each with a verdict
+/// ([`IGNORE_VERDICT_IGNORE`] or [`IGNORE_VERDICT_EMIT`]): the longest
+/// matching prefix decides whether the kernel drops an attempt before
+/// userspace; no match means emit. Keys are `{prefix_len: u32, addr: [u8;
+/// 16]}` with IPv4 stored IPv4-mapped (`::ffff:0:0/96` + prefix) so one trie
+/// serves both families. Verdicts keep the table minimal: "everything but
+/// one address" is two entries, not the 128 prefixes of its complement,
+/// and the lookup cost follows the table's depth.
 pub const IGNORE_MAP: &str = "EGRET_IGNORE";
+/// [`IGNORE_MAP`] value: count the attempt, send nothing to userspace.
+pub const IGNORE_VERDICT_IGNORE: u8 = 1;
+/// [`IGNORE_MAP`] value: send the attempt to userspace (an exception inside
+/// a shorter ignored prefix).
+pub const IGNORE_VERDICT_EMIT: u8 = 0;
 /// Per-CPU [`HookCounters`], one slot per [`Hook`].
 pub const COUNTERS_MAP: &str = "EGRET_COUNTERS";
 /// LRU hash tgid (or, for threads, tid) → [`ProcState`], kept by the process

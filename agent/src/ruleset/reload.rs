@@ -194,7 +194,11 @@ impl KernelIgnore {
             return;
         }
         match self.map.replace(&wanted) {
-            Ok(()) => tracing::info!(networks = wanted.len(), "kernel ignore list updated"),
+            Ok(entries) => tracing::info!(
+                networks = wanted.len(),
+                entries,
+                "kernel ignore list updated"
+            ),
             Err(err) => tracing::error!(%err, "could not update the kernel ignore list"),
         }
     }

@@ -20,7 +20,7 @@ use crate::test::root;
 
 /// Runs `probe connect-loop ADDR COUNT` (inside `ns` if given) and returns
 /// its connects/s.
-fn connect_rate(
+pub(super) fn connect_rate(
     bins: &Binaries,
     ns: Option<&NetNs>,
     addr: &str,

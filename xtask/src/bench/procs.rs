@@ -70,6 +70,11 @@ impl RunningAgent {
         self.agent.pid()
     }
 
+    /// What the agent logged so far.
+    pub fn stderr(&self) -> Vec<String> {
+        self.agent.stderr()
+    }
+
     /// Lines the agent has written to stdout so far.
     pub fn lines(&self) -> u64 {
         self.agent.stdout_count()

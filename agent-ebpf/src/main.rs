@@ -10,6 +10,8 @@ mod process;
 mod quarantine;
 #[cfg(target_arch = "bpf")]
 mod sock_addr;
+#[cfg(target_arch = "bpf")]
+mod sockets;
 
 #[cfg(target_arch = "bpf")]
 #[panic_handler]

@@ -6,7 +6,7 @@ use aya_ebpf::{
 use egret_common::{
     DEFAULT_RINGBUF_BYTES, ExecArgs, Hook, HookCounters, IGNORE_MAX_ENTRIES, PROCS_MAX_ENTRIES,
     ProcState, QUARANTINE_ALLOW_MAX_ENTRIES, QUARANTINE_SLOTS, QuarantineCounters,
-    QuarantineTarget,
+    QuarantineTarget, RAW_FLOWS_MAX_ENTRIES, RAW_OWNERS_MAX_ENTRIES, RawFlow, RawFlowKey, RawOwner,
 };
 
 #[map(name = "EGRET_EVENTS")]
@@ -47,3 +47,13 @@ pub static QUARANTINE_ALLOW: LpmTrie<[u8; 20], u8> =
 #[map(name = "EGRET_Q_COUNTERS")]
 pub static QUARANTINE_COUNTERS: PerCpuArray<QuarantineCounters> =
     PerCpuArray::with_max_entries(QUARANTINE_SLOTS, 0);
+
+/// Raw/ping (socket, destination) pairs already reported (`sockets.rs`).
+#[map(name = "EGRET_RAW_FLOWS")]
+pub static RAW_FLOWS: LruHashMap<RawFlowKey, RawFlow> =
+    LruHashMap::with_max_entries(RAW_FLOWS_MAX_ENTRIES, 0);
+
+/// Raw/ping socket cookie → creating process (`sockets.rs`).
+#[map(name = "EGRET_RAW_OWNERS")]
+pub static RAW_OWNERS: LruHashMap<u64, RawOwner> =
+    LruHashMap::with_max_entries(RAW_OWNERS_MAX_ENTRIES, 0);

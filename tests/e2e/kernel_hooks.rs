@@ -206,13 +206,17 @@ fn sigterm_detaches_every_program() {
     let root = support::cgroup_root();
     let mut agent = Agent::start(&["run", "--audit", "-"]);
     let ids = agent.program_ids();
-    assert_eq!(ids.len(), 9, "four sock_addr programs and five tracepoints");
+    assert_eq!(
+        ids.len(),
+        12,
+        "four sock_addr programs, six tracepoints, the raw-socket sock_create and egress programs"
+    );
     let attached = support::attached_program_ids(&root);
     let on_cgroup = ids.iter().filter(|id| attached.contains(id)).count();
     assert_eq!(
         on_cgroup,
-        4,
-        "sock_addr programs attached to {}",
+        6,
+        "sock_addr, sock_create and cgroup_skb programs attached to {}",
         root.display()
     );
 

@@ -12,4 +12,5 @@ mod kernel_hooks;
 mod prometheus;
 mod quarantine;
 mod rules;
+mod sockets;
 mod support;

@@ -20,6 +20,15 @@
 //!                  prints `ok` or `err <errno>` (quarantine tests check
 //!                  for EPERM); exits 0 either way.
 //!   listen         accept TCP connections on <addr:port> until killed.
+//!   raw-icmp       <addr> [count]: `count` (default 1) ICMP/ICMPv6 echo
+//!                  requests from one raw socket; prints `sent N`.
+//!   ping-sendto    <addr> [count]: the same from an unconnected ICMP "ping"
+//!                  socket (SOCK_DGRAM; needs net.ipv4.ping_group_range).
+//!   packet-socket  create an AF_PACKET socket (ETH_P_ALL) and close it.
+//!   tcp-sink       <addr:port>: accept TCP connections and read each to EOF,
+//!                  until killed (benchmarks).
+//!   tcp-bulk       <addr:port> <millis>: write 128 KiB chunks to one TCP
+//!                  connection for `millis`, print bytes/s (benchmarks).
 use std::{
     io::{Error, ErrorKind, Result},
     net::{IpAddr, SocketAddr, SocketAddrV6, TcpStream, UdpSocket},
@@ -38,7 +47,21 @@ fn main() {
             }
             Ok(())
         }),
+        Some([mode]) if mode == "packet-socket" => packet_socket(),
+        Some([mode, addr]) if mode == "raw-icmp" || mode == "ping-sendto" => {
+            icmp_mode(mode, addr, "1")
+        }
+        Some([mode, addr, count]) if mode == "raw-icmp" || mode == "ping-sendto" => {
+            icmp_mode(mode, addr, count)
+        }
         Some([mode, addr]) if mode == "listen" => parse(addr).and_then(listen),
+        Some([mode, addr]) if mode == "tcp-sink" => parse(addr).and_then(tcp_sink),
+        Some([mode, addr, millis]) if mode == "tcp-bulk" => parse(addr).and_then(|addr| {
+            let millis = millis
+                .parse()
+                .map_err(|_| Error::new(ErrorKind::InvalidInput, "millis"))?;
+            tcp_bulk(addr, Duration::from_millis(millis))
+        }),
         Some([mode, addr]) => parse(addr).and_then(|addr| run(mode, addr)),
         Some([mode, addr, count]) if mode == "connect-loop" => parse(addr).and_then(|addr| {
             let count = count
@@ -73,6 +96,46 @@ fn main() {
         }
         Err(_) => std::process::exit(0),
     }
+}
+
+/// An address without a port, as ping takes it.
+fn parse_ip(addr: &str) -> Result<IpAddr> {
+    addr.parse()
+        .map_err(|_| Error::new(ErrorKind::InvalidInput, format!("bad address {addr}")))
+}
+
+fn icmp_mode(mode: &str, addr: &str, count: &str) -> Result<()> {
+    let ip = parse_ip(addr)?;
+    let count: u32 = count
+        .parse()
+        .map_err(|_| Error::new(ErrorKind::InvalidInput, "count"))?;
+    let kind = if mode == "raw-icmp" {
+        libc::SOCK_RAW
+    } else {
+        libc::SOCK_DGRAM
+    };
+    let sent = icmp_echoes(SocketAddr::new(ip, 0), kind, count)?;
+    println!("sent {sent}");
+    Ok(())
+}
+
+fn packet_socket() -> Result<()> {
+    const ETH_P_ALL: u16 = 0x0003;
+    // SAFETY: plain socket(2); closed right away.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_PACKET,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            i32::from(ETH_P_ALL.to_be()),
+        )
+    };
+    if fd < 0 {
+        return Err(Error::last_os_error());
+    }
+    // SAFETY: our fd.
+    unsafe { libc::close(fd) };
+    println!("ok");
+    Ok(())
 }
 
 fn parse(addr: &str) -> Result<SocketAddr> {
@@ -123,40 +186,89 @@ fn report(mode: &str, addr: SocketAddr) -> Result<()> {
 
 /// One ICMP echo request (IPv4) from a raw or a ping socket.
 fn icmp_echo(addr: SocketAddr, kind: libc::c_int) -> Result<()> {
-    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-    let IpAddr::V4(v4) = addr.ip() else {
+    if !addr.is_ipv4() {
         return Err(Error::new(ErrorKind::InvalidInput, "icmp needs IPv4"));
+    }
+    icmp_echoes(addr, kind, 1).map(drop)
+}
+
+/// `count` echo requests to `addr` from one raw or ping socket (ICMPv6 for
+/// an IPv6 address; the kernel fills in ICMPv6 checksums). Sends that fail
+/// for want of a neighbour still left the socket, which is what is tested.
+fn icmp_echoes(addr: SocketAddr, kind: libc::c_int, count: u32) -> Result<u32> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    let (family, protocol, echo) = match addr {
+        SocketAddr::V4(_) => (libc::AF_INET, libc::IPPROTO_ICMP, 8u8),
+        SocketAddr::V6(_) => (libc::AF_INET6, libc::IPPROTO_ICMPV6, 128u8),
     };
     // SAFETY: plain socket(2); the fd is owned below.
-    let raw = unsafe { libc::socket(libc::AF_INET, kind | libc::SOCK_CLOEXEC, libc::IPPROTO_ICMP) };
+    let raw = unsafe { libc::socket(family, kind | libc::SOCK_CLOEXEC, protocol) };
     if raw < 0 {
         return Err(Error::last_os_error());
     }
     // SAFETY: raw is a fresh fd we own.
     let socket = unsafe { OwnedFd::from_raw_fd(raw) };
-    // type 8 (echo request), code 0, checksum, id, sequence 1.
-    let mut packet = [8u8, 0, 0, 0, 0x45, 0x67, 0, 1];
-    let sum = packet
-        .chunks(2)
-        .map(|w| u32::from(u16::from_be_bytes([w[0], w[1]])))
-        .sum::<u32>();
-    let sum = !(((sum & 0xffff) + (sum >> 16)) as u16);
-    packet[2..4].copy_from_slice(&sum.to_be_bytes());
-    let (storage, len) = sockaddr(&SocketAddr::new(IpAddr::V4(v4), 0));
-    // SAFETY: valid fd, buffer and sockaddr for the call's duration.
-    let sent = unsafe {
-        libc::sendto(
-            socket.as_raw_fd(),
-            packet.as_ptr().cast(),
-            packet.len(),
-            0,
-            (&raw const storage).cast(),
-            len,
-        )
-    };
-    if sent < 0 {
-        return Err(Error::last_os_error());
+    let (storage, len) = sockaddr(&addr);
+    let mut sent = 0;
+    for seq in 0..count {
+        // type, code 0, checksum, id, sequence.
+        let seq = (seq as u16).to_be_bytes();
+        let mut packet = [echo, 0, 0, 0, 0x45, 0x67, seq[0], seq[1]];
+        if family == libc::AF_INET {
+            let sum = packet
+                .chunks(2)
+                .map(|w| u32::from(u16::from_be_bytes([w[0], w[1]])))
+                .sum::<u32>();
+            let sum = !(((sum & 0xffff) + (sum >> 16)) as u16);
+            packet[2..4].copy_from_slice(&sum.to_be_bytes());
+        }
+        // SAFETY: valid fd, buffer and sockaddr for the call's duration.
+        let result = unsafe {
+            libc::sendto(
+                socket.as_raw_fd(),
+                packet.as_ptr().cast(),
+                packet.len(),
+                0,
+                (&raw const storage).cast(),
+                len,
+            )
+        };
+        if result < 0 {
+            let err = Error::last_os_error();
+            // Unresolved neighbours report EHOSTUNREACH for queued packets.
+            if sent == 0 && err.raw_os_error() != Some(libc::EHOSTUNREACH) {
+                return Err(err);
+            }
+        } else {
+            sent += 1;
+        }
     }
+    Ok(sent)
+}
+
+fn tcp_sink(addr: SocketAddr) -> Result<()> {
+    use std::io::Read;
+    let listener = std::net::TcpListener::bind(addr)?;
+    println!("listening");
+    let mut buf = vec![0u8; 256 * 1024];
+    for stream in listener.incoming() {
+        let mut stream = stream?;
+        while stream.read(&mut buf)? > 0 {}
+    }
+    Ok(())
+}
+
+fn tcp_bulk(addr: SocketAddr, run: Duration) -> Result<()> {
+    use std::io::Write;
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    let chunk = vec![0x5au8; 128 * 1024];
+    let start = Instant::now();
+    let mut bytes = 0u64;
+    while start.elapsed() < run {
+        stream.write_all(&chunk)?;
+        bytes += chunk.len() as u64;
+    }
+    println!("{:.0}", bytes as f64 / start.elapsed().as_secs_f64());
     Ok(())
 }
 

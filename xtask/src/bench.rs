@@ -8,7 +8,9 @@
 //! 3. userspace pipeline throughput (criterion bench, no kernel);
 //! 4. alert latency from connect(2) to a webhook receiver;
 //! 5. agent memory at idle and after a long alert storm;
-//! 6. per-program kernel cost by outcome and ignore-list shape.
+//! 6. per-program kernel cost by outcome and ignore-list shape;
+//! 7. bulk TCP throughput with and without Egret (loopback, veth), and
+//!    every program's ns per run (kernel.bpf_stats_enabled).
 //!
 //! Traffic of scenarios 2, 4, 5 and 6 goes to TEST-NET-2 addresses inside
 //! a throwaway network namespace: nothing leaves the machine.
@@ -18,6 +20,7 @@ mod latency;
 mod memory;
 mod pipeline;
 mod procs;
+mod throughput;
 
 use std::fmt::Write as _;
 
@@ -40,6 +43,9 @@ pub struct Settings {
     latency_rate: f64,
     /// Scenario 5: connects before the second reading.
     memory_events: u64,
+    /// Scenario 7: interleaved rounds and the length of each bulk run.
+    bulk_rounds: usize,
+    bulk_run: std::time::Duration,
 }
 
 impl Settings {
@@ -62,6 +68,8 @@ impl Settings {
                 latency_alerts: 50,
                 latency_rate: 200.0,
                 memory_events: 20_000,
+                bulk_rounds: 1,
+                bulk_run: std::time::Duration::from_millis(300),
             }
         } else {
             Settings {
@@ -73,6 +81,8 @@ impl Settings {
                 latency_alerts: 600,
                 latency_rate: 200.0,
                 memory_events: 1_000_000,
+                bulk_rounds: 7,
+                bulk_run: std::time::Duration::from_secs(2),
             }
         }
     }
@@ -98,7 +108,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
                 .split(',')
                 .map(|n| n.trim().parse::<u32>())
                 .collect::<Result<_, _>>()
-                .context("--only takes scenario numbers 1-6, comma-separated")?,
+                .context("--only takes scenario numbers 1-7, comma-separated")?,
         ),
         None => None,
     };
@@ -148,6 +158,9 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         section(hooks::run(&bins, &ns, &settings)?);
     }
     drop(ns);
+    if want(7) {
+        section(throughput::run(&bins, &settings)?);
+    }
 
     if !short && only.is_none() {
         std::fs::write(

@@ -58,27 +58,41 @@ pub enum Hook {
     Sendmsg6 = 3,
     /// sched_process_exec: counts exec records (not an egress hook).
     Exec = 4,
+    // 5..=7 are reserved for the exec-identity hooks (another branch).
+    /// cgroup_skb egress: an IPv4 packet from a raw or ICMP ping socket.
+    RawSend4 = 8,
+    /// cgroup_skb egress: an IPv6 packet from a raw or ICMPv6 ping socket.
+    RawSend6 = 9,
+    /// Packet sockets (sys_enter_socket) and raw IP sockets (cgroup
+    /// sock_create) created.
+    SocketCreate = 10,
 }
 
 impl Hook {
-    /// Hooks with counters: the four sock_addr hooks plus exec.
-    pub const COUNT: u32 = 5;
-    /// Every counter slot, in slot order: whoever reads the counters reads
-    /// them all (a slot left out here is a count nobody ever sees).
-    pub const ALL: [Hook; Hook::COUNT as usize] = [
+    /// Counter slots: highest hook value + 1. Slots 5..=7 are reserved (see
+    /// the enum) and stay zero until their hooks exist.
+    pub const COUNT: u32 = 11;
+    /// Every hook, in slot order: whoever reads the counters reads them all
+    /// (a hook left out here is a count nobody ever sees).
+    pub const ALL: [Hook; 8] = [
         Hook::Connect4,
         Hook::Connect6,
         Hook::Sendmsg4,
         Hook::Sendmsg6,
         Hook::Exec,
+        Hook::RawSend4,
+        Hook::RawSend6,
+        Hook::SocketCreate,
     ];
-    /// The sock_addr hooks, whose records are outbound attempts (the exec
-    /// slot counts process records).
-    pub const EGRESS: [Hook; 4] = [
+    /// The hooks whose records are outbound attempts (the exec slot counts
+    /// process records, socket_create counts socket creations).
+    pub const EGRESS: [Hook; 6] = [
         Hook::Connect4,
         Hook::Connect6,
         Hook::Sendmsg4,
         Hook::Sendmsg6,
+        Hook::RawSend4,
+        Hook::RawSend6,
     ];
 
     pub const fn from_u8(raw: u8) -> Option<Hook> {
@@ -88,6 +102,9 @@ impl Hook {
             2 => Some(Hook::Sendmsg4),
             3 => Some(Hook::Sendmsg6),
             4 => Some(Hook::Exec),
+            8 => Some(Hook::RawSend4),
+            9 => Some(Hook::RawSend6),
+            10 => Some(Hook::SocketCreate),
             _ => None,
         }
     }
@@ -99,6 +116,9 @@ impl Hook {
             Hook::Sendmsg4 => "sendmsg4",
             Hook::Sendmsg6 => "sendmsg6",
             Hook::Exec => "exec",
+            Hook::RawSend4 => "raw_send4",
+            Hook::RawSend6 => "raw_send6",
+            Hook::SocketCreate => "socket_create",
         }
     }
 }
@@ -112,6 +132,9 @@ pub enum RecordKind {
     Exec = 2,
     /// An [`EgressEvent`] a quarantine denied; `quarantine` names its slot.
     Blocked = 3,
+    // 4..=5 are reserved for the exec-identity records (another branch).
+    /// A [`SocketEvent`]: a packet or raw socket was created.
+    Socket = 6,
 }
 
 /// `flags` bit: the destination was an IPv4-mapped IPv6 address
@@ -121,6 +144,9 @@ pub const FLAG_V4_MAPPED: u8 = 1 << 0;
 /// cgroup_skb egress program (ICMP, raw, or an existing flow), not a call a
 /// sock_addr hook refused; process fields are then 0 (softirq context).
 pub const FLAG_PACKET: u8 = 1 << 1;
+/// `flags` bit: the send came from a SOCK_RAW socket (`fd.l4proto` = raw;
+/// `protocol` is then the socket's IP protocol, e.g. 1 for a raw ICMP one).
+pub const FLAG_RAW_SOCKET: u8 = 1 << 2;
 
 /// One outbound connection attempt, as seen by a cgroup sock_addr hook.
 #[repr(C)]
@@ -228,9 +254,99 @@ pub struct HookCounters {
     pub emitted: u64,
     /// Lost because the ring buffer had no room (reserve failed).
     pub ringbuf_full: u64,
-    /// UDP sends to the peer a socket is already connected to: the connect
-    /// hook reported that destination, so these are counted, not emitted.
+    /// Sends whose destination an earlier event already reported, counted
+    /// instead of emitted: UDP sends to the peer a socket is connected to
+    /// (the connect hook reported it), and raw/ping sends to a (socket,
+    /// destination) reported less than [`RAW_REPORT_GAP_NS`] ago.
     pub repeat_of_connect: u64,
+}
+
+/// LRU hash [`RawFlowKey`] → [`RawFlow`]: the (socket, destination) pairs
+/// of raw and ping sockets already reported, so a tunnel of a million
+/// packets costs one event per [`RAW_REPORT_GAP_NS`] and a counter.
+pub const RAW_FLOWS_MAP: &str = "EGRET_RAW_FLOWS";
+/// Capacity of [`RAW_FLOWS_MAP`]; an evicted pair is simply reported again.
+pub const RAW_FLOWS_MAX_ENTRIES: u32 = 16_384;
+/// A reported (socket, destination) is reported again after this long, so a
+/// long-lived tunnel stays visible (one event a minute, not one per packet).
+pub const RAW_REPORT_GAP_NS: u64 = 60_000_000_000;
+
+/// Key of [`RAW_FLOWS_MAP`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RawFlowKey {
+    pub socket_cookie: u64,
+    /// Destination, IPv4-mapped for IPv4 (as in [`IGNORE_MAP`]).
+    pub daddr: [u8; 16],
+}
+
+/// Value of [`RAW_FLOWS_MAP`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RawFlow {
+    /// When this pair was last emitted (bpf_ktime_get_ns).
+    pub reported_ns: u64,
+    /// Sends seen for this pair, the reported ones included.
+    pub sends: u64,
+}
+
+/// LRU hash socket cookie → [`RawOwner`]: who created each raw or ping
+/// socket, recorded by the sock_create hook for the packets it sends.
+pub const RAW_OWNERS_MAP: &str = "EGRET_RAW_OWNERS";
+pub const RAW_OWNERS_MAX_ENTRIES: u32 = 16_384;
+
+/// Value of [`RAW_OWNERS_MAP`]: the creating process.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RawOwner {
+    pub tgid: u32,
+    pub pid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub ppid: u32,
+    pub _pad: u32,
+    pub exec_id: u64,
+    pub cgroup_id: u64,
+    pub netns_cookie: u64,
+    pub comm: [u8; 16],
+}
+
+/// sys_enter_socket field offsets, from tracefs like the exec ones.
+pub const TP_SOCKET_FAMILY_GLOBAL: &str = "TP_SOCKET_FAMILY";
+pub const TP_SOCKET_TYPE_GLOBAL: &str = "TP_SOCKET_TYPE";
+pub const TP_SOCKET_PROTOCOL_GLOBAL: &str = "TP_SOCKET_PROTOCOL";
+
+pub const AF_PACKET: u16 = 17;
+pub const SOCK_RAW: u32 = 3;
+
+/// A packet socket (any type) or a raw IP socket was created
+/// ([`RecordKind::Socket`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SocketEvent {
+    /// [`RecordKind::Socket`].
+    pub kind: u8,
+    /// [`Hook`] value ([`Hook::SocketCreate`]).
+    pub hook: u8,
+    /// socket(2) `domain` (AF_PACKET, AF_INET, …).
+    pub family: u16,
+    /// socket(2) `type`, without SOCK_NONBLOCK/SOCK_CLOEXEC.
+    pub sock_type: u32,
+    /// socket(2) `protocol` as passed (for AF_PACKET, a network-order
+    /// ethertype: ETH_P_ALL is 768).
+    pub protocol: u32,
+    pub tgid: u32,
+    pub pid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    /// Parent tgid from the lifecycle tracker; 0 when unknown.
+    pub ppid: u32,
+    pub mono_ns: u64,
+    pub exec_id: u64,
+    pub cgroup_id: u64,
+    pub netns_cookie: u64,
+    pub socket_cookie: u64,
+    pub comm: [u8; 16],
 }
 
 /// Value of [`PROCS_MAP`].
@@ -301,6 +417,10 @@ const _: () = assert!(core::mem::align_of::<EgressEvent>() == 8);
 const _: () = assert!(core::mem::size_of::<HookCounters>() == 40);
 const _: () = assert!(core::mem::size_of::<QuarantineTarget>() == 8);
 const _: () = assert!(core::mem::size_of::<QuarantineCounters>() == 48);
+const _: () = assert!(core::mem::size_of::<SocketEvent>() == 88);
+const _: () = assert!(core::mem::size_of::<RawFlowKey>() == 24);
+const _: () = assert!(core::mem::size_of::<RawFlow>() == 16);
+const _: () = assert!(core::mem::size_of::<RawOwner>() == 64);
 
 #[cfg(feature = "user")]
 mod pod {
@@ -316,14 +436,26 @@ mod pod {
     unsafe impl aya::Pod for super::QuarantineTarget {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::QuarantineCounters {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::SocketEvent {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::RawFlowKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::RawFlow {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::RawOwner {}
 }
 
-// `Hook::ALL` lists every counter slot, each at its own index.
+// `Hook::ALL` lists hooks in slot order, each round-tripping through
+// `from_u8`, every one inside the counters map; the last is its last slot.
 const _: () = {
-    let mut slot = 0;
-    while slot < Hook::ALL.len() {
-        assert!(Hook::ALL[slot] as usize == slot);
-        slot += 1;
+    let mut i = 0;
+    while i < Hook::ALL.len() {
+        let slot = Hook::ALL[i] as u8;
+        assert!((slot as u32) < Hook::COUNT);
+        assert!(i == 0 || (Hook::ALL[i - 1] as u8) < slot);
+        assert!(matches!(Hook::from_u8(slot), Some(h) if h as u8 == slot));
+        i += 1;
     }
-    assert!(Hook::ALL.len() == Hook::COUNT as usize);
+    assert!(Hook::ALL[Hook::ALL.len() - 1] as u32 + 1 == Hook::COUNT);
 };

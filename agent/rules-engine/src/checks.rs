@@ -6,7 +6,7 @@ use crate::eval::{Cmp, LabelSet};
 use crate::evt_types;
 use crate::fields::{Field, Kind, Src};
 use crate::matchers::{Glob, PathSet, StrSet, U64Set};
-use crate::netset::{NetSet, parse_net};
+use crate::netset::{NetMatch, NetSet, parse_net};
 
 /// Regexes come from rule files; cap what one may cost to compile and hold.
 const REGEX_SIZE_LIMIT: usize = 1 << 20;
@@ -185,7 +185,10 @@ pub(crate) fn build(
                         ))
                     })
                     .collect::<Result<Vec<_>, _>>()?;
-                Ok((Cmp::Net(NetSet::from_nets(nets)), op == Op::Ne))
+                Ok((
+                    Cmp::Net(NetMatch::new(NetSet::from_nets(nets))),
+                    op == Op::Ne,
+                ))
             }
             _ => Err(unsupported(op, name, "address")),
         },

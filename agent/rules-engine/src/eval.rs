@@ -4,7 +4,7 @@ use crate::FieldId;
 use crate::event::{Event, Value};
 use crate::fields::Src;
 use crate::matchers::{Glob, PathSet, StrSet, U64Set, icontains};
-use crate::netset::NetSet;
+use crate::netset::{NetMatch, NetSet};
 
 #[derive(Debug)]
 pub(crate) enum Node {
@@ -60,7 +60,7 @@ pub(crate) enum Cmp {
     I64In(Box<[i64]>),
     /// Address in any of the networks: `=`, `in`, `intersects` on addresses
     /// and network fields.
-    Net(NetSet),
+    Net(NetMatch),
     BoolEq(bool),
     /// `k8s.pod.labels intersects (...)`: some label matches some item.
     LabelsAny(LabelSet),
@@ -381,8 +381,8 @@ pub(crate) fn destination_truth(node: &Node) -> (NetSet, NetSet) {
                     _ => (NetSet::default(), NetSet::default()),
                 }
             }
-            (Src::Event(FieldId::ServerIp), Cmp::Net(set)) => {
-                let (t, f) = (set.clone(), set.complement());
+            (Src::Event(FieldId::ServerIp), Cmp::Net(m)) => {
+                let (t, f) = (m.set.clone(), m.set.complement());
                 if test.negate { (f, t) } else { (t, f) }
             }
             (Src::Event(FieldId::ServerIp), Cmp::Exists) => (NetSet::all(), NetSet::default()),

@@ -72,7 +72,7 @@ pub struct FieldInfo {
 pub const FIELD_CATALOGUE: &[(&str, &str)] = &[
     (
         "evt.type",
-        "The syscall: connect or sendto (sendmsg/sendmmsg report sendto).",
+        "The syscall: connect, sendto (sendmsg/sendmmsg report sendto), or socket (a packet or raw socket was created).",
     ),
     (
         "evt.time",
@@ -80,7 +80,7 @@ pub const FIELD_CATALOGUE: &[(&str, &str)] = &[
     ),
     (
         "evt.hook",
-        "Kernel hook that saw the attempt: connect4, connect6, sendmsg4, sendmsg6.",
+        "Kernel hook that saw the attempt: connect4, connect6, sendmsg4, sendmsg6, raw_send4, raw_send6, socket_create.",
     ),
     ("egret.hook", "Alias of evt.hook."),
     (
@@ -166,7 +166,7 @@ pub const FIELD_CATALOGUE: &[(&str, &str)] = &[
     ),
     (
         "evt.args",
-        "The call's arguments as Falco renders them: fd=<fd type> tuple=local->remote.",
+        "The call's arguments: res=-115(EINPROGRESS) addr=ip:port for connects and sends; domain=17(AF_PACKET) type=3 proto=768 for socket events.",
     ),
     (
         "user.loginuid",
@@ -230,6 +230,22 @@ pub const FIELD_CATALOGUE: &[(&str, &str)] = &[
     (
         "egret.dest.new_for_workload",
         "The destination is outside the workload's learned baseline; <NA> while it learns or with baselines off.",
+    ),
+    (
+        "evt.arg.domain",
+        "socket events: the domain as Falco renders it (AF_PACKET, AF_INET, AF_INET6); also evt.arg[domain].",
+    ),
+    (
+        "evt.arg.type",
+        "socket events: the socket type in decimal (3 is SOCK_RAW).",
+    ),
+    (
+        "evt.arg.proto",
+        "socket events: the protocol in decimal, as passed (768 is ETH_P_ALL for AF_PACKET).",
+    ),
+    (
+        "egret.ip_proto",
+        "IP protocol number of the socket (1 for a raw ICMP socket, whose fd.l4proto is raw).",
     ),
 ];
 

@@ -106,10 +106,20 @@ pub enum FieldId {
     LoginUid,
     /// `proc.tty`: U64, the controlling terminal's device number; 0 if none.
     ProcTty,
+    /// `evt.arg.domain` (`evt.arg[domain]`): Str, socket(2)'s domain as Falco
+    /// renders it (`AF_PACKET`); Missing for anything but `evt.type=socket`.
+    EvtArgDomain,
+    /// `evt.arg.type`: Str, socket(2)'s type in decimal (`3` for SOCK_RAW).
+    EvtArgType,
+    /// `evt.arg.proto`: Str, socket(2)'s protocol in decimal, as passed.
+    EvtArgProto,
+    /// `egret.ip_proto`: U64, the socket's IP protocol number (1 for a raw
+    /// ICMP socket, whose `fd.l4proto` is `raw`); Missing for packet sockets.
+    IpProto,
 }
 
 impl FieldId {
-    pub const COUNT: usize = FieldId::ProcTty as usize + 1;
+    pub const COUNT: usize = FieldId::IpProto as usize + 1;
 
     pub const ALL: [FieldId; FieldId::COUNT] = [
         FieldId::EvtType,
@@ -157,6 +167,10 @@ impl FieldId {
         FieldId::FdNameChanged,
         FieldId::LoginUid,
         FieldId::ProcTty,
+        FieldId::EvtArgDomain,
+        FieldId::EvtArgType,
+        FieldId::EvtArgProto,
+        FieldId::IpProto,
     ];
 
     pub fn index(self) -> usize {
@@ -268,6 +282,10 @@ fn catalog(name: &str) -> Option<(Src, Kind)> {
         "egret.netns_cookie" => (ev(F::NetnsCookie), Kind::U64),
         "egret.action" => (ev(F::Action), Kind::Str),
         "egret.dest.new_for_workload" => (ev(F::NewForWorkload), Kind::Bool),
+        "evt.arg.domain" => (ev(F::EvtArgDomain), Kind::Str),
+        "evt.arg.type" => (ev(F::EvtArgType), Kind::Str),
+        "evt.arg.proto" => (ev(F::EvtArgProto), Kind::Str),
+        "egret.ip_proto" => (ev(F::IpProto), Kind::U64),
         _ => return None,
     })
 }
@@ -301,6 +319,14 @@ pub(crate) fn lookup(name: &str, arg: Option<&str>) -> Result<Field, FieldError>
             }),
             _ => Err(FieldError::MissingLabelKey),
         };
+    }
+    // Falco's `evt.arg[domain]` is `evt.arg.domain`.
+    if name == "evt.arg"
+        && let Some(arg) = arg
+    {
+        let (src, kind) = catalog(&format!("evt.arg.{arg}"))
+            .ok_or_else(|| FieldError::Unknown(format!("evt.arg[{arg}]")))?;
+        return Ok(Field { src, kind });
     }
     if let Some(key) = name.strip_prefix(LABEL_PREFIX) {
         if arg.is_some() {
@@ -340,6 +366,20 @@ mod tests {
             lookup("egret.hook", None).unwrap().src,
             Src::Event(FieldId::Hook)
         );
+    }
+
+    #[test]
+    fn socket_args_by_name_and_bracket() {
+        for field in [
+            lookup("evt.arg.domain", None),
+            lookup("evt.arg", Some("domain")),
+        ] {
+            assert_eq!(field.unwrap().src, Src::Event(FieldId::EvtArgDomain));
+        }
+        assert!(matches!(
+            lookup("evt.arg", Some("fd")),
+            Err(FieldError::Unknown(_))
+        ));
     }
 
     #[test]

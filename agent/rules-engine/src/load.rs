@@ -391,9 +391,13 @@ impl Skipped {
 }
 
 /// Event types Egret's hooks report: a rule matching none of them cannot
-/// fire. `sendmsg`/`sendmmsg` compile to `sendto`.
+/// fire. `sendmsg`/`sendmmsg` compile to `sendto`; `socket` is a packet or
+/// raw socket's creation.
 fn provided_type(name: &str) -> bool {
-    matches!(name, "connect" | "sendto" | "sendmsg" | "sendmmsg")
+    matches!(
+        name,
+        "connect" | "sendto" | "sendmsg" | "sendmmsg" | "socket"
+    )
 }
 
 /// Under `skip_unsupported`: the status of a rule that needs event types or
@@ -432,7 +436,9 @@ fn skip_unsupported(
         return Some(RuleStatus::Failed);
     }
     let (may_true, _) = type_masks(&compiled.node);
-    let types_unsupported = may_true & (CONNECT | SENDTO) == 0;
+    // `socket` events fall in the OTHER bucket with every unknown type.
+    let types_unsupported =
+        may_true & (CONNECT | SENDTO) == 0 && !compiled.evt_types.iter().any(|t| t == "socket");
     if !types_unsupported && fields.is_empty() {
         return None;
     }

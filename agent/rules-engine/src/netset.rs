@@ -67,6 +67,9 @@ impl NetSet {
         self.v4.is_empty() && self.v6.is_empty()
     }
 
+    /// Events are matched through [`NetMatch`]; this is the reference it is
+    /// tested against.
+    #[cfg(test)]
     pub fn contains(&self, ip: IpAddr) -> bool {
         match ip.to_canonical() {
             IpAddr::V4(v4) => lookup(&self.v4, u128::from(u32::from(v4))),
@@ -117,6 +120,77 @@ impl NetSet {
             }
         }
         nets
+    }
+}
+
+/// A [`NetSet`] prepared for matching events: single addresses (an IOC
+/// feed's entries) go to hash sets, so a lookup costs one hash probe plus a
+/// binary search over the remaining networks, whatever the feed's size. A
+/// million scattered /32s were 20 cache-missing search steps (~350 ns an
+/// event over the one-item case); a probe is ~20 ns.
+#[derive(Debug)]
+pub(crate) struct NetMatch {
+    /// The whole set, for the set algebra of the kernel ignore analysis.
+    pub set: NetSet,
+    v4_hosts: std::collections::HashSet<u32>,
+    v6_hosts: std::collections::HashSet<u128>,
+    /// `set` without the hosts above.
+    rest: NetSet,
+}
+
+/// Below this many single addresses a binary search is as fast as a hash.
+const HOST_INDEX_MIN: usize = 32;
+
+impl NetMatch {
+    pub fn new(set: NetSet) -> NetMatch {
+        let hosts = |r: &Ranges| r.iter().filter(|(a, b)| a == b).count();
+        if hosts(&set.v4) + hosts(&set.v6) < HOST_INDEX_MIN {
+            return NetMatch {
+                rest: set.clone(),
+                set,
+                v4_hosts: Default::default(),
+                v6_hosts: Default::default(),
+            };
+        }
+        let mut v4_hosts = std::collections::HashSet::new();
+        let mut v6_hosts = std::collections::HashSet::new();
+        let mut rest = NetSet::default();
+        // v4 ranges never exceed u32::MAX (see `from_ranges`).
+        split(&set.v4, &mut rest.v4, |a| {
+            v4_hosts.insert(a as u32);
+        });
+        split(&set.v6, &mut rest.v6, |a| {
+            v6_hosts.insert(a);
+        });
+        NetMatch {
+            set,
+            v4_hosts,
+            v6_hosts,
+            rest,
+        }
+    }
+
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match ip.to_canonical() {
+            IpAddr::V4(v4) => {
+                let x = u32::from(v4);
+                self.v4_hosts.contains(&x) || lookup(&self.rest.v4, u128::from(x))
+            }
+            IpAddr::V6(v6) => {
+                let x = u128::from(v6);
+                self.v6_hosts.contains(&x) || lookup(&self.rest.v6, x)
+            }
+        }
+    }
+}
+
+fn split(ranges: &Ranges, rest: &mut Ranges, mut host: impl FnMut(u128)) {
+    for &(a, b) in ranges {
+        if a == b {
+            host(a);
+        } else {
+            rest.push((a, b));
+        }
     }
 }
 
@@ -264,5 +338,46 @@ mod tests {
         );
         assert!(all.contains("::ffff:1.2.3.4".parse().unwrap()));
         assert!(all.contains("2001:db8::".parse().unwrap()));
+    }
+}
+
+#[cfg(test)]
+mod match_tests {
+    use super::*;
+
+    /// The index answers as the plain set does, on hosts, on networks, and
+    /// next to both, for IPv4, IPv6 and IPv4-mapped IPv6.
+    #[test]
+    fn indexed_lookup_equals_the_set() {
+        let mut nets: Vec<IpNet> = (0..100u32)
+            .map(|i| IpNet::from(IpAddr::V4(Ipv4Addr::from(0xc633_6400 + i * 2))))
+            .collect();
+        nets.extend(
+            ["203.0.113.0/25", "2001:db8::/64", "2001:db8:1::7/128"]
+                .map(|n| n.parse::<IpNet>().unwrap()),
+        );
+        let set = NetSet::from_nets(nets);
+        let indexed = NetMatch::new(set.clone());
+        assert!(!indexed.v4_hosts.is_empty() && !indexed.v6_hosts.is_empty());
+        let mut probes: Vec<IpAddr> = (0..260u32)
+            .map(|i| IpAddr::V4(Ipv4Addr::from(0xc633_6400 + i)))
+            .collect();
+        probes.extend(
+            [
+                "203.0.113.5",
+                "203.0.113.200",
+                "2001:db8::1",
+                "2001:db8:1::7",
+                "2001:db8:1::8",
+                "::ffff:198.51.100.2",
+                "::ffff:198.51.100.3",
+            ]
+            .map(|a| a.parse::<IpAddr>().unwrap()),
+        );
+        for ip in probes {
+            assert_eq!(indexed.contains(ip), set.contains(ip), "{ip}");
+        }
+        let small = NetMatch::new(NetSet::from_nets(["10.0.0.1/32".parse().unwrap()]));
+        assert!(small.v4_hosts.is_empty() && small.contains("10.0.0.1".parse().unwrap()));
     }
 }

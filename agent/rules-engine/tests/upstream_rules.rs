@@ -213,7 +213,7 @@ fn falco_upstream_rules() {
     }
     // Regression guards: these are the counts observed for the pinned
     // upstream commit (rules total, compiled, unsupported, output-only).
-    assert_eq!(totals["falco_rules.yaml"], (25, 2, 23, 6));
+    assert_eq!(totals["falco_rules.yaml"], (25, 3, 22, 6));
     assert_eq!(totals["falco-incubating_rules.yaml"], (31, 6, 25, 5));
     assert_eq!(totals["falco-sandbox_rules.yaml"], (37, 6, 31, 7));
     assert_eq!(totals["falco-deprecated_rules.yaml"], (4, 4, 0, 0));
@@ -263,8 +263,8 @@ fn upstream_files_load_together_in_order() {
         fields.len()
     );
     assert_eq!(loaded.rules.len(), 93);
-    assert_eq!(fields.len(), 47);
-    assert!(fields.contains("evt.arg.domain") && fields.contains("proc.aname"));
+    assert_eq!(fields.len(), 46);
+    assert!(fields.contains("evt.arg.flags") && fields.contains("proc.aname"));
 }
 
 /// The network rules of issue 20: what `--skip-unsupported-rules` must load.
@@ -281,10 +281,6 @@ const NETWORK_RULES: [&str; 11] = [
     "Unexpected K8s NodePort Connection",
     "Detect outbound connections to common miner pool ports",
 ];
-
-/// `packet socket created in container` needs the `socket` event (issue 13,
-/// team rawsock), which Egret does not report yet.
-const NEEDS_SOCKET_EVENT: &str = "Packet socket created in container";
 
 #[test]
 fn skip_unsupported_loads_the_network_rules_of_the_three_files() {
@@ -308,11 +304,7 @@ fn skip_unsupported_loads_the_network_rules_of_the_three_files() {
         .filter(|r| matches!(r.status, RuleStatus::Compiled { .. }))
         .map(|r| r.name.as_str())
         .collect();
-    let expected: BTreeSet<&str> = NETWORK_RULES
-        .iter()
-        .copied()
-        .filter(|r| *r != NEEDS_SOCKET_EVENT)
-        .collect();
+    let expected: BTreeSet<&str> = NETWORK_RULES.iter().copied().collect();
     assert_eq!(compiled, expected);
     // Every other rule is skipped with its reason; none failed.
     let mut for_types = 0;
@@ -330,16 +322,6 @@ fn skip_unsupported_loads_the_network_rules_of_the_three_files() {
             other => panic!("{}: {other:?}", r.name),
         }
     }
-    let packet = loaded
-        .rules
-        .iter()
-        .find(|r| r.name == NEEDS_SOCKET_EVENT)
-        .unwrap();
-    assert!(
-        matches!(&packet.status, RuleStatus::Unsupported { event_types, .. } if event_types == &["socket"]),
-        "{:?}",
-        packet.status
-    );
     // One summarised warning, grouped by reason.
     let summary: Vec<&str> = loaded
         .diagnostics

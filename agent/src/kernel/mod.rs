@@ -15,17 +15,19 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
     programs::{
-        CgroupAttachMode, CgroupSockAddr, TracePoint, cgroup_sock_addr::CgroupSockAddrLinkId,
-        trace_point::TracePointLinkId,
+        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock, CgroupSockAddr, TracePoint,
+        cgroup_skb::CgroupSkbLinkId, cgroup_sock::CgroupSockLinkId,
+        cgroup_sock_addr::CgroupSockAddrLinkId, trace_point::TracePointLinkId,
     },
 };
 use egret_common::{
     COUNTERS_MAP, EVENTS_MAP, Hook, HookCounters, IGNORE_MAP, PROCS_MAP, ProcState,
     TP_EXEC_FILENAME_GLOBAL, TP_EXEC_OLD_PID_GLOBAL, TP_EXECVE_ARGV_GLOBAL,
     TP_EXECVEAT_ARGV_GLOBAL, TP_EXIT_GROUP_DEAD_GLOBAL, TP_FIELD_ABSENT, TP_FORK_CHILD_PID_GLOBAL,
+    TP_SOCKET_FAMILY_GLOBAL, TP_SOCKET_PROTOCOL_GLOBAL, TP_SOCKET_TYPE_GLOBAL,
 };
 
-pub use ignore::{IgnoreMap, IgnoreSet};
+pub use ignore::{IgnoreMap, IgnoreSet, ReplaceError};
 
 /// The compiled kernel programs, embedded at build time.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/egret"));
@@ -87,6 +89,16 @@ pub const PROGRAMS: [&str; 4] = [
     "egret_sendmsg6",
 ];
 
+/// Raw and ping socket programs (`agent-ebpf/src/sockets.rs`), attached
+/// with the sock_addr ones: the creation hook records each socket's owner,
+/// the egress hook reports its packets' destinations.
+pub const SOCK_CREATE_PROGRAM: &str = "egret_sock_create";
+pub const RAW_EGRESS_PROGRAM: &str = "egret_raw_egress";
+/// Packet socket creation; optional like argv capture (it needs
+/// CONFIG_FTRACE_SYSCALLS).
+const SOCKET_TRACEPOINT: (&str, &str, &str) =
+    ("egret_socket_enter", "syscalls", "sys_enter_socket");
+
 /// Process lifecycle tracepoints: (program, category, tracepoint).
 const TRACEPOINTS: [(&str, &str, &str); 3] = [
     ("egret_fork", "sched", "sched_process_fork"),
@@ -108,6 +120,8 @@ struct Offsets {
     exit_group_dead: u32,
     execve_argv: Option<u32>,
     execveat_argv: Option<u32>,
+    /// sys_enter_socket (family, type, protocol).
+    socket: Option<(u32, u32, u32)>,
 }
 
 impl Offsets {
@@ -128,6 +142,15 @@ impl Offsets {
             exit_group_dead: exit.offset("group_dead").unwrap_or(TP_FIELD_ABSENT),
             execve_argv: argv("sys_enter_execve"),
             execveat_argv: argv("sys_enter_execveat"),
+            socket: Format::read(tracefs, "syscalls", "sys_enter_socket")
+                .ok()
+                .and_then(|f| {
+                    Some((
+                        f.offset("family")?,
+                        f.offset("type")?,
+                        f.offset("protocol")?,
+                    ))
+                }),
         })
     }
 }
@@ -139,12 +162,16 @@ pub struct KernelProbes {
     attached_ids: Vec<u32>,
     links: Vec<Link>,
     captures_argv: bool,
+    sees_packet_sockets: bool,
+    raw_sockets_off: Option<String>,
 }
 
 /// One attachment, kept so [`KernelProbes::detach`] can undo it.
 enum Link {
     Tracepoint(&'static str, TracePointLinkId),
     Cgroup(&'static str, CgroupSockAddrLinkId),
+    Sock(&'static str, CgroupSockLinkId),
+    Skb(&'static str, CgroupSkbLinkId),
 }
 
 /// The per-CPU hook counters. Holding them keeps only the map open, never
@@ -183,6 +210,16 @@ impl KernelProbes {
         let captures_argv = offsets.execve_argv.is_some();
         let execve_argv = offsets.execve_argv.unwrap_or(TP_FIELD_ABSENT);
         let execveat_argv = offsets.execveat_argv.unwrap_or(TP_FIELD_ABSENT);
+        let sees_packet_sockets = offsets.socket.is_some();
+        let (socket_family, socket_type, socket_protocol) =
+            offsets
+                .socket
+                .unwrap_or((TP_FIELD_ABSENT, TP_FIELD_ABSENT, TP_FIELD_ABSENT));
+        if !sees_packet_sockets {
+            tracing::warn!(
+                "no syscalls/sys_enter_socket tracepoint (CONFIG_FTRACE_SYSCALLS): packet socket creation is not reported"
+            );
+        }
         let mut ebpf = EbpfLoader::new()
             .map_max_entries(EVENTS_MAP, ringbuf_bytes)
             .override_global(TP_EXEC_FILENAME_GLOBAL, &offsets.exec_filename, true)
@@ -191,6 +228,9 @@ impl KernelProbes {
             .override_global(TP_EXIT_GROUP_DEAD_GLOBAL, &offsets.exit_group_dead, true)
             .override_global(TP_EXECVE_ARGV_GLOBAL, &execve_argv, true)
             .override_global(TP_EXECVEAT_ARGV_GLOBAL, &execveat_argv, true)
+            .override_global(TP_SOCKET_FAMILY_GLOBAL, &socket_family, true)
+            .override_global(TP_SOCKET_TYPE_GLOBAL, &socket_type, true)
+            .override_global(TP_SOCKET_PROTOCOL_GLOBAL, &socket_protocol, true)
             .load(EBPF_OBJECT)
             .map_err(|source| KernelError::Load {
                 hint: permission_hint(&source),
@@ -205,9 +245,16 @@ impl KernelProbes {
             })?;
         }
         Self::load_quarantine(&mut ebpf)?;
+        // Optional: a kernel that refuses them still gets connect and UDP
+        // monitoring, and says so once.
+        let raw_sockets_off = Self::load_raw_sockets(&mut ebpf).err();
+        if let Some(reason) = &raw_sockets_off {
+            tracing::warn!(%reason, "raw and ping socket monitoring is off; connects and UDP sends are still monitored");
+        }
         let tracepoints = TRACEPOINTS
             .iter()
-            .chain(ARGV_TRACEPOINTS.iter().filter(|_| captures_argv));
+            .chain(ARGV_TRACEPOINTS.iter().filter(|_| captures_argv))
+            .chain(std::iter::once(&SOCKET_TRACEPOINT).filter(|_| sees_packet_sockets));
         for (name, _, _) in tracepoints {
             let program: &mut TracePoint = program(&mut ebpf, name)?;
             program.load().map_err(|source| KernelError::Program {
@@ -237,7 +284,26 @@ impl KernelProbes {
             attached_ids: Vec::new(),
             links: Vec::new(),
             captures_argv,
+            sees_packet_sockets,
+            raw_sockets_off,
         })
+    }
+
+    /// Loads the raw/ping socket programs, or says why they cannot be.
+    fn load_raw_sockets(ebpf: &mut Ebpf) -> Result<(), String> {
+        let sock: &mut CgroupSock =
+            program(ebpf, SOCK_CREATE_PROGRAM).map_err(|err| err.to_string())?;
+        sock.load()
+            .map_err(|err| format!("loading {SOCK_CREATE_PROGRAM}: {}", error_chain(&err)))?;
+        let skb: &mut CgroupSkb =
+            program(ebpf, RAW_EGRESS_PROGRAM).map_err(|err| err.to_string())?;
+        skb.load()
+            .map_err(|err| format!("loading {RAW_EGRESS_PROGRAM}: {}", error_chain(&err)))
+    }
+
+    /// Why raw and ping sockets are not monitored; `None` when they are.
+    pub fn raw_sockets_off(&self) -> Option<&str> {
+        self.raw_sockets_off.as_deref()
     }
 
     /// The event ring buffer; can be taken once.
@@ -272,9 +338,11 @@ impl KernelProbes {
     /// produce an egress event is already being followed.
     pub fn attach(&mut self, cgroup: &Path) -> Result<(), KernelError> {
         let captures_argv = self.captures_argv;
+        let sees_packet_sockets = self.sees_packet_sockets;
         let tracepoints = TRACEPOINTS
             .iter()
-            .chain(ARGV_TRACEPOINTS.iter().filter(|_| captures_argv));
+            .chain(ARGV_TRACEPOINTS.iter().filter(|_| captures_argv))
+            .chain(std::iter::once(&SOCKET_TRACEPOINT).filter(|_| sees_packet_sockets));
         for (name, category, tracepoint) in tracepoints {
             let program: &mut TracePoint = program(&mut self.ebpf, name)?;
             let link = program.attach(category, tracepoint).map_err(|source| {
@@ -308,7 +376,37 @@ impl KernelProbes {
                 self.attached_ids.push(info.id());
             }
         }
+        let attach_err = |name: &'static str| {
+            let path = path.clone();
+            move |source: aya::programs::ProgramError| KernelError::Attach {
+                name,
+                path,
+                hint: permission_hint(&source),
+                source: Box::new(source),
+            }
+        };
+        if self.raw_sockets_off.is_some() {
+            return Ok(());
+        }
+        // Owners first, so the first packet of a new raw socket has one.
+        let sock: &mut CgroupSock = program(&mut self.ebpf, SOCK_CREATE_PROGRAM)?;
+        let link = sock
+            .attach(&dir, CgroupAttachMode::Single)
+            .map_err(attach_err(SOCK_CREATE_PROGRAM))?;
+        self.links.push(Link::Sock(SOCK_CREATE_PROGRAM, link));
+        self.attached_ids.extend(sock.info().ok().map(|i| i.id()));
+        let skb: &mut CgroupSkb = program(&mut self.ebpf, RAW_EGRESS_PROGRAM)?;
+        let link = skb
+            .attach(&dir, CgroupSkbAttachType::Egress, CgroupAttachMode::Single)
+            .map_err(attach_err(RAW_EGRESS_PROGRAM))?;
+        self.links.push(Link::Skb(RAW_EGRESS_PROGRAM, link));
+        self.attached_ids.extend(skb.info().ok().map(|i| i.id()));
         Ok(())
+    }
+
+    /// Whether packet socket creation is seen (sys_enter_socket exists).
+    pub fn sees_packet_sockets(&self) -> bool {
+        self.sees_packet_sockets
     }
 
     /// Whether argv is captured in the kernel (else it comes from /proc).
@@ -364,6 +462,14 @@ impl KernelProbes {
                     name,
                     program::<TracePoint>(&mut self.ebpf, name).map(|p| p.detach(id)),
                 ),
+                Link::Sock(name, id) => (
+                    name,
+                    program::<CgroupSock>(&mut self.ebpf, name).map(|p| p.detach(id)),
+                ),
+                Link::Skb(name, id) => (
+                    name,
+                    program::<CgroupSkb>(&mut self.ebpf, name).map(|p| p.detach(id)),
+                ),
             };
             // Dropping the object below closes any link left behind.
             match result {
@@ -389,6 +495,18 @@ where
             source: Box::new(source),
             hint: "",
         })
+}
+
+/// An error and its sources on one line (the verifier's log included).
+fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = err.to_string();
+    let mut next = err.source();
+    while let Some(err) = next {
+        out.push_str(": ");
+        out.push_str(&err.to_string());
+        next = err.source();
+    }
+    out
 }
 
 /// A hint when the kernel said EPERM anywhere down the error chain.

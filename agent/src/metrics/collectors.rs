@@ -252,16 +252,17 @@ impl Everything {
             ),
             (
                 "egret_kernel_repeat_of_connect",
-                "UDP sends to the connected peer, counted but not emitted",
+                "Sends to a destination already reported (the connected UDP peer; a raw or ping socket's recent destination), counted but not emitted",
                 |c| c.repeat_of_connect,
             ),
         ];
         for (name, help, get) in per_hook {
-            // Every slot, exec included: its ring buffer drops matter too.
+            // Every hook, exec included: its ring buffer drops matter too
+            // (reserved slots without a hook are not series).
             let rows = kernel.iter().flat_map(|k: &[HookCounters; HOOKS]| {
-                k.iter().enumerate().map(move |(i, c)| {
-                    let hook = u8::try_from(i).ok().and_then(Hook::from_u8);
-                    ([("hook", hook.map_or("unknown", Hook::name))], get(c))
+                Hook::ALL.iter().filter_map(move |hook| {
+                    let c = k.get(*hook as usize)?;
+                    Some(([("hook", hook.name())], get(c)))
                 })
             });
             family(enc, name, help, None, MetricType::Counter, rows)?;

@@ -64,17 +64,34 @@ pub struct AuditRecord<'a> {
     #[serde(rename = "group.gid")]
     pub gid: u32,
     #[serde(rename = "fd.type")]
-    pub fd_type: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fd_type: Option<&'static str>,
     #[serde(rename = "fd.typechar")]
-    pub fd_typechar: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fd_typechar: Option<&'static str>,
     #[serde(rename = "fd.l4proto")]
     pub l4proto: &'static str,
     #[serde(rename = "fd.sip")]
-    pub sip: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sip: Option<String>,
     #[serde(rename = "fd.sport")]
-    pub sport: u16,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sport: Option<u16>,
     #[serde(rename = "fd.name")]
-    pub fd_name: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fd_name: Option<&'a str>,
+    /// socket events only (`evt.type` = socket), as Falco renders them.
+    #[serde(rename = "evt.arg.domain", skip_serializing_if = "Option::is_none")]
+    pub arg_domain: Option<&'static str>,
+    #[serde(rename = "evt.arg.type", skip_serializing_if = "Option::is_none")]
+    pub arg_type: Option<&'a str>,
+    #[serde(rename = "evt.arg.proto", skip_serializing_if = "Option::is_none")]
+    pub arg_proto: Option<&'a str>,
+    #[serde(rename = "evt.args", skip_serializing_if = "Option::is_none")]
+    pub args: Option<&'a str>,
+    /// The socket's IP protocol number (1 for a raw ICMP socket).
+    #[serde(rename = "egret.ip_proto", skip_serializing_if = "Option::is_none")]
+    pub ip_proto: Option<u8>,
     #[serde(rename = "container.id")]
     pub container_id: Option<&'a str>,
     #[serde(rename = "container.name")]
@@ -127,6 +144,8 @@ impl<'a> AuditRecord<'a> {
         let event = &enriched.attempt;
         let process = enriched.process.as_deref();
         let v4 = event.daddr.is_ipv4();
+        let dest = event.has_destination();
+        let socket = enriched.socket.as_deref();
         let meta = enriched.identity.as_ref().and_then(|i| i.metadata());
         let pod = meta.and_then(|m| m.pod.as_ref());
         let image_ref = meta.and_then(|m| m.image_ref.as_ref());
@@ -146,12 +165,17 @@ impl<'a> AuditRecord<'a> {
             uid: event.uid,
             user_name: enriched.user_name.as_deref(),
             gid: event.gid,
-            fd_type: if v4 { "ipv4" } else { "ipv6" },
-            fd_typechar: if v4 { "4" } else { "6" },
+            fd_type: dest.then_some(if v4 { "ipv4" } else { "ipv6" }),
+            fd_typechar: dest.then_some(if v4 { "4" } else { "6" }),
             l4proto: event.l4proto.as_str(),
-            sip: event.daddr.to_string(),
-            sport: event.dport,
-            fd_name: enriched.fd_name.as_str(),
+            sip: dest.then(|| event.daddr.to_string()),
+            sport: dest.then_some(event.dport),
+            fd_name: dest.then(|| enriched.fd_name.as_str()),
+            arg_domain: socket.and_then(|s| s.domain),
+            arg_type: socket.map(|s| s.sock_type.as_str()),
+            arg_proto: socket.map(|s| s.proto.as_str()),
+            args: socket.map(|s| s.args.as_str()),
+            ip_proto: (event.ip_protocol != 0 || socket.is_none()).then_some(event.ip_protocol),
             container_id: enriched.container_id(),
             container_name: meta.map(|m| m.name.as_str()),
             container_image: meta.and_then(|m| m.image.as_deref()),
@@ -435,10 +459,12 @@ mod tests {
             netns_cookie: 2,
             socket_cookie: 3,
             l4proto: L4Proto::Tcp,
+            ip_protocol: 6,
             daddr: daddr.parse().unwrap(),
             dport: 8080,
             v4_mapped: false,
             blocked: None,
+            socket: None,
         };
         use crate::pipeline::enrich::fields::{CallResult, EvtArgs, FdName};
         let fd_name = FdName::new(std::net::SocketAddr::new(attempt.daddr, attempt.dport));
@@ -454,6 +480,7 @@ mod tests {
             new_for_workload: None,
             num: 1,
             name_changed: true,
+            socket: None,
         }
     }
 

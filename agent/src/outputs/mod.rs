@@ -53,7 +53,10 @@ pub fn alert_context(event: &Event) -> AlertContext<'_> {
         container_name: text(FieldId::ContainerName),
         container_id: event.container_id().unwrap_or(""),
         proc_name: event.attempt.comm.as_str(),
-        dest: Some((event.attempt.daddr, event.attempt.dport)),
+        dest: event
+            .attempt
+            .has_destination()
+            .then_some((event.attempt.daddr, event.attempt.dport)),
     }
 }
 

@@ -176,7 +176,7 @@ impl Summary {
         let kernel = counters.map(|counters| {
             Hook::ALL
                 .iter()
-                .zip(counters)
+                .filter_map(|hook| Some((hook, *counters.get(*hook as usize)?)))
                 .map(|(hook, c)| {
                     let totals = HookTotals {
                         seen: c.seen,

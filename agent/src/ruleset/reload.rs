@@ -189,11 +189,25 @@ impl KernelIgnore {
     }
 
     fn apply(&mut self, ruleset: &Ruleset) {
-        let wanted = self.wanted(ruleset);
+        let mut wanted = self.wanted(ruleset);
         if &wanted == self.map.current() {
             return;
         }
-        match self.map.replace(&wanted) {
+        let mut result = self.map.replace(&wanted);
+        if let Err(err @ crate::kernel::ReplaceError::TooLarge { .. }) = &result {
+            // Ignoring less is always safe: the rules see those attempts
+            // in userspace instead.
+            tracing::warn!(
+                %err,
+                "kernel ignore list: keeping only the built-in and configured networks"
+            );
+            wanted = self.base.clone();
+            if &wanted == self.map.current() {
+                return;
+            }
+            result = self.map.replace(&wanted);
+        }
+        match result {
             Ok(entries) => tracing::info!(
                 networks = wanted.len(),
                 entries,

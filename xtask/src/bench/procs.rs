@@ -70,6 +70,11 @@ impl RunningAgent {
         self.agent.pid()
     }
 
+    /// Kernel ids of the programs the agent attached.
+    pub fn program_ids(&self) -> Vec<u32> {
+        self.agent.program_ids()
+    }
+
     /// What the agent logged so far.
     pub fn stderr(&self) -> Vec<String> {
         self.agent.stderr()

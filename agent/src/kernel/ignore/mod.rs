@@ -9,6 +9,7 @@ use aya::maps::{
     MapData, MapError,
     lpm_trie::{Key, LpmTrie},
 };
+use egret_common::IGNORE_MAX_ENTRIES;
 use ipnet::IpNet;
 
 /// Networks to ignore, normalised (host bits cleared, duplicates removed) so
@@ -73,6 +74,45 @@ fn trie_key(net: &IpNet) -> Key<[u8; 16]> {
     Key::new(prefix.len, prefix.octets())
 }
 
+/// Input networks beyond which the table is not built (about 16 MiB of
+/// trie for IPv4 prefixes): such a set is a scattered list (an IOC feed's
+/// complement) that no kernel map of [`IGNORE_MAX_ENTRIES`] could hold.
+pub const MAX_INPUT_NETWORKS: usize = 32_768;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReplaceError {
+    #[error(
+        "the ignore list ({networks} networks{}) does not fit the kernel map ({IGNORE_MAX_ENTRIES} entries)",
+        entries.map(|e| format!(", {e} table entries")).unwrap_or_default()
+    )]
+    TooLarge {
+        networks: usize,
+        entries: Option<usize>,
+    },
+    #[error(transparent)]
+    Map(#[from] MapError),
+}
+
+/// The kernel table for `wanted`, or why it cannot be written.
+pub fn table_for(wanted: &IgnoreSet) -> Result<table::Table, ReplaceError> {
+    // The construction's trie has up to 128 nodes per input prefix: bound
+    // its transient memory before building it.
+    if wanted.len() > MAX_INPUT_NETWORKS {
+        return Err(ReplaceError::TooLarge {
+            networks: wanted.len(),
+            entries: None,
+        });
+    }
+    let new = table::build(wanted);
+    if new.len() > IGNORE_MAX_ENTRIES as usize {
+        return Err(ReplaceError::TooLarge {
+            networks: wanted.len(),
+            entries: Some(new.len()),
+        });
+    }
+    Ok(new)
+}
+
 pub struct IgnoreMap {
     map: LpmTrie<MapData, [u8; 16], u8>,
     current: IgnoreSet,
@@ -91,11 +131,13 @@ impl IgnoreMap {
 
     /// Makes the kernel map ignore exactly `wanted`, in an order that never
     /// ignores an address both the old and the new set emit
-    /// ([`table::transition`]). Returns the new table's size. On an error
-    /// the map is left part-way; the next reload starts from what was
+    /// ([`table::transition`]). Returns the new table's size. A set whose
+    /// table would not fit the map is refused before anything is written;
+    /// on a map error the map is left part-way (never ignoring more than
+    /// the old or the new set) and the next reload starts from what was
     /// written.
-    pub fn replace(&mut self, wanted: &IgnoreSet) -> Result<usize, MapError> {
-        let new = table::build(wanted);
+    pub fn replace(&mut self, wanted: &IgnoreSet) -> Result<usize, ReplaceError> {
+        let new = table_for(wanted)?;
         for step in table::transition(&self.table, &new) {
             match step {
                 table::Step::Set(prefix, verdict) => {
@@ -182,6 +224,49 @@ pub(super) mod tests {
             .collect();
         assert_eq!(set.len(), 1);
         assert_eq!(set.iter().next().unwrap().to_string(), "10.0.0.0/8");
+    }
+
+    /// A scattered list (an IOC feed) is refused before the map is
+    /// touched, by input size or by table size; the complement of a
+    /// thousand scattered addresses fits as about a thousand entries.
+    #[test]
+    fn oversized_sets_are_refused_before_writing() {
+        let scattered = |n: u32| -> IgnoreSet {
+            (0..n)
+                .map(|i| {
+                    let a = std::net::Ipv4Addr::from(
+                        0x0100_0000 + i.wrapping_mul(2_654_435_761) % 0xdf00_0000,
+                    );
+                    IpNet::V4(ipnet::Ipv4Net::new(a, 32).unwrap())
+                })
+                .collect()
+        };
+        let too_many_entries = scattered(5000);
+        assert!(matches!(
+            table_for(&too_many_entries),
+            Err(ReplaceError::TooLarge { entries: Some(n), .. }) if n > 4096
+        ));
+        let too_many_networks = scattered(MAX_INPUT_NETWORKS as u32 + 1);
+        assert!(matches!(
+            table_for(&too_many_networks),
+            Err(ReplaceError::TooLarge { entries: None, .. })
+        ));
+        // What the rules make of `fd.sip in (1,000 IOCs)`: everything else.
+        let iocs = scattered(1000);
+        let items: Vec<String> = iocs.iter().map(|n| n.addr().to_string()).collect();
+        let text = format!(
+            "- list: iocs\n  items: [{}]\n- rule: IOC\n  desc: d\n  condition: evt.type = connect and fd.sip in (iocs)\n  output: o\n  priority: WARNING\n",
+            items.join(", ")
+        );
+        let loaded = egret_rules::load(
+            &[egret_rules::Source::new("iocs.yaml", &text)],
+            &egret_rules::Options::default(),
+        );
+        assert!(!loaded.has_errors(), "{:?}", loaded.diagnostics);
+        let complement = loaded.ruleset.kernel_ignorable_networks();
+        let set: IgnoreSet = complement.into_iter().collect();
+        let table = table_for(&set).expect("fits");
+        assert_eq!(table.len(), 1001, "{} networks", set.len());
     }
 
     #[test]

@@ -2,9 +2,11 @@
 //! `RecordKind::Blocked`: the same layout, for what a quarantine denied.
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use egret_common::{AF_INET, AF_INET6, EgressEvent, FLAG_PACKET, FLAG_V4_MAPPED, Hook, RecordKind};
+use egret_common::{
+    AF_INET, AF_INET6, EgressEvent, FLAG_PACKET, FLAG_RAW_SOCKET, FLAG_V4_MAPPED, Hook, RecordKind,
+};
 
-use super::{Comm, DecodeError, read_record};
+use super::{Comm, DecodeError, read_record, socket::SocketArgs};
 
 /// Layer-4 protocol of the socket, as Falco names it in `fd.l4proto`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -38,15 +40,16 @@ impl L4Proto {
     }
 }
 
-/// Falco's `evt.type` for what the hook saw. The UDP sendmsg hook runs for
-/// sendto, sendmsg, sendmmsg and io_uring sends alike and cannot tell them
-/// apart; it is reported as `sendto`, the call libc resolvers and most tools
-/// use for unconnected UDP.
+/// Falco's `evt.type` for what the hook saw. The UDP sendmsg hook (and the
+/// LSM hook for raw and ping sockets) runs for sendto, sendmsg, sendmmsg
+/// and io_uring sends alike and cannot tell them apart; it is reported as
+/// `sendto`, the call libc resolvers, ping and most tools use.
 pub fn evt_type(hook: Hook) -> &'static str {
     match hook {
         Hook::Connect4 | Hook::Connect6 => "connect",
-        Hook::Sendmsg4 | Hook::Sendmsg6 => "sendto",
+        Hook::Sendmsg4 | Hook::Sendmsg6 | Hook::RawSend4 | Hook::RawSend6 => "sendto",
         Hook::Exec => "execve",
+        Hook::SocketCreate => "socket",
     }
 }
 
@@ -71,12 +74,18 @@ pub struct EgressAttempt {
     pub netns_cookie: u64,
     pub socket_cookie: u64,
     pub l4proto: L4Proto,
+    /// IP protocol number of the socket (1 for a raw ICMP socket, whose
+    /// `l4proto` is `raw`); 0 for packet sockets.
+    pub ip_protocol: u8,
+    /// Destination; unspecified (and unused) for socket creations.
     pub daddr: IpAddr,
     pub dport: u16,
     /// The program asked for `::ffff:a.b.c.d`; `daddr` holds the IPv4 address.
     pub v4_mapped: bool,
     /// Set when a quarantine denied the attempt (`egret.action` = blocked).
     pub blocked: Option<Blocked>,
+    /// A socket creation (`evt.type` = socket), not a send: no destination.
+    pub socket: Option<SocketArgs>,
 }
 
 /// What a quarantine's programs denied.
@@ -101,12 +110,17 @@ impl EgressAttempt {
     pub fn evt_type(&self) -> &'static str {
         evt_type(self.hook)
     }
+
+    /// Whether the event has a destination (every kind but socket creation).
+    pub fn has_destination(&self) -> bool {
+        self.socket.is_none()
+    }
 }
 
 pub(super) fn decode(record: &[u8], wall_offset_ns: i64) -> Result<EgressAttempt, DecodeError> {
     let raw: EgressEvent = read_record(record)?;
     let hook = match Hook::from_u8(raw.hook) {
-        Some(hook) if hook != Hook::Exec => hook,
+        Some(hook) if !matches!(hook, Hook::Exec | Hook::SocketCreate) => hook,
         _ => return Err(DecodeError::UnknownHook(raw.hook)),
     };
     let daddr = match raw.family {
@@ -133,7 +147,12 @@ pub(super) fn decode(record: &[u8], wall_offset_ns: i64) -> Result<EgressAttempt
         cgroup_id: raw.cgroup_id,
         netns_cookie: raw.netns_cookie,
         socket_cookie: raw.socket_cookie,
-        l4proto: L4Proto::from_ip_protocol(raw.protocol),
+        l4proto: if raw.flags & FLAG_RAW_SOCKET != 0 {
+            L4Proto::Raw
+        } else {
+            L4Proto::from_ip_protocol(raw.protocol)
+        },
+        ip_protocol: raw.protocol,
         daddr,
         dport: raw.dport,
         v4_mapped: raw.flags & FLAG_V4_MAPPED != 0,
@@ -141,5 +160,6 @@ pub(super) fn decode(record: &[u8], wall_offset_ns: i64) -> Result<EgressAttempt
             slot: raw.quarantine,
             packet: raw.flags & FLAG_PACKET != 0,
         }),
+        socket: None,
     })
 }

@@ -4,11 +4,13 @@
 //! [`Record`] variant and a row in the table.
 mod attempt;
 mod exec;
+mod socket;
 
 use egret_common::RecordKind;
 
 pub use attempt::{Blocked, EgressAttempt, L4Proto, action_name, evt_type};
 pub use exec::ExecRecord;
+pub use socket::SocketArgs;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum DecodeError {
@@ -85,7 +87,7 @@ pub fn decode(record: &[u8], wall_offset_ns: i64) -> Result<Record, DecodeError>
 type Decoder = fn(&[u8], i64) -> Result<Record, DecodeError>;
 
 /// Record kind → decoder.
-pub const DECODERS: [(RecordKind, Decoder); 3] = [
+pub const DECODERS: [(RecordKind, Decoder); 4] = [
     (RecordKind::Egress, |record, wall_offset_ns| {
         attempt::decode(record, wall_offset_ns).map(Record::Egress)
     }),
@@ -95,6 +97,9 @@ pub const DECODERS: [(RecordKind, Decoder); 3] = [
     }),
     (RecordKind::Exec, |record, _| {
         exec::decode(record).map(Record::Exec)
+    }),
+    (RecordKind::Socket, |record, wall_offset_ns| {
+        socket::decode(record, wall_offset_ns).map(Record::Egress)
     }),
 ];
 
@@ -323,6 +328,93 @@ mod tests {
         let comm = Comm::from_raw([0xff; 16]);
         assert_eq!(comm.as_bytes().len(), 16);
         assert!(comm.to_string_lossy().contains('\u{fffd}'));
+    }
+
+    #[test]
+    fn decodes_raw_and_ping_sends() {
+        let mut raw = raw_event();
+        raw.hook = Hook::RawSend4 as u8;
+        raw.protocol = 1;
+        raw.dport = 0;
+        raw.flags = egret_common::FLAG_RAW_SOCKET;
+        let event = egress(decode(&bytes(&raw), 0));
+        assert_eq!(
+            (event.evt_type(), event.l4proto, event.ip_protocol),
+            ("sendto", L4Proto::Raw, 1)
+        );
+        assert!(event.has_destination());
+        raw.flags = 0;
+        raw.hook = Hook::RawSend6 as u8;
+        raw.family = AF_INET6;
+        raw.protocol = 58;
+        let event = egress(decode(&bytes(&raw), 0));
+        assert_eq!(
+            (event.hook.name(), event.l4proto),
+            ("raw_send6", L4Proto::Icmp)
+        );
+        raw.hook = Hook::SocketCreate as u8;
+        assert_eq!(decode(&bytes(&raw), 0), Err(DecodeError::UnknownHook(10)));
+    }
+
+    fn raw_socket() -> egret_common::SocketEvent {
+        egret_common::SocketEvent {
+            kind: RecordKind::Socket as u8,
+            hook: Hook::SocketCreate as u8,
+            family: egret_common::AF_PACKET,
+            sock_type: 3,
+            protocol: 768,
+            tgid: 7,
+            pid: 8,
+            uid: 0,
+            gid: 0,
+            ppid: 1,
+            mono_ns: 10,
+            exec_id: 3,
+            cgroup_id: 99,
+            netns_cookie: 4,
+            socket_cookie: 5,
+            comm: *b"tcpdump\0\0\0\0\0\0\0\0\0",
+        }
+    }
+
+    #[test]
+    fn decodes_socket_creation() {
+        let event = egress(decode(&bytes(&raw_socket()), 5));
+        let args = event.socket.expect("socket args");
+        assert_eq!(event.evt_type(), "socket");
+        assert!(!event.has_destination());
+        assert_eq!(args.domain_name(), Some("AF_PACKET"));
+        assert_eq!(args.render_args(), "domain=17(AF_PACKET) type=3 proto=768");
+        assert_eq!((event.tgid, event.cgroup_id, event.wall_ns), (7, 99, 15));
+        assert_eq!(event.comm.as_str(), "tcpdump");
+        let mut raw_ip = raw_socket();
+        raw_ip.family = u16::from(AF_INET6);
+        raw_ip.protocol = 58;
+        let event = egress(decode(&bytes(&raw_ip), 0));
+        assert_eq!((event.l4proto, event.ip_protocol), (L4Proto::Raw, 58));
+        assert_eq!(
+            event.socket.unwrap().render_args(),
+            "domain=10(AF_INET6) type=3 proto=58"
+        );
+    }
+
+    #[test]
+    fn rejects_hostile_socket_records() {
+        let good = bytes(&raw_socket());
+        for len in 0..good.len() {
+            assert_eq!(decode(&good[..len], 0), Err(DecodeError::Truncated(len)));
+        }
+        let mut bad = raw_socket();
+        bad.hook = Hook::Connect4 as u8;
+        assert_eq!(decode(&bytes(&bad), 0), Err(DecodeError::UnknownHook(0)));
+        let mut bad = raw_socket();
+        bad.family = 1;
+        assert_eq!(decode(&bytes(&bad), 0), Err(DecodeError::UnknownFamily(1)));
+        bad.family = 4000;
+        assert_eq!(
+            decode(&bytes(&bad), 0),
+            Err(DecodeError::UnknownFamily(255))
+        );
     }
 
     #[test]

@@ -125,6 +125,27 @@ impl CallResult {
     }
 }
 
+/// socket(2)'s arguments as Falco renders them (`evt.arg.*`), made once
+/// per socket event (rare: packet and raw socket creations only).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SocketText {
+    pub domain: Option<&'static str>,
+    pub sock_type: String,
+    pub proto: String,
+    pub args: String,
+}
+
+impl SocketText {
+    pub fn new(args: &crate::pipeline::decode::SocketArgs) -> SocketText {
+        SocketText {
+            domain: args.domain_name(),
+            sock_type: args.sock_type.to_string(),
+            proto: args.protocol.to_string(),
+            args: args.render_args(),
+        }
+    }
+}
+
 fn opt_str(value: Option<&str>) -> Value<'_> {
     value.map_or(Value::Missing, Value::Str)
 }
@@ -135,6 +156,21 @@ impl egret_rules::Event for Event {
         let process = self.process.as_deref();
         let meta = self.identity.as_ref().and_then(|i| i.metadata());
         let pod = meta.and_then(|m| m.pod.as_ref());
+        let socket = self.socket.as_deref();
+        if socket.is_some() {
+            // A socket creation has no destination.
+            match field {
+                FieldId::ServerIp | FieldId::ServerPort | FieldId::FdName | FieldId::V4Mapped => {
+                    return Value::Missing;
+                }
+                FieldId::L4Proto | FieldId::IpProto
+                    if a.l4proto == crate::pipeline::decode::L4Proto::Other(0) =>
+                {
+                    return Value::Missing;
+                }
+                _ => {}
+            }
+        }
         match field {
             FieldId::EvtType => Value::Str(a.evt_type()),
             FieldId::EvtTime => Value::U64(a.wall_ns),
@@ -182,7 +218,11 @@ impl egret_rules::Event for Event {
             FieldId::EvtDir => Value::Str("<"),
             FieldId::EvtRes => Value::Str(CallResult::of(a).name()),
             FieldId::EvtRawres => Value::I64(CallResult::of(a).raw()),
-            FieldId::EvtArgs => Value::Str(self.args.as_str()),
+            // socket(2)'s arguments for a socket creation, else the call's.
+            FieldId::EvtArgs => match socket {
+                Some(s) => Value::Str(&s.args),
+                None => Value::Str(self.args.as_str()),
+            },
             // The connect hooks run before the socket is connected; the
             // sendmsg hooks only for sends that name an address (an
             // unconnected send, in the kernel's terms).
@@ -199,6 +239,10 @@ impl egret_rules::Event for Event {
             FieldId::ProcTty => process
                 .and_then(|p| p.session)
                 .map_or(Value::Missing, |s| Value::U64(u64::from(s.tty))),
+            FieldId::EvtArgDomain => opt_str(socket.and_then(|s| s.domain)),
+            FieldId::EvtArgType => opt_str(socket.map(|s| s.sock_type.as_str())),
+            FieldId::EvtArgProto => opt_str(socket.map(|s| s.proto.as_str())),
+            FieldId::IpProto => Value::U64(u64::from(a.ip_protocol)),
         }
     }
 }

@@ -44,6 +44,8 @@ pub struct Event {
     pub name_changed: bool,
     /// `evt.args`, formatted once, inline.
     pub args: fields::EvtArgs,
+    /// `evt.arg.*` of a socket creation; `None` for sends and connects.
+    pub socket: Option<Box<fields::SocketText>>,
 }
 
 impl Event {
@@ -240,7 +242,12 @@ impl Enricher {
             .and_then(|i| i.cgroup.as_deref())
             .map(|entry| &*entry.path);
         let user_name = self.user_name(attempt.cgroup_id, attempt.uid, attempt.tgid, cgroup_path);
+        let has_destination = attempt.has_destination();
         let new_for_workload = self.baseline.as_mut().and_then(|baseline| {
+            // Socket creations have no destination to learn.
+            if !has_destination {
+                return None;
+            }
             let pod = identity
                 .as_ref()
                 .and_then(|i| i.metadata())
@@ -270,6 +277,10 @@ impl Enricher {
             fd_name,
             num: self.events,
             name_changed,
+            socket: attempt
+                .socket
+                .as_ref()
+                .map(|args| Box::new(fields::SocketText::new(args))),
             attempt,
             process,
             parent_name,
@@ -403,10 +414,12 @@ mod tests {
             netns_cookie: 1,
             socket_cookie: 1,
             l4proto: L4Proto::Tcp,
+            ip_protocol: 6,
             daddr: "198.51.100.7".parse().unwrap(),
             dport: 443,
             v4_mapped: false,
             blocked: None,
+            socket: None,
         })
     }
 

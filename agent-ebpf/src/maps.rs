@@ -34,6 +34,10 @@ pub static EXEC_ARGS: LruHashMap<u32, ExecArgs> = LruHashMap::with_max_entries(1
 #[map(name = "EGRET_ARGS_TMP")]
 pub static ARGS_SCRATCH: PerCpuArray<ExecArgs> = PerCpuArray::with_max_entries(1, 0);
 
+/// Per-CPU scratch where `exe.rs` builds the executable's path.
+#[map(name = "EGRET_EXE_TMP")]
+pub static EXE_SCRATCH: PerCpuArray<crate::exe::ExeScratch> = PerCpuArray::with_max_entries(1, 0);
+
 /// Quarantined cgroup id → slot and flags (see `quarantine.rs`).
 #[map(name = "EGRET_Q_TARGETS")]
 pub static QUARANTINE_TARGETS: HashMap<u64, QuarantineTarget> =

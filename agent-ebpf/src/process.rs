@@ -206,6 +206,9 @@ fn try_exec(ctx: &TracePointContext) -> Result<(), i64> {
         );
         (*event).filename_len = if read > 0 { (read - 1) as u16 } else { 0 };
 
+        // The file the kernel runs, not the execve string (exe.rs).
+        crate::exe::resolve(&mut (*event).exe);
+
         match EXEC_ARGS.get_ptr(old_pid) {
             Some(args) => {
                 // A fixed-size copy: a variable-length one would need more

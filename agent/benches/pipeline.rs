@@ -158,8 +158,15 @@ fn exec_record(tgid: u32, exec_id: u64, cgroup_id: u64, name: &str) -> Vec<u8> {
         comm: comm(name),
         filename: [0; EXEC_FILENAME_BYTES],
         args: [0; EXEC_ARGS_BYTES + EXEC_ARG_CHUNK],
+        exe: egret_common::ExeFile {
+            flags: egret_common::EXE_KNOWN,
+            len: 0,
+            path: [0; egret_common::EXE_PATH_BYTES],
+        },
     };
     let filename = format!("/usr/bin/{name}");
+    event.exe.path[..filename.len()].copy_from_slice(filename.as_bytes());
+    event.exe.len = filename.len() as u32;
     event.filename[..filename.len()].copy_from_slice(filename.as_bytes());
     event.filename_len = filename.len() as u16;
     let args = format!("{name}\0--config\0/etc/{name}/config.yaml\0--verbose\0");

@@ -63,10 +63,8 @@ fn container_connections_name_container_pod_and_namespace() {
     containerd.run_detached(&sandbox);
 
     // Connects as soon as it starts: the create/start events must have made
-    // the container known by then. The shell keeps the container alive a
-    // moment, as any real workload is; a container whose only process lives
-    // a few milliseconds has its cgroup removed before anyone can name it
-    // (its events still carry the cgroup id and process fields).
+    // the container known by then. (A container whose only process lives a
+    // few milliseconds: `one_shot_container_keeps_container_and_pod`.)
     let app_id = unique_id("app");
     let app = RunSpec::new(
         &app_id,
@@ -116,6 +114,92 @@ fn container_connections_name_container_pod_and_namespace() {
     assert_eq!(event["container.id"], "host", "{event}");
     assert_eq!(event["container.name"], Value::Null, "{event}");
     assert_eq!(event["container.host_network"], Value::Null, "{event}");
+}
+
+/// Issue 13 item 6: a container whose only process connects and exits at
+/// once (`kubectl run --rm` style) keeps its container id, pod and
+/// namespace: the cgroup's path reached the agent with the kernel's
+/// `cgroup_mkdir` record, before the container's process existed.
+#[test]
+fn one_shot_container_keeps_container_and_pod() {
+    if !support::privileged("one_shot_container_keeps_container_and_pod") {
+        return;
+    }
+    let containerd = Containerd::start();
+    let rootfs = busybox_rootfs(&containerd.dir().join("rootfs"));
+    containerd.import_image(&rootfs, IMAGE);
+    let agent = agent_for(&containerd, &[]);
+    let pod = pod();
+    for round in 0..3 {
+        let app_id = unique_id("oneshot");
+        // nc is the container's first and only process: no shell, no sleep.
+        let dest = format!("198.51.100.{}", 130 + round);
+        let app = RunSpec::new(
+            &app_id,
+            Source::Image(IMAGE.into()),
+            &["nc", "-w1", &dest, "443"],
+        )
+        .in_pod(&pod, "oneshot");
+        let output = containerd.run(&app);
+        assert!(
+            String::from_utf8_lossy(&output.stderr).contains("unreachable"),
+            "{output:?}"
+        );
+        let event = wait_for(&agent, "from the one-shot container", |v| {
+            v["fd.sip"] == dest.as_str() && v["proc.name"] == "nc"
+        });
+        let context = || format!("{event}\n{}", agent.stderr().join("\n"));
+        assert_eq!(event["container.id"], app_id[..12], "{}", context());
+        assert_eq!(event["container.name"], "oneshot", "{}", context());
+        assert_eq!(event["k8s.pod.name"], pod.name, "{}", context());
+        assert_eq!(event["k8s.ns.name"], pod.namespace, "{}", context());
+    }
+}
+
+/// Issue 13 item 5: a binary copied into a running container (overlayfs
+/// upper layer, not from the image) is reported with its true path and
+/// `proc.is_exe_upper_layer`; the image's own binary is in the lower layer.
+#[test]
+fn binary_dropped_into_a_container_is_from_the_upper_layer() {
+    if !support::privileged("binary_dropped_into_a_container_is_from_the_upper_layer") {
+        return;
+    }
+    let containerd = Containerd::start();
+    let rootfs = busybox_rootfs(&containerd.dir().join("rootfs"));
+    containerd.import_image(&rootfs, IMAGE);
+    let agent = agent_for(&containerd, &[]);
+    let app_id = unique_id("dropper");
+    // busybox runs the applet named by argv[1] when its own name starts
+    // with "busybox", so the copy still makes the nc attempt.
+    let script = "nc -w1 198.51.100.141 443; \
+        cp /bin/busybox /bin/busybox-dropped && /bin/busybox-dropped nc -w1 198.51.100.142 443";
+    let app = RunSpec::new(&app_id, Source::Image(IMAGE.into()), &["sh", "-c", script]);
+    containerd.run(&app);
+
+    let from_image = wait_for(&agent, "from the image's nc", |v| {
+        v["fd.sip"] == "198.51.100.141" && v["container.id"] == app_id[..12]
+    });
+    let dropped = wait_for(&agent, "from the dropped copy", |v| {
+        v["fd.sip"] == "198.51.100.142" && v["container.id"] == app_id[..12]
+    });
+    let context = || format!("{from_image}\n{dropped}\n{}", agent.stderr().join("\n"));
+    assert_eq!(
+        dropped["proc.exepath"],
+        "/bin/busybox-dropped",
+        "{}",
+        context()
+    );
+    assert_eq!(dropped["proc.is_exe_upper_layer"], true, "{}", context());
+    assert_eq!(dropped["proc.is_exe_lower_layer"], false, "{}", context());
+    // The image's applet resolves to the busybox binary it links to.
+    assert_eq!(from_image["proc.exepath"], "/bin/busybox", "{}", context());
+    assert_eq!(
+        from_image["proc.is_exe_upper_layer"],
+        false,
+        "{}",
+        context()
+    );
+    assert_eq!(from_image["proc.is_exe_lower_layer"], true, "{}", context());
 }
 
 /// Issue 10: the seed rule, verbatim, names no pod in its output; the
@@ -268,8 +352,8 @@ fn events_keep_flowing_while_containerd_is_down() {
         .expect("latest event");
     assert_eq!(latest["proc.name"], "nc", "{latest}");
     // busybox's shell runs applets by re-executing itself (/proc/self/exe):
-    // the executable is the shell's.
-    assert_eq!(latest["proc.exepath"], "/bin/sh", "{latest}");
+    // the executable is the file the kernel runs, /bin/sh's target.
+    assert_eq!(latest["proc.exepath"], "/bin/busybox", "{latest}");
     assert_eq!(
         latest["proc.cmdline"], "nc -w1 203.0.113.9 8443",
         "{latest}"

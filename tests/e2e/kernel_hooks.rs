@@ -1,12 +1,13 @@
 //! Issue 2: every outbound attempt kind is seen on the real kernel, with the
 //! right fields, and the agent cleans up after itself.
-use std::time::Duration;
+use std::{process::Command, time::Duration};
 
 use serde_json::Value;
 
 use crate::support::{
     self,
     agent::Agent,
+    cgroup::TestCgroup,
     netns::{NetNs, V4_OTHER_NET, V4_SERVER, V6_SERVER},
 };
 
@@ -208,8 +209,9 @@ fn sigterm_detaches_every_program() {
     let ids = agent.program_ids();
     assert_eq!(
         ids.len(),
-        12,
-        "four sock_addr programs, six tracepoints, the raw-socket sock_create and egress programs"
+        14,
+        "four sock_addr programs, eight tracepoints (process and cgroup lifecycle, socket \
+         creation), the raw-socket sock_create and egress programs"
     );
     let attached = support::attached_program_ids(&root);
     let on_cgroup = ids.iter().filter(|id| attached.contains(id)).count();
@@ -313,4 +315,131 @@ fn unusable_environment_gives_one_clear_line() {
 
 fn http_status(addr: &str, path: &str) -> u16 {
     support::http::status(addr.parse().expect("listen address"), path)
+}
+
+/// Issue 13 item 6: a cgroup created, used by one short process and removed
+/// at once is still named, because its path came with the kernel's
+/// `cgroup_mkdir` record, before the process ran. The leaf is named like a
+/// CRI-O container scope so the resolved path shows as `container.id`
+/// (unresolved, the field would be null).
+#[test]
+fn short_lived_cgroup_keeps_its_path() {
+    if !support::privileged("short_lived_cgroup_keeps_its_path") {
+        return;
+    }
+    let agent = Agent::start(&["run", "--audit", "-"]);
+    let ns = NetNs::new("shortcg");
+    let probe = support::probe_path();
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_nanos();
+    let id = format!("{:032x}{nanos:032x}", u128::from(std::process::id()));
+    let parent = TestCgroup::new("shortcg");
+    for _ in 0..3 {
+        let leaf = parent.child(&format!("crio-{id}.scope"));
+        let procs = leaf.path().join("cgroup.procs");
+        // The shell moves itself in, then becomes the probe (both execs are
+        // in place: the pid is the probe's).
+        let script = format!(
+            "echo $$ > '{}' && exec ip netns exec {} '{}' tcp {V4_SERVER}:8131",
+            procs.display(),
+            ns.name,
+            probe.display()
+        );
+        let mut child = Command::new("sh")
+            .args(["-c", &script])
+            .spawn()
+            .expect("spawn sh");
+        let pid = child.id();
+        assert!(child.wait().expect("wait for probe").success());
+        leaf.remove().expect("remove the leaf cgroup at once");
+
+        let event = agent.wait_event_for_pid(pid);
+        assert_eq!(event["fd.sport"], 8131, "{event}");
+        assert_eq!(
+            event["container.id"],
+            id[..12],
+            "a removed cgroup keeps its path: {event}\n{}",
+            agent.stderr().join("\n")
+        );
+    }
+}
+
+/// Issue 13 items 4–5: `proc.exepath` is the file the kernel runs, however
+/// the exec named it: a symlink, `fexecve` of a memfd (fileless), a file
+/// deleted before it ran, and a process renamed by prctl keep their true
+/// executable, with the matching `proc.is_exe_*` flags.
+#[test]
+fn exepath_is_the_kernels_executable_file() {
+    if !support::privileged("exepath_is_the_kernels_executable_file") {
+        return;
+    }
+    let agent = Agent::start(&["run", "--audit", "-"]);
+    let ns = NetNs::new("exe");
+    let probe = support::probe_path();
+    let real = std::fs::canonicalize(&probe).expect("probe path");
+    let real = real.to_str().expect("UTF-8 path");
+    let flags = |event: &Value| {
+        [
+            "proc.is_exe_from_memfd",
+            "proc.is_exe_deleted",
+            "proc.is_exe_upper_layer",
+        ]
+        .map(|f| event[f].as_bool().unwrap_or_else(|| panic!("{f}: {event}")))
+    };
+
+    let dir = support::TempDir::new("exe-link");
+    let link = dir.path().join("innocent");
+    std::os::unix::fs::symlink(&probe, &link).expect("symlink");
+    let (pid, _) = ns.run(&link, &["tcp", &format!("{V4_SERVER}:8132")]);
+    let event = agent.wait_event_for_pid(pid);
+    assert_eq!(event["proc.exepath"], real, "through a symlink: {event}");
+    assert_eq!(flags(&event), [false, false, false], "{event}");
+
+    let (pid, _) = ns.run(&probe, &["memfd-exec", &format!("{V4_SERVER}:8133")]);
+    let event = agent.wait_event_for_pid(pid);
+    assert_eq!(event["proc.exepath"], "/memfd:payload (deleted)", "{event}");
+    assert_eq!(flags(&event), [true, false, false], "{event}");
+    assert_eq!(
+        event["proc.cmdline"],
+        format!("sshd tcp {V4_SERVER}:8133"),
+        "argv[0] is a lie, the exe path is not: {event}"
+    );
+
+    let (pid, _) = ns.run(&probe, &["deleted-exec", &format!("{V4_SERVER}:8134")]);
+    let event = agent.wait_event_for_pid(pid);
+    let gone = std::env::temp_dir().join(format!("egret-probe-deleted-{pid}"));
+    assert_eq!(
+        event["proc.exepath"],
+        format!("{} (deleted)", gone.display()),
+        "{event}"
+    );
+    assert_eq!(flags(&event), [false, true, false], "{event}");
+
+    // Deleted after it started: seen through /proc while it runs.
+    let copy = dir.path().join("implant");
+    std::fs::copy(&probe, &copy).expect("copy the probe");
+    let (pid, _) = ns.run(&copy, &["rm-self-tcp", &format!("{V4_SERVER}:8136")]);
+    let event = agent.wait_event_for_pid(pid);
+    let copy = std::fs::canonicalize(dir.path())
+        .expect("dir")
+        .join("implant");
+    assert_eq!(
+        event["proc.exepath"],
+        format!("{} (deleted)", copy.display()),
+        "{event}"
+    );
+    assert_eq!(flags(&event), [false, true, false], "{event}");
+
+    let (pid, _) = ns.run(
+        &probe,
+        &["prctl-rename", "kworker/0:1", &format!("{V4_SERVER}:8135")],
+    );
+    let event = agent.wait_event_for_pid(pid);
+    assert_eq!(event["proc.name"], "kworker/0:1", "{event}");
+    assert_eq!(
+        event["proc.exepath"], real,
+        "a new name hides nothing: {event}"
+    );
 }

@@ -29,6 +29,15 @@
 //!                  until killed (benchmarks).
 //!   tcp-bulk       <addr:port> <millis>: write 128 KiB chunks to one TCP
 //!                  connection for `millis`, print bytes/s (benchmarks).
+//!   memfd-exec     <addr:port>: copy this binary into a memfd and fexecve
+//!                  it (argv[0] `sshd`), which then makes a `tcp` attempt
+//!                  (fileless execution, issue 13).
+//!   deleted-exec   <addr:port>: copy this binary to a file, open it,
+//!                  delete it and execveat the descriptor, then `tcp`.
+//!   prctl-rename   <name> <addr:port>: PR_SET_NAME to <name>, then `tcp`.
+//!   rm-self-tcp    <addr:port>: delete the file this process runs from,
+//!                  `tcp`, then stay 2 s (an implant that cleans up after
+//!                  starting and keeps running).
 use std::{
     io::{Error, ErrorKind, Result},
     net::{IpAddr, SocketAddr, SocketAddrV6, TcpStream, UdpSocket},
@@ -61,6 +70,24 @@ fn main() {
                 .parse()
                 .map_err(|_| Error::new(ErrorKind::InvalidInput, "millis"))?;
             tcp_bulk(addr, Duration::from_millis(millis))
+        }),
+        Some([mode, addr]) if mode == "memfd-exec" => parse(addr).and_then(memfd_exec),
+        Some([mode, addr]) if mode == "deleted-exec" => parse(addr).and_then(deleted_exec),
+        Some([mode, addr]) if mode == "rm-self-tcp" => parse(addr).and_then(|addr| {
+            std::fs::remove_file(std::fs::read_link("/proc/self/exe")?)?;
+            let result = run("tcp", addr);
+            std::thread::sleep(Duration::from_secs(2));
+            result
+        }),
+        Some([mode, name, addr]) if mode == "prctl-rename" => parse(addr).and_then(|addr| {
+            let name = std::ffi::CString::new(name.as_str())
+                .map_err(|_| Error::new(ErrorKind::InvalidInput, "name"))?;
+            // SAFETY: PR_SET_NAME reads a NUL-terminated string of any length
+            // (the kernel keeps 15 bytes).
+            if unsafe { libc::prctl(libc::PR_SET_NAME, name.as_ptr()) } != 0 {
+                return Err(Error::last_os_error());
+            }
+            run("tcp", addr)
         }),
         Some([mode, addr]) => parse(addr).and_then(|addr| run(mode, addr)),
         Some([mode, addr, count]) if mode == "connect-loop" => parse(addr).and_then(|addr| {
@@ -136,6 +163,61 @@ fn packet_socket() -> Result<()> {
     unsafe { libc::close(fd) };
     println!("ok");
     Ok(())
+}
+
+/// Copies this binary into `fd`.
+fn copy_self(fd: libc::c_int) -> Result<()> {
+    use std::os::fd::FromRawFd;
+    let image = std::fs::read("/proc/self/exe")?;
+    // SAFETY: `fd` is ours and open; ManuallyDrop keeps it open afterwards.
+    let file = std::mem::ManuallyDrop::new(unsafe { std::fs::File::from_raw_fd(fd) });
+    std::io::Write::write_all(&mut &*file, &image)
+}
+
+/// Execs the open file `fd` (fexecve) as `argv0 tcp <addr>`.
+fn exec_fd(fd: libc::c_int, argv0: &str, addr: SocketAddr) -> Result<()> {
+    use std::ffi::CString;
+    let args = [argv0.to_owned(), "tcp".to_owned(), addr.to_string()];
+    let args: Vec<CString> = args
+        .iter()
+        .map(|a| CString::new(a.as_str()).map_err(|_| Error::from(ErrorKind::InvalidInput)))
+        .collect::<Result<_>>()?;
+    let mut argv: Vec<*const libc::c_char> = args.iter().map(|a| a.as_ptr()).collect();
+    argv.push(std::ptr::null());
+    let envp: [*const libc::c_char; 1] = [std::ptr::null()];
+    // SAFETY: valid fd, NUL-terminated argv/envp arrays; returns only on error.
+    unsafe {
+        libc::syscall(
+            libc::SYS_execveat,
+            fd,
+            c"".as_ptr(),
+            argv.as_ptr(),
+            envp.as_ptr(),
+            libc::AT_EMPTY_PATH,
+        )
+    };
+    Err(Error::last_os_error())
+}
+
+fn memfd_exec(addr: SocketAddr) -> Result<()> {
+    // SAFETY: NUL-terminated name; no flags (the fd must survive the exec).
+    let fd = unsafe { libc::memfd_create(c"payload".as_ptr(), 0) };
+    if fd < 0 {
+        return Err(Error::last_os_error());
+    }
+    copy_self(fd)?;
+    exec_fd(fd, "sshd", addr)
+}
+
+fn deleted_exec(addr: SocketAddr) -> Result<()> {
+    use std::os::{fd::IntoRawFd, unix::fs::PermissionsExt};
+    let path = std::env::temp_dir().join(format!("egret-probe-deleted-{}", std::process::id()));
+    std::fs::write(&path, std::fs::read("/proc/self/exe")?)?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o700))?;
+    // Read-only: a file open for writing cannot be executed (ETXTBSY).
+    let fd = std::fs::File::open(&path)?.into_raw_fd();
+    std::fs::remove_file(&path)?;
+    exec_fd(fd, "egret-probe", addr)
 }
 
 fn parse(addr: &str) -> Result<SocketAddr> {

@@ -37,6 +37,13 @@ pub const TP_FORK_CHILD_PID_GLOBAL: &str = "TP_FORK_CHILD_PID";
 pub const TP_EXIT_GROUP_DEAD_GLOBAL: &str = "TP_EXIT_GROUP_DEAD";
 pub const TP_EXECVE_ARGV_GLOBAL: &str = "TP_EXECVE_ARGV";
 pub const TP_EXECVEAT_ARGV_GLOBAL: &str = "TP_EXECVEAT_ARGV";
+/// `cgroup:cgroup_mkdir`/`cgroup_rmdir` (one event class, one layout).
+pub const TP_CGROUP_ROOT_GLOBAL: &str = "TP_CGROUP_ROOT";
+pub const TP_CGROUP_LEVEL_GLOBAL: &str = "TP_CGROUP_LEVEL";
+pub const TP_CGROUP_ID_GLOBAL: &str = "TP_CGROUP_ID";
+pub const TP_CGROUP_PATH_GLOBAL: &str = "TP_CGROUP_PATH";
+/// Global holding [`ExeOffsets`], set by the agent from kernel BTF.
+pub const EXE_OFFSETS_GLOBAL: &str = "EXE_OFFSETS";
 /// Offset value meaning "this kernel's tracepoint has no such field".
 pub const TP_FIELD_ABSENT: u32 = u32::MAX;
 
@@ -58,7 +65,13 @@ pub enum Hook {
     Sendmsg6 = 3,
     /// sched_process_exec: counts exec records (not an egress hook).
     Exec = 4,
-    // 5..=7 are reserved for the exec-identity hooks (another branch).
+    /// cgroup:cgroup_mkdir on the v2 hierarchy: cgroup records.
+    CgroupMkdir = 5,
+    /// cgroup:cgroup_rmdir on the v2 hierarchy.
+    CgroupRmdir = 6,
+    /// The executable file of each exec, resolved in sched_process_exec:
+    /// `seen` execs, `emitted` with a full path, `ignored` without one.
+    ExeFile = 7,
     /// cgroup_skb egress: an IPv4 packet from a raw or ICMP ping socket.
     RawSend4 = 8,
     /// cgroup_skb egress: an IPv6 packet from a raw or ICMPv6 ping socket.
@@ -69,17 +82,19 @@ pub enum Hook {
 }
 
 impl Hook {
-    /// Counter slots: highest hook value + 1. Slots 5..=7 are reserved (see
-    /// the enum) and stay zero until their hooks exist.
+    /// Counter slots: highest hook value + 1 (every slot has its hook).
     pub const COUNT: u32 = 11;
     /// Every hook, in slot order: whoever reads the counters reads them all
     /// (a hook left out here is a count nobody ever sees).
-    pub const ALL: [Hook; 8] = [
+    pub const ALL: [Hook; Hook::COUNT as usize] = [
         Hook::Connect4,
         Hook::Connect6,
         Hook::Sendmsg4,
         Hook::Sendmsg6,
         Hook::Exec,
+        Hook::CgroupMkdir,
+        Hook::CgroupRmdir,
+        Hook::ExeFile,
         Hook::RawSend4,
         Hook::RawSend6,
         Hook::SocketCreate,
@@ -102,6 +117,9 @@ impl Hook {
             2 => Some(Hook::Sendmsg4),
             3 => Some(Hook::Sendmsg6),
             4 => Some(Hook::Exec),
+            5 => Some(Hook::CgroupMkdir),
+            6 => Some(Hook::CgroupRmdir),
+            7 => Some(Hook::ExeFile),
             8 => Some(Hook::RawSend4),
             9 => Some(Hook::RawSend6),
             10 => Some(Hook::SocketCreate),
@@ -119,6 +137,9 @@ impl Hook {
             Hook::RawSend4 => "raw_send4",
             Hook::RawSend6 => "raw_send6",
             Hook::SocketCreate => "socket_create",
+            Hook::CgroupMkdir => "cgroup_mkdir",
+            Hook::CgroupRmdir => "cgroup_rmdir",
+            Hook::ExeFile => "exe_file",
         }
     }
 }
@@ -132,7 +153,9 @@ pub enum RecordKind {
     Exec = 2,
     /// An [`EgressEvent`] a quarantine denied; `quarantine` names its slot.
     Blocked = 3,
-    // 4..=5 are reserved for the exec-identity records (another branch).
+    /// A [`CgroupEvent`]: a v2 cgroup was created or removed.
+    Cgroup = 4,
+    // 5 is unused.
     /// A [`SocketEvent`]: a packet or raw socket was created.
     Socket = 6,
 }
@@ -378,6 +401,69 @@ pub const EXEC_FLAG_ARGS_TRUNCATED: u8 = 1 << 0;
 /// `ExecEvent.flags` bit: no argv was captured at syscall entry.
 pub const EXEC_FLAG_NO_ARGS: u8 = 1 << 1;
 
+/// Bytes kept of the executable's path (`d_path`, NUL terminated).
+pub const EXE_PATH_BYTES: usize = 256;
+/// Longest path component copied; a longer name fails the resolution.
+pub const EXE_NAME_MAX: usize = 255;
+/// Most path components walked (directories plus mount crossings).
+pub const EXE_MAX_DEPTH: u32 = 40;
+
+/// Kernel struct member offsets (bytes) the executable-file resolution
+/// reads, from `/sys/kernel/btf/vmlinux` at load time (no CO-RE in Rust
+/// eBPF). `valid` is 0 when the agent had no BTF: then nothing is read.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ExeOffsets {
+    pub valid: u32,
+    pub task_mm: u32,
+    pub task_fs: u32,
+    pub mm_exe_file: u32,
+    pub fs_root: u32,
+    pub file_f_path: u32,
+    pub file_f_inode: u32,
+    pub path_mnt: u32,
+    pub path_dentry: u32,
+    pub dentry_d_parent: u32,
+    pub dentry_d_name: u32,
+    pub qstr_len: u32,
+    pub qstr_name: u32,
+    pub vfsmount_mnt_root: u32,
+    pub mount_mnt: u32,
+    pub mount_mnt_parent: u32,
+    pub mount_mnt_mountpoint: u32,
+    pub inode_i_nlink: u32,
+    pub inode_i_sb: u32,
+    pub inode_size: u32,
+    pub sb_s_magic: u32,
+    pub _pad: u32,
+}
+
+/// `ExeFile.flags` bit: the kernel's executable file was read (no BTF
+/// offsets: not set, and nothing else is).
+pub const EXE_KNOWN: u32 = 1 << 0;
+/// The executable's inode has no links left (deleted, or a memfd).
+pub const EXE_NO_LINKS: u32 = 1 << 1;
+/// The file is on tmpfs/hugetlbfs, where memfds live.
+pub const EXE_ON_SHMEM: u32 = 1 << 2;
+/// The file is on overlayfs.
+pub const EXE_ON_OVERLAY: u32 = 1 << 3;
+/// On overlayfs, and the inode has an upper (writable layer) dentry.
+pub const EXE_UPPER: u32 = 1 << 4;
+/// The path could not be built (longer than [`EXE_PATH_BYTES`], deeper
+/// than [`EXE_MAX_DEPTH`], or a read failed); it is empty.
+pub const EXE_PATH_ERR: u32 = 1 << 5;
+
+/// What the kernel says about the file an exec runs (`mm->exe_file`).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct ExeFile {
+    pub flags: u32,
+    /// Path bytes, without the NUL.
+    pub len: u32,
+    /// Absolute in the exec'ing task's root, like `d_path`, NUL terminated.
+    pub path: [u8; EXE_PATH_BYTES],
+}
+
 /// Captured argv, built at execve entry and consumed at sched_process_exec.
 #[repr(C)]
 #[derive(Clone, Copy)]
@@ -407,11 +493,48 @@ pub struct ExecEvent {
     pub comm: [u8; 16],
     pub filename: [u8; EXEC_FILENAME_BYTES],
     pub args: [u8; EXEC_ARGS_BYTES + EXEC_ARG_CHUNK],
+    /// The executable file as the kernel resolved it ([`ExeFile`]).
+    pub exe: ExeFile,
 }
 
+/// Path bytes kept from `cgroup_mkdir`; Kubernetes paths are ~200 bytes.
+/// A longer path is flagged and left to the agent's tree walk.
+pub const CGROUP_PATH_BYTES: usize = 512;
+/// [`CgroupEvent::op`]: the cgroup was created.
+pub const CGROUP_OP_MKDIR: u8 = 1;
+/// [`CgroupEvent::op`]: the cgroup was removed.
+pub const CGROUP_OP_RMDIR: u8 = 2;
+/// [`CgroupEvent::flags`] bit: the path did not fit in `path`.
+pub const CGROUP_FLAG_PATH_TRUNCATED: u8 = 1 << 0;
+
+/// A cgroup v2 directory created or removed, from the `cgroup:cgroup_mkdir`
+/// and `cgroup:cgroup_rmdir` tracepoints. Sent so that the agent knows a
+/// cgroup's path even when the cgroup is gone before its first event is
+/// enriched (one-shot containers).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct CgroupEvent {
+    /// [`RecordKind::Cgroup`].
+    pub kind: u8,
+    /// [`CGROUP_OP_MKDIR`] or [`CGROUP_OP_RMDIR`].
+    pub op: u8,
+    pub flags: u8,
+    pub _pad0: u8,
+    /// Depth below the root (the root is 0).
+    pub level: u32,
+    /// The cgroup id: what `bpf_get_current_cgroup_id` returns for its tasks.
+    pub id: u64,
+    pub mono_ns: u64,
+    /// Path from the hierarchy root, NUL terminated (`/a/b`).
+    pub path: [u8; CGROUP_PATH_BYTES],
+}
+
+const _: () = assert!(core::mem::size_of::<CgroupEvent>() == 24 + CGROUP_PATH_BYTES);
 const _: () = assert!(core::mem::size_of::<EgressEvent>() == 104);
 const _: () = assert!(core::mem::size_of::<ProcState>() == 16);
-const _: () = assert!(core::mem::size_of::<ExecEvent>() == 1600);
+const _: () = assert!(core::mem::size_of::<ExeFile>() == 8 + EXE_PATH_BYTES);
+const _: () = assert!(core::mem::size_of::<ExeOffsets>() == 88);
+const _: () = assert!(core::mem::size_of::<ExecEvent>() == 1600 + 8 + EXE_PATH_BYTES);
 const _: () = assert!(EXEC_ARGS_BYTES.is_power_of_two());
 const _: () = assert!(core::mem::align_of::<EgressEvent>() == 8);
 const _: () = assert!(core::mem::size_of::<HookCounters>() == 40);
@@ -444,6 +567,8 @@ mod pod {
     unsafe impl aya::Pod for super::RawFlow {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::RawOwner {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::ExeOffsets {}
 }
 
 // `Hook::ALL` lists hooks in slot order, each round-tripping through

@@ -180,11 +180,30 @@ pub const FIELD_CATALOGUE: &[(&str, &str)] = &[
     ("proc.ppid", "Parent process id."),
     ("thread.tid", "Thread id."),
     ("proc.name", "Process name (comm, at most 15 bytes)."),
-    ("proc.exepath", "Full path of the executable."),
+    (
+        "proc.exepath",
+        "Full path of the executable file the kernel runs (symlinks and /proc/self/fd resolved).",
+    ),
     ("proc.exe", "argv[0] as the process started."),
     ("proc.cmdline", "Process name and arguments."),
     ("proc.pname", "Parent process name."),
     ("proc.args", "Arguments, without the process name."),
+    (
+        "proc.is_exe_from_memfd",
+        "true if the executable is a memfd (fileless: memfd_create + fexecve).",
+    ),
+    (
+        "proc.is_exe_upper_layer",
+        "true if the executable is in the overlayfs upper (writable) layer: dropped or changed after the container started.",
+    ),
+    (
+        "proc.is_exe_lower_layer",
+        "true if the executable is in an overlayfs lower (image) layer.",
+    ),
+    (
+        "proc.is_exe_deleted",
+        "true if the executable file was deleted (memfds excluded).",
+    ),
     ("user.uid", "User id."),
     ("group.gid", "Group id."),
     (

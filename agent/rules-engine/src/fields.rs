@@ -116,10 +116,20 @@ pub enum FieldId {
     /// `egret.ip_proto`: U64, the socket's IP protocol number (1 for a raw
     /// ICMP socket, whose `fd.l4proto` is `raw`); Missing for packet sockets.
     IpProto,
+    /// `proc.is_exe_from_memfd`: Bool; Missing without the kernel's
+    /// executable-file hook.
+    ProcIsExeFromMemfd,
+    /// `proc.is_exe_upper_layer`: Bool, the executable is in overlayfs's
+    /// writable layer.
+    ProcIsExeUpperLayer,
+    /// `proc.is_exe_lower_layer`: Bool, in overlayfs's image layers.
+    ProcIsExeLowerLayer,
+    /// `proc.is_exe_deleted`: Bool, the executable was deleted.
+    ProcIsExeDeleted,
 }
 
 impl FieldId {
-    pub const COUNT: usize = FieldId::IpProto as usize + 1;
+    pub const COUNT: usize = FieldId::ProcIsExeDeleted as usize + 1;
 
     pub const ALL: [FieldId; FieldId::COUNT] = [
         FieldId::EvtType,
@@ -171,6 +181,10 @@ impl FieldId {
         FieldId::EvtArgType,
         FieldId::EvtArgProto,
         FieldId::IpProto,
+        FieldId::ProcIsExeFromMemfd,
+        FieldId::ProcIsExeUpperLayer,
+        FieldId::ProcIsExeLowerLayer,
+        FieldId::ProcIsExeDeleted,
     ];
 
     pub fn index(self) -> usize {
@@ -264,6 +278,10 @@ fn catalog(name: &str) -> Option<(Src, Kind)> {
         "proc.cmdline" => (ev(F::ProcCmdline), Kind::Str),
         "proc.pname" => (ev(F::ProcPname), Kind::Str),
         "proc.args" => (ev(F::ProcArgs), Kind::Str),
+        "proc.is_exe_from_memfd" => (ev(F::ProcIsExeFromMemfd), Kind::Bool),
+        "proc.is_exe_upper_layer" => (ev(F::ProcIsExeUpperLayer), Kind::Bool),
+        "proc.is_exe_lower_layer" => (ev(F::ProcIsExeLowerLayer), Kind::Bool),
+        "proc.is_exe_deleted" => (ev(F::ProcIsExeDeleted), Kind::Bool),
         "user.uid" => (ev(F::Uid), Kind::U64),
         "group.gid" => (ev(F::Gid), Kind::U64),
         "user.name" => (ev(F::UserName), Kind::Str),

@@ -40,6 +40,9 @@ const K8S_API: &str = "Contact K8S API Server From Container";
 const DNS: &str = "DNS Query to External Resolver";
 const HOST_NET: &str = "Egress From Host-Network Container";
 const BASELINE: &str = "Workload Contacted Destination Outside Its Baseline";
+const FILELESS: &str = "Egress From Fileless Process";
+const DROPPED: &str = "Egress From Binary Dropped Into Container";
+const DELETED: &str = "Egress From Deleted Executable in Container";
 
 #[test]
 fn bundled_rules_load_cleanly() {
@@ -48,7 +51,8 @@ fn bundled_rules_load_cleanly() {
     assert_eq!(
         names,
         [
-            IOC, MINING, METADATA, K8S_API, DNS, HOST_NET, BASELINE, SEED
+            IOC, MINING, FILELESS, DROPPED, DELETED, METADATA, K8S_API, DNS, HOST_NET, BASELINE,
+            SEED
         ]
     );
     let seed = rules.rule(rules.find(SEED).unwrap()).unwrap();
@@ -194,6 +198,62 @@ fn baseline_rule_only_for_destinations_outside_the_baseline() {
     assert!(!hits(BASELINE, &pod("198.51.100.9", 443).with(new, false)));
     // Missing: baselines off, or the workload still learning.
     assert!(!hits(BASELINE, &pod("198.51.100.9", 443)));
+}
+
+#[test]
+fn fileless_dropped_and_deleted_executables() {
+    let memfd = FieldId::ProcIsExeFromMemfd;
+    assert!(hits(FILELESS, &host("198.51.100.9", 443).with(memfd, true)));
+    assert!(hits(
+        FILELESS,
+        &pod_udp("203.0.113.9", 53).with(memfd, true)
+    ));
+    assert!(!hits(FILELESS, &pod("10.0.0.9", 443).with(memfd, true)));
+    assert!(!hits(
+        FILELESS,
+        &pod("198.51.100.9", 443).with(memfd, false)
+    ));
+    // Missing: the kernel could not resolve the executable.
+    assert!(!hits(FILELESS, &pod("198.51.100.9", 443)));
+
+    let upper = FieldId::ProcIsExeUpperLayer;
+    assert!(hits(DROPPED, &pod("198.51.100.9", 443).with(upper, true)));
+    assert!(!hits(DROPPED, &pod("198.51.100.9", 443).with(upper, false)));
+    assert!(!hits(DROPPED, &pod("10.0.0.9", 443).with(upper, true)));
+    assert!(
+        !hits(DROPPED, &host("198.51.100.9", 443).with(upper, true)),
+        "the node's own overlay mounts are not container drift"
+    );
+
+    let deleted = FieldId::ProcIsExeDeleted;
+    assert!(hits(DELETED, &pod("198.51.100.9", 443).with(deleted, true)));
+    assert!(!hits(
+        DELETED,
+        &pod("198.51.100.9", 443).with(deleted, false)
+    ));
+    assert!(
+        !hits(DELETED, &host("198.51.100.9", 443).with(deleted, true)),
+        "upgraded daemons on the node"
+    );
+
+    // Users allow a known memfd-based agent from their own file.
+    let allow = "- macro: user_known_memfd_egress\n  condition: (proc.name = agentd)\n  override:\n    condition: replace\n";
+    let loaded = load(
+        &[
+            Source::new("egress.yaml", EGRESS),
+            Source::new("local.yaml", allow),
+        ],
+        &all_matches(),
+    );
+    assert!(loaded.diagnostics.is_empty(), "{:?}", diagnostics(&loaded));
+    let agentd = host("198.51.100.9", 443)
+        .with(memfd, true)
+        .with(FieldId::ProcName, "agentd");
+    assert!(
+        !matched(&loaded.ruleset, &agentd)
+            .iter()
+            .any(|m| m == FILELESS)
+    );
 }
 
 #[test]

@@ -213,7 +213,7 @@ fn falco_upstream_rules() {
     }
     // Regression guards: these are the counts observed for the pinned
     // upstream commit (rules total, compiled, unsupported, output-only).
-    assert_eq!(totals["falco_rules.yaml"], (25, 3, 22, 6));
+    assert_eq!(totals["falco_rules.yaml"], (25, 3, 22, 8));
     assert_eq!(totals["falco-incubating_rules.yaml"], (31, 6, 25, 5));
     assert_eq!(totals["falco-sandbox_rules.yaml"], (37, 6, 31, 7));
     assert_eq!(totals["falco-deprecated_rules.yaml"], (4, 4, 0, 0));
@@ -263,7 +263,7 @@ fn upstream_files_load_together_in_order() {
         fields.len()
     );
     assert_eq!(loaded.rules.len(), 93);
-    assert_eq!(fields.len(), 46);
+    assert_eq!(fields.len(), 44);
     assert!(fields.contains("evt.arg.flags") && fields.contains("proc.aname"));
 }
 

@@ -7,8 +7,16 @@
 //! missing (at most once per `min_rewalk_interval`), and try the event's
 //! process's `/proc/<pid>/cgroup` first because it costs one file read rather
 //! than a whole walk.
+//!
+//! On top of that, the kernel announces every v2 cgroup it creates (the
+//! `cgroup_mkdir` tracepoint, `RecordKind::Cgroup`): [`CgroupPaths::on_mkdir`]
+//! records the path before any process can run in the cgroup, so a cgroup
+//! that lives a few milliseconds is named anyway. Announced entries survive
+//! walks, and are forgotten `removed_grace` after their `cgroup_rmdir`
+//! (events from inside a cgroup precede its removal in the ring buffer; the
+//! grace covers consumers that resolve later).
 use std::{
-    collections::HashMap,
+    collections::{HashMap, VecDeque},
     io,
     os::unix::fs::{DirEntryExt, MetadataExt},
     path::{Path, PathBuf},
@@ -39,6 +47,8 @@ pub struct CgroupPathsConfig {
     pub max_depth: usize,
     /// Misses re-walk the tree at most this often.
     pub min_rewalk_interval: Duration,
+    /// How long a removed cgroup's announced path is still served.
+    pub removed_grace: Duration,
 }
 
 impl Default for CgroupPathsConfig {
@@ -47,6 +57,7 @@ impl Default for CgroupPathsConfig {
             capacity: 65_536,
             max_depth: 32,
             min_rewalk_interval: Duration::from_secs(1),
+            removed_grace: Duration::from_secs(30),
         }
     }
 }
@@ -82,11 +93,59 @@ pub struct CgroupStats {
     pub truncated_walks: AtomicU64,
     /// Ids neither the fallback nor a walk could resolve.
     pub unresolved: AtomicU64,
+    /// Entries dropped to make room for another (the map was full).
+    pub evicted: AtomicU64,
+}
+
+/// What became of one kernel cgroup record
+/// (`egret_cgroup_records_total{outcome}`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CgroupRecordOutcome {
+    /// A created cgroup's path is now known.
+    Tracked,
+    /// A removed cgroup's path will be forgotten after the grace.
+    Removed,
+    /// Not tracked: as many announced cgroups as `capacity` are live.
+    DroppedFull,
+    /// Not tracked: the path was cut short in the kernel or lies outside
+    /// the cgroup2 mount this agent sees (then walks and /proc answer).
+    PathUnusable,
+}
+
+impl CgroupRecordOutcome {
+    pub const ALL: [CgroupRecordOutcome; 4] = [
+        CgroupRecordOutcome::Tracked,
+        CgroupRecordOutcome::Removed,
+        CgroupRecordOutcome::DroppedFull,
+        CgroupRecordOutcome::PathUnusable,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CgroupRecordOutcome::Tracked => "tracked",
+            CgroupRecordOutcome::Removed => "removed",
+            CgroupRecordOutcome::DroppedFull => "dropped_full",
+            CgroupRecordOutcome::PathUnusable => "path_unusable",
+        }
+    }
+}
+
+/// Cgroups the kernel announced: id → when to forget it (`None` while the
+/// cgroup exists), plus the removal queue in deadline order.
+#[derive(Default)]
+struct Announced {
+    ids: HashMap<u64, Option<Instant>>,
+    removed: VecDeque<(Instant, u64)>,
 }
 
 pub struct CgroupPaths {
     root: PathBuf,
+    /// The mount's root inside the hierarchy (`/` unless this agent sees a
+    /// cgroup namespace's subtree); kernel paths are relative to the
+    /// hierarchy root and are stripped of it.
+    mount_root: String,
     config: CgroupPathsConfig,
+    announced: Mutex<Announced>,
     map: RwLock<HashMap<u64, Arc<CgroupEntry>>>,
     /// When the last walk started; a try_lock on it also keeps walks from
     /// running concurrently.
@@ -99,9 +158,15 @@ impl CgroupPaths {
     /// point, not a sub-cgroup the programs attach to: paths are parsed for
     /// container ids and must be complete.
     pub fn new(root: PathBuf, config: CgroupPathsConfig) -> CgroupPaths {
+        CgroupPaths::with_mount_root(root, "/".to_owned(), config)
+    }
+
+    fn with_mount_root(root: PathBuf, mount_root: String, config: CgroupPathsConfig) -> Self {
         CgroupPaths {
             root,
+            mount_root,
             config,
+            announced: Mutex::new(Announced::default()),
             map: RwLock::new(HashMap::new()),
             last_walk: Mutex::new(None),
             stats: CgroupStats::default(),
@@ -115,7 +180,8 @@ impl CgroupPaths {
             std::fs::read_to_string("/proc/self/mountinfo").map_err(CgroupPathsError::MountInfo)?;
         let root =
             crate::kernel::cgroup::find_cgroup2_mount(&table).ok_or(CgroupPathsError::NoCgroup2)?;
-        Ok(CgroupPaths::new(root, config))
+        let mount_root = cgroup2_mount_root(&table).unwrap_or_else(|| "/".to_owned());
+        Ok(CgroupPaths::with_mount_root(root, mount_root, config))
     }
 
     pub fn root(&self) -> &Path {
@@ -193,9 +259,22 @@ impl CgroupPaths {
     fn walk_and_swap(&self) -> Result<usize, CgroupPathsError> {
         self.stats.walks.fetch_add(1, Ordering::Relaxed);
         // The walk runs without the map lock so lookups keep being served.
-        let fresh = self.walk()?;
+        let mut fresh = self.walk()?;
+        let mut map = self.map.write().unwrap_or_else(|p| p.into_inner());
+        // Announced cgroups stay: removed ones are still in their grace, and
+        // one made during the walk may have been missed by it.
+        let announced = self.announced();
+        for id in announced.ids.keys() {
+            if let Some(entry) = map.get(id)
+                && !fresh.contains_key(id)
+                && fresh.len() < self.config.capacity
+            {
+                fresh.insert(*id, entry.clone());
+            }
+        }
+        drop(announced);
         let len = fresh.len();
-        *self.map.write().unwrap_or_else(|p| p.into_inner()) = fresh;
+        *map = fresh;
         Ok(len)
     }
 
@@ -265,9 +344,82 @@ impl CgroupPaths {
             // next walk rebuilds the map from what exists anyway.
             if let Some(victim) = map.keys().next().copied() {
                 map.remove(&victim);
+                self.stats.evicted.fetch_add(1, Ordering::Relaxed);
             }
         }
         map.insert(cgroup_id, entry);
+    }
+
+    /// The kernel created cgroup `id` at `path` (from the hierarchy root).
+    pub fn on_mkdir(&self, id: u64, path: Option<&str>) -> CgroupRecordOutcome {
+        self.forget_expired(Instant::now());
+        let Some(path) = path.and_then(|p| self.below_mount(p)) else {
+            return CgroupRecordOutcome::PathUnusable;
+        };
+        let mut announced = self.announced();
+        if announced.ids.len() >= self.config.capacity && !announced.ids.contains_key(&id) {
+            return CgroupRecordOutcome::DroppedFull;
+        }
+        announced.ids.insert(id, None);
+        drop(announced);
+        self.insert(id, CgroupEntry::new(path));
+        CgroupRecordOutcome::Tracked
+    }
+
+    /// The kernel removed cgroup `id`: keep its path for the grace period.
+    /// `None` for a cgroup that was never announced (made before the agent
+    /// started): walks drop those.
+    pub fn on_rmdir(&self, id: u64) -> Option<CgroupRecordOutcome> {
+        let now = Instant::now();
+        self.forget_expired(now);
+        let mut announced = self.announced();
+        let deadline = announced.ids.get_mut(&id)?;
+        if deadline.is_none() {
+            let at = now + self.config.removed_grace;
+            *deadline = Some(at);
+            announced.removed.push_back((at, id));
+        }
+        Some(CgroupRecordOutcome::Removed)
+    }
+
+    /// Drops announced cgroups whose grace has passed.
+    fn forget_expired(&self, now: Instant) {
+        let mut announced = self.announced();
+        let mut expired = Vec::new();
+        while let Some(&(at, id)) = announced.removed.front() {
+            if at > now {
+                break;
+            }
+            announced.removed.pop_front();
+            announced.ids.remove(&id);
+            expired.push(id);
+        }
+        drop(announced);
+        if !expired.is_empty() {
+            let mut map = self.map.write().unwrap_or_else(|p| p.into_inner());
+            for id in expired {
+                map.remove(&id);
+            }
+        }
+    }
+
+    /// A hierarchy path as a path below our mount, if it is below it.
+    fn below_mount(&self, path: &str) -> Option<String> {
+        let root = self.mount_root.trim_end_matches('/');
+        let rest = path.strip_prefix(root)?;
+        if rest.is_empty() {
+            return Some("/".to_owned());
+        }
+        rest.starts_with('/').then(|| rest.to_owned())
+    }
+
+    /// Announced cgroups being tracked (live or in their grace).
+    pub fn announced_len(&self) -> usize {
+        self.announced().ids.len()
+    }
+
+    fn announced(&self) -> std::sync::MutexGuard<'_, Announced> {
+        self.announced.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     #[cfg(test)]
@@ -278,6 +430,19 @@ impl CgroupPaths {
     fn read_map(&self) -> std::sync::RwLockReadGuard<'_, HashMap<u64, Arc<CgroupEntry>>> {
         self.map.read().unwrap_or_else(|p| p.into_inner())
     }
+}
+
+/// The root (inside the hierarchy) of the first cgroup2 mount: the
+/// mountinfo field before the mount point.
+fn cgroup2_mount_root(mountinfo: &str) -> Option<String> {
+    mountinfo.lines().find_map(|line| {
+        let (pre, post) = line.split_once(" - ")?;
+        if post.split_whitespace().next()? != "cgroup2" {
+            return None;
+        }
+        let root = pre.split_whitespace().nth(3)?;
+        root.starts_with('/').then(|| root.to_owned())
+    })
 }
 
 /// The cgroup v2 path in a `/proc/<pid>/cgroup` file. Paths outside our
@@ -384,6 +549,90 @@ mod tests {
         // A pid in another cgroup must not be believed.
         assert_eq!(paths.lookup(u64::MAX, Some(std::process::id())), None);
         drop((leaf, child, late));
+    }
+
+    fn announcing(capacity: usize, grace: Duration) -> CgroupPaths {
+        CgroupPaths::with_mount_root(
+            "/nonexistent".into(),
+            "/".into(),
+            CgroupPathsConfig {
+                capacity,
+                removed_grace: grace,
+                ..CgroupPathsConfig::default()
+            },
+        )
+    }
+
+    #[test]
+    fn announced_cgroups_are_served_until_grace_after_removal() {
+        let paths = announcing(16, Duration::from_millis(50));
+        let outcome = paths.on_mkdir(10, Some("/kubepods/pod1/abc"));
+        assert_eq!(outcome, CgroupRecordOutcome::Tracked);
+        assert_eq!(&*paths.lookup(10, None).unwrap().path, "/kubepods/pod1/abc");
+        assert_eq!(paths.on_rmdir(10), Some(CgroupRecordOutcome::Removed));
+        // A repeat rmdir does not extend the grace.
+        assert_eq!(paths.on_rmdir(10), Some(CgroupRecordOutcome::Removed));
+        assert!(paths.cached(10).is_some(), "served during the grace");
+        assert_eq!(paths.on_rmdir(99), None, "never announced");
+        std::thread::sleep(Duration::from_millis(60));
+        paths.on_mkdir(11, Some("/other"));
+        assert_eq!(paths.cached(10), None, "forgotten after the grace");
+        assert_eq!(paths.announced_len(), 1);
+    }
+
+    #[test]
+    fn announcements_are_bounded_and_paths_checked() {
+        let paths = announcing(2, Duration::from_secs(30));
+        assert_eq!(paths.on_mkdir(1, Some("/a")), CgroupRecordOutcome::Tracked);
+        assert_eq!(paths.on_mkdir(2, Some("/b")), CgroupRecordOutcome::Tracked);
+        assert_eq!(
+            paths.on_mkdir(3, Some("/c")),
+            CgroupRecordOutcome::DroppedFull
+        );
+        assert_eq!(paths.cached(3), None);
+        assert_eq!(paths.on_mkdir(4, None), CgroupRecordOutcome::PathUnusable);
+
+        // In a cgroup namespace the mount shows a subtree of the hierarchy.
+        let nested = CgroupPaths::with_mount_root(
+            "/nonexistent".into(),
+            "/kubepods/pod1".into(),
+            CgroupPathsConfig::default(),
+        );
+        nested.on_mkdir(5, Some("/kubepods/pod1/abc"));
+        assert_eq!(&*nested.cached(5).unwrap().path, "/abc");
+        assert_eq!(
+            nested.on_mkdir(6, Some("/kubepods/pod10/x")),
+            CgroupRecordOutcome::PathUnusable
+        );
+        assert_eq!(
+            nested.on_mkdir(7, Some("/system.slice")),
+            CgroupRecordOutcome::PathUnusable
+        );
+    }
+
+    #[test]
+    fn mount_root_from_mountinfo() {
+        let table = "\
+26 25 0:23 / /sys/fs/cgroup/cpu rw - cgroup cgroup rw,cpu
+31 25 0:28 /kubepods/pod1 /sys/fs/cgroup rw,nosuid - cgroup2 cgroup2 rw
+";
+        assert_eq!(cgroup2_mount_root(table).as_deref(), Some("/kubepods/pod1"));
+        assert_eq!(cgroup2_mount_root("garbage\n"), None);
+    }
+
+    #[test]
+    fn announced_cgroups_survive_a_walk() {
+        let Some(paths) = real_resolver("announced_cgroups_survive_a_walk") else {
+            return;
+        };
+        // Removed (id never reused), announced: the walk cannot see it.
+        paths.on_mkdir(u64::MAX - 3, Some("/gone-already"));
+        paths.on_rmdir(u64::MAX - 3);
+        paths.refresh().unwrap();
+        assert_eq!(
+            &*paths.cached(u64::MAX - 3).expect("kept over the walk").path,
+            "/gone-already"
+        );
     }
 
     #[test]

@@ -4,7 +4,9 @@
 //! chooses. Dropping [`KernelProbes`] detaches too: attachments are bpf_link
 //! file descriptors owned by this process, so even a crash cannot leave an
 //! Egret program attached.
+pub mod btf;
 pub mod cgroup;
+pub mod exe;
 mod ignore;
 pub mod quarantine;
 pub mod tracefs;
@@ -22,6 +24,7 @@ use aya::{
 };
 use egret_common::{
     COUNTERS_MAP, EVENTS_MAP, Hook, HookCounters, IGNORE_MAP, PROCS_MAP, ProcState,
+    TP_CGROUP_ID_GLOBAL, TP_CGROUP_LEVEL_GLOBAL, TP_CGROUP_PATH_GLOBAL, TP_CGROUP_ROOT_GLOBAL,
     TP_EXEC_FILENAME_GLOBAL, TP_EXEC_OLD_PID_GLOBAL, TP_EXECVE_ARGV_GLOBAL,
     TP_EXECVEAT_ARGV_GLOBAL, TP_EXIT_GROUP_DEAD_GLOBAL, TP_FIELD_ABSENT, TP_FORK_CHILD_PID_GLOBAL,
     TP_SOCKET_FAMILY_GLOBAL, TP_SOCKET_PROTOCOL_GLOBAL, TP_SOCKET_TYPE_GLOBAL,
@@ -99,8 +102,12 @@ pub const RAW_EGRESS_PROGRAM: &str = "egret_raw_egress";
 const SOCKET_TRACEPOINT: (&str, &str, &str) =
     ("egret_socket_enter", "syscalls", "sys_enter_socket");
 
-/// Process lifecycle tracepoints: (program, category, tracepoint).
-const TRACEPOINTS: [(&str, &str, &str); 3] = [
+/// Process and cgroup lifecycle tracepoints: (program, category,
+/// tracepoint). Cgroups first: a cgroup's path must be sent before any
+/// process in it can be.
+const TRACEPOINTS: [(&str, &str, &str); 5] = [
+    ("egret_cgroup_mkdir", "cgroup", "cgroup_mkdir"),
+    ("egret_cgroup_rmdir", "cgroup", "cgroup_rmdir"),
     ("egret_fork", "sched", "sched_process_fork"),
     ("egret_exec", "sched", "sched_process_exec"),
     ("egret_exit", "sched", "sched_process_exit"),
@@ -122,6 +129,8 @@ struct Offsets {
     execveat_argv: Option<u32>,
     /// sys_enter_socket (family, type, protocol).
     socket: Option<(u32, u32, u32)>,
+    /// `cgroup_mkdir`/`cgroup_rmdir`: root, level, id, path.
+    cgroup: [u32; 4],
 }
 
 impl Offsets {
@@ -135,7 +144,29 @@ impl Offsets {
                 .ok()
                 .and_then(|f| f.offset("argv"))
         };
+        let cgroup = |name| -> Result<[u32; 4], KernelError> {
+            let format = Format::read(tracefs, "cgroup", name)?;
+            Ok([
+                format.require("root")?,
+                format.require("level")?,
+                format.require("id")?,
+                format.require("path")?,
+            ])
+        };
+        let mkdir = cgroup("cgroup_mkdir")?;
+        let rmdir = cgroup("cgroup_rmdir")?;
+        if mkdir != rmdir {
+            // One program layout serves both; a kernel that split the
+            // event class needs its own globals.
+            return Err(KernelError::Tracefs(
+                tracefs::TracefsError::LayoutMismatch {
+                    first: "cgroup/cgroup_mkdir",
+                    second: "cgroup/cgroup_rmdir",
+                },
+            ));
+        }
         Ok(Offsets {
+            cgroup: mkdir,
             exec_filename: exec.require("filename")?,
             exec_old_pid: exec.offset("old_pid").unwrap_or(TP_FIELD_ABSENT),
             fork_child_pid: fork.require("child_pid")?,
@@ -164,6 +195,8 @@ pub struct KernelProbes {
     captures_argv: bool,
     sees_packet_sockets: bool,
     raw_sockets_off: Option<String>,
+    /// Why executables are not resolved in the kernel, if they are not.
+    exe_missing: Option<exe::ExeUnresolved>,
 }
 
 /// One attachment, kept so [`KernelProbes::detach`] can undo it.
@@ -205,7 +238,31 @@ impl KernelCounters {
 
 impl KernelProbes {
     /// Loads the object and verifies every program, without attaching yet.
+    /// A kernel whose verifier refuses the executable-file walk (inside
+    /// `egret_exec`) gets the object again with the walk switched off: the
+    /// verifier then skips it as dead code, and the agent runs on with
+    /// execve paths instead of failing to start.
     pub fn load(ringbuf_bytes: u32) -> Result<Self, KernelError> {
+        let exe = exe::offsets().map_err(exe::ExeUnresolved::Btf);
+        let walking = exe.is_ok();
+        match Self::load_with(ringbuf_bytes, exe) {
+            Err(KernelError::Program {
+                name: "egret_exec",
+                source,
+                ..
+            }) if walking => {
+                let refused = exe::ExeUnresolved::Refused(source.to_string());
+                tracing::warn!(%refused, "reloading without the executable-file walk");
+                Self::load_with(ringbuf_bytes, Err(refused))
+            }
+            other => other,
+        }
+    }
+
+    fn load_with(
+        ringbuf_bytes: u32,
+        exe: Result<egret_common::ExeOffsets, exe::ExeUnresolved>,
+    ) -> Result<Self, KernelError> {
         let offsets = Offsets::read(&tracefs::root()?)?;
         let captures_argv = offsets.execve_argv.is_some();
         let execve_argv = offsets.execve_argv.unwrap_or(TP_FIELD_ABSENT);
@@ -220,7 +277,12 @@ impl KernelProbes {
                 "no syscalls/sys_enter_socket tracepoint (CONFIG_FTRACE_SYSCALLS): packet socket creation is not reported"
             );
         }
+        let (exe_offsets, exe_missing) = match exe {
+            Ok(offsets) => (offsets, None),
+            Err(why) => (egret_common::ExeOffsets::default(), Some(why)),
+        };
         let mut ebpf = EbpfLoader::new()
+            .override_global(egret_common::EXE_OFFSETS_GLOBAL, &exe_offsets, true)
             .map_max_entries(EVENTS_MAP, ringbuf_bytes)
             .override_global(TP_EXEC_FILENAME_GLOBAL, &offsets.exec_filename, true)
             .override_global(TP_EXEC_OLD_PID_GLOBAL, &offsets.exec_old_pid, true)
@@ -231,6 +293,10 @@ impl KernelProbes {
             .override_global(TP_SOCKET_FAMILY_GLOBAL, &socket_family, true)
             .override_global(TP_SOCKET_TYPE_GLOBAL, &socket_type, true)
             .override_global(TP_SOCKET_PROTOCOL_GLOBAL, &socket_protocol, true)
+            .override_global(TP_CGROUP_ROOT_GLOBAL, &offsets.cgroup[0], true)
+            .override_global(TP_CGROUP_LEVEL_GLOBAL, &offsets.cgroup[1], true)
+            .override_global(TP_CGROUP_ID_GLOBAL, &offsets.cgroup[2], true)
+            .override_global(TP_CGROUP_PATH_GLOBAL, &offsets.cgroup[3], true)
             .load(EBPF_OBJECT)
             .map_err(|source| KernelError::Load {
                 hint: permission_hint(&source),
@@ -286,6 +352,7 @@ impl KernelProbes {
             captures_argv,
             sees_packet_sockets,
             raw_sockets_off,
+            exe_missing,
         })
     }
 
@@ -304,6 +371,11 @@ impl KernelProbes {
     /// Why raw and ping sockets are not monitored; `None` when they are.
     pub fn raw_sockets_off(&self) -> Option<&str> {
         self.raw_sockets_off.as_deref()
+    }
+
+    /// Why `proc.exepath` is not the kernel's executable file, if it is not.
+    pub fn exe_hook_missing(&self) -> Option<&exe::ExeUnresolved> {
+        self.exe_missing.as_ref()
     }
 
     /// The event ring buffer; can be taken once.

@@ -17,6 +17,11 @@ pub enum TracefsError {
     Mount { path: PathBuf, source: io::Error },
     #[error("reading tracepoint format {path}: {source}")]
     Format { path: PathBuf, source: io::Error },
+    #[error("tracepoints {first} and {second} no longer share one layout")]
+    LayoutMismatch {
+        first: &'static str,
+        second: &'static str,
+    },
     #[error("tracepoint {tracepoint} has no field {field}")]
     MissingField {
         tracepoint: String,

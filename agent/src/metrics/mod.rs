@@ -266,6 +266,7 @@ pub struct Metrics {
     shared: Arc<Shared>,
     evaluation: Histogram,
     enrichment_failures: Family<[(&'static str, &'static str); 1], Counter>,
+    cgroup_records: Family<[(&'static str, &'static str); 1], Counter>,
     rule_reloads: Family<[(&'static str, &'static str); 1], Counter>,
     rules_loaded: Gauge,
     audit_dropped: Counter,
@@ -332,6 +333,7 @@ impl Metrics {
         let m = Metrics {
             evaluation,
             enrichment_failures: Family::default(),
+            cgroup_records: Family::default(),
             rule_reloads: Family::default(),
             rules_loaded: Gauge::default(),
             audit_dropped: Counter::default(),
@@ -368,6 +370,11 @@ impl Metrics {
             "egret_enrichment_failures",
             "Events whose container or Kubernetes identity could not be resolved, by reason",
             self.enrichment_failures.clone(),
+        );
+        r.register(
+            "egret_cgroup_records",
+            "Kernel cgroup creation and removal records, by what became of them",
+            self.cgroup_records.clone(),
         );
         r.register(
             "egret_rule_reloads",
@@ -535,6 +542,21 @@ impl Metrics {
                 .enrichment_failures
                 .get_or_create(&[("reason", reason.as_str())]);
         }
+    }
+
+    /// Creates the cgroup record series at zero.
+    pub fn declare_cgroup_outcomes(&self) {
+        for outcome in crate::identity::cgroups::CgroupRecordOutcome::ALL {
+            let _ = self
+                .cgroup_records
+                .get_or_create(&[("outcome", outcome.as_str())]);
+        }
+    }
+
+    pub fn cgroup_record(&self, outcome: crate::identity::cgroups::CgroupRecordOutcome) {
+        self.cgroup_records
+            .get_or_create(&[("outcome", outcome.as_str())])
+            .inc();
     }
 
     pub fn enrichment_failed(&self, reason: EnrichFailure) {

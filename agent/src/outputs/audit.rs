@@ -104,6 +104,14 @@ pub struct AuditRecord<'a> {
     pub image_tag: Option<&'a str>,
     #[serde(rename = "container.host_network")]
     pub host_network: Option<bool>,
+    #[serde(rename = "proc.is_exe_from_memfd")]
+    pub exe_from_memfd: Option<bool>,
+    #[serde(rename = "proc.is_exe_upper_layer")]
+    pub exe_upper_layer: Option<bool>,
+    #[serde(rename = "proc.is_exe_lower_layer")]
+    pub exe_lower_layer: Option<bool>,
+    #[serde(rename = "proc.is_exe_deleted")]
+    pub exe_deleted: Option<bool>,
     #[serde(rename = "k8s.ns.name")]
     pub k8s_ns: Option<&'a str>,
     #[serde(rename = "k8s.pod.name")]
@@ -182,6 +190,10 @@ impl<'a> AuditRecord<'a> {
             image_repository: image_ref.map(|r| r.repository.as_str()),
             image_tag: image_ref.and_then(|r| r.tag.as_deref()),
             host_network: enriched.host_network,
+            exe_from_memfd: process.and_then(|p| p.origin.from_memfd),
+            exe_upper_layer: process.and_then(|p| p.origin.upper_layer),
+            exe_lower_layer: process.and_then(|p| p.origin.lower_layer),
+            exe_deleted: process.and_then(|p| p.origin.deleted),
             k8s_ns: pod.and_then(|p| p.namespace.as_deref()),
             k8s_pod: pod.and_then(|p| p.name.as_deref()),
             k8s_pod_uid: pod.and_then(|p| p.uid.as_deref()),

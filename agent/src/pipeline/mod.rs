@@ -132,6 +132,12 @@ impl Pipeline {
         for (tgid, state) in &seeded {
             probes.seed_process(*tgid, *state)?;
         }
+        if let Some(why) = probes.exe_hook_missing() {
+            tracing::warn!(
+                %why,
+                "executables are not resolved in the kernel: proc.exepath is the execve path and proc.is_exe_* flags are absent"
+            );
+        }
         if !probes.captures_argv() {
             tracing::warn!(
                 "no syscall tracepoints: command lines come from /proc and may be missed for short-lived processes"

@@ -15,6 +15,32 @@ impl TestCgroup {
     pub fn path(&self) -> &Path {
         &self.0
     }
+
+    /// A cgroup below this one, removed (before its parent) on drop.
+    pub fn child(&self, name: &str) -> TestCgroup {
+        let dir = self.0.join(name);
+        std::fs::create_dir(&dir).expect("create child test cgroup");
+        TestCgroup(dir)
+    }
+
+    /// Removes the cgroup now, waiting out the moment after its last task
+    /// is reaped during which the kernel still counts it populated.
+    pub fn remove(self) -> std::io::Result<()> {
+        let mut attempts = 0;
+        loop {
+            match std::fs::remove_dir(&self.0) {
+                Ok(()) => {
+                    std::mem::forget(self);
+                    return Ok(());
+                }
+                Err(err) if err.raw_os_error() == Some(libc::EBUSY) && attempts < 100 => {
+                    attempts += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+                Err(err) => return Err(err),
+            }
+        }
+    }
 }
 
 impl Drop for TestCgroup {

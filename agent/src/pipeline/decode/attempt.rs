@@ -50,6 +50,10 @@ pub fn evt_type(hook: Hook) -> &'static str {
         Hook::Sendmsg4 | Hook::Sendmsg6 | Hook::RawSend4 | Hook::RawSend6 => "sendto",
         Hook::Exec => "execve",
         Hook::SocketCreate => "socket",
+        // Never on an attempt (the decoder refuses them); named for totality.
+        Hook::CgroupMkdir => "mkdir",
+        Hook::CgroupRmdir => "rmdir",
+        Hook::ExeFile => "execve",
     }
 }
 
@@ -120,7 +124,18 @@ impl EgressAttempt {
 pub(super) fn decode(record: &[u8], wall_offset_ns: i64) -> Result<EgressAttempt, DecodeError> {
     let raw: EgressEvent = read_record(record)?;
     let hook = match Hook::from_u8(raw.hook) {
-        Some(hook) if !matches!(hook, Hook::Exec | Hook::SocketCreate) => hook,
+        Some(hook)
+            if !matches!(
+                hook,
+                Hook::Exec
+                    | Hook::SocketCreate
+                    | Hook::CgroupMkdir
+                    | Hook::CgroupRmdir
+                    | Hook::ExeFile
+            ) =>
+        {
+            hook
+        }
         _ => return Err(DecodeError::UnknownHook(raw.hook)),
     };
     let daddr = match raw.family {

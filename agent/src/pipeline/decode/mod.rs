@@ -1,15 +1,17 @@
 //! Decoding kernel records into the agent's event model: one decoder per
-//! record kind (`attempt`, `exec`), chosen by the record's first byte from
-//! [`DECODERS`]. A new record kind (DNS, flows, sockets) is a module here, a
+//! record kind (`attempt`, `exec`, `cgroup`, `socket`), chosen by the record's first byte from
+//! [`DECODERS`]. A new record kind (DNS, flows) is a module here, a
 //! [`Record`] variant and a row in the table.
 mod attempt;
+mod cgroup;
 mod exec;
 mod socket;
 
 use egret_common::RecordKind;
 
 pub use attempt::{Blocked, EgressAttempt, L4Proto, action_name, evt_type};
-pub use exec::ExecRecord;
+pub use cgroup::{CgroupOp, CgroupRecord};
+pub use exec::{ExeFile, ExecRecord};
 pub use socket::SocketArgs;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -22,6 +24,8 @@ pub enum DecodeError {
     UnknownHook(u8),
     #[error("unknown address family {0}")]
     UnknownFamily(u8),
+    #[error("unknown cgroup operation {0}")]
+    UnknownCgroupOp(u8),
 }
 
 /// Task comm: at most 15 bytes, not necessarily UTF-8.
@@ -71,6 +75,7 @@ impl std::fmt::Debug for Comm {
 pub enum Record {
     Egress(EgressAttempt),
     Exec(ExecRecord),
+    Cgroup(CgroupRecord),
 }
 
 /// Decodes one ring buffer record. `wall_offset_ns` is realtime − monotonic,
@@ -87,7 +92,7 @@ pub fn decode(record: &[u8], wall_offset_ns: i64) -> Result<Record, DecodeError>
 type Decoder = fn(&[u8], i64) -> Result<Record, DecodeError>;
 
 /// Record kind → decoder.
-pub const DECODERS: [(RecordKind, Decoder); 4] = [
+pub const DECODERS: [(RecordKind, Decoder); 5] = [
     (RecordKind::Egress, |record, wall_offset_ns| {
         attempt::decode(record, wall_offset_ns).map(Record::Egress)
     }),
@@ -100,6 +105,9 @@ pub const DECODERS: [(RecordKind, Decoder); 4] = [
     }),
     (RecordKind::Socket, |record, wall_offset_ns| {
         socket::decode(record, wall_offset_ns).map(Record::Egress)
+    }),
+    (RecordKind::Cgroup, |record, _| {
+        cgroup::decode(record).map(Record::Cgroup)
     }),
 ];
 
@@ -185,7 +193,8 @@ mod tests {
         assert_eq!(std::mem::offset_of!(EgressEvent, exec_id), 32);
         assert_eq!(std::mem::offset_of!(EgressEvent, daddr), 72);
         assert_eq!(std::mem::offset_of!(EgressEvent, comm), 88);
-        assert_eq!(size_of::<ExecEvent>(), 1600);
+        assert_eq!(size_of::<ExecEvent>(), 1864);
+        assert_eq!(std::mem::offset_of!(ExecEvent, exe), 1600);
         assert_eq!(std::mem::offset_of!(ExecEvent, filename), 64);
     }
 
@@ -288,6 +297,11 @@ mod tests {
             comm: [0; 16],
             filename: [0; egret_common::EXEC_FILENAME_BYTES],
             args: [0; egret_common::EXEC_ARGS_BYTES + egret_common::EXEC_ARG_CHUNK],
+            exe: egret_common::ExeFile {
+                flags: 0,
+                len: 0,
+                path: [0; egret_common::EXE_PATH_BYTES],
+            },
         };
         event.filename[..13].copy_from_slice(b"/usr/bin/curl");
         event.args[..args.len()].copy_from_slice(args);
@@ -308,6 +322,38 @@ mod tests {
         );
         assert_eq!((exec.tgid, exec.ppid, exec.exec_id), (10, 9, 77));
         assert!(!exec.args_truncated);
+        assert_eq!(exec.exe, None, "no LSM hook: unknown, not empty");
+    }
+
+    #[test]
+    fn decodes_the_kernels_executable_file() {
+        use egret_common::{
+            EXE_KNOWN, EXE_NO_LINKS, EXE_ON_OVERLAY, EXE_ON_SHMEM, EXE_PATH_ERR, EXE_UPPER,
+        };
+        let exe = |flags: u32, path: &[u8]| {
+            let mut raw = raw_exec(b"", 0);
+            raw.exe.flags = flags;
+            raw.exe.path[..path.len()].copy_from_slice(path);
+            let Ok(Record::Exec(exec)) = decode(&bytes(&raw), 0) else {
+                panic!("exec record expected")
+            };
+            exec.exe.expect("known")
+        };
+        let memfd = exe(EXE_KNOWN | EXE_NO_LINKS | EXE_ON_SHMEM, b"/memfd:x");
+        assert_eq!(memfd.path, "/memfd:x (deleted)");
+        assert!(memfd.from_memfd() && !memfd.deleted());
+        let gone = exe(EXE_KNOWN | EXE_NO_LINKS | EXE_ON_SHMEM, b"/tmp/x");
+        assert!(!gone.from_memfd() && gone.deleted());
+        // A name that looks like a memfd on a disk filesystem is not one.
+        let fake = exe(EXE_KNOWN | EXE_NO_LINKS, b"/memfd:x");
+        assert!(!fake.from_memfd() && fake.deleted());
+        let upper = exe(EXE_KNOWN | EXE_ON_OVERLAY | EXE_UPPER, b"/usr/bin/dropped");
+        assert_eq!(upper.path, "/usr/bin/dropped");
+        assert!(upper.on_overlay && upper.upper && !upper.deleted());
+        // Unterminated path, and a d_path error.
+        let full = exe(EXE_KNOWN, &[b'a'; egret_common::EXE_PATH_BYTES]);
+        assert_eq!(full.path.len(), egret_common::EXE_PATH_BYTES);
+        assert_eq!(exe(EXE_KNOWN | EXE_PATH_ERR, b"/x").path, "");
     }
 
     #[test]

@@ -150,6 +150,10 @@ fn opt_str(value: Option<&str>) -> Value<'_> {
     value.map_or(Value::Missing, Value::Str)
 }
 
+fn opt_bool<'a>(value: Option<bool>) -> Value<'a> {
+    value.map_or(Value::Missing, Value::Bool)
+}
+
 impl egret_rules::Event for Event {
     fn value(&self, field: FieldId) -> Value<'_> {
         let a = &self.attempt;
@@ -186,6 +190,10 @@ impl egret_rules::Event for Event {
             FieldId::Tid => Value::U64(u64::from(a.tid)),
             FieldId::ProcName => Value::Str(a.comm.as_str()),
             FieldId::ProcExepath => opt_str(process.map(|p| &*p.exepath)),
+            FieldId::ProcIsExeFromMemfd => opt_bool(process.and_then(|p| p.origin.from_memfd)),
+            FieldId::ProcIsExeUpperLayer => opt_bool(process.and_then(|p| p.origin.upper_layer)),
+            FieldId::ProcIsExeLowerLayer => opt_bool(process.and_then(|p| p.origin.lower_layer)),
+            FieldId::ProcIsExeDeleted => opt_bool(process.and_then(|p| p.origin.deleted)),
             FieldId::ProcExe => opt_str(process.map(|p| &*p.exe)),
             FieldId::ProcCmdline => opt_str(process.map(|p| &*p.cmdline)),
             FieldId::ProcPname => opt_str(self.parent_name.as_deref()),

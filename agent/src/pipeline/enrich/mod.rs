@@ -13,7 +13,7 @@ use crate::{
         IdentitySources,
         resolver::{ContainerLookup, Identity},
     },
-    pipeline::decode::{EgressAttempt, Record},
+    pipeline::decode::{CgroupOp, CgroupRecord, EgressAttempt, Record},
 };
 use process::{ProcessCache, ProcessImage};
 
@@ -167,6 +167,7 @@ impl Enricher {
     /// Counts enrichment failures by reason in `metrics`.
     pub fn with_metrics(mut self, metrics: Arc<crate::metrics::Metrics>) -> Enricher {
         metrics.declare_enrichment_reasons();
+        metrics.declare_cgroup_outcomes();
         self.metrics = Some(metrics);
         self
     }
@@ -205,12 +206,30 @@ impl Enricher {
                     self.refresh_user_name(exec.cgroup_id, exec.uid, exec.tgid);
                     self.processes.on_exec(&exec);
                 }
+                Record::Cgroup(cgroup) => self.on_cgroup(&cgroup),
                 Record::Egress(attempt) => {
                     let event = self.enrich(attempt);
                     self.count_failures(&event);
                     out.push(event);
                 }
             }
+        }
+    }
+
+    /// A cgroup's path is recorded at creation, ahead of any event from
+    /// inside it, so a cgroup gone by the time its events are enriched is
+    /// still named.
+    fn on_cgroup(&self, cgroup: &CgroupRecord) {
+        let Some(sources) = &self.identity else {
+            return;
+        };
+        let paths = sources.resolver.cgroups();
+        let outcome = match cgroup.op {
+            CgroupOp::Mkdir => Some(paths.on_mkdir(cgroup.id, cgroup.path.as_deref())),
+            CgroupOp::Rmdir => paths.on_rmdir(cgroup.id),
+        };
+        if let (Some(outcome), Some(metrics)) = (outcome, &self.metrics) {
+            metrics.cgroup_record(outcome);
         }
     }
 
@@ -450,6 +469,7 @@ mod tests {
             filename: "/bin/x".into(),
             argv: Some(vec!["x".into()]),
             args_truncated: false,
+            exe: None,
         });
         enricher.process_batch(vec![exec, attempt()], &mut out);
         assert_eq!(lookups(&enricher), 2, "looked again at exec only");

@@ -13,10 +13,52 @@ use egret_common::{EXEC_ID_SEEDED, ProcState};
 
 use crate::pipeline::decode::ExecRecord;
 
+/// What is known of the executable file's origin; `None`: unknown (no LSM
+/// hook on this kernel, or learnt from `/proc`, which cannot tell layers).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ExeOrigin {
+    /// `proc.is_exe_from_memfd`.
+    pub from_memfd: Option<bool>,
+    /// `proc.is_exe_upper_layer`: in overlayfs's writable layer (written
+    /// or changed after the container started, not from the image).
+    pub upper_layer: Option<bool>,
+    /// `proc.is_exe_lower_layer`: in overlayfs's image layers.
+    pub lower_layer: Option<bool>,
+    /// `proc.is_exe_deleted`: deleted after it was started (memfds count
+    /// as `from_memfd` instead).
+    pub deleted: Option<bool>,
+}
+
+impl ExeOrigin {
+    fn from_kernel(exe: &crate::pipeline::decode::ExeFile) -> ExeOrigin {
+        ExeOrigin {
+            from_memfd: Some(exe.from_memfd()),
+            upper_layer: Some(exe.on_overlay && exe.upper),
+            lower_layer: Some(exe.on_overlay && !exe.upper),
+            deleted: Some(exe.deleted()),
+        }
+    }
+
+    /// From a `/proc/<pid>/exe` link: the kernel marks unlinked files, and
+    /// names memfds `/memfd:<name>`; layers cannot be told from a path.
+    fn from_proc_link(link: &str) -> ExeOrigin {
+        let unlinked = link.ends_with(" (deleted)");
+        let memfd = unlinked && link.starts_with("/memfd:");
+        ExeOrigin {
+            from_memfd: Some(memfd),
+            upper_layer: None,
+            lower_layer: None,
+            deleted: Some(unlinked && !memfd),
+        }
+    }
+}
+
 #[derive(Debug, PartialEq, Eq)]
 pub struct ProcessImage {
-    /// `proc.exepath`: the executable's path.
+    /// `proc.exepath`: the executable file the kernel runs (from the LSM
+    /// hook); without it, the execve path made absolute.
     pub exepath: Arc<str>,
+    pub origin: ExeOrigin,
     /// `proc.name`: the task comm at exec time.
     pub name: Arc<str>,
     /// `proc.exe`: argv[0] as given (falls back to the path).
@@ -70,6 +112,7 @@ impl ProcessImage {
         };
         ProcessImage {
             exepath: exepath.into(),
+            origin: ExeOrigin::default(),
             name: name.into(),
             exe: exe.into(),
             args: args.into(),
@@ -92,7 +135,14 @@ pub struct ProcessCache {
     /// tgid → exec id of its current image, for parent names.
     current: HashMap<u32, u64>,
     fallback: HashMap<u32, (Instant, Option<Arc<ProcessImage>>)>,
+    /// When each image's executable was last checked for deletion.
+    deletion_checked: HashMap<u64, Instant>,
 }
+
+/// A binary deleted after it started (run, then `rm`: the usual way to
+/// leave nothing behind) is only visible later, through `/proc/<pid>/exe`;
+/// it is looked at no more often than this per image.
+const DELETION_RECHECK: Duration = Duration::from_secs(1);
 
 impl ProcessCache {
     pub fn new(proc_root: impl Into<PathBuf>, cap: usize) -> ProcessCache {
@@ -103,6 +153,7 @@ impl ProcessCache {
             order: VecDeque::new(),
             current: HashMap::new(),
             fallback: HashMap::new(),
+            deletion_checked: HashMap::new(),
         }
     }
 
@@ -123,8 +174,18 @@ impl ProcessCache {
             // running the new image when its exec record arrives.
             None => read_cmdline(&proc_dir).unwrap_or_default(),
         };
-        let exepath = self.exepath_of(exec, &proc_dir);
+        // The kernel's file wins: the execve string can be a symlink,
+        // /proc/self/fd/N or a relative path (and argv[0] anything at all).
+        let (exepath, origin) = match &exec.exe {
+            Some(exe) if !exe.path.is_empty() => (exe.path.clone(), ExeOrigin::from_kernel(exe)),
+            Some(exe) => (
+                self.exepath_of(exec, &proc_dir),
+                ExeOrigin::from_kernel(exe),
+            ),
+            None => (self.exepath_of(exec, &proc_dir), ExeOrigin::default()),
+        };
         let mut image = ProcessImage::new(exepath, exec.comm.to_string_lossy().into_owned(), &argv);
+        image.origin = origin;
         image.session = Session::read(&proc_dir);
         self.insert(exec.exec_id, Arc::new(image));
         self.current.insert(exec.tgid, exec.exec_id);
@@ -159,8 +220,8 @@ impl ProcessCache {
     /// The image of process `tgid` running exec `exec_id` (0: untracked).
     pub fn lookup(&mut self, tgid: u32, exec_id: u64) -> Option<Arc<ProcessImage>> {
         if exec_id != 0 {
-            if let Some(image) = self.images.get(&exec_id) {
-                return Some(image.clone());
+            if let Some(image) = self.images.get(&exec_id).cloned() {
+                return Some(self.recheck_deleted(tgid, exec_id, image));
             }
             // Evicted or never seen (exec record lost to a full ring
             // buffer): /proc still describes a live process.
@@ -180,6 +241,56 @@ impl ProcessCache {
         }
         self.fallback.insert(tgid, (now, image.clone()));
         image
+    }
+
+    /// Marks the image deleted when its file was removed since the exec.
+    /// The link must name the image's own path (a container's as seen from
+    /// the host ends with it), so a reused pid is never believed.
+    fn recheck_deleted(
+        &mut self,
+        tgid: u32,
+        exec_id: u64,
+        image: Arc<ProcessImage>,
+    ) -> Arc<ProcessImage> {
+        if image.origin.deleted != Some(false) || image.exepath.is_empty() {
+            return image;
+        }
+        let now = Instant::now();
+        if self
+            .deletion_checked
+            .get(&exec_id)
+            .is_some_and(|at| now.duration_since(*at) < DELETION_RECHECK)
+        {
+            return image;
+        }
+        if self.deletion_checked.len() >= self.cap {
+            self.deletion_checked.clear();
+        }
+        self.deletion_checked.insert(exec_id, now);
+        let Ok(link) = std::fs::read_link(self.proc_root.join(tgid.to_string()).join("exe")) else {
+            return image;
+        };
+        let link = link.to_string_lossy();
+        let same_file = link
+            .strip_suffix(" (deleted)")
+            .is_some_and(|path| path.ends_with(&*image.exepath));
+        if !same_file {
+            return image;
+        }
+        let updated = Arc::new(ProcessImage {
+            exepath: format!("{} (deleted)", image.exepath).into(),
+            origin: ExeOrigin {
+                deleted: Some(true),
+                ..image.origin
+            },
+            name: image.name.clone(),
+            exe: image.exe.clone(),
+            args: image.args.clone(),
+            cmdline: image.cmdline.clone(),
+            session: image.session,
+        });
+        self.images.insert(exec_id, updated.clone());
+        updated
     }
 
     /// `proc.pname`: the name of the current image of `ppid`.
@@ -253,7 +364,13 @@ impl ProcessCache {
             .map(|p| p.to_string_lossy().into_owned())
             .unwrap_or_default();
         let argv = read_cmdline(&dir).unwrap_or_default();
+        let origin = if exepath.is_empty() {
+            ExeOrigin::default()
+        } else {
+            ExeOrigin::from_proc_link(&exepath)
+        };
         let mut image = ProcessImage::new(exepath, name, &argv);
+        image.origin = origin;
         image.session = Session::read(&dir);
         Some(image)
     }
@@ -307,6 +424,7 @@ mod tests {
             filename: "/usr/bin/curl".into(),
             argv: Some(argv.iter().map(|s| s.to_string()).collect()),
             args_truncated: false,
+            exe: None,
         }
     }
 
@@ -338,6 +456,93 @@ mod tests {
         let image = cache.lookup(51, 2).expect("cached");
         assert_eq!(&*image.exepath, "/bin/sh", "the parent's image");
         assert_eq!(&*image.cmdline, "nc -w1 203.0.113.9 80");
+    }
+
+    #[test]
+    fn the_kernels_executable_file_beats_the_execve_path() {
+        use crate::pipeline::decode::ExeFile;
+        let mut cache = ProcessCache::new("/nonexistent", 64);
+        // Started as /proc/self/fd/3 (fexecve of a memfd), renamed by argv[0].
+        let mut memfd = exec(60, 1, &["sshd", "-D"]);
+        memfd.filename = "/proc/self/fd/3".into();
+        memfd.exe = Some(ExeFile {
+            path: "/memfd:payload (deleted)".into(),
+            no_links: true,
+            on_shmem: true,
+            ..ExeFile::default()
+        });
+        cache.on_exec(&memfd);
+        let image = cache.lookup(60, 1).unwrap();
+        assert_eq!(&*image.exepath, "/memfd:payload (deleted)");
+        assert_eq!(&*image.exe, "sshd");
+        assert_eq!(image.origin.from_memfd, Some(true));
+        assert_eq!(image.origin.deleted, Some(false));
+        assert_eq!(image.origin.upper_layer, Some(false));
+
+        let mut dropped = exec(61, 2, &["x"]);
+        dropped.filename = "/usr/local/bin/link-to-x".into();
+        dropped.exe = Some(ExeFile {
+            path: "/tmp/x".into(),
+            on_overlay: true,
+            upper: true,
+            ..ExeFile::default()
+        });
+        cache.on_exec(&dropped);
+        let image = cache.lookup(61, 2).unwrap();
+        assert_eq!(&*image.exepath, "/tmp/x");
+        assert_eq!(
+            (image.origin.upper_layer, image.origin.lower_layer),
+            (Some(true), Some(false))
+        );
+
+        // Without the hook the flags are unknown, not false.
+        cache.on_exec(&exec(62, 3, &["curl"]));
+        let image = cache.lookup(62, 3).unwrap();
+        assert_eq!(&*image.exepath, "/usr/bin/curl");
+        assert_eq!(image.origin, ExeOrigin::default());
+        assert_eq!(
+            ExeOrigin::from_proc_link("/memfd:a (deleted)").from_memfd,
+            Some(true)
+        );
+        assert_eq!(
+            ExeOrigin::from_proc_link("/bin/a (deleted)").deleted,
+            Some(true)
+        );
+        assert_eq!(ExeOrigin::from_proc_link("/bin/a").deleted, Some(false));
+    }
+
+    #[test]
+    fn a_binary_deleted_after_it_started_is_flagged() {
+        use crate::pipeline::decode::ExeFile;
+        let dir = std::env::temp_dir().join(format!("egret-deleted-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let copy = dir.join("sleeper");
+        std::fs::copy("/bin/sleep", &copy).unwrap();
+        let mut child = std::process::Command::new(&copy).arg("5").spawn().unwrap();
+        let path = std::fs::read_link(format!("/proc/{}/exe", child.id())).unwrap();
+        let mut cache = ProcessCache::new("/proc", 64);
+        let mut record = exec(child.id(), 9, &["sleeper", "5"]);
+        record.exe = Some(ExeFile {
+            path: path.to_string_lossy().into_owned(),
+            ..ExeFile::default()
+        });
+        cache.on_exec(&record);
+        let before = cache.lookup(child.id(), 9).unwrap();
+        assert_eq!(before.origin.deleted, Some(false));
+        std::fs::remove_file(&copy).unwrap();
+        // Checked at most once a second per image.
+        assert_eq!(
+            cache.lookup(child.id(), 9).unwrap().origin.deleted,
+            Some(false)
+        );
+        cache.deletion_checked.clear();
+        let after = cache.lookup(child.id(), 9).unwrap();
+        child.kill().unwrap();
+        child.wait().unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(after.origin.deleted, Some(true));
+        assert_eq!(&*after.exepath, format!("{} (deleted)", path.display()));
+        assert_eq!(&*after.cmdline, "sleeper 5");
     }
 
     #[test]

@@ -36,8 +36,9 @@ if [ "$WITH_TESTS" -eq 1 ]; then
   # iproute2 for test network namespaces, bpftool to inspect attachments,
   # bpftrace as the benchmark peer, prometheus/promtool for metrics tests,
   # prometheus-alertmanager (0.25) for the Alertmanager output's test (the
-  # test starts its own on loopback; the package's service is not needed).
-  apt_install iproute2 bpftool bpftrace prometheus prometheus-alertmanager
+  # test starts its own on loopback; the package's service is not needed),
+  # openssl to make the control API's test certificates.
+  apt_install iproute2 bpftool bpftrace prometheus prometheus-alertmanager openssl
 fi
 
 if ! rustup component list --toolchain nightly --installed 2>/dev/null | grep -q '^rust-src'; then

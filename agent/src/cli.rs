@@ -33,6 +33,92 @@ pub enum Command {
     /// Alert output tools.
     #[command(subcommand)]
     Alert(AlertCommand),
+    /// Quarantines through a node's control API (docs/quarantine.md). Exit
+    /// codes: 0 done, 1 the agent refused (message on stderr), 2 usage or a
+    /// local file, 3 the agent could not be reached (or TLS failed).
+    Quarantine(Box<QuarantineArgs>),
+}
+
+#[derive(Debug, Args)]
+pub struct QuarantineArgs {
+    /// The control API, e.g. https://node-1:9465.
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "EGRET_CONTROL_URL",
+        default_value = "http://127.0.0.1:9465",
+        global = true
+    )]
+    pub url: String,
+    /// File holding the bearer token.
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "EGRET_CONTROL_TOKEN_FILE",
+        global = true
+    )]
+    pub token_file: Option<PathBuf>,
+    /// CA bundle (PEM) that signed the agent's certificate [default: the
+    /// system roots].
+    #[arg(long, value_name = "FILE", env = "EGRET_CONTROL_CA", global = true)]
+    pub ca: Option<PathBuf>,
+    /// Client certificate (PEM) for mTLS; needs --key.
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "EGRET_CONTROL_CERT",
+        global = true,
+        requires = "key"
+    )]
+    pub cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "EGRET_CONTROL_KEY",
+        global = true,
+        requires = "cert"
+    )]
+    pub key: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: QuarantineCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum QuarantineCommand {
+    /// The node's quarantines (`--json`: the API's answer as is).
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Quarantine one workload; prints the new quarantine's id.
+    Add {
+        /// Container id (or a prefix of at least 12 characters).
+        #[arg(long, value_name = "ID", group = "target", required_unless_present_any = ["pod_uid", "pod"])]
+        container: Option<String>,
+        /// Pod uid: every container of the pod, also ones started later.
+        #[arg(long, value_name = "UID", group = "target")]
+        pod_uid: Option<String>,
+        /// Pod by `namespace/name`.
+        #[arg(long, value_name = "NAMESPACE/NAME", group = "target")]
+        pod: Option<String>,
+        /// Destination that stays reachable (CIDR or address; repeatable).
+        #[arg(long, value_name = "CIDR")]
+        allow: Vec<String>,
+        /// Lifted after this long (`30m`, `1h30m`); default: until removed.
+        #[arg(long, value_name = "DURATION")]
+        ttl: Option<String>,
+        #[arg(long, value_name = "TEXT")]
+        reason: Option<String>,
+        /// Allow a kube-system target.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Lift a quarantine by id.
+    Remove {
+        #[arg(value_name = "ID")]
+        id: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -220,6 +306,40 @@ pub struct RunArgs {
     /// second); needs the control API.
     #[arg(long, value_name = "FILE")]
     pub quarantine_file: Option<PathBuf>,
+
+    /// Serve the control API over TLS with this certificate chain (PEM);
+    /// needs --control-tls-key.
+    #[arg(long, value_name = "FILE")]
+    pub control_tls_cert: Option<PathBuf>,
+
+    /// Private key (PEM) of --control-tls-cert.
+    #[arg(long, value_name = "FILE")]
+    pub control_tls_key: Option<PathBuf>,
+
+    /// Require client certificates signed by this CA bundle (PEM) on the
+    /// control API (mTLS; with a token file, both are required).
+    #[arg(long, value_name = "FILE")]
+    pub control_client_ca: Option<PathBuf>,
+
+    /// The control API's URL as alerts carry it (`egret.control.url`)
+    /// [default: scheme, node name and the control port].
+    #[arg(long, value_name = "URL")]
+    pub control_advertise: Option<String>,
+
+    /// What rules tagged `egret.quarantine` do on a match:
+    /// off, dry_run (log and count) or enforce [default: off].
+    #[arg(long, value_name = "MODE", value_parser = parse_rule_actions)]
+    pub rule_actions: Option<crate::config::RuleActionMode>,
+}
+
+fn parse_rule_actions(raw: &str) -> Result<crate::config::RuleActionMode, String> {
+    use crate::config::RuleActionMode;
+    match raw {
+        "off" => Ok(RuleActionMode::Off),
+        "dry_run" | "dry-run" => Ok(RuleActionMode::DryRun),
+        "enforce" => Ok(RuleActionMode::Enforce),
+        _ => Err(format!("`{raw}` is not off, dry_run or enforce")),
+    }
 }
 
 fn parse_cidr(raw: &str) -> Result<IpNet, String> {
@@ -325,6 +445,17 @@ mod tests {
             &["egret", "rules", "list", "bundled", "local.yaml"],
             &["egret", "rules", "dump"],
             &["egret", "rules", "test", "r.yaml", "--event", "e.json"],
+            &["egret", "quarantine", "list", "--url", "https://n:9465"],
+            &["egret", "quarantine", "--token-file", "t", "remove", "q-1"],
+            &[
+                "egret",
+                "quarantine",
+                "add",
+                "--pod",
+                "ns/web",
+                "--allow",
+                "10.0.0.1",
+            ],
             &[
                 "egret",
                 "alert",
@@ -348,6 +479,18 @@ mod tests {
             &["egret", "run", "--listen", "nowhere"],
             &["egret", "run", "--bogus"],
             &["egret", "fly"],
+            &["egret", "quarantine", "add"],
+            &[
+                "egret",
+                "quarantine",
+                "add",
+                "--container",
+                "a",
+                "--pod-uid",
+                "b",
+            ],
+            &["egret", "quarantine", "list", "--cert", "c.pem"],
+            &["egret", "run", "--rule-actions", "sometimes"],
         ] {
             let message = error_of(args);
             assert!(!message.contains('\n'), "{message}");

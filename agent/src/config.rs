@@ -9,7 +9,10 @@ use std::{
 use ipnet::IpNet;
 use serde::Deserialize;
 
+mod control;
 mod overrides;
+
+pub use control::{ControlConfig, RuleActionMode};
 
 use crate::{
     metrics::MetricsConfig,
@@ -114,32 +117,6 @@ impl BaselineSection {
             max_workloads: self.max_workloads,
             max_destinations: self.max_destinations,
             flush_interval: std::time::Duration::from_secs(self.flush_seconds),
-        }
-    }
-}
-
-/// The quarantine control API (docs/quarantine.md).
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, default, expecting = "control settings (a map)")]
-pub struct ControlConfig {
-    /// Its own listener, never the metrics one; unset: no control API.
-    pub listen: Option<SocketAddr>,
-    /// Bearer token file (required with `listen`).
-    pub token_file: Option<PathBuf>,
-    /// Persisted quarantines, re-applied at start before readiness.
-    pub state_file: PathBuf,
-    /// A quarantine list (a mounted ConfigMap key), applied for the targets
-    /// that run on this node; re-read every second.
-    pub quarantine_file: Option<PathBuf>,
-}
-
-impl Default for ControlConfig {
-    fn default() -> Self {
-        ControlConfig {
-            listen: None,
-            token_file: None,
-            state_file: PathBuf::from("/var/lib/egret/quarantines.json"),
-            quarantine_file: None,
         }
     }
 }
@@ -379,18 +356,9 @@ impl Config {
 
 impl Config {
     fn check_control(&self, name: &str) -> Result<(), ConfigError> {
-        if self.control.listen.is_some() && self.control.token_file.is_none() {
-            return Err(ConfigError::Invalid(format!(
-                "{name}: control.listen needs control.token_file (--control-token-file): \
-                 the control API never runs unauthenticated"
-            )));
-        }
-        if self.listen.is_some() && self.listen == self.control.listen {
-            return Err(ConfigError::Invalid(format!(
-                "{name}: control.listen must differ from listen (the metrics port)"
-            )));
-        }
-        Ok(())
+        self.control
+            .check(self.listen)
+            .map_err(|m| ConfigError::Invalid(format!("{name}: {m}")))
     }
 
     /// Config for `egret run`: the file named by `--config` (if any) with
@@ -447,6 +415,21 @@ impl Config {
         }
         if args.control_token_file.is_some() {
             config.control.token_file = args.control_token_file;
+        }
+        if args.control_tls_cert.is_some() {
+            config.control.tls_cert = args.control_tls_cert;
+        }
+        if args.control_tls_key.is_some() {
+            config.control.tls_key = args.control_tls_key;
+        }
+        if args.control_client_ca.is_some() {
+            config.control.client_ca = args.control_client_ca;
+        }
+        if args.control_advertise.is_some() {
+            config.control.advertise = args.control_advertise;
+        }
+        if let Some(mode) = args.rule_actions {
+            config.control.rule_actions = mode;
         }
         if let Some(path) = args.quarantine_state {
             config.control.state_file = path;
@@ -586,6 +569,38 @@ webhooks:
         assert_eq!(config.kernel.cgroup, None);
         let both = "webhooks: [{url: 'http://127.0.0.1:1/', bearer_token: {file: /a, env: B}}]";
         assert!(Config::parse("c.yaml", both).is_err());
+    }
+
+    #[test]
+    fn control_tls_rule_actions_and_advertise() {
+        let config: Config = Config::parse("egret.yaml", "control:\n  listen: 0.0.0.0:9465\n  tls_cert: c.pem\n  tls_key: k.pem\n  client_ca: ca.pem\n  rule_actions: dry_run\n  rule_action_allow: [10.96.0.10/32]\n  rule_action_ttl: 30m\n")
+        .unwrap();
+        assert_eq!(config.control.rule_actions, RuleActionMode::DryRun);
+        assert!(config.control.wanted());
+        assert_eq!(
+            config.control.advertised_url("node-1").as_deref(),
+            Some("https://node-1:9465")
+        );
+        for bad in [
+            "control: {listen: 127.0.0.1:9465}\n",
+            "control: {listen: 127.0.0.1:9465, token_file: t, tls_cert: c.pem}\n",
+            "control: {listen: 127.0.0.1:9465, client_ca: ca.pem}\n",
+            "control: {rule_action_ttl: soon}\n",
+            "control: {rule_actions: always}\n",
+            "control: {advertise: node-1:9465}\n",
+        ] {
+            assert!(Config::parse("egret.yaml", bad).is_err(), "{bad}");
+        }
+        let plain: Config = Config::parse(
+            "egret.yaml",
+            "control: {listen: 10.1.2.3:9465, token_file: t, advertise: ''}\n",
+        )
+        .unwrap();
+        assert_eq!(
+            plain.control.advertised_url("n").as_deref(),
+            Some("http://10.1.2.3:9465")
+        );
+        assert!(!Config::default().control.wanted());
     }
 
     #[test]

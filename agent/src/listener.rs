@@ -15,8 +15,12 @@
 //!   slow readers of a large `/metrics`.
 //! - Accept errors (`EMFILE` when the process is at its fd limit) back off
 //!   instead of spinning, and are logged rate-limited.
+//! - With TLS ([`serve_with`], the control API), the handshake must finish
+//!   within the header timeout too; each request carries the [`Peer`]
+//!   (address, and the verified client certificate's fingerprint).
 use std::{
     collections::BTreeMap,
+    net::SocketAddr,
     sync::{
         Arc, Mutex, PoisonError,
         atomic::{AtomicBool, Ordering},
@@ -97,6 +101,17 @@ impl Connections {
 
 static ACCEPT_FAILED: RateLimited = RateLimited::new(DEFAULT_INTERVAL);
 static EVICTED: RateLimited = RateLimited::new(DEFAULT_INTERVAL);
+static HANDSHAKE_FAILED: RateLimited = RateLimited::new(DEFAULT_INTERVAL);
+
+/// Who sent a request: a request extension every handler can read.
+#[derive(Clone, Debug)]
+pub struct Peer {
+    pub addr: SocketAddr,
+    /// `sha256:<hex>` of the client certificate the TLS handshake verified
+    /// (what `openssl x509 -noout -fingerprint -sha256` prints, lowercase,
+    /// without colons); `None` without TLS or without a certificate.
+    pub client_cert: Option<Arc<str>>,
+}
 
 /// Serves `router` until `shutdown`; open connections are then closed.
 pub async fn serve(
@@ -105,10 +120,24 @@ pub async fn serve(
     limits: Limits,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
+    serve_with(listener, router, limits, None, shutdown).await
+}
+
+/// As [`serve`], over TLS when `tls` is given. A failed handshake (no
+/// client certificate where one is required, one from another CA) closes
+/// the connection before any request is read; it is logged (rate-limited)
+/// on the `egret::control::audit` target, TLS being the control API's.
+pub async fn serve_with(
+    listener: TcpListener,
+    router: Router,
+    limits: Limits,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
     let connections = Arc::new(Connections::default());
     let mut next_id = 0u64;
     loop {
-        let (stream, _peer) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             () = shutdown.cancelled() => break,
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
@@ -139,34 +168,110 @@ pub async fn serve(
         let conns = connections.clone();
         let router = router.clone();
         let shutdown = shutdown.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |request| {
-                busy.store(true, Ordering::Release);
-                let busy = busy.clone();
-                let response = router.clone().oneshot(request);
-                async move {
-                    let response = response.await;
-                    busy.store(false, Ordering::Release);
-                    response
+            let mut peer = Peer {
+                addr: peer,
+                client_cert: None,
+            };
+            match tls {
+                None => drive(stream, router, peer, busy, limits, &close, &shutdown).await,
+                Some(acceptor) => {
+                    let handshake =
+                        tokio::time::timeout(limits.header_timeout, acceptor.accept(stream));
+                    let accepted = tokio::select! {
+                        accepted = handshake => accepted,
+                        () = close.cancelled() => { conns.remove(id); return; }
+                        () = shutdown.cancelled() => { conns.remove(id); return; }
+                    };
+                    match accepted {
+                        Ok(Ok(stream)) => {
+                            peer.client_cert = stream
+                                .get_ref()
+                                .1
+                                .peer_certificates()
+                                .and_then(|chain| chain.first())
+                                .map(|cert| fingerprint(cert.as_ref()).into());
+                            drive(stream, router, peer, busy, limits, &close, &shutdown).await;
+                        }
+                        Ok(Err(err)) => {
+                            if let Some(suppressed) = HANDSHAKE_FAILED.check() {
+                                tracing::info!(
+                                    target: "egret::control::audit",
+                                    suppressed,
+                                    peer = %peer.addr,
+                                    %err,
+                                    "TLS handshake refused"
+                                );
+                            }
+                        }
+                        Err(_) => {
+                            if let Some(suppressed) = HANDSHAKE_FAILED.check() {
+                                tracing::info!(
+                                    target: "egret::control::audit",
+                                    suppressed,
+                                    peer = %peer.addr,
+                                    "TLS handshake timed out"
+                                );
+                            }
+                        }
+                    }
                 }
-            });
-            let mut builder = hyper::server::conn::http1::Builder::new();
-            builder
-                .timer(TokioTimer::new())
-                .header_read_timeout(limits.header_timeout)
-                .max_buf_size(64 * 1024);
-            let conn = builder.serve_connection(TokioIo::new(stream), service);
-            tokio::select! {
-                _ = conn => {}
-                () = close.cancelled() => {}
-                () = shutdown.cancelled() => {}
-                () = tokio::time::sleep(limits.max_lifetime) => {}
             }
             conns.remove(id);
         });
     }
     // Connection tasks see the token and drop their sockets.
     Ok(())
+}
+
+/// One connection's HTTP/1.1 until it ends, is evicted, outlives its
+/// lifetime, or the agent stops.
+async fn drive<S>(
+    stream: S,
+    router: Router,
+    peer: Peer,
+    busy: Arc<AtomicBool>,
+    limits: Limits,
+    close: &CancellationToken,
+    shutdown: &CancellationToken,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |mut request: hyper::Request<_>| {
+        busy.store(true, Ordering::Release);
+        request.extensions_mut().insert(peer.clone());
+        let busy = busy.clone();
+        let response = router.clone().oneshot(request);
+        async move {
+            let response = response.await;
+            busy.store(false, Ordering::Release);
+            response
+        }
+    });
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        .max_buf_size(64 * 1024);
+    let conn = builder.serve_connection(TokioIo::new(stream), service);
+    tokio::select! {
+        _ = conn => {}
+        () = close.cancelled() => {}
+        () = shutdown.cancelled() => {}
+        () = tokio::time::sleep(limits.max_lifetime) => {}
+    }
+}
+
+/// `sha256:<64 hex>` of a DER certificate.
+pub fn fingerprint(der: &[u8]) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, der);
+    let mut out = String::with_capacity(7 + 64);
+    out.push_str("sha256:");
+    for b in digest.as_ref() {
+        out.push_str(&format!("{b:02x}"));
+    }
+    out
 }
 
 #[cfg(test)]

@@ -26,6 +26,7 @@ fn main() -> ExitCode {
             skip_unsupported_rules,
         }) => check_rules(&paths, skip_unsupported_rules),
         Command::Advise(command) => egret::advise::command::main(command),
+        Command::Quarantine(args) => quarantine(&args),
         Command::Rules(RulesCommand::Fields) => exit(tools::rules_fields(&mut std::io::stdout())),
         Command::Rules(RulesCommand::Dump) => exit(tools::rules_dump(&mut std::io::stdout())),
         Command::Rules(RulesCommand::List {
@@ -124,6 +125,31 @@ fn alert_test(config: &Config) -> ExitCode {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
         Err(err) => fail(&err),
+    }
+}
+
+/// `egret quarantine …`: exit 0, or the failure's own code (see the
+/// subcommand's help).
+fn quarantine(args: &cli::QuarantineArgs) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            report(format_args!(
+                "egret: error: starting the async runtime: {err}"
+            ));
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut stdout = std::io::stdout();
+    match runtime.block_on(egret::quarantine::client::run(args, &mut stdout)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => {
+            report(format_args!("egret: error: {failure}"));
+            ExitCode::from(failure.exit_code())
+        }
     }
 }
 

@@ -11,6 +11,8 @@ mod kernel_counters;
 mod kernel_hooks;
 mod prometheus;
 mod quarantine;
+mod quarantine_containers;
+mod quarantine_respond;
 mod rules;
 mod sockets;
 mod support;

@@ -10,8 +10,11 @@ use crate::support::{
     TempDir,
     agent::{Agent, EVENT_TIMEOUT},
     cgroup::TestCgroup,
-    control::{ControlClient, Listener, Workload, eperm, probe_in},
-    netns::{NetNs, V4_OTHER_NET, V4_SERVER},
+    control::{
+        ControlClient, Listener, Q_V4, Q_V4_ALLOWED, Workload, add_quarantine_addresses, eperm,
+        probe_in,
+    },
+    netns::NetNs,
     privileged,
     prometheus::free_port,
 };
@@ -38,6 +41,7 @@ impl Setup {
         let token_file = dir.write("token", &format!("{TOKEN}\n"));
         let cgroup = TestCgroup::new(&format!("q-{tag}"));
         let ns = NetNs::new(&format!("q{tag}"));
+        add_quarantine_addresses(&ns);
         let listener = Listener::start(&ns, "0.0.0.0:7000");
         let control_port = free_port();
         let metrics_port = free_port();
@@ -96,7 +100,7 @@ impl Setup {
 }
 
 fn server(port: u16) -> String {
-    format!("{V4_SERVER}:{port}")
+    format!("{Q_V4}:{port}")
 }
 
 /// Waits until `check` holds (quarantine changes apply within a tick).
@@ -124,7 +128,7 @@ fn quarantine_blocks_one_pod_allows_its_list_and_lifts_on_delete() {
 
     // Unauthenticated and wrongly authenticated requests change nothing.
     let body = format!(
-        r#"{{"target":{{"pod_uid":"{POD_A}"}},"allow":["203.0.113.0/24"],"reason":"e2e"}}"#
+        r#"{{"target":{{"pod_uid":"{POD_A}"}},"allow":["203.0.113.64/26"],"reason":"e2e"}}"#
     );
     for token in [None, Some("wrong-token-0123456789abcdef")] {
         let (status, _) = setup
@@ -164,7 +168,7 @@ fn quarantine_blocks_one_pod_allows_its_list_and_lifts_on_delete() {
     assert_eq!(probe_in(a.path(), ns, "icmp-raw", &server(0)), eperm());
     // Its allow list stays reachable; another pod is untouched.
     assert_eq!(
-        probe_in(a.path(), ns, "tcp", &format!("{V4_OTHER_NET}:7000")),
+        probe_in(a.path(), ns, "tcp", &format!("{Q_V4_ALLOWED}:7000")),
         "ok"
     );
     assert_eq!(probe_in(b.path(), ns, "tcp", &server(7000)), "ok");
@@ -173,7 +177,7 @@ fn quarantine_blocks_one_pod_allows_its_list_and_lifts_on_delete() {
     // Blocked attempts are events and metrics.
     let blocked = agent
         .wait_json(
-            |v| v["egret.action"] == "blocked" && v["fd.sip"] == V4_SERVER && v["fd.sport"] == 7000,
+            |v| v["egret.action"] == "blocked" && v["fd.sip"] == Q_V4 && v["fd.sport"] == 7000,
             EVENT_TIMEOUT,
         )
         .unwrap_or_else(|| panic!("no blocked event; stderr:\n{}", agent.stderr().join("\n")));
@@ -183,7 +187,7 @@ fn quarantine_blocks_one_pod_allows_its_list_and_lifts_on_delete() {
             .wait_json(
                 |v| v["egret.action"] == "blocked"
                     && v["fd.l4proto"] == "icmp"
-                    && v["fd.sip"] == V4_SERVER,
+                    && v["fd.sip"] == Q_V4,
                 EVENT_TIMEOUT
             )
             .is_some()

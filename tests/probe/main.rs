@@ -38,6 +38,10 @@
 //!   rm-self-tcp    <addr:port>: delete the file this process runs from,
 //!                  `tcp`, then stay 2 s (an implant that cleans up after
 //!                  starting and keeps running).
+//!   bulk           <addr> <mib>: listen on <addr> (port 0: any), stream
+//!                  <mib> MiB to itself over one TCP connection (a reader
+//!                  thread discards), print MiB/s (benchmarks: what a
+//!                  per-packet egress program costs a bulk flow).
 use std::{
     io::{Error, ErrorKind, Result},
     net::{IpAddr, SocketAddr, SocketAddrV6, TcpStream, UdpSocket},
@@ -90,6 +94,12 @@ fn main() {
             run("tcp", addr)
         }),
         Some([mode, addr]) => parse(addr).and_then(|addr| run(mode, addr)),
+        Some([mode, addr, mib]) if mode == "bulk" => parse(addr).and_then(|addr| {
+            let mib = mib
+                .parse()
+                .map_err(|_| Error::new(ErrorKind::InvalidInput, "MiB"))?;
+            bulk(addr, mib)
+        }),
         Some([mode, addr, count]) if mode == "connect-loop" => parse(addr).and_then(|addr| {
             let count = count
                 .parse()
@@ -468,6 +478,38 @@ fn connect_accept_loop(addr: SocketAddr, count: u64) -> Result<()> {
         drop(server);
     }
     report_rate(count, start);
+    Ok(())
+}
+
+fn bulk(addr: SocketAddr, mib: u64) -> Result<()> {
+    use std::io::{Read as _, Write as _};
+    let listener = std::net::TcpListener::bind(addr)?;
+    let addr = listener.local_addr()?;
+    let reader = std::thread::spawn(move || -> Result<u64> {
+        let (mut server, _) = listener.accept()?;
+        let mut buf = vec![0u8; 256 * 1024];
+        let mut total = 0u64;
+        loop {
+            match server.read(&mut buf)? {
+                0 => return Ok(total),
+                n => total += n as u64,
+            }
+        }
+    });
+    let chunk = vec![0x5au8; 1024 * 1024];
+    let start = Instant::now();
+    let mut client = TcpStream::connect(addr)?;
+    for _ in 0..mib {
+        client.write_all(&chunk)?;
+    }
+    drop(client);
+    let received = reader
+        .join()
+        .map_err(|_| Error::other("reader thread panicked"))??;
+    if received != mib * 1024 * 1024 {
+        return Err(Error::other(format!("received {received} bytes")));
+    }
+    println!("{:.1}", mib as f64 / start.elapsed().as_secs_f64());
     Ok(())
 }
 

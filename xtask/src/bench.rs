@@ -10,7 +10,9 @@
 //! 5. agent memory at idle and after a long alert storm;
 //! 6. per-program kernel cost by outcome and ignore-list shape;
 //! 7. bulk TCP throughput with and without Egret (loopback, veth), and
-//!    every program's ns per run (kernel.bpf_stats_enabled).
+//!    every program's ns per run (kernel.bpf_stats_enabled);
+//! 8. what a quarantine's programs cost the quarantined workload's allowed
+//!    traffic (bulk throughput, connect rate, ns/run).
 //!
 //! Traffic of scenarios 2, 4, 5 and 6 goes to TEST-NET-2 addresses inside
 //! a throwaway network namespace: nothing leaves the machine.
@@ -20,6 +22,7 @@ mod latency;
 mod memory;
 mod pipeline;
 mod procs;
+mod quarantine;
 mod throughput;
 
 use std::fmt::Write as _;
@@ -46,6 +49,10 @@ pub struct Settings {
     /// Scenario 7: interleaved rounds and the length of each bulk run.
     bulk_rounds: usize,
     bulk_run: std::time::Duration,
+    /// Scenario 8: interleaved rounds, MiB per bulk run, connects per run.
+    quarantine_rounds: usize,
+    quarantine_mib: u64,
+    quarantine_connects: u64,
 }
 
 impl Settings {
@@ -70,6 +77,9 @@ impl Settings {
                 memory_events: 20_000,
                 bulk_rounds: 1,
                 bulk_run: std::time::Duration::from_millis(300),
+                quarantine_rounds: 1,
+                quarantine_mib: 64,
+                quarantine_connects: 1_000,
             }
         } else {
             Settings {
@@ -83,6 +93,9 @@ impl Settings {
                 memory_events: 1_000_000,
                 bulk_rounds: 7,
                 bulk_run: std::time::Duration::from_secs(2),
+                quarantine_rounds: 5,
+                quarantine_mib: 2_048,
+                quarantine_connects: 20_000,
             }
         }
     }
@@ -108,18 +121,20 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
                 .split(',')
                 .map(|n| n.trim().parse::<u32>())
                 .collect::<Result<_, _>>()
-                .context("--only takes scenario numbers 1-7, comma-separated")?,
+                .context("--only takes scenario numbers 1-8, comma-separated")?,
         ),
         None => None,
     };
     let want = |n: u32| only.as_ref().is_none_or(|o| o.contains(&n));
     let settings = Settings::new(short);
     crate::test::build_release_binaries("build (release)")?;
-    // Built up front so compiling never overlaps a measurement.
-    run_step(
-        "build (pipeline bench)",
-        cargo().args(pipeline::BENCH).arg("--no-run"),
-    )?;
+    if want(3) {
+        // Built up front so compiling never overlaps a measurement.
+        run_step(
+            "build (pipeline bench)",
+            cargo().args(pipeline::BENCH).arg("--no-run"),
+        )?;
+    }
     let bins = binaries()?;
 
     let mut report = String::new();
@@ -156,6 +171,9 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     }
     if want(6) {
         section(hooks::run(&bins, &ns, &settings)?);
+    }
+    if want(8) {
+        section(quarantine::run(&bins, &ns, &settings)?);
     }
     drop(ns);
     if want(7) {

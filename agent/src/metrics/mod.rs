@@ -282,6 +282,8 @@ pub struct Metrics {
     /// Labels: quarantine id (at most QUARANTINE_SLOTS live) × kind (3).
     quarantine_blocked: Family<[(&'static str, String); 2], Counter>,
     quarantines: Family<[(&'static str, &'static str); 1], Gauge>,
+    /// Labels: mode (2) × outcome (RuleActionOutcome, 7).
+    rule_actions: Family<[(&'static str, &'static str); 2], Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -348,6 +350,7 @@ impl Metrics {
             webhook_seconds: Family::new_with_constructor(webhook_histogram),
             quarantine_blocked: Family::default(),
             quarantines: Family::default(),
+            rule_actions: Family::default(),
             shared: shared.clone(),
             registry,
         };
@@ -446,6 +449,11 @@ impl Metrics {
             "egret_quarantines",
             "Quarantines on this node, by state (active: enforced; pending: target not present)",
             self.quarantines.clone(),
+        );
+        r.register(
+            "egret_rule_actions",
+            "Quarantines rules tagged egret.quarantine asked for, by mode (dry_run, enforce) and outcome",
+            self.rule_actions.clone(),
         );
         r.register_collector(Box::new(collectors::Everything::new(shared)));
         Arc::new(self)
@@ -596,6 +604,13 @@ impl Metrics {
             self.quarantine_blocked
                 .remove(&[("quarantine", id.to_owned()), ("kind", kind.to_owned())]);
         }
+    }
+
+    /// One rule action (`quarantine::actions`), by mode and outcome.
+    pub fn rule_action(&self, mode: &'static str, outcome: &'static str) {
+        self.rule_actions
+            .get_or_create(&[("mode", mode), ("outcome", outcome)])
+            .inc();
     }
 
     pub fn quarantines(&self, active: usize, pending: usize) {

@@ -33,6 +33,8 @@ pub struct EvaluateStage<W> {
     pub rules: watch::Receiver<Arc<Ruleset>>,
     pub evaluator: Evaluator,
     pub outputs: Outputs<W>,
+    /// Rules tagged `egret.quarantine` act through this (when not off).
+    pub rule_actions: Option<crate::quarantine::actions::RuleActions>,
 }
 
 impl<W: AsyncWrite + Unpin> EvaluateStage<W> {
@@ -45,6 +47,18 @@ impl<W: AsyncWrite + Unpin> EvaluateStage<W> {
             let mut alerts = Vec::new();
             self.evaluator
                 .evaluate_batch(&ruleset, &events, &mut matches, &mut alerts);
+            if let Some(actions) = &self.rule_actions {
+                for raised in &alerts {
+                    let tagged = raised
+                        .alert
+                        .tags
+                        .iter()
+                        .any(|t| &**t == crate::quarantine::actions::TAG);
+                    if tagged && let Some(event) = events.get(raised.event) {
+                        actions.offer(&raised.alert.rule, event);
+                    }
+                }
+            }
             self.outputs.send(Evaluated { events, alerts }).await?;
         }
         Ok(self.outputs)

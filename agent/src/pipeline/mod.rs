@@ -48,6 +48,9 @@ pub use running::{Running, SHUTDOWN_BOUND, Summary, join_by};
 /// Batches in flight between stages; with [`source::BATCH`] events each.
 pub const STAGE_QUEUE: usize = 64;
 
+/// The output field naming the node's control API.
+pub const CONTROL_URL_FIELD: &str = "egret.control.url";
+
 /// Process images kept (one per exec); about 300 bytes each.
 const PROCESS_CACHE_CAP: usize = 65_536;
 
@@ -79,8 +82,14 @@ impl Pipeline {
         let stdout = StdoutQueue::stdout(metrics.clone()).context("starting the stdout writer")?;
         metrics.watch_queue_with("stdout_bytes", stdout.probe());
 
+        // The node's control API in every alert, so a SOAR knows where to
+        // call (docs/quarantine.md#alerts-name-the-control-api).
+        let mut custom_fields = config.custom_fields.clone();
+        if let Some(url) = config.control.advertised_url(&hostname(config)) {
+            custom_fields.insert(CONTROL_URL_FIELD.to_owned(), url);
+        }
         let additions = Arc::new(
-            Additions::build(&config.append_output.0, &config.custom_fields)
+            Additions::build(&config.append_output.0, &custom_fields)
                 .map_err(anyhow::Error::msg)
                 .context("append_output / custom_fields")?,
         );
@@ -160,27 +169,31 @@ impl Pipeline {
         let reload_task = tokio::spawn(reloader.run(shutdown.clone()));
         // Quarantines are re-applied before readiness, so a restarted agent
         // is never ready while a workload it had cut off is open again.
-        let quarantine =
-            if config.control.listen.is_some() || config.control.quarantine_file.is_some() {
-                let (programs, maps) = probes.take_quarantine()?;
-                let containerd = identity
-                    .as_ref()
-                    .and_then(|s| s.resolver.containerd().cloned());
-                Some(
-                    crate::quarantine::start(
-                        config,
-                        &cgroup_path,
-                        programs,
-                        maps,
-                        containerd,
-                        metrics,
-                        shutdown,
-                    )
-                    .await?,
+        let quarantine = if config.control.wanted() {
+            let (programs, maps) = probes.take_quarantine()?;
+            let containerd = identity
+                .as_ref()
+                .and_then(|s| s.resolver.containerd().cloned());
+            Some(
+                crate::quarantine::start(
+                    config,
+                    &cgroup_path,
+                    programs,
+                    maps,
+                    containerd,
+                    metrics,
+                    shutdown,
                 )
-            } else {
-                None
-            };
+                .await?,
+            )
+        } else {
+            None
+        };
+
+        let (quarantine, rule_actions) = match quarantine {
+            Some(started) => (Some(started.tasks), started.rule_actions),
+            None => (None, None),
+        };
 
         let (records_tx, records_rx) = mpsc::channel(STAGE_QUEUE);
         let (events_tx, events_rx) = mpsc::channel(STAGE_QUEUE);
@@ -225,6 +238,7 @@ impl Pipeline {
                 metrics: metrics.clone(),
             },
             outputs: Outputs::new(stdout.clone(), audit, webhooks, metrics.clone()),
+            rule_actions,
         };
         let evaluate_task = tokio::spawn(running::stop_on_error(
             "evaluate",

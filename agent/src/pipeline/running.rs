@@ -125,17 +125,25 @@ impl Running {
         metrics.set_kernel_reader(|| None);
         let program_ids = probes.detach();
         tracing::info!(program_ids = ?program_ids, "detached kernel programs");
-        // The ticker and the API own the quarantine manager: once both have
-        // stopped, its links close and every quarantine is lifted (the
+        // The ticker, the API and the rule-action worker own the quarantine
+        // manager: once they have stopped, its links close and every quarantine is lifted (the
         // persisted state re-applies them at the next start).
         let deadline = Instant::now() + SHUTDOWN_BOUND;
-        if let Some(crate::quarantine::Tasks { api, ticker }) = quarantine {
+        if let Some(crate::quarantine::Tasks {
+            api,
+            ticker,
+            actions,
+        }) = quarantine
+        {
             if let Some(api) = api
                 && let Some(result) = join_by("control", api, deadline).await?
             {
                 result.context("serving the control API")?;
             }
             join_by("quarantine ticker", ticker, deadline).await?;
+            if let Some(actions) = actions {
+                join_by("rule actions", actions, deadline).await?;
+            }
         }
         if let Ok(counters) = &counters {
             // The last values stay visible to a final scrape.

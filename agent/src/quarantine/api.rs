@@ -1,13 +1,14 @@
 //! The control API: `POST/GET/DELETE /v1/quarantines` on its own listener,
-//! never the metrics port. Every request needs the bearer token; every
-//! request, allowed or not, is audited (who, what, when, outcome) on the
+//! never the metrics port. Every request needs the bearer token, a verified
+//! client certificate (mTLS), or both, as configured; every request,
+//! allowed or not, is audited (who, what, when, outcome) on the
 //! `egret::control::audit` log target.
-use std::{net::SocketAddr, sync::Arc};
+use std::sync::Arc;
 
 use axum::{
-    Router,
+    Extension, Router,
     body::Bytes,
-    extract::{ConnectInfo, DefaultBodyLimit, Path, State},
+    extract::{DefaultBodyLimit, Path, State},
     http::{HeaderMap, Method, StatusCode, Uri, header},
     middleware::{self, Next},
     response::{IntoResponse, Response},
@@ -16,6 +17,8 @@ use axum::{
 use serde_json::json;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+
+use crate::listener::{Limits, Peer};
 
 use super::{
     manager::{Manager, QuarantineError},
@@ -57,16 +60,25 @@ impl Token {
     }
 }
 
+/// What a request must present. At least one is set (config check).
+pub struct Auth {
+    pub token: Option<Token>,
+    /// A verified client certificate is required. The TLS handshake
+    /// already refuses clients without one; this keeps a plain listener
+    /// from ever passing such a policy.
+    pub client_cert: bool,
+}
+
 #[derive(Clone)]
 struct Control {
     manager: Arc<Manager>,
-    token: Arc<Token>,
+    auth: Arc<Auth>,
 }
 
-pub fn router(manager: Arc<Manager>, token: Token) -> Router {
+pub fn router(manager: Arc<Manager>, auth: Auth) -> Router {
     let state = Control {
         manager,
-        token: Arc::new(token),
+        auth: Arc::new(auth),
     };
     Router::new()
         .route("/v1/quarantines", get(list).post(add))
@@ -76,43 +88,56 @@ pub fn router(manager: Arc<Manager>, token: Token) -> Router {
         .with_state(state)
 }
 
-/// Serves until shutdown; the caller binds first so a bad address fails
-/// start-up.
+/// Serves until shutdown (TLS when `tls` is given), with the metrics
+/// listener's connection limits; the caller binds first so a bad address
+/// fails start-up.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    axum::serve(
-        listener,
-        router.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move { shutdown.cancelled().await })
-    .await
+    crate::listener::serve_with(listener, router, Limits::default(), tls, shutdown).await
 }
 
 async fn authenticate(
     State(control): State<Control>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Extension(peer): Extension<Peer>,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
-    request: axum::extract::Request,
+    mut request: axum::extract::Request,
     next: Next,
 ) -> Response {
-    let presented = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "));
-    let authorized = presented.is_some_and(|t| control.token.matches(t));
+    let auth = &control.auth;
+    let token_ok = match &auth.token {
+        None => true,
+        Some(token) => headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+            .is_some_and(|t| token.matches(t)),
+    };
+    let cert_ok = !auth.client_cert || peer.client_cert.is_some();
+    let authorized = token_ok && cert_ok;
+    // Who, as far as it was proven: never the token itself.
+    let who = match (&peer.client_cert, auth.token.is_some() && token_ok) {
+        (Some(cert), true) => format!("token+cert:{cert}"),
+        (Some(cert), false) => format!("cert:{cert}"),
+        (None, true) if auth.token.is_some() => "token".to_owned(),
+        _ => "anonymous".to_owned(),
+    };
     let response = if authorized {
+        request.extensions_mut().insert(Requester(who.clone()));
         next.run(request).await
-    } else {
+    } else if !token_ok {
         error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token")
+    } else {
+        error(StatusCode::UNAUTHORIZED, "a client certificate is required")
     };
     tracing::info!(
         target: "egret::control::audit",
-        %peer,
-        who = if authorized { "token" } else { "anonymous" },
+        peer = %peer.addr,
+        who,
         %method,
         path = %uri.path(),
         status = response.status().as_u16(),
@@ -120,6 +145,10 @@ async fn authenticate(
     );
     response
 }
+
+/// The authenticated caller, for `requested_by`.
+#[derive(Clone)]
+struct Requester(String);
 
 async fn list(State(control): State<Control>) -> Response {
     let views = control.manager.list();
@@ -140,7 +169,8 @@ async fn show(State(control): State<Control>, Path(id): Path<String>) -> Respons
 
 async fn add(
     State(control): State<Control>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Extension(peer): Extension<Peer>,
+    Extension(requester): Extension<Requester>,
     body: Bytes,
 ) -> Response {
     let request = match serde_json::from_slice::<QuarantineRequest>(&body) {
@@ -152,7 +182,10 @@ async fn add(
         Err(message) => return failure(QuarantineError::Invalid(message)),
     };
     let manager = control.manager.clone();
-    let by = format!("api:{peer}");
+    let by = match requester.0.as_str() {
+        "token" => format!("api:{}", peer.addr),
+        who => format!("api:{} {who}", peer.addr),
+    };
     // Resolution walks the cgroup tree: off the async workers.
     match tokio::task::spawn_blocking(move || manager.add(validated, &by)).await {
         Ok(Ok(view)) => (StatusCode::CREATED, Json(view)).into_response(),
@@ -161,8 +194,12 @@ async fn add(
     }
 }
 
-async fn remove(State(control): State<Control>, Path(id): Path<String>) -> Response {
-    match control.manager.remove(&id, "api") {
+async fn remove(
+    State(control): State<Control>,
+    Extension(peer): Extension<Peer>,
+    Path(id): Path<String>,
+) -> Response {
+    match control.manager.remove(&id, &format!("api:{}", peer.addr)) {
         Ok(view) => (StatusCode::OK, Json(view)).into_response(),
         Err(err) => failure(err),
     }

@@ -177,6 +177,24 @@ impl Manager {
         Ok(view)
     }
 
+    /// What [`add`](Self::add) would do, without doing it: resolution,
+    /// refusals and duplicates (a rule action's dry run).
+    pub fn would_add(&self, target: &TargetSpec) -> Result<PathBuf, QuarantineError> {
+        let inner = self.lock();
+        let resolved = inner.resolver.resolve(target, false)?;
+        if let Some(other) = inner
+            .entries
+            .values()
+            .find(|e| e.active.as_ref().is_some_and(|a| a.dir == resolved.dir))
+        {
+            return Err(QuarantineError::Duplicate {
+                target: target.to_string(),
+                id: other.record.id.clone(),
+            });
+        }
+        Ok(resolved.dir)
+    }
+
     pub fn remove(&self, id: &str, why: &str) -> Result<View, QuarantineError> {
         let mut inner = self.lock();
         let view = inner

@@ -234,6 +234,15 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.b
         text.trim().parse().expect("pid in pid file")
     }
 
+    /// Runs `args` inside the running container `id` (`ctr task exec`: the
+    /// process joins the container's namespaces and cgroup).
+    pub fn exec(&self, id: &str, args: &[&str]) -> Output {
+        let exec_id = format!("x{}", NEXT.fetch_add(1, Ordering::Relaxed));
+        let mut full = vec!["task", "exec", "--exec-id", &exec_id, id];
+        full.extend_from_slice(args);
+        self.ctr(&full)
+    }
+
     /// Kills and deletes a container (task and record). Best effort and
     /// never panics: also used from `drop`.
     pub fn remove(&self, id: &str) {
@@ -324,6 +333,9 @@ pub struct RunSpec {
     /// Join this network namespace (`--with-ns network:<path>`), as a pod's
     /// containers join their sandbox's.
     pub join_netns: Option<PathBuf>,
+    /// cgroup path relative to the cgroup2 mount (`ctr run --cgroup`), e.g.
+    /// a kubelet-shaped path below a test cgroup.
+    pub cgroup: Option<String>,
     pub args: Vec<String>,
 }
 
@@ -344,6 +356,7 @@ impl RunSpec {
             annotations: Vec::new(),
             net_host: false,
             join_netns: None,
+            cgroup: None,
             args: args.iter().map(|a| a.to_string()).collect(),
         }
     }
@@ -384,6 +397,11 @@ impl RunSpec {
         self
     }
 
+    pub fn cgroup(mut self, path: String) -> RunSpec {
+        self.cgroup = Some(path);
+        self
+    }
+
     fn ctr_args(&self, mode: &[&str]) -> Vec<String> {
         let mut args: Vec<String> = vec!["run".into()];
         args.extend(mode.iter().map(|m| m.to_string()));
@@ -400,6 +418,9 @@ impl RunSpec {
         }
         if let Some(path) = &self.join_netns {
             args.push(format!("--with-ns=network:{}", path.display()));
+        }
+        if let Some(path) = &self.cgroup {
+            args.push(format!("--cgroup={path}"));
         }
         // Flags must precede the positional arguments.
         match &self.source {

@@ -17,10 +17,10 @@ const STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
 
 /// Turns the kernel's per-program accounting on and restores the previous
 /// setting on drop (it costs two clock reads per program run).
-struct StatsEnabled(String);
+pub(super) struct StatsEnabled(String);
 
 impl StatsEnabled {
-    fn new() -> anyhow::Result<StatsEnabled> {
+    pub(super) fn new() -> anyhow::Result<StatsEnabled> {
         let old = std::fs::read_to_string(STATS).with_context(|| format!("reading {STATS}"))?;
         std::fs::write(STATS, "1").with_context(|| format!("writing {STATS}"))?;
         Ok(StatsEnabled(old.trim().to_string()))
@@ -34,10 +34,10 @@ impl Drop for StatsEnabled {
 }
 
 #[derive(Clone, Debug, Default)]
-struct ProgStats {
-    name: String,
-    run_time_ns: u64,
-    run_cnt: u64,
+pub(super) struct ProgStats {
+    pub(super) name: String,
+    pub(super) run_time_ns: u64,
+    pub(super) run_cnt: u64,
 }
 
 /// Ids of the programs whose file descriptors `pid` holds (`prog_id:` in
@@ -63,7 +63,7 @@ fn program_ids(pid: u32) -> anyhow::Result<Vec<u64>> {
 }
 
 /// Run statistics of the programs `pid` holds, from `bpftool -j prog`.
-fn programs_of(pid: u32) -> anyhow::Result<Vec<ProgStats>> {
+pub(super) fn programs_of(pid: u32) -> anyhow::Result<Vec<ProgStats>> {
     let ids = program_ids(pid)?;
     let output = Command::new("bpftool")
         .args(["-j", "prog", "show"])

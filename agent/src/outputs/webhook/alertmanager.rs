@@ -111,12 +111,17 @@ pub fn payload_at(d: &Delivery, style: &Style, now: SystemTime) -> Value {
         .saturating_add(style.expires_after)
         .as_nanos();
     let ends = timefmt::rfc3339_nanos(u64::try_from(now_ns).unwrap_or(u64::MAX));
+    let mut annotations = Map::new();
+    annotations.insert("summary".into(), Value::String(a.rule.to_string()));
+    annotations.insert("description".into(), Value::String(description));
+    // Where a responder calls to quarantine (an annotation: a URL is not
+    // an identity of the alert).
+    if let Some(Value::String(url)) = a.output_fields.get(crate::pipeline::CONTROL_URL_FIELD) {
+        annotations.insert("egret_control_url".into(), Value::String(url.clone()));
+    }
     json!([{
         "labels": labels,
-        "annotations": {
-            "summary": a.rule.to_string(),
-            "description": description,
-        },
+        "annotations": annotations,
         "startsAt": a.time,
         "endsAt": ends,
     }])
@@ -148,6 +153,10 @@ mod tests {
             (Arc::from("fd.sport"), json!(443)),
             (Arc::from("cluster"), json!("prod")),
             (Arc::from("rule"), json!("spoofed")),
+            (
+                Arc::from(crate::pipeline::CONTROL_URL_FIELD),
+                json!("https://node-a:9465"),
+            ),
         ]
         .into();
         let alert = Arc::new(Alert {
@@ -187,6 +196,14 @@ mod tests {
         assert_eq!(
             v[0]["annotations"]["description"],
             "curl to 203.0.113.9:443"
+        );
+        assert_eq!(
+            v[0]["annotations"]["egret_control_url"],
+            "https://node-a:9465"
+        );
+        assert!(
+            l.get("egret_control_url").is_none(),
+            "an annotation, not a label"
         );
         assert_eq!(v[0]["startsAt"], "2026-03-01T10:00:00.000000000Z");
         assert_eq!(v[0]["endsAt"], "2026-03-01T10:10:00.000000000Z");

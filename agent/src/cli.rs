@@ -147,6 +147,11 @@ pub enum RulesCommand {
     Check {
         #[arg(required = true, value_name = "PATH")]
         paths: Vec<PathBuf>,
+        /// Skip rules that need event types or fields Egret cannot provide
+        /// (Falco's own files load; one warning summarises what was
+        /// skipped) instead of refusing them; typos stay errors.
+        #[arg(long)]
+        skip_unsupported_rules: bool,
     },
     /// The fields rules may use, with their types and descriptions.
     Fields,
@@ -155,6 +160,11 @@ pub enum RulesCommand {
     List {
         #[arg(value_name = "PATH")]
         paths: Vec<PathBuf>,
+        /// Skip rules that need event types or fields Egret cannot provide
+        /// (Falco's own files load; one warning summarises what was
+        /// skipped) instead of refusing them; typos stay errors.
+        #[arg(long)]
+        skip_unsupported_rules: bool,
     },
     /// Evaluate rules against a sample event (JSON keyed by field names,
     /// e.g. an audit log line) and print the alerts it would raise.
@@ -166,6 +176,11 @@ pub enum RulesCommand {
         /// `first` (default) or `all` matching rules alert.
         #[arg(long, value_name = "MODE", value_parser = ["first", "all"])]
         rule_matching: Option<String>,
+        /// Skip rules that need event types or fields Egret cannot provide
+        /// (Falco's own files load; one warning summarises what was
+        /// skipped) instead of refusing them; typos stay errors.
+        #[arg(long)]
+        skip_unsupported_rules: bool,
     },
     /// Print the bundled rule files, to copy from or to read what
     /// `bundled` loads.
@@ -205,6 +220,12 @@ pub struct RunArgs {
     /// default); `all`: every matching rule alerts.
     #[arg(long, value_name = "MODE", value_parser = ["first", "all"])]
     pub rule_matching: Option<String>,
+
+    /// Skip rules that need event types or fields Egret cannot provide,
+    /// with one summarised warning, instead of refusing to start (config
+    /// `skip_unsupported_rules`); typos stay errors.
+    #[arg(long)]
+    pub skip_unsupported_rules: bool,
 
     /// Write every egress event as a JSON line to this file (`-`: stdout),
     /// besides the alerts on stdout.

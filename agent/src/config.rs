@@ -53,6 +53,10 @@ pub struct Config {
     /// place of active ones (off: such a reload is refused and counted as
     /// failed, so a truncated file cannot switch detection off).
     pub rules_allow_empty: bool,
+    /// Skip rules needing event types or fields Egret cannot provide (one
+    /// summarised warning) instead of refusing the rules; typos stay
+    /// errors. `--skip-unsupported-rules` sets it.
+    pub skip_unsupported_rules: bool,
     pub listen: Option<SocketAddr>,
     /// Alert `hostname`; default `$NODE_NAME`, else the host name.
     pub hostname: Option<String>,
@@ -368,6 +372,9 @@ impl Config {
             // clap allows only the two values the engine parses.
             config.rule_matching = matching.parse().unwrap_or_default();
         }
+        if args.skip_unsupported_rules {
+            config.skip_unsupported_rules = true;
+        }
         if args.audit.is_some() {
             config.audit.path = AuditTarget::from(args.audit);
         }
@@ -507,6 +514,7 @@ mod tests {
         let config = Config::parse("e.yaml", "").unwrap();
         assert!(config.rules_files.is_empty());
         assert_eq!(config.rule_matching, RuleMatching::First);
+        assert!(!config.skip_unsupported_rules, "strict by default");
         assert!(config.kernel.builtin_ignore);
         assert!(config.identity.enabled);
         assert_eq!(config.append_output, AppendOutputs::default());
@@ -519,6 +527,7 @@ mod tests {
         let text = "
 rules_files: [/etc/egret/rules.d, /etc/egret/extra.yaml]
 rule_matching: all
+skip_unsupported_rules: true
 listen: 0.0.0.0:9464
 hostname: node-7
 audit: {path: /var/log/egret/audit.jsonl, max_bytes: 1048576, max_files: 3}
@@ -532,6 +541,7 @@ webhooks:
 ";
         let config = Config::parse("e.yaml", text).unwrap();
         assert_eq!(config.rule_matching, RuleMatching::All);
+        assert!(config.skip_unsupported_rules);
         assert_eq!(config.kernel.ignore_networks.len(), 2);
         assert_eq!(config.webhooks.len(), 1);
         assert_eq!(config.audit.max_files, 3);
@@ -680,7 +690,7 @@ webhooks:
             "baseline: {learning: 3}",
             "webhooks: [{name: a, url: 'http://127.0.0.1:1/'}, {name: a, url: 'http://127.0.0.1:2/'}]",
             "- just\n- a list",
-            "append_output: [{extra_fields: [proc.tty]}]",
+            "append_output: [{extra_fields: [proc.sname]}]",
             "append_output: [{match: {rules: x}}]",
             "{{{{",
         ] {

@@ -21,28 +21,34 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Command::Config(ConfigCommand::Check { files }) => check_configs(&files),
-        Command::Rules(RulesCommand::Check { paths }) => check_rules(&paths),
+        Command::Rules(RulesCommand::Check {
+            paths,
+            skip_unsupported_rules,
+        }) => check_rules(&paths, skip_unsupported_rules),
         Command::Advise(command) => egret::advise::command::main(command),
         Command::Quarantine(args) => quarantine(&args),
         Command::Rules(RulesCommand::Fields) => exit(tools::rules_fields(&mut std::io::stdout())),
         Command::Rules(RulesCommand::Dump) => exit(tools::rules_dump(&mut std::io::stdout())),
-        Command::Rules(RulesCommand::List { paths }) => {
-            match tools::rules_list(&paths, &mut std::io::stdout()) {
-                Ok(true) => ExitCode::SUCCESS,
-                Ok(false) => ExitCode::FAILURE,
-                Err(err) => fail(&err),
-            }
-        }
+        Command::Rules(RulesCommand::List {
+            paths,
+            skip_unsupported_rules,
+        }) => match tools::rules_list(&paths, skip_unsupported_rules, &mut std::io::stdout()) {
+            Ok(true) => ExitCode::SUCCESS,
+            Ok(false) => ExitCode::FAILURE,
+            Err(err) => fail(&err),
+        },
         Command::Rules(RulesCommand::Test {
             paths,
             event,
             rule_matching,
+            skip_unsupported_rules,
         }) => {
             let matching = match rule_matching.as_deref() {
                 Some("all") => RuleMatching::All,
                 _ => RuleMatching::First,
             };
-            match tools::rules_test(&paths, &event, matching, &mut std::io::stdout()) {
+            let options = egret::ruleset::options(matching, skip_unsupported_rules);
+            match tools::rules_test(&paths, &event, &options, &mut std::io::stdout()) {
                 Ok(_) => ExitCode::SUCCESS,
                 Err(err) => fail(&err),
             }
@@ -225,8 +231,8 @@ fn check_configs(files: &[std::path::PathBuf]) -> ExitCode {
 }
 
 /// `egret rules check`: every diagnostic, non-zero on any error.
-fn check_rules(paths: &[std::path::PathBuf]) -> ExitCode {
-    match egret::ruleset::check(paths) {
+fn check_rules(paths: &[std::path::PathBuf], skip_unsupported: bool) -> ExitCode {
+    match egret::ruleset::check(paths, skip_unsupported) {
         Ok(diagnostics) => {
             for diagnostic in &diagnostics {
                 println!("{diagnostic}");

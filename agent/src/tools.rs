@@ -46,15 +46,32 @@ pub fn rules_dump(out: &mut dyn Write) -> std::io::Result<()> {
 
 /// `egret rules list`: every rule with its state and where it is defined.
 /// Fails (after listing) when the rules have errors.
-pub fn rules_list(paths: &[PathBuf], out: &mut dyn Write) -> anyhow::Result<bool> {
+pub fn rules_list(
+    paths: &[PathBuf],
+    skip_unsupported: bool,
+    out: &mut dyn Write,
+) -> anyhow::Result<bool> {
     let texts = RulePaths(paths.to_vec()).read()?;
     let sources: Vec<Source<'_>> = texts.iter().map(|(n, t)| Source::new(n, t)).collect();
-    let loaded = egret_rules::load(&sources, &Options::default());
+    let options = ruleset::options(RuleMatching::default(), skip_unsupported);
+    let loaded = egret_rules::load(&sources, &options);
     let width = loaded.rules.iter().map(|r| r.name.len()).max().unwrap_or(0);
     for r in &loaded.rules {
         let state = match &r.status {
             RuleStatus::Compiled { enabled: true } => "enabled".to_owned(),
             RuleStatus::Compiled { enabled: false } => "disabled".to_owned(),
+            RuleStatus::Unsupported {
+                event_types,
+                requested_skip: true,
+                ..
+            } if !event_types.is_empty() => {
+                format!("skipped (needs event types {})", event_types.join(", "))
+            }
+            RuleStatus::Unsupported {
+                fields,
+                requested_skip: true,
+                ..
+            } => format!("skipped (needs fields {})", fields.join(", ")),
             RuleStatus::Unsupported { fields, .. } => {
                 format!("unsupported ({})", fields.join(", "))
             }
@@ -85,10 +102,10 @@ pub fn rules_list(paths: &[PathBuf], out: &mut dyn Write) -> anyhow::Result<bool
 pub fn rules_test(
     paths: &[PathBuf],
     event_file: &Path,
-    matching: RuleMatching,
+    options: &Options,
     out: &mut dyn Write,
 ) -> anyhow::Result<u64> {
-    let ruleset = ruleset::load(&RulePaths(paths.to_vec()), &ruleset::options(matching))?;
+    let ruleset = ruleset::load(&RulePaths(paths.to_vec()), options)?;
     let text = std::fs::read_to_string(event_file)
         .with_context(|| format!("reading {}", event_file.display()))?;
     let events: Vec<(usize, serde_json::Value)> = match serde_json::from_str(&text) {
@@ -284,7 +301,7 @@ mod tests {
     #[test]
     fn list_shows_state_and_location() {
         let mut out = Vec::new();
-        assert!(rules_list(&[], &mut out).unwrap());
+        assert!(rules_list(&[], false, &mut out).unwrap());
         let text = String::from_utf8(out).unwrap();
         let seed = text
             .lines()
@@ -316,7 +333,7 @@ mod tests {
         )
         .unwrap();
         let mut out = Vec::new();
-        let n = rules_test(&[], &event, RuleMatching::First, &mut out).unwrap();
+        let n = rules_test(&[], &event, &Options::default(), &mut out).unwrap();
         let text = String::from_utf8(out).unwrap();
         assert_eq!(n, 1, "{text}");
         let alert: serde_json::Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
@@ -330,7 +347,7 @@ mod tests {
         .unwrap();
         let mut out = Vec::new();
         assert_eq!(
-            rules_test(&[], &event, RuleMatching::First, &mut out).unwrap(),
+            rules_test(&[], &event, &Options::default(), &mut out).unwrap(),
             0
         );
         assert!(String::from_utf8(out).unwrap().contains("no rule matched"));

@@ -4,6 +4,7 @@
 mod advisor;
 mod containers;
 mod deploy;
+mod falco_rules;
 mod faults;
 mod identity;
 mod kernel_counters;

@@ -121,6 +121,7 @@ pub(crate) fn build(
             let port = matches!(
                 field.src,
                 Src::Event(FieldId::ServerPort | FieldId::ClientPort)
+                    | Src::Either(FieldId::ServerPort, FieldId::ClientPort)
             );
             let num = |v: &Val<'_>| {
                 let named = port.then(|| port_number(v.text)).flatten();
@@ -141,6 +142,31 @@ pub(crate) fn build(
                 Op::In | Op::Intersects => Cmp::U64In(U64Set::new(
                     values.iter().map(num).collect::<Result<_, _>>()?,
                 )),
+                _ => return Err(unsupported(op, name, "numeric")),
+            };
+            Ok((cmp, op == Op::Ne))
+        }
+        Kind::I64 => {
+            let num = |v: &Val<'_>| {
+                let text = v.text.strip_prefix('+').unwrap_or(v.text);
+                text.parse::<i64>().ok().ok_or((
+                    Some(v.at),
+                    format!("'{}' is not a valid number for field '{name}'", v.text),
+                ))
+            };
+            let cmp = match op {
+                Op::Eq | Op::Ne => Cmp::I64Eq(num(first()?)?),
+                Op::Lt => Cmp::I64Lt(num(first()?)?),
+                Op::Le => Cmp::I64Le(num(first()?)?),
+                Op::Gt => Cmp::I64Gt(num(first()?)?),
+                Op::Ge => Cmp::I64Ge(num(first()?)?),
+                Op::In | Op::Intersects => Cmp::I64In(
+                    values
+                        .iter()
+                        .map(num)
+                        .collect::<Result<Vec<_>, _>>()?
+                        .into_boxed_slice(),
+                ),
                 _ => return Err(unsupported(op, name, "numeric")),
             };
             Ok((cmp, op == Op::Ne))

@@ -52,6 +52,12 @@ pub(crate) enum Cmp {
     U64Gt(u64),
     U64Ge(u64),
     U64In(U64Set),
+    I64Eq(i64),
+    I64Lt(i64),
+    I64Le(i64),
+    I64Gt(i64),
+    I64Ge(i64),
+    I64In(Box<[i64]>),
     /// Address in any of the networks: `=`, `in`, `intersects` on addresses
     /// and network fields.
     Net(NetMatch),
@@ -90,6 +96,13 @@ pub(crate) fn read<'e, E: Event + ?Sized>(src: &Src, event: &'e E) -> Value<'e> 
             }
             _ => Value::Missing,
         },
+        Src::SockFamily => match event.value(FieldId::ServerIp) {
+            Value::Ip(_) => Value::Str("ip"),
+            _ => Value::Missing,
+        },
+        Src::NotProvided => Value::Missing,
+        // Evaluated per end in `Test::eval`; rendered as the server end.
+        Src::Either(server, _) => event.value(*server),
         Src::Label(key) => match event.value(FieldId::K8sPodLabels) {
             Value::Labels(labels) => labels.get(key).map_or(Value::Missing, Value::Str),
             _ => Value::Missing,
@@ -99,9 +112,27 @@ pub(crate) fn read<'e, E: Event + ?Sized>(src: &Src, event: &'e E) -> Value<'e> 
 
 impl Test {
     fn eval<E: Event + ?Sized>(&self, event: &E) -> bool {
-        let value = read(&self.src, event);
-        let hit = match (&self.cmp, value) {
-            (_, Value::Missing) => return false,
+        // `fd.ip`/`fd.port` match either end, as in Falco; `!=` then means
+        // neither end matches.
+        let hit = match &self.src {
+            Src::Either(a, b) => {
+                match (self.cmp.hit(event.value(*a)), self.cmp.hit(event.value(*b))) {
+                    (None, None) => None,
+                    (x, y) => Some(x == Some(true) || y == Some(true)),
+                }
+            }
+            src => self.cmp.hit(read(src, event)),
+        };
+        hit.is_some_and(|hit| hit != self.negate)
+    }
+}
+
+impl Cmp {
+    /// Whether the value matches; `None` when it is missing or of another
+    /// type than the catalog's (unknown).
+    fn hit(&self, value: Value<'_>) -> Option<bool> {
+        Some(match (self, value) {
+            (_, Value::Missing) => return None,
             (Cmp::Exists, _) => true,
             (Cmp::Never, _) => false,
             (Cmp::StrEq(s), Value::Str(v)) => v == &**s,
@@ -139,10 +170,15 @@ impl Test {
                 labels.for_each_label(&mut |k, v| all &= set.matches(k, v));
                 all
             }
+            (Cmp::I64Eq(n), Value::I64(v)) => v == *n,
+            (Cmp::I64Lt(n), Value::I64(v)) => v < *n,
+            (Cmp::I64Le(n), Value::I64(v)) => v <= *n,
+            (Cmp::I64Gt(n), Value::I64(v)) => v > *n,
+            (Cmp::I64Ge(n), Value::I64(v)) => v >= *n,
+            (Cmp::I64In(set), Value::I64(v)) => set.contains(&v),
             // The agent supplied another type than the catalog's: unknown.
-            _ => return false,
-        };
-        hit != self.negate
+            _ => return None,
+        })
     }
 }
 

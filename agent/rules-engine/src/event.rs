@@ -15,6 +15,8 @@ pub enum Value<'a> {
     Missing,
     Str(&'a str),
     U64(u64),
+    /// Signed numbers: `evt.rawres`, `user.loginuid` (-1 when unset).
+    I64(i64),
     /// IPv4-mapped IPv6 addresses may be passed either way: the engine
     /// compares them as IPv4.
     Ip(IpAddr),
@@ -28,6 +30,7 @@ impl fmt::Debug for Value<'_> {
             Value::Missing => f.write_str("Missing"),
             Value::Str(s) => f.debug_tuple("Str").field(s).finish(),
             Value::U64(n) => f.debug_tuple("U64").field(n).finish(),
+            Value::I64(n) => f.debug_tuple("I64").field(n).finish(),
             Value::Ip(ip) => f.debug_tuple("Ip").field(ip).finish(),
             Value::Bool(b) => f.debug_tuple("Bool").field(b).finish(),
             Value::Labels(labels) => {

@@ -444,7 +444,7 @@ pub(crate) fn suggest(name: &str) -> Option<&'static str> {
 }
 
 /// Levenshtein distance over bytes; names are short ASCII.
-fn distance(a: &str, b: &str) -> usize {
+pub(crate) fn distance(a: &str, b: &str) -> usize {
     let (a, b) = (a.as_bytes(), b.as_bytes());
     let mut prev: Vec<usize> = (0..=b.len()).collect();
     for (i, ca) in a.iter().enumerate() {

@@ -115,6 +115,67 @@ pub const FIELD_CATALOGUE: &[(&str, &str)] = &[
         "Client address, matched against networks; normally missing.",
     ),
     ("fd.cport", "Client (local) port; normally missing."),
+    (
+        "fd.lport",
+        "Local port (the client end of an outbound call); normally missing at connect time.",
+    ),
+    ("fd.lip", "Local IP (the client end); normally missing."),
+    (
+        "fd.lnet",
+        "Local address, matched against networks; normally missing.",
+    ),
+    (
+        "fd.ip",
+        "Filter only: matches either end's IP (client or server), as in Falco; != means neither.",
+    ),
+    (
+        "fd.port",
+        "Filter only: matches either end's port (client or server), as in Falco.",
+    ),
+    (
+        "fd.sockfamily",
+        "Socket family: ip for the hooks' IPv4/IPv6 sockets.",
+    ),
+    (
+        "fd.connected",
+        "The socket was connected before the call: false for connects and for sends with an address.",
+    ),
+    (
+        "fd.name_changed",
+        "The socket's destination differs from its previous event's (true on its first).",
+    ),
+    (
+        "fd.sip.name",
+        "Server's DNS name: not observed by Egret yet, always <NA> (never resolved).",
+    ),
+    ("fd.cip.name", "Client's DNS name: always <NA>."),
+    ("fd.rip.name", "Remote end's DNS name: always <NA>."),
+    ("fd.lip.name", "Local end's DNS name: always <NA>."),
+    ("evt.num", "Event number, counted by this agent from 1."),
+    (
+        "evt.dir",
+        "Always <: an Egret event stands for the call's exit event in Falco.",
+    ),
+    (
+        "evt.res",
+        "Result at the attempt: EINPROGRESS (not finished when the hook ran), or EPERM when a quarantine denied it.",
+    ),
+    (
+        "evt.rawres",
+        "Numeric result: -115 (EINPROGRESS) or -1 (EPERM).",
+    ),
+    (
+        "evt.args",
+        "The call's arguments: res=-115(EINPROGRESS) addr=ip:port for connects and sends; domain=17(AF_PACKET) type=3 proto=768 for socket events.",
+    ),
+    (
+        "user.loginuid",
+        "Audit login uid of the process (/proc/PID/loginuid); -1 when unset.",
+    ),
+    (
+        "proc.tty",
+        "Controlling terminal's device number (/proc/PID/stat tty_nr); 0 without one.",
+    ),
     ("proc.pid", "Process id (thread group id)."),
     ("proc.ppid", "Parent process id."),
     ("thread.tid", "Thread id."),
@@ -202,10 +263,6 @@ pub const FIELD_CATALOGUE: &[(&str, &str)] = &[
         "socket events: the protocol in decimal, as passed (768 is ETH_P_ALL for AF_PACKET).",
     ),
     (
-        "evt.args",
-        "socket events: domain=17(AF_PACKET) type=3 proto=768, as Falco renders them.",
-    ),
-    (
         "egret.ip_proto",
         "IP protocol number of the socket (1 for a raw ICMP socket, whose fd.l4proto is raw).",
     ),
@@ -224,6 +281,7 @@ pub fn field_catalogue() -> Vec<FieldInfo> {
             let kind = match resolved.map(|f| f.kind) {
                 Ok(Kind::Str) => "string",
                 Ok(Kind::U64) => "uint64",
+                Ok(Kind::I64) => "int64",
                 Ok(Kind::Ip) => "ipaddr",
                 Ok(Kind::Net) => "ipnet",
                 Ok(Kind::Bool) => "bool",
@@ -247,6 +305,7 @@ pub enum OwnedValue {
     Missing,
     Str(String),
     U64(u64),
+    I64(i64),
     Ip(IpAddr),
     Bool(bool),
     Labels(BTreeMap<String, String>),
@@ -259,6 +318,7 @@ impl OwnedValue {
             OwnedValue::Missing => Value::Missing,
             OwnedValue::Str(s) => Value::Str(s),
             OwnedValue::U64(n) => Value::U64(*n),
+            OwnedValue::I64(n) => Value::I64(*n),
             OwnedValue::Ip(ip) => Value::Ip(*ip),
             OwnedValue::Bool(b) => Value::Bool(*b),
             OwnedValue::Labels(map) => Value::Labels(map),
@@ -314,6 +374,12 @@ pub fn event_from_json(
             (Kind::U64, Json::String(s)) => {
                 OwnedValue::U64(s.parse().map_err(|_| bad("an unsigned integer"))?)
             }
+            (Kind::I64, Json::Number(n)) => {
+                OwnedValue::I64(n.as_i64().ok_or_else(|| bad("an integer"))?)
+            }
+            (Kind::I64, Json::String(s)) => {
+                OwnedValue::I64(s.parse().map_err(|_| bad("an integer"))?)
+            }
             (Kind::Ip | Kind::Net, Json::String(s)) => {
                 OwnedValue::Ip(s.parse().map_err(|_| bad("an IP address"))?)
             }
@@ -326,6 +392,7 @@ pub fn event_from_json(
             ),
             (Kind::Str, _) => return Err(bad("a string")),
             (Kind::U64, _) => return Err(bad("an unsigned integer")),
+            (Kind::I64, _) => return Err(bad("an integer")),
             (Kind::Ip | Kind::Net, _) => return Err(bad("an IP address string")),
             (Kind::Bool, _) => return Err(bad("true or false")),
             (Kind::Labels, _) => return Err(bad("an object of labels")),
@@ -390,7 +457,7 @@ mod tests {
         assert_eq!(json[0].0.as_ref(), "k8s.pod.name");
         let f = OutputTemplate::field("container.image.repository").unwrap();
         assert_eq!(f.render(&ev).1[0].1, Json::String("nginx".into()));
-        assert!(OutputTemplate::field("proc.tty").is_err());
+        assert!(OutputTemplate::field("proc.sname").is_err());
         assert!(OutputTemplate::field("a b").is_err());
         assert!(OutputTemplate::parse("x=%nope.field").is_err());
     }

@@ -87,6 +87,25 @@ pub enum FieldId {
     /// the workload's learned baseline; Missing while it learns or when
     /// baselines are off.
     NewForWorkload,
+    /// `evt.num`: U64, the agent's own event number (from 1, per run).
+    EvtNum,
+    /// `evt.dir`: Str, `<`: every Egret event stands for the call's exit
+    /// event in Falco (the one carrying its result).
+    EvtDir,
+    /// `evt.res`: Str, `SUCCESS`, `EINPROGRESS` or the error name.
+    EvtRes,
+    /// `evt.rawres`: I64, 0, or minus the errno.
+    EvtRawres,
+    /// `evt.args`: Str, the call's arguments rendered as Falco does.
+    EvtArgs,
+    /// `fd.connected`: Bool, the socket was connected before the call.
+    FdConnected,
+    /// `fd.name_changed`: Bool, the socket's peer differs from its last one.
+    FdNameChanged,
+    /// `user.loginuid`: I64, the audit login uid; -1 when unset.
+    LoginUid,
+    /// `proc.tty`: U64, the controlling terminal's device number; 0 if none.
+    ProcTty,
     /// `evt.arg.domain` (`evt.arg[domain]`): Str, socket(2)'s domain as Falco
     /// renders it (`AF_PACKET`); Missing for anything but `evt.type=socket`.
     EvtArgDomain,
@@ -94,8 +113,6 @@ pub enum FieldId {
     EvtArgType,
     /// `evt.arg.proto`: Str, socket(2)'s protocol in decimal, as passed.
     EvtArgProto,
-    /// `evt.args`: Str, `domain=17(AF_PACKET) type=3 proto=768`.
-    EvtArgs,
     /// `egret.ip_proto`: U64, the socket's IP protocol number (1 for a raw
     /// ICMP socket, whose `fd.l4proto` is `raw`); Missing for packet sockets.
     IpProto,
@@ -151,10 +168,18 @@ impl FieldId {
         FieldId::NetnsCookie,
         FieldId::Action,
         FieldId::NewForWorkload,
+        FieldId::EvtNum,
+        FieldId::EvtDir,
+        FieldId::EvtRes,
+        FieldId::EvtRawres,
+        FieldId::EvtArgs,
+        FieldId::FdConnected,
+        FieldId::FdNameChanged,
+        FieldId::LoginUid,
+        FieldId::ProcTty,
         FieldId::EvtArgDomain,
         FieldId::EvtArgType,
         FieldId::EvtArgProto,
-        FieldId::EvtArgs,
         FieldId::IpProto,
         FieldId::ProcIsExeFromMemfd,
         FieldId::ProcIsExeUpperLayer,
@@ -172,6 +197,7 @@ impl FieldId {
 pub(crate) enum Kind {
     Str,
     U64,
+    I64,
     /// An address; unlike Falco, a CIDR literal compared with it is a network.
     Ip,
     /// Falco's network fields: the value is an address, matched against CIDRs.
@@ -188,6 +214,14 @@ pub(crate) enum Src {
     TypeChar,
     /// `fd.type`: "ipv4" or "ipv6" from the destination address.
     FdType,
+    /// `fd.sockfamily`: "ip" for the IPv4/IPv6 sockets the hooks see.
+    SockFamily,
+    /// A field with no source yet (`fd.sip.name` without observed DNS):
+    /// always missing, so it renders `<NA>` and matches nothing.
+    NotProvided,
+    /// Either end of the connection (`fd.ip`, `fd.port`): a comparison
+    /// holds if it holds for one of them, as in Falco.
+    Either(FieldId, FieldId),
     /// One pod label, by key.
     Label(Box<str>),
 }
@@ -211,6 +245,24 @@ fn catalog(name: &str) -> Option<(Src, Kind)> {
         "fd.snet" | "fd.rnet" | "fd.net" => (ev(F::ServerIp), Kind::Net),
         "fd.sport" | "fd.rport" => (ev(F::ServerPort), Kind::U64),
         "fd.l4proto" => (ev(F::L4Proto), Kind::Str),
+        "fd.lport" => (ev(F::ClientPort), Kind::U64),
+        "fd.lip" => (ev(F::ClientIp), Kind::Ip),
+        "fd.lnet" => (ev(F::ClientIp), Kind::Net),
+        "fd.ip" => (Src::Either(F::ServerIp, F::ClientIp), Kind::Ip),
+        "fd.port" => (Src::Either(F::ServerPort, F::ClientPort), Kind::U64),
+        "fd.sockfamily" => (Src::SockFamily, Kind::Str),
+        "fd.connected" => (ev(F::FdConnected), Kind::Bool),
+        "fd.name_changed" => (ev(F::FdNameChanged), Kind::Bool),
+        "fd.sip.name" | "fd.cip.name" | "fd.rip.name" | "fd.lip.name" => {
+            (Src::NotProvided, Kind::Str)
+        }
+        "evt.num" => (ev(F::EvtNum), Kind::U64),
+        "evt.dir" => (ev(F::EvtDir), Kind::Str),
+        "evt.res" => (ev(F::EvtRes), Kind::Str),
+        "evt.rawres" => (ev(F::EvtRawres), Kind::I64),
+        "evt.args" => (ev(F::EvtArgs), Kind::Str),
+        "user.loginuid" => (ev(F::LoginUid), Kind::I64),
+        "proc.tty" => (ev(F::ProcTty), Kind::U64),
         "fd.typechar" => (Src::TypeChar, Kind::Str),
         "fd.type" => (Src::FdType, Kind::Str),
         "fd.name" => (ev(F::FdName), Kind::Str),
@@ -251,7 +303,6 @@ fn catalog(name: &str) -> Option<(Src, Kind)> {
         "evt.arg.domain" => (ev(F::EvtArgDomain), Kind::Str),
         "evt.arg.type" => (ev(F::EvtArgType), Kind::Str),
         "evt.arg.proto" => (ev(F::EvtArgProto), Kind::Str),
-        "evt.args" => (ev(F::EvtArgs), Kind::Str),
         "egret.ip_proto" => (ev(F::IpProto), Kind::U64),
         _ => return None,
     })
@@ -367,7 +418,7 @@ mod tests {
     #[test]
     fn refuses_unknown_and_stray_args() {
         assert!(matches!(
-            lookup("proc.tty", None),
+            lookup("proc.ttty", None),
             Err(FieldError::Unknown(_))
         ));
         assert!(matches!(

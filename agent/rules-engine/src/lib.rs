@@ -75,6 +75,7 @@ mod event;
 mod evt_types;
 mod exceptions;
 mod extra;
+mod falco_fields;
 mod fields;
 mod lexer;
 mod load;

@@ -1,14 +1,15 @@
 //! Loading: sources → collection → compiled ruleset, diagnostics and a
 //! per-rule report.
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use crate::collect::{Collection, MacroInfo, SYSCALL};
-use crate::compile::Compiler;
+use crate::collect::{Collection, MacroInfo, RuleInfo, SYSCALL};
+use crate::compile::{Compiled, Compiler};
 use crate::diagnostics::{
     BUILTIN_FILE, Diagnostic, Files, Loc, Location, ScalarLoc, Severity, Sink, Text,
 };
-use crate::eval::{matches_unbounded_types, type_masks};
+use crate::eval::{CONNECT, SENDTO, matches_unbounded_types, type_masks};
+use crate::falco_fields;
 use crate::reader::Reader;
 use crate::ruleset::{Options, Rule, Ruleset};
 use crate::source::{MAX_SOURCE_BYTES, MAX_TOTAL_BYTES, find_nul};
@@ -32,11 +33,15 @@ impl<'a> Source<'a> {
 pub enum RuleStatus {
     /// In the ruleset (and evaluated if enabled).
     Compiled { enabled: bool },
-    /// Uses fields Egret does not provide; not loaded. `requested_skip` is
-    /// set when the rule has `skip-if-unknown-filter: true` (a warning then,
-    /// not an error).
+    /// Needs fields or event types Egret does not provide; not loaded.
+    /// `event_types` is set (under [`Options::skip_unsupported`]) when no
+    /// event type the rule can match is one Egret sees; `fields` lists the
+    /// Falco fields Egret lacks. `requested_skip` is set when the rule has
+    /// `skip-if-unknown-filter: true` or the load skips unsupported rules
+    /// (a warning then, not an error).
     Unsupported {
         fields: Vec<String>,
+        event_types: Vec<String>,
         requested_skip: bool,
     },
     /// `source:` other than `syscall`.
@@ -199,6 +204,7 @@ fn compile(
     let mut compiler = Compiler::new(coll, files, sink);
     let mut rules = Vec::new();
     let mut report = Vec::new();
+    let mut skipped = Skipped::default();
     for info in &coll.rules.items {
         let location = files.location(info.loc);
         let status = if info.source != SYSCALL {
@@ -230,6 +236,7 @@ fn compile(
                 }
                 RuleStatus::Unsupported {
                     fields: Vec::new(),
+                    event_types: Vec::new(),
                     requested_skip: true,
                 }
             } else if !compiled.errors.is_empty() {
@@ -252,6 +259,10 @@ fn compile(
                     sink.error(at, format!("rule '{}': {message}", info.name));
                 }
                 RuleStatus::Failed
+            } else if options.skip_unsupported
+                && let Some(status) = skip_unsupported(info, &compiled, &fields, &mut skipped, sink)
+            {
+                status
             } else if !fields.is_empty() {
                 let uses: Vec<String> = compiled
                     .unknown
@@ -273,6 +284,7 @@ fn compile(
                 }
                 RuleStatus::Unsupported {
                     fields,
+                    event_types: Vec::new(),
                     requested_skip: info.skip_if_unknown_filter,
                 }
             } else {
@@ -307,6 +319,7 @@ fn compile(
             status,
         });
     }
+    skipped.summarise(sink);
     for list in &coll.lists.items {
         if !compiler.is_used(&list.name) {
             sink.warning(
@@ -327,4 +340,134 @@ fn compile(
         }
     }
     (Ruleset::new(rules, options), report)
+}
+
+/// Rules skipped under [`Options::skip_unsupported`], for the one summary.
+#[derive(Default)]
+struct Skipped {
+    first: Option<Loc>,
+    for_types: usize,
+    for_fields: usize,
+    /// How many skipped rules name each event type or field.
+    types: BTreeMap<String, usize>,
+    fields: BTreeMap<String, usize>,
+}
+
+impl Skipped {
+    fn summarise(&self, sink: &mut Sink) {
+        let Some(at) = self.first else { return };
+        let by_count = |m: &BTreeMap<String, usize>| {
+            let mut v: Vec<(&String, &usize)> = m.iter().collect();
+            v.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+            v.iter()
+                .map(|(k, n)| format!("{k} ({n})"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let mut parts = Vec::new();
+        if self.for_types > 0 {
+            parts.push(format!(
+                "{} need event types Egret does not see: {}",
+                self.for_types,
+                by_count(&self.types)
+            ));
+        }
+        if self.for_fields > 0 {
+            parts.push(format!(
+                "{} need fields Egret does not provide: {}",
+                self.for_fields,
+                by_count(&self.fields)
+            ));
+        }
+        sink.warning(
+            at,
+            format!(
+                "skipped {} unsupported rule(s) (skip_unsupported_rules): {}; `egret rules list` shows each",
+                self.for_types + self.for_fields,
+                parts.join("; ")
+            ),
+        );
+    }
+}
+
+/// Event types Egret's hooks report: a rule matching none of them cannot
+/// fire. `sendmsg`/`sendmmsg` compile to `sendto`; `socket` is a packet or
+/// raw socket's creation.
+fn provided_type(name: &str) -> bool {
+    matches!(
+        name,
+        "connect" | "sendto" | "sendmsg" | "sendmmsg" | "socket"
+    )
+}
+
+/// Under `skip_unsupported`: the status of a rule that needs event types or
+/// Falco fields Egret lacks (counted in `skipped`), or `None` to report it as
+/// usual. A field unknown to Falco too is a typo: an error, never skipped.
+fn skip_unsupported(
+    info: &RuleInfo,
+    compiled: &Compiled,
+    fields: &[String],
+    skipped: &mut Skipped,
+    sink: &mut Sink,
+) -> Option<RuleStatus> {
+    let typos: Vec<&String> = fields
+        .iter()
+        .filter(|f| !falco_fields::is_falco_field(f))
+        .collect();
+    if !typos.is_empty() {
+        for typo in typos {
+            let hint = falco_fields::suggest(typo)
+                .map(|s| format!("; did you mean '{s}'?"))
+                .unwrap_or_default();
+            let place = compiled
+                .unknown
+                .iter()
+                .find(|u| &u.field == typo)
+                .map(|u| format!(" ({})", u.place))
+                .unwrap_or_default();
+            sink.error(
+                info.loc,
+                format!(
+                    "rule '{}': unknown field '{typo}'{place}: not a Falco field either{hint}",
+                    info.name
+                ),
+            );
+        }
+        return Some(RuleStatus::Failed);
+    }
+    let (may_true, _) = type_masks(&compiled.node);
+    // `socket` events fall in the OTHER bucket with every unknown type.
+    let types_unsupported =
+        may_true & (CONNECT | SENDTO) == 0 && !compiled.evt_types.iter().any(|t| t == "socket");
+    if !types_unsupported && fields.is_empty() {
+        return None;
+    }
+    skipped.first = Some(skipped.first.map_or(info.loc, |f| f.min(info.loc)));
+    let event_types: Vec<String> = if types_unsupported {
+        let mut names: Vec<String> = compiled
+            .evt_types
+            .iter()
+            .filter(|t| !provided_type(t))
+            .cloned()
+            .collect();
+        if names.is_empty() {
+            names.push("(other)".into());
+        }
+        skipped.for_types += 1;
+        for n in &names {
+            *skipped.types.entry(n.clone()).or_default() += 1;
+        }
+        names
+    } else {
+        skipped.for_fields += 1;
+        for f in fields {
+            *skipped.fields.entry(f.clone()).or_default() += 1;
+        }
+        Vec::new()
+    };
+    Some(RuleStatus::Unsupported {
+        fields: fields.to_vec(),
+        event_types,
+        requested_skip: true,
+    })
 }

@@ -163,6 +163,7 @@ fn render_value(value: Value<'_>, src: &Src, kind: Kind) -> (String, Json) {
         (Value::Str(s), Kind::Str) => (s.to_string(), Json::String(s.to_string())),
         (Value::U64(n), Kind::U64) if is_time => (time_of_day(n), Json::from(n)),
         (Value::U64(n), Kind::U64) => (n.to_string(), Json::from(n)),
+        (Value::I64(n), Kind::I64) => (n.to_string(), Json::from(n)),
         (Value::Ip(ip), Kind::Ip | Kind::Net) => (ip_text(ip), Json::String(ip_text(ip))),
         (Value::Bool(b), Kind::Bool) => (b.to_string(), Json::Bool(b)),
         (Value::Labels(l), Kind::Labels) => (labels_text(l), labels_json(l)),
@@ -236,9 +237,9 @@ mod tests {
 
     #[test]
     fn reports_unknown_fields() {
-        let (_, bad) = parse("x=%proc.tty y=%proc.aname[2] %container.info");
+        let (_, bad) = parse("x=%proc.sname y=%proc.aname[2] %container.info");
         let names: Vec<&str> = bad.iter().map(|b| b.name.as_str()).collect();
-        assert_eq!(names, ["proc.tty", "proc.aname"]);
+        assert_eq!(names, ["proc.sname", "proc.aname"]);
         assert_eq!(bad[0].offset, 2);
     }
 

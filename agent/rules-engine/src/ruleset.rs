@@ -44,6 +44,11 @@ pub struct Options {
     /// Rules less severe than this are loaded but never evaluated (Falco's
     /// `priority` setting).
     pub min_priority: Priority,
+    /// Skip rules that need event types or fields Egret cannot provide
+    /// (but that Falco knows) instead of refusing the load; one summarised
+    /// warning says how many and why. A field or event type unknown to
+    /// Falco too stays an error.
+    pub skip_unsupported: bool,
 }
 
 impl Default for Options {
@@ -51,6 +56,7 @@ impl Default for Options {
         Options {
             rule_matching: RuleMatching::First,
             min_priority: Priority::Debug,
+            skip_unsupported: false,
         }
     }
 }

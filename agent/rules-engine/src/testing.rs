@@ -24,6 +24,12 @@ impl From<u64> for OwnedValue {
     }
 }
 
+impl From<i64> for OwnedValue {
+    fn from(v: i64) -> Self {
+        OwnedValue::I64(v)
+    }
+}
+
 impl From<IpAddr> for OwnedValue {
     fn from(v: IpAddr) -> Self {
         OwnedValue::Ip(v)

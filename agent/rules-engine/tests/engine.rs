@@ -231,6 +231,7 @@ fn rule_matching_priority_and_enabled() {
     let severe = Options {
         rule_matching: RuleMatching::All,
         min_priority: Priority::Warning,
+        ..Options::default()
     };
     assert_eq!(matched(&load_text(&yaml, &severe).ruleset, &ev), ["loud"]);
     let id = all.find("off").unwrap();

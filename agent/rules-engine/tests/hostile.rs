@@ -237,3 +237,25 @@ fn parser_panic_paths_become_diagnostics() {
     let error = first_error("- list: l\n  items: [!x, a]\n");
     assert!(error.contains("YAML parser failed"), "{error}");
 }
+
+#[test]
+fn huge_event_type_lists_stay_cheap_when_skipping() {
+    let items: Vec<String> = (0..200_000).map(|i| format!("t{i}")).collect();
+    let yaml = format!(
+        "- list: types\n  items: [{}]\n{}",
+        items.join(", "),
+        rule_yaml("r", "evt.type in (types)")
+    );
+    let options = Options {
+        skip_unsupported: true,
+        ..Options::default()
+    };
+    let start = CpuTimer::start();
+    let loaded = load_text(&yaml, &options);
+    assert!(loaded.has_errors(), "unknown event types stay errors");
+    assert!(
+        start.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        start.elapsed()
+    );
+}

@@ -144,6 +144,7 @@ fn only_active_rules_that_see_hook_events_count() {
     let options = Options {
         rule_matching: RuleMatching::All,
         min_priority: Priority::Notice,
+        ..Options::default()
     };
     let loaded = load(&[Source::new("t.yaml", &yaml)], &options);
     assert_eq!(loaded.ruleset.kernel_ignorable_networks().len(), 3);

@@ -421,13 +421,13 @@ fn exception_mistakes_are_errors() {
 fn unknown_fields_reject_the_rule_and_the_rest_loads() {
     let yaml = "
 - macro: tty
-  condition: proc.tty != 0
+  condition: proc.sid != 0
 - rule: Needs TTY
   desc: d
   condition: >
     fd.sport > 0
     and tty
-  output: user=%user.loginuid
+  output: user=%user.loginname
   priority: INFO
 - rule: Fine
   desc: d
@@ -436,7 +436,7 @@ fn unknown_fields_reject_the_rule_and_the_rest_loads() {
   priority: INFO
 - rule: Optional
   desc: d
-  condition: evt.dir = <
+  condition: evt.is_io = true
   output: o
   priority: INFO
   skip-if-unknown-filter: true
@@ -445,14 +445,15 @@ fn unknown_fields_reject_the_rule_and_the_rest_loads() {
     assert_eq!(
         diagnostics(&loaded),
         [
-            "test.yaml:4:3: error: rule 'Needs TTY' uses fields Egret does not provide: 'proc.tty' (macro 'tty' at test.yaml:3:14), 'user.loginuid' (output at test.yaml:9:16); rule not loaded",
-            "test.yaml:16:3: warning: rule 'Optional' uses fields Egret does not provide: 'evt.dir' (condition at test.yaml:18:14); skipped (skip-if-unknown-filter)",
+            "test.yaml:4:3: error: rule 'Needs TTY' uses fields Egret does not provide: 'proc.sid' (macro 'tty' at test.yaml:3:14), 'user.loginname' (output at test.yaml:9:16); rule not loaded",
+            "test.yaml:16:3: warning: rule 'Optional' uses fields Egret does not provide: 'evt.is_io' (condition at test.yaml:18:14); skipped (skip-if-unknown-filter)",
         ]
     );
     assert_eq!(
         loaded.rules[0].status,
         RuleStatus::Unsupported {
-            fields: vec!["proc.tty".into(), "user.loginuid".into()],
+            fields: vec!["proc.sid".into(), "user.loginname".into()],
+            event_types: Vec::new(),
             requested_skip: false
         }
     );

@@ -69,6 +69,25 @@ const CATALOG: &[&str] = &[
     "egret.v4_mapped",
     "egret.cgroup_id",
     "egret.netns_cookie",
+    "fd.lport",
+    "fd.lip",
+    "fd.lnet",
+    "fd.ip",
+    "fd.port",
+    "fd.sockfamily",
+    "fd.connected",
+    "fd.name_changed",
+    "fd.sip.name",
+    "fd.cip.name",
+    "fd.rip.name",
+    "fd.lip.name",
+    "evt.num",
+    "evt.dir",
+    "evt.res",
+    "evt.rawres",
+    "evt.args",
+    "user.loginuid",
+    "proc.tty",
 ];
 
 fn read(file: &str) -> String {
@@ -194,10 +213,10 @@ fn falco_upstream_rules() {
     }
     // Regression guards: these are the counts observed for the pinned
     // upstream commit (rules total, compiled, unsupported, output-only).
-    assert_eq!(totals["falco_rules.yaml"], (25, 0, 25, 4));
-    assert_eq!(totals["falco-incubating_rules.yaml"], (31, 0, 31, 0));
-    assert_eq!(totals["falco-sandbox_rules.yaml"], (37, 0, 37, 5));
-    assert_eq!(totals["falco-deprecated_rules.yaml"], (4, 0, 4, 0));
+    assert_eq!(totals["falco_rules.yaml"], (25, 3, 22, 8));
+    assert_eq!(totals["falco-incubating_rules.yaml"], (31, 6, 25, 5));
+    assert_eq!(totals["falco-sandbox_rules.yaml"], (37, 6, 31, 7));
+    assert_eq!(totals["falco-deprecated_rules.yaml"], (4, 4, 0, 0));
 
     // Rules whose conditions only use Egret's fields compile once their
     // outputs are replaced, through Falco's `override`.
@@ -244,10 +263,83 @@ fn upstream_files_load_together_in_order() {
         fields.len()
     );
     assert_eq!(loaded.rules.len(), 93);
-    assert_eq!(fields.len(), 59);
+    assert_eq!(fields.len(), 44);
+    assert!(fields.contains("evt.arg.flags") && fields.contains("proc.aname"));
+}
+
+/// The network rules of issue 20: what `--skip-unsupported-rules` must load.
+const NETWORK_RULES: [&str; 11] = [
+    "Contact K8S API Server From Container",
+    "Packet socket created in container",
+    "Disallowed SSH Connection Non Standard Port",
+    "System procs network activity",
+    "Unexpected UDP Traffic",
+    "Contact EC2 Instance Metadata Service From Container",
+    "Contact cloud metadata service from container",
+    "Network Connection outside Local Subnet",
+    "Interpreted procs outbound network activity",
+    "Unexpected K8s NodePort Connection",
+    "Detect outbound connections to common miner pool ports",
+];
+
+#[test]
+fn skip_unsupported_loads_the_network_rules_of_the_three_files() {
+    let texts: Vec<(String, &str)> = FILES.iter().take(3).map(|f| (read(f), *f)).collect();
+    let sources: Vec<Source<'_>> = texts.iter().map(|(t, f)| Source::new(f, t)).collect();
+    let options = Options {
+        skip_unsupported: true,
+        ..Options::default()
+    };
+    let loaded = load(&sources, &options);
+    let errors: Vec<String> = loaded
+        .diagnostics
+        .iter()
+        .filter(|d| d.severity == Severity::Error)
+        .map(ToString::to_string)
+        .collect();
+    assert!(errors.is_empty(), "{errors:#?}");
+    let compiled: BTreeSet<&str> = loaded
+        .rules
+        .iter()
+        .filter(|r| matches!(r.status, RuleStatus::Compiled { .. }))
+        .map(|r| r.name.as_str())
+        .collect();
+    let expected: BTreeSet<&str> = NETWORK_RULES.iter().copied().collect();
+    assert_eq!(compiled, expected);
+    // Every other rule is skipped with its reason; none failed.
+    let mut for_types = 0;
+    for r in &loaded.rules {
+        match &r.status {
+            RuleStatus::Compiled { .. } => {}
+            RuleStatus::Unsupported {
+                fields,
+                event_types,
+                requested_skip: true,
+            } => {
+                assert!(!fields.is_empty() || !event_types.is_empty(), "{}", r.name);
+                for_types += usize::from(!event_types.is_empty());
+            }
+            other => panic!("{}: {other:?}", r.name),
+        }
+    }
+    // One summarised warning, grouped by reason.
+    let summary: Vec<&str> = loaded
+        .diagnostics
+        .iter()
+        .filter(|d| d.message.starts_with("skipped "))
+        .map(|d| d.message.as_str())
+        .collect();
+    assert_eq!(summary.len(), 1, "{summary:?}");
+    let skipped = loaded.rules.len() - compiled.len();
+    println!("{}", summary[0]);
     assert!(
-        fields.contains("evt.res")
-            && fields.contains("proc.tty")
-            && fields.contains("user.loginuid")
+        summary[0].starts_with(&format!(
+            "skipped {skipped} unsupported rule(s) (skip_unsupported_rules): {for_types} need event types Egret does not see: "
+        )),
+        "{}",
+        summary[0]
     );
+    assert!(summary[0].contains("execve (39)"), "{}", summary[0]);
+    // Without the option the same files are refused, as before.
+    assert!(load(&sources, &Options::default()).has_errors());
 }

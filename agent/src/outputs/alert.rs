@@ -315,13 +315,13 @@ mod tests {
     #[test]
     fn bad_entries_name_their_place() {
         let bad: Vec<AppendOutput> =
-            serde_yaml_ng::from_str("- extra_fields: [container.id, proc.tty]").unwrap();
+            serde_yaml_ng::from_str("- extra_fields: [container.id, proc.sname]").unwrap();
         let err = Additions::build(&bad, &BTreeMap::new()).unwrap_err();
         assert!(
             err.starts_with("append_output[0].extra_fields[1]:"),
             "{err}"
         );
-        assert!(err.contains("proc.tty"), "{err}");
+        assert!(err.contains("proc.sname"), "{err}");
         let bad: Vec<AppendOutput> =
             serde_yaml_ng::from_str("- extra_output: 'x %nope.x'").unwrap();
         assert!(Additions::build(&bad, &BTreeMap::new()).is_err());

@@ -478,11 +478,11 @@ mod tests {
             blocked: None,
             socket: None,
         };
+        use crate::pipeline::enrich::fields::{CallResult, EvtArgs, FdName};
+        let fd_name = FdName::new(std::net::SocketAddr::new(attempt.daddr, attempt.dport));
         Event {
-            fd_name: crate::pipeline::enrich::fields::FdName::new(std::net::SocketAddr::new(
-                attempt.daddr,
-                attempt.dport,
-            )),
+            args: EvtArgs::new(CallResult::of(&attempt), &fd_name),
+            fd_name,
             attempt,
             process: None,
             parent_name: None,
@@ -490,6 +490,8 @@ mod tests {
             identity: None,
             host_network: None,
             new_for_workload: None,
+            num: 1,
+            name_changed: true,
             socket: None,
         }
     }

@@ -69,7 +69,7 @@ impl Pipeline {
     ) -> anyhow::Result<Running> {
         let source = RuleSource {
             paths: RulePaths(config.rules_files.clone()),
-            options: ruleset::options(config.rule_matching),
+            options: ruleset::options(config.rule_matching, config.skip_unsupported_rules),
             allow_empty: config.rules_allow_empty,
         };
         let first = source

@@ -134,9 +134,10 @@ impl RulePaths {
     }
 }
 
-pub fn options(rule_matching: RuleMatching) -> Options {
+pub fn options(rule_matching: RuleMatching, skip_unsupported: bool) -> Options {
     Options {
         rule_matching,
+        skip_unsupported,
         ..Options::default()
     }
 }
@@ -169,13 +170,14 @@ pub fn compile(texts: &[(String, String)], options: &Options) -> Result<Ruleset,
 }
 
 /// `egret rules check`: every problem of the files, loaded in order.
-pub fn check(files: &[PathBuf]) -> Result<Vec<Diagnostic>, RulesError> {
+pub fn check(files: &[PathBuf], skip_unsupported: bool) -> Result<Vec<Diagnostic>, RulesError> {
     let texts = RulePaths(files.to_vec()).read()?;
     let sources: Vec<Source<'_>> = texts
         .iter()
         .map(|(name, text)| Source::new(name, text))
         .collect();
-    Ok(egret_rules::check(&sources, &Options::default()))
+    let options = options(RuleMatching::default(), skip_unsupported);
+    Ok(egret_rules::check(&sources, &options))
 }
 
 pub fn describe(paths: &RulePaths) -> String {

@@ -15,8 +15,11 @@ fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
+    // The first byte's low bit picks skip_unsupported, so both loader
+    // paths (strict, and skipping what Egret lacks) are fuzzed.
     let options = Options {
         rule_matching: RuleMatching::All,
+        skip_unsupported: data.first().is_some_and(|b| b & 1 == 1),
         ..Options::default()
     };
     let loaded = load(

@@ -65,6 +65,9 @@ pub(super) struct Cx<'a, 'c, 'f> {
     pub(super) size: usize,
     pub(super) nodes: usize,
     pub(super) reported_size: bool,
+    /// Every `evt.type` value the condition compares with, for the reason
+    /// a rule is unsupported.
+    pub(super) evt_types: std::collections::BTreeSet<String>,
 }
 
 impl<'a> Cx<'a, '_, '_> {
@@ -238,7 +241,14 @@ impl<'a> Cx<'a, '_, '_> {
                     Place::Exception(e) => format!("exception '{e}' at {at}"),
                 };
                 self.note_unknown(name, place);
-                return Node::Const(false);
+                // Neither true nor false for the event-type analysis (the
+                // rule is not loaded): its event types decide whether it is
+                // unsupported for its types or only for its fields.
+                return Node::Check(Box::new(Test {
+                    src: fields::Src::NotProvided,
+                    cmp: crate::eval::Cmp::Never,
+                    negate: false,
+                }));
             }
             Err(e) => {
                 let at = self.locate(scope, pos);
@@ -318,6 +328,14 @@ impl<'a> Cx<'a, '_, '_> {
         }
         if !self.spend(vals.len(), scope.fixed) {
             return Node::Const(false);
+        }
+        if field.src == fields::Src::Event(crate::FieldId::EvtType) {
+            // A set: a hostile list of millions of values stays n log n.
+            for v in &vals {
+                if !self.evt_types.contains(v.text) {
+                    self.evt_types.insert(v.text.to_string());
+                }
+            }
         }
         if let Some(quant) = check.quant {
             // `op oneof (a, b)`: the operator against each value.

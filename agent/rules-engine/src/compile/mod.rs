@@ -67,6 +67,8 @@ pub(crate) struct Compiled {
     pub unknown: Vec<Unknown>,
     pub errors: Vec<(Loc, String)>,
     pub warnings: Vec<(Loc, String)>,
+    /// The `evt.type` values the rule compares with.
+    pub evt_types: std::collections::BTreeSet<String>,
 }
 
 impl<'c, 'f> Compiler<'c, 'f> {
@@ -182,6 +184,7 @@ impl<'c, 'f> Compiler<'c, 'f> {
             size: 0,
             nodes: 0,
             reported_size: false,
+            evt_types: Default::default(),
         };
         if self.spent > MAX_TOTAL {
             cx.errors.push((
@@ -225,6 +228,7 @@ impl<'c, 'f> Compiler<'c, 'f> {
             }
         }
         let (size, unknown, errors, warnings) = (cx.size, cx.unknown, cx.errors, cx.warnings);
+        let evt_types = cx.evt_types;
         self.spent = self.spent.saturating_add(size);
         Compiled {
             node: all(parts),
@@ -232,6 +236,7 @@ impl<'c, 'f> Compiler<'c, 'f> {
             unknown,
             errors,
             warnings,
+            evt_types,
         }
     }
 }

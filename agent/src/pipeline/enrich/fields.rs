@@ -7,20 +7,36 @@ use egret_rules::{FieldId, Value};
 use super::Event;
 use crate::numfmt;
 
-/// `fd.name` (`ip:port`, `[ip]:port`) built in place: the longest is
-/// `[ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255]:65535`, 54 bytes.
+/// Text built in place, without an allocation per event.
 #[derive(Clone, Copy)]
-pub struct FdName {
-    buf: [u8; 56],
+pub struct InlineText<const N: usize> {
+    buf: [u8; N],
     len: u8,
+}
+
+/// `fd.name` (`ip:port`, `[ip]:port`): the longest is
+/// `[ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255]:65535`, 54 bytes.
+pub type FdName = InlineText<56>;
+
+/// `evt.args`: `res=-115(EINPROGRESS) addr=` (27 bytes) and an `fd.name`.
+pub type EvtArgs = InlineText<96>;
+
+impl<const N: usize> InlineText<N> {
+    fn empty() -> Self {
+        InlineText {
+            buf: [0; N],
+            len: 0,
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.buf[..usize::from(self.len)]).unwrap_or_default()
+    }
 }
 
 impl FdName {
     pub fn new(addr: SocketAddr) -> FdName {
-        let mut name = FdName {
-            buf: [0; 56],
-            len: 0,
-        };
+        let mut name = FdName::empty();
         match addr {
             // Every event gets an fd.name, and `core::fmt` for an IPv4
             // socket address cost as much as the rest of enrichment.
@@ -38,17 +54,29 @@ impl FdName {
         }
         name
     }
+}
 
-    pub fn as_str(&self) -> &str {
-        std::str::from_utf8(&self.buf[..usize::from(self.len)]).unwrap_or_default()
+impl EvtArgs {
+    /// As Falco renders a call's arguments: the result, then the address.
+    pub fn new(result: CallResult, fd_name: &FdName) -> EvtArgs {
+        let mut args = EvtArgs::empty();
+        // Cannot fail: the buffer fits the longest result and fd.name.
+        let _ = write!(
+            args,
+            "res={}({}) addr={}",
+            result.raw(),
+            result.name(),
+            fd_name.as_str()
+        );
+        args
     }
 }
 
-impl std::fmt::Write for FdName {
+impl<const N: usize> std::fmt::Write for InlineText<N> {
     fn write_str(&mut self, s: &str) -> std::fmt::Result {
         let start = usize::from(self.len);
         let end = start + s.len();
-        if end > self.buf.len() {
+        if end > self.buf.len() || end > usize::from(u8::MAX) {
             return Err(std::fmt::Error);
         }
         self.buf[start..end].copy_from_slice(s.as_bytes());
@@ -57,9 +85,43 @@ impl std::fmt::Write for FdName {
     }
 }
 
-impl std::fmt::Debug for FdName {
+impl<const N: usize> std::fmt::Debug for InlineText<N> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+/// `evt.res`/`evt.rawres` as known when the hook runs, before the kernel
+/// performs the call: Egret alerts at the attempt (so a blackholed
+/// destination alerts at once), when the call is still in progress, unless
+/// a quarantine denied it (the call then fails with EPERM).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CallResult {
+    InProgress,
+    Denied,
+}
+
+impl CallResult {
+    pub fn of(attempt: &crate::pipeline::decode::EgressAttempt) -> CallResult {
+        match attempt.blocked {
+            Some(_) => CallResult::Denied,
+            None => CallResult::InProgress,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            CallResult::InProgress => "EINPROGRESS",
+            CallResult::Denied => "EPERM",
+        }
+    }
+
+    /// Minus the errno, as Falco's `evt.rawres`.
+    pub fn raw(self) -> i64 {
+        match self {
+            CallResult::InProgress => -115,
+            CallResult::Denied => -1,
+        }
     }
 }
 
@@ -160,10 +222,34 @@ impl egret_rules::Event for Event {
             FieldId::NetnsCookie => Value::U64(a.netns_cookie),
             FieldId::Action => Value::Str(crate::pipeline::decode::action_name(a.blocked)),
             FieldId::NewForWorkload => self.new_for_workload.map_or(Value::Missing, Value::Bool),
+            FieldId::EvtNum => Value::U64(self.num),
+            FieldId::EvtDir => Value::Str("<"),
+            FieldId::EvtRes => Value::Str(CallResult::of(a).name()),
+            FieldId::EvtRawres => Value::I64(CallResult::of(a).raw()),
+            // socket(2)'s arguments for a socket creation, else the call's.
+            FieldId::EvtArgs => match socket {
+                Some(s) => Value::Str(&s.args),
+                None => Value::Str(self.args.as_str()),
+            },
+            // The connect hooks run before the socket is connected; the
+            // sendmsg hooks only for sends that name an address (an
+            // unconnected send, in the kernel's terms).
+            FieldId::FdConnected => Value::Bool(false),
+            FieldId::FdNameChanged => Value::Bool(self.name_changed),
+            FieldId::LoginUid => process.and_then(|p| p.session).map_or(Value::Missing, |s| {
+                // Unset is (u32)-1, which Falco shows as -1.
+                Value::I64(if s.loginuid == u32::MAX {
+                    -1
+                } else {
+                    i64::from(s.loginuid)
+                })
+            }),
+            FieldId::ProcTty => process
+                .and_then(|p| p.session)
+                .map_or(Value::Missing, |s| Value::U64(u64::from(s.tty))),
             FieldId::EvtArgDomain => opt_str(socket.and_then(|s| s.domain)),
             FieldId::EvtArgType => opt_str(socket.map(|s| s.sock_type.as_str())),
             FieldId::EvtArgProto => opt_str(socket.map(|s| s.proto.as_str())),
-            FieldId::EvtArgs => opt_str(socket.map(|s| s.args.as_str())),
             FieldId::IpProto => Value::U64(u64::from(a.ip_protocol)),
         }
     }
@@ -190,5 +276,22 @@ mod tests {
             let addr: SocketAddr = v4.parse().unwrap();
             assert_eq!(FdName::new(addr).as_str(), v4);
         }
+    }
+
+    #[test]
+    fn evt_args_fit_the_longest_address() {
+        let longest: SocketAddr = "[ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255]:65535"
+            .parse()
+            .unwrap();
+        let args = EvtArgs::new(CallResult::InProgress, &FdName::new(longest));
+        assert_eq!(
+            args.as_str(),
+            format!("res=-115(EINPROGRESS) addr={longest}")
+        );
+        let v4: SocketAddr = "198.51.100.7:443".parse().unwrap();
+        assert_eq!(
+            EvtArgs::new(CallResult::Denied, &FdName::new(v4)).as_str(),
+            "res=-1(EPERM) addr=198.51.100.7:443"
+        );
     }
 }

@@ -37,6 +37,13 @@ pub struct Event {
     /// `egret.dest.new_for_workload`; `None` without a baseline, outside
     /// pods, or while over the baseline's bounds.
     pub new_for_workload: Option<bool>,
+    /// `evt.num`: this agent's event number, from 1.
+    pub num: u64,
+    /// `fd.name_changed`: the socket's destination differs from the one of
+    /// its previous event (true on its first).
+    pub name_changed: bool,
+    /// `evt.args`, formatted once, inline.
+    pub args: fields::EvtArgs,
     /// `evt.arg.*` of a socket creation; `None` for sends and connects.
     pub socket: Option<Box<fields::SocketText>>,
 }
@@ -59,12 +66,20 @@ impl Event {
 /// root filesystem, and resolving per event would cost a stat each time.
 const USER_CACHE_CAP: usize = 16_384;
 
+/// Sockets whose last destination is remembered for `fd.name_changed`; the
+/// map is cleared when full (a socket then counts as new once more).
+const PEER_CACHE_CAP: usize = 65_536;
+
 pub struct Enricher {
     pub processes: ProcessCache,
     identity: Option<IdentitySources>,
     user_names: HashMap<(u64, u32), Option<Arc<str>>>,
     metrics: Option<Arc<crate::metrics::Metrics>>,
     baseline: Option<crate::baseline::Baseline>,
+    /// The last `evt.num` given out.
+    events: u64,
+    /// Socket cookie → last destination, for `fd.name_changed`.
+    peers: HashMap<u64, (std::net::IpAddr, u16)>,
 }
 
 /// Why an event went out with fields missing (`egret_enrichment_failures_total`).
@@ -110,6 +125,8 @@ impl Enricher {
             user_names: HashMap::new(),
             metrics: None,
             baseline: None,
+            events: 0,
+            peers: HashMap::new(),
         }
     }
 
@@ -271,8 +288,14 @@ impl Enricher {
                 )
                 .field()
         });
+        self.events += 1;
+        let name_changed = self.name_changed(&attempt);
+        let fd_name = fields::FdName::new(std::net::SocketAddr::new(attempt.daddr, attempt.dport));
         Event {
-            fd_name: fields::FdName::new(std::net::SocketAddr::new(attempt.daddr, attempt.dport)),
+            args: fields::EvtArgs::new(fields::CallResult::of(&attempt), &fd_name),
+            fd_name,
+            num: self.events,
+            name_changed,
             socket: attempt
                 .socket
                 .as_ref()
@@ -289,6 +312,19 @@ impl Enricher {
 }
 
 impl Enricher {
+    /// Whether the attempt's socket had another destination before (or
+    /// none: its first event). Cookie 0 (none reported) is always new.
+    fn name_changed(&mut self, attempt: &EgressAttempt) -> bool {
+        let peer = (attempt.daddr, attempt.dport);
+        if attempt.socket_cookie == 0 {
+            return true;
+        }
+        if self.peers.len() >= PEER_CACHE_CAP && !self.peers.contains_key(&attempt.socket_cookie) {
+            self.peers.clear();
+        }
+        self.peers.insert(attempt.socket_cookie, peer) != Some(peer)
+    }
+
     /// `user.name` for `uid` as the processes of `cgroup_id` see it, from
     /// the cache. A miss is cached too: a uid without a name (arbitrary
     /// container UIDs) must not cost /proc and passwd reads per event. Only
@@ -437,5 +473,38 @@ mod tests {
         });
         enricher.process_batch(vec![exec, attempt()], &mut out);
         assert_eq!(lookups(&enricher), 2, "looked again at exec only");
+    }
+
+    #[test]
+    fn events_are_numbered_and_socket_peers_tracked() {
+        let mut enricher = enricher();
+        let mut out = Vec::new();
+        let to = |cookie: u64, port: u16| {
+            let Record::Egress(mut a) = attempt() else {
+                unreachable!()
+            };
+            a.socket_cookie = cookie;
+            a.dport = port;
+            Record::Egress(a)
+        };
+        enricher.process_batch(
+            vec![
+                to(5, 53),
+                to(5, 53),
+                to(5, 54),
+                to(6, 54),
+                to(0, 1),
+                to(0, 1),
+            ],
+            &mut out,
+        );
+        let nums: Vec<u64> = out.iter().map(|e| e.num).collect();
+        assert_eq!(nums, [1, 2, 3, 4, 5, 6]);
+        let changed: Vec<bool> = out.iter().map(|e| e.name_changed).collect();
+        assert_eq!(changed, [true, false, true, true, true, true]);
+        assert_eq!(
+            out[0].args.as_str(),
+            "res=-115(EINPROGRESS) addr=198.51.100.7:53"
+        );
     }
 }

@@ -67,6 +67,30 @@ pub struct ProcessImage {
     pub args: Arc<str>,
     /// `proc.cmdline`: name followed by args, as Falco renders it.
     pub cmdline: Arc<str>,
+    /// `user.loginuid` and `proc.tty`, read from /proc when the image is
+    /// recorded (exec time, or the /proc fallback): both are inherited
+    /// across fork and rarely change after exec. `None` if /proc was gone.
+    pub session: Option<Session>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Session {
+    /// The audit login uid (`u32::MAX`: unset).
+    pub loginuid: u32,
+    /// `tty_nr` of /proc/PID/stat: the controlling terminal's device
+    /// number as Falco reports it; 0 without one.
+    pub tty: u32,
+}
+
+impl Session {
+    fn read(proc_dir: &Path) -> Option<Session> {
+        let loginuid = std::fs::read_to_string(proc_dir.join("loginuid")).ok()?;
+        let stat = std::fs::read_to_string(proc_dir.join("stat")).ok()?;
+        Some(Session {
+            loginuid: loginuid.trim().parse().ok()?,
+            tty: stat_field(&stat, 4)?.parse().ok()?,
+        })
+    }
 }
 
 impl ProcessImage {
@@ -93,6 +117,7 @@ impl ProcessImage {
             exe: exe.into(),
             args: args.into(),
             cmdline: cmdline.into(),
+            session: None,
         }
     }
 }
@@ -161,6 +186,7 @@ impl ProcessCache {
         };
         let mut image = ProcessImage::new(exepath, exec.comm.to_string_lossy().into_owned(), &argv);
         image.origin = origin;
+        image.session = Session::read(&proc_dir);
         self.insert(exec.exec_id, Arc::new(image));
         self.current.insert(exec.tgid, exec.exec_id);
         self.fallback.remove(&exec.tgid);
@@ -261,6 +287,7 @@ impl ProcessCache {
             exe: image.exe.clone(),
             args: image.args.clone(),
             cmdline: image.cmdline.clone(),
+            session: image.session,
         });
         self.images.insert(exec_id, updated.clone());
         updated
@@ -344,6 +371,7 @@ impl ProcessCache {
         };
         let mut image = ProcessImage::new(exepath, name, &argv);
         image.origin = origin;
+        image.session = Session::read(&dir);
         Some(image)
     }
 }
@@ -362,12 +390,19 @@ fn read_cmdline(proc_dir: &Path) -> Option<Vec<String>> {
 /// may contain spaces and parentheses, so parsing starts after the last ')'.
 fn read_stat(proc_dir: &Path) -> Option<(u32, u64)> {
     let stat = std::fs::read_to_string(proc_dir.join("stat")).ok()?;
-    let rest = &stat[stat.rfind(')')? + 1..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
     // After the comm: state(0) ppid(1) … starttime(19).
-    let ppid = fields.get(1)?.parse().ok()?;
-    let start = fields.get(19)?.parse().ok()?;
+    let ppid = stat_field(&stat, 1)?.parse().ok()?;
+    let start = stat_field(&stat, 19)?.parse().ok()?;
     Some((ppid, start))
+}
+
+/// Field `index` after the comm of a /proc/PID/stat line: state(0) ppid(1)
+/// pgrp(2) session(3) tty_nr(4) … The comm may contain spaces and
+/// parentheses, so counting starts after the last ')'.
+fn stat_field(stat: &str, index: usize) -> Option<&str> {
+    stat.get(stat.rfind(')')? + 1..)?
+        .split_whitespace()
+        .nth(index)
 }
 
 #[cfg(test)]
@@ -539,6 +574,12 @@ mod tests {
         let image = cache.lookup(me, 0).expect("own /proc entry");
         assert!(image.exepath.starts_with('/'));
         assert!(!image.cmdline.is_empty());
+        let own_loginuid: u32 = std::fs::read_to_string("/proc/self/loginuid")
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        assert_eq!(image.session.unwrap().loginuid, own_loginuid);
         let seeded = cache.seed_from_proc();
         let mine = seeded
             .iter()
@@ -558,6 +599,10 @@ mod tests {
         }
         std::fs::write(dir.join("stat"), line).unwrap();
         assert_eq!(read_stat(&dir), Some((12, 17)));
+        assert_eq!(
+            stat_field(&std::fs::read_to_string(dir.join("stat")).unwrap(), 4),
+            Some("2")
+        );
         std::fs::write(dir.join("stat"), "garbage").unwrap();
         assert_eq!(read_stat(&dir), None);
         std::fs::remove_dir_all(&dir).unwrap();

@@ -109,17 +109,8 @@ fn fail(err: &anyhow::Error) -> ExitCode {
 }
 
 fn alert_test(config: &Config) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(err) => {
-            report(format_args!(
-                "egret: error: starting the async runtime: {err}"
-            ));
-            return ExitCode::FAILURE;
-        }
+    let Some(runtime) = current_thread_runtime() else {
+        return ExitCode::FAILURE;
     };
     match runtime.block_on(tools::alert_test(config, &mut std::io::stdout())) {
         Ok(true) => ExitCode::SUCCESS,
@@ -131,17 +122,8 @@ fn alert_test(config: &Config) -> ExitCode {
 /// `egret quarantine …`: exit 0, or the failure's own code (see the
 /// subcommand's help).
 fn quarantine(args: &cli::QuarantineArgs) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(err) => {
-            report(format_args!(
-                "egret: error: starting the async runtime: {err}"
-            ));
-            return ExitCode::FAILURE;
-        }
+    let Some(runtime) = current_thread_runtime() else {
+        return ExitCode::FAILURE;
     };
     let mut stdout = std::io::stdout();
     match runtime.block_on(egret::quarantine::client::run(args, &mut stdout)) {
@@ -149,6 +131,23 @@ fn quarantine(args: &cli::QuarantineArgs) -> ExitCode {
         Err(failure) => {
             report(format_args!("egret: error: {failure}"));
             ExitCode::from(failure.exit_code())
+        }
+    }
+}
+
+/// The one-thread runtime of the client subcommands; `None` after
+/// reporting why it could not start.
+fn current_thread_runtime() -> Option<tokio::runtime::Runtime> {
+    match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => Some(runtime),
+        Err(err) => {
+            report(format_args!(
+                "egret: error: starting the async runtime: {err}"
+            ));
+            None
         }
     }
 }

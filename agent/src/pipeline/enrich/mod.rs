@@ -193,6 +193,7 @@ impl Enricher {
 
     /// Applies lifecycle records and enriches egress ones, in order.
     pub fn process_batch(&mut self, records: Vec<Record>, out: &mut Vec<Event>) {
+        self.processes.begin_batch(std::time::Instant::now());
         for record in records {
             match record {
                 Record::Exec(exec) => {

@@ -137,6 +137,9 @@ pub struct ProcessCache {
     fallback: HashMap<u32, (Instant, Option<Arc<ProcessImage>>)>,
     /// When each image's executable was last checked for deletion.
     deletion_checked: HashMap<u64, Instant>,
+    /// The current batch's clock ([`ProcessCache::begin_batch`]): one
+    /// clock read per batch, not one per event for the TTL checks.
+    now: Instant,
 }
 
 /// A binary deleted after it started (run, then `rm`: the usual way to
@@ -154,6 +157,7 @@ impl ProcessCache {
             current: HashMap::new(),
             fallback: HashMap::new(),
             deletion_checked: HashMap::new(),
+            now: Instant::now(),
         }
     }
 
@@ -217,6 +221,11 @@ impl ProcessCache {
         }
     }
 
+    /// Sets the clock the TTLs of the next lookups compare against.
+    pub fn begin_batch(&mut self, now: Instant) {
+        self.now = now;
+    }
+
     /// The image of process `tgid` running exec `exec_id` (0: untracked).
     pub fn lookup(&mut self, tgid: u32, exec_id: u64) -> Option<Arc<ProcessImage>> {
         if exec_id != 0 {
@@ -229,7 +238,7 @@ impl ProcessCache {
             self.insert(exec_id, image.clone());
             return Some(image);
         }
-        let now = Instant::now();
+        let now = self.now;
         if let Some((at, image)) = self.fallback.get(&tgid)
             && now.duration_since(*at) < FALLBACK_TTL
         {
@@ -255,7 +264,7 @@ impl ProcessCache {
         if image.origin.deleted != Some(false) || image.exepath.is_empty() {
             return image;
         }
-        let now = Instant::now();
+        let now = self.now;
         if self
             .deletion_checked
             .get(&exec_id)

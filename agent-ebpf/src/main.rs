@@ -9,6 +9,8 @@ mod exe;
 #[cfg(target_arch = "bpf")]
 mod maps;
 #[cfg(target_arch = "bpf")]
+mod net;
+#[cfg(target_arch = "bpf")]
 mod process;
 #[cfg(target_arch = "bpf")]
 mod quarantine;

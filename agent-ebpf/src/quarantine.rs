@@ -35,15 +35,11 @@ use egret_common::{
 };
 
 use crate::maps::{EVENTS, PROCS, QUARANTINE_ALLOW, QUARANTINE_COUNTERS, QUARANTINE_TARGETS};
+use crate::net::{
+    ALLOW, ETH_P_IP, ETH_P_IPV6, IPPROTO_ICMP, IPPROTO_ICMPV6, SOCK_DGRAM, SOCK_STREAM,
+};
 
-const ALLOW: i32 = 1;
 const DENY: i32 = 0;
-const SOCK_STREAM: u32 = 1;
-const SOCK_DGRAM: u32 = 2;
-const IPPROTO_ICMP: u32 = 1;
-const IPPROTO_ICMPV6: u32 = 58;
-const ETH_P_IP: u32 = 0x0800;
-const ETH_P_IPV6: u32 = 0x86dd;
 
 #[cgroup_sock_addr(connect4)]
 pub fn egret_q_connect4(ctx: SockAddrContext) -> i32 {

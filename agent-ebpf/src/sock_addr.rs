@@ -28,8 +28,7 @@ use egret_common::{
 };
 
 use crate::maps::{COUNTERS, EVENTS, IGNORE, PROCS};
-
-const ALLOW: i32 = 1;
+use crate::net::ALLOW;
 
 #[cgroup_sock_addr(connect4)]
 pub fn egret_connect4(ctx: SockAddrContext) -> i32 {

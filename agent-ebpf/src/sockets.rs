@@ -46,14 +46,9 @@ use egret_common::{
 };
 
 use crate::maps::{COUNTERS, EVENTS, IGNORE, PROCS, RAW_FLOWS, RAW_OWNERS};
+use crate::net::{ALLOW, ETH_P_IP, ETH_P_IPV6, IPPROTO_ICMP, IPPROTO_ICMPV6, SOCK_DGRAM};
 
-const ALLOW: i32 = 1;
-const SOCK_DGRAM: u32 = 2;
 const SOCK_TYPE_MASK: u32 = 0xf;
-const IPPROTO_ICMP: u32 = 1;
-const IPPROTO_ICMPV6: u32 = 58;
-const ETH_P_IP: u32 = 0x0800;
-const ETH_P_IPV6: u32 = 0x86dd;
 
 // sys_enter_socket field offsets; the agent overrides them from tracefs.
 #[unsafe(no_mangle)]

@@ -478,10 +478,10 @@ mod tests {
             blocked: None,
             socket: None,
         };
-        use crate::pipeline::enrich::fields::{CallResult, EvtArgs, FdName};
+        use crate::pipeline::enrich::fields::FdName;
         let fd_name = FdName::new(std::net::SocketAddr::new(attempt.daddr, attempt.dport));
         Event {
-            args: EvtArgs::new(CallResult::of(&attempt), &fd_name),
+            args: std::cell::OnceCell::new(),
             fd_name,
             attempt,
             process: None,

@@ -229,7 +229,11 @@ impl egret_rules::Event for Event {
             // socket(2)'s arguments for a socket creation, else the call's.
             FieldId::EvtArgs => match socket {
                 Some(s) => Value::Str(&s.args),
-                None => Value::Str(self.args.as_str()),
+                None => Value::Str(
+                    self.args
+                        .get_or_init(|| EvtArgs::new(CallResult::of(a), &self.fd_name))
+                        .as_str(),
+                ),
             },
             // The connect hooks run before the socket is connected; the
             // sendmsg hooks only for sends that name an address (an

@@ -29,8 +29,13 @@ need=()
 # A backported qemu-utils (as some machine images ship) conflicts with
 # bookworm's qemu-system-x86 and apt removes it; installing bookworm's
 # qemu-utils in the same step keeps qemu-img on the machine.
+# Naming the suite (`qemu-utils/bookworm`) matters when the image's
+# qemu-utils is a backport newer than any archive version: apt keeps the
+# installed one as the candidate and then refuses the install as "held
+# broken packages" (seen on 2026-12-02), so the pair is taken from one suite.
+QEMU_SUITE=$( (. /etc/os-release && echo "${VERSION_CODENAME:-bookworm}") )
 if ! installed qemu-system-x86; then
-  need+=(qemu-system-x86 qemu-utils)
+  need+=(qemu-system-x86 "qemu-utils/${QEMU_SUITE}")
 fi
 if ! ls /boot/vmlinuz-6.1.0-*-amd64 >/dev/null 2>&1; then
   apt_update
@@ -46,7 +51,8 @@ fi
 if [ ${#need[@]} -gt 0 ]; then
   apt_update
   log "apt-get install ${need[*]} (the kernel's initramfs step takes a minute)"
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+    --allow-downgrades "${need[@]}" >/dev/null
 fi
 
 if [ "$(python3 -c 'import importlib.metadata as m; print(m.version("virtme-ng"))' 2>/dev/null)" != "$VNG_VERSION" ]; then

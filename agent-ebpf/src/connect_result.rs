@@ -9,7 +9,8 @@
 //!   (0, -EINPROGRESS for a non-blocking socket, or the error). Chosen over
 //!   a kretprobe on `__sys_connect`: stable, offsets from tracefs, no
 //!   kernel symbol. A connect that was not emitted costs one failed lookup.
-//! - `io_uring/io_uring_submit_req` marks a thread submitting an
+//! - `io_uring/io_uring_submit_req` (`io_uring_submit_sqe` before 6.3, same
+//!   fields; the agent attaches to whichever exists) marks a thread submitting an
 //!   IORING_OP_CONNECT with the request pointer; the sock_addr hook, which
 //!   runs inline in that thread when the request is issued, files request →
 //!   cookie; `io_uring/io_uring_complete` emits the CQE's `res` (io_uring

@@ -209,9 +209,10 @@ fn sigterm_detaches_every_program() {
     let ids = agent.program_ids();
     assert_eq!(
         ids.len(),
-        14,
-        "four sock_addr programs, eight tracepoints (process and cgroup lifecycle, socket \
-         creation), the raw-socket sock_create and egress programs"
+        17,
+        "four sock_addr programs, eleven tracepoints (process and cgroup lifecycle, socket \
+         creation, connect results: sys_exit_connect, io_uring submission and completion), \
+         the raw-socket sock_create and egress programs"
     );
     let attached = support::attached_program_ids(&root);
     let on_cgroup = ids.iter().filter(|id| attached.contains(id)).count();

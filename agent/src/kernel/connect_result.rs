@@ -15,11 +15,13 @@ use egret_common::{
 
 use super::{KernelError, Link, program, tracefs::Format};
 
-const SYSCALL: [(&str, &str, &str); 1] = [("egret_connect_exit", "syscalls", "sys_exit_connect")];
-const URING: [(&str, &str, &str); 2] = [
-    ("egret_uring_submit", "io_uring", "io_uring_submit_req"),
-    ("egret_uring_complete", "io_uring", "io_uring_complete"),
-];
+const SYSCALL: (&str, &str, &str) = ("egret_connect_exit", "syscalls", "sys_exit_connect");
+const URING_SUBMIT: &str = "egret_uring_submit";
+/// The submission tracepoint's name: `io_uring_submit_req` since 6.3,
+/// `io_uring_submit_sqe` before (6.1); the fields read are in both.
+const URING_SUBMIT_NAMES: [&str; 2] = ["io_uring_submit_req", "io_uring_submit_sqe"];
+const URING_COMPLETE: (&str, &str, &str) =
+    ("egret_uring_complete", "io_uring", "io_uring_complete");
 
 /// Field offsets ([`TP_FIELD_ABSENT`] where missing) and which families
 /// have every field they read.
@@ -30,7 +32,8 @@ pub struct Offsets {
     /// `io_uring_submit_req` req, opcode, flags; `io_uring_complete` req, res.
     uring: [u32; 5],
     has_syscall: bool,
-    has_uring: bool,
+    /// The submission tracepoint's name when every io_uring field exists.
+    uring_submit: Option<&'static str>,
 }
 
 impl Offsets {
@@ -39,21 +42,24 @@ impl Offsets {
             .ok()
             .and_then(|f| f.offset("ret"));
         let uring = (|| {
-            let submit = Format::read(tracefs, "io_uring", "io_uring_submit_req").ok()?;
-            let complete = Format::read(tracefs, "io_uring", "io_uring_complete").ok()?;
-            Some([
+            let (name, submit) = URING_SUBMIT_NAMES
+                .iter()
+                .find_map(|name| Some((*name, Format::read(tracefs, "io_uring", name).ok()?)))?;
+            let complete = Format::read(tracefs, "io_uring", URING_COMPLETE.2).ok()?;
+            let offsets = [
                 submit.offset("req")?,
                 submit.offset("opcode")?,
                 submit.offset("flags")?,
                 complete.offset("req")?,
                 complete.offset("res")?,
-            ])
+            ];
+            Some((name, offsets))
         })();
         Offsets {
             syscall_ret: syscall.unwrap_or(TP_FIELD_ABSENT),
-            uring: uring.unwrap_or([TP_FIELD_ABSENT; 5]),
+            uring: uring.map_or([TP_FIELD_ABSENT; 5], |(_, offsets)| offsets),
             has_syscall: syscall.is_some(),
-            has_uring: uring.is_some(),
+            uring_submit: uring.map(|(name, _)| name),
         }
     }
 
@@ -75,21 +81,22 @@ impl Offsets {
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Programs {
     syscall: bool,
-    uring: bool,
+    /// The io_uring submission tracepoint, when the io_uring pair loaded.
+    uring_submit: Option<&'static str>,
 }
 
 impl Programs {
     /// Loads what this kernel has; a refusal turns that family off with one
     /// warning rather than failing the agent.
     pub fn load(ebpf: &mut Ebpf, offsets: &Offsets) -> Programs {
-        let mut load = |family: &[(&'static str, &str, &str)], present: bool, what: &str| {
+        let mut load = |names: &[&'static str], present: bool, what: &str| {
             if !present {
                 tracing::warn!(
-                    "no {what} tracepoints: the result of {what} connects is not seen (result rules are evaluated with evt.res = EINPROGRESS)"
+                    "no {what} connect tracepoints: the result of {what} connects is not seen (rules reading evt.res see EINPROGRESS)"
                 );
                 return false;
             }
-            for (name, _, _) in family {
+            for name in names {
                 let loaded = program::<TracePoint>(ebpf, name).and_then(|p| {
                     p.load().map_err(|source| KernelError::Program {
                         name,
@@ -104,15 +111,21 @@ impl Programs {
             }
             true
         };
+        let syscall = load(&[SYSCALL.0], offsets.has_syscall, "syscall");
+        let uring = load(
+            &[URING_SUBMIT, URING_COMPLETE.0],
+            offsets.uring_submit.is_some(),
+            "io_uring",
+        );
         Programs {
-            syscall: load(&SYSCALL, offsets.has_syscall, "syscall"),
-            uring: load(&URING, offsets.has_uring, "io_uring"),
+            syscall,
+            uring_submit: offsets.uring_submit.filter(|_| uring),
         }
     }
 
     /// Whether any connect's result can arrive.
     pub fn any(&self) -> bool {
-        self.syscall || self.uring
+        self.syscall || self.uring_submit.is_some()
     }
 
     /// Attaches the loaded programs. Before the sock_addr hooks, so every
@@ -123,10 +136,12 @@ impl Programs {
         links: &mut Vec<Link>,
         ids: &mut Vec<u32>,
     ) -> Result<(), KernelError> {
-        let families = SYSCALL
-            .iter()
+        let uring = self
+            .uring_submit
+            .map(|submit| [(URING_SUBMIT, "io_uring", submit), URING_COMPLETE]);
+        let families = std::iter::once(SYSCALL)
             .filter(|_| self.syscall)
-            .chain(URING.iter().filter(|_| self.uring));
+            .chain(uring.into_iter().flatten());
         for (name, category, tracepoint) in families {
             let program: &mut TracePoint = program(ebpf, name)?;
             let link = program.attach(category, tracepoint).map_err(|source| {

@@ -51,7 +51,8 @@ const RULES: &str = "
   priority: NOTICE
 ";
 
-fn agent(dir: &TempDir, extra: &[&str]) -> Agent {
+/// An agent running [`RULES`] (shared with `kernel_hooks.rs`, which runs on 6.1).
+pub(crate) fn agent(dir: &TempDir, extra: &[&str]) -> Agent {
     let rules = dir.write("result.yaml", RULES).display().to_string();
     let mut args = vec!["run", "--rules", &rules, "--rule-matching", "all"];
     args.extend_from_slice(extra);
@@ -87,7 +88,8 @@ fn result_of(alert: &Value) -> (String, i64) {
     )
 }
 
-fn assert_result(agent: &Agent, pid: u32, res: &str, raw: i64) -> Value {
+/// The `Connect result` alert for `pid`, with this result in every field.
+pub(crate) fn assert_result(agent: &Agent, pid: u32, res: &str, raw: i64) -> Value {
     let alert = alert(agent, "Connect result", pid);
     assert_eq!(result_of(&alert), (res.to_string(), raw), "{alert}");
     let args = alert["output_fields"]["evt.args"]

@@ -91,6 +91,9 @@ pub struct Pending {
     /// the front or the queue is compacted.
     deadlines: VecDeque<(Instant, u64, u64)>,
     seq: u64,
+    /// Unmatched results not yet counted: every connect's result arrives
+    /// when no rule reads it, so they are counted once per batch.
+    unmatched: u64,
     metrics: Option<Arc<Metrics>>,
 }
 
@@ -106,6 +109,7 @@ impl Pending {
             waiting: HashMap::new(),
             deadlines: VecDeque::new(),
             seq: 0,
+            unmatched: 0,
             metrics,
         }
     }
@@ -167,7 +171,7 @@ impl Pending {
             .get(&result.socket_cookie)
             .is_some_and(|w| w.event.attempt.tid == result.tid);
         if !matches {
-            self.count(ConnectOutcome::Unmatched, 1);
+            self.unmatched += 1;
             return None;
         }
         let mut event = self.waiting.remove(&result.socket_cookie)?.event;
@@ -187,8 +191,12 @@ impl Pending {
         None
     }
 
-    /// Moves every connect due by `now` to `out` (still `EINPROGRESS`).
+    /// Moves every connect due by `now` to `out` (still `EINPROGRESS`),
+    /// and counts the unmatched results seen since the last call (once per
+    /// batch).
     pub fn expire(&mut self, now: Instant, out: &mut Vec<Event>) {
+        let unmatched = std::mem::take(&mut self.unmatched);
+        self.count(ConnectOutcome::Unmatched, unmatched);
         let before = out.len();
         while let Some((deadline, cookie, seq)) = self.deadlines.front().copied() {
             if deadline > now {
@@ -206,6 +214,8 @@ impl Pending {
 
     /// Everything still waiting (the agent is stopping).
     pub fn drain(&mut self, out: &mut Vec<Event>) {
+        let unmatched = std::mem::take(&mut self.unmatched);
+        self.count(ConnectOutcome::Unmatched, unmatched);
         let before = out.len();
         self.deadlines.clear();
         out.extend(self.waiting.drain().map(|(_, w)| w.event));
@@ -267,6 +277,7 @@ mod tests {
         ));
         assert!(pending.is_empty());
         assert!(pending.resolve(&result(7, 70, 0)).is_none(), "only once");
+        pending.expire(now, &mut Vec::new());
         assert_eq!(metrics.connect_outcomes(ConnectOutcome::Unmatched), 3);
         assert_eq!(metrics.connect_outcomes(ConnectOutcome::Result), 1);
     }

@@ -63,12 +63,12 @@ pub fn remember(pid_tgid: u64, socket_cookie: u64) {
         pid: pid_tgid as u32,
     };
     // SAFETY: the value is copied out before the entry is removed.
-    if let Some(req) = unsafe { URING_MARKS.get(&pid_tgid) }.copied() {
-        let _ = URING_MARKS.remove(&pid_tgid);
-        let _ = URING_CONNECTS.insert(&req, &pending, 0);
+    if let Some(req) = unsafe { URING_MARKS.get(pid_tgid) }.copied() {
+        let _ = URING_MARKS.remove(pid_tgid);
+        let _ = URING_CONNECTS.insert(req, pending, 0);
         return;
     }
-    let _ = CONNECT_PENDING.insert(&pid_tgid, &pending, 0);
+    let _ = CONNECT_PENDING.insert(pid_tgid, pending, 0);
 }
 
 /// sys_exit_connect: the syscall's return for a connect that was emitted.
@@ -82,8 +82,8 @@ pub fn egret_connect_exit(ctx: TracePointContext) -> u32 {
 fn try_connect_exit(ctx: &TracePointContext) -> Option<()> {
     let pid_tgid = bpf_get_current_pid_tgid();
     // SAFETY: copied out before the entry is removed.
-    let pending = unsafe { CONNECT_PENDING.get(&pid_tgid) }.copied()?;
-    let _ = CONNECT_PENDING.remove(&pid_tgid);
+    let pending = unsafe { CONNECT_PENDING.get(pid_tgid) }.copied()?;
+    let _ = CONNECT_PENDING.remove(pid_tgid);
     // SAFETY: offset from tracefs, inside the tracepoint record (`long`).
     let ret: i64 = unsafe { ctx.read_at(global(&TP_CONNECT_EXIT_RET) as usize) }.ok()?;
     emit(&pending, ret as i32, CONNECT_RESULT_SYSCALL);
@@ -113,7 +113,7 @@ fn try_uring_submit(ctx: &TracePointContext) -> Option<()> {
     }
     // SAFETY: as above.
     let req: u64 = unsafe { ctx.read_at(global(&TP_URING_SUBMIT_REQ) as usize) }.ok()?;
-    let _ = URING_MARKS.insert(&bpf_get_current_pid_tgid(), &req, 0);
+    let _ = URING_MARKS.insert(bpf_get_current_pid_tgid(), req, 0);
     Some(())
 }
 
@@ -130,8 +130,8 @@ fn try_uring_complete(ctx: &TracePointContext) -> Option<()> {
     // SAFETY: offsets from tracefs, inside the tracepoint record.
     let req: u64 = unsafe { ctx.read_at(global(&TP_URING_COMPLETE_REQ) as usize) }.ok()?;
     // SAFETY: copied out before the entry is removed.
-    let pending = unsafe { URING_CONNECTS.get(&req) }.copied()?;
-    let _ = URING_CONNECTS.remove(&req);
+    let pending = unsafe { URING_CONNECTS.get(req) }.copied()?;
+    let _ = URING_CONNECTS.remove(req);
     // SAFETY: as above (`int res`).
     let res: i32 = unsafe { ctx.read_at(global(&TP_URING_COMPLETE_RES) as usize) }.ok()?;
     emit(&pending, res, CONNECT_RESULT_IO_URING);

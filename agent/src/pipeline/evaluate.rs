@@ -77,7 +77,10 @@ impl<W: AsyncWrite + Unpin> EvaluateStage<W> {
                 pending.map(|p| (p, &mut resolved)),
             );
             self.act(&alerts, &events);
-            self.outputs.send(Evaluated { events, alerts }).await?;
+            // A batch of results only (or a deadline) has nothing to audit.
+            if !events.is_empty() {
+                self.outputs.send(Evaluated { events, alerts }).await?;
+            }
             for result in &results {
                 resolved.extend(self.pending.resolve(result));
             }

@@ -4,9 +4,10 @@ use aya_ebpf::{
     maps::{HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use egret_common::{
-    DEFAULT_RINGBUF_BYTES, ExecArgs, Hook, HookCounters, IGNORE_MAX_ENTRIES, PROCS_MAX_ENTRIES,
-    ProcState, QUARANTINE_ALLOW_MAX_ENTRIES, QUARANTINE_SLOTS, QuarantineCounters,
-    QuarantineTarget, RAW_FLOWS_MAX_ENTRIES, RAW_OWNERS_MAX_ENTRIES, RawFlow, RawFlowKey, RawOwner,
+    CONNECT_PENDING_MAX_ENTRIES, ConnectPending, DEFAULT_RINGBUF_BYTES, ExecArgs, Hook,
+    HookCounters, IGNORE_MAX_ENTRIES, PROCS_MAX_ENTRIES, ProcState, QUARANTINE_ALLOW_MAX_ENTRIES,
+    QUARANTINE_SLOTS, QuarantineCounters, QuarantineTarget, RAW_FLOWS_MAX_ENTRIES,
+    RAW_OWNERS_MAX_ENTRIES, RawFlow, RawFlowKey, RawOwner,
 };
 
 #[map(name = "EGRET_EVENTS")]
@@ -61,3 +62,18 @@ pub static RAW_FLOWS: LruHashMap<RawFlowKey, RawFlow> =
 #[map(name = "EGRET_RAW_OWNERS")]
 pub static RAW_OWNERS: LruHashMap<u64, RawOwner> =
     LruHashMap::with_max_entries(RAW_OWNERS_MAX_ENTRIES, 0);
+
+/// pid_tgid → the socket of the connect the thread is in (`connect_result.rs`).
+#[map(name = "EGRET_CONN_PENDING")]
+pub static CONNECT_PENDING: LruHashMap<u64, ConnectPending> =
+    LruHashMap::with_max_entries(CONNECT_PENDING_MAX_ENTRIES, 0);
+
+/// pid_tgid → io_uring request of an IORING_OP_CONNECT being submitted.
+#[map(name = "EGRET_URING_MARKS")]
+pub static URING_MARKS: LruHashMap<u64, u64> =
+    LruHashMap::with_max_entries(CONNECT_PENDING_MAX_ENTRIES, 0);
+
+/// io_uring request → the socket of its connect.
+#[map(name = "EGRET_URING_CONNECTS")]
+pub static URING_CONNECTS: LruHashMap<u64, ConnectPending> =
+    LruHashMap::with_max_entries(CONNECT_PENDING_MAX_ENTRIES, 0);

@@ -185,6 +185,9 @@ fn emit(ctx: &SockAddrContext, hook: Hook) -> Outcome {
         comm: bpf_get_current_comm().unwrap_or([0u8; 16]),
     });
     entry.submit(0);
+    if matches!(hook, Hook::Connect4 | Hook::Connect6) {
+        crate::connect_result::remember(pid_tgid, socket_cookie);
+    }
     Outcome::Emitted
 }
 

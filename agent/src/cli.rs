@@ -227,6 +227,12 @@ pub struct RunArgs {
     #[arg(long)]
     pub skip_unsupported_rules: bool,
 
+    /// Milliseconds a connect waits for its result before rules reading
+    /// `evt.res`/`evt.rawres`/`evt.args` are evaluated with EINPROGRESS
+    /// (config `connect_result_wait_ms`; 0: at the attempt) [default: 1000].
+    #[arg(long, value_name = "MS")]
+    pub connect_result_wait_ms: Option<u64>,
+
     /// Write every egress event as a JSON line to this file (`-`: stdout),
     /// besides the alerts on stdout.
     #[arg(long, value_name = "PATH")]

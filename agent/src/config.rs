@@ -57,6 +57,11 @@ pub struct Config {
     /// summarised warning) instead of refusing the rules; typos stay
     /// errors. `--skip-unsupported-rules` sets it.
     pub skip_unsupported_rules: bool,
+    /// Milliseconds a connect waits for its result before the rules that
+    /// read it (`evt.res`, `evt.rawres`, `evt.args`) are evaluated with
+    /// `EINPROGRESS` [default: 1000]; 0 evaluates them at the attempt.
+    /// `--connect-result-wait-ms` sets it (docs/rules.md, "When Egret alerts").
+    pub connect_result_wait_ms: Option<u64>,
     pub listen: Option<SocketAddr>,
     /// Alert `hostname`; default `$NODE_NAME`, else the host name.
     pub hostname: Option<String>,
@@ -354,7 +359,21 @@ impl Config {
     }
 }
 
+/// [`Config::connect_result_wait_ms`] unset.
+pub const DEFAULT_CONNECT_RESULT_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+/// The longest wait accepted: a blackholed destination must still alert
+/// within a minute.
+const MAX_CONNECT_RESULT_WAIT_MS: u64 = 60_000;
+
 impl Config {
+    /// How long a connect waits for its result (zero: not at all).
+    pub fn connect_result_wait(&self) -> std::time::Duration {
+        self.connect_result_wait_ms
+            .map_or(DEFAULT_CONNECT_RESULT_WAIT, |ms| {
+                std::time::Duration::from_millis(ms.min(MAX_CONNECT_RESULT_WAIT_MS))
+            })
+    }
+
     fn check_control(&self, name: &str) -> Result<(), ConfigError> {
         self.control
             .check(self.listen)
@@ -374,6 +393,9 @@ impl Config {
         }
         if args.skip_unsupported_rules {
             config.skip_unsupported_rules = true;
+        }
+        if args.connect_result_wait_ms.is_some() {
+            config.connect_result_wait_ms = args.connect_result_wait_ms;
         }
         if args.audit.is_some() {
             config.audit.path = AuditTarget::from(args.audit);

@@ -4,6 +4,9 @@
 //! at addresses (Egret has no DNS names yet). One firing and one non-firing
 //! case per network rule, from real containerd containers where the rule is
 //! about containers; every destination is inside the test's own namespace.
+//! Rules built on Falco's `outbound` macro read the connect's result
+//! (`evt.rawres >= 0 or evt.res = EINPROGRESS`), so the containers' blocking
+//! connects go to listeners: a refused one would not fire, as in Falco.
 use std::{
     os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
@@ -15,6 +18,7 @@ use crate::support::{
     self, TempDir,
     agent::Agent,
     containerd::{Containerd, Pod, RunSpec, Source, busybox_rootfs, unique_id},
+    control::{Listener, install_probe},
     netns::NetNs,
 };
 
@@ -233,20 +237,34 @@ fn falcos_network_rules_fire_and_stay_quiet_verbatim() {
     // Every destination lives in this namespace; the metadata address is on
     // its own interface, never the host's.
     let ns = NetNs::new("falco");
-    let status = Command::new("ip")
-        .args([
-            "-n",
-            &ns.name,
-            "addr",
-            "add",
-            "169.254.169.254/32",
-            "dev",
-            "v0",
-        ])
-        .status()
-        .expect("ip addr add");
-    assert!(status.success());
+    // 10.20.0.1 too, so the local-subnet cases connect instead of failing
+    // with ENETUNREACH (which no `outbound` rule would fire for either).
+    for addr in ["169.254.169.254/32", "10.20.0.1/32"] {
+        let status = Command::new("ip")
+            .args(["-n", &ns.name, "addr", "add", addr, "dev", "v0"])
+            .status()
+            .expect("ip addr add");
+        assert!(status.success());
+    }
     let netns = PathBuf::from(format!("/var/run/netns/{}", ns.name));
+    // The containers' `nc` connects block until the handshake: listeners
+    // make them succeed (evt.res = SUCCESS), firing and quiet cases alike,
+    // so a quiet case is quiet for its rule's own reason. The host probes
+    // connect non-blocking (evt.res = EINPROGRESS).
+    let _listeners: Vec<Listener> = [
+        "203.0.113.1:6443",
+        "203.0.113.1:6444",
+        "169.254.169.254:80",
+        "169.254.169.254:81",
+        "198.51.100.1:30080",
+        "198.51.100.1:8081",
+        "198.51.100.1:9001",
+        "10.20.0.1:9002",
+    ]
+    .iter()
+    .map(|addr| Listener::start(&ns, addr))
+    .collect();
+    install_probe(&rootfs);
 
     let apps = pod("web-20", "egret-apps");
     let system = pod("dns-20", "kube-system");
@@ -274,6 +292,20 @@ fn falcos_network_rules_fire_and_stay_quiet_verbatim() {
     in_container("port", &apps, "198.51.100.1 8081");
     in_container("subnet", &subnet, "198.51.100.1 9001");
     in_container("subnet-local", &subnet, "10.20.0.1 9002");
+    // An AF_PACKET socket from a container, repeated like the connects.
+    let packet = pod("pkt-20", "egret-apps");
+    let spec = RunSpec::new(
+        &unique_id("packet"),
+        Source::Rootfs(rootfs.clone()),
+        &[
+            "sh",
+            "-c",
+            "sleep 2; while true; do /bin/egret-probe packet-socket; sleep 0.5; done",
+        ],
+    )
+    .in_pod(&packet, "sniffer")
+    .join_netns(netns.clone());
+    containerd.run_detached(&spec);
 
     // Host processes, named as the rules expect.
     // Each host attempt is kept so that it can be repeated if its event was
@@ -408,7 +440,42 @@ fn falcos_network_rules_fire_and_stay_quiet_verbatim() {
         seen(&|v| v["fd.name"] == case.fd_name, case.fd_name)
             .unwrap_or_else(|| panic!("no audit record for {}", case.fd_name));
     }
+    // Packet socket created in container: fires for the container's
+    // socket, stays quiet for the same socket from a host process.
+    let packet_alert = agent
+        .wait_json(
+            |v| v["rule"] == PACKET_SOCKET && v["output_fields"]["k8s.pod.name"] == "pkt-20",
+            support::agent::scaled(Duration::from_secs(20)),
+        )
+        .unwrap_or_else(|| {
+            panic!(
+                "{PACKET_SOCKET} did not fire; stderr:\n{}",
+                agent.stderr().join("\n")
+            )
+        });
+    let output = packet_alert["output"].as_str().unwrap_or_default();
+    assert!(
+        output.contains("socket_info=domain=17(AF_PACKET) type=3 proto=768"),
+        "{output}"
+    );
+    assert!(output.contains("process=egret-probe"), "{output}");
+    assert_eq!(packet_alert["output_fields"]["evt.type"], "socket");
+    let (host_packet, status) = ns.run(&probe, &["packet-socket"]);
+    assert!(status.success());
+    agent
+        .wait_json(
+            |v| v["proc.pid"] == host_packet && v["evt.type"] == "socket",
+            support::agent::scaled(Duration::from_secs(10)),
+        )
+        .unwrap_or_else(|| panic!("no audit record for the host's packet socket"));
     std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        !agent
+            .json_lines()
+            .iter()
+            .any(|v| v["rule"] == PACKET_SOCKET && v["output_fields"]["container.id"] == "host"),
+        "{PACKET_SOCKET} alerted for a host process"
+    );
     for case in cases.iter().filter(|c| !c.fires) {
         assert!(
             !alerted(&agent, case.rule, case.fd_name),

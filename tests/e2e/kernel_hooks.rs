@@ -145,6 +145,24 @@ fn io_uring_connect_is_reported() {
 }
 
 #[test]
+fn connect_results_are_the_calls_return() {
+    if !support::privileged("connect_results_are_the_calls_return") {
+        return;
+    }
+    let dir = support::TempDir::new("hooks-result");
+    let agent = crate::connect_result::agent(&dir, &[]);
+    let ns = NetNs::new("hooks-result");
+    let probe = support::probe_path();
+    let closed = format!("{V4_SERVER}:7361");
+    let (blocking, _) = ns.run(&probe, &["tcp-blocking", &closed]);
+    let (uring, _) = ns.run(&probe, &["uring-connect", &closed]);
+    let (nonblocking, _) = ns.run(&probe, &["tcp", &closed]);
+    crate::connect_result::assert_result(&agent, blocking, "ECONNREFUSED", -111);
+    crate::connect_result::assert_result(&agent, uring, "ECONNREFUSED", -111);
+    crate::connect_result::assert_result(&agent, nonblocking, "EINPROGRESS", -115);
+}
+
+#[test]
 fn process_that_exits_right_after_connecting_keeps_pid_and_comm() {
     if !support::privileged("process_that_exits_right_after_connecting_keeps_pid_and_comm") {
         return;
@@ -209,9 +227,10 @@ fn sigterm_detaches_every_program() {
     let ids = agent.program_ids();
     assert_eq!(
         ids.len(),
-        14,
-        "four sock_addr programs, eight tracepoints (process and cgroup lifecycle, socket \
-         creation), the raw-socket sock_create and egress programs"
+        17,
+        "four sock_addr programs, eleven tracepoints (process and cgroup lifecycle, socket \
+         creation, connect results: sys_exit_connect, io_uring submission and completion), \
+         the raw-socket sock_create and egress programs"
     );
     let attached = support::attached_program_ids(&root);
     let on_cgroup = ids.iter().filter(|id| attached.contains(id)).count();

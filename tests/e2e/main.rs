@@ -2,6 +2,7 @@
 //! throwaway network namespaces. Privileged tests run as root (always in CI)
 //! and print a skip reason otherwise; see `support::privileged`.
 mod advisor;
+mod connect_result;
 mod containers;
 mod deploy;
 mod falco_rules;

@@ -3,7 +3,10 @@
 //! bin crate; the test kit builds it next to the agent.
 //!
 //! Usage: egret-probe <mode> <addr:port>
-//!   tcp            TCP connect (IPv4 or IPv6 by address)
+//!   tcp            TCP connect (IPv4 or IPv6 by address), non-blocking
+//!                  then polled for 500 ms (connect returns EINPROGRESS)
+//!   tcp-blocking   TCP connect on a blocking socket, no timeout (connect
+//!                  returns the handshake's result)
 //!   udp-connect    UDP connect, then send one datagram
 //!   udp-sendto     UDP sendto without connect
 //!   mapped-tcp     TCP connect from an AF_INET6 socket to ::ffff:<ipv4>
@@ -239,6 +242,7 @@ fn run(mode: &str, addr: SocketAddr) -> Result<()> {
     let timeout = Duration::from_millis(500);
     match mode {
         "tcp" => TcpStream::connect_timeout(&addr, timeout).map(drop),
+        "tcp-blocking" => TcpStream::connect(addr).map(drop),
         "udp-connect" => {
             let socket = UdpSocket::bind(unspecified(&addr))?;
             socket.connect(addr)?;

@@ -183,6 +183,28 @@ impl Cmp {
 }
 
 impl Node {
+    /// Calls `f` with every event field the condition reads.
+    pub fn each_field(&self, f: &mut dyn FnMut(FieldId)) {
+        match self {
+            Node::Const(_) => {}
+            Node::And(nodes) | Node::Or(nodes) | Node::One(nodes) => {
+                nodes.iter().for_each(|n| n.each_field(f))
+            }
+            Node::Not(node) => node.each_field(f),
+            Node::Check(test) => match &test.src {
+                Src::Event(field) => f(*field),
+                Src::Either(a, b) => {
+                    f(*a);
+                    f(*b);
+                }
+                // Derived from the destination address.
+                Src::TypeChar | Src::FdType => f(FieldId::ServerIp),
+                Src::Label(_) => f(FieldId::K8sPodLabels),
+                Src::SockFamily | Src::NotProvided => {}
+            },
+        }
+    }
+
     pub fn eval<E: Event + ?Sized>(&self, event: &E) -> bool {
         match self {
             Node::Const(b) => *b,

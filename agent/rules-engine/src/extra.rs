@@ -158,15 +158,15 @@ pub const FIELD_CATALOGUE: &[(&str, &str)] = &[
     ),
     (
         "evt.res",
-        "Result at the attempt: EINPROGRESS (not finished when the hook ran), or EPERM when a quarantine denied it.",
+        "What connect returned: SUCCESS, EINPROGRESS (non-blocking) or the error (ECONNREFUSED...); rules reading it wait for it (EINPROGRESS at connect_result_wait_ms); EPERM when a quarantine denied it.",
     ),
     (
         "evt.rawres",
-        "Numeric result: -115 (EINPROGRESS) or -1 (EPERM).",
+        "Numeric result: 0, or minus the errno (-115 EINPROGRESS, -111 ECONNREFUSED, -1 EPERM).",
     ),
     (
         "evt.args",
-        "The call's arguments: res=-115(EINPROGRESS) addr=ip:port for connects and sends; domain=17(AF_PACKET) type=3 proto=768 for socket events.",
+        "The call's arguments: res=-111(ECONNREFUSED) addr=ip:port for connects and sends (the result as evt.res); domain=17(AF_PACKET) type=3 proto=768 for socket events.",
     ),
     (
         "user.loginuid",

@@ -190,6 +190,16 @@ impl FieldId {
     pub fn index(self) -> usize {
         self as usize
     }
+
+    /// Fields that Falco fills from the call's exit (its return value): a
+    /// rule whose condition reads one is only meaningful once the call has
+    /// returned (the agent evaluates such rules when the result arrives).
+    pub fn is_call_result(self) -> bool {
+        matches!(
+            self,
+            FieldId::EvtRes | FieldId::EvtRawres | FieldId::EvtArgs
+        )
+    }
 }
 
 /// How the engine compares a field, which decides the operators allowed.

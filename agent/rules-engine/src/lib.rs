@@ -101,7 +101,9 @@ pub use fields::FieldId;
 pub use load::{LoadError, Loaded, RuleReport, RuleStatus, Source, check, load};
 pub use parser::ParseError;
 pub use priority::{InvalidPriority, Priority};
-pub use ruleset::{InvalidRuleMatching, Options, Rendered, Rule, RuleId, RuleMatching, Ruleset};
+pub use ruleset::{
+    InvalidRuleMatching, Options, Phase, Rendered, Rule, RuleId, RuleMatching, Ruleset,
+};
 pub use source::{MAX_SOURCE_BYTES, MAX_TOTAL_BYTES, ReadError, read_source};
 #[cfg(any(test, feature = "test-util"))]
 pub use testing::TestEvent;

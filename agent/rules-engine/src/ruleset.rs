@@ -136,6 +136,25 @@ impl Rule {
         self.output.keys()
     }
 
+    /// Every event field the condition reads (after macro and list
+    /// expansion), each once, in first-use order.
+    pub fn condition_fields(&self) -> Vec<FieldId> {
+        let mut fields = Vec::new();
+        self.condition.each_field(&mut |field| {
+            if !fields.contains(&field) {
+                fields.push(field);
+            }
+        });
+        fields
+    }
+
+    /// Whether the condition reads the call's result ([`FieldId::is_call_result`]).
+    pub fn reads_result(&self) -> bool {
+        self.condition_fields()
+            .iter()
+            .any(|field| field.is_call_result())
+    }
+
     /// Evaluates this rule alone, whatever its enabled state.
     pub fn matches<E: Event + ?Sized>(&self, event: &E) -> bool {
         self.condition.eval(event)
@@ -148,6 +167,18 @@ impl Rule {
     }
 }
 
+/// Which rules an evaluation runs, for a caller that evaluates a call at
+/// its attempt and again when its result is known.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    /// Every rule.
+    All,
+    /// Rules that do not read the result ([`Rule::reads_result`]).
+    Attempt,
+    /// Only the rules that read the result.
+    Result,
+}
+
 /// Compiled rules, indexed by event type.
 #[derive(Debug, Default)]
 pub struct Ruleset {
@@ -155,6 +186,8 @@ pub struct Ruleset {
     /// Rule ids to run per bucket (connect, sendto, other), in load order.
     buckets: [Box<[u32]>; 3],
     matching: RuleMatching,
+    /// Per rule: [`Rule::reads_result`].
+    reads_result: Box<[bool]>,
 }
 
 fn bucket_of(bit: u8) -> usize {
@@ -181,17 +214,43 @@ impl Ruleset {
                 }
             }
         }
+        let reads_result = rules.iter().map(Rule::reads_result).collect();
         Ruleset {
             rules,
             buckets: buckets.map(Vec::into_boxed_slice),
             matching: options.rule_matching,
+            reads_result,
         }
+    }
+
+    /// Whether any rule that can match a connect reads its result: only
+    /// then is waiting for connect results worth anything.
+    pub fn connects_read_result(&self) -> bool {
+        self.buckets[bucket_of(CONNECT)]
+            .iter()
+            .any(|&id| self.reads_result.get(id as usize).copied().unwrap_or(false))
+    }
+
+    /// Whether rule `id` reads the result ([`Rule::reads_result`]).
+    pub fn reads_result(&self, id: RuleId) -> bool {
+        self.reads_result.get(id.index()).copied().unwrap_or(false)
     }
 
     /// Clears `matches`, then fills it with the rules the event matches, in
     /// load order (at most one with [`RuleMatching::First`]). Allocation-free
     /// once `matches` has capacity.
     pub fn evaluate<E: Event + ?Sized>(&self, event: &E, matches: &mut Vec<RuleId>) {
+        self.evaluate_phase(event, matches, Phase::All);
+    }
+
+    /// [`evaluate`](Self::evaluate) restricted to the rules of `phase`
+    /// (with [`RuleMatching::First`], the first match among them).
+    pub fn evaluate_phase<E: Event + ?Sized>(
+        &self,
+        event: &E,
+        matches: &mut Vec<RuleId>,
+        phase: Phase,
+    ) {
         matches.clear();
         let bucket = match event.value(FieldId::EvtType) {
             Value::Str(t) => bucket_of(eval::type_bit(t)),
@@ -201,6 +260,12 @@ impl Ruleset {
             return;
         };
         for &id in ids.iter() {
+            if phase != Phase::All
+                && self.reads_result.get(id as usize).copied().unwrap_or(false)
+                    != (phase == Phase::Result)
+            {
+                continue;
+            }
             if self
                 .rules
                 .get(id as usize)
@@ -212,6 +277,11 @@ impl Ruleset {
                 }
             }
         }
+    }
+
+    /// Falco's `rule_matching` this set was built with.
+    pub fn matching(&self) -> RuleMatching {
+        self.matching
     }
 
     pub fn rule(&self, id: RuleId) -> Option<&Rule> {

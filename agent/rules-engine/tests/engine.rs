@@ -324,3 +324,68 @@ fn rulesets_can_be_shared_across_threads() {
     rules.evaluate(event, &mut ids);
     assert_eq!(ids.len(), 1);
 }
+
+/// Rules that read the call's result (through a macro too) are told apart,
+/// and each phase runs only its own rules.
+#[test]
+fn result_rules_are_known_and_evaluated_in_their_phase() {
+    use egret_rules::Phase;
+    let text = "
+- macro: outbound_ok
+  condition: (evt.rawres >= 0 or evt.res = EINPROGRESS)
+- rule: Result rule
+  desc: reads the result through a macro
+  condition: evt.type = connect and outbound_ok
+  output: res=%evt.res
+  priority: WARNING
+- rule: Attempt rule
+  desc: does not read it (the output may)
+  condition: evt.type = connect and fd.sport = 443
+  output: res=%evt.res args=%evt.args
+  priority: WARNING
+- rule: Socket rule
+  desc: reads evt.args, but never sees connects
+  condition: evt.type = socket and evt.args contains AF_PACKET
+  output: x
+  priority: WARNING
+";
+    let options = Options {
+        rule_matching: RuleMatching::All,
+        ..Options::default()
+    };
+    let loaded = load_text(text, &options);
+    assert!(loaded.diagnostics.is_empty(), "{:?}", diagnostics(&loaded));
+    let rules = loaded.ruleset;
+    let id = |name| rules.find(name).unwrap();
+    assert!(rules.reads_result(id("Result rule")));
+    assert!(!rules.reads_result(id("Attempt rule")));
+    assert!(rules.reads_result(id("Socket rule")));
+    assert!(rules.connects_read_result());
+    let fields = rules.rule(id("Result rule")).unwrap().condition_fields();
+    assert!(fields.contains(&FieldId::EvtRawres) && fields.contains(&FieldId::EvtRes));
+
+    let names = |event: &TestEvent, phase| {
+        let mut ids = Vec::new();
+        rules.evaluate_phase(event, &mut ids, phase);
+        ids.iter()
+            .map(|i| rules.rule(*i).unwrap().name().to_string())
+            .collect::<Vec<_>>()
+    };
+    let refused = TestEvent::connect(ip("203.0.113.7"), 443)
+        .with(FieldId::EvtRes, "ECONNREFUSED")
+        .with(FieldId::EvtRawres, -111i64);
+    assert_eq!(names(&refused, Phase::All), ["Attempt rule"]);
+    assert_eq!(names(&refused, Phase::Attempt), ["Attempt rule"]);
+    assert!(names(&refused, Phase::Result).is_empty());
+    let done = TestEvent::connect(ip("203.0.113.7"), 443)
+        .with(FieldId::EvtRes, "SUCCESS")
+        .with(FieldId::EvtRawres, 0i64);
+    assert_eq!(names(&done, Phase::Result), ["Result rule"]);
+    assert_eq!(names(&done, Phase::All), ["Result rule", "Attempt rule"]);
+
+    let plain = load_text(SEED, &Options::default()).ruleset;
+    assert!(
+        !plain.connects_read_result(),
+        "the seed rule alerts at once"
+    );
+}

@@ -6,6 +6,7 @@
 //! Egret program attached.
 pub mod btf;
 pub mod cgroup;
+mod connect_result;
 pub mod exe;
 mod ignore;
 pub mod quarantine;
@@ -197,6 +198,7 @@ pub struct KernelProbes {
     raw_sockets_off: Option<String>,
     /// Why executables are not resolved in the kernel, if they are not.
     exe_missing: Option<exe::ExeUnresolved>,
+    connect_results: connect_result::Programs,
 }
 
 /// One attachment, kept so [`KernelProbes::detach`] can undo it.
@@ -263,7 +265,9 @@ impl KernelProbes {
         ringbuf_bytes: u32,
         exe: Result<egret_common::ExeOffsets, exe::ExeUnresolved>,
     ) -> Result<Self, KernelError> {
-        let offsets = Offsets::read(&tracefs::root()?)?;
+        let tracefs_root = tracefs::root()?;
+        let offsets = Offsets::read(&tracefs_root)?;
+        let result_offsets = connect_result::Offsets::read(&tracefs_root);
         let captures_argv = offsets.execve_argv.is_some();
         let execve_argv = offsets.execve_argv.unwrap_or(TP_FIELD_ABSENT);
         let execveat_argv = offsets.execveat_argv.unwrap_or(TP_FIELD_ABSENT);
@@ -281,7 +285,9 @@ impl KernelProbes {
             Ok(offsets) => (offsets, None),
             Err(why) => (egret_common::ExeOffsets::default(), Some(why)),
         };
-        let mut ebpf = EbpfLoader::new()
+        let mut loader = EbpfLoader::new();
+        result_offsets.configure(&mut loader);
+        let mut ebpf = loader
             .override_global(egret_common::EXE_OFFSETS_GLOBAL, &exe_offsets, true)
             .map_max_entries(EVENTS_MAP, ringbuf_bytes)
             .override_global(TP_EXEC_FILENAME_GLOBAL, &offsets.exec_filename, true)
@@ -311,6 +317,7 @@ impl KernelProbes {
             })?;
         }
         Self::load_quarantine(&mut ebpf)?;
+        let connect_results = connect_result::Programs::load(&mut ebpf, &result_offsets);
         // Optional: a kernel that refuses them still gets connect and UDP
         // monitoring, and says so once.
         let raw_sockets_off = Self::load_raw_sockets(&mut ebpf).err();
@@ -353,6 +360,7 @@ impl KernelProbes {
             sees_packet_sockets,
             raw_sockets_off,
             exe_missing,
+            connect_results,
         })
     }
 
@@ -428,6 +436,8 @@ impl KernelProbes {
                 self.attached_ids.push(info.id());
             }
         }
+        self.connect_results
+            .attach(&mut self.ebpf, &mut self.links, &mut self.attached_ids)?;
         let path = cgroup.display().to_string();
         let dir = File::open(cgroup).map_err(|source| KernelError::OpenCgroup {
             path: path.clone(),
@@ -479,6 +489,11 @@ impl KernelProbes {
     /// Whether packet socket creation is seen (sys_enter_socket exists).
     pub fn sees_packet_sockets(&self) -> bool {
         self.sees_packet_sockets
+    }
+
+    /// Whether connect results (`evt.res`) can arrive from the kernel.
+    pub fn sees_connect_results(&self) -> bool {
+        self.connect_results.any()
     }
 
     /// Whether argv is captured in the kernel (else it comes from /proc).

@@ -267,6 +267,8 @@ pub struct Metrics {
     evaluation: Histogram,
     enrichment_failures: Family<[(&'static str, &'static str); 1], Counter>,
     cgroup_records: Family<[(&'static str, &'static str); 1], Counter>,
+    /// Label: outcome (`pipeline::pending::ConnectOutcome`, 6).
+    connect_results: Family<[(&'static str, &'static str); 1], Counter>,
     rule_reloads: Family<[(&'static str, &'static str); 1], Counter>,
     rules_loaded: Gauge,
     audit_dropped: Counter,
@@ -336,6 +338,7 @@ impl Metrics {
             evaluation,
             enrichment_failures: Family::default(),
             cgroup_records: Family::default(),
+            connect_results: Family::default(),
             rule_reloads: Family::default(),
             rules_loaded: Gauge::default(),
             audit_dropped: Counter::default(),
@@ -378,6 +381,11 @@ impl Metrics {
             "egret_cgroup_records",
             "Kernel cgroup creation and removal records, by what became of them",
             self.cgroup_records.clone(),
+        );
+        r.register(
+            "egret_connect_results",
+            "Connects whose result rules ran, by how (result, deadline, table_full, replaced, shutdown), and results nothing waited for (unmatched)",
+            self.connect_results.clone(),
         );
         r.register(
             "egret_rule_reloads",
@@ -565,6 +573,30 @@ impl Metrics {
         self.cgroup_records
             .get_or_create(&[("outcome", outcome.as_str())])
             .inc();
+    }
+
+    /// Creates the connect-result series at zero.
+    pub fn declare_connect_outcomes(&self) {
+        for outcome in crate::pipeline::pending::ConnectOutcome::ALL {
+            let _ = self
+                .connect_results
+                .get_or_create(&[("outcome", outcome.as_str())]);
+        }
+    }
+
+    pub fn connect_outcome(&self, outcome: crate::pipeline::pending::ConnectOutcome, n: u64) {
+        if n > 0 {
+            self.connect_results
+                .get_or_create(&[("outcome", outcome.as_str())])
+                .inc_by(n);
+        }
+    }
+
+    /// Total so far for `outcome` (tests and the exit summary).
+    pub fn connect_outcomes(&self, outcome: crate::pipeline::pending::ConnectOutcome) -> u64 {
+        self.connect_results
+            .get_or_create(&[("outcome", outcome.as_str())])
+            .get()
     }
 
     pub fn enrichment_failed(&self, reason: EnrichFailure) {

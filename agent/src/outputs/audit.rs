@@ -493,6 +493,7 @@ mod tests {
             num: 1,
             name_changed: true,
             socket: None,
+            result: None,
         }
     }
 

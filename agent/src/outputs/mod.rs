@@ -100,11 +100,7 @@ impl<W: AsyncWrite + Unpin> Outputs<W> {
     /// Fans one evaluated batch out to every output. Fails only when stdout
     /// can no longer be written.
     pub async fn send(&mut self, batch: Evaluated) -> std::io::Result<()> {
-        if let Some(webhooks) = &self.webhooks {
-            for raised in &batch.alerts {
-                webhooks.submit(&raised.alert, &alert_context(&batch.events[raised.event]));
-            }
-        }
+        self.submit_webhooks(&batch);
         self.stdout.write(&batch.alerts).await?;
         if let Some(audit) = &self.audit {
             let n = batch.events.len() as u64;
@@ -115,6 +111,24 @@ impl<W: AsyncWrite + Unpin> Outputs<W> {
             }
         }
         Ok(())
+    }
+
+    /// The alerts of a batch only, to stdout and the webhooks: for connects
+    /// evaluated again once their result arrived (`pipeline/pending.rs`),
+    /// whose audit records were written at the attempt.
+    pub async fn send_alerts(&mut self, batch: Evaluated) -> std::io::Result<()> {
+        self.submit_webhooks(&batch);
+        self.stdout.write(&batch.alerts).await
+    }
+
+    fn submit_webhooks(&self, batch: &Evaluated) {
+        if let Some(webhooks) = &self.webhooks {
+            for raised in &batch.alerts {
+                if let Some(event) = batch.events.get(raised.event) {
+                    webhooks.submit(&raised.alert, &alert_context(event));
+                }
+            }
+        }
     }
 
     /// Closes every output and waits for them to drain until `deadline`

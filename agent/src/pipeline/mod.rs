@@ -13,6 +13,7 @@
 pub mod decode;
 pub mod enrich;
 pub mod evaluate;
+pub mod pending;
 mod running;
 pub mod source;
 
@@ -152,6 +153,13 @@ impl Pipeline {
                 "no syscall tracepoints: command lines come from /proc and may be missed for short-lived processes"
             );
         }
+        // Without result hooks nothing would ever arrive: evaluate result
+        // rules at the attempt rather than at every deadline.
+        let connect_result_wait = if probes.sees_connect_results() {
+            config.connect_result_wait()
+        } else {
+            std::time::Duration::ZERO
+        };
         let counters = probes.counter_reader();
         let watchdog_counters = probes.counter_reader();
         metrics.set_kernel_reader(move || counters.read().ok());
@@ -239,6 +247,11 @@ impl Pipeline {
             },
             outputs: Outputs::new(stdout.clone(), audit, webhooks, metrics.clone()),
             rule_actions,
+            pending: pending::Pending::new(
+                connect_result_wait,
+                pending::PENDING_CAP,
+                Some(metrics.clone()),
+            ),
         };
         let evaluate_task = tokio::spawn(running::stop_on_error(
             "evaluate",

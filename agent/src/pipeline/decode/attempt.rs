@@ -54,6 +54,7 @@ pub fn evt_type(hook: Hook) -> &'static str {
         Hook::CgroupMkdir => "mkdir",
         Hook::CgroupRmdir => "rmdir",
         Hook::ExeFile => "execve",
+        Hook::ConnectResult => "connect",
     }
 }
 
@@ -132,6 +133,7 @@ pub(super) fn decode(record: &[u8], wall_offset_ns: i64) -> Result<EgressAttempt
                     | Hook::CgroupMkdir
                     | Hook::CgroupRmdir
                     | Hook::ExeFile
+                    | Hook::ConnectResult
             ) =>
         {
             hook

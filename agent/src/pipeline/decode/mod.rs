@@ -4,6 +4,7 @@
 //! [`Record`] variant and a row in the table.
 mod attempt;
 mod cgroup;
+mod connect_result;
 mod exec;
 mod socket;
 
@@ -11,6 +12,7 @@ use egret_common::RecordKind;
 
 pub use attempt::{Blocked, EgressAttempt, L4Proto, action_name, evt_type};
 pub use cgroup::{CgroupOp, CgroupRecord};
+pub use connect_result::{ConnectResult, ResultSource, result_name};
 pub use exec::{ExeFile, ExecRecord};
 pub use socket::SocketArgs;
 
@@ -26,6 +28,8 @@ pub enum DecodeError {
     UnknownFamily(u8),
     #[error("unknown cgroup operation {0}")]
     UnknownCgroupOp(u8),
+    #[error("unknown connect result source {0}")]
+    UnknownResultSource(u8),
 }
 
 /// Task comm: at most 15 bytes, not necessarily UTF-8.
@@ -76,6 +80,8 @@ pub enum Record {
     Egress(EgressAttempt),
     Exec(ExecRecord),
     Cgroup(CgroupRecord),
+    /// What an emitted connect returned (matched in the evaluate stage).
+    ConnectResult(ConnectResult),
 }
 
 /// Decodes one ring buffer record. `wall_offset_ns` is realtime − monotonic,
@@ -92,7 +98,7 @@ pub fn decode(record: &[u8], wall_offset_ns: i64) -> Result<Record, DecodeError>
 type Decoder = fn(&[u8], i64) -> Result<Record, DecodeError>;
 
 /// Record kind → decoder.
-pub const DECODERS: [(RecordKind, Decoder); 5] = [
+pub const DECODERS: [(RecordKind, Decoder); 6] = [
     (RecordKind::Egress, |record, wall_offset_ns| {
         attempt::decode(record, wall_offset_ns).map(Record::Egress)
     }),
@@ -108,6 +114,9 @@ pub const DECODERS: [(RecordKind, Decoder); 5] = [
     }),
     (RecordKind::Cgroup, |record, _| {
         cgroup::decode(record).map(Record::Cgroup)
+    }),
+    (RecordKind::ConnectResult, |record, _| {
+        connect_result::decode(record).map(Record::ConnectResult)
     }),
 ];
 

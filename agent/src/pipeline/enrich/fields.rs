@@ -18,7 +18,8 @@ pub struct InlineText<const N: usize> {
 /// `[ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255]:65535`, 54 bytes.
 pub type FdName = InlineText<56>;
 
-/// `evt.args`: `res=-115(EINPROGRESS) addr=` (27 bytes) and an `fd.name`.
+/// `evt.args`: `res=-115(EINPROGRESS) addr=` (27 bytes; an 11-digit
+/// result and a 15-letter errno name: 40) and an `fd.name`.
 pub type EvtArgs = InlineText<96>;
 
 impl<const N: usize> InlineText<N> {
@@ -91,21 +92,25 @@ impl<const N: usize> std::fmt::Debug for InlineText<N> {
     }
 }
 
-/// `evt.res`/`evt.rawres` as known when the hook runs, before the kernel
-/// performs the call: Egret alerts at the attempt (so a blackholed
-/// destination alerts at once), when the call is still in progress, unless
-/// a quarantine denied it (the call then fails with EPERM).
+/// `evt.res`/`evt.rawres`: what connect returned once its result arrived
+/// ([`Event::result`], from `sys_exit_connect` or the io_uring completion);
+/// before that (rules that do not read it run at the attempt, the others
+/// at `connect_result_wait` if no result came), in progress, unless a
+/// quarantine denied the call (it then fails with EPERM).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CallResult {
     InProgress,
     Denied,
+    /// 0 or minus the errno, as the kernel returned it.
+    Returned(i32),
 }
 
 impl CallResult {
-    pub fn of(attempt: &crate::pipeline::decode::EgressAttempt) -> CallResult {
-        match attempt.blocked {
-            Some(_) => CallResult::Denied,
-            None => CallResult::InProgress,
+    pub fn of(event: &Event) -> CallResult {
+        match (event.result, event.attempt.blocked) {
+            (Some(ret), _) => CallResult::Returned(ret),
+            (None, Some(_)) => CallResult::Denied,
+            (None, None) => CallResult::InProgress,
         }
     }
 
@@ -113,6 +118,7 @@ impl CallResult {
         match self {
             CallResult::InProgress => "EINPROGRESS",
             CallResult::Denied => "EPERM",
+            CallResult::Returned(ret) => crate::pipeline::decode::result_name(i64::from(ret)),
         }
     }
 
@@ -121,6 +127,7 @@ impl CallResult {
         match self {
             CallResult::InProgress => -115,
             CallResult::Denied => -1,
+            CallResult::Returned(ret) => i64::from(ret),
         }
     }
 }
@@ -224,14 +231,14 @@ impl egret_rules::Event for Event {
             FieldId::NewForWorkload => self.new_for_workload.map_or(Value::Missing, Value::Bool),
             FieldId::EvtNum => Value::U64(self.num),
             FieldId::EvtDir => Value::Str("<"),
-            FieldId::EvtRes => Value::Str(CallResult::of(a).name()),
-            FieldId::EvtRawres => Value::I64(CallResult::of(a).raw()),
+            FieldId::EvtRes => Value::Str(CallResult::of(self).name()),
+            FieldId::EvtRawres => Value::I64(CallResult::of(self).raw()),
             // socket(2)'s arguments for a socket creation, else the call's.
             FieldId::EvtArgs => match socket {
                 Some(s) => Value::Str(&s.args),
                 None => Value::Str(
                     self.args
-                        .get_or_init(|| EvtArgs::new(CallResult::of(a), &self.fd_name))
+                        .get_or_init(|| EvtArgs::new(CallResult::of(self), &self.fd_name))
                         .as_str(),
                 ),
             },
@@ -297,5 +304,11 @@ mod tests {
             EvtArgs::new(CallResult::Denied, &FdName::new(v4)).as_str(),
             "res=-1(EPERM) addr=198.51.100.7:443"
         );
+        let longest_result = CallResult::Returned(i32::MIN);
+        assert_eq!(
+            EvtArgs::new(longest_result, &FdName::new(longest)).as_str(),
+            format!("res=-2147483648(EUNKNOWN) addr={longest}")
+        );
+        assert_eq!(CallResult::Returned(-131).name(), "ENOTRECOVERABLE");
     }
 }

@@ -13,8 +13,18 @@ use crate::{
         IdentitySources,
         resolver::{ContainerLookup, Identity},
     },
-    pipeline::decode::{CgroupOp, CgroupRecord, EgressAttempt, Record},
+    pipeline::decode::{CgroupOp, CgroupRecord, ConnectResult, EgressAttempt, Record},
 };
+
+/// What the enrich stage hands to the evaluate stage: the events of one
+/// ring buffer batch and the connect results in it. A result always follows
+/// its attempt in the ring buffer, so evaluating the events first keeps
+/// that order.
+#[derive(Debug, Default)]
+pub struct Batch {
+    pub events: Vec<Event>,
+    pub results: Vec<ConnectResult>,
+}
 use process::{ProcessCache, ProcessImage};
 
 /// An egress attempt with everything known about who made it.
@@ -48,9 +58,18 @@ pub struct Event {
     pub args: std::cell::OnceCell<fields::EvtArgs>,
     /// `evt.arg.*` of a socket creation; `None` for sends and connects.
     pub socket: Option<Box<fields::SocketText>>,
+    /// What the connect returned (0 or minus the errno), once its result
+    /// arrived (`pipeline/pending.rs`); `None` at the attempt.
+    pub result: Option<i32>,
 }
 
 impl Event {
+    /// Records the call's result; `evt.args` is formatted again with it.
+    pub fn set_result(&mut self, ret: i32) {
+        self.result = Some(ret);
+        self.args = std::cell::OnceCell::new();
+    }
+
     /// `container.id`: 12 characters, `host` outside containers, `None`
     /// while the cgroup is unresolved.
     pub fn container_id(&self) -> Option<&str> {
@@ -82,6 +101,8 @@ pub struct Enricher {
     events: u64,
     /// Socket cookie → last destination, for `fd.name_changed`.
     peers: HashMap<u64, (std::net::IpAddr, u16)>,
+    /// Connect results of the current batch, passed on untouched.
+    results: Vec<ConnectResult>,
 }
 
 /// Why an event went out with fields missing (`egret_enrichment_failures_total`).
@@ -129,6 +150,7 @@ impl Enricher {
             baseline: None,
             events: 0,
             peers: HashMap::new(),
+            results: Vec::new(),
         }
     }
 
@@ -210,6 +232,7 @@ impl Enricher {
                     self.processes.on_exec(&exec);
                 }
                 Record::Cgroup(cgroup) => self.on_cgroup(&cgroup),
+                Record::ConnectResult(result) => self.results.push(result),
                 Record::Egress(attempt) => {
                     let event = self.enrich(attempt);
                     self.count_failures(&event);
@@ -217,6 +240,11 @@ impl Enricher {
                 }
             }
         }
+    }
+
+    /// The connect results [`process_batch`](Self::process_batch) collected.
+    pub fn take_results(&mut self) -> Vec<ConnectResult> {
+        std::mem::take(&mut self.results)
     }
 
     /// A cgroup's path is recorded at creation, ahead of any event from
@@ -310,6 +338,7 @@ impl Enricher {
             identity,
             host_network,
             new_for_workload,
+            result: None,
         }
     }
 }
@@ -370,17 +399,49 @@ impl Enricher {
     }
 }
 
+/// A bare connect event from 198.51.100.7:443, for other modules' tests.
+#[cfg(test)]
+pub(crate) fn test_event(hook: egret_common::Hook, socket_cookie: u64, tid: u32) -> Event {
+    use crate::pipeline::decode::{Comm, L4Proto};
+    let attempt = EgressAttempt {
+        hook,
+        mono_ns: 1,
+        wall_ns: 1,
+        tgid: tid,
+        tid,
+        uid: 0,
+        gid: 0,
+        comm: Comm::from_raw(*b"probe\0\0\0\0\0\0\0\0\0\0\0"),
+        exec_id: 0,
+        ppid: 0,
+        cgroup_id: 1,
+        netns_cookie: 1,
+        socket_cookie,
+        l4proto: L4Proto::Tcp,
+        ip_protocol: 6,
+        daddr: std::net::IpAddr::V4(std::net::Ipv4Addr::new(198, 51, 100, 7)),
+        dport: 443,
+        v4_mapped: false,
+        blocked: None,
+        socket: None,
+    };
+    Enricher::new(ProcessCache::new("/nonexistent", 4), None).enrich(attempt)
+}
+
 pub async fn run(
     mut enricher: Enricher,
     mut rx: mpsc::Receiver<Vec<Record>>,
-    tx: mpsc::Sender<Vec<Event>>,
+    tx: mpsc::Sender<Batch>,
 ) {
     let mut flushed = std::time::Instant::now();
     while let Some(records) = rx.recv().await {
         let mut events = Vec::with_capacity(records.len());
         enricher.process_batch(records, &mut events);
         enricher.flush_baseline(false, &mut flushed);
-        if !events.is_empty() && tx.send(events).await.is_err() {
+        let results = enricher.take_results();
+        if (!events.is_empty() || !results.is_empty())
+            && tx.send(Batch { events, results }).await.is_err()
+        {
             break;
         }
     }

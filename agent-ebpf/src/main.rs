@@ -7,6 +7,8 @@ mod cgroup;
 #[cfg(target_arch = "bpf")]
 mod exe;
 #[cfg(target_arch = "bpf")]
+mod flows;
+#[cfg(target_arch = "bpf")]
 mod maps;
 #[cfg(target_arch = "bpf")]
 mod net;

@@ -79,14 +79,21 @@ pub enum Hook {
     /// Packet sockets (sys_enter_socket) and raw IP sockets (cgroup
     /// sock_create) created.
     SocketCreate = 10,
+    /// TCP flow accounting (sock_ops + cgroup_skb egress): `seen` tracked
+    /// connects, `ignored` connects to ignored destinations (counted, never
+    /// recorded), `emitted` flow records (interim and final).
+    TcpFlow = 14,
+    /// UDP flow accounting (cgroup_skb + sock_release): `seen` sockets
+    /// whose first datagram was counted, the rest as for [`Hook::TcpFlow`].
+    UdpFlow = 15,
 }
 
 impl Hook {
     /// Counter slots: highest hook value + 1 (every slot has its hook).
-    pub const COUNT: u32 = 11;
+    pub const COUNT: u32 = 16;
     /// Every hook, in slot order: whoever reads the counters reads them all
     /// (a hook left out here is a count nobody ever sees).
-    pub const ALL: [Hook; Hook::COUNT as usize] = [
+    pub const ALL: [Hook; 13] = [
         Hook::Connect4,
         Hook::Connect6,
         Hook::Sendmsg4,
@@ -98,6 +105,8 @@ impl Hook {
         Hook::RawSend4,
         Hook::RawSend6,
         Hook::SocketCreate,
+        Hook::TcpFlow,
+        Hook::UdpFlow,
     ];
     /// The hooks whose records are outbound attempts (the exec slot counts
     /// process records, socket_create counts socket creations).
@@ -123,6 +132,8 @@ impl Hook {
             8 => Some(Hook::RawSend4),
             9 => Some(Hook::RawSend6),
             10 => Some(Hook::SocketCreate),
+            14 => Some(Hook::TcpFlow),
+            15 => Some(Hook::UdpFlow),
             _ => None,
         }
     }
@@ -140,6 +151,8 @@ impl Hook {
             Hook::CgroupMkdir => "cgroup_mkdir",
             Hook::CgroupRmdir => "cgroup_rmdir",
             Hook::ExeFile => "exe_file",
+            Hook::TcpFlow => "tcp_flow",
+            Hook::UdpFlow => "udp_flow",
         }
     }
 }
@@ -158,6 +171,9 @@ pub enum RecordKind {
     // 5 is unused.
     /// A [`SocketEvent`]: a packet or raw socket was created.
     Socket = 6,
+    /// A [`FlowEvent`]: a TCP connection or UDP flow ended, or an interim
+    /// report of a long-lived one.
+    Flow = 8,
 }
 
 /// `flags` bit: the destination was an IPv4-mapped IPv6 address
@@ -529,6 +545,9 @@ pub struct CgroupEvent {
     pub path: [u8; CGROUP_PATH_BYTES],
 }
 
+pub use flow::*;
+mod flow;
+
 const _: () = assert!(core::mem::size_of::<CgroupEvent>() == 24 + CGROUP_PATH_BYTES);
 const _: () = assert!(core::mem::size_of::<EgressEvent>() == 104);
 const _: () = assert!(core::mem::size_of::<ProcState>() == 16);
@@ -569,6 +588,8 @@ mod pod {
     unsafe impl aya::Pod for super::RawOwner {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::ExeOffsets {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::FlowCounters {}
 }
 
 // `Hook::ALL` lists hooks in slot order, each round-tripping through

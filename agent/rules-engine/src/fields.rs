@@ -126,10 +126,30 @@ pub enum FieldId {
     ProcIsExeLowerLayer,
     /// `proc.is_exe_deleted`: Bool, the executable was deleted.
     ProcIsExeDeleted,
+    /// `flow.bytes_out`: U64, payload bytes sent so far (flow records, i.e.
+    /// `evt.type = close`; Missing on attempts).
+    FlowBytesOut,
+    /// `flow.bytes_in`: U64, payload bytes received so far.
+    FlowBytesIn,
+    /// `flow.packets_out`: U64, segments (TCP) or datagrams (UDP) sent.
+    FlowPacketsOut,
+    /// `flow.packets_in`: U64, segments or datagrams received.
+    FlowPacketsIn,
+    /// `flow.duration`: U64, ns from the connect (TCP) or first datagram
+    /// (UDP) to this record.
+    FlowDuration,
+    /// `flow.end`: Str, `closed|reset|refused|timed_out`, or `interim` for
+    /// a report of a live flow.
+    FlowEnd,
+    /// `flow.final`: Bool, false on interim reports.
+    FlowFinal,
+    /// `flow.retransmits`: U64, TCP segments retransmitted (SYNs included);
+    /// Missing for UDP.
+    FlowRetransmits,
 }
 
 impl FieldId {
-    pub const COUNT: usize = FieldId::ProcIsExeDeleted as usize + 1;
+    pub const COUNT: usize = FieldId::FlowRetransmits as usize + 1;
 
     pub const ALL: [FieldId; FieldId::COUNT] = [
         FieldId::EvtType,
@@ -185,6 +205,14 @@ impl FieldId {
         FieldId::ProcIsExeUpperLayer,
         FieldId::ProcIsExeLowerLayer,
         FieldId::ProcIsExeDeleted,
+        FieldId::FlowBytesOut,
+        FieldId::FlowBytesIn,
+        FieldId::FlowPacketsOut,
+        FieldId::FlowPacketsIn,
+        FieldId::FlowDuration,
+        FieldId::FlowEnd,
+        FieldId::FlowFinal,
+        FieldId::FlowRetransmits,
     ];
 
     pub fn index(self) -> usize {
@@ -304,6 +332,14 @@ fn catalog(name: &str) -> Option<(Src, Kind)> {
         "evt.arg.type" => (ev(F::EvtArgType), Kind::Str),
         "evt.arg.proto" => (ev(F::EvtArgProto), Kind::Str),
         "egret.ip_proto" => (ev(F::IpProto), Kind::U64),
+        "flow.bytes_out" => (ev(F::FlowBytesOut), Kind::U64),
+        "flow.bytes_in" => (ev(F::FlowBytesIn), Kind::U64),
+        "flow.packets_out" => (ev(F::FlowPacketsOut), Kind::U64),
+        "flow.packets_in" => (ev(F::FlowPacketsIn), Kind::U64),
+        "flow.duration" => (ev(F::FlowDuration), Kind::U64),
+        "flow.end" => (ev(F::FlowEnd), Kind::Str),
+        "flow.final" => (ev(F::FlowFinal), Kind::Bool),
+        "flow.retransmits" => (ev(F::FlowRetransmits), Kind::U64),
         _ => return None,
     })
 }

@@ -9,6 +9,7 @@
 //! The per-alert path takes one uncontended mutex and allocates nothing when
 //! the series already exist; per-event counters are plain atomics.
 mod collectors;
+mod flows;
 mod outputs;
 #[cfg(any(test, feature = "test-util"))]
 pub mod promql;
@@ -284,6 +285,7 @@ pub struct Metrics {
     quarantines: Family<[(&'static str, &'static str); 1], Gauge>,
     /// Labels: mode (2) × outcome (RuleActionOutcome, 7).
     rule_actions: Family<[(&'static str, &'static str); 2], Counter>,
+    flows: flows::FlowMetrics,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -351,6 +353,7 @@ impl Metrics {
             quarantine_blocked: Family::default(),
             quarantines: Family::default(),
             rule_actions: Family::default(),
+            flows: flows::FlowMetrics::new(),
             shared: shared.clone(),
             registry,
         };
@@ -455,6 +458,7 @@ impl Metrics {
             "Quarantines rules tagged egret.quarantine asked for, by mode (dry_run, enforce) and outcome",
             self.rule_actions.clone(),
         );
+        self.flows.register(r);
         r.register_collector(Box::new(collectors::Everything::new(shared)));
         Arc::new(self)
     }
@@ -565,6 +569,16 @@ impl Metrics {
         self.cgroup_records
             .get_or_create(&[("outcome", outcome.as_str())])
             .inc();
+    }
+
+    /// A flow record whose owner (connect event) was unknown.
+    pub fn flow_owner_unknown(&self) {
+        self.flows.owner_unknown();
+    }
+
+    /// Counts a flow record's bytes and end (no-op for other events).
+    pub fn observe_flow(&self, event: &crate::pipeline::enrich::Event) {
+        self.flows.observe(event);
     }
 
     pub fn enrichment_failed(&self, reason: EnrichFailure) {

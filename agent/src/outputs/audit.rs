@@ -477,6 +477,7 @@ mod tests {
             v4_mapped: false,
             blocked: None,
             socket: None,
+            flow: None,
         };
         use crate::pipeline::enrich::fields::FdName;
         let fd_name = FdName::new(std::net::SocketAddr::new(attempt.daddr, attempt.dport));

@@ -118,7 +118,11 @@ impl Pipeline {
             }
             None => cgroup::cgroup2_root()?,
         };
-        let mut probes = KernelProbes::load(config.kernel.ringbuf_bytes)?;
+        let flows = crate::kernel::flows::FlowSettings {
+            enabled: config.kernel.flows,
+            interim_ns: config.kernel.flow_interim_ms.saturating_mul(1_000_000),
+        };
+        let mut probes = KernelProbes::load_with_flows(config.kernel.ringbuf_bytes, flows)?;
         let mut base = if config.kernel.builtin_ignore {
             IgnoreSet::builtin()
         } else {

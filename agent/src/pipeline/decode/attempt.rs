@@ -54,6 +54,9 @@ pub fn evt_type(hook: Hook) -> &'static str {
         Hook::CgroupMkdir => "mkdir",
         Hook::CgroupRmdir => "rmdir",
         Hook::ExeFile => "execve",
+        // Falco names the end of a connection `close`; interim reports of a
+        // live flow share it (`flow.final` tells them apart).
+        Hook::TcpFlow | Hook::UdpFlow => "close",
     }
 }
 
@@ -90,6 +93,8 @@ pub struct EgressAttempt {
     pub blocked: Option<Blocked>,
     /// A socket creation (`evt.type` = socket), not a send: no destination.
     pub socket: Option<SocketArgs>,
+    /// A flow record (`evt.type` = close): the connection's volume and end.
+    pub flow: Option<Box<super::FlowInfo>>,
 }
 
 /// What a quarantine's programs denied.
@@ -132,6 +137,8 @@ pub(super) fn decode(record: &[u8], wall_offset_ns: i64) -> Result<EgressAttempt
                     | Hook::CgroupMkdir
                     | Hook::CgroupRmdir
                     | Hook::ExeFile
+                    | Hook::TcpFlow
+                    | Hook::UdpFlow
             ) =>
         {
             hook
@@ -176,5 +183,6 @@ pub(super) fn decode(record: &[u8], wall_offset_ns: i64) -> Result<EgressAttempt
             packet: raw.flags & FLAG_PACKET != 0,
         }),
         socket: None,
+        flow: None,
     })
 }

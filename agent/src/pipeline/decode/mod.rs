@@ -5,6 +5,7 @@
 mod attempt;
 mod cgroup;
 mod exec;
+mod flow;
 mod socket;
 
 use egret_common::RecordKind;
@@ -12,6 +13,7 @@ use egret_common::RecordKind;
 pub use attempt::{Blocked, EgressAttempt, L4Proto, action_name, evt_type};
 pub use cgroup::{CgroupOp, CgroupRecord};
 pub use exec::{ExeFile, ExecRecord};
+pub use flow::{FlowEnd, FlowInfo};
 pub use socket::SocketArgs;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -26,6 +28,8 @@ pub enum DecodeError {
     UnknownFamily(u8),
     #[error("unknown cgroup operation {0}")]
     UnknownCgroupOp(u8),
+    #[error("unknown flow end {0}")]
+    UnknownFlowEnd(u8),
 }
 
 /// Task comm: at most 15 bytes, not necessarily UTF-8.
@@ -92,7 +96,7 @@ pub fn decode(record: &[u8], wall_offset_ns: i64) -> Result<Record, DecodeError>
 type Decoder = fn(&[u8], i64) -> Result<Record, DecodeError>;
 
 /// Record kind → decoder.
-pub const DECODERS: [(RecordKind, Decoder); 5] = [
+pub const DECODERS: [(RecordKind, Decoder); 6] = [
     (RecordKind::Egress, |record, wall_offset_ns| {
         attempt::decode(record, wall_offset_ns).map(Record::Egress)
     }),
@@ -108,6 +112,9 @@ pub const DECODERS: [(RecordKind, Decoder); 5] = [
     }),
     (RecordKind::Cgroup, |record, _| {
         cgroup::decode(record).map(Record::Cgroup)
+    }),
+    (RecordKind::Flow, |record, wall_offset_ns| {
+        flow::decode(record, wall_offset_ns).map(Record::Egress)
     }),
 ];
 

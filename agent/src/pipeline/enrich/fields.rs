@@ -161,6 +161,7 @@ impl egret_rules::Event for Event {
         let meta = self.identity.as_ref().and_then(|i| i.metadata());
         let pod = meta.and_then(|m| m.pod.as_ref());
         let socket = self.socket.as_deref();
+        let flow = a.flow.as_deref();
         if socket.is_some() {
             // A socket creation has no destination.
             match field {
@@ -183,7 +184,23 @@ impl egret_rules::Event for Event {
             FieldId::ServerPort => Value::U64(u64::from(a.dport)),
             FieldId::L4Proto => Value::Str(a.l4proto.as_str()),
             FieldId::FdName => Value::Str(self.fd_name.as_str()),
-            FieldId::ClientIp | FieldId::ClientPort => Value::Missing,
+            // Known for flow records only: a connect has no local end yet.
+            FieldId::ClientIp => flow.map_or(Value::Missing, |f| Value::Ip(f.saddr)),
+            FieldId::ClientPort => {
+                flow.map_or(Value::Missing, |f| Value::U64(u64::from(f.sport)))
+            }
+            FieldId::FlowBytesOut => flow.map_or(Value::Missing, |f| Value::U64(f.bytes_out)),
+            FieldId::FlowBytesIn => flow.map_or(Value::Missing, |f| Value::U64(f.bytes_in)),
+            FieldId::FlowPacketsOut => flow.map_or(Value::Missing, |f| Value::U64(f.packets_out)),
+            FieldId::FlowPacketsIn => flow.map_or(Value::Missing, |f| Value::U64(f.packets_in)),
+            FieldId::FlowDuration => flow
+                .and_then(|f| f.duration_ns)
+                .map_or(Value::Missing, Value::U64),
+            FieldId::FlowEnd => flow.map_or(Value::Missing, |f| Value::Str(f.end.as_str())),
+            FieldId::FlowFinal => flow.map_or(Value::Missing, |f| Value::Bool(f.is_final())),
+            FieldId::FlowRetransmits => flow
+                .and_then(|f| f.retransmits)
+                .map_or(Value::Missing, |n| Value::U64(u64::from(n))),
             FieldId::Pid => Value::U64(u64::from(a.tgid)),
             FieldId::Ppid if a.ppid != 0 => Value::U64(u64::from(a.ppid)),
             FieldId::Ppid => Value::Missing,

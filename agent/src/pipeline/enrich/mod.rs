@@ -2,6 +2,7 @@
 //! records and attaches it to each egress attempt. Records arrive in ring
 //! buffer order, so an exec is always applied before the connects it made.
 pub mod fields;
+pub mod flow_owner;
 pub mod process;
 
 use std::{collections::HashMap, sync::Arc};
@@ -82,6 +83,8 @@ pub struct Enricher {
     events: u64,
     /// Socket cookie → last destination, for `fd.name_changed`.
     peers: HashMap<u64, (std::net::IpAddr, u16)>,
+    /// Socket cookie → connect-time process, for flow records.
+    owners: flow_owner::FlowOwners,
 }
 
 /// Why an event went out with fields missing (`egret_enrichment_failures_total`).
@@ -129,6 +132,7 @@ impl Enricher {
             baseline: None,
             events: 0,
             peers: HashMap::new(),
+            owners: flow_owner::FlowOwners::default(),
         }
     }
 
@@ -210,9 +214,20 @@ impl Enricher {
                     self.processes.on_exec(&exec);
                 }
                 Record::Cgroup(cgroup) => self.on_cgroup(&cgroup),
-                Record::Egress(attempt) => {
+                Record::Egress(mut attempt) => {
+                    if attempt.flow.is_some() {
+                        let known = self.owners.attribute(&mut attempt);
+                        if let (false, Some(metrics)) = (known, &self.metrics) {
+                            metrics.flow_owner_unknown();
+                        }
+                    } else {
+                        self.owners.observe(&attempt);
+                    }
                     let event = self.enrich(attempt);
                     self.count_failures(&event);
+                    if let (Some(metrics), true) = (&self.metrics, event.attempt.flow.is_some()) {
+                        metrics.observe_flow(&event);
+                    }
                     out.push(event);
                 }
             }
@@ -264,7 +279,8 @@ impl Enricher {
             .and_then(|i| i.cgroup.as_deref())
             .map(|entry| &*entry.path);
         let user_name = self.user_name(attempt.cgroup_id, attempt.uid, attempt.tgid, cgroup_path);
-        let has_destination = attempt.has_destination();
+        // Flow records repeat their connect's destination: learnt once.
+        let has_destination = attempt.has_destination() && attempt.flow.is_none();
         let new_for_workload = self.baseline.as_mut().and_then(|baseline| {
             // Socket creations have no destination to learn.
             if !has_destination {
@@ -442,6 +458,7 @@ mod tests {
             v4_mapped: false,
             blocked: None,
             socket: None,
+            flow: None,
         })
     }
 

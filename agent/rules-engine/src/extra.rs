@@ -298,6 +298,18 @@ pub const FIELD_CATALOGUE: &[(&str, &str)] = &[
         "flow.retransmits",
         "close events: TCP segments retransmitted (SYNs included); <NA> for UDP.",
     ),
+    (
+        "flow.prev_bytes_out",
+        "close events: flow.bytes_out at the flow's previous record (0 on its first), so a threshold rule fires on one record.",
+    ),
+    (
+        "flow.prev_duration",
+        "close events: flow.duration at the flow's previous record (0 on its first).",
+    ),
+    (
+        "flow.proc_peers",
+        "close events at a flow's end: distinct destinations of the process's flows ended in the current minute (this one included).",
+    ),
 ];
 
 /// The catalogue with each field's type, as the engine compiles it.

@@ -146,10 +146,19 @@ pub enum FieldId {
     /// `flow.retransmits`: U64, TCP segments retransmitted (SYNs included);
     /// Missing for UDP.
     FlowRetransmits,
+    /// `flow.prev_bytes_out`: U64, `flow.bytes_out` at the flow's previous
+    /// record (0 on its first): `bytes_out >= N and prev_bytes_out < N`
+    /// holds on exactly one record of a flow.
+    FlowPrevBytesOut,
+    /// `flow.prev_duration`: U64, `flow.duration` at the previous record.
+    FlowPrevDuration,
+    /// `flow.proc_peers`: U64, distinct destinations of the process's flows
+    /// ended in the current minute; Missing on interim records.
+    FlowProcPeers,
 }
 
 impl FieldId {
-    pub const COUNT: usize = FieldId::FlowRetransmits as usize + 1;
+    pub const COUNT: usize = FieldId::FlowProcPeers as usize + 1;
 
     pub const ALL: [FieldId; FieldId::COUNT] = [
         FieldId::EvtType,
@@ -213,6 +222,9 @@ impl FieldId {
         FieldId::FlowEnd,
         FieldId::FlowFinal,
         FieldId::FlowRetransmits,
+        FieldId::FlowPrevBytesOut,
+        FieldId::FlowPrevDuration,
+        FieldId::FlowProcPeers,
     ];
 
     pub fn index(self) -> usize {
@@ -340,6 +352,9 @@ fn catalog(name: &str) -> Option<(Src, Kind)> {
         "flow.end" => (ev(F::FlowEnd), Kind::Str),
         "flow.final" => (ev(F::FlowFinal), Kind::Bool),
         "flow.retransmits" => (ev(F::FlowRetransmits), Kind::U64),
+        "flow.prev_bytes_out" => (ev(F::FlowPrevBytesOut), Kind::U64),
+        "flow.prev_duration" => (ev(F::FlowPrevDuration), Kind::U64),
+        "flow.proc_peers" => (ev(F::FlowProcPeers), Kind::U64),
         _ => return None,
     })
 }

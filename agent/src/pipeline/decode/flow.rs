@@ -80,6 +80,14 @@ pub struct FlowInfo {
     /// first): set by enrichment, which remembers the previous totals.
     pub delta_out: u64,
     pub delta_in: u64,
+    /// `flow.prev_bytes_out`/`flow.prev_duration`: this flow's totals at its
+    /// previous record (0 on its first), so a rule can fire once, on the
+    /// record that crosses a threshold. Set by enrichment.
+    pub prev_bytes_out: u64,
+    pub prev_duration_ns: u64,
+    /// `flow.proc_peers`: distinct destinations of the owning process's
+    /// ended flows in the current minute (this one included); 0 unknown.
+    pub proc_peers: u32,
     /// Interim records sent before this one.
     pub reports: u32,
     /// TCP: the state the socket left for CLOSE (`TCP_*` number).
@@ -123,6 +131,9 @@ pub(super) fn decode(record: &[u8], wall_offset_ns: i64) -> Result<EgressAttempt
         retransmits: (hook == Hook::TcpFlow).then_some(raw.retrans),
         delta_out: raw.bytes_out,
         delta_in: raw.bytes_in,
+        prev_bytes_out: 0,
+        prev_duration_ns: 0,
+        proc_peers: 0,
         reports: raw.reports,
         old_state: raw.old_state,
     };

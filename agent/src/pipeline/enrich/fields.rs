@@ -198,6 +198,15 @@ impl egret_rules::Event for Event {
                 .map_or(Value::Missing, Value::U64),
             FieldId::FlowEnd => flow.map_or(Value::Missing, |f| Value::Str(f.end.as_str())),
             FieldId::FlowFinal => flow.map_or(Value::Missing, |f| Value::Bool(f.is_final())),
+            FieldId::FlowPrevBytesOut => {
+                flow.map_or(Value::Missing, |f| Value::U64(f.prev_bytes_out))
+            }
+            FieldId::FlowPrevDuration => {
+                flow.map_or(Value::Missing, |f| Value::U64(f.prev_duration_ns))
+            }
+            FieldId::FlowProcPeers => flow
+                .filter(|f| f.proc_peers != 0)
+                .map_or(Value::Missing, |f| Value::U64(u64::from(f.proc_peers))),
             FieldId::FlowRetransmits => flow
                 .and_then(|f| f.retransmits)
                 .map_or(Value::Missing, |n| Value::U64(u64::from(n))),

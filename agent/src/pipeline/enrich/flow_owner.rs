@@ -10,13 +10,27 @@
 //! without reporting) gets no process fields, counted in
 //! `egret_flow_owner_unknown_total`. Interim reports move a live flow's
 //! owner into the young generation, so long-lived flows keep theirs.
-use std::collections::HashMap;
+//!
+//! It also keeps, per process, the distinct destinations of its flows that
+//! ended in the current minute (`flow.proc_peers`, for scan rules): at most
+//! [`PEER_PROCESSES`] processes (all forgotten when more appear) and
+//! [`PEER_ADDRESSES`] addresses each (the count stops there).
+use std::{
+    collections::{HashMap, HashSet},
+    net::IpAddr,
+};
 
 use crate::pipeline::decode::{Comm, EgressAttempt, L4Proto};
 use egret_common::Hook;
 
 /// Sockets per generation.
 pub const GENERATION_CAP: usize = 65_536;
+/// Processes whose recent flow destinations are counted.
+pub const PEER_PROCESSES: usize = 4_096;
+/// Distinct destinations counted per process and window.
+pub const PEER_ADDRESSES: usize = 1_024;
+/// The `flow.proc_peers` window.
+const PEER_WINDOW_NS: u64 = 60_000_000_000;
 
 /// The connect-time fields a flow record borrows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -33,12 +47,20 @@ struct Owner {
     /// Byte totals of the flow's last record (interim), for deltas.
     reported_out: u64,
     reported_in: u64,
+    reported_duration: u64,
+}
+
+/// One process's destinations in the current window.
+struct RecentPeers {
+    since_ns: u64,
+    addrs: HashSet<IpAddr>,
 }
 
 #[derive(Default)]
 pub struct FlowOwners {
     young: HashMap<u64, Owner>,
     old: HashMap<u64, Owner>,
+    peers: HashMap<u32, RecentPeers>,
 }
 
 impl FlowOwners {
@@ -70,6 +92,7 @@ impl FlowOwners {
                 netns_cookie: attempt.netns_cookie,
                 reported_out: 0,
                 reported_in: 0,
+                reported_duration: 0,
             },
         );
     }
@@ -95,9 +118,14 @@ impl FlowOwners {
         // Totals only grow; a smaller one (hostile record) is a delta of 0.
         flow.delta_out = flow.bytes_out.saturating_sub(owner.reported_out);
         flow.delta_in = flow.bytes_in.saturating_sub(owner.reported_in);
+        flow.prev_bytes_out = owner.reported_out;
+        flow.prev_duration_ns = owner.reported_duration;
         owner.reported_out = owner.reported_out.max(flow.bytes_out);
         owner.reported_in = owner.reported_in.max(flow.bytes_in);
-        if !flow.is_final() {
+        owner.reported_duration = owner.reported_duration.max(flow.duration_ns.unwrap_or(0));
+        if flow.is_final() {
+            flow.proc_peers = self.count_peer(owner.tgid, attempt.daddr, attempt.mono_ns);
+        } else {
             self.insert(cookie, owner);
         }
         attempt.tgid = owner.tgid;
@@ -110,6 +138,25 @@ impl FlowOwners {
         attempt.cgroup_id = owner.cgroup_id;
         attempt.netns_cookie = owner.netns_cookie;
         true
+    }
+
+    /// Adds `daddr` to the process's window; its distinct destinations.
+    fn count_peer(&mut self, tgid: u32, daddr: IpAddr, now_ns: u64) -> u32 {
+        if self.peers.len() >= PEER_PROCESSES && !self.peers.contains_key(&tgid) {
+            self.peers.clear();
+        }
+        let recent = self.peers.entry(tgid).or_insert_with(|| RecentPeers {
+            since_ns: now_ns,
+            addrs: HashSet::new(),
+        });
+        if now_ns.saturating_sub(recent.since_ns) >= PEER_WINDOW_NS {
+            recent.since_ns = now_ns;
+            recent.addrs.clear();
+        }
+        if recent.addrs.len() < PEER_ADDRESSES {
+            recent.addrs.insert(daddr);
+        }
+        recent.addrs.len() as u32
     }
 
     #[cfg(test)]
@@ -166,6 +213,9 @@ mod tests {
             retransmits: None,
             delta_out: 0,
             delta_in: 0,
+            prev_bytes_out: 0,
+            prev_duration_ns: 0,
+            proc_peers: 0,
             reports: 0,
             old_state: 0,
         }));
@@ -186,6 +236,8 @@ mod tests {
         assert!(owners.attribute(&mut last));
         assert_eq!(last.comm.as_str(), "curl");
         assert_eq!(last.flow.as_ref().unwrap().delta_out, 150);
+        assert_eq!(last.flow.as_ref().unwrap().prev_bytes_out, 100);
+        assert_eq!(last.flow.as_ref().unwrap().proc_peers, 1);
         assert_eq!(owners.len(), 0);
         assert!(!owners.attribute(&mut flow(7, FlowEnd::Closed)));
     }
@@ -199,6 +251,24 @@ mod tests {
         assert!(owners.len() <= 2 * GENERATION_CAP);
         assert!(!owners.attribute(&mut flow(1, FlowEnd::Closed)));
         assert!(owners.attribute(&mut flow(3 * GENERATION_CAP as u64, FlowEnd::Closed)));
+    }
+
+    #[test]
+    fn counts_distinct_peers_per_process_and_window() {
+        let mut owners = FlowOwners::default();
+        for (cookie, ip) in [(1, "198.51.100.1"), (2, "198.51.100.2"), (3, "198.51.100.1")] {
+            owners.observe(&connect(cookie, 42));
+            let mut f = flow(cookie, FlowEnd::Closed);
+            f.daddr = ip.parse().unwrap();
+            assert!(owners.attribute(&mut f));
+            let expected = if cookie == 1 { 1 } else { 2 };
+            assert_eq!(f.flow.unwrap().proc_peers, expected);
+        }
+        owners.observe(&connect(4, 42));
+        let mut later = flow(4, FlowEnd::Closed);
+        later.mono_ns = 1 + PEER_WINDOW_NS;
+        assert!(owners.attribute(&mut later));
+        assert_eq!(later.flow.unwrap().proc_peers, 1);
     }
 
     #[test]

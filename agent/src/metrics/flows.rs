@@ -9,8 +9,13 @@
 //! values and the direction two: at most 6 × 501 series.
 use std::net::IpAddr;
 
+use std::sync::{Arc, Mutex};
+
+use egret_common::FlowCounters;
 use prometheus_client::{
-    metrics::{counter::Counter, family::Family},
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeMetric},
+    metrics::{MetricType, counter::ConstCounter, counter::Counter, family::Family},
     registry::Registry,
 };
 
@@ -27,6 +32,59 @@ pub(super) struct FlowMetrics {
     records: Family<[(&'static str, &'static str); 2], Counter>,
     owner_unknown: Counter,
     workloads: std::sync::Mutex<std::collections::HashSet<String>>,
+    kernel: KernelFlowCounters,
+}
+
+type Reader = Box<dyn Fn() -> Option<FlowCounters> + Send + Sync>;
+
+/// The kernel's flow counters (`EGRET_FLOW_COUNTERS`), read at each scrape.
+#[derive(Clone, Default)]
+struct KernelFlowCounters(Arc<Mutex<Option<Reader>>>);
+
+impl std::fmt::Debug for KernelFlowCounters {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("KernelFlowCounters")
+    }
+}
+
+impl Collector for KernelFlowCounters {
+    fn encode(&self, mut enc: DescriptorEncoder<'_>) -> std::fmt::Result {
+        let Some(c) = lock(&self.0).as_ref().and_then(|read| read()) else {
+            return Ok(());
+        };
+        let untracked = [
+            ("tcp_table_full", c.tcp_table_full),
+            ("udp_table_full", c.udp_table_full),
+            ("cb_flags_failed", c.cb_flags_failed),
+        ];
+        let mut metric = enc.encode_descriptor(
+            "egret_kernel_flow_untracked",
+            "Flows the kernel could not account, by reason (the flow table of 65536 live flows was full; the TCP callbacks could not be enabled)",
+            None,
+            MetricType::Counter,
+        )?;
+        for (reason, n) in untracked {
+            let labels = [("reason", reason)];
+            ConstCounter::new(n).encode(metric.encode_family(&labels)?)?;
+        }
+        let singles = [
+            (
+                "egret_kernel_flow_state_lost",
+                "TCP flows that ended without their kernel state (no start time)",
+                c.tcp_state_lost,
+            ),
+            (
+                "egret_kernel_flow_interim",
+                "Interim flow records the kernel sent",
+                c.interim,
+            ),
+        ];
+        for (name, help, n) in singles {
+            let metric = enc.encode_descriptor(name, help, None, MetricType::Counter)?;
+            ConstCounter::new(n).encode(metric)?;
+        }
+        Ok(())
+    }
 }
 
 /// Where a flow went, for dashboards: `cluster_dns` is port 53 on a
@@ -85,6 +143,7 @@ impl FlowMetrics {
             records: Family::default(),
             owner_unknown: Counter::default(),
             workloads: std::sync::Mutex::default(),
+            kernel: KernelFlowCounters::default(),
         }
     }
 
@@ -99,6 +158,7 @@ impl FlowMetrics {
             "Flow records (ends and interim reports) by protocol and end",
             self.records.clone(),
         );
+        r.register_collector(Box::new(self.kernel.clone()));
         r.register(
             "egret_flow_owner_unknown",
             "Flow records whose connect event was not seen or no longer remembered: no process or container fields",
@@ -112,6 +172,10 @@ impl FlowMetrics {
                 );
             }
         }
+    }
+
+    pub(super) fn set_kernel_reader(&self, reader: Reader) {
+        *lock(&self.kernel.0) = Some(reader);
     }
 
     pub(super) fn owner_unknown(&self) {

@@ -571,6 +571,14 @@ impl Metrics {
             .inc();
     }
 
+    /// Reads the kernel's flow counters at every scrape.
+    pub fn set_flow_counter_reader(
+        &self,
+        reader: impl Fn() -> Option<egret_common::FlowCounters> + Send + Sync + 'static,
+    ) {
+        self.flows.set_kernel_reader(Box::new(reader));
+    }
+
     /// A flow record whose owner (connect event) was unknown.
     pub fn flow_owner_unknown(&self) {
         self.flows.owner_unknown();

@@ -159,6 +159,9 @@ impl Pipeline {
         let counters = probes.counter_reader();
         let watchdog_counters = probes.counter_reader();
         metrics.set_kernel_reader(move || counters.read().ok());
+        if let Some(flows) = probes.flow_counter_reader() {
+            metrics.set_flow_counter_reader(move || flows.read().ok());
+        }
 
         let baseline = open_baseline(config)?;
         let (identity, containerd_task) = if config.identity.enabled {

@@ -13,13 +13,24 @@
 //!   udp-exchange <addr:port> <count>: from one connected UDP socket, send
 //!                `count` datagrams of 100 bytes, each after the previous
 //!                one's echo; print `local ip:port`.
+//!   udp-hold     <addr:port> <count> <hold_ms>: open `count` UDP sockets
+//!                (raising RLIMIT_NOFILE), send one byte from each, hold
+//!                them all for hold_ms, close them; print the count
+//!                (benchmarks: a full flow table).
 use std::{
     io::{Error, ErrorKind, Read, Result, Write},
     net::{Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket},
     time::{Duration, Instant},
 };
 
-pub const MODES: [&str; 5] = ["upload", "sink-exact", "rst-listen", "udp-echo", "udp-exchange"];
+pub const MODES: [&str; 6] = [
+    "upload",
+    "sink-exact",
+    "rst-listen",
+    "udp-echo",
+    "udp-exchange",
+    "udp-hold",
+];
 
 fn number(text: &str, what: &str) -> Result<u64> {
     text.parse()
@@ -40,6 +51,9 @@ pub fn run(mode: &str, args: &[String]) -> Result<()> {
         ("rst-listen", []) => rst_listen(addr),
         ("udp-echo", []) => udp_echo(addr),
         ("udp-exchange", [count]) => udp_exchange(addr, number(count, "count")?),
+        ("udp-hold", [count, hold]) => {
+            udp_hold(addr, number(count, "count")?, number(hold, "hold_ms")?)
+        }
         _ => Err(Error::new(ErrorKind::InvalidInput, "arguments")),
     }
 }
@@ -155,5 +169,27 @@ fn udp_exchange(addr: SocketAddr, count: u64) -> Result<()> {
         socket.send(&[0x42u8; 100])?;
         socket.recv(&mut buf)?;
     }
+    Ok(())
+}
+
+fn udp_hold(addr: SocketAddr, count: u64, hold_ms: u64) -> Result<()> {
+    let want = count + 64;
+    let limit = libc::rlimit {
+        rlim_cur: want,
+        rlim_max: want,
+    };
+    // SAFETY: a valid rlimit value.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } != 0 {
+        return Err(Error::last_os_error());
+    }
+    let bind: SocketAddr = "0.0.0.0:0".parse().expect("literal");
+    let mut sockets = Vec::with_capacity(count as usize);
+    for _ in 0..count {
+        let socket = UdpSocket::bind(bind)?;
+        socket.send_to(&[1], addr)?;
+        sockets.push(socket);
+    }
+    std::thread::sleep(Duration::from_millis(hold_ms));
+    println!("{}", sockets.len());
     Ok(())
 }

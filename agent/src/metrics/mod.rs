@@ -118,6 +118,12 @@ pub const RESERVED_LABELS: &[&str] = &[
     "quantile",
     "instance",
     "job",
+    "protocol",
+    "end",
+    "direction",
+    "namespace",
+    "workload",
+    "destination_class",
 ];
 
 impl Default for MetricsConfig {

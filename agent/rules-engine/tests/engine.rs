@@ -336,11 +336,13 @@ fn close_events_reach_only_rules_naming_close() {
   condition: fd.sip = 203.0.113.7
   output: any (%fd.name)
   priority: WARNING
+  warn_evttypes: false
 - rule: Not Connect
   desc: negated evt.type
   condition: evt.type != connect and fd.sip = 203.0.113.7
   output: not connect (%fd.name)
   priority: WARNING
+  warn_evttypes: false
 - rule: Big Flow
   desc: flow records only
   condition: evt.type = close and flow.bytes_out >= 1000 and flow.prev_bytes_out < 1000

@@ -230,6 +230,10 @@ pub const FIELD_CATALOGUE: &[(&str, &str)] = &[
     ("k8s.pod.uid", "Kubernetes pod UID."),
     ("k8s.pod.labels", "All pod labels, (key:value,...)."),
     (
+        "k8s.pod.sa",
+        "The pod's service account, where the container's spec names it (legacy token Secret volumes); <NA> with projected tokens.",
+    ),
+    (
         "k8s.pod.label",
         "One pod label: k8s.pod.label[app] or k8s.pod.label.app.",
     ),

@@ -155,10 +155,13 @@ pub enum FieldId {
     /// `flow.proc_peers`: U64, distinct destinations of the process's flows
     /// ended in the current minute; Missing on interim records.
     FlowProcPeers,
+    /// `k8s.pod.sa`: Str, the pod's service account where the container's
+    /// spec names it (legacy token Secret volumes); Missing otherwise.
+    K8sPodSa,
 }
 
 impl FieldId {
-    pub const COUNT: usize = FieldId::FlowProcPeers as usize + 1;
+    pub const COUNT: usize = FieldId::K8sPodSa as usize + 1;
 
     pub const ALL: [FieldId; FieldId::COUNT] = [
         FieldId::EvtType,
@@ -225,6 +228,7 @@ impl FieldId {
         FieldId::FlowPrevBytesOut,
         FieldId::FlowPrevDuration,
         FieldId::FlowProcPeers,
+        FieldId::K8sPodSa,
     ];
 
     pub fn index(self) -> usize {
@@ -335,6 +339,7 @@ fn catalog(name: &str) -> Option<(Src, Kind)> {
         "k8s.pod.name" => (ev(F::K8sPodName), Kind::Str),
         "k8s.pod.uid" => (ev(F::K8sPodUid), Kind::Str),
         "k8s.pod.labels" => (ev(F::K8sPodLabels), Kind::Labels),
+        "k8s.pod.sa" => (ev(F::K8sPodSa), Kind::Str),
         "egret.v4_mapped" => (ev(F::V4Mapped), Kind::Bool),
         "egret.cgroup_id" => (ev(F::CgroupId), Kind::U64),
         "egret.netns_cookie" => (ev(F::NetnsCookie), Kind::U64),

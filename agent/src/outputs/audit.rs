@@ -156,6 +156,8 @@ pub struct AuditRecord<'a> {
     pub k8s_pod: Option<&'a str>,
     #[serde(rename = "k8s.pod.uid")]
     pub k8s_pod_uid: Option<&'a str>,
+    #[serde(rename = "k8s.pod.sa", skip_serializing_if = "Option::is_none")]
+    pub k8s_pod_sa: Option<&'a str>,
     #[serde(rename = "k8s.pod.labels")]
     pub k8s_pod_labels: Option<&'a std::collections::BTreeMap<String, String>>,
     #[serde(rename = "egret.v4_mapped")]
@@ -253,6 +255,7 @@ impl<'a> AuditRecord<'a> {
             k8s_pod: pod.and_then(|p| p.name.as_deref()),
             k8s_pod_uid: pod.and_then(|p| p.uid.as_deref()),
             k8s_pod_labels: pod.map(|p| &p.labels),
+            k8s_pod_sa: pod.and_then(|p| p.service_account.as_deref()),
             v4_mapped: event.v4_mapped,
             cgroup_id: event.cgroup_id,
             netns_cookie: event.netns_cookie,

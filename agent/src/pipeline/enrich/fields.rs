@@ -242,6 +242,7 @@ impl egret_rules::Event for Event {
             FieldId::K8sNsName => opt_str(pod.and_then(|p| p.namespace.as_deref())),
             FieldId::K8sPodName => opt_str(pod.and_then(|p| p.name.as_deref())),
             FieldId::K8sPodUid => opt_str(pod.and_then(|p| p.uid.as_deref())),
+            FieldId::K8sPodSa => opt_str(pod.and_then(|p| p.service_account.as_deref())),
             FieldId::K8sPodLabels => pod.map_or(Value::Missing, |p| Value::Labels(&p.labels)),
             FieldId::V4Mapped => Value::Bool(a.v4_mapped),
             FieldId::CgroupId => Value::U64(a.cgroup_id),

@@ -28,13 +28,11 @@
 use aya_ebpf::{
     EbpfContext,
     bindings::{
-        BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_RTO_CB, BPF_SOCK_OPS_RTO_CB_FLAG,
-        BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG, BPF_SOCK_OPS_TCP_CONNECT_CB,
-        __sk_buff, bpf_sock,
+        __sk_buff, BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_RTO_CB,
+        BPF_SOCK_OPS_RTO_CB_FLAG, BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG,
+        BPF_SOCK_OPS_TCP_CONNECT_CB, bpf_sock,
     },
-    helpers::generated::{
-        bpf_get_socket_cookie, bpf_ktime_get_ns, bpf_sk_fullsock, bpf_tcp_sock,
-    },
+    helpers::generated::{bpf_get_socket_cookie, bpf_ktime_get_ns, bpf_sk_fullsock, bpf_tcp_sock},
     macros::{cgroup_skb, cgroup_sock, map, sock_ops, tracepoint},
     maps::{HashMap, PerCpuArray, lpm_trie::Key},
     programs::{SkBuffContext, SockContext, SockOpsContext, TracePointContext},
@@ -43,8 +41,8 @@ use egret_common::{
     AF_INET, AF_INET6, FLOW_END_CLOSED, FLOW_END_INTERIM, FLOW_END_REFUSED, FLOW_END_RESET,
     FLOW_END_TIMED_OUT, FLOW_FLAG_STATE_LOST, FLOW_FLAG_V4_MAPPED, FLOW_INTERIM_DEFAULT_NS,
     FLOW_STATE_ESTABLISHED, FLOW_STATE_FIN_IN, FLOW_STATE_FIN_OUT, FLOW_STATE_IGNORED,
-    FLOW_STATE_RESET_RX, FLOWS_MAX_ENTRIES, FlowCounters, FlowEvent, FlowState, Hook,
-    HookCounters, IGNORE_VERDICT_IGNORE, RecordKind, TP_FIELD_ABSENT,
+    FLOW_STATE_RESET_RX, FLOWS_MAX_ENTRIES, FlowCounters, FlowEvent, FlowState, Hook, HookCounters,
+    IGNORE_VERDICT_IGNORE, RecordKind, TP_FIELD_ABSENT,
 };
 
 use crate::maps::{COUNTERS, EVENTS, IGNORE};
@@ -287,7 +285,12 @@ fn sockops_addrs(ctx: &SockOpsContext) -> ([u8; 16], [u8; 16], u8, u8) {
     let local = words_to_bytes(local);
     let remote = words_to_bytes(remote);
     if is_v4_mapped(&remote) {
-        (reported(&local), reported(&remote), AF_INET, FLOW_FLAG_V4_MAPPED)
+        (
+            reported(&local),
+            reported(&remote),
+            AF_INET,
+            FLOW_FLAG_V4_MAPPED,
+        )
     } else {
         (local, remote, AF_INET6, 0)
     }
@@ -388,7 +391,9 @@ fn tcp_payload(state: &FlowState, acked: u64, received: u64) -> (u64, u64) {
     let fin_in = u64::from(state.flags & FLOW_STATE_FIN_IN != 0);
     (
         acked.saturating_sub(state.base_out).saturating_sub(fin_out),
-        received.saturating_sub(state.base_in).saturating_sub(fin_in),
+        received
+            .saturating_sub(state.base_in)
+            .saturating_sub(fin_in),
     )
 }
 
@@ -611,7 +616,9 @@ fn udp_payload(ctx: &SkBuffContext) -> Option<(u32, u8)> {
     // SAFETY: 4-byte context field reads.
     let (proto, len) = unsafe {
         (
-            u32::from(u16::from_be(core::ptr::read_volatile(&raw const (*skb).protocol) as u16)),
+            u32::from(u16::from_be(
+                core::ptr::read_volatile(&raw const (*skb).protocol) as u16,
+            )),
             core::ptr::read_volatile(&raw const (*skb).len),
         )
     };
@@ -700,7 +707,12 @@ fn tcp_interim(ctx: &SkBuffContext, sk: *mut bpf_sock) -> Option<()> {
         )
     };
     let (out, inb) = tcp_payload(state, acked, received);
-    let mut event = record(state, cookie, FLOW_END_INTERIM, [out, inb, segs_out, segs_in]);
+    let mut event = record(
+        state,
+        cookie,
+        FLOW_END_INTERIM,
+        [out, inb, segs_out, segs_in],
+    );
     event.retrans = retrans;
     state.reported_ns = now;
     state.reports += 1;

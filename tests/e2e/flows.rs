@@ -68,9 +68,8 @@ fn setup(tag: &str, interim_ms: u64) -> Setup {
 
 /// Runs the probe in the test cgroup and namespace: (pid, stdout lines).
 fn probe(s: &Setup, args: &[&str]) -> (u32, Vec<String>) {
-    let (pid, output) = s
-        .ns
-        .output_in_cgroup(s.cgroup.path(), &support::probe_path(), args);
+    let (pid, output) =
+        s.ns.output_in_cgroup(s.cgroup.path(), &support::probe_path(), args);
     assert!(output.status.success(), "probe {args:?}: {output:?}");
     let lines = String::from_utf8_lossy(&output.stdout)
         .lines()
@@ -155,7 +154,10 @@ fn tcp_upload_has_exact_bytes_source_and_duration_and_alerts_once() {
     assert_eq!(flow["proc.name"], "egret-probe", "{flow}");
     assert_eq!(flow["egret.audit_schema"], 2, "{flow}");
     // At least the 5 MB in 64 KiB-segment-or-smaller packets; some back.
-    assert!(flow["flow.packets_out"].as_u64() > Some(UPLOAD / 65_536), "{flow}");
+    assert!(
+        flow["flow.packets_out"].as_u64() > Some(UPLOAD / 65_536),
+        "{flow}"
+    );
     assert!(flow["flow.packets_in"].as_u64() > Some(0), "{flow}");
     // From the kernel's connect to its close: inside what the probe
     // measured around connect() and close(), plus the time the kernel
@@ -260,9 +262,10 @@ fn long_flow_has_interim_records_that_add_up() {
     let s = setup("flowint", 300);
     let addr = format!("{V4_SERVER}:9154");
     let total: u64 = 600_000;
-    let _sink = s
-        .ns
-        .server(&support::probe_path(), &["sink-exact", &addr, &total.to_string()]);
+    let _sink = s.ns.server(
+        &support::probe_path(),
+        &["sink-exact", &addr, &total.to_string()],
+    );
     // Six parts 400 ms apart: several interim intervals of 300 ms.
     let (pid, _) = probe(&s, &["upload", &addr, &total.to_string(), "400"]);
     let last = final_flow(&s.agent, pid);
@@ -285,7 +288,9 @@ fn long_flow_has_interim_records_that_add_up() {
     }
     assert_eq!(increments, total);
     assert!(
-        interim.iter().any(|v| v["flow.bytes_out"].as_u64() < Some(total)),
+        interim
+            .iter()
+            .any(|v| v["flow.bytes_out"].as_u64() < Some(total)),
         "an interim record came before the end of the upload: {all:?}"
     );
     let socket = &last["egret.socket_cookie"];

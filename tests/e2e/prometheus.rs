@@ -102,10 +102,7 @@ const MAY_BE_EMPTY: &[(&str, &str)] = &[
         "egret_flow_bytes_total has a series only once a flow moved bytes; \
          this test's connects are refused (tests/e2e/flows.rs moves bytes)",
     ),
-    (
-        "panel Top talkers to external IPs",
-        "as the panel above",
-    ),
+    ("panel Top talkers to external IPs", "as the panel above"),
 ];
 
 #[test]

@@ -114,7 +114,10 @@ pub const FIELD_CATALOGUE: &[(&str, &str)] = &[
         "fd.cnet",
         "Client address, matched against networks; normally missing.",
     ),
-    ("fd.cport", "Client (local) port; set on close events, missing at connect time."),
+    (
+        "fd.cport",
+        "Client (local) port; set on close events, missing at connect time.",
+    ),
     (
         "fd.lport",
         "Local port (the client end of an outbound call); normally missing at connect time.",

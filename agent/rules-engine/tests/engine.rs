@@ -371,7 +371,10 @@ fn close_events_reach_only_rules_naming_close() {
             .with(FieldId::ClientIp, ip("198.51.100.1"))
             .with(FieldId::ClientPort, 40000u64)
     };
-    assert_eq!(names(&TestEvent::connect(ip("203.0.113.7"), 443)), ["Any Destination"]);
+    assert_eq!(
+        names(&TestEvent::connect(ip("203.0.113.7"), 443)),
+        ["Any Destination"]
+    );
     assert_eq!(names(&close(5000, 0)), ["Big Flow"]);
     assert!(names(&close(5000, 2000)).is_empty(), "fires once per flow");
     assert!(names(&close(10, 0)).is_empty());

@@ -338,7 +338,9 @@ fn flow_rules_fire_once_per_flow_and_only_on_close() {
     let scan = "Many Short Connections to External Addresses";
     let names = |e: &TestEvent| matched(&rules, e);
     assert!(names(&flow("203.0.113.7", 200_000_000, 0, 1)).contains(&upload.to_string()));
-    assert!(!names(&flow("203.0.113.7", 200_000_000, 150_000_000, 1)).contains(&upload.to_string()));
+    assert!(
+        !names(&flow("203.0.113.7", 200_000_000, 150_000_000, 1)).contains(&upload.to_string())
+    );
     assert!(!names(&flow("10.1.2.3", 200_000_000, 0, 1)).contains(&upload.to_string()));
     assert!(!names(&flow("203.0.113.7", 1_000, 0, 1)).contains(&upload.to_string()));
     let hour = 3_600_000_000_000u64;

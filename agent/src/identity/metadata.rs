@@ -222,8 +222,7 @@ impl ContainerMeta {
                 uid: label(labels::POD_UID).or_else(|| annotation(annotations::SANDBOX_UID)),
                 sandbox_id,
                 labels,
-                service_account: spec
-                    .and_then(|s| super::service_account::from_mounts(&s.mounts)),
+                service_account: spec.and_then(|s| super::service_account::from_mounts(&s.mounts)),
             }
         });
 

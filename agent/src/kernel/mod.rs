@@ -317,8 +317,16 @@ impl KernelProbes {
             .override_global(TP_CGROUP_LEVEL_GLOBAL, &offsets.cgroup[1], true)
             .override_global(TP_CGROUP_ID_GLOBAL, &offsets.cgroup[2], true)
             .override_global(TP_CGROUP_PATH_GLOBAL, &offsets.cgroup[3], true)
-            .override_global(egret_common::FLOW_INTERIM_NS_GLOBAL, &flows.interim_ns, true)
-            .override_global(egret_common::TP_RESET_COOKIE_GLOBAL, &offsets.reset_cookie, true)
+            .override_global(
+                egret_common::FLOW_INTERIM_NS_GLOBAL,
+                &flows.interim_ns,
+                true,
+            )
+            .override_global(
+                egret_common::TP_RESET_COOKIE_GLOBAL,
+                &offsets.reset_cookie,
+                true,
+            )
             .load(EBPF_OBJECT)
             .map_err(|source| KernelError::Load {
                 hint: permission_hint(&source),

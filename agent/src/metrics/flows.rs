@@ -201,7 +201,10 @@ impl FlowMetrics {
                 shown.insert(key);
                 (namespace, workload)
             } else {
-                (super::table::OTHER.to_owned(), super::table::OTHER.to_owned())
+                (
+                    super::table::OTHER.to_owned(),
+                    super::table::OTHER.to_owned(),
+                )
             }
         };
         let class = destination_class(a.daddr, a.dport);

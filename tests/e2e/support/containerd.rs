@@ -31,8 +31,8 @@ const CTR_TIMEOUT: Duration = Duration::from_secs(30);
 const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 /// busybox applets linked into the rootfs.
 const APPLETS: [&str; 14] = [
-    "sh", "nc", "wget", "sleep", "cat", "echo", "id", "ls", "true", "false", "ip", "ping", "arping",
-    "head",
+    "sh", "nc", "wget", "sleep", "cat", "echo", "id", "ls", "true", "false", "ip", "ping",
+    "arping", "head",
 ];
 
 mod cleanup;

@@ -57,8 +57,7 @@ fn sample(metrics: &str, name: &str, labels: &str) -> u64 {
 
 fn scrape(port: u16) -> anyhow::Result<String> {
     let addr = format!("127.0.0.1:{port}").parse().expect("literal");
-    let (status, body) =
-        egret_testkit::http::get(addr, "/metrics").map_err(anyhow::Error::msg)?;
+    let (status, body) = egret_testkit::http::get(addr, "/metrics").map_err(anyhow::Error::msg)?;
     if status != 200 {
         bail!("/metrics answered {status}");
     }
@@ -120,11 +119,7 @@ pub fn run(bins: &Binaries, ns: &NetNs, settings: &Settings) -> anyhow::Result<S
         ],
         Stdout::Discard,
     )?;
-    let bulk_args = [
-        "bulk",
-        &format!("{ADDR}:0"),
-        &settings.flow_mib.to_string(),
-    ];
+    let bulk_args = ["bulk", &format!("{ADDR}:0"), &settings.flow_mib.to_string()];
     let loop_args = [
         "connect-loop",
         &format!("{ADDR}:0"),
@@ -158,7 +153,10 @@ pub fn run(bins: &Binaries, ns: &NetNs, settings: &Settings) -> anyhow::Result<S
             delta("egret_kernel_seen_total", "udp_flow"),
             delta("egret_kernel_emitted_total", "udp_flow"),
             delta("egret_kernel_ringbuf_drops_total", "udp_flow"),
-            delta("egret_flow_records_total", "protocol=\"udp\",end=\"closed\""),
+            delta(
+                "egret_flow_records_total",
+                "protocol=\"udp\",end=\"closed\"",
+            ),
         ))
     } else {
         None
@@ -217,10 +215,7 @@ pub fn run(bins: &Binaries, ns: &NetNs, settings: &Settings) -> anyhow::Result<S
              agent. Nothing else is affected: connects are still reported, a full table only \
              means new flows are counted instead of recorded."
         )?,
-        None => writeln!(
-            out,
-            "\n(`--short`: the {CONCURRENT}-flow step is skipped.)"
-        )?,
+        None => writeln!(out, "\n(`--short`: the {CONCURRENT}-flow step is skipped.)")?,
     }
     Ok(out)
 }

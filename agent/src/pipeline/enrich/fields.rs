@@ -186,9 +186,7 @@ impl egret_rules::Event for Event {
             FieldId::FdName => Value::Str(self.fd_name.as_str()),
             // Known for flow records only: a connect has no local end yet.
             FieldId::ClientIp => flow.map_or(Value::Missing, |f| Value::Ip(f.saddr)),
-            FieldId::ClientPort => {
-                flow.map_or(Value::Missing, |f| Value::U64(u64::from(f.sport)))
-            }
+            FieldId::ClientPort => flow.map_or(Value::Missing, |f| Value::U64(u64::from(f.sport))),
             FieldId::FlowBytesOut => flow.map_or(Value::Missing, |f| Value::U64(f.bytes_out)),
             FieldId::FlowBytesIn => flow.map_or(Value::Missing, |f| Value::U64(f.bytes_in)),
             FieldId::FlowPacketsOut => flow.map_or(Value::Missing, |f| Value::U64(f.packets_out)),

@@ -256,7 +256,11 @@ mod tests {
     #[test]
     fn counts_distinct_peers_per_process_and_window() {
         let mut owners = FlowOwners::default();
-        for (cookie, ip) in [(1, "198.51.100.1"), (2, "198.51.100.2"), (3, "198.51.100.1")] {
+        for (cookie, ip) in [
+            (1, "198.51.100.1"),
+            (2, "198.51.100.2"),
+            (3, "198.51.100.1"),
+        ] {
             owners.observe(&connect(cookie, 42));
             let mut f = flow(cookie, FlowEnd::Closed);
             f.daddr = ip.parse().unwrap();

@@ -97,7 +97,14 @@ impl FlowOwners {
         );
     }
 
-    fn insert(&mut self, cookie: u64, owner: Owner) {
+    fn insert(&mut self, cookie: u64, mut owner: Owner) {
+        // A socket's later sends (unconnected UDP) keep what its flow
+        // already reported, so deltas are not counted twice.
+        if let Some(known) = self.young.get(&cookie).or_else(|| self.old.get(&cookie)) {
+            owner.reported_out = known.reported_out;
+            owner.reported_in = known.reported_in;
+            owner.reported_duration = known.reported_duration;
+        }
         if self.young.len() >= GENERATION_CAP && !self.young.contains_key(&cookie) {
             self.old = std::mem::take(&mut self.young);
         }
@@ -240,6 +247,20 @@ mod tests {
         assert_eq!(last.flow.as_ref().unwrap().proc_peers, 1);
         assert_eq!(owners.len(), 0);
         assert!(!owners.attribute(&mut flow(7, FlowEnd::Closed)));
+    }
+
+    #[test]
+    fn later_sends_keep_what_was_reported() {
+        let mut owners = FlowOwners::default();
+        owners.observe(&connect(7, 42));
+        let mut interim = flow(7, FlowEnd::Interim);
+        interim.flow.as_mut().unwrap().bytes_out = 100;
+        assert!(owners.attribute(&mut interim));
+        owners.observe(&connect(7, 42));
+        let mut last = flow(7, FlowEnd::Closed);
+        last.flow.as_mut().unwrap().bytes_out = 130;
+        assert!(owners.attribute(&mut last));
+        assert_eq!(last.flow.as_ref().unwrap().delta_out, 30);
     }
 
     #[test]

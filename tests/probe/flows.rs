@@ -13,10 +13,11 @@
 //!   udp-exchange <addr:port> <count>: from one connected UDP socket, send
 //!                `count` datagrams of 100 bytes, each after the previous
 //!                one's echo; print `local ip:port`.
-//!   udp-hold     <addr:port> <count> <hold_ms>: open `count` UDP sockets
-//!                (raising RLIMIT_NOFILE), send one byte from each, hold
-//!                them all for hold_ms, close them; print the count
-//!                (benchmarks: a full flow table).
+//!   udp-hold     <addr:port> <count> <hold_ms> <src,src…>: open `count`
+//!                UDP sockets (raising RLIMIT_NOFILE), bound in turn to each
+//!                source address (one address has too few ports), send one
+//!                byte from each, hold them all for hold_ms, close them;
+//!                print how many were opened (benchmarks: a full flow table).
 use std::{
     io::{Error, ErrorKind, Read, Result, Write},
     net::{Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket},
@@ -51,8 +52,18 @@ pub fn run(mode: &str, args: &[String]) -> Result<()> {
         ("rst-listen", []) => rst_listen(addr),
         ("udp-echo", []) => udp_echo(addr),
         ("udp-exchange", [count]) => udp_exchange(addr, number(count, "count")?),
-        ("udp-hold", [count, hold]) => {
-            udp_hold(addr, number(count, "count")?, number(hold, "hold_ms")?)
+        ("udp-hold", [count, hold, sources]) => {
+            let sources = sources
+                .split(',')
+                .map(|s| s.parse())
+                .collect::<std::result::Result<Vec<std::net::IpAddr>, _>>()
+                .map_err(|_| Error::new(ErrorKind::InvalidInput, "sources"))?;
+            udp_hold(
+                addr,
+                number(count, "count")?,
+                number(hold, "hold_ms")?,
+                &sources,
+            )
         }
         _ => Err(Error::new(ErrorKind::InvalidInput, "arguments")),
     }
@@ -172,7 +183,12 @@ fn udp_exchange(addr: SocketAddr, count: u64) -> Result<()> {
     Ok(())
 }
 
-fn udp_hold(addr: SocketAddr, count: u64, hold_ms: u64) -> Result<()> {
+fn udp_hold(
+    addr: SocketAddr,
+    count: u64,
+    hold_ms: u64,
+    sources: &[std::net::IpAddr],
+) -> Result<()> {
     let want = count + 64;
     let limit = libc::rlimit {
         rlim_cur: want,
@@ -182,12 +198,18 @@ fn udp_hold(addr: SocketAddr, count: u64, hold_ms: u64) -> Result<()> {
     if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } != 0 {
         return Err(Error::last_os_error());
     }
-    let bind: SocketAddr = "0.0.0.0:0".parse().expect("literal");
     let mut sockets = Vec::with_capacity(count as usize);
-    for _ in 0..count {
-        let socket = UdpSocket::bind(bind)?;
-        socket.send_to(&[1], addr)?;
-        sockets.push(socket);
+    for i in 0..count as usize {
+        let source = sources.get(i % sources.len().max(1)).copied();
+        let bind = SocketAddr::new(source.unwrap_or([0, 0, 0, 0].into()), 0);
+        let opened = UdpSocket::bind(bind).and_then(|s| s.send_to(&[1], addr).map(|_| s));
+        match opened {
+            Ok(socket) => sockets.push(socket),
+            Err(err) => {
+                eprintln!("socket {i}: {err}");
+                break;
+            }
+        }
     }
     std::thread::sleep(Duration::from_millis(hold_ms));
     println!("{}", sockets.len());

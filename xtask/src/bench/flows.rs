@@ -134,14 +134,16 @@ pub fn run(bins: &Binaries, ns: &NetNs, settings: &Settings) -> anyhow::Result<S
     }
     let (memlock, entries) = flow_table_memory(agent_on.pid())?;
     let full = if settings.flow_fill {
+        // Both of the namespace's addresses: one has only ~64k ports.
         let hold = [
             "udp-hold",
             &format!("{ADDR}:9"),
             &CONCURRENT.to_string(),
             "2000",
+            "198.51.100.1,203.0.113.1",
         ];
         let before = scrape(port)?;
-        probe_in(bins, on.path(), ns, &hold)?;
+        let opened = probe_in(bins, on.path(), ns, &hold)? as u64;
         // The tracked sockets' final records drain through the pipeline.
         std::thread::sleep(std::time::Duration::from_secs(5));
         let after = scrape(port)?;
@@ -149,6 +151,7 @@ pub fn run(bins: &Binaries, ns: &NetNs, settings: &Settings) -> anyhow::Result<S
             sample(&after, name, labels).saturating_sub(sample(&before, name, labels))
         };
         Some((
+            opened,
             delta("egret_kernel_flow_untracked_total", "udp_table_full"),
             delta("egret_kernel_seen_total", "udp_flow"),
             delta("egret_kernel_emitted_total", "udp_flow"),
@@ -205,9 +208,9 @@ pub fn run(bins: &Binaries, ns: &NetNs, settings: &Settings) -> anyhow::Result<S
         rss_kib / 1024
     )?;
     match full {
-        Some((untracked, seen, emitted, drops, closed)) => writeln!(
+        Some((opened, untracked, seen, emitted, drops, closed)) => writeln!(
             out,
-            "\n{CONCURRENT} concurrent UDP flows (one process, each socket one datagram, held \
+            "\n{opened} concurrent UDP flows (one process, each socket one datagram, held \
              2 s, then closed): {seen} tracked (the table holds {entries}), {untracked} not \
              (`egret_kernel_flow_untracked_total{{reason=\"udp_table_full\"}}`); at the close, \
              {emitted} final records sent, {drops} lost to a full ring buffer \

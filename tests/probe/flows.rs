@@ -189,12 +189,18 @@ fn udp_hold(
     hold_ms: u64,
     sources: &[std::net::IpAddr],
 ) -> Result<()> {
-    let want = count + 64;
-    let limit = libc::rlimit {
-        rlim_cur: want,
-        rlim_max: want,
+    // Up to the hard limit (raising that needs CAP_SYS_RESOURCE): callers
+    // wanting more run several processes.
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
     };
-    // SAFETY: a valid rlimit value.
+    // SAFETY: a valid out-pointer.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return Err(Error::last_os_error());
+    }
+    limit.rlim_cur = (count + 64).min(limit.rlim_max);
+    // SAFETY: a valid rlimit value, within the hard limit.
     if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } != 0 {
         return Err(Error::last_os_error());
     }

@@ -24,14 +24,20 @@ use super::{
 const ADDR: &str = "198.51.100.1";
 /// Concurrent UDP flows of the full-table step.
 const CONCURRENT: u64 = 100_000;
+/// Processes holding them.
+const HOLDERS: u64 = 8;
 
 fn probe_in(bins: &Binaries, cgroup: &Path, ns: &NetNs, args: &[&str]) -> anyhow::Result<f64> {
+    probe_in_named(bins, cgroup, &ns.name, args)
+}
+
+fn probe_in_named(bins: &Binaries, cgroup: &Path, ns: &str, args: &[&str]) -> anyhow::Result<f64> {
     let output = Command::new("sh")
         .arg("-c")
         .arg(r#"echo $$ > "$1/cgroup.procs" && shift && exec ip netns exec "$@""#)
         .arg("sh")
         .arg(cgroup)
-        .arg(&ns.name)
+        .arg(ns)
         .arg(&bins.probe)
         .args(args)
         .output()
@@ -134,16 +140,36 @@ pub fn run(bins: &Binaries, ns: &NetNs, settings: &Settings) -> anyhow::Result<S
     }
     let (memlock, entries) = flow_table_memory(agent_on.pid())?;
     let full = if settings.flow_fill {
-        // Both of the namespace's addresses: one has only ~64k ports.
+        // Both of the namespace's addresses (one has only ~64k ports), and
+        // several processes (the fd hard limit may be low): all at once.
+        let per = CONCURRENT / HOLDERS;
         let hold = [
             "udp-hold",
             &format!("{ADDR}:9"),
-            &CONCURRENT.to_string(),
-            "2000",
+            &per.to_string(),
+            "4000",
             "198.51.100.1,203.0.113.1",
         ];
         let before = scrape(port)?;
-        let opened = probe_in(bins, on.path(), ns, &hold)? as u64;
+        let holders: Vec<_> = (0..HOLDERS)
+            .map(|_| {
+                let bins = bins.clone();
+                let cgroup = on.path().to_path_buf();
+                let ns_name = ns.name.clone();
+                let hold: Vec<String> = hold.iter().map(|s| s.to_string()).collect();
+                std::thread::spawn(move || -> anyhow::Result<f64> {
+                    let args: Vec<&str> = hold.iter().map(String::as_str).collect();
+                    probe_in_named(&bins, &cgroup, &ns_name, &args)
+                })
+            })
+            .collect();
+        let mut opened = 0u64;
+        for holder in holders {
+            opened += holder
+                .join()
+                .map_err(|_| anyhow::anyhow!("holder thread panicked"))??
+                as u64;
+        }
         // The tracked sockets' final records drain through the pipeline.
         std::thread::sleep(std::time::Duration::from_secs(5));
         let after = scrape(port)?;

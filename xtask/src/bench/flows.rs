@@ -236,13 +236,15 @@ pub fn run(bins: &Binaries, ns: &NetNs, settings: &Settings) -> anyhow::Result<S
     match full {
         Some((opened, untracked, seen, emitted, drops, closed)) => writeln!(
             out,
-            "\n{opened} concurrent UDP flows (one process, each socket one datagram, held \
-             2 s, then closed): {seen} tracked (the table holds {entries}), {untracked} not \
+            "\n{opened} concurrent UDP flows ({HOLDERS} processes, each socket one datagram, \
+             held 4 s, then closed): {seen} first datagrams seen, {} tracked (the table holds \
+             {entries}), {untracked} not \
              (`egret_kernel_flow_untracked_total{{reason=\"udp_table_full\"}}`); at the close, \
              {emitted} final records sent, {drops} lost to a full ring buffer \
              (`egret_kernel_ringbuf_drops_total{{hook=\"udp_flow\"}}`), {closed} reached the \
              agent. Nothing else is affected: connects are still reported, a full table only \
-             means new flows are counted instead of recorded."
+             means new flows are counted instead of recorded.",
+            seen.saturating_sub(untracked)
         )?,
         None => writeln!(out, "\n(`--short`: the {CONCURRENT}-flow step is skipped.)")?,
     }

@@ -14,7 +14,7 @@
 //! 8. what a quarantine's programs cost the quarantined workload's allowed
 //!    traffic (bulk throughput, connect rate, ns/run).
 //! 10. flow accounting on vs off (bulk throughput, connect rate), memory
-//!    per tracked flow, 100,000 concurrent flows against the flow table.
+//!     per tracked flow, 100,000 concurrent flows against the flow table.
 //!
 //! Traffic of scenarios 2, 4, 5 and 6 goes to TEST-NET-2 addresses inside
 //! a throwaway network namespace: nothing leaves the machine.

@@ -237,7 +237,7 @@ fn try_sockops(ctx: &SockOpsContext) -> Option<()> {
             // (tcp_write_timeout: the connection is about to be dropped).
             let _ = arg0;
             if arg2 != 0 {
-                let state = FLOWS.get_ptr_mut(&cookie(ctx))?;
+                let state = FLOWS.get_ptr_mut(cookie(ctx))?;
                 // SAFETY: map value pointer, valid during the program.
                 unsafe { (*state).flags |= STATE_TIMED_OUT };
             }
@@ -340,7 +340,7 @@ fn on_connect(ctx: &SockOpsContext) -> Option<()> {
         ..FlowState::default()
     };
     let cookie = cookie(ctx);
-    if FLOWS.insert(&cookie, &state, BPF_NOEXIST).is_err() {
+    if FLOWS.insert(cookie, state, BPF_NOEXIST).is_err() {
         count_flow(|c| c.tcp_table_full += 1);
         return Some(());
     }
@@ -348,7 +348,7 @@ fn on_connect(ctx: &SockOpsContext) -> Option<()> {
     let flags = unsafe { core::ptr::read_volatile(&raw const (*ctx.ops).bpf_sock_ops_cb_flags) };
     let wanted = flags | BPF_SOCK_OPS_STATE_CB_FLAG | BPF_SOCK_OPS_RTO_CB_FLAG;
     if ctx.set_cb_flags(wanted as i32).is_err() {
-        let _ = FLOWS.remove(&cookie);
+        let _ = FLOWS.remove(cookie);
         count_flow(|c| c.cb_flags_failed += 1);
     }
     Some(())
@@ -358,7 +358,7 @@ fn on_connect(ctx: &SockOpsContext) -> Option<()> {
 /// payload.
 #[inline(always)]
 fn on_established(ctx: &SockOpsContext) -> Option<()> {
-    let state = FLOWS.get_ptr_mut(&cookie(ctx))?;
+    let state = FLOWS.get_ptr_mut(cookie(ctx))?;
     let (acked, received) = tcp_bytes(ctx);
     // SAFETY: map value pointer, valid during the program.
     unsafe {
@@ -401,7 +401,7 @@ fn tcp_payload(state: &FlowState, acked: u64, received: u64) -> (u64, u64) {
 fn on_state(ctx: &SockOpsContext, old: u32, new: u32) -> Option<()> {
     let cookie = cookie(ctx);
     let (acked, received) = tcp_bytes(ctx);
-    let Some(state) = FLOWS.get_ptr_mut(&cookie) else {
+    let Some(state) = FLOWS.get_ptr_mut(cookie) else {
         if new == TCP_CLOSE {
             lost_close(ctx, cookie, old, acked, received);
         }
@@ -456,7 +456,7 @@ fn on_state(ctx: &SockOpsContext, old: u32, new: u32) -> Option<()> {
     event.old_state = old as u8;
     event.retrans = retrans;
     emit(Hook::TcpFlow, &event);
-    let _ = FLOWS.remove(&cookie);
+    let _ = FLOWS.remove(cookie);
     Some(())
 }
 
@@ -516,7 +516,7 @@ fn try_reset(ctx: &TracePointContext) -> Option<()> {
     }
     // SAFETY: reads 8 bytes of the tracepoint record at a tracefs offset.
     let cookie: u64 = unsafe { ctx.read_at(offset as usize) }.ok()?;
-    let state = FLOWS.get_ptr_mut(&cookie)?;
+    let state = FLOWS.get_ptr_mut(cookie)?;
     // SAFETY: map value pointer, valid during the program.
     unsafe { (*state).flags |= FLOW_STATE_RESET_RX };
     Some(())
@@ -571,7 +571,7 @@ fn on_packet(ctx: &SkBuffContext, egress: bool) -> Option<()> {
     // SAFETY: the packet's socket has a cookie.
     let cookie = unsafe { bpf_get_socket_cookie(skb.cast()) };
     let (payload, family) = udp_payload(ctx)?;
-    let state = match FLOWS.get_ptr_mut(&cookie) {
+    let state = match FLOWS.get_ptr_mut(cookie) {
         Some(state) => state,
         None if egress => return udp_start(ctx, cookie, family, payload),
         // Inbound-only sockets (servers) are not outbound flows.
@@ -668,7 +668,7 @@ fn udp_start(ctx: &SkBuffContext, cookie: u64, family: u8, payload: u32) -> Opti
         state.flags = FLOW_STATE_IGNORED;
         count(Hook::UdpFlow, |c| c.ignored += 1);
     }
-    if FLOWS.insert(&cookie, &state, BPF_NOEXIST).is_err() {
+    if FLOWS.insert(cookie, state, BPF_NOEXIST).is_err() {
         count_flow(|c| c.udp_table_full += 1);
     }
     Some(())
@@ -684,7 +684,7 @@ fn tcp_interim(ctx: &SkBuffContext, sk: *mut bpf_sock) -> Option<()> {
     }
     // SAFETY: the packet's socket has a cookie.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.skb.skb.cast()) };
-    let state = FLOWS.get_ptr_mut(&cookie)?;
+    let state = FLOWS.get_ptr_mut(cookie)?;
     // SAFETY: map value pointer, valid during the program.
     let state = unsafe { &mut *state };
     let now = now();
@@ -738,7 +738,7 @@ fn try_release(ctx: &SockContext) -> Option<()> {
     }
     // SAFETY: sock contexts have a socket cookie.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    let state = FLOWS.get_ptr(&cookie)?;
+    let state = FLOWS.get_ptr(cookie)?;
     // SAFETY: map value pointer, valid during the program.
     let state = unsafe { *state };
     if state.flags & FLOW_STATE_IGNORED == 0 {
@@ -751,6 +751,6 @@ fn try_release(ctx: &SockContext) -> Option<()> {
         let event = record(&state, cookie, FLOW_END_CLOSED, totals);
         emit(Hook::UdpFlow, &event);
     }
-    let _ = FLOWS.remove(&cookie);
+    let _ = FLOWS.remove(cookie);
     Some(())
 }

@@ -9,6 +9,8 @@ mod connect_result;
 #[cfg(target_arch = "bpf")]
 mod exe;
 #[cfg(target_arch = "bpf")]
+mod flows;
+#[cfg(target_arch = "bpf")]
 mod maps;
 #[cfg(target_arch = "bpf")]
 mod net;

@@ -179,6 +179,10 @@ pub struct KernelConfig {
     pub ignore_networks: Vec<IpNet>,
     pub builtin_ignore: bool,
     pub ringbuf_bytes: u32,
+    /// Flow accounting (bytes, packets, duration per connection).
+    pub flows: bool,
+    /// Interim flow records of live flows, in ms (0: end records only).
+    pub flow_interim_ms: u64,
 }
 
 impl Default for KernelConfig {
@@ -188,6 +192,8 @@ impl Default for KernelConfig {
             ignore_networks: Vec::new(),
             builtin_ignore: true,
             ringbuf_bytes: egret_common::DEFAULT_RINGBUF_BYTES,
+            flows: true,
+            flow_interim_ms: egret_common::FLOW_INTERIM_DEFAULT_NS / 1_000_000,
         }
     }
 }

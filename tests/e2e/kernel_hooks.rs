@@ -98,7 +98,7 @@ fn udp_connect_and_unconnected_sendto() {
     let for_connected = agent
         .json_lines()
         .into_iter()
-        .filter(|v| v["proc.pid"] == connected)
+        .filter(|v| v["proc.pid"] == connected && v["evt.type"] != "close")
         .count();
     assert_eq!(for_connected, 1, "connected UDP flow reported once");
 }
@@ -227,17 +227,18 @@ fn sigterm_detaches_every_program() {
     let ids = agent.program_ids();
     assert_eq!(
         ids.len(),
-        17,
-        "four sock_addr programs, eleven tracepoints (process and cgroup lifecycle, socket \
-         creation, connect results: sys_exit_connect, io_uring submission and completion), \
-         the raw-socket sock_create and egress programs"
+        22,
+        "four sock_addr programs, twelve tracepoints (process and cgroup lifecycle, socket \
+         creation, connect results: sys_exit_connect, io_uring submission and completion; TCP \
+         resets), the raw-socket sock_create and egress programs, and the flow sock_ops, \
+         cgroup_skb egress/ingress and sock_release programs"
     );
     let attached = support::attached_program_ids(&root);
     let on_cgroup = ids.iter().filter(|id| attached.contains(id)).count();
     assert_eq!(
         on_cgroup,
-        6,
-        "sock_addr, sock_create and cgroup_skb programs attached to {}",
+        10,
+        "sock_addr, sock_create, sock_release, sock_ops and cgroup_skb programs attached to {}",
         root.display()
     );
 

@@ -7,6 +7,7 @@ mod containers;
 mod deploy;
 mod falco_rules;
 mod faults;
+mod flows;
 mod identity;
 mod kernel_counters;
 mod kernel_hooks;

@@ -45,6 +45,8 @@
 //!                  <mib> MiB to itself over one TCP connection (a reader
 //!                  thread discards), print MiB/s (benchmarks: what a
 //!                  per-packet egress program costs a bulk flow).
+mod flows;
+
 use std::{
     io::{Error, ErrorKind, Result},
     net::{IpAddr, SocketAddr, SocketAddrV6, TcpStream, UdpSocket},
@@ -54,6 +56,7 @@ use std::{
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let result = match args.get(1..) {
+        Some([mode, rest @ ..]) if flows::MODES.contains(&mode.as_str()) => flows::run(mode, rest),
         Some([mode, addr]) if mode.starts_with("report-") => parse(addr).and_then(|addr| {
             let outcome = report(&mode["report-".len()..], addr);
             match outcome {

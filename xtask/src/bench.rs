@@ -13,10 +13,13 @@
 //!    every program's ns per run (kernel.bpf_stats_enabled);
 //! 8. what a quarantine's programs cost the quarantined workload's allowed
 //!    traffic (bulk throughput, connect rate, ns/run).
+//! 10. flow accounting on vs off (bulk throughput, connect rate), memory
+//!     per tracked flow, 100,000 concurrent flows against the flow table.
 //!
 //! Traffic of scenarios 2, 4, 5 and 6 goes to TEST-NET-2 addresses inside
 //! a throwaway network namespace: nothing leaves the machine.
 mod connect;
+mod flows;
 mod hooks;
 mod latency;
 mod memory;
@@ -53,6 +56,12 @@ pub struct Settings {
     quarantine_rounds: usize,
     quarantine_mib: u64,
     quarantine_connects: u64,
+    /// Scenario 10: interleaved rounds, MiB per bulk run, connects per
+    /// run, and whether to fill the flow table (100,000 UDP sockets).
+    flow_rounds: usize,
+    flow_mib: u64,
+    flow_connects: u64,
+    flow_fill: bool,
 }
 
 impl Settings {
@@ -80,6 +89,10 @@ impl Settings {
                 quarantine_rounds: 1,
                 quarantine_mib: 64,
                 quarantine_connects: 1_000,
+                flow_rounds: 1,
+                flow_mib: 64,
+                flow_connects: 1_000,
+                flow_fill: false,
             }
         } else {
             Settings {
@@ -96,6 +109,10 @@ impl Settings {
                 quarantine_rounds: 5,
                 quarantine_mib: 2_048,
                 quarantine_connects: 20_000,
+                flow_rounds: 5,
+                flow_mib: 2_048,
+                flow_connects: 20_000,
+                flow_fill: true,
             }
         }
     }
@@ -121,7 +138,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
                 .split(',')
                 .map(|n| n.trim().parse::<u32>())
                 .collect::<Result<_, _>>()
-                .context("--only takes scenario numbers 1-8, comma-separated")?,
+                .context("--only takes scenario numbers (1-8, 10), comma-separated")?,
         ),
         None => None,
     };
@@ -174,6 +191,9 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     }
     if want(8) {
         section(quarantine::run(&bins, &ns, &settings)?);
+    }
+    if want(10) {
+        section(flows::run(&bins, &ns, &settings)?);
     }
     drop(ns);
     if want(7) {

@@ -83,14 +83,21 @@ pub enum Hook {
     /// `io_uring_complete` (`connect_result.rs`). `seen` counts results
     /// found for an emitted connect, not every syscall exit.
     ConnectResult = 11,
+    /// TCP flow accounting (sock_ops + cgroup_skb egress): `seen` tracked
+    /// connects, `ignored` connects to ignored destinations (counted, never
+    /// recorded), `emitted` flow records (interim and final).
+    TcpFlow = 14,
+    /// UDP flow accounting (cgroup_skb + sock_release): `seen` sockets
+    /// whose first datagram was counted, the rest as for [`Hook::TcpFlow`].
+    UdpFlow = 15,
 }
 
 impl Hook {
     /// Counter slots: highest hook value + 1 (every slot has its hook).
-    pub const COUNT: u32 = 12;
+    pub const COUNT: u32 = 16;
     /// Every hook, in slot order: whoever reads the counters reads them all
     /// (a hook left out here is a count nobody ever sees).
-    pub const ALL: [Hook; Hook::COUNT as usize] = [
+    pub const ALL: [Hook; 14] = [
         Hook::Connect4,
         Hook::Connect6,
         Hook::Sendmsg4,
@@ -103,6 +110,8 @@ impl Hook {
         Hook::RawSend6,
         Hook::SocketCreate,
         Hook::ConnectResult,
+        Hook::TcpFlow,
+        Hook::UdpFlow,
     ];
     /// The hooks whose records are outbound attempts (the exec slot counts
     /// process records, socket_create counts socket creations).
@@ -129,6 +138,8 @@ impl Hook {
             9 => Some(Hook::RawSend6),
             10 => Some(Hook::SocketCreate),
             11 => Some(Hook::ConnectResult),
+            14 => Some(Hook::TcpFlow),
+            15 => Some(Hook::UdpFlow),
             _ => None,
         }
     }
@@ -147,6 +158,8 @@ impl Hook {
             Hook::CgroupRmdir => "cgroup_rmdir",
             Hook::ExeFile => "exe_file",
             Hook::ConnectResult => "connect_result",
+            Hook::TcpFlow => "tcp_flow",
+            Hook::UdpFlow => "udp_flow",
         }
     }
 }
@@ -166,6 +179,9 @@ pub enum RecordKind {
     ConnectResult = 5,
     /// A [`SocketEvent`]: a packet or raw socket was created.
     Socket = 6,
+    /// A [`FlowEvent`]: a TCP connection or UDP flow ended, or an interim
+    /// report of a long-lived one.
+    Flow = 8,
 }
 
 /// `flags` bit: the destination was an IPv4-mapped IPv6 address
@@ -601,6 +617,9 @@ pub struct CgroupEvent {
     pub path: [u8; CGROUP_PATH_BYTES],
 }
 
+pub use flow::*;
+mod flow;
+
 const _: () = assert!(core::mem::size_of::<CgroupEvent>() == 24 + CGROUP_PATH_BYTES);
 const _: () = assert!(core::mem::size_of::<EgressEvent>() == 104);
 const _: () = assert!(core::mem::size_of::<ProcState>() == 16);
@@ -647,6 +666,7 @@ mod pod {
     unsafe impl aya::Pod for super::ConnectPending {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::ConnectResultEvent {}
+    unsafe impl aya::Pod for super::FlowCounters {}
 }
 
 // `Hook::ALL` lists hooks in slot order, each round-tripping through

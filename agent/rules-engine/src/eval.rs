@@ -223,12 +223,17 @@ pub(crate) const CONNECT: u8 = 1;
 pub(crate) const SENDTO: u8 = 2;
 /// Any other value, or none.
 pub(crate) const OTHER: u8 = 4;
-pub(crate) const ALL_TYPES: u8 = CONNECT | SENDTO | OTHER;
+/// A flow's end or interim report. Only rules whose condition names
+/// `close` in an `evt.type` comparison get this bucket (see
+/// `load.rs`): rules written for attempts never fire on flow records.
+pub(crate) const CLOSE: u8 = 8;
+pub(crate) const ALL_TYPES: u8 = CONNECT | SENDTO | OTHER | CLOSE;
 
 pub(crate) fn type_bit(evt_type: &str) -> u8 {
     match evt_type {
         "connect" => CONNECT,
         "sendto" => SENDTO,
+        "close" => CLOSE,
         _ => OTHER,
     }
 }
@@ -268,7 +273,7 @@ pub(crate) fn type_masks(node: &Node) -> (u8, u8) {
             };
             let may_true = members.iter().fold(0, |m, s| m | type_bit(s));
             // Exactly-known types are certainly true; OTHER is never exact.
-            let may_false = ALL_TYPES & !(may_true & (CONNECT | SENDTO));
+            let may_false = ALL_TYPES & !(may_true & (CONNECT | SENDTO | CLOSE));
             if test.negate {
                 (may_false, may_true)
             } else {
@@ -393,10 +398,12 @@ pub(crate) fn destination_truth(node: &Node) -> (NetSet, NetSet) {
         }
         Node::One(_) => (NetSet::default(), NetSet::default()),
         Node::Check(test) => match (&test.src, &test.cmp) {
-            // The hooks only produce connect and sendto events.
+            // The hooks produce connect and sendto events, and flow
+            // records (close) whose destinations must not be ignored in the
+            // kernel either.
             (Src::Event(FieldId::EvtType), _) => {
                 let (may_true, may_false) = type_masks(node);
-                let hooks = CONNECT | SENDTO;
+                let hooks = CONNECT | SENDTO | CLOSE;
                 match (may_true & hooks, may_false & hooks) {
                     (0, _) => (NetSet::default(), NetSet::all()),
                     (_, 0) => (NetSet::all(), NetSet::default()),

@@ -72,7 +72,7 @@ pub struct FieldInfo {
 pub const FIELD_CATALOGUE: &[(&str, &str)] = &[
     (
         "evt.type",
-        "The syscall: connect, sendto (sendmsg/sendmmsg report sendto), or socket (a packet or raw socket was created).",
+        "The syscall: connect, sendto (sendmsg/sendmmsg report sendto), socket (a packet or raw socket was created), or close (a flow record: a connection's end or an interim report; only rules naming evt.type close see these).",
     ),
     (
         "evt.time",
@@ -108,13 +108,16 @@ pub const FIELD_CATALOGUE: &[(&str, &str)] = &[
     ("fd.name", "Destination as ip:port ([ip]:port for IPv6)."),
     (
         "fd.cip",
-        "Client (local) IP; unknown at connect time, normally missing.",
+        "Client (local) IP; unknown at connect time (missing there), set on close events (flow records).",
     ),
     (
         "fd.cnet",
         "Client address, matched against networks; normally missing.",
     ),
-    ("fd.cport", "Client (local) port; normally missing."),
+    (
+        "fd.cport",
+        "Client (local) port; set on close events, missing at connect time.",
+    ),
     (
         "fd.lport",
         "Local port (the client end of an outbound call); normally missing at connect time.",
@@ -230,6 +233,10 @@ pub const FIELD_CATALOGUE: &[(&str, &str)] = &[
     ("k8s.pod.uid", "Kubernetes pod UID."),
     ("k8s.pod.labels", "All pod labels, (key:value,...)."),
     (
+        "k8s.pod.sa",
+        "The pod's service account, where the container's spec names it (legacy token Secret volumes); <NA> with projected tokens.",
+    ),
+    (
         "k8s.pod.label",
         "One pod label: k8s.pod.label[app] or k8s.pod.label.app.",
     ),
@@ -265,6 +272,50 @@ pub const FIELD_CATALOGUE: &[(&str, &str)] = &[
     (
         "egret.ip_proto",
         "IP protocol number of the socket (1 for a raw ICMP socket, whose fd.l4proto is raw).",
+    ),
+    (
+        "flow.bytes_out",
+        "close events: payload bytes sent since the flow started (TCP: acknowledged by the peer; UDP: datagram payload).",
+    ),
+    (
+        "flow.bytes_in",
+        "close events: payload bytes received since the flow started.",
+    ),
+    (
+        "flow.packets_out",
+        "close events: TCP segments (handshake and ACKs included) or UDP datagrams sent.",
+    ),
+    (
+        "flow.packets_in",
+        "close events: TCP segments or UDP datagrams received.",
+    ),
+    (
+        "flow.duration",
+        "close events: nanoseconds from the connect (UDP: first datagram) to this record.",
+    ),
+    (
+        "flow.end",
+        "close events: closed, reset, refused, timed_out, or interim (a live flow's periodic report).",
+    ),
+    (
+        "flow.final",
+        "close events: false on interim reports, true at the flow's end.",
+    ),
+    (
+        "flow.retransmits",
+        "close events: TCP segments retransmitted (SYNs included); <NA> for UDP.",
+    ),
+    (
+        "flow.prev_bytes_out",
+        "close events: flow.bytes_out at the flow's previous record (0 on its first), so a threshold rule fires on one record.",
+    ),
+    (
+        "flow.prev_duration",
+        "close events: flow.duration at the flow's previous record (0 on its first).",
+    ),
+    (
+        "flow.proc_peers",
+        "close events at a flow's end: distinct destinations of the process's flows ended in the current minute (this one included).",
     ),
 ];
 

@@ -126,10 +126,42 @@ pub enum FieldId {
     ProcIsExeLowerLayer,
     /// `proc.is_exe_deleted`: Bool, the executable was deleted.
     ProcIsExeDeleted,
+    /// `flow.bytes_out`: U64, payload bytes sent so far (flow records, i.e.
+    /// `evt.type = close`; Missing on attempts).
+    FlowBytesOut,
+    /// `flow.bytes_in`: U64, payload bytes received so far.
+    FlowBytesIn,
+    /// `flow.packets_out`: U64, segments (TCP) or datagrams (UDP) sent.
+    FlowPacketsOut,
+    /// `flow.packets_in`: U64, segments or datagrams received.
+    FlowPacketsIn,
+    /// `flow.duration`: U64, ns from the connect (TCP) or first datagram
+    /// (UDP) to this record.
+    FlowDuration,
+    /// `flow.end`: Str, `closed|reset|refused|timed_out`, or `interim` for
+    /// a report of a live flow.
+    FlowEnd,
+    /// `flow.final`: Bool, false on interim reports.
+    FlowFinal,
+    /// `flow.retransmits`: U64, TCP segments retransmitted (SYNs included);
+    /// Missing for UDP.
+    FlowRetransmits,
+    /// `flow.prev_bytes_out`: U64, `flow.bytes_out` at the flow's previous
+    /// record (0 on its first): `bytes_out >= N and prev_bytes_out < N`
+    /// holds on exactly one record of a flow.
+    FlowPrevBytesOut,
+    /// `flow.prev_duration`: U64, `flow.duration` at the previous record.
+    FlowPrevDuration,
+    /// `flow.proc_peers`: U64, distinct destinations of the process's flows
+    /// ended in the current minute; Missing on interim records.
+    FlowProcPeers,
+    /// `k8s.pod.sa`: Str, the pod's service account where the container's
+    /// spec names it (legacy token Secret volumes); Missing otherwise.
+    K8sPodSa,
 }
 
 impl FieldId {
-    pub const COUNT: usize = FieldId::ProcIsExeDeleted as usize + 1;
+    pub const COUNT: usize = FieldId::K8sPodSa as usize + 1;
 
     pub const ALL: [FieldId; FieldId::COUNT] = [
         FieldId::EvtType,
@@ -185,6 +217,18 @@ impl FieldId {
         FieldId::ProcIsExeUpperLayer,
         FieldId::ProcIsExeLowerLayer,
         FieldId::ProcIsExeDeleted,
+        FieldId::FlowBytesOut,
+        FieldId::FlowBytesIn,
+        FieldId::FlowPacketsOut,
+        FieldId::FlowPacketsIn,
+        FieldId::FlowDuration,
+        FieldId::FlowEnd,
+        FieldId::FlowFinal,
+        FieldId::FlowRetransmits,
+        FieldId::FlowPrevBytesOut,
+        FieldId::FlowPrevDuration,
+        FieldId::FlowProcPeers,
+        FieldId::K8sPodSa,
     ];
 
     pub fn index(self) -> usize {
@@ -305,6 +349,7 @@ fn catalog(name: &str) -> Option<(Src, Kind)> {
         "k8s.pod.name" => (ev(F::K8sPodName), Kind::Str),
         "k8s.pod.uid" => (ev(F::K8sPodUid), Kind::Str),
         "k8s.pod.labels" => (ev(F::K8sPodLabels), Kind::Labels),
+        "k8s.pod.sa" => (ev(F::K8sPodSa), Kind::Str),
         "egret.v4_mapped" => (ev(F::V4Mapped), Kind::Bool),
         "egret.cgroup_id" => (ev(F::CgroupId), Kind::U64),
         "egret.netns_cookie" => (ev(F::NetnsCookie), Kind::U64),
@@ -314,6 +359,17 @@ fn catalog(name: &str) -> Option<(Src, Kind)> {
         "evt.arg.type" => (ev(F::EvtArgType), Kind::Str),
         "evt.arg.proto" => (ev(F::EvtArgProto), Kind::Str),
         "egret.ip_proto" => (ev(F::IpProto), Kind::U64),
+        "flow.bytes_out" => (ev(F::FlowBytesOut), Kind::U64),
+        "flow.bytes_in" => (ev(F::FlowBytesIn), Kind::U64),
+        "flow.packets_out" => (ev(F::FlowPacketsOut), Kind::U64),
+        "flow.packets_in" => (ev(F::FlowPacketsIn), Kind::U64),
+        "flow.duration" => (ev(F::FlowDuration), Kind::U64),
+        "flow.end" => (ev(F::FlowEnd), Kind::Str),
+        "flow.final" => (ev(F::FlowFinal), Kind::Bool),
+        "flow.retransmits" => (ev(F::FlowRetransmits), Kind::U64),
+        "flow.prev_bytes_out" => (ev(F::FlowPrevBytesOut), Kind::U64),
+        "flow.prev_duration" => (ev(F::FlowPrevDuration), Kind::U64),
+        "flow.proc_peers" => (ev(F::FlowProcPeers), Kind::U64),
         _ => return None,
     })
 }

@@ -8,7 +8,7 @@ use crate::compile::{Compiled, Compiler};
 use crate::diagnostics::{
     BUILTIN_FILE, Diagnostic, Files, Loc, Location, ScalarLoc, Severity, Sink, Text,
 };
-use crate::eval::{CONNECT, SENDTO, matches_unbounded_types, type_masks};
+use crate::eval::{CLOSE, CONNECT, SENDTO, matches_unbounded_types, type_masks};
 use crate::falco_fields;
 use crate::reader::Reader;
 use crate::ruleset::{Options, Rule, Ruleset};
@@ -288,7 +288,14 @@ fn compile(
                     requested_skip: info.skip_if_unknown_filter,
                 }
             } else {
-                let types = type_masks(&compiled.node).0;
+                let mut types = type_masks(&compiled.node).0;
+                // Flow records (evt.type = close) reach only rules that ask
+                // for them by name: a rule without an evt.type condition
+                // (or `evt.type != connect`) was written for attempts, as
+                // Falco's own rules are, and must not fire once per flow end.
+                if !compiled.evt_types.contains("close") {
+                    types &= !CLOSE;
+                }
                 if info.warn_evttypes && matches_unbounded_types(&compiled.node) {
                     sink.warning(
                         info.loc,
@@ -396,7 +403,7 @@ impl Skipped {
 fn provided_type(name: &str) -> bool {
     matches!(
         name,
-        "connect" | "sendto" | "sendmsg" | "sendmmsg" | "socket"
+        "connect" | "sendto" | "sendmsg" | "sendmmsg" | "socket" | "close"
     )
 }
 
@@ -437,8 +444,8 @@ fn skip_unsupported(
     }
     let (may_true, _) = type_masks(&compiled.node);
     // `socket` events fall in the OTHER bucket with every unknown type.
-    let types_unsupported =
-        may_true & (CONNECT | SENDTO) == 0 && !compiled.evt_types.iter().any(|t| t == "socket");
+    let types_unsupported = may_true & (CONNECT | SENDTO | CLOSE) == 0
+        && !compiled.evt_types.iter().any(|t| t == "socket");
     if !types_unsupported && fields.is_empty() {
         return None;
     }

@@ -6,7 +6,7 @@ use ipnet::IpNet;
 use serde_json::Value as Json;
 
 use crate::diagnostics::Location;
-use crate::eval::{self, CONNECT, Node, OTHER, SENDTO};
+use crate::eval::{self, CLOSE, CONNECT, Node, OTHER, SENDTO};
 use crate::event::{Event, Value};
 use crate::netset::NetSet;
 use crate::output::Template;
@@ -183,8 +183,9 @@ pub enum Phase {
 #[derive(Debug, Default)]
 pub struct Ruleset {
     rules: Vec<Rule>,
-    /// Rule ids to run per bucket (connect, sendto, other), in load order.
-    buckets: [Box<[u32]>; 3],
+    /// Rule ids to run per bucket (connect, sendto, other, close), in load
+    /// order.
+    buckets: [Box<[u32]>; 4],
     matching: RuleMatching,
     /// Per rule: [`Rule::reads_result`].
     reads_result: Box<[bool]>,
@@ -194,18 +195,19 @@ fn bucket_of(bit: u8) -> usize {
     match bit {
         CONNECT => 0,
         SENDTO => 1,
+        CLOSE => 3,
         _ => 2,
     }
 }
 
 impl Ruleset {
     pub(crate) fn new(rules: Vec<Rule>, options: &Options) -> Ruleset {
-        let mut buckets: [Vec<u32>; 3] = Default::default();
+        let mut buckets: [Vec<u32>; 4] = Default::default();
         for (i, rule) in rules.iter().enumerate() {
             if !rule.enabled || rule.priority > options.min_priority {
                 continue;
             }
-            for bit in [CONNECT, SENDTO, OTHER] {
+            for bit in [CONNECT, SENDTO, OTHER, CLOSE] {
                 if rule.types & bit != 0
                     && let (Some(bucket), Ok(id)) =
                         (buckets.get_mut(bucket_of(bit)), u32::try_from(i))

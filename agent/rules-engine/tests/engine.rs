@@ -389,3 +389,63 @@ fn result_rules_are_known_and_evaluated_in_their_phase() {
         "the seed rule alerts at once"
     );
 }
+
+/// Flow records (`evt.type = close`) reach only rules that name `close`:
+/// rules written for attempts, without an evt.type condition or with a
+/// negated one, never fire once more per flow end.
+#[test]
+fn close_events_reach_only_rules_naming_close() {
+    let text = "
+- rule: Any Destination
+  desc: no evt.type condition
+  condition: fd.sip = 203.0.113.7
+  output: any (%fd.name)
+  priority: WARNING
+  warn_evttypes: false
+- rule: Not Connect
+  desc: negated evt.type
+  condition: evt.type != connect and fd.sip = 203.0.113.7
+  output: not connect (%fd.name)
+  priority: WARNING
+  warn_evttypes: false
+- rule: Big Flow
+  desc: flow records only
+  condition: evt.type = close and flow.bytes_out >= 1000 and flow.prev_bytes_out < 1000
+  output: big (%flow.bytes_out %fd.cip:%fd.cport)
+  priority: WARNING
+";
+    let options = Options {
+        rule_matching: RuleMatching::All,
+        ..Options::default()
+    };
+    let loaded = load_text(text, &options);
+    assert!(loaded.diagnostics.is_empty(), "{:?}", diagnostics(&loaded));
+    let rules = loaded.ruleset;
+    let names = |event: &TestEvent| {
+        let mut ids = Vec::new();
+        rules.evaluate(event, &mut ids);
+        ids.iter()
+            .map(|id| rules.rule(*id).unwrap().name().to_string())
+            .collect::<Vec<_>>()
+    };
+    let close = |bytes: u64, prev: u64| {
+        TestEvent::connect(ip("203.0.113.7"), 443)
+            .with(FieldId::EvtType, "close")
+            .with(FieldId::FlowBytesOut, bytes)
+            .with(FieldId::FlowPrevBytesOut, prev)
+            .with(FieldId::ClientIp, ip("198.51.100.1"))
+            .with(FieldId::ClientPort, 40000u64)
+    };
+    assert_eq!(
+        names(&TestEvent::connect(ip("203.0.113.7"), 443)),
+        ["Any Destination"]
+    );
+    assert_eq!(names(&close(5000, 0)), ["Big Flow"]);
+    assert!(names(&close(5000, 2000)).is_empty(), "fires once per flow");
+    assert!(names(&close(10, 0)).is_empty());
+    // A UDP send is not a connect: the negated rule fires there, not on close.
+    assert_eq!(
+        names(&TestEvent::udp_send(ip("203.0.113.7"), 53)),
+        ["Any Destination", "Not Connect"]
+    );
+}

@@ -304,3 +304,55 @@ fn bundled_rules_leave_nothing_to_the_kernel() {
             .is_empty()
     );
 }
+
+const FLOWS: &str = include_str!("../../../rules/flows.yaml");
+
+/// rules/flows.yaml, loaded after egress.yaml as the agent bundles them.
+fn with_flows() -> Ruleset {
+    let loaded = load(
+        &[
+            Source::new("egress.yaml", EGRESS),
+            Source::new("flows.yaml", FLOWS),
+        ],
+        &all_matches(),
+    );
+    assert!(loaded.diagnostics.is_empty(), "{:#?}", diagnostics(&loaded));
+    loaded.ruleset
+}
+
+fn flow(dest: &str, bytes_out: u64, prev: u64, duration: u64) -> TestEvent {
+    pod(dest, 443)
+        .with(FieldId::EvtType, "close")
+        .with(FieldId::FlowBytesOut, bytes_out)
+        .with(FieldId::FlowPrevBytesOut, prev)
+        .with(FieldId::FlowDuration, duration)
+        .with(FieldId::FlowPrevDuration, 0u64)
+        .with(FieldId::FlowFinal, true)
+}
+
+#[test]
+fn flow_rules_fire_once_per_flow_and_only_on_close() {
+    let rules = with_flows();
+    let upload = "Large Upload to External Destination";
+    let long = "Long-Lived Connection to Unknown External Address";
+    let scan = "Many Short Connections to External Addresses";
+    let names = |e: &TestEvent| matched(&rules, e);
+    assert!(names(&flow("203.0.113.7", 200_000_000, 0, 1)).contains(&upload.to_string()));
+    assert!(
+        !names(&flow("203.0.113.7", 200_000_000, 150_000_000, 1)).contains(&upload.to_string())
+    );
+    assert!(!names(&flow("10.1.2.3", 200_000_000, 0, 1)).contains(&upload.to_string()));
+    assert!(!names(&flow("203.0.113.7", 1_000, 0, 1)).contains(&upload.to_string()));
+    let hour = 3_600_000_000_000u64;
+    let tcp = flow("203.0.113.7", 10, 10, hour + 1).with(FieldId::L4Proto, "tcp");
+    assert!(names(&tcp).contains(&long.to_string()));
+    let fan = flow("203.0.113.7", 10, 0, 1_000)
+        .with(FieldId::FlowProcPeers, 50u64)
+        .with(FieldId::FlowDuration, 1_000u64);
+    assert!(names(&fan).contains(&scan.to_string()));
+    // The connect-time rules do not see close events, and the flow rules
+    // do not see connects.
+    let close_names = names(&flow("203.0.113.7", 10, 0, 1));
+    assert!(close_names.is_empty(), "{close_names:?}");
+    assert!(!names(&pod("203.0.113.7", 443)).iter().any(|n| n == upload));
+}

@@ -91,6 +91,9 @@ pub struct SpecSummary {
     pub annotations: HashMap<String, String>,
     #[serde(default)]
     pub linux: Option<SpecLinux>,
+    /// For `k8s.pod.sa` ([`super::service_account`]).
+    #[serde(default)]
+    pub mounts: Vec<super::service_account::SpecMount>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -144,6 +147,8 @@ pub struct PodMeta {
     /// The pod's own labels: the sandbox record's labels without the
     /// runtime's `io.kubernetes.*` / `io.cri-containerd.*` ones.
     pub labels: BTreeMap<String, String>,
+    /// `k8s.pod.sa`, where the container's spec names it.
+    pub service_account: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -217,6 +222,7 @@ impl ContainerMeta {
                 uid: label(labels::POD_UID).or_else(|| annotation(annotations::SANDBOX_UID)),
                 sandbox_id,
                 labels,
+                service_account: spec.and_then(|s| super::service_account::from_mounts(&s.mounts)),
             }
         });
 

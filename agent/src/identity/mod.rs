@@ -10,6 +10,7 @@ pub mod containerd;
 pub mod metadata;
 pub mod netns;
 pub mod resolver;
+pub mod service_account;
 mod sources;
 pub mod users;
 

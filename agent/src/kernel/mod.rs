@@ -8,6 +8,7 @@ pub mod btf;
 pub mod cgroup;
 mod connect_result;
 pub mod exe;
+pub mod flows;
 mod ignore;
 pub mod quarantine;
 pub mod tracefs;
@@ -132,6 +133,8 @@ struct Offsets {
     socket: Option<(u32, u32, u32)>,
     /// `cgroup_mkdir`/`cgroup_rmdir`: root, level, id, path.
     cgroup: [u32; 4],
+    /// `tcp:tcp_receive_reset` sock_cookie (flow end states).
+    reset_cookie: u32,
 }
 
 impl Offsets {
@@ -171,6 +174,10 @@ impl Offsets {
             exec_filename: exec.require("filename")?,
             exec_old_pid: exec.offset("old_pid").unwrap_or(TP_FIELD_ABSENT),
             fork_child_pid: fork.require("child_pid")?,
+            reset_cookie: Format::read(tracefs, "tcp", "tcp_receive_reset")
+                .ok()
+                .and_then(|f| f.offset("sock_cookie"))
+                .unwrap_or(TP_FIELD_ABSENT),
             exit_group_dead: exit.offset("group_dead").unwrap_or(TP_FIELD_ABSENT),
             execve_argv: argv("sys_enter_execve"),
             execveat_argv: argv("sys_enter_execveat"),
@@ -199,6 +206,10 @@ pub struct KernelProbes {
     /// Why executables are not resolved in the kernel, if they are not.
     exe_missing: Option<exe::ExeUnresolved>,
     connect_results: connect_result::Programs,
+    /// Why flows are not accounted, if they are not.
+    flows_off: Option<String>,
+    flow_links: flows::FlowLinks,
+    flow_counters: Option<Arc<flows::FlowCounterReader>>,
 }
 
 /// One attachment, kept so [`KernelProbes::detach`] can undo it.
@@ -245,9 +256,17 @@ impl KernelProbes {
     /// verifier then skips it as dead code, and the agent runs on with
     /// execve paths instead of failing to start.
     pub fn load(ringbuf_bytes: u32) -> Result<Self, KernelError> {
+        Self::load_with_flows(ringbuf_bytes, flows::FlowSettings::default())
+    }
+
+    /// [`KernelProbes::load`] with flow accounting set up as `flows` says.
+    pub fn load_with_flows(
+        ringbuf_bytes: u32,
+        flows: flows::FlowSettings,
+    ) -> Result<Self, KernelError> {
         let exe = exe::offsets().map_err(exe::ExeUnresolved::Btf);
         let walking = exe.is_ok();
-        match Self::load_with(ringbuf_bytes, exe) {
+        match Self::load_with(ringbuf_bytes, exe, flows) {
             Err(KernelError::Program {
                 name: "egret_exec",
                 source,
@@ -255,7 +274,7 @@ impl KernelProbes {
             }) if walking => {
                 let refused = exe::ExeUnresolved::Refused(source.to_string());
                 tracing::warn!(%refused, "reloading without the executable-file walk");
-                Self::load_with(ringbuf_bytes, Err(refused))
+                Self::load_with(ringbuf_bytes, Err(refused), flows)
             }
             other => other,
         }
@@ -264,6 +283,7 @@ impl KernelProbes {
     fn load_with(
         ringbuf_bytes: u32,
         exe: Result<egret_common::ExeOffsets, exe::ExeUnresolved>,
+        flows: flows::FlowSettings,
     ) -> Result<Self, KernelError> {
         let tracefs_root = tracefs::root()?;
         let offsets = Offsets::read(&tracefs_root)?;
@@ -303,6 +323,16 @@ impl KernelProbes {
             .override_global(TP_CGROUP_LEVEL_GLOBAL, &offsets.cgroup[1], true)
             .override_global(TP_CGROUP_ID_GLOBAL, &offsets.cgroup[2], true)
             .override_global(TP_CGROUP_PATH_GLOBAL, &offsets.cgroup[3], true)
+            .override_global(
+                egret_common::FLOW_INTERIM_NS_GLOBAL,
+                &flows.interim_ns,
+                true,
+            )
+            .override_global(
+                egret_common::TP_RESET_COOKIE_GLOBAL,
+                &offsets.reset_cookie,
+                true,
+            )
             .load(EBPF_OBJECT)
             .map_err(|source| KernelError::Load {
                 hint: permission_hint(&source),
@@ -321,6 +351,15 @@ impl KernelProbes {
         // Optional: a kernel that refuses them still gets connect and UDP
         // monitoring, and says so once.
         let raw_sockets_off = Self::load_raw_sockets(&mut ebpf).err();
+        let flows_off = if flows.enabled {
+            flows::load(&mut ebpf).err()
+        } else {
+            Some("off in the configuration (kernel.flows: false)".to_owned())
+        };
+        if let (Some(reason), true) = (&flows_off, flows.enabled) {
+            tracing::warn!(%reason, "flow accounting is off; connects are still monitored");
+        }
+        let flow_counters = flows::FlowCounterReader::take(&mut ebpf).ok();
         if let Some(reason) = &raw_sockets_off {
             tracing::warn!(%reason, "raw and ping socket monitoring is off; connects and UDP sends are still monitored");
         }
@@ -361,6 +400,9 @@ impl KernelProbes {
             raw_sockets_off,
             exe_missing,
             connect_results,
+            flows_off,
+            flow_links: flows::FlowLinks::default(),
+            flow_counters: flow_counters.map(Arc::new),
         })
     }
 
@@ -379,6 +421,16 @@ impl KernelProbes {
     /// Why raw and ping sockets are not monitored; `None` when they are.
     pub fn raw_sockets_off(&self) -> Option<&str> {
         self.raw_sockets_off.as_deref()
+    }
+
+    /// Why flows are not accounted; `None` when they are.
+    pub fn flows_off(&self) -> Option<&str> {
+        self.flows_off.as_deref()
+    }
+
+    /// What flow accounting could not keep (for metrics).
+    pub fn flow_counter_reader(&self) -> Option<Arc<flows::FlowCounterReader>> {
+        self.flow_counters.clone()
     }
 
     /// Why `proc.exepath` is not the kernel's executable file, if it is not.
@@ -467,6 +519,9 @@ impl KernelProbes {
                 source: Box::new(source),
             }
         };
+        if self.flows_off.is_none() {
+            self.flow_links = flows::attach(&mut self.ebpf, &dir, cgroup, &mut self.attached_ids)?;
+        }
         if self.raw_sockets_off.is_some() {
             return Ok(());
         }
@@ -539,6 +594,7 @@ impl KernelProbes {
     /// once they are gone) and process tracking last, and unloads them.
     /// Returns the ids of the programs that were attached.
     pub fn detach(mut self) -> Vec<u32> {
+        self.flow_links.detach(&mut self.ebpf);
         for link in self.links.drain(..).rev() {
             let (name, result) = match link {
                 Link::Cgroup(name, id) => (

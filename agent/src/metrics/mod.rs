@@ -9,6 +9,7 @@
 //! The per-alert path takes one uncontended mutex and allocates nothing when
 //! the series already exist; per-event counters are plain atomics.
 mod collectors;
+mod flows;
 mod outputs;
 #[cfg(any(test, feature = "test-util"))]
 pub mod promql;
@@ -117,6 +118,12 @@ pub const RESERVED_LABELS: &[&str] = &[
     "quantile",
     "instance",
     "job",
+    "protocol",
+    "end",
+    "direction",
+    "namespace",
+    "workload",
+    "destination_class",
 ];
 
 impl Default for MetricsConfig {
@@ -286,6 +293,7 @@ pub struct Metrics {
     quarantines: Family<[(&'static str, &'static str); 1], Gauge>,
     /// Labels: mode (2) × outcome (RuleActionOutcome, 7).
     rule_actions: Family<[(&'static str, &'static str); 2], Counter>,
+    flows: flows::FlowMetrics,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -354,6 +362,7 @@ impl Metrics {
             quarantine_blocked: Family::default(),
             quarantines: Family::default(),
             rule_actions: Family::default(),
+            flows: flows::FlowMetrics::new(),
             shared: shared.clone(),
             registry,
         };
@@ -463,6 +472,7 @@ impl Metrics {
             "Quarantines rules tagged egret.quarantine asked for, by mode (dry_run, enforce) and outcome",
             self.rule_actions.clone(),
         );
+        self.flows.register(r);
         r.register_collector(Box::new(collectors::Everything::new(shared)));
         Arc::new(self)
     }
@@ -597,6 +607,24 @@ impl Metrics {
         self.connect_results
             .get_or_create(&[("outcome", outcome.as_str())])
             .get()
+    }
+
+    /// Reads the kernel's flow counters at every scrape.
+    pub fn set_flow_counter_reader(
+        &self,
+        reader: impl Fn() -> Option<egret_common::FlowCounters> + Send + Sync + 'static,
+    ) {
+        self.flows.set_kernel_reader(Box::new(reader));
+    }
+
+    /// A flow record whose owner (connect event) was unknown.
+    pub fn flow_owner_unknown(&self) {
+        self.flows.owner_unknown();
+    }
+
+    /// Counts a flow record's bytes and end (no-op for other events).
+    pub fn observe_flow(&self, event: &crate::pipeline::enrich::Event) {
+        self.flows.observe(event);
     }
 
     pub fn enrichment_failed(&self, reason: EnrichFailure) {

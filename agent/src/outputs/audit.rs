@@ -1,5 +1,8 @@
-//! Audit sink: one JSON object per egress attempt, Falco field names where
-//! Falco has them and `egret.*` for what it lacks.
+//! Audit sink: one JSON object per egress attempt and per flow record
+//! (`evt.type` = close: a connection's end, or an interim report), Falco
+//! field names where Falco has them and `egret.*`/`flow.*` for what it
+//! lacks. Every line carries `egret.audit_schema` ([`AUDIT_SCHEMA`]); the
+//! schema is documented in docs/configuration.md#audit-log-schema.
 //!
 //! The audit log is a record, not the detector: when it cannot be written
 //! (disk full, file removed, I/O error) the agent keeps evaluating and
@@ -31,8 +34,43 @@ use crate::{
     timefmt,
 };
 
+/// Version of the audit line schema: 2 added flow records (`fd.cip`,
+/// `fd.cport`, `flow.*`) and this field; lines without it are version 1.
+pub const AUDIT_SCHEMA: u32 = 2;
+
+/// What a flow record adds to its line (`evt.type` = close only).
+#[derive(Serialize)]
+pub struct AuditFlow {
+    #[serde(rename = "fd.cip")]
+    pub cip: String,
+    #[serde(rename = "fd.cport")]
+    pub cport: u16,
+    #[serde(rename = "flow.end")]
+    pub end: &'static str,
+    #[serde(rename = "flow.final")]
+    pub is_final: bool,
+    #[serde(rename = "flow.bytes_out")]
+    pub bytes_out: u64,
+    #[serde(rename = "flow.bytes_in")]
+    pub bytes_in: u64,
+    #[serde(rename = "flow.packets_out")]
+    pub packets_out: u64,
+    #[serde(rename = "flow.packets_in")]
+    pub packets_in: u64,
+    /// ns; null when the kernel lost the flow's start.
+    #[serde(rename = "flow.duration")]
+    pub duration: Option<u64>,
+    #[serde(rename = "flow.retransmits", skip_serializing_if = "Option::is_none")]
+    pub retransmits: Option<u32>,
+    /// Interim records of this flow before this line.
+    #[serde(rename = "flow.reports")]
+    pub reports: u32,
+}
+
 #[derive(Serialize)]
 pub struct AuditRecord<'a> {
+    #[serde(rename = "egret.audit_schema")]
+    pub schema: u32,
     pub time: String,
     /// Milliseconds since the Unix epoch, for log pipelines that want an
     /// integer timestamp.
@@ -118,6 +156,8 @@ pub struct AuditRecord<'a> {
     pub k8s_pod: Option<&'a str>,
     #[serde(rename = "k8s.pod.uid")]
     pub k8s_pod_uid: Option<&'a str>,
+    #[serde(rename = "k8s.pod.sa", skip_serializing_if = "Option::is_none")]
+    pub k8s_pod_sa: Option<&'a str>,
     #[serde(rename = "k8s.pod.labels")]
     pub k8s_pod_labels: Option<&'a std::collections::BTreeMap<String, String>>,
     #[serde(rename = "egret.v4_mapped")]
@@ -145,6 +185,8 @@ pub struct AuditRecord<'a> {
         skip_serializing_if = "Option::is_none"
     )]
     pub new_for_workload: Option<bool>,
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub flow: Option<AuditFlow>,
 }
 
 impl<'a> AuditRecord<'a> {
@@ -157,7 +199,22 @@ impl<'a> AuditRecord<'a> {
         let meta = enriched.identity.as_ref().and_then(|i| i.metadata());
         let pod = meta.and_then(|m| m.pod.as_ref());
         let image_ref = meta.and_then(|m| m.image_ref.as_ref());
+        let flow = event.flow.as_deref().map(|f| AuditFlow {
+            cip: f.saddr.to_string(),
+            cport: f.sport,
+            end: f.end.as_str(),
+            is_final: f.is_final(),
+            bytes_out: f.bytes_out,
+            bytes_in: f.bytes_in,
+            packets_out: f.packets_out,
+            packets_in: f.packets_in,
+            duration: f.duration_ns,
+            retransmits: f.retransmits,
+            reports: f.reports,
+        });
         AuditRecord {
+            schema: AUDIT_SCHEMA,
+            flow,
             time: timefmt::rfc3339_nanos(event.wall_ns),
             timestamp_ms: event.wall_ns / 1_000_000,
             evt_time: event.wall_ns,
@@ -198,6 +255,7 @@ impl<'a> AuditRecord<'a> {
             k8s_pod: pod.and_then(|p| p.name.as_deref()),
             k8s_pod_uid: pod.and_then(|p| p.uid.as_deref()),
             k8s_pod_labels: pod.map(|p| &p.labels),
+            k8s_pod_sa: pod.and_then(|p| p.service_account.as_deref()),
             v4_mapped: event.v4_mapped,
             cgroup_id: event.cgroup_id,
             netns_cookie: event.netns_cookie,
@@ -477,6 +535,7 @@ mod tests {
             v4_mapped: false,
             blocked: None,
             socket: None,
+            flow: None,
         };
         use crate::pipeline::enrich::fields::FdName;
         let fd_name = FdName::new(std::net::SocketAddr::new(attempt.daddr, attempt.dport));

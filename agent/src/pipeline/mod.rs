@@ -119,7 +119,11 @@ impl Pipeline {
             }
             None => cgroup::cgroup2_root()?,
         };
-        let mut probes = KernelProbes::load(config.kernel.ringbuf_bytes)?;
+        let flows = crate::kernel::flows::FlowSettings {
+            enabled: config.kernel.flows,
+            interim_ns: config.kernel.flow_interim_ms.saturating_mul(1_000_000),
+        };
+        let mut probes = KernelProbes::load_with_flows(config.kernel.ringbuf_bytes, flows)?;
         let mut base = if config.kernel.builtin_ignore {
             IgnoreSet::builtin()
         } else {
@@ -163,6 +167,9 @@ impl Pipeline {
         let counters = probes.counter_reader();
         let watchdog_counters = probes.counter_reader();
         metrics.set_kernel_reader(move || counters.read().ok());
+        if let Some(flows) = probes.flow_counter_reader() {
+            metrics.set_flow_counter_reader(move || flows.read().ok());
+        }
 
         let baseline = open_baseline(config)?;
         let (identity, containerd_task) = if config.identity.enabled {

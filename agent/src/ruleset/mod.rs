@@ -9,10 +9,17 @@ use egret_rules::{Diagnostic, Options, RuleMatching, Ruleset, Severity, Source};
 
 /// The bundled rules, in load order. `rules_dir_is_fully_bundled` (test)
 /// fails if a file in rules/ is missing here.
-pub const BUNDLED: &[(&str, &str)] = &[(
-    "rules/egress.yaml",
-    include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../rules/egress.yaml")),
-)];
+pub const BUNDLED: &[(&str, &str)] = &[
+    (
+        "rules/egress.yaml",
+        include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../rules/egress.yaml")),
+    ),
+    // After egress.yaml, whose `private_networks` and `never_true` it uses.
+    (
+        "rules/flows.yaml",
+        include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../rules/flows.yaml")),
+    ),
+];
 
 /// A rules path naming the bundled rules, so user files loaded after them
 /// can `append` to or `override` their lists, macros and rules without a
@@ -227,7 +234,8 @@ mod tests {
         let paths = RulePaths(vec![PathBuf::from(BUNDLED_ENTRY), local.clone()]);
         let names: Vec<String> = paths.read().unwrap().into_iter().map(|(n, _)| n).collect();
         assert_eq!(names[0], "bundled:rules/egress.yaml");
-        assert!(names[1].ends_with("local.yaml"));
+        assert_eq!(names[1], "bundled:rules/flows.yaml");
+        assert!(names[2].ends_with("local.yaml"));
         let ruleset = load(&paths, &Options::default()).unwrap();
         let id = ruleset.find("Outbound Connection in Container").unwrap();
         assert!(!ruleset.rule(id).unwrap().enabled());

@@ -30,8 +30,9 @@ const START_TIMEOUT: Duration = Duration::from_secs(20);
 const CTR_TIMEOUT: Duration = Duration::from_secs(30);
 const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 /// busybox applets linked into the rootfs.
-const APPLETS: [&str; 13] = [
-    "sh", "nc", "wget", "sleep", "cat", "echo", "id", "ls", "true", "false", "ip", "ping", "arping",
+const APPLETS: [&str; 14] = [
+    "sh", "nc", "wget", "sleep", "cat", "echo", "id", "ls", "true", "false", "ip", "ping",
+    "arping", "head",
 ];
 
 mod cleanup;

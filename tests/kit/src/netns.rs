@@ -93,6 +93,47 @@ impl NetNs {
         (pid, status)
     }
 
+    /// Like [`NetNs::run_in_cgroup`], capturing stdout and stderr.
+    pub fn output_in_cgroup(
+        &self,
+        cgroup: &std::path::Path,
+        program: &Path,
+        args: &[&str],
+    ) -> (u32, std::process::Output) {
+        let child = Command::new("sh")
+            .arg("-c")
+            .arg(r#"echo $$ > "$1/cgroup.procs" && shift && exec ip netns exec "$@""#)
+            .arg("sh")
+            .arg(cgroup)
+            .arg(&self.name)
+            .arg(program)
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn sh for ip netns exec");
+        let pid = child.id();
+        let output = child.wait_with_output().expect("wait for program");
+        (pid, output)
+    }
+
+    /// Starts `program args…` in the namespace and waits until it prints a
+    /// line `listening` (servers of egret-probe do); killed on drop.
+    pub fn server(&self, program: &Path, args: &[&str]) -> Server {
+        use std::io::BufRead;
+        let mut child = self
+            .command(program)
+            .args(args)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn server");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut line = String::new();
+        let _ = std::io::BufReader::new(stdout).read_line(&mut line);
+        assert_eq!(line.trim(), "listening", "server {args:?} did not start");
+        Server(child)
+    }
+
     /// `program` run inside the namespace (`ip netns exec` execs in place,
     /// so the process keeps the program's own name and pid).
     pub fn command(&self, program: impl AsRef<Path>) -> Command {
@@ -116,6 +157,16 @@ impl NetNs {
             )));
         }
         Ok(())
+    }
+}
+
+/// A server process in a namespace ([`NetNs::server`]); killed on drop.
+pub struct Server(std::process::Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
 

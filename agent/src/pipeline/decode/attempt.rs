@@ -55,6 +55,9 @@ pub fn evt_type(hook: Hook) -> &'static str {
         Hook::CgroupRmdir => "rmdir",
         Hook::ExeFile => "execve",
         Hook::ConnectResult => "connect",
+        // Falco names the end of a connection `close`; interim reports of a
+        // live flow share it (`flow.final` tells them apart).
+        Hook::TcpFlow | Hook::UdpFlow => "close",
     }
 }
 
@@ -91,6 +94,8 @@ pub struct EgressAttempt {
     pub blocked: Option<Blocked>,
     /// A socket creation (`evt.type` = socket), not a send: no destination.
     pub socket: Option<SocketArgs>,
+    /// A flow record (`evt.type` = close): the connection's volume and end.
+    pub flow: Option<Box<super::FlowInfo>>,
 }
 
 /// What a quarantine's programs denied.
@@ -134,6 +139,8 @@ pub(super) fn decode(record: &[u8], wall_offset_ns: i64) -> Result<EgressAttempt
                     | Hook::CgroupRmdir
                     | Hook::ExeFile
                     | Hook::ConnectResult
+                    | Hook::TcpFlow
+                    | Hook::UdpFlow
             ) =>
         {
             hook
@@ -178,5 +185,6 @@ pub(super) fn decode(record: &[u8], wall_offset_ns: i64) -> Result<EgressAttempt
             packet: raw.flags & FLAG_PACKET != 0,
         }),
         socket: None,
+        flow: None,
     })
 }

@@ -6,6 +6,7 @@ mod attempt;
 mod cgroup;
 mod connect_result;
 mod exec;
+mod flow;
 mod socket;
 
 use egret_common::RecordKind;
@@ -14,6 +15,7 @@ pub use attempt::{Blocked, EgressAttempt, L4Proto, action_name, evt_type};
 pub use cgroup::{CgroupOp, CgroupRecord};
 pub use connect_result::{ConnectResult, ResultSource, result_name};
 pub use exec::{ExeFile, ExecRecord};
+pub use flow::{FlowEnd, FlowInfo};
 pub use socket::SocketArgs;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -30,6 +32,8 @@ pub enum DecodeError {
     UnknownCgroupOp(u8),
     #[error("unknown connect result source {0}")]
     UnknownResultSource(u8),
+    #[error("unknown flow end {0}")]
+    UnknownFlowEnd(u8),
 }
 
 /// Task comm: at most 15 bytes, not necessarily UTF-8.
@@ -98,7 +102,7 @@ pub fn decode(record: &[u8], wall_offset_ns: i64) -> Result<Record, DecodeError>
 type Decoder = fn(&[u8], i64) -> Result<Record, DecodeError>;
 
 /// Record kind → decoder.
-pub const DECODERS: [(RecordKind, Decoder); 6] = [
+pub const DECODERS: [(RecordKind, Decoder); 7] = [
     (RecordKind::Egress, |record, wall_offset_ns| {
         attempt::decode(record, wall_offset_ns).map(Record::Egress)
     }),
@@ -117,6 +121,9 @@ pub const DECODERS: [(RecordKind, Decoder); 6] = [
     }),
     (RecordKind::ConnectResult, |record, _| {
         connect_result::decode(record).map(Record::ConnectResult)
+    }),
+    (RecordKind::Flow, |record, wall_offset_ns| {
+        flow::decode(record, wall_offset_ns).map(Record::Egress)
     }),
 ];
 

@@ -76,5 +76,6 @@ pub(super) fn decode(record: &[u8], wall_offset_ns: i64) -> Result<EgressAttempt
             sock_type: raw.sock_type,
             protocol: raw.protocol,
         }),
+        flow: None,
     })
 }

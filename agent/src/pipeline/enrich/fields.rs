@@ -168,6 +168,7 @@ impl egret_rules::Event for Event {
         let meta = self.identity.as_ref().and_then(|i| i.metadata());
         let pod = meta.and_then(|m| m.pod.as_ref());
         let socket = self.socket.as_deref();
+        let flow = a.flow.as_deref();
         if socket.is_some() {
             // A socket creation has no destination.
             match field {
@@ -190,7 +191,30 @@ impl egret_rules::Event for Event {
             FieldId::ServerPort => Value::U64(u64::from(a.dport)),
             FieldId::L4Proto => Value::Str(a.l4proto.as_str()),
             FieldId::FdName => Value::Str(self.fd_name.as_str()),
-            FieldId::ClientIp | FieldId::ClientPort => Value::Missing,
+            // Known for flow records only: a connect has no local end yet.
+            FieldId::ClientIp => flow.map_or(Value::Missing, |f| Value::Ip(f.saddr)),
+            FieldId::ClientPort => flow.map_or(Value::Missing, |f| Value::U64(u64::from(f.sport))),
+            FieldId::FlowBytesOut => flow.map_or(Value::Missing, |f| Value::U64(f.bytes_out)),
+            FieldId::FlowBytesIn => flow.map_or(Value::Missing, |f| Value::U64(f.bytes_in)),
+            FieldId::FlowPacketsOut => flow.map_or(Value::Missing, |f| Value::U64(f.packets_out)),
+            FieldId::FlowPacketsIn => flow.map_or(Value::Missing, |f| Value::U64(f.packets_in)),
+            FieldId::FlowDuration => flow
+                .and_then(|f| f.duration_ns)
+                .map_or(Value::Missing, Value::U64),
+            FieldId::FlowEnd => flow.map_or(Value::Missing, |f| Value::Str(f.end.as_str())),
+            FieldId::FlowFinal => flow.map_or(Value::Missing, |f| Value::Bool(f.is_final())),
+            FieldId::FlowPrevBytesOut => {
+                flow.map_or(Value::Missing, |f| Value::U64(f.prev_bytes_out))
+            }
+            FieldId::FlowPrevDuration => {
+                flow.map_or(Value::Missing, |f| Value::U64(f.prev_duration_ns))
+            }
+            FieldId::FlowProcPeers => flow
+                .filter(|f| f.proc_peers != 0)
+                .map_or(Value::Missing, |f| Value::U64(u64::from(f.proc_peers))),
+            FieldId::FlowRetransmits => flow
+                .and_then(|f| f.retransmits)
+                .map_or(Value::Missing, |n| Value::U64(u64::from(n))),
             FieldId::Pid => Value::U64(u64::from(a.tgid)),
             FieldId::Ppid if a.ppid != 0 => Value::U64(u64::from(a.ppid)),
             FieldId::Ppid => Value::Missing,
@@ -223,6 +247,7 @@ impl egret_rules::Event for Event {
             FieldId::K8sNsName => opt_str(pod.and_then(|p| p.namespace.as_deref())),
             FieldId::K8sPodName => opt_str(pod.and_then(|p| p.name.as_deref())),
             FieldId::K8sPodUid => opt_str(pod.and_then(|p| p.uid.as_deref())),
+            FieldId::K8sPodSa => opt_str(pod.and_then(|p| p.service_account.as_deref())),
             FieldId::K8sPodLabels => pod.map_or(Value::Missing, |p| Value::Labels(&p.labels)),
             FieldId::V4Mapped => Value::Bool(a.v4_mapped),
             FieldId::CgroupId => Value::U64(a.cgroup_id),

@@ -2,6 +2,7 @@
 //! records and attaches it to each egress attempt. Records arrive in ring
 //! buffer order, so an exec is always applied before the connects it made.
 pub mod fields;
+pub mod flow_owner;
 pub mod process;
 
 use std::{collections::HashMap, sync::Arc};
@@ -103,6 +104,8 @@ pub struct Enricher {
     peers: HashMap<u64, (std::net::IpAddr, u16)>,
     /// Connect results of the current batch, passed on untouched.
     results: Vec<ConnectResult>,
+    /// Socket cookie → connect-time process, for flow records.
+    owners: flow_owner::FlowOwners,
 }
 
 /// Why an event went out with fields missing (`egret_enrichment_failures_total`).
@@ -151,6 +154,7 @@ impl Enricher {
             events: 0,
             peers: HashMap::new(),
             results: Vec::new(),
+            owners: flow_owner::FlowOwners::default(),
         }
     }
 
@@ -233,9 +237,20 @@ impl Enricher {
                 }
                 Record::Cgroup(cgroup) => self.on_cgroup(&cgroup),
                 Record::ConnectResult(result) => self.results.push(result),
-                Record::Egress(attempt) => {
+                Record::Egress(mut attempt) => {
+                    if attempt.flow.is_some() {
+                        let known = self.owners.attribute(&mut attempt);
+                        if let (false, Some(metrics)) = (known, &self.metrics) {
+                            metrics.flow_owner_unknown();
+                        }
+                    } else {
+                        self.owners.observe(&attempt);
+                    }
                     let event = self.enrich(attempt);
                     self.count_failures(&event);
+                    if let (Some(metrics), true) = (&self.metrics, event.attempt.flow.is_some()) {
+                        metrics.observe_flow(&event);
+                    }
                     out.push(event);
                 }
             }
@@ -292,7 +307,8 @@ impl Enricher {
             .and_then(|i| i.cgroup.as_deref())
             .map(|entry| &*entry.path);
         let user_name = self.user_name(attempt.cgroup_id, attempt.uid, attempt.tgid, cgroup_path);
-        let has_destination = attempt.has_destination();
+        // Flow records repeat their connect's destination: learnt once.
+        let has_destination = attempt.has_destination() && attempt.flow.is_none();
         let new_for_workload = self.baseline.as_mut().and_then(|baseline| {
             // Socket creations have no destination to learn.
             if !has_destination {
@@ -424,6 +440,7 @@ pub(crate) fn test_event(hook: egret_common::Hook, socket_cookie: u64, tid: u32)
         v4_mapped: false,
         blocked: None,
         socket: None,
+        flow: None,
     };
     Enricher::new(ProcessCache::new("/nonexistent", 4), None).enrich(attempt)
 }
@@ -503,6 +520,7 @@ mod tests {
             v4_mapped: false,
             blocked: None,
             socket: None,
+            flow: None,
         })
     }
 

@@ -164,6 +164,18 @@ impl FlowMetrics {
             "Flow records whose connect event was not seen or no longer remembered: no process or container fields",
             self.owner_unknown.clone(),
         );
+        // The host's series exist from the start (at 0), so dashboards and
+        // queries see the family before the first flow moves bytes.
+        for direction in ["out", "in"] {
+            for class in ["external", "private", "cluster_dns"] {
+                drop(self.bytes.get_or_create(&[
+                    ("direction", direction.to_owned()),
+                    ("namespace", String::new()),
+                    ("workload", "host".to_owned()),
+                    ("destination_class", class.to_owned()),
+                ]));
+            }
+        }
         for proto in ["tcp", "udp"] {
             for end in FlowEnd::ALL {
                 drop(

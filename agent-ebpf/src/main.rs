@@ -5,6 +5,8 @@
 #[cfg(target_arch = "bpf")]
 mod cgroup;
 #[cfg(target_arch = "bpf")]
+mod dns;
+#[cfg(target_arch = "bpf")]
 mod exe;
 #[cfg(target_arch = "bpf")]
 mod maps;

@@ -174,6 +174,9 @@ pub struct KernelConfig {
     pub ignore_networks: Vec<IpNet>,
     pub builtin_ignore: bool,
     pub ringbuf_bytes: u32,
+    /// DNS ports besides 53 whose messages are captured (at most
+    /// `egret_common::DNS_PORTS_MAX`), e.g. a node-local cache on 5353.
+    pub dns_ports: Vec<u16>,
 }
 
 impl Default for KernelConfig {
@@ -183,6 +186,7 @@ impl Default for KernelConfig {
             ignore_networks: Vec::new(),
             builtin_ignore: true,
             ringbuf_bytes: egret_common::DEFAULT_RINGBUF_BYTES,
+            dns_ports: Vec::new(),
         }
     }
 }
@@ -299,6 +303,13 @@ impl Config {
         if bytes < 4096 || !bytes.is_power_of_two() {
             return Err(ConfigError::Invalid(format!(
                 "{name}: kernel.ringbuf_bytes: {bytes} must be a power of two of at least 4096"
+            )));
+        }
+        let ports = &self.kernel.dns_ports;
+        if ports.len() > egret_common::DNS_PORTS_MAX as usize || ports.contains(&0) {
+            return Err(ConfigError::Invalid(format!(
+                "{name}: kernel.dns_ports: at most {} ports, none 0",
+                egret_common::DNS_PORTS_MAX
             )));
         }
         if self.audit.max_bytes < 4096 {

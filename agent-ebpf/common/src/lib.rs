@@ -79,14 +79,21 @@ pub enum Hook {
     /// Packet sockets (sys_enter_socket) and raw IP sockets (cgroup
     /// sock_create) created.
     SocketCreate = 10,
+    // 11 is team `result`'s (connect exit).
+    /// cgroup_skb egress: a DNS query (UDP or TCP, to a DNS port) left a
+    /// socket; `seen` counts every packet the program ran for.
+    DnsQuery = 12,
+    /// cgroup_skb ingress: a DNS answer (from a DNS port) reached a socket.
+    DnsAnswer = 13,
 }
 
 impl Hook {
     /// Counter slots: highest hook value + 1 (every slot has its hook).
-    pub const COUNT: u32 = 11;
+    pub const COUNT: u32 = 14;
     /// Every hook, in slot order: whoever reads the counters reads them all
-    /// (a hook left out here is a count nobody ever sees).
-    pub const ALL: [Hook; Hook::COUNT as usize] = [
+    /// (a hook left out here is a count nobody ever sees). Slot 11 belongs
+    /// to another branch; once merged the length is `Hook::COUNT` again.
+    pub const ALL: [Hook; 13] = [
         Hook::Connect4,
         Hook::Connect6,
         Hook::Sendmsg4,
@@ -98,6 +105,8 @@ impl Hook {
         Hook::RawSend4,
         Hook::RawSend6,
         Hook::SocketCreate,
+        Hook::DnsQuery,
+        Hook::DnsAnswer,
     ];
     /// The hooks whose records are outbound attempts (the exec slot counts
     /// process records, socket_create counts socket creations).
@@ -123,6 +132,8 @@ impl Hook {
             8 => Some(Hook::RawSend4),
             9 => Some(Hook::RawSend6),
             10 => Some(Hook::SocketCreate),
+            12 => Some(Hook::DnsQuery),
+            13 => Some(Hook::DnsAnswer),
             _ => None,
         }
     }
@@ -140,6 +151,8 @@ impl Hook {
             Hook::CgroupMkdir => "cgroup_mkdir",
             Hook::CgroupRmdir => "cgroup_rmdir",
             Hook::ExeFile => "exe_file",
+            Hook::DnsQuery => "dns_query",
+            Hook::DnsAnswer => "dns_answer",
         }
     }
 }
@@ -158,6 +171,8 @@ pub enum RecordKind {
     // 5 is unused.
     /// A [`SocketEvent`]: a packet or raw socket was created.
     Socket = 6,
+    /// A [`DnsEvent`]: a DNS message a socket sent or received.
+    Dns = 7,
 }
 
 /// `flags` bit: the destination was an IPv4-mapped IPv6 address
@@ -372,6 +387,56 @@ pub struct SocketEvent {
     pub comm: [u8; 16],
 }
 
+/// Array of up to [`DNS_PORTS_MAX`] extra DNS ports (u16 host order, 0 =
+/// unused slot) the agent fills; port 53 is always DNS.
+pub const DNS_PORTS_MAP: &str = "EGRET_DNS_PORTS";
+pub const DNS_PORTS_MAX: u32 = 8;
+/// Bytes of a DNS message copied into a [`DnsEvent`]: the classic UDP
+/// limit, which holds the header, the question and the usual answers. The
+/// rest of a longer message is cut (`msg_len` keeps its real length).
+pub const DNS_PAYLOAD_BYTES: usize = 512;
+/// [`DnsEvent::direction`]: sent by the socket (a query).
+pub const DNS_DIR_EGRESS: u8 = 1;
+/// [`DnsEvent::direction`]: received by the socket (an answer).
+pub const DNS_DIR_INGRESS: u8 = 2;
+/// [`DnsEvent::flags`] bit: the message came over TCP (the 2-byte length
+/// prefix is stripped; only the first segment's message is copied).
+pub const DNS_FLAG_TCP: u8 = 1 << 0;
+
+/// A DNS message seen by the cgroup_skb DNS programs ([`RecordKind::Dns`]).
+/// Runs in softirq context for answers, so there are no process fields:
+/// the agent joins them by `socket_cookie`.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct DnsEvent {
+    /// [`RecordKind::Dns`].
+    pub kind: u8,
+    /// [`Hook::DnsQuery`] or [`Hook::DnsAnswer`].
+    pub hook: u8,
+    /// [`DNS_DIR_EGRESS`] or [`DNS_DIR_INGRESS`].
+    pub direction: u8,
+    /// [`AF_INET`] or [`AF_INET6`].
+    pub family: u8,
+    pub flags: u8,
+    pub _pad0: [u8; 3],
+    /// Local and remote ports, host byte order.
+    pub lport: u16,
+    pub rport: u16,
+    /// Bytes copied into `payload`.
+    pub len: u16,
+    /// The DNS message's length on the wire (UDP payload, or the TCP
+    /// length prefix).
+    pub msg_len: u16,
+    pub mono_ns: u64,
+    /// The socket's cgroup (`bpf_skb_cgroup_id`): the container.
+    pub cgroup_id: u64,
+    pub socket_cookie: u64,
+    /// Local and remote addresses; IPv4 in the first four bytes.
+    pub laddr: [u8; 16],
+    pub raddr: [u8; 16],
+    pub payload: [u8; DNS_PAYLOAD_BYTES],
+}
+
 /// Value of [`PROCS_MAP`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -544,6 +609,7 @@ const _: () = assert!(core::mem::size_of::<SocketEvent>() == 88);
 const _: () = assert!(core::mem::size_of::<RawFlowKey>() == 24);
 const _: () = assert!(core::mem::size_of::<RawFlow>() == 16);
 const _: () = assert!(core::mem::size_of::<RawOwner>() == 64);
+const _: () = assert!(core::mem::size_of::<DnsEvent>() == 72 + DNS_PAYLOAD_BYTES);
 
 #[cfg(feature = "user")]
 mod pod {

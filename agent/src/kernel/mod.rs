@@ -6,6 +6,7 @@
 //! Egret program attached.
 pub mod btf;
 pub mod cgroup;
+pub mod dns;
 pub mod exe;
 mod ignore;
 pub mod quarantine;
@@ -195,6 +196,8 @@ pub struct KernelProbes {
     captures_argv: bool,
     sees_packet_sockets: bool,
     raw_sockets_off: Option<String>,
+    /// Why DNS messages are not captured, if they are not (`dns.rs`).
+    dns_off: Option<String>,
     /// Why executables are not resolved in the kernel, if they are not.
     exe_missing: Option<exe::ExeUnresolved>,
 }
@@ -317,6 +320,10 @@ impl KernelProbes {
         if let Some(reason) = &raw_sockets_off {
             tracing::warn!(%reason, "raw and ping socket monitoring is off; connects and UDP sends are still monitored");
         }
+        let dns_off = dns::load(&mut ebpf).err();
+        if let Some(reason) = &dns_off {
+            tracing::warn!(%reason, "DNS capture is off: fd.sip.name stays <NA> and there are no dns events");
+        }
         let tracepoints = TRACEPOINTS
             .iter()
             .chain(ARGV_TRACEPOINTS.iter().filter(|_| captures_argv))
@@ -352,6 +359,7 @@ impl KernelProbes {
             captures_argv,
             sees_packet_sockets,
             raw_sockets_off,
+            dns_off,
             exe_missing,
         })
     }
@@ -371,6 +379,16 @@ impl KernelProbes {
     /// Why raw and ping sockets are not monitored; `None` when they are.
     pub fn raw_sockets_off(&self) -> Option<&str> {
         self.raw_sockets_off.as_deref()
+    }
+
+    /// Why DNS messages are not captured; `None` when they are.
+    pub fn dns_off(&self) -> Option<&str> {
+        self.dns_off.as_deref()
+    }
+
+    /// Sets the DNS ports besides 53 (before or after attaching).
+    pub fn set_dns_ports(&mut self, ports: &[u16]) -> Result<(), KernelError> {
+        dns::set_ports(&mut self.ebpf, ports)
     }
 
     /// Why `proc.exepath` is not the kernel's executable file, if it is not.
@@ -457,6 +475,12 @@ impl KernelProbes {
                 source: Box::new(source),
             }
         };
+        if self.dns_off.is_none() {
+            for (name, link, id) in dns::attach(&mut self.ebpf, &dir, &path)? {
+                self.links.push(Link::Skb(name, link));
+                self.attached_ids.extend(id);
+            }
+        }
         if self.raw_sockets_off.is_some() {
             return Ok(());
         }

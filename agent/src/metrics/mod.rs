@@ -9,6 +9,7 @@
 //! The per-alert path takes one uncontended mutex and allocates nothing when
 //! the series already exist; per-event counters are plain atomics.
 mod collectors;
+pub mod dns;
 mod outputs;
 #[cfg(any(test, feature = "test-util"))]
 pub mod promql;
@@ -113,6 +114,8 @@ pub const RESERVED_LABELS: &[&str] = &[
     "state",
     "quarantine",
     "kind",
+    "direction",
+    "domain",
     "le",
     "quantile",
     "instance",
@@ -284,6 +287,8 @@ pub struct Metrics {
     quarantines: Family<[(&'static str, &'static str); 1], Gauge>,
     /// Labels: mode (2) × outcome (RuleActionOutcome, 7).
     rule_actions: Family<[(&'static str, &'static str); 2], Counter>,
+    /// Observed DNS (`metrics/dns.rs`).
+    pub dns: dns::DnsMetrics,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -351,6 +356,7 @@ impl Metrics {
             quarantine_blocked: Family::default(),
             quarantines: Family::default(),
             rule_actions: Family::default(),
+            dns: dns::DnsMetrics::default(),
             shared: shared.clone(),
             registry,
         };
@@ -369,6 +375,7 @@ impl Metrics {
 
     fn register_rest(mut self, shared: Arc<Shared>) -> Arc<Self> {
         let r = &mut self.registry;
+        self.dns.register(r);
         r.register(
             "egret_enrichment_failures",
             "Events whose container or Kubernetes identity could not be resolved, by reason",

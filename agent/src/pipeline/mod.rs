@@ -119,6 +119,9 @@ impl Pipeline {
             None => cgroup::cgroup2_root()?,
         };
         let mut probes = KernelProbes::load(config.kernel.ringbuf_bytes)?;
+        if probes.dns_off().is_none() {
+            probes.set_dns_ports(&config.kernel.dns_ports)?;
+        }
         let mut base = if config.kernel.builtin_ignore {
             IgnoreSet::builtin()
         } else {

@@ -54,6 +54,8 @@ pub fn evt_type(hook: Hook) -> &'static str {
         Hook::CgroupMkdir => "mkdir",
         Hook::CgroupRmdir => "rmdir",
         Hook::ExeFile => "execve",
+        // DNS messages are their own event type (enrich/dns.rs).
+        Hook::DnsQuery | Hook::DnsAnswer => "dns",
     }
 }
 
@@ -132,6 +134,8 @@ pub(super) fn decode(record: &[u8], wall_offset_ns: i64) -> Result<EgressAttempt
                     | Hook::CgroupMkdir
                     | Hook::CgroupRmdir
                     | Hook::ExeFile
+                    | Hook::DnsQuery
+                    | Hook::DnsAnswer
             ) =>
         {
             hook

@@ -1,9 +1,10 @@
 //! Decoding kernel records into the agent's event model: one decoder per
-//! record kind (`attempt`, `exec`, `cgroup`, `socket`), chosen by the record's first byte from
+//! record kind (`attempt`, `exec`, `cgroup`, `socket`, `dns`), chosen by the record's first byte from
 //! [`DECODERS`]. A new record kind (DNS, flows) is a module here, a
 //! [`Record`] variant and a row in the table.
 mod attempt;
 mod cgroup;
+pub mod dns;
 mod exec;
 mod socket;
 
@@ -11,6 +12,7 @@ use egret_common::RecordKind;
 
 pub use attempt::{Blocked, EgressAttempt, L4Proto, action_name, evt_type};
 pub use cgroup::{CgroupOp, CgroupRecord};
+pub use dns::{DnsDirection, DnsMessage, DnsRecord};
 pub use exec::{ExeFile, ExecRecord};
 pub use socket::SocketArgs;
 
@@ -76,6 +78,7 @@ pub enum Record {
     Egress(EgressAttempt),
     Exec(ExecRecord),
     Cgroup(CgroupRecord),
+    Dns(Box<DnsRecord>),
 }
 
 /// Decodes one ring buffer record. `wall_offset_ns` is realtime − monotonic,
@@ -92,7 +95,7 @@ pub fn decode(record: &[u8], wall_offset_ns: i64) -> Result<Record, DecodeError>
 type Decoder = fn(&[u8], i64) -> Result<Record, DecodeError>;
 
 /// Record kind → decoder.
-pub const DECODERS: [(RecordKind, Decoder); 5] = [
+pub const DECODERS: [(RecordKind, Decoder); 6] = [
     (RecordKind::Egress, |record, wall_offset_ns| {
         attempt::decode(record, wall_offset_ns).map(Record::Egress)
     }),
@@ -108,6 +111,9 @@ pub const DECODERS: [(RecordKind, Decoder); 5] = [
     }),
     (RecordKind::Cgroup, |record, _| {
         cgroup::decode(record).map(Record::Cgroup)
+    }),
+    (RecordKind::Dns, |record, wall_offset_ns| {
+        dns::decode(record, wall_offset_ns).map(|r| Record::Dns(Box::new(r)))
     }),
 ];
 

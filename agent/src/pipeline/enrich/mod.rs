@@ -1,11 +1,14 @@
 //! Enrich stage: keeps identity state current from the kernel's lifecycle
 //! records and attaches it to each egress attempt. Records arrive in ring
 //! buffer order, so an exec is always applied before the connects it made.
+pub mod dns;
 pub mod fields;
+pub mod names;
 pub mod process;
 
 use std::{collections::HashMap, sync::Arc};
 
+use egret_common::Hook;
 use tokio::sync::mpsc;
 
 use crate::{
@@ -13,7 +16,7 @@ use crate::{
         IdentitySources,
         resolver::{ContainerLookup, Identity},
     },
-    pipeline::decode::{CgroupOp, CgroupRecord, EgressAttempt, Record},
+    pipeline::decode::{CgroupOp, CgroupRecord, DnsRecord, EgressAttempt, L4Proto, Record},
 };
 use process::{ProcessCache, ProcessImage};
 
@@ -48,25 +51,38 @@ pub struct Event {
     pub args: std::cell::OnceCell<fields::EvtArgs>,
     /// `evt.arg.*` of a socket creation; `None` for sends and connects.
     pub socket: Option<Box<fields::SocketText>>,
+    /// `fd.sip.name`: the name this workload resolved the destination
+    /// from (observed DNS, never resolved by Egret).
+    pub sip_name: Option<Arc<str>>,
+    /// A DNS message (`evt.type = dns`); `None` for every other event.
+    pub dns: Option<Box<dns::DnsFields>>,
 }
 
 impl Event {
     /// `container.id`: 12 characters, `host` outside containers, `None`
     /// while the cgroup is unresolved.
     pub fn container_id(&self) -> Option<&str> {
-        let identity = self.identity.as_ref()?;
-        match (&identity.container, identity.container_id()) {
-            (ContainerLookup::CgroupUnknown, _) => None,
-            (ContainerLookup::Host, _) => Some("host"),
-            (_, Some(id)) => Some(id.get(..12).unwrap_or(id)),
-            (_, None) => None,
-        }
+        container_id_of(self.identity.as_ref())
+    }
+}
+
+/// `container.id` of an identity (see [`Event::container_id`]).
+fn container_id_of(identity: Option<&Identity>) -> Option<&str> {
+    let identity = identity?;
+    match (&identity.container, identity.container_id()) {
+        (ContainerLookup::CgroupUnknown, _) => None,
+        (ContainerLookup::Host, _) => Some("host"),
+        (_, Some(id)) => Some(id.get(..12).unwrap_or(id)),
+        (_, None) => None,
     }
 }
 
 /// User names are cached per (cgroup, uid): processes of one cgroup share a
 /// root filesystem, and resolving per event would cost a stat each time.
 const USER_CACHE_CAP: usize = 16_384;
+
+/// (scope, IP) entries of the observed-DNS names cache.
+pub const NAMES_CACHE_CAP: usize = 100_000;
 
 /// Sockets whose last destination is remembered for `fd.name_changed`; the
 /// map is cleared when full (a socket then counts as new once more).
@@ -82,6 +98,9 @@ pub struct Enricher {
     events: u64,
     /// Socket cookie → last destination, for `fd.name_changed`.
     peers: HashMap<u64, (std::net::IpAddr, u16)>,
+    /// Observed DNS: names per (scope, IP), for `fd.sip.name`.
+    pub names: names::NamesCache,
+    pub dns: dns::DnsState,
 }
 
 /// Why an event went out with fields missing (`egret_enrichment_failures_total`).
@@ -129,7 +148,15 @@ impl Enricher {
             baseline: None,
             events: 0,
             peers: HashMap::new(),
+            names: names::NamesCache::new(NAMES_CACHE_CAP),
+            dns: dns::DnsState::default(),
         }
+    }
+
+    /// DNS ports besides 53, for joining DNS messages to their process.
+    pub fn with_dns_ports(mut self, ports: Vec<u16>) -> Enricher {
+        self.dns = dns::DnsState::new(ports);
+        self
     }
 
     /// Learns workloads' destinations and sets `egret.dest.new_for_workload`.
@@ -210,7 +237,13 @@ impl Enricher {
                     self.processes.on_exec(&exec);
                 }
                 Record::Cgroup(cgroup) => self.on_cgroup(&cgroup),
+                Record::Dns(record) => {
+                    if let Some(event) = self.on_dns(*record) {
+                        out.push(event);
+                    }
+                }
                 Record::Egress(attempt) => {
+                    self.dns.note_attempt(&attempt);
                     let event = self.enrich(attempt);
                     self.count_failures(&event);
                     out.push(event);
@@ -265,9 +298,17 @@ impl Enricher {
             .map(|entry| &*entry.path);
         let user_name = self.user_name(attempt.cgroup_id, attempt.uid, attempt.tgid, cgroup_path);
         let has_destination = attempt.has_destination();
+        let is_dns = matches!(attempt.hook, Hook::DnsQuery | Hook::DnsAnswer);
+        let sip_name = if has_destination && !is_dns {
+            let scope = names::Scope::of(container_id_of(identity.as_ref()), attempt.cgroup_id);
+            self.names.lookup(scope, attempt.daddr, attempt.mono_ns)
+        } else {
+            None
+        };
         let new_for_workload = self.baseline.as_mut().and_then(|baseline| {
-            // Socket creations have no destination to learn.
-            if !has_destination {
+            // Socket creations have no destination to learn; DNS messages
+            // repeat the connect or send that already taught it.
+            if !has_destination || is_dns {
                 return None;
             }
             let pod = identity
@@ -310,7 +351,66 @@ impl Enricher {
             identity,
             host_network,
             new_for_workload,
+            sip_name,
+            dns: None,
         }
+    }
+
+    /// A DNS message: answers teach the names cache; every parsed message
+    /// becomes a `dns` event. Malformed ones are counted, not evaluated.
+    fn on_dns(&mut self, record: DnsRecord) -> Option<Event> {
+        let message = match record.message {
+            Ok(message) => message,
+            Err(reason) => {
+                if let Some(metrics) = &self.metrics {
+                    metrics.dns.malformed(reason);
+                }
+                return None;
+            }
+        };
+        let mut attempt = EgressAttempt {
+            hook: record.hook,
+            mono_ns: record.mono_ns,
+            wall_ns: record.wall_ns,
+            tgid: 0,
+            tid: 0,
+            uid: 0,
+            gid: 0,
+            comm: crate::pipeline::decode::Comm::from_raw([0; 16]),
+            exec_id: 0,
+            ppid: 0,
+            cgroup_id: record.cgroup_id,
+            netns_cookie: 0,
+            socket_cookie: record.socket_cookie,
+            l4proto: if record.tcp { L4Proto::Tcp } else { L4Proto::Udp },
+            ip_protocol: if record.tcp { 6 } else { 17 },
+            daddr: record.remote.ip(),
+            dport: record.remote.port(),
+            v4_mapped: false,
+            blocked: None,
+            socket: None,
+        };
+        self.dns.join_owner(&mut attempt);
+        let mut event = self.enrich(attempt);
+        let scope = names::Scope::of(event.container_id(), record.cgroup_id);
+        if record.direction == crate::pipeline::decode::DnsDirection::Answer {
+            self.names.learn(scope, &message, record.mono_ns);
+        }
+        let fields = self
+            .dns
+            .fields(scope, record.direction, record.remote, &message, record.mono_ns);
+        if let Some(metrics) = &self.metrics {
+            let ns = event
+                .identity
+                .as_ref()
+                .and_then(|i| i.metadata())
+                .and_then(|m| m.pod.as_ref())
+                .and_then(|p| p.namespace.as_deref());
+            metrics.dns.message(record.direction, ns, &fields.parent);
+            metrics.dns.names_cache(self.names.stats(), self.dns.scope_resets);
+        }
+        event.dns = Some(Box::new(fields));
+        Some(event)
     }
 }
 
@@ -390,8 +490,6 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::Ordering;
-
-    use egret_common::Hook;
 
     use super::*;
     use crate::{

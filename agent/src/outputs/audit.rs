@@ -549,6 +549,8 @@ mod tests {
             num: 1,
             name_changed: true,
             socket: None,
+            sip_name: None,
+            dns: None,
         }
     }
 

@@ -9,10 +9,17 @@ use egret_rules::{Diagnostic, Options, RuleMatching, Ruleset, Severity, Source};
 
 /// The bundled rules, in load order. `rules_dir_is_fully_bundled` (test)
 /// fails if a file in rules/ is missing here.
-pub const BUNDLED: &[(&str, &str)] = &[(
-    "rules/egress.yaml",
-    include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../rules/egress.yaml")),
-)];
+pub const BUNDLED: &[(&str, &str)] = &[
+    (
+        "rules/egress.yaml",
+        include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../rules/egress.yaml")),
+    ),
+    // Observed DNS: evt.type = dns and fd.sip.name (issue 14).
+    (
+        "rules/dns.yaml",
+        include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../rules/dns.yaml")),
+    ),
+];
 
 /// A rules path naming the bundled rules, so user files loaded after them
 /// can `append` to or `override` their lists, macros and rules without a

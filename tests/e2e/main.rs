@@ -4,6 +4,7 @@
 mod advisor;
 mod containers;
 mod deploy;
+mod dns;
 mod falco_rules;
 mod faults;
 mod identity;

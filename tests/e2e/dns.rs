@@ -42,7 +42,10 @@ fn setup(tag: &str) -> Setup {
     std::fs::write(&rules, NAME_RULES).expect("write rules");
     let cgroup = TestCgroup::new(&format!("dns-{tag}"));
     let ns = NetNs::new(&format!("dns-{tag}"));
-    let dns = DnsServer::start(&ns, &[("shop.example", SHOP_IP), ("t.example", "203.0.113.9")]);
+    let dns = DnsServer::start(
+        &ns,
+        &[("shop.example", SHOP_IP), ("t.example", "203.0.113.9")],
+    );
     let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let agent = Agent::start(&[
         "run",
@@ -121,14 +124,14 @@ fn resolved_names_reach_fd_sip_name_rules_and_the_audit_log() {
     let alert = wait(&s.agent, "fd.sip.name alert", |v| {
         v["rule"] == "Test Connect To Observed Name" && v["output_fields"]["proc.pid"] == pid
     });
-    assert_eq!(alert["output_fields"]["fd.sip.name"], "shop.example", "{alert}");
+    assert_eq!(
+        alert["output_fields"]["fd.sip.name"], "shop.example",
+        "{alert}"
+    );
 
     // An address nobody resolved has no name: <NA>, and the rule is quiet.
-    let (direct, _) = s.ns.run_in_cgroup(
-        s.cgroup.path(),
-        &probe,
-        &["tcp", "203.0.113.77:443"],
-    );
+    let (direct, _) =
+        s.ns.run_in_cgroup(s.cgroup.path(), &probe, &["tcp", "203.0.113.77:443"]);
     let unnamed = wait(&s.agent, "unresolved connect", |v| {
         is_audit(v) && v["proc.pid"] == direct
     });
@@ -138,7 +141,8 @@ fn resolved_names_reach_fd_sip_name_rules_and_the_audit_log() {
         !s.agent
             .json_lines()
             .iter()
-            .any(|v| v["rule"] == "Test Connect To Observed Name" && v["output_fields"]["proc.pid"] == direct),
+            .any(|v| v["rule"] == "Test Connect To Observed Name"
+                && v["output_fields"]["proc.pid"] == direct),
         "no alert without an observed name"
     );
 }
@@ -193,7 +197,10 @@ fn tunnelling_burst_alerts_and_a_normal_pattern_does_not() {
     let alert = wait(&s.agent, "tunnelling alert", |v| {
         v["rule"] == "DNS Tunnelling Suspected" && v["output_fields"]["proc.pid"] == tunnel_pid
     });
-    assert_eq!(alert["output_fields"]["egret.dns.parent"], "t.example", "{alert}");
+    assert_eq!(
+        alert["output_fields"]["egret.dns.parent"], "t.example",
+        "{alert}"
+    );
     assert_eq!(alert["priority"], "Critical");
     // Records are evaluated in order: the normal queries came first.
     assert!(
@@ -229,9 +236,8 @@ fn malformed_and_truncated_messages_are_counted_and_never_crash() {
     // A header alone: a message with no question.
     let empty = "000701000000000000000000";
     for hex in [junk, long.as_str(), empty] {
-        let (_, status) = s
-            .ns
-            .run_in_cgroup(s.cgroup.path(), &probe, &["dns-raw", server, hex]);
+        let (_, status) =
+            s.ns.run_in_cgroup(s.cgroup.path(), &probe, &["dns-raw", server, hex]);
         assert!(status.success());
     }
     for reason in ["invalid", "truncated", "no_question"] {

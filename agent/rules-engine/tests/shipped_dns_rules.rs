@@ -10,7 +10,10 @@ const DNS: &str = include_str!("../../../rules/dns.yaml");
 
 fn bundled() -> Ruleset {
     let loaded = load(
-        &[Source::new("egress.yaml", EGRESS), Source::new("dns.yaml", DNS)],
+        &[
+            Source::new("egress.yaml", EGRESS),
+            Source::new("dns.yaml", DNS),
+        ],
         &all_matches(),
     );
     assert!(loaded.diagnostics.is_empty(), "{:#?}", diagnostics(&loaded));
@@ -72,9 +75,21 @@ fn tunnelling_through_a_private_resolver_alerts_and_normal_lookups_do_not() {
 #[test]
 fn ioc_domains_by_query_and_by_observed_name() {
     let rules = bundled();
-    assert!(hits(&rules, IOC_QUERY, &query("evil.example", "evil.example")));
-    assert!(hits(&rules, IOC_QUERY, &query("www.evil.example", "evil.example")));
-    assert!(!hits(&rules, IOC_QUERY, &query("good.example", "good.example")));
+    assert!(hits(
+        &rules,
+        IOC_QUERY,
+        &query("evil.example", "evil.example")
+    ));
+    assert!(hits(
+        &rules,
+        IOC_QUERY,
+        &query("www.evil.example", "evil.example")
+    ));
+    assert!(!hits(
+        &rules,
+        IOC_QUERY,
+        &query("good.example", "good.example")
+    ));
     let connect = TestEvent::connect(ip("203.0.113.5"), 443).with(FieldId::SipName, "evil.example");
     assert!(hits(&rules, IOC_CONNECT, &connect));
     // Unknown name: <NA>, matches nothing.
@@ -93,11 +108,19 @@ fn txt_floods_and_nxdomain_bursts() {
         .with(FieldId::DnsQtype, "TXT")
         .with(FieldId::DnsTxtRate, 31u64);
     assert!(hits(&rules, TXT, &txt));
-    assert!(!hits(&rules, TXT, &txt.clone().with(FieldId::DnsTxtRate, 3u64)));
+    assert!(!hits(
+        &rules,
+        TXT,
+        &txt.clone().with(FieldId::DnsTxtRate, 3u64)
+    ));
     let nx = query("qzx.example", "qzx.example")
         .with(FieldId::DnsDirection, "answer")
         .with(FieldId::DnsRcode, "NXDOMAIN")
         .with(FieldId::DnsNxdomainRate, 51u64);
     assert!(hits(&rules, NX, &nx));
-    assert!(!hits(&rules, NX, &nx.clone().with(FieldId::DnsNxdomainRate, 2u64)));
+    assert!(!hits(
+        &rules,
+        NX,
+        &nx.clone().with(FieldId::DnsNxdomainRate, 2u64)
+    ));
 }

@@ -56,7 +56,10 @@ pub struct DnsMetrics {
 impl DnsMetrics {
     pub(super) fn register(&self, r: &mut Registry) {
         for direction in [DnsDirection::Query, DnsDirection::Answer] {
-            drop(self.messages.get_or_create(&[("direction", direction.as_str())]));
+            drop(
+                self.messages
+                    .get_or_create(&[("direction", direction.as_str())]),
+            );
         }
         for reason in Malformed::ALL {
             drop(self.malformed.get_or_create(&[("reason", reason.as_str())]));
@@ -144,7 +147,8 @@ impl DnsMetrics {
 
     pub fn names_cache(&self, stats: NamesStats, scope_resets: u64) {
         self.names_entries.set(stats.entries as i64);
-        let delta = |last: &AtomicU64, now: u64| now.saturating_sub(last.swap(now, Ordering::Relaxed));
+        let delta =
+            |last: &AtomicU64, now: u64| now.saturating_sub(last.swap(now, Ordering::Relaxed));
         self.names_evictions
             .inc_by(delta(&self.last_evictions, stats.evictions));
         self.names_expired

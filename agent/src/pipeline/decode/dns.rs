@@ -3,81 +3,15 @@
 //! `simple-dns`. The message is hostile input: any byte string gives a
 //! [`DnsRecord`] whose `message` is either parsed or a [`Malformed`]
 //! reason, never a panic (fuzzed: `agent/fuzz`, target `dns_message`).
-//!
-//! Why simple-dns: no dependencies, zero-copy parsing of a borrowed
-//! buffer, maintained, and it refuses (rather than guesses at) truncated
-//! sections; hickory-proto is a full resolver stack we do not need.
+//! The parser itself is `dns_message.rs`.
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use egret_common::{
     AF_INET, AF_INET6, DNS_DIR_EGRESS, DNS_FLAG_TCP, DNS_PAYLOAD_BYTES, DnsEvent, Hook,
 };
-use simple_dns::{Packet, PacketFlag, rdata::RData};
 
+pub use super::dns_message::*;
 use super::{DecodeError, read_record};
-
-/// Most answers kept per message; the rest are counted as cut.
-pub const MAX_ANSWERS: usize = 32;
-
-/// Why a DNS message was not parsed (`egret_dns_malformed_total{reason}`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Malformed {
-    /// The copy was shorter than the message (longer than the kernel's
-    /// copy, or a TCP message spread over segments) and the cut fell
-    /// inside a section.
-    Truncated,
-    /// Not a DNS message: the parser refused it.
-    Invalid,
-    /// A well-formed message without a question (nothing to report).
-    NoQuestion,
-}
-
-impl Malformed {
-    pub const ALL: [Malformed; 3] = [
-        Malformed::Truncated,
-        Malformed::Invalid,
-        Malformed::NoQuestion,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Malformed::Truncated => "truncated",
-            Malformed::Invalid => "invalid",
-            Malformed::NoQuestion => "no_question",
-        }
-    }
-}
-
-/// One answer record that names an address or an alias.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum AnswerData {
-    Addr(IpAddr),
-    Cname(String),
-    /// Another record type (TXT, MX, ...), by number.
-    Other(u16),
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Answer {
-    /// Lower case, without the trailing dot.
-    pub name: String,
-    pub ttl: u32,
-    pub data: AnswerData,
-}
-
-/// The parts of a DNS message rules and the names cache use.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct DnsMessage {
-    pub id: u16,
-    pub response: bool,
-    /// The response code (0 NOERROR, 3 NXDOMAIN, ...); 0 for queries.
-    pub rcode: u8,
-    /// The first question's name, lower case, no trailing dot.
-    pub qname: String,
-    /// The first question's type number (1 A, 16 TXT, 28 AAAA, 10 NULL).
-    pub qtype: u16,
-    pub answers: Vec<Answer>,
-}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DnsDirection {
@@ -151,90 +85,19 @@ pub(super) fn decode(record: &[u8], wall_offset_ns: i64) -> Result<DnsRecord, De
     })
 }
 
-/// Parses a DNS message; `cut` says the bytes are a prefix of it.
-pub fn parse(bytes: &[u8], cut: bool) -> Result<DnsMessage, Malformed> {
-    let packet = match Packet::parse(bytes) {
-        Ok(packet) => packet,
-        Err(_) if cut => return Err(Malformed::Truncated),
-        Err(_) => return Err(Malformed::Invalid),
-    };
-    let question = packet.questions.first().ok_or(Malformed::NoQuestion)?;
-    let response = packet.has_flags(PacketFlag::RESPONSE);
-    let answers = packet
-        .answers
-        .iter()
-        .take(MAX_ANSWERS)
-        .map(|rr| Answer {
-            name: name_text(&rr.name.to_string()),
-            ttl: rr.ttl,
-            data: match &rr.rdata {
-                RData::A(a) => AnswerData::Addr(IpAddr::V4(Ipv4Addr::from(a.address))),
-                RData::AAAA(a) => AnswerData::Addr(IpAddr::V6(Ipv6Addr::from(a.address))),
-                RData::CNAME(c) => AnswerData::Cname(name_text(&c.0.to_string())),
-                other => AnswerData::Other(u16::from(other.type_code())),
-            },
-        })
-        .collect();
-    Ok(DnsMessage {
-        id: packet.id(),
-        response,
-        rcode: if response {
-            packet.rcode() as u8
-        } else {
-            0
-        },
-        qname: name_text(&question.qname.to_string()),
-        qtype: u16::from(question.qtype),
-        answers,
-    })
-}
-
-/// Lower case without a trailing dot: names compare case-insensitively.
-fn name_text(name: &str) -> String {
-    name.trim_end_matches('.').to_ascii_lowercase()
-}
-
-/// Falco-style type name for `evt.arg`-like fields (`A`, `TXT`, ...).
-pub fn qtype_name(qtype: u16) -> &'static str {
-    match qtype {
-        1 => "A",
-        2 => "NS",
-        5 => "CNAME",
-        6 => "SOA",
-        10 => "NULL",
-        12 => "PTR",
-        15 => "MX",
-        16 => "TXT",
-        28 => "AAAA",
-        33 => "SRV",
-        64 => "SVCB",
-        65 => "HTTPS",
-        255 => "ANY",
-        _ => "OTHER",
-    }
-}
-
-/// Response code names as in RFC 1035 / 6895.
-pub fn rcode_name(rcode: u8) -> &'static str {
-    match rcode {
-        0 => "NOERROR",
-        1 => "FORMERR",
-        2 => "SERVFAIL",
-        3 => "NXDOMAIN",
-        4 => "NOTIMP",
-        5 => "REFUSED",
-        _ => "OTHER",
-    }
-}
-
 #[cfg(test)]
 pub(crate) mod tests {
-    use simple_dns::{CLASS, Name, Question, ResourceRecord, TYPE, rdata};
+    use simple_dns::{CLASS, Name, Packet, Question, ResourceRecord, TYPE, rdata, rdata::RData};
 
     use super::*;
 
     /// A wire-format answer for `qname` with A records and a CNAME.
-    pub(crate) fn answer(qname: &str, cname: Option<&str>, addrs: &[Ipv4Addr], ttl: u32) -> Vec<u8> {
+    pub(crate) fn answer(
+        qname: &str,
+        cname: Option<&str>,
+        addrs: &[Ipv4Addr],
+        ttl: u32,
+    ) -> Vec<u8> {
         let mut packet = Packet::new_reply(7);
         packet.questions.push(Question::new(
             Name::new_unchecked(qname),
@@ -296,8 +159,10 @@ pub(crate) mod tests {
 
     pub(crate) fn bytes(ev: &DnsEvent) -> Vec<u8> {
         // SAFETY: repr(C) record with explicit padding.
-        unsafe { std::slice::from_raw_parts((ev as *const DnsEvent).cast::<u8>(), size_of::<DnsEvent>()) }
-            .to_vec()
+        unsafe {
+            std::slice::from_raw_parts((ev as *const DnsEvent).cast::<u8>(), size_of::<DnsEvent>())
+        }
+        .to_vec()
     }
 
     #[test]
@@ -330,7 +195,10 @@ pub(crate) mod tests {
             let got = parse(&msg[..len], true);
             assert!(got.is_err() || len == msg.len(), "{len}: {got:?}");
         }
-        assert_eq!(parse(&msg[..msg.len() - 3], true), Err(Malformed::Truncated));
+        assert_eq!(
+            parse(&msg[..msg.len() - 3], true),
+            Err(Malformed::Truncated)
+        );
         assert_eq!(parse(b"\xff\xff\xff", false), Err(Malformed::Invalid));
         // Header only: twelve bytes, no question.
         assert_eq!(parse(&[0u8; 12], false), Err(Malformed::NoQuestion));

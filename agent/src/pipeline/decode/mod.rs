@@ -5,6 +5,7 @@
 mod attempt;
 mod cgroup;
 pub mod dns;
+mod dns_message;
 mod exec;
 mod socket;
 

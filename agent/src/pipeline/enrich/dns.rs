@@ -18,7 +18,7 @@ use std::{
 use super::names::Scope;
 use crate::pipeline::decode::{
     Comm, DnsDirection, DnsMessage, EgressAttempt,
-    dns::{AnswerData, qtype_name, rcode_name},
+    dns::{AnswerData, NameShape, qtype_name, rcode_name},
 };
 
 pub const WINDOW_NS: u64 = 60_000_000_000;
@@ -113,7 +113,11 @@ impl ScopeStats {
         self.nxdomain.rotate(windows);
         self.txt.rotate(windows);
         self.parents.retain(|_, p| {
-            p.prev = if windows == 1 { p.names.len() as u64 } else { 0 };
+            p.prev = if windows == 1 {
+                p.names.len() as u64
+            } else {
+                0
+            };
             p.names.clear();
             p.prev > 0
         });
@@ -272,53 +276,6 @@ fn render_answers(m: &DnsMessage) -> String {
     out
 }
 
-/// Measures of a query name that tunnels give away.
-#[derive(Debug, PartialEq, Eq)]
-pub struct NameShape {
-    pub parent: String,
-    pub longest_label: u64,
-    pub entropy_x100: u64,
-}
-
-impl NameShape {
-    pub fn of(qname: &str) -> NameShape {
-        let labels: Vec<&str> = qname.split('.').filter(|l| !l.is_empty()).collect();
-        let longest_label = labels.iter().map(|l| l.len()).max().unwrap_or(0) as u64;
-        let (sub, parent) = if labels.len() > 2 {
-            (&labels[..labels.len() - 2], labels[labels.len() - 2..].join("."))
-        } else {
-            (&labels[..0], labels.join("."))
-        };
-        NameShape {
-            parent,
-            longest_label,
-            entropy_x100: entropy_x100(sub.iter().flat_map(|l| l.bytes())),
-        }
-    }
-}
-
-fn entropy_x100(bytes: impl Iterator<Item = u8>) -> u64 {
-    let mut counts = [0u32; 256];
-    let mut n = 0u32;
-    for b in bytes {
-        counts[usize::from(b)] += 1;
-        n += 1;
-    }
-    if n == 0 {
-        return 0;
-    }
-    let n = f64::from(n);
-    let h: f64 = counts
-        .iter()
-        .filter(|c| **c > 0)
-        .map(|c| {
-            let p = f64::from(*c) / n;
-            -p * p.log2()
-        })
-        .sum();
-    (h * 100.0).round() as u64
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -345,7 +302,10 @@ mod tests {
         assert_eq!(s.longest_label, 15);
         assert!(s.entropy_x100 > 300, "{s:?}");
         let plain = NameShape::of("www.example");
-        assert_eq!((plain.parent.as_str(), plain.entropy_x100), ("www.example", 0));
+        assert_eq!(
+            (plain.parent.as_str(), plain.entropy_x100),
+            ("www.example", 0)
+        );
         assert_eq!(NameShape::of("").parent, "");
     }
 
@@ -362,7 +322,13 @@ mod tests {
         }
         assert_eq!(last, 200);
         // The same name again is not a new subdomain.
-        let again = st.fields(scope, DnsDirection::Query, resolver(), &query("s1.t.example", 1), 300_000_000);
+        let again = st.fields(
+            scope,
+            DnsDirection::Query,
+            resolver(),
+            &query("s1.t.example", 1),
+            300_000_000,
+        );
         assert_eq!(again.parent_subdomains, 200);
         // Another scope has its own count.
         let other = st.fields(
@@ -374,7 +340,13 @@ mod tests {
         );
         assert_eq!(other.parent_subdomains, 1);
         // Two windows later everything has aged out.
-        let later = st.fields(scope, DnsDirection::Query, resolver(), &query("z.t.example", 1), 3 * WINDOW_NS);
+        let later = st.fields(
+            scope,
+            DnsDirection::Query,
+            resolver(),
+            &query("z.t.example", 1),
+            3 * WINDOW_NS,
+        );
         assert_eq!(later.parent_subdomains, 1);
     }
 
@@ -388,7 +360,13 @@ mod tests {
             let f = st.fields(Scope::HOST, DnsDirection::Answer, resolver(), &nx, i);
             assert_eq!(f.nxdomain, i + 1);
             assert_eq!(f.rcode, Some("NXDOMAIN"));
-            let t = st.fields(Scope::HOST, DnsDirection::Query, resolver(), &query("t.example", 16), i);
+            let t = st.fields(
+                Scope::HOST,
+                DnsDirection::Query,
+                resolver(),
+                &query("t.example", 16),
+                i,
+            );
             assert_eq!((t.txt_queries, t.qtype), (i + 1, "TXT"));
         }
     }

@@ -382,7 +382,11 @@ impl Enricher {
             cgroup_id: record.cgroup_id,
             netns_cookie: 0,
             socket_cookie: record.socket_cookie,
-            l4proto: if record.tcp { L4Proto::Tcp } else { L4Proto::Udp },
+            l4proto: if record.tcp {
+                L4Proto::Tcp
+            } else {
+                L4Proto::Udp
+            },
             ip_protocol: if record.tcp { 6 } else { 17 },
             daddr: record.remote.ip(),
             dport: record.remote.port(),
@@ -396,9 +400,13 @@ impl Enricher {
         if record.direction == crate::pipeline::decode::DnsDirection::Answer {
             self.names.learn(scope, &message, record.mono_ns);
         }
-        let fields = self
-            .dns
-            .fields(scope, record.direction, record.remote, &message, record.mono_ns);
+        let fields = self.dns.fields(
+            scope,
+            record.direction,
+            record.remote,
+            &message,
+            record.mono_ns,
+        );
         if let Some(metrics) = &self.metrics {
             let ns = event
                 .identity
@@ -407,7 +415,9 @@ impl Enricher {
                 .and_then(|m| m.pod.as_ref())
                 .and_then(|p| p.namespace.as_deref());
             metrics.dns.message(record.direction, ns, &fields.parent);
-            metrics.dns.names_cache(self.names.stats(), self.dns.scope_resets);
+            metrics
+                .dns
+                .names_cache(self.names.stats(), self.dns.scope_resets);
         }
         event.dns = Some(Box::new(fields));
         Some(event)

@@ -147,7 +147,12 @@ impl NamesCache {
             }
             let name = name.get_or_insert_with(|| Arc::from(message.qname.as_str()));
             let ttl = answer.ttl.min(MAX_TTL_SECS) + GRACE_SECS;
-            self.insert(scope, ip.to_canonical(), name.clone(), now_ns + u64::from(ttl) * NS);
+            self.insert(
+                scope,
+                ip.to_canonical(),
+                name.clone(),
+                now_ns + u64::from(ttl) * NS,
+            );
         }
     }
 
@@ -264,9 +269,19 @@ mod tests {
             ),
             0,
         );
-        cache.learn(b_scope, &answer("blog.example", vec![a("blog.example", IP, 60)]), 0);
-        assert_eq!(cache.lookup(a_scope, ip(), 1).as_deref(), Some("shop.example"));
-        assert_eq!(cache.lookup(b_scope, ip(), 1).as_deref(), Some("blog.example"));
+        cache.learn(
+            b_scope,
+            &answer("blog.example", vec![a("blog.example", IP, 60)]),
+            0,
+        );
+        assert_eq!(
+            cache.lookup(a_scope, ip(), 1).as_deref(),
+            Some("shop.example")
+        );
+        assert_eq!(
+            cache.lookup(b_scope, ip(), 1).as_deref(),
+            Some("blog.example")
+        );
         assert_eq!(cache.lookup(Scope::HOST, ip(), 1), None);
         assert_eq!(
             cache.lookup(a_scope, "198.51.100.1".parse().unwrap(), 1),
@@ -277,7 +292,11 @@ mod tests {
     #[test]
     fn ttl_is_respected() {
         let mut cache = NamesCache::new(16);
-        cache.learn(Scope::HOST, &answer("a.example", vec![a("a.example", IP, 10)]), 0);
+        cache.learn(
+            Scope::HOST,
+            &answer("a.example", vec![a("a.example", IP, 10)]),
+            0,
+        );
         let live = u64::from(10 + GRACE_SECS) * NS - 1;
         assert!(cache.lookup(Scope::HOST, ip(), live).is_some());
         assert_eq!(cache.lookup(Scope::HOST, ip(), live + 2), None);
@@ -290,14 +309,25 @@ mod tests {
         let mut cache = NamesCache::new(100);
         for i in 0..1000u32 {
             let ip = std::net::Ipv4Addr::from(0xcb00_7100 + i).to_string();
-            cache.learn(Scope::HOST, &answer("n.example", vec![a("n.example", &ip, 60)]), 0);
+            cache.learn(
+                Scope::HOST,
+                &answer("n.example", vec![a("n.example", &ip, 60)]),
+                0,
+            );
             // Refreshing one entry must not grow the order queue unbounded.
-            cache.learn(Scope::HOST, &answer("m.example", vec![a("m.example", IP, 60)]), 0);
+            cache.learn(
+                Scope::HOST,
+                &answer("m.example", vec![a("m.example", IP, 60)]),
+                0,
+            );
         }
         assert!(cache.len() <= 100);
         assert!(cache.order.len() <= 2 * 100 + 16);
         assert!(cache.evictions >= 900);
-        assert_eq!(cache.lookup(Scope::HOST, ip(), 1).as_deref(), Some("m.example"));
+        assert_eq!(
+            cache.lookup(Scope::HOST, ip(), 1).as_deref(),
+            Some("m.example")
+        );
     }
 
     #[test]
@@ -319,7 +349,10 @@ mod tests {
             let name = format!("n{i}.example");
             cache.learn(Scope::HOST, &answer(&name, vec![a(&name, IP, 60)]), 0);
         }
-        assert_eq!(cache.lookup(Scope::HOST, ip(), 1).as_deref(), Some("n9.example"));
+        assert_eq!(
+            cache.lookup(Scope::HOST, ip(), 1).as_deref(),
+            Some("n9.example")
+        );
         assert_eq!(cache.map[&(Scope::HOST, ip())].names.len(), NAMES_PER_IP);
     }
 }

@@ -234,7 +234,8 @@ mod tests {
         let paths = RulePaths(vec![PathBuf::from(BUNDLED_ENTRY), local.clone()]);
         let names: Vec<String> = paths.read().unwrap().into_iter().map(|(n, _)| n).collect();
         assert_eq!(names[0], "bundled:rules/egress.yaml");
-        assert!(names[1].ends_with("local.yaml"));
+        assert_eq!(names[1], "bundled:rules/dns.yaml");
+        assert!(names[2].ends_with("local.yaml"));
         let ruleset = load(&paths, &Options::default()).unwrap();
         let id = ruleset.find("Outbound Connection in Container").unwrap();
         assert!(!ruleset.rule(id).unwrap().enabled());

@@ -620,4 +620,70 @@ mod tests {
             egret_rules::Value::Str("res=-115(EINPROGRESS) addr=198.51.100.7:53")
         ));
     }
+
+    #[test]
+    fn an_answer_names_the_connect_that_follows_it_in_its_scope() {
+        use crate::pipeline::decode::dns::{Answer, AnswerData, DnsDirection, DnsMessage};
+        let mut enricher = enricher();
+        let dns = |cgroup_id: u64, name: &str| {
+            Record::Dns(Box::new(DnsRecord {
+                hook: Hook::DnsAnswer,
+                direction: DnsDirection::Answer,
+                tcp: false,
+                mono_ns: 1,
+                wall_ns: 1,
+                cgroup_id,
+                socket_cookie: 3,
+                local: "10.0.0.2:40000".parse().unwrap(),
+                remote: "10.0.0.53:53".parse().unwrap(),
+                msg_len: 60,
+                message: Ok(DnsMessage {
+                    id: 1,
+                    response: true,
+                    rcode: 0,
+                    qname: name.into(),
+                    qtype: 1,
+                    answers: vec![Answer {
+                        name: name.into(),
+                        ttl: 60,
+                        data: AnswerData::Addr("198.51.100.7".parse().unwrap()),
+                    }],
+                }),
+            }))
+        };
+        let in_cgroup = |cgroup_id: u64| {
+            let Record::Egress(mut a) = attempt() else {
+                unreachable!()
+            };
+            a.cgroup_id = cgroup_id;
+            a.mono_ns = 2;
+            Record::Egress(a)
+        };
+        let mut out = Vec::new();
+        // Ring buffer order: the answer, then the connect made with it.
+        enricher.process_batch(
+            vec![
+                dns(7, "shop.example"),
+                dns(8, "blog.example"),
+                in_cgroup(7),
+                in_cgroup(8),
+                in_cgroup(9),
+            ],
+            &mut out,
+        );
+        let names: Vec<Option<&str>> = out.iter().map(|e| e.sip_name.as_deref()).collect();
+        assert_eq!(
+            names,
+            [None, None, Some("shop.example"), Some("blog.example"), None]
+        );
+        assert_eq!(out[0].attempt.evt_type(), "dns");
+        assert!(matches!(
+            egret_rules::Event::value(&out[2], egret_rules::FieldId::SipName),
+            egret_rules::Value::Str("shop.example")
+        ));
+        assert!(matches!(
+            egret_rules::Event::value(&out[4], egret_rules::FieldId::SipName),
+            egret_rules::Value::Missing
+        ));
+    }
 }

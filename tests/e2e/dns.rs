@@ -263,3 +263,86 @@ fn malformed_and_truncated_messages_are_counted_and_never_crash() {
     });
     assert_eq!(connect["fd.sip.name"], "shop.example", "{connect}");
 }
+
+const POD_A: &str = "9c2d3c4e-1f0a-4b8c-9d7e-6f5a4b3c2d21";
+const POD_B: &str = "9c2d3c4e-1f0a-4b8c-9d7e-6f5a4b3c2d22";
+const CTR_A: &str = "a9dc3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8f9a0";
+const CTR_B: &str = "b9dc3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8f9a0";
+
+/// Two real containerd containers (sharing one network namespace, as a
+/// pod's containers do) resolve one IP under different names: each
+/// connect gets its own container's name, never a node-wide one.
+#[test]
+fn two_containers_resolving_one_ip_each_get_their_own_name() {
+    use crate::support::{
+        containerd::{Containerd, Pod, RunSpec, Source, busybox_rootfs},
+        control::CgroupTrees,
+    };
+    if !support::privileged("two_containers_resolving_one_ip_each_get_their_own_name") {
+        return;
+    }
+    let cgroup = TestCgroup::new("dns-ctr");
+    let relative = cgroup
+        .path()
+        .strip_prefix(support::cgroup_root())
+        .expect("test cgroup below the mount")
+        .to_path_buf();
+    let _trees = CgroupTrees {
+        relative: relative.clone(),
+    };
+    let ns = NetNs::new("dnsctr");
+    let _dns = DnsServer::start(&ns, &[("shop.example", SHOP_IP), ("blog.example", SHOP_IP)]);
+    let containerd = Containerd::start();
+    let rootfs = busybox_rootfs(&containerd.dir().join("rootfs"));
+    // busybox's own resolver asks the server it is given (no NSS needed).
+    let _ = std::os::unix::fs::symlink("busybox", rootfs.join("bin/nslookup"));
+    let netns = std::path::PathBuf::from("/var/run/netns").join(&ns.name);
+    let s = |p: &std::path::Path| p.display().to_string();
+    let agent = Agent::start(&[
+        "run",
+        "--cgroup",
+        &s(cgroup.path()),
+        "--containerd-socket",
+        &s(containerd.socket()),
+        "--audit",
+        "-",
+    ]);
+    let containers = [
+        (POD_A, CTR_A, "web-a", "shop.example"),
+        (POD_B, CTR_B, "web-b", "blog.example"),
+    ];
+    for (uid, id, pod, _) in containers {
+        let pod = Pod {
+            name: pod.into(),
+            namespace: "dns".into(),
+            uid: uid.into(),
+        };
+        let spec = RunSpec::new(id, Source::Rootfs(rootfs.clone()), &["sleep", "600"])
+            .in_pod(&pod, "app")
+            .label("io.cri-containerd.kind", "container")
+            .join_netns(netns.clone())
+            .cgroup(format!("/{}/kubepods/pod{uid}/{id}", relative.display()));
+        containerd.run_detached(&spec);
+    }
+    for (_, id, _, name) in containers {
+        let script = format!("nslookup {name} 198.51.100.1; nc -w1 {SHOP_IP} 443; true");
+        let out = containerd.exec(id, &["sh", "-c", &script]);
+        assert!(out.status.success(), "{id}: {out:?}");
+    }
+    for (_, id, _, name) in containers {
+        let connect = wait(&agent, "container connect", |v| {
+            is_audit(v)
+                && v["evt.type"] == "connect"
+                && v["fd.sip"] == SHOP_IP
+                && v["container.id"] == id[..12]
+        });
+        assert_eq!(connect["fd.sip.name"], name, "{connect}");
+        let query = wait(&agent, "container dns query", |v| {
+            is_audit(v) && v["evt.type"] == "dns" && v["container.id"] == id[..12]
+        });
+        assert_eq!(query["egret.dns.query"], name, "{query}");
+    }
+    for (_, id, _, _) in containers {
+        containerd.remove(id);
+    }
+}

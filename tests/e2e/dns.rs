@@ -136,6 +136,40 @@ fn resolved_names_reach_fd_sip_name_rules_and_the_audit_log() {
         is_audit(v) && v["proc.pid"] == direct
     });
     assert!(unnamed.get("fd.sip.name").is_none(), "{unnamed}");
+    // Queries over TCP and to an IPv6 resolver are seen too.
+    let (tcp_pid, _) = s.ns.run_in_cgroup(
+        s.cgroup.path(),
+        &probe,
+        &["dns-query-tcp", "198.51.100.1:53", "1", "tcp.shop.example"],
+    );
+    for direction in ["query", "answer"] {
+        let tcp = wait(&s.agent, "dns over tcp", |v| {
+            is_audit(v)
+                && v["egret.dns.query"] == "tcp.shop.example"
+                && v["egret.dns.direction"] == direction
+        });
+        assert_eq!(tcp["fd.l4proto"], "tcp", "{tcp}");
+        if direction == "query" {
+            assert_eq!(tcp["proc.pid"], tcp_pid, "{tcp}");
+        } else {
+            assert_eq!(tcp["egret.dns.answers"], SHOP_IP, "{tcp}");
+        }
+    }
+    s.ns.run_in_cgroup(
+        s.cgroup.path(),
+        &probe,
+        &["dns-query", "[2001:db8::1]:53", "28", "v6.shop.example"],
+    );
+    for direction in ["query", "answer"] {
+        let v6 = wait(&s.agent, "dns over ipv6", |v| {
+            is_audit(v)
+                && v["egret.dns.query"] == "v6.shop.example"
+                && v["egret.dns.direction"] == direction
+        });
+        assert_eq!(v6["fd.sip"], "2001:db8::1", "{v6}");
+        assert_eq!(v6["egret.dns.qtype"], "AAAA", "{v6}");
+    }
+
     std::thread::sleep(scaled(Duration::from_millis(500)));
     assert!(
         !s.agent

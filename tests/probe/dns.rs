@@ -9,6 +9,8 @@
 //!   dns-query       <server:port> <qtype> <name>...: one UDP query per
 //!                   name (qtype a number: 16 TXT, 10 NULL), waits up to
 //!                   200 ms for each answer; prints `answered N`.
+//!   dns-query-tcp   <server:port> <qtype> <name>: the same over TCP
+//!                   (2-byte length prefix); prints `answered N`.
 //!   dns-raw         <server:port> <hex>: send the bytes as one datagram
 //!                   (malformed and truncated messages).
 use std::{
@@ -17,7 +19,13 @@ use std::{
     time::Duration,
 };
 
-pub const MODES: [&str; 4] = ["resolve-connect", "resolve", "dns-query", "dns-raw"];
+pub const MODES: [&str; 5] = [
+    "resolve-connect",
+    "resolve",
+    "dns-query",
+    "dns-query-tcp",
+    "dns-raw",
+];
 
 fn invalid(what: &str) -> Error {
     Error::new(ErrorKind::InvalidInput, what.to_string())
@@ -59,6 +67,21 @@ pub fn run(mode: &str, args: &[String]) -> Result<()> {
                     answered += 1;
                 }
             }
+            println!("answered {answered}");
+            Ok(())
+        }
+        ("dns-query-tcp", [server, qtype, name]) => {
+            use std::io::{Read, Write};
+            let server: SocketAddr = server.parse().map_err(|_| invalid("server"))?;
+            let qtype: u16 = qtype.parse().map_err(|_| invalid("qtype"))?;
+            let message = query(1, name, qtype)?;
+            let mut stream = TcpStream::connect_timeout(&server, Duration::from_secs(1))?;
+            stream.set_read_timeout(Some(Duration::from_secs(1)))?;
+            let mut framed = (message.len() as u16).to_be_bytes().to_vec();
+            framed.extend_from_slice(&message);
+            stream.write_all(&framed)?;
+            let mut len = [0u8; 2];
+            let answered = usize::from(stream.read_exact(&mut len).is_ok());
             println!("answered {answered}");
             Ok(())
         }

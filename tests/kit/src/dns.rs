@@ -12,7 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::netns::{NetNs, V4_SERVER};
+use crate::netns::{NetNs, V4_SERVER, V6_SERVER};
 
 pub struct DnsServer {
     child: Child,
@@ -23,7 +23,7 @@ pub struct DnsServer {
 impl DnsServer {
     /// Serves `records` (name → IPv4 or IPv6 address; a name also answers
     /// for its subdomains, as dnsmasq's `--address` does) on
-    /// 198.51.100.1:53 inside `ns`.
+    /// 198.51.100.1:53 and [2001:db8::1]:53 (UDP and TCP) inside `ns`.
     pub fn start(ns: &NetNs, records: &[(&str, &str)]) -> DnsServer {
         let resolv_dir = PathBuf::from("/etc/netns").join(&ns.name);
         std::fs::create_dir_all(&resolv_dir).expect("create /etc/netns/<ns>");
@@ -47,6 +47,7 @@ impl DnsServer {
             "--cache-size=0",
         ]);
         command.arg(format!("--listen-address={V4_SERVER}"));
+        command.arg(format!("--listen-address={V6_SERVER}"));
         for (name, ip) in records {
             command.arg(format!("--address=/{name}/{ip}"));
         }

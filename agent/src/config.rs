@@ -177,6 +177,8 @@ pub struct KernelConfig {
     /// DNS ports besides 53 whose messages are captured (at most
     /// `egret_common::DNS_PORTS_MAX`), e.g. a node-local cache on 5353.
     pub dns_ports: Vec<u16>,
+    /// Capture DNS messages (`--no-dns` turns it off).
+    pub dns_capture: bool,
 }
 
 impl Default for KernelConfig {
@@ -187,6 +189,7 @@ impl Default for KernelConfig {
             builtin_ignore: true,
             ringbuf_bytes: egret_common::DEFAULT_RINGBUF_BYTES,
             dns_ports: Vec::new(),
+            dns_capture: true,
         }
     }
 }
@@ -403,6 +406,9 @@ impl Config {
             config.kernel.cgroup = args.cgroup;
         }
         config.kernel.ignore_networks.extend(args.ignore_cidrs);
+        if args.no_dns {
+            config.kernel.dns_capture = false;
+        }
         if args.no_builtin_ignore {
             config.kernel.builtin_ignore = false;
         }

@@ -12,11 +12,14 @@
 //! 7. bulk TCP throughput with and without Egret (loopback, veth), and
 //!    every program's ns per run (kernel.bpf_stats_enabled);
 //! 8. what a quarantine's programs cost the quarantined workload's allowed
-//!    traffic (bulk throughput, connect rate, ns/run).
+//!    traffic (bulk throughput, connect rate, ns/run);
+//! 9. observed DNS: a DNS-heavy workload with and without Egret, bulk
+//!    throughput with and without the DNS programs, names cache memory.
 //!
 //! Traffic of scenarios 2, 4, 5 and 6 goes to TEST-NET-2 addresses inside
 //! a throwaway network namespace: nothing leaves the machine.
 mod connect;
+mod dns;
 mod hooks;
 mod latency;
 mod memory;
@@ -53,6 +56,9 @@ pub struct Settings {
     quarantine_rounds: usize,
     quarantine_mib: u64,
     quarantine_connects: u64,
+    /// Scenario 9: DNS lookups per run and interleaved rounds.
+    dns_lookups: u64,
+    dns_rounds: usize,
 }
 
 impl Settings {
@@ -80,6 +86,8 @@ impl Settings {
                 quarantine_rounds: 1,
                 quarantine_mib: 64,
                 quarantine_connects: 1_000,
+                dns_lookups: 500,
+                dns_rounds: 1,
             }
         } else {
             Settings {
@@ -96,6 +104,8 @@ impl Settings {
                 quarantine_rounds: 5,
                 quarantine_mib: 2_048,
                 quarantine_connects: 20_000,
+                dns_lookups: 20_000,
+                dns_rounds: 3,
             }
         }
     }
@@ -121,7 +131,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
                 .split(',')
                 .map(|n| n.trim().parse::<u32>())
                 .collect::<Result<_, _>>()
-                .context("--only takes scenario numbers 1-8, comma-separated")?,
+                .context("--only takes scenario numbers 1-9, comma-separated")?,
         ),
         None => None,
     };
@@ -178,6 +188,9 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     drop(ns);
     if want(7) {
         section(throughput::run(&bins, &settings)?);
+    }
+    if want(9) {
+        section(dns::run(&bins, &settings)?);
     }
 
     if !short && only.is_none() {

@@ -386,6 +386,12 @@ impl KernelProbes {
         self.dns_off.as_deref()
     }
 
+    /// Leaves the DNS programs unattached (`kernel.dns_capture: false`).
+    pub fn disable_dns(&mut self) {
+        self.dns_off
+            .get_or_insert_with(|| "disabled by configuration".into());
+    }
+
     /// Sets the DNS ports besides 53 (before or after attaching).
     pub fn set_dns_ports(&mut self, ports: &[u16]) -> Result<(), KernelError> {
         dns::set_ports(&mut self.ebpf, ports)

@@ -119,6 +119,9 @@ impl Pipeline {
             None => cgroup::cgroup2_root()?,
         };
         let mut probes = KernelProbes::load(config.kernel.ringbuf_bytes)?;
+        if !config.kernel.dns_capture {
+            probes.disable_dns();
+        }
         if probes.dns_off().is_none() {
             probes.set_dns_ports(&config.kernel.dns_ports)?;
         }
@@ -227,7 +230,9 @@ impl Pipeline {
             metrics.clone(),
             shutdown.clone(),
         ));
-        let mut enricher = Enricher::new(processes, identity).with_metrics(metrics.clone());
+        let mut enricher = Enricher::new(processes, identity)
+            .with_metrics(metrics.clone())
+            .with_dns_ports(config.kernel.dns_ports.clone());
         if let Some(baseline) = baseline {
             enricher = enricher.with_baseline(baseline);
         }

@@ -209,16 +209,17 @@ fn sigterm_detaches_every_program() {
     let ids = agent.program_ids();
     assert_eq!(
         ids.len(),
-        14,
+        16,
         "four sock_addr programs, eight tracepoints (process and cgroup lifecycle, socket \
-         creation), the raw-socket sock_create and egress programs"
+         creation), the raw-socket sock_create and egress programs, the DNS egress and \
+         ingress programs"
     );
     let attached = support::attached_program_ids(&root);
     let on_cgroup = ids.iter().filter(|id| attached.contains(id)).count();
     assert_eq!(
         on_cgroup,
-        6,
-        "sock_addr, sock_create and cgroup_skb programs attached to {}",
+        8,
+        "sock_addr, sock_create and cgroup_skb (raw, DNS) programs attached to {}",
         root.display()
     );
 

@@ -119,7 +119,7 @@ fn query(id: u16, name: &str, qtype: u16) -> Result<Vec<u8>> {
 }
 
 fn unhex(text: &str) -> Option<Vec<u8>> {
-    if text.len() % 2 != 0 {
+    if !text.len().is_multiple_of(2) {
         return None;
     }
     (0..text.len())

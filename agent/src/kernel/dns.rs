@@ -26,12 +26,15 @@ pub(super) fn load(ebpf: &mut Ebpf) -> Result<(), String> {
     Ok(())
 }
 
-/// Attaches both to `dir`; returns (program, link) pairs for detachment.
+/// One attached program: its name, link and kernel id.
+pub(super) type Attached = (&'static str, CgroupSkbLinkId, Option<u32>);
+
+/// Attaches both to `dir`; returns what detachment needs.
 pub(super) fn attach(
     ebpf: &mut Ebpf,
     dir: &File,
     path: &str,
-) -> Result<Vec<(&'static str, CgroupSkbLinkId, Option<u32>)>, KernelError> {
+) -> Result<Vec<Attached>, KernelError> {
     let mut links = Vec::new();
     for (name, kind) in [
         (DNS_EGRESS_PROGRAM, CgroupSkbAttachType::Egress),

@@ -37,8 +37,9 @@ if [ "$WITH_TESTS" -eq 1 ]; then
   # bpftrace as the benchmark peer, prometheus/promtool for metrics tests,
   # prometheus-alertmanager (0.25) for the Alertmanager output's test (the
   # test starts its own on loopback; the package's service is not needed),
-  # openssl to make the control API's test certificates.
-  apt_install iproute2 bpftool bpftrace prometheus prometheus-alertmanager openssl
+  # openssl to make the control API's test certificates, dnsmasq-base as
+  # the DNS server of the observed-DNS tests (tests/kit/src/dns.rs).
+  apt_install iproute2 bpftool bpftrace prometheus prometheus-alertmanager openssl dnsmasq-base
 fi
 
 if ! rustup component list --toolchain nightly --installed 2>/dev/null | grep -q '^rust-src'; then

@@ -6,6 +6,7 @@
 mod cgroup;
 #[cfg(target_arch = "bpf")]
 mod connect_result;
+mod dns;
 #[cfg(target_arch = "bpf")]
 mod exe;
 #[cfg(target_arch = "bpf")]

@@ -270,6 +270,10 @@ pub struct RunArgs {
     #[arg(long)]
     pub no_builtin_ignore: bool,
 
+    /// Do not capture DNS messages (no dns events, fd.sip.name stays <NA>).
+    #[arg(long)]
+    pub no_dns: bool,
+
     /// containerd socket for container and pod metadata
     /// [default: /run/containerd/containerd.sock].
     #[arg(long, value_name = "PATH")]

@@ -183,6 +183,11 @@ pub struct KernelConfig {
     pub flows: bool,
     /// Interim flow records of live flows, in ms (0: end records only).
     pub flow_interim_ms: u64,
+    /// DNS ports besides 53 whose messages are captured (at most
+    /// `egret_common::DNS_PORTS_MAX`), e.g. a node-local cache on 5353.
+    pub dns_ports: Vec<u16>,
+    /// Capture DNS messages (`--no-dns` turns it off).
+    pub dns_capture: bool,
 }
 
 impl Default for KernelConfig {
@@ -194,6 +199,8 @@ impl Default for KernelConfig {
             ringbuf_bytes: egret_common::DEFAULT_RINGBUF_BYTES,
             flows: true,
             flow_interim_ms: egret_common::FLOW_INTERIM_DEFAULT_NS / 1_000_000,
+            dns_ports: Vec::new(),
+            dns_capture: true,
         }
     }
 }
@@ -312,6 +319,13 @@ impl Config {
                 "{name}: kernel.ringbuf_bytes: {bytes} must be a power of two of at least 4096"
             )));
         }
+        let ports = &self.kernel.dns_ports;
+        if ports.len() > egret_common::DNS_PORTS_MAX as usize || ports.contains(&0) {
+            return Err(ConfigError::Invalid(format!(
+                "{name}: kernel.dns_ports: at most {} ports, none 0",
+                egret_common::DNS_PORTS_MAX
+            )));
+        }
         if self.audit.max_bytes < 4096 {
             return Err(ConfigError::Invalid(format!(
                 "{name}: audit.max_bytes: {} is below 4096",
@@ -420,6 +434,9 @@ impl Config {
             config.kernel.cgroup = args.cgroup;
         }
         config.kernel.ignore_networks.extend(args.ignore_cidrs);
+        if args.no_dns {
+            config.kernel.dns_capture = false;
+        }
         if args.no_builtin_ignore {
             config.kernel.builtin_ignore = false;
         }

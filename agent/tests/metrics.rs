@@ -60,6 +60,11 @@ fn populated() -> Arc<Metrics> {
     m.observe_evaluation(Duration::from_nanos(900));
     m.observe_evaluation(Duration::from_micros(40));
     m.enrichment_failed(EnrichFailure::CgroupUnknown);
+    m.dns.message(
+        egret::pipeline::decode::DnsDirection::Query,
+        Some("shop"),
+        "shop.example",
+    );
     m.rules_reloaded(7);
     let mut k = [HookCounters::default(); Hook::COUNT as usize];
     for (i, c) in k.iter_mut().enumerate() {

@@ -227,18 +227,19 @@ fn sigterm_detaches_every_program() {
     let ids = agent.program_ids();
     assert_eq!(
         ids.len(),
-        22,
+        24,
         "four sock_addr programs, twelve tracepoints (process and cgroup lifecycle, socket \
          creation, connect results: sys_exit_connect, io_uring submission and completion; TCP \
-         resets), the raw-socket sock_create and egress programs, and the flow sock_ops, \
-         cgroup_skb egress/ingress and sock_release programs"
+         resets), the raw-socket sock_create and egress programs, the DNS egress and ingress \
+         programs, and the flow sock_ops, cgroup_skb egress/ingress and sock_release programs"
     );
     let attached = support::attached_program_ids(&root);
     let on_cgroup = ids.iter().filter(|id| attached.contains(id)).count();
     assert_eq!(
         on_cgroup,
-        10,
-        "sock_addr, sock_create, sock_release, sock_ops and cgroup_skb programs attached to {}",
+        12,
+        "sock_addr, sock_create, sock_release, sock_ops and cgroup_skb (raw, DNS, flows) \
+         programs attached to {}",
         root.display()
     );
 

@@ -5,6 +5,7 @@ mod advisor;
 mod connect_result;
 mod containers;
 mod deploy;
+mod dns;
 mod falco_rules;
 mod faults;
 mod flows;

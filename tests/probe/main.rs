@@ -45,6 +45,8 @@
 //!                  <mib> MiB to itself over one TCP connection (a reader
 //!                  thread discards), print MiB/s (benchmarks: what a
 //!                  per-packet egress program costs a bulk flow).
+//!   resolve-connect, resolve, dns-query, dns-raw: DNS modes, see dns.rs.
+mod dns;
 mod flows;
 
 use std::{
@@ -99,6 +101,7 @@ fn main() {
             }
             run("tcp", addr)
         }),
+        Some([mode, rest @ ..]) if dns::MODES.contains(&mode.as_str()) => dns::run(mode, rest),
         Some([mode, addr]) => parse(addr).and_then(|addr| run(mode, addr)),
         Some([mode, addr, mib]) if mode == "bulk" => parse(addr).and_then(|addr| {
             let mib = mib

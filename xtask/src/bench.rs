@@ -12,13 +12,16 @@
 //! 7. bulk TCP throughput with and without Egret (loopback, veth), and
 //!    every program's ns per run (kernel.bpf_stats_enabled);
 //! 8. what a quarantine's programs cost the quarantined workload's allowed
-//!    traffic (bulk throughput, connect rate, ns/run).
+//!    traffic (bulk throughput, connect rate, ns/run);
+//! 9. observed DNS: a DNS-heavy workload with and without Egret, bulk
+//!    throughput with and without the DNS programs, names cache memory.
 //! 10. flow accounting on vs off (bulk throughput, connect rate), memory
 //!     per tracked flow, 100,000 concurrent flows against the flow table.
 //!
 //! Traffic of scenarios 2, 4, 5 and 6 goes to TEST-NET-2 addresses inside
 //! a throwaway network namespace: nothing leaves the machine.
 mod connect;
+mod dns;
 mod flows;
 mod hooks;
 mod latency;
@@ -62,6 +65,9 @@ pub struct Settings {
     flow_mib: u64,
     flow_connects: u64,
     flow_fill: bool,
+    /// Scenario 9: DNS lookups per run and interleaved rounds.
+    dns_lookups: u64,
+    dns_rounds: usize,
 }
 
 impl Settings {
@@ -93,6 +99,8 @@ impl Settings {
                 flow_mib: 64,
                 flow_connects: 1_000,
                 flow_fill: false,
+                dns_lookups: 500,
+                dns_rounds: 1,
             }
         } else {
             Settings {
@@ -113,6 +121,8 @@ impl Settings {
                 flow_mib: 2_048,
                 flow_connects: 20_000,
                 flow_fill: true,
+                dns_lookups: 20_000,
+                dns_rounds: 3,
             }
         }
     }
@@ -138,7 +148,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
                 .split(',')
                 .map(|n| n.trim().parse::<u32>())
                 .collect::<Result<_, _>>()
-                .context("--only takes scenario numbers (1-8, 10), comma-separated")?,
+                .context("--only takes scenario numbers 1-10, comma-separated")?,
         ),
         None => None,
     };
@@ -198,6 +208,9 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     drop(ns);
     if want(7) {
         section(throughput::run(&bins, &settings)?);
+    }
+    if want(9) {
+        section(dns::run(&bins, &settings)?);
     }
 
     if !short && only.is_none() {

@@ -123,10 +123,16 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
 const FUZZ_SECONDS_CI: u32 = 20;
 
 /// A short cargo-fuzz pass over the rule engine's condition parser and
-/// YAML loader (nightly and cargo-fuzz, installed by scripts/setup.sh).
+/// YAML loader, and the agent's DNS message parser (nightly and
+/// cargo-fuzz, installed by scripts/setup.sh).
 pub fn fuzz(seconds: u32) -> anyhow::Result<()> {
-    let dir = root().join("agent/rules-engine");
-    for target in ["condition", "loader"] {
+    let targets = [
+        ("agent/rules-engine", "condition"),
+        ("agent/rules-engine", "loader"),
+        ("agent", "dns_message"),
+    ];
+    for (dir, target) in targets {
+        let dir = root().join(dir);
         run_step(
             &format!("fuzz {target} ({seconds} s)"),
             Command::new("rustup")

@@ -83,6 +83,11 @@ pub enum Hook {
     /// `io_uring_complete` (`connect_result.rs`). `seen` counts results
     /// found for an emitted connect, not every syscall exit.
     ConnectResult = 11,
+    /// cgroup_skb egress: a DNS query (UDP or TCP, to a DNS port) left a
+    /// socket; `seen` counts every packet the program ran for.
+    DnsQuery = 12,
+    /// cgroup_skb ingress: a DNS answer (from a DNS port) reached a socket.
+    DnsAnswer = 13,
     /// TCP flow accounting (sock_ops + cgroup_skb egress): `seen` tracked
     /// connects, `ignored` connects to ignored destinations (counted, never
     /// recorded), `emitted` flow records (interim and final).
@@ -97,7 +102,7 @@ impl Hook {
     pub const COUNT: u32 = 16;
     /// Every hook, in slot order: whoever reads the counters reads them all
     /// (a hook left out here is a count nobody ever sees).
-    pub const ALL: [Hook; 14] = [
+    pub const ALL: [Hook; Hook::COUNT as usize] = [
         Hook::Connect4,
         Hook::Connect6,
         Hook::Sendmsg4,
@@ -110,6 +115,8 @@ impl Hook {
         Hook::RawSend6,
         Hook::SocketCreate,
         Hook::ConnectResult,
+        Hook::DnsQuery,
+        Hook::DnsAnswer,
         Hook::TcpFlow,
         Hook::UdpFlow,
     ];
@@ -138,6 +145,8 @@ impl Hook {
             9 => Some(Hook::RawSend6),
             10 => Some(Hook::SocketCreate),
             11 => Some(Hook::ConnectResult),
+            12 => Some(Hook::DnsQuery),
+            13 => Some(Hook::DnsAnswer),
             14 => Some(Hook::TcpFlow),
             15 => Some(Hook::UdpFlow),
             _ => None,
@@ -158,6 +167,8 @@ impl Hook {
             Hook::CgroupRmdir => "cgroup_rmdir",
             Hook::ExeFile => "exe_file",
             Hook::ConnectResult => "connect_result",
+            Hook::DnsQuery => "dns_query",
+            Hook::DnsAnswer => "dns_answer",
             Hook::TcpFlow => "tcp_flow",
             Hook::UdpFlow => "udp_flow",
         }
@@ -179,6 +190,8 @@ pub enum RecordKind {
     ConnectResult = 5,
     /// A [`SocketEvent`]: a packet or raw socket was created.
     Socket = 6,
+    /// A [`DnsEvent`]: a DNS message a socket sent or received.
+    Dns = 7,
     /// A [`FlowEvent`]: a TCP connection or UDP flow ended, or an interim
     /// report of a long-lived one.
     Flow = 8,
@@ -460,6 +473,56 @@ pub struct ConnectResultEvent {
     pub socket_cookie: u64,
 }
 
+/// Array of up to [`DNS_PORTS_MAX`] extra DNS ports (u16 host order, 0 =
+/// unused slot) the agent fills; port 53 is always DNS.
+pub const DNS_PORTS_MAP: &str = "EGRET_DNS_PORTS";
+pub const DNS_PORTS_MAX: u32 = 8;
+/// Bytes of a DNS message copied into a [`DnsEvent`]: the classic UDP
+/// limit, which holds the header, the question and the usual answers. The
+/// rest of a longer message is cut (`msg_len` keeps its real length).
+pub const DNS_PAYLOAD_BYTES: usize = 512;
+/// [`DnsEvent::direction`]: sent by the socket (a query).
+pub const DNS_DIR_EGRESS: u8 = 1;
+/// [`DnsEvent::direction`]: received by the socket (an answer).
+pub const DNS_DIR_INGRESS: u8 = 2;
+/// [`DnsEvent::flags`] bit: the message came over TCP (the 2-byte length
+/// prefix is stripped; only the first segment's message is copied).
+pub const DNS_FLAG_TCP: u8 = 1 << 0;
+
+/// A DNS message seen by the cgroup_skb DNS programs ([`RecordKind::Dns`]).
+/// Runs in softirq context for answers, so there are no process fields:
+/// the agent joins them by `socket_cookie`.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct DnsEvent {
+    /// [`RecordKind::Dns`].
+    pub kind: u8,
+    /// [`Hook::DnsQuery`] or [`Hook::DnsAnswer`].
+    pub hook: u8,
+    /// [`DNS_DIR_EGRESS`] or [`DNS_DIR_INGRESS`].
+    pub direction: u8,
+    /// [`AF_INET`] or [`AF_INET6`].
+    pub family: u8,
+    pub flags: u8,
+    pub _pad0: [u8; 3],
+    /// Local and remote ports, host byte order.
+    pub lport: u16,
+    pub rport: u16,
+    /// Bytes copied into `payload`.
+    pub len: u16,
+    /// The DNS message's length on the wire (UDP payload, or the TCP
+    /// length prefix).
+    pub msg_len: u16,
+    pub mono_ns: u64,
+    /// The socket's cgroup (`bpf_skb_cgroup_id`): the container.
+    pub cgroup_id: u64,
+    pub socket_cookie: u64,
+    /// Local and remote addresses; IPv4 in the first four bytes.
+    pub laddr: [u8; 16],
+    pub raddr: [u8; 16],
+    pub payload: [u8; DNS_PAYLOAD_BYTES],
+}
+
 /// Value of [`PROCS_MAP`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -637,6 +700,7 @@ const _: () = assert!(core::mem::size_of::<RawFlow>() == 16);
 const _: () = assert!(core::mem::size_of::<RawOwner>() == 64);
 const _: () = assert!(core::mem::size_of::<ConnectPending>() == 16);
 const _: () = assert!(core::mem::size_of::<ConnectResultEvent>() == 32);
+const _: () = assert!(core::mem::size_of::<DnsEvent>() == 72 + DNS_PAYLOAD_BYTES);
 
 #[cfg(feature = "user")]
 mod pod {
@@ -666,11 +730,12 @@ mod pod {
     unsafe impl aya::Pod for super::ConnectPending {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::ConnectResultEvent {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for super::FlowCounters {}
 }
 
-// `Hook::ALL` lists hooks in slot order, each round-tripping through
-// `from_u8`, every one inside the counters map; the last is its last slot.
+// `Hook::ALL` lists every slot in order (its length is `Hook::COUNT`), each
+// round-tripping through `from_u8`.
 const _: () = {
     let mut i = 0;
     while i < Hook::ALL.len() {

@@ -1,7 +1,8 @@
 //! The `evt.type` values Falco knows: Linux system call names (x86_64 and
 //! the generic table other architectures use) and Falco's own non-syscall
-//! events. A value outside them is a typo (`conect`), so a rule using it is
-//! refused with a suggestion instead of loading as a rule that never fires.
+//! events, plus Egret's `dns` (observed DNS messages). A value outside
+//! them is a typo (`conect`), so a rule using it is refused with a
+//! suggestion instead of loading as a rule that never fires.
 
 /// Sorted, for binary search.
 const NAMES: &[&str] = &[
@@ -45,6 +46,8 @@ const NAMES: &[&str] = &[
     "creat",
     "create_module",
     "delete_module",
+    // Egret's own: one DNS message a socket sent or received.
+    "dns",
     "drop",
     "dup",
     "dup2",

@@ -149,10 +149,10 @@ pub const FIELD_CATALOGUE: &[(&str, &str)] = &[
     ),
     (
         "fd.sip.name",
-        "Server's DNS name: not observed by Egret yet, always <NA> (never resolved).",
+        "Server's DNS name as the workload itself resolved it (observed DNS answers, per container; never resolved by Egret); <NA> when unknown.",
     ),
     ("fd.cip.name", "Client's DNS name: always <NA>."),
-    ("fd.rip.name", "Remote end's DNS name: always <NA>."),
+    ("fd.rip.name", "Remote end's DNS name: same as fd.sip.name."),
     ("fd.lip.name", "Local end's DNS name: always <NA>."),
     ("evt.num", "Event number, counted by this agent from 1."),
     (
@@ -316,6 +316,58 @@ pub const FIELD_CATALOGUE: &[(&str, &str)] = &[
     (
         "flow.proc_peers",
         "close events at a flow's end: distinct destinations of the process's flows ended in the current minute (this one included).",
+    ),
+    (
+        "egret.dns.query",
+        "evt.type=dns: the question's name, lower case, without the trailing dot.",
+    ),
+    (
+        "egret.dns.qtype",
+        "evt.type=dns: the question's type: A, AAAA, TXT, NULL, CNAME, MX, ... or OTHER.",
+    ),
+    (
+        "egret.dns.rcode",
+        "evt.type=dns answers: the response code (NOERROR, NXDOMAIN, SERVFAIL, REFUSED, ...); <NA> on queries.",
+    ),
+    (
+        "egret.dns.answers",
+        "evt.type=dns answers: addresses and CNAME targets, comma-separated (at most 8).",
+    ),
+    (
+        "egret.dns.direction",
+        "evt.type=dns: query (the socket sent it) or answer (the socket received it).",
+    ),
+    (
+        "egret.dns.resolver",
+        "evt.type=dns: the DNS server's address (also fd.sip).",
+    ),
+    (
+        "egret.dns.parent",
+        "evt.type=dns: the query name's last two labels (t.example of aGVsbG8.x7f.t.example).",
+    ),
+    (
+        "egret.dns.longest_label",
+        "evt.type=dns: length of the query name's longest label.",
+    ),
+    (
+        "egret.dns.name_len",
+        "evt.type=dns: length of the query name.",
+    ),
+    (
+        "egret.dns.entropy_x100",
+        "evt.type=dns: Shannon entropy of the characters left of the parent domain, in hundredths of a bit (base64 data ~450-600; words ~300).",
+    ),
+    (
+        "egret.dns.parent_subdomains",
+        "evt.type=dns queries: distinct names under egret.dns.parent this container (or the host) queried in the last minute.",
+    ),
+    (
+        "egret.dns.nxdomain_rate",
+        "evt.type=dns: NXDOMAIN answers this container (or the host) received in the last minute.",
+    ),
+    (
+        "egret.dns.txt_rate",
+        "evt.type=dns: TXT and NULL queries this container (or the host) sent in the last minute.",
     ),
 ];
 

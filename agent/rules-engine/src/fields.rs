@@ -158,10 +158,41 @@ pub enum FieldId {
     /// `k8s.pod.sa`: Str, the pod's service account where the container's
     /// spec names it (legacy token Secret volumes); Missing otherwise.
     K8sPodSa,
+    /// `fd.sip.name`, `fd.rip.name`: Str, the name the workload itself
+    /// resolved the destination from (observed DNS); Missing when unknown.
+    SipName,
+    /// `egret.dns.query`: Str, the question's name (lower case, no dot).
+    DnsQuery,
+    /// `egret.dns.qtype`: Str, `A`, `AAAA`, `TXT`, `NULL`, ... or `OTHER`.
+    DnsQtype,
+    /// `egret.dns.rcode`: Str, `NOERROR`, `NXDOMAIN`, ...; Missing on queries.
+    DnsRcode,
+    /// `egret.dns.answers`: Str, addresses and aliases, comma-separated.
+    DnsAnswers,
+    /// `egret.dns.direction`: Str, `query` (sent) or `answer` (received).
+    DnsDirection,
+    /// `egret.dns.resolver`: Ip, the DNS server's address.
+    DnsResolver,
+    /// `egret.dns.parent`: Str, the query name's last two labels.
+    DnsParent,
+    /// `egret.dns.longest_label`: U64.
+    DnsLongestLabel,
+    /// `egret.dns.name_len`: U64, the query name's length.
+    DnsNameLen,
+    /// `egret.dns.entropy_x100`: U64, character entropy of the labels left
+    /// of the parent, in hundredths of a bit.
+    DnsEntropy,
+    /// `egret.dns.parent_subdomains`: U64, distinct names under the parent
+    /// this workload queried in the last minute.
+    DnsParentSubdomains,
+    /// `egret.dns.nxdomain_rate`: U64, NXDOMAIN answers in the last minute.
+    DnsNxdomainRate,
+    /// `egret.dns.txt_rate`: U64, TXT and NULL queries in the last minute.
+    DnsTxtRate,
 }
 
 impl FieldId {
-    pub const COUNT: usize = FieldId::K8sPodSa as usize + 1;
+    pub const COUNT: usize = FieldId::DnsTxtRate as usize + 1;
 
     pub const ALL: [FieldId; FieldId::COUNT] = [
         FieldId::EvtType,
@@ -229,6 +260,20 @@ impl FieldId {
         FieldId::FlowPrevDuration,
         FieldId::FlowProcPeers,
         FieldId::K8sPodSa,
+        FieldId::SipName,
+        FieldId::DnsQuery,
+        FieldId::DnsQtype,
+        FieldId::DnsRcode,
+        FieldId::DnsAnswers,
+        FieldId::DnsDirection,
+        FieldId::DnsResolver,
+        FieldId::DnsParent,
+        FieldId::DnsLongestLabel,
+        FieldId::DnsNameLen,
+        FieldId::DnsEntropy,
+        FieldId::DnsParentSubdomains,
+        FieldId::DnsNxdomainRate,
+        FieldId::DnsTxtRate,
     ];
 
     pub fn index(self) -> usize {
@@ -270,7 +315,7 @@ pub(crate) enum Src {
     FdType,
     /// `fd.sockfamily`: "ip" for the IPv4/IPv6 sockets the hooks see.
     SockFamily,
-    /// A field with no source yet (`fd.sip.name` without observed DNS):
+    /// A field with no source (`fd.cip.name`: the client end is local):
     /// always missing, so it renders `<NA>` and matches nothing.
     NotProvided,
     /// Either end of the connection (`fd.ip`, `fd.port`): a comparison
@@ -307,9 +352,21 @@ fn catalog(name: &str) -> Option<(Src, Kind)> {
         "fd.sockfamily" => (Src::SockFamily, Kind::Str),
         "fd.connected" => (ev(F::FdConnected), Kind::Bool),
         "fd.name_changed" => (ev(F::FdNameChanged), Kind::Bool),
-        "fd.sip.name" | "fd.cip.name" | "fd.rip.name" | "fd.lip.name" => {
-            (Src::NotProvided, Kind::Str)
-        }
+        "fd.sip.name" | "fd.rip.name" => (ev(F::SipName), Kind::Str),
+        "fd.cip.name" | "fd.lip.name" => (Src::NotProvided, Kind::Str),
+        "egret.dns.query" => (ev(F::DnsQuery), Kind::Str),
+        "egret.dns.qtype" => (ev(F::DnsQtype), Kind::Str),
+        "egret.dns.rcode" => (ev(F::DnsRcode), Kind::Str),
+        "egret.dns.answers" => (ev(F::DnsAnswers), Kind::Str),
+        "egret.dns.direction" => (ev(F::DnsDirection), Kind::Str),
+        "egret.dns.resolver" => (ev(F::DnsResolver), Kind::Ip),
+        "egret.dns.parent" => (ev(F::DnsParent), Kind::Str),
+        "egret.dns.longest_label" => (ev(F::DnsLongestLabel), Kind::U64),
+        "egret.dns.name_len" => (ev(F::DnsNameLen), Kind::U64),
+        "egret.dns.entropy_x100" => (ev(F::DnsEntropy), Kind::U64),
+        "egret.dns.parent_subdomains" => (ev(F::DnsParentSubdomains), Kind::U64),
+        "egret.dns.nxdomain_rate" => (ev(F::DnsNxdomainRate), Kind::U64),
+        "egret.dns.txt_rate" => (ev(F::DnsTxtRate), Kind::U64),
         "evt.num" => (ev(F::EvtNum), Kind::U64),
         "evt.dir" => (ev(F::EvtDir), Kind::Str),
         "evt.res" => (ev(F::EvtRes), Kind::Str),

@@ -7,6 +7,7 @@
 pub mod btf;
 pub mod cgroup;
 mod connect_result;
+pub mod dns;
 pub mod exe;
 pub mod flows;
 mod ignore;
@@ -203,6 +204,8 @@ pub struct KernelProbes {
     captures_argv: bool,
     sees_packet_sockets: bool,
     raw_sockets_off: Option<String>,
+    /// Why DNS messages are not captured, if they are not (`dns.rs`).
+    dns_off: Option<String>,
     /// Why executables are not resolved in the kernel, if they are not.
     exe_missing: Option<exe::ExeUnresolved>,
     connect_results: connect_result::Programs,
@@ -363,6 +366,10 @@ impl KernelProbes {
         if let Some(reason) = &raw_sockets_off {
             tracing::warn!(%reason, "raw and ping socket monitoring is off; connects and UDP sends are still monitored");
         }
+        let dns_off = dns::load(&mut ebpf).err();
+        if let Some(reason) = &dns_off {
+            tracing::warn!(%reason, "DNS capture is off: fd.sip.name stays <NA> and there are no dns events");
+        }
         let tracepoints = TRACEPOINTS
             .iter()
             .chain(ARGV_TRACEPOINTS.iter().filter(|_| captures_argv))
@@ -398,6 +405,7 @@ impl KernelProbes {
             captures_argv,
             sees_packet_sockets,
             raw_sockets_off,
+            dns_off,
             exe_missing,
             connect_results,
             flows_off,
@@ -431,6 +439,22 @@ impl KernelProbes {
     /// What flow accounting could not keep (for metrics).
     pub fn flow_counter_reader(&self) -> Option<Arc<flows::FlowCounterReader>> {
         self.flow_counters.clone()
+    }
+
+    /// Why DNS messages are not captured; `None` when they are.
+    pub fn dns_off(&self) -> Option<&str> {
+        self.dns_off.as_deref()
+    }
+
+    /// Leaves the DNS programs unattached (`kernel.dns_capture: false`).
+    pub fn disable_dns(&mut self) {
+        self.dns_off
+            .get_or_insert_with(|| "disabled by configuration".into());
+    }
+
+    /// Sets the DNS ports besides 53 (before or after attaching).
+    pub fn set_dns_ports(&mut self, ports: &[u16]) -> Result<(), KernelError> {
+        dns::set_ports(&mut self.ebpf, ports)
     }
 
     /// Why `proc.exepath` is not the kernel's executable file, if it is not.
@@ -521,6 +545,12 @@ impl KernelProbes {
         };
         if self.flows_off.is_none() {
             self.flow_links = flows::attach(&mut self.ebpf, &dir, cgroup, &mut self.attached_ids)?;
+        }
+        if self.dns_off.is_none() {
+            for (name, link, id) in dns::attach(&mut self.ebpf, &dir, &path)? {
+                self.links.push(Link::Skb(name, link));
+                self.attached_ids.extend(id);
+            }
         }
         if self.raw_sockets_off.is_some() {
             return Ok(());

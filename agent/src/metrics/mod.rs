@@ -10,6 +10,7 @@
 //! the series already exist; per-event counters are plain atomics.
 mod collectors;
 mod flows;
+pub mod dns;
 mod outputs;
 #[cfg(any(test, feature = "test-util"))]
 pub mod promql;
@@ -114,6 +115,8 @@ pub const RESERVED_LABELS: &[&str] = &[
     "state",
     "quarantine",
     "kind",
+    "direction",
+    "domain",
     "le",
     "quantile",
     "instance",
@@ -294,6 +297,8 @@ pub struct Metrics {
     /// Labels: mode (2) × outcome (RuleActionOutcome, 7).
     rule_actions: Family<[(&'static str, &'static str); 2], Counter>,
     flows: flows::FlowMetrics,
+    /// Observed DNS (`metrics/dns.rs`).
+    pub dns: dns::DnsMetrics,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -363,6 +368,7 @@ impl Metrics {
             quarantines: Family::default(),
             rule_actions: Family::default(),
             flows: flows::FlowMetrics::new(),
+            dns: dns::DnsMetrics::default(),
             shared: shared.clone(),
             registry,
         };
@@ -381,6 +387,7 @@ impl Metrics {
 
     fn register_rest(mut self, shared: Arc<Shared>) -> Arc<Self> {
         let r = &mut self.registry;
+        self.dns.register(r);
         r.register(
             "egret_enrichment_failures",
             "Events whose container or Kubernetes identity could not be resolved, by reason",

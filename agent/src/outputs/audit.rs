@@ -118,6 +118,12 @@ pub struct AuditRecord<'a> {
     #[serde(rename = "fd.name")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fd_name: Option<&'a str>,
+    /// Observed DNS: the name the workload resolved `fd.sip` from.
+    #[serde(rename = "fd.sip.name", skip_serializing_if = "Option::is_none")]
+    pub sip_name: Option<&'a str>,
+    /// `evt.type` = dns only.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub dns: Option<DnsAudit<'a>>,
     /// socket events only (`evt.type` = socket), as Falco renders them.
     #[serde(rename = "evt.arg.domain", skip_serializing_if = "Option::is_none")]
     pub arg_domain: Option<&'static str>,
@@ -189,6 +195,54 @@ pub struct AuditRecord<'a> {
     pub flow: Option<AuditFlow>,
 }
 
+/// The `egret.dns.*` fields of a DNS event.
+#[derive(Serialize)]
+pub struct DnsAudit<'a> {
+    #[serde(rename = "egret.dns.direction")]
+    pub direction: &'static str,
+    #[serde(rename = "egret.dns.query")]
+    pub query: &'a str,
+    #[serde(rename = "egret.dns.qtype")]
+    pub qtype: &'static str,
+    #[serde(rename = "egret.dns.rcode", skip_serializing_if = "Option::is_none")]
+    pub rcode: Option<&'static str>,
+    #[serde(rename = "egret.dns.answers", skip_serializing_if = "str::is_empty")]
+    pub answers: &'a str,
+    #[serde(rename = "egret.dns.parent")]
+    pub parent: &'a str,
+    #[serde(rename = "egret.dns.longest_label")]
+    pub longest_label: u64,
+    #[serde(rename = "egret.dns.name_len")]
+    pub name_len: u64,
+    #[serde(rename = "egret.dns.entropy_x100")]
+    pub entropy_x100: u64,
+    #[serde(rename = "egret.dns.parent_subdomains")]
+    pub parent_subdomains: u64,
+    #[serde(rename = "egret.dns.nxdomain_rate")]
+    pub nxdomain_rate: u64,
+    #[serde(rename = "egret.dns.txt_rate")]
+    pub txt_rate: u64,
+}
+
+impl<'a> DnsAudit<'a> {
+    fn new(d: &'a crate::pipeline::enrich::dns::DnsFields) -> Self {
+        DnsAudit {
+            direction: d.direction.as_str(),
+            query: &d.qname,
+            qtype: d.qtype,
+            rcode: d.rcode,
+            answers: &d.answers,
+            parent: &d.parent,
+            longest_label: d.longest_label,
+            name_len: d.name_len,
+            entropy_x100: d.entropy_x100,
+            parent_subdomains: d.parent_subdomains,
+            nxdomain_rate: d.nxdomain,
+            txt_rate: d.txt_queries,
+        }
+    }
+}
+
 impl<'a> AuditRecord<'a> {
     pub fn new(enriched: &'a Event) -> Self {
         let event = &enriched.attempt;
@@ -236,6 +290,8 @@ impl<'a> AuditRecord<'a> {
             sip: dest.then(|| event.daddr.to_string()),
             sport: dest.then_some(event.dport),
             fd_name: dest.then(|| enriched.fd_name.as_str()),
+            sip_name: enriched.sip_name.as_deref(),
+            dns: enriched.dns.as_deref().map(DnsAudit::new),
             arg_domain: socket.and_then(|s| s.domain),
             arg_type: socket.map(|s| s.sock_type.as_str()),
             arg_proto: socket.map(|s| s.proto.as_str()),
@@ -553,6 +609,8 @@ mod tests {
             name_changed: true,
             socket: None,
             result: None,
+            sip_name: None,
+            dns: None,
         }
     }
 

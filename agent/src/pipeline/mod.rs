@@ -124,6 +124,12 @@ impl Pipeline {
             interim_ns: config.kernel.flow_interim_ms.saturating_mul(1_000_000),
         };
         let mut probes = KernelProbes::load_with_flows(config.kernel.ringbuf_bytes, flows)?;
+        if !config.kernel.dns_capture {
+            probes.disable_dns();
+        }
+        if probes.dns_off().is_none() {
+            probes.set_dns_ports(&config.kernel.dns_ports)?;
+        }
         let mut base = if config.kernel.builtin_ignore {
             IgnoreSet::builtin()
         } else {
@@ -239,7 +245,9 @@ impl Pipeline {
             metrics.clone(),
             shutdown.clone(),
         ));
-        let mut enricher = Enricher::new(processes, identity).with_metrics(metrics.clone());
+        let mut enricher = Enricher::new(processes, identity)
+            .with_metrics(metrics.clone())
+            .with_dns_ports(config.kernel.dns_ports.clone());
         if let Some(baseline) = baseline {
             enricher = enricher.with_baseline(baseline);
         }

@@ -19,6 +19,11 @@ pub const BUNDLED: &[(&str, &str)] = &[
         "rules/flows.yaml",
         include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../rules/flows.yaml")),
     ),
+    // Observed DNS: evt.type = dns and fd.sip.name (issue 14).
+    (
+        "rules/dns.yaml",
+        include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../rules/dns.yaml")),
+    ),
 ];
 
 /// A rules path naming the bundled rules, so user files loaded after them
@@ -235,7 +240,8 @@ mod tests {
         let names: Vec<String> = paths.read().unwrap().into_iter().map(|(n, _)| n).collect();
         assert_eq!(names[0], "bundled:rules/egress.yaml");
         assert_eq!(names[1], "bundled:rules/flows.yaml");
-        assert!(names[2].ends_with("local.yaml"));
+        assert_eq!(names[2], "bundled:rules/dns.yaml");
+        assert!(names[3].ends_with("local.yaml"));
         let ruleset = load(&paths, &Options::default()).unwrap();
         let id = ruleset.find("Outbound Connection in Container").unwrap();
         assert!(!ruleset.rule(id).unwrap().enabled());

@@ -220,3 +220,20 @@ pub fn dechunk(mut rest: &str) -> Result<String, String> {
 pub fn status(addr: SocketAddr, path: &str) -> u16 {
     get(addr, path).map_or(0, |(code, _)| code)
 }
+
+/// The value of one exact series (`name{labels}`) in the agent's
+/// `/metrics` at `addr`; `None` while unreachable or absent.
+pub fn metric_value(addr: SocketAddr, series: &str) -> Option<f64> {
+    let (code, body) = get(addr, "/metrics").ok()?;
+    if code != 200 {
+        return None;
+    }
+    body.lines().find_map(|line| {
+        line.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .split(' ')
+            .next()?
+            .parse()
+            .ok()
+    })
+}

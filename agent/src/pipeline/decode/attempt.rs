@@ -58,6 +58,8 @@ pub fn evt_type(hook: Hook) -> &'static str {
         // Falco names the end of a connection `close`; interim reports of a
         // live flow share it (`flow.final` tells them apart).
         Hook::TcpFlow | Hook::UdpFlow => "close",
+        // DNS messages are their own event type (enrich/dns.rs).
+        Hook::DnsQuery | Hook::DnsAnswer => "dns",
     }
 }
 
@@ -141,6 +143,8 @@ pub(super) fn decode(record: &[u8], wall_offset_ns: i64) -> Result<EgressAttempt
                     | Hook::ConnectResult
                     | Hook::TcpFlow
                     | Hook::UdpFlow
+                    | Hook::DnsQuery
+                    | Hook::DnsAnswer
             ) =>
         {
             hook

@@ -1,10 +1,12 @@
 //! Decoding kernel records into the agent's event model: one decoder per
-//! record kind (`attempt`, `exec`, `cgroup`, `socket`), chosen by the record's first byte from
-//! [`DECODERS`]. A new record kind (DNS, flows) is a module here, a
-//! [`Record`] variant and a row in the table.
+//! record kind (`attempt`, `exec`, `cgroup`, `socket`, `connect_result`,
+//! `dns`, `flow`), chosen by the record's first byte from [`DECODERS`]. A new
+//! record kind is a module here, a [`Record`] variant and a row in the table.
 mod attempt;
 mod cgroup;
 mod connect_result;
+pub mod dns;
+mod dns_message;
 mod exec;
 mod flow;
 mod socket;
@@ -14,6 +16,7 @@ use egret_common::RecordKind;
 pub use attempt::{Blocked, EgressAttempt, L4Proto, action_name, evt_type};
 pub use cgroup::{CgroupOp, CgroupRecord};
 pub use connect_result::{ConnectResult, ResultSource, result_name};
+pub use dns::{DnsDirection, DnsMessage, DnsRecord};
 pub use exec::{ExeFile, ExecRecord};
 pub use flow::{FlowEnd, FlowInfo};
 pub use socket::SocketArgs;
@@ -86,6 +89,7 @@ pub enum Record {
     Cgroup(CgroupRecord),
     /// What an emitted connect returned (matched in the evaluate stage).
     ConnectResult(ConnectResult),
+    Dns(Box<DnsRecord>),
 }
 
 /// Decodes one ring buffer record. `wall_offset_ns` is realtime − monotonic,
@@ -102,7 +106,7 @@ pub fn decode(record: &[u8], wall_offset_ns: i64) -> Result<Record, DecodeError>
 type Decoder = fn(&[u8], i64) -> Result<Record, DecodeError>;
 
 /// Record kind → decoder.
-pub const DECODERS: [(RecordKind, Decoder); 7] = [
+pub const DECODERS: [(RecordKind, Decoder); 8] = [
     (RecordKind::Egress, |record, wall_offset_ns| {
         attempt::decode(record, wall_offset_ns).map(Record::Egress)
     }),
@@ -124,6 +128,9 @@ pub const DECODERS: [(RecordKind, Decoder); 7] = [
     }),
     (RecordKind::Flow, |record, wall_offset_ns| {
         flow::decode(record, wall_offset_ns).map(Record::Egress)
+    }),
+    (RecordKind::Dns, |record, wall_offset_ns| {
+        dns::decode(record, wall_offset_ns).map(|r| Record::Dns(Box::new(r)))
     }),
 ];
 

@@ -157,6 +157,10 @@ fn opt_str(value: Option<&str>) -> Value<'_> {
     value.map_or(Value::Missing, Value::Str)
 }
 
+fn opt_u64<'a>(value: Option<u64>) -> Value<'a> {
+    value.map_or(Value::Missing, Value::U64)
+}
+
 fn opt_bool<'a>(value: Option<bool>) -> Value<'a> {
     value.map_or(Value::Missing, Value::Bool)
 }
@@ -169,6 +173,7 @@ impl egret_rules::Event for Event {
         let pod = meta.and_then(|m| m.pod.as_ref());
         let socket = self.socket.as_deref();
         let flow = a.flow.as_deref();
+        let dns = self.dns.as_deref();
         if socket.is_some() {
             // A socket creation has no destination.
             match field {
@@ -287,6 +292,20 @@ impl egret_rules::Event for Event {
             FieldId::EvtArgType => opt_str(socket.map(|s| s.sock_type.as_str())),
             FieldId::EvtArgProto => opt_str(socket.map(|s| s.proto.as_str())),
             FieldId::IpProto => Value::U64(u64::from(a.ip_protocol)),
+            FieldId::SipName => opt_str(self.sip_name.as_deref()),
+            FieldId::DnsQuery => opt_str(dns.map(|d| d.qname.as_str())),
+            FieldId::DnsQtype => opt_str(dns.map(|d| d.qtype)),
+            FieldId::DnsRcode => opt_str(dns.and_then(|d| d.rcode)),
+            FieldId::DnsAnswers => opt_str(dns.map(|d| d.answers.as_str())),
+            FieldId::DnsDirection => opt_str(dns.map(|d| d.direction.as_str())),
+            FieldId::DnsResolver => dns.map_or(Value::Missing, |d| Value::Ip(d.resolver.ip())),
+            FieldId::DnsParent => opt_str(dns.map(|d| d.parent.as_str())),
+            FieldId::DnsLongestLabel => opt_u64(dns.map(|d| d.longest_label)),
+            FieldId::DnsNameLen => opt_u64(dns.map(|d| d.name_len)),
+            FieldId::DnsEntropy => opt_u64(dns.map(|d| d.entropy_x100)),
+            FieldId::DnsParentSubdomains => opt_u64(dns.map(|d| d.parent_subdomains)),
+            FieldId::DnsNxdomainRate => opt_u64(dns.map(|d| d.nxdomain)),
+            FieldId::DnsTxtRate => opt_u64(dns.map(|d| d.txt_queries)),
         }
     }
 }

@@ -1,12 +1,15 @@
 //! Enrich stage: keeps identity state current from the kernel's lifecycle
 //! records and attaches it to each egress attempt. Records arrive in ring
 //! buffer order, so an exec is always applied before the connects it made.
+pub mod dns;
 pub mod fields;
 pub mod flow_owner;
+pub mod names;
 pub mod process;
 
 use std::{collections::HashMap, sync::Arc};
 
+use egret_common::Hook;
 use tokio::sync::mpsc;
 
 use crate::{
@@ -14,7 +17,9 @@ use crate::{
         IdentitySources,
         resolver::{ContainerLookup, Identity},
     },
-    pipeline::decode::{CgroupOp, CgroupRecord, ConnectResult, EgressAttempt, Record},
+    pipeline::decode::{
+        CgroupOp, CgroupRecord, ConnectResult, DnsRecord, EgressAttempt, L4Proto, Record,
+    },
 };
 
 /// What the enrich stage hands to the evaluate stage: the events of one
@@ -62,6 +67,11 @@ pub struct Event {
     /// What the connect returned (0 or minus the errno), once its result
     /// arrived (`pipeline/pending.rs`); `None` at the attempt.
     pub result: Option<i32>,
+    /// `fd.sip.name`: the name this workload resolved the destination
+    /// from (observed DNS, never resolved by Egret).
+    pub sip_name: Option<Arc<str>>,
+    /// A DNS message (`evt.type = dns`); `None` for every other event.
+    pub dns: Option<Box<dns::DnsFields>>,
 }
 
 impl Event {
@@ -74,19 +84,27 @@ impl Event {
     /// `container.id`: 12 characters, `host` outside containers, `None`
     /// while the cgroup is unresolved.
     pub fn container_id(&self) -> Option<&str> {
-        let identity = self.identity.as_ref()?;
-        match (&identity.container, identity.container_id()) {
-            (ContainerLookup::CgroupUnknown, _) => None,
-            (ContainerLookup::Host, _) => Some("host"),
-            (_, Some(id)) => Some(id.get(..12).unwrap_or(id)),
-            (_, None) => None,
-        }
+        container_id_of(self.identity.as_ref())
+    }
+}
+
+/// `container.id` of an identity (see [`Event::container_id`]).
+fn container_id_of(identity: Option<&Identity>) -> Option<&str> {
+    let identity = identity?;
+    match (&identity.container, identity.container_id()) {
+        (ContainerLookup::CgroupUnknown, _) => None,
+        (ContainerLookup::Host, _) => Some("host"),
+        (_, Some(id)) => Some(id.get(..12).unwrap_or(id)),
+        (_, None) => None,
     }
 }
 
 /// User names are cached per (cgroup, uid): processes of one cgroup share a
 /// root filesystem, and resolving per event would cost a stat each time.
 const USER_CACHE_CAP: usize = 16_384;
+
+/// (scope, IP) entries of the observed-DNS names cache.
+pub const NAMES_CACHE_CAP: usize = 100_000;
 
 /// Sockets whose last destination is remembered for `fd.name_changed`; the
 /// map is cleared when full (a socket then counts as new once more).
@@ -106,6 +124,9 @@ pub struct Enricher {
     results: Vec<ConnectResult>,
     /// Socket cookie → connect-time process, for flow records.
     owners: flow_owner::FlowOwners,
+    /// Observed DNS: names per (scope, IP), for `fd.sip.name`.
+    pub names: names::NamesCache,
+    pub dns: dns::DnsState,
 }
 
 /// Why an event went out with fields missing (`egret_enrichment_failures_total`).
@@ -155,7 +176,15 @@ impl Enricher {
             peers: HashMap::new(),
             results: Vec::new(),
             owners: flow_owner::FlowOwners::default(),
+            names: names::NamesCache::new(NAMES_CACHE_CAP),
+            dns: dns::DnsState::default(),
         }
+    }
+
+    /// DNS ports besides 53, for joining DNS messages to their process.
+    pub fn with_dns_ports(mut self, ports: Vec<u16>) -> Enricher {
+        self.dns = dns::DnsState::new(ports);
+        self
     }
 
     /// Learns workloads' destinations and sets `egret.dest.new_for_workload`.
@@ -237,6 +266,11 @@ impl Enricher {
                 }
                 Record::Cgroup(cgroup) => self.on_cgroup(&cgroup),
                 Record::ConnectResult(result) => self.results.push(result),
+                Record::Dns(record) => {
+                    if let Some(event) = self.on_dns(*record) {
+                        out.push(event);
+                    }
+                }
                 Record::Egress(mut attempt) => {
                     if attempt.flow.is_some() {
                         let known = self.owners.attribute(&mut attempt);
@@ -245,6 +279,7 @@ impl Enricher {
                         }
                     } else {
                         self.owners.observe(&attempt);
+                        self.dns.note_attempt(&attempt);
                     }
                     let event = self.enrich(attempt);
                     self.count_failures(&event);
@@ -308,10 +343,20 @@ impl Enricher {
             .map(|entry| &*entry.path);
         let user_name = self.user_name(attempt.cgroup_id, attempt.uid, attempt.tgid, cgroup_path);
         // Flow records repeat their connect's destination: learnt once.
-        let has_destination = attempt.has_destination() && attempt.flow.is_none();
+        let has_destination = attempt.has_destination();
+        let is_dns = matches!(attempt.hook, Hook::DnsQuery | Hook::DnsAnswer);
+        // Flow records and DNS messages repeat the destination of the
+        // connect or send that already taught the baseline.
+        let repeats_destination = is_dns || attempt.flow.is_some();
+        let sip_name = if has_destination && !is_dns {
+            let scope = names::Scope::of(container_id_of(identity.as_ref()), attempt.cgroup_id);
+            self.names.lookup(scope, attempt.daddr, attempt.mono_ns)
+        } else {
+            None
+        };
         let new_for_workload = self.baseline.as_mut().and_then(|baseline| {
             // Socket creations have no destination to learn.
-            if !has_destination {
+            if !has_destination || repeats_destination {
                 return None;
             }
             let pod = identity
@@ -355,7 +400,77 @@ impl Enricher {
             host_network,
             new_for_workload,
             result: None,
+            sip_name,
+            dns: None,
         }
+    }
+
+    /// A DNS message: answers teach the names cache; every parsed message
+    /// becomes a `dns` event. Malformed ones are counted, not evaluated.
+    fn on_dns(&mut self, record: DnsRecord) -> Option<Event> {
+        let message = match record.message {
+            Ok(message) => message,
+            Err(reason) => {
+                if let Some(metrics) = &self.metrics {
+                    metrics.dns.malformed(reason);
+                }
+                return None;
+            }
+        };
+        let mut attempt = EgressAttempt {
+            hook: record.hook,
+            mono_ns: record.mono_ns,
+            wall_ns: record.wall_ns,
+            tgid: 0,
+            tid: 0,
+            uid: 0,
+            gid: 0,
+            comm: crate::pipeline::decode::Comm::from_raw([0; 16]),
+            exec_id: 0,
+            ppid: 0,
+            cgroup_id: record.cgroup_id,
+            netns_cookie: 0,
+            socket_cookie: record.socket_cookie,
+            l4proto: if record.tcp {
+                L4Proto::Tcp
+            } else {
+                L4Proto::Udp
+            },
+            ip_protocol: if record.tcp { 6 } else { 17 },
+            daddr: record.remote.ip(),
+            dport: record.remote.port(),
+            v4_mapped: false,
+            blocked: None,
+            socket: None,
+            flow: None,
+        };
+        self.dns.join_owner(&mut attempt);
+        let mut event = self.enrich(attempt);
+        let scope = names::Scope::of(event.container_id(), record.cgroup_id);
+        if record.direction == crate::pipeline::decode::DnsDirection::Answer {
+            self.names.learn(scope, &message, record.mono_ns);
+        }
+        let fields = self.dns.fields(
+            scope,
+            record.direction,
+            record.remote,
+            &message,
+            record.mono_ns,
+        );
+        if let Some(metrics) = &self.metrics {
+            let ns = event
+                .identity
+                .as_ref()
+                .and_then(|i| i.metadata())
+                .and_then(|m| m.pod.as_ref())
+                .and_then(|p| p.namespace.as_deref());
+            metrics.dns.message(record.direction, ns, &fields.parent);
+            metrics
+                .dns
+                .names_cache(self.names.stats(), self.dns.scope_resets);
+        }
+        event.dns = Some(Box::new(fields));
+        Some(event)
     }
 }
 
@@ -468,8 +583,6 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::Ordering;
-
-    use egret_common::Hook;
 
     use super::*;
     use crate::{
@@ -589,6 +702,72 @@ mod tests {
         assert!(matches!(
             egret_rules::Event::value(&out[0], egret_rules::FieldId::EvtArgs),
             egret_rules::Value::Str("res=-115(EINPROGRESS) addr=198.51.100.7:53")
+        ));
+    }
+
+    #[test]
+    fn an_answer_names_the_connect_that_follows_it_in_its_scope() {
+        use crate::pipeline::decode::dns::{Answer, AnswerData, DnsDirection, DnsMessage};
+        let mut enricher = enricher();
+        let dns = |cgroup_id: u64, name: &str| {
+            Record::Dns(Box::new(DnsRecord {
+                hook: Hook::DnsAnswer,
+                direction: DnsDirection::Answer,
+                tcp: false,
+                mono_ns: 1,
+                wall_ns: 1,
+                cgroup_id,
+                socket_cookie: 3,
+                local: "10.0.0.2:40000".parse().unwrap(),
+                remote: "10.0.0.53:53".parse().unwrap(),
+                msg_len: 60,
+                message: Ok(DnsMessage {
+                    id: 1,
+                    response: true,
+                    rcode: 0,
+                    qname: name.into(),
+                    qtype: 1,
+                    answers: vec![Answer {
+                        name: name.into(),
+                        ttl: 60,
+                        data: AnswerData::Addr("198.51.100.7".parse().unwrap()),
+                    }],
+                }),
+            }))
+        };
+        let in_cgroup = |cgroup_id: u64| {
+            let Record::Egress(mut a) = attempt() else {
+                unreachable!()
+            };
+            a.cgroup_id = cgroup_id;
+            a.mono_ns = 2;
+            Record::Egress(a)
+        };
+        let mut out = Vec::new();
+        // Ring buffer order: the answer, then the connect made with it.
+        enricher.process_batch(
+            vec![
+                dns(7, "shop.example"),
+                dns(8, "blog.example"),
+                in_cgroup(7),
+                in_cgroup(8),
+                in_cgroup(9),
+            ],
+            &mut out,
+        );
+        let names: Vec<Option<&str>> = out.iter().map(|e| e.sip_name.as_deref()).collect();
+        assert_eq!(
+            names,
+            [None, None, Some("shop.example"), Some("blog.example"), None]
+        );
+        assert_eq!(out[0].attempt.evt_type(), "dns");
+        assert!(matches!(
+            egret_rules::Event::value(&out[2], egret_rules::FieldId::SipName),
+            egret_rules::Value::Str("shop.example")
+        ));
+        assert!(matches!(
+            egret_rules::Event::value(&out[4], egret_rules::FieldId::SipName),
+            egret_rules::Value::Missing
         ));
     }
 }

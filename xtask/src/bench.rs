@@ -12,12 +12,16 @@
 //! 7. bulk TCP throughput with and without Egret (loopback, veth), and
 //!    every program's ns per run (kernel.bpf_stats_enabled);
 //! 8. what a quarantine's programs cost the quarantined workload's allowed
-//!    traffic (bulk throughput, connect rate, ns/run).
+//!    traffic (bulk throughput, connect rate, ns/run);
+//! 11. an IOC list grown to a million entries: load, reload without loss,
+//!     ns per event, agent memory;
+//! 12. rule count grown to a thousand: ns per event, rules run per event.
 //!
 //! Traffic of scenarios 2, 4, 5 and 6 goes to TEST-NET-2 addresses inside
 //! a throwaway network namespace: nothing leaves the machine.
 mod connect;
 mod hooks;
+mod ioc;
 mod latency;
 mod memory;
 mod pipeline;
@@ -53,6 +57,9 @@ pub struct Settings {
     quarantine_rounds: usize,
     quarantine_mib: u64,
     quarantine_connects: u64,
+    /// Scenario 11: list sizes; scenario 12: rule counts.
+    ioc_sizes: Vec<u32>,
+    rule_counts: Vec<u32>,
 }
 
 impl Settings {
@@ -80,6 +87,8 @@ impl Settings {
                 quarantine_rounds: 1,
                 quarantine_mib: 64,
                 quarantine_connects: 1_000,
+                ioc_sizes: vec![1_000, 10_000],
+                rule_counts: vec![10, 100],
             }
         } else {
             Settings {
@@ -96,6 +105,8 @@ impl Settings {
                 quarantine_rounds: 5,
                 quarantine_mib: 2_048,
                 quarantine_connects: 20_000,
+                ioc_sizes: vec![1_000, 10_000, 100_000, 1_000_000],
+                rule_counts: vec![10, 100, 1_000],
             }
         }
     }
@@ -121,14 +132,14 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
                 .split(',')
                 .map(|n| n.trim().parse::<u32>())
                 .collect::<Result<_, _>>()
-                .context("--only takes scenario numbers 1-8, comma-separated")?,
+                .context("--only takes scenario numbers 1-8, 11, 12, comma-separated")?,
         ),
         None => None,
     };
     let want = |n: u32| only.as_ref().is_none_or(|o| o.contains(&n));
     let settings = Settings::new(short);
     crate::test::build_release_binaries("build (release)")?;
-    if want(3) {
+    if want(3) || want(11) || want(12) {
         // Built up front so compiling never overlaps a measurement.
         run_step(
             "build (pipeline bench)",
@@ -174,6 +185,12 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     }
     if want(8) {
         section(quarantine::run(&bins, &ns, &settings)?);
+    }
+    if want(11) {
+        section(ioc::lists(&bins, &ns, &settings)?);
+    }
+    if want(12) {
+        section(ioc::rule_count(&settings)?);
     }
     drop(ns);
     if want(7) {

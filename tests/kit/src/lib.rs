@@ -5,6 +5,7 @@
 //! the paths of the built binaries.
 pub mod agent;
 pub mod cgroup;
+pub mod feeds;
 pub mod http;
 pub mod netns;
 

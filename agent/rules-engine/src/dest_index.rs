@@ -201,6 +201,66 @@ mod tests {
         assert!(DestIndex::build(&few).is_none());
     }
 
+    /// The indexed ruleset matches exactly what running every rule does,
+    /// for rules of every shape (hosts, networks, negations, `fd.ip`,
+    /// catch-alls) and destinations on, beside and off them.
+    #[test]
+    fn indexed_evaluation_equals_running_every_rule() {
+        let mut text = String::new();
+        let conditions = [
+            "evt.type = connect and fd.sip = 198.51.100.{i}",
+            "evt.type in (connect, sendto) and fd.snet in (203.0.113.{i}/30)",
+            "evt.type = connect and not fd.sip in (198.51.100.{i}, 10.0.0.0/8)",
+            "fd.sip = 198.51.100.{i} or proc.name = tool",
+            "evt.type = connect and fd.ip = 198.51.100.{i}",
+            "evt.type = sendto and fd.sport = 53 and fd.sip != 198.51.100.{i}",
+            "evt.type = connect and fd.sip in (\"2001:db8::{i}\", ::ffff:203.0.113.{i})",
+            "evt.type = connect and fd.sport = {i}",
+        ];
+        for i in 0..64 {
+            let cond = conditions[i % conditions.len()].replace("{i}", &i.to_string());
+            text.push_str(&format!(
+                "- rule: R{i}\n  desc: d\n  condition: {cond}\n  output: o\n  priority: INFO\n"
+            ));
+        }
+        let options = crate::Options {
+            rule_matching: crate::RuleMatching::All,
+            ..crate::Options::default()
+        };
+        let loaded = crate::load(&[crate::Source::new("r.yaml", &text)], &options);
+        assert!(!loaded.has_errors(), "{:?}", loaded.diagnostics);
+        let rules = loaded.ruleset;
+        assert!(rules.by_destination[0].is_some() && rules.by_destination[1].is_some());
+        let mut dests: Vec<std::net::IpAddr> = Vec::new();
+        for i in 0..70u8 {
+            dests.push([198, 51, 100, i].into());
+            dests.push([203, 0, 113, i].into());
+            dests.push(format!("::ffff:198.51.100.{i}").parse().unwrap());
+            dests.push(format!("2001:db8::{i}").parse().unwrap());
+        }
+        dests.push([10, 1, 2, 3].into());
+        let mut matches = Vec::new();
+        let mut checked = 0;
+        for dest in dests {
+            for port in [53u16, 5, 443] {
+                for event in [
+                    crate::TestEvent::connect(dest, port),
+                    crate::TestEvent::udp_send(dest, port),
+                    crate::TestEvent::connect(dest, port).with(crate::FieldId::ProcName, "tool"),
+                ] {
+                    rules.evaluate(&event, &mut matches);
+                    let every: Vec<crate::RuleId> = (0..rules.rules().len() as u32)
+                        .map(crate::RuleId)
+                        .filter(|id| rules.rules()[id.index()].matches(&event))
+                        .collect();
+                    assert_eq!(matches, every, "{dest} {port}");
+                    checked += every.len();
+                }
+            }
+        }
+        assert!(checked > 100, "the events should match rules: {checked}");
+    }
+
     #[test]
     fn merge_stops_when_asked() {
         let mut seen = Vec::new();

@@ -158,7 +158,7 @@ pub struct Ruleset {
     buckets: [Box<[u32]>; 3],
     /// The connect and sendto buckets by `fd.sip` (`None`: too few rules
     /// name a destination for it to pay).
-    by_destination: [Option<DestIndex>; 2],
+    pub(crate) by_destination: [Option<DestIndex>; 2],
     matching: RuleMatching,
 }
 

@@ -27,6 +27,7 @@ mod memory;
 mod pipeline;
 mod procs;
 mod quarantine;
+mod storm;
 mod throughput;
 
 use std::fmt::Write as _;
@@ -169,7 +170,9 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     let _rules_file = RemoveOnDrop(rules.clone());
     let ns = bench_netns()?;
     if want(2) {
-        section(connect::alerting(&bins, &ns, &rules, &settings)?);
+        let mut text = connect::alerting(&bins, &ns, &rules, &settings)?;
+        text.push_str(&storm::run(&bins, &ns, &rules, &settings)?);
+        section(text);
     }
     if want(3) {
         section(pipeline::run(&settings)?);

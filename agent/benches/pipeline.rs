@@ -325,7 +325,11 @@ impl Pipeline {
             }
             Some(text) => {
                 let mut texts = vec![("extra.yaml".to_string(), text)];
-                texts.extend(rules::BUNDLED.iter().map(|(n, t)| (n.to_string(), t.to_string())));
+                texts.extend(
+                    rules::BUNDLED
+                        .iter()
+                        .map(|(n, t)| (n.to_string(), t.to_string())),
+                );
                 rules::compile(&texts, &Options::default()).expect("extra rules load")
             }
         });
@@ -387,7 +391,10 @@ impl Pipeline {
             let mut events = Vec::with_capacity(batch.len());
             self.enricher.process_batch(batch, &mut events);
             events_seen += events.len();
-            total += events.iter().map(|e| self.ruleset.candidates(e)).sum::<usize>();
+            total += events
+                .iter()
+                .map(|e| self.ruleset.candidates(e))
+                .sum::<usize>();
         }
         total as f64 / events_seen.max(1) as f64
     }
@@ -472,9 +479,17 @@ fn at_scale(c: &mut Criterion) {
     group.throughput(Throughput::Elements(RECORDS as u64));
     let runs = ioc
         .iter()
-        .map(|&n| (format!("ioc_{n}"), (n > 0).then(|| egret_testkit::feeds::ioc_rules(n))))
+        .map(|&n| {
+            (
+                format!("ioc_{n}"),
+                (n > 0).then(|| egret_testkit::feeds::ioc_rules(n)),
+            )
+        })
         .chain(counts.iter().map(|&n| {
-            (format!("rules_{n}"), (n > 0).then(|| egret_testkit::feeds::many_rules(n)))
+            (
+                format!("rules_{n}"),
+                (n > 0).then(|| egret_testkit::feeds::many_rules(n)),
+            )
         }));
     for (name, extra) in runs {
         let started = std::time::Instant::now();

@@ -341,6 +341,8 @@ impl Ruleset {
         if considered == 0 || ignorable.range_count() > MAX_KERNEL_IGNORABLE {
             return Vec::new();
         }
-        ignorable.to_nets_bounded(MAX_KERNEL_IGNORABLE).unwrap_or_default()
+        ignorable
+            .to_nets_bounded(MAX_KERNEL_IGNORABLE)
+            .unwrap_or_default()
     }
 }

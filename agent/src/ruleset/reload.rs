@@ -300,8 +300,11 @@ impl Reloader {
     /// tasks queued behind it. The active rules serve events meanwhile.
     async fn reload(&mut self, reason: &str) -> bool {
         let started = std::time::Instant::now();
-        let (source, active, metrics) =
-            (self.source.clone(), self.active.clone(), self.metrics.clone());
+        let (source, active, metrics) = (
+            self.source.clone(),
+            self.active.clone(),
+            self.metrics.clone(),
+        );
         let loaded = tokio::task::spawn_blocking(move || {
             source.load_over(&active, &metrics).map(|loaded| {
                 loaded.map(|loaded| {

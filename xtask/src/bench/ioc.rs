@@ -17,8 +17,9 @@ use anyhow::{Context as _, bail};
 use egret_testkit::{TempDir, agent::Stdout, feeds, signal};
 
 use super::{
-    Settings, goal,
+    Settings,
     connect::connect_rate,
+    goal,
     pipeline::{BENCH, throughput},
     procs::{Binaries, NetNs, RunningAgent, status_kib},
 };
@@ -112,7 +113,10 @@ fn timed_check(bins: &Binaries, file: &Path) -> anyhow::Result<(f64, u64)> {
     let waited = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
     let elapsed = started.elapsed().as_secs_f64();
     if waited != pid || !libc::WIFEXITED(status) || libc::WEXITSTATUS(status) != 0 {
-        bail!("egret rules check {} failed (status {status})", file.display());
+        bail!(
+            "egret rules check {} failed (status {status})",
+            file.display()
+        );
     }
     // Linux reports ru_maxrss in KiB.
     Ok((elapsed, u64::try_from(usage.ru_maxrss).unwrap_or(0)))
@@ -174,7 +178,10 @@ fn one_size(bins: &Binaries, ns: &NetNs, n: u32) -> anyhow::Result<AtSize> {
             break;
         }
         if count(&log, "rules not reloaded") > 0 || signalled.elapsed() > RELOAD_TIMEOUT {
-            bail!("{n} entries: the reload did not complete:\n{}", log.join("\n"));
+            bail!(
+                "{n} entries: the reload did not complete:\n{}",
+                log.join("\n")
+            );
         }
     }
     // And a batch after it, on the new rules.
@@ -306,7 +313,10 @@ pub fn rule_count(settings: &Settings) -> anyhow::Result<String> {
         "| rules | ns/event | extra ns/event | rules run per event | compile ms |"
     )?;
     writeln!(out, "|---:|---:|---:|---:|---:|")?;
-    writeln!(out, "| 0 (bundled only) | {base:.0} | – | {base_rules:.2} | – |")?;
+    writeln!(
+        out,
+        "| 0 (bundled only) | {base:.0} | – | {base_rules:.2} | – |"
+    )?;
     for n in counts {
         if let Some(c) = costs.get(n) {
             writeln!(

@@ -51,7 +51,8 @@ struct Totals {
     attempts: u64,
     delivered: u64,
     cpu_seconds: f64,
-    ringbuf_full: u64,
+    /// Summed exit counters: where a missing alert was lost.
+    counters: ExitCounters,
 }
 
 pub fn run(
@@ -75,7 +76,9 @@ pub fn run(
         egret.cpu_seconds += cpu_seconds(agent.pid())? - before.1;
         egret.attempts += attempts;
         egret.delivered += delivered;
-        egret.ringbuf_full += ExitCounters::from_summary(&agent.stop()?).ringbuf_full;
+        egret
+            .counters
+            .add(ExitCounters::from_summary(&agent.stop()?));
     }
     let base = median(&mut none);
     let rate = median(&mut egret.rates);
@@ -94,14 +97,15 @@ pub fn run(
     )?;
     writeln!(
         out,
-        "| monitor | connects/s | ratio to none | delivered / attempts | ring buffer full | CPU ms per 1,000 events |"
+        "| monitor | connects/s | ratio to none | delivered / attempts | kernel emitted | ring buffer full | alerts written (agent) | CPU ms per 1,000 events |"
     )?;
-    writeln!(out, "|---|---:|---:|---:|---:|---:|")?;
-    writeln!(out, "| none | {base:.0} | 1.000 | – | – | – |")?;
+    writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---:|")?;
+    writeln!(out, "| none | {base:.0} | 1.000 | – | – | – | – | – |")?;
+    let c = egret.counters;
     writeln!(
         out,
-        "| egret | {rate:.0} | {ratio:.3} | {} / {} ({lost} lost) | {} | {cpu_per_k:.2} |",
-        egret.delivered, egret.attempts, egret.ringbuf_full
+        "| egret | {rate:.0} | {ratio:.3} | {} / {} ({lost} lost) | {} | {} | {} | {cpu_per_k:.2} |",
+        egret.delivered, egret.attempts, c.emitted, c.ringbuf_full, c.alerts
     )?;
     writeln!(
         out,

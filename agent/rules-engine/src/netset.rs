@@ -12,7 +12,9 @@ const V6_MAX: u128 = u128::MAX;
 /// exported networks agree with how the kernel's trie maps IPv4.
 const MAPPED: (u128, u128) = (0xffff_0000_0000, 0xffff_ffff_ffff);
 
-type Ranges = Vec<(u128, u128)>;
+/// Inclusive (start, end).
+type Range = (u128, u128);
+type Ranges = Vec<Range>;
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(crate) struct NetSet {
@@ -71,7 +73,7 @@ impl NetSet {
 
     /// Disjoint ranges, IPv4 half then IPv6 half (mapped addresses are in
     /// the IPv4 half as plain IPv4 numbers).
-    pub fn ranges(&self) -> (&[(u128, u128)], &[(u128, u128)]) {
+    pub fn ranges(&self) -> (&[Range], &[Range]) {
         (&self.v4, &self.v6)
     }
 

@@ -97,15 +97,15 @@ pub fn run(
     )?;
     writeln!(
         out,
-        "| monitor | connects/s | ratio to none | delivered / attempts | kernel emitted | ring buffer full | alerts written (agent) | CPU ms per 1,000 events |"
+        "| monitor | connects/s | ratio to none | delivered / attempts | kernel emitted | ring buffer full | alerts written (agent) | stdout queue dropped | CPU ms per 1,000 events |"
     )?;
-    writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---:|")?;
-    writeln!(out, "| none | {base:.0} | 1.000 | – | – | – | – | – |")?;
+    writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---:|---:|")?;
+    writeln!(out, "| none | {base:.0} | 1.000 | – | – | – | – | – | – |")?;
     let c = egret.counters;
     writeln!(
         out,
-        "| egret | {rate:.0} | {ratio:.3} | {} / {} ({lost} lost) | {} | {} | {} | {cpu_per_k:.2} |",
-        egret.delivered, egret.attempts, c.emitted, c.ringbuf_full, c.alerts
+        "| egret | {rate:.0} | {ratio:.3} | {} / {} ({lost} lost) | {} | {} | {} | {} | {cpu_per_k:.2} |",
+        egret.delivered, egret.attempts, c.emitted, c.ringbuf_full, c.alerts, c.stdout_lost
     )?;
     writeln!(
         out,

@@ -81,7 +81,7 @@ pub fn many_rules(n: u32) -> String {
                 "evt.type = connect and fd.sip = \"2001:db8:ffff:{:x}::1\"",
                 i & 0xffff
             ),
-            4 | 5 | 6 => format!(
+            4..=6 => format!(
                 "evt.type = connect and fd.sip = {} and fd.sport = 443",
                 feed_v4(i)
             ),

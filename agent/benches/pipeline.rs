@@ -313,9 +313,26 @@ struct Pipeline {
 
 impl Pipeline {
     fn new(fixture: &Fixture, baseline: bool) -> Pipeline {
-        let ruleset = Arc::new(
-            rules::load(&RulePaths::default(), &Options::default()).expect("bundled rules load"),
-        );
+        Self::with_rules(fixture, baseline, None)
+    }
+
+    /// `extra`: a rule file compiled before the bundled rules, so that its
+    /// rules run on every event (scenarios 11 and 12 of `cargo xtask bench`).
+    fn with_rules(fixture: &Fixture, baseline: bool, extra: Option<String>) -> Pipeline {
+        let ruleset = Arc::new(match extra {
+            None => {
+                rules::load(&RulePaths::default(), &Options::default()).expect("bundled rules load")
+            }
+            Some(text) => {
+                let mut texts = vec![("extra.yaml".to_string(), text)];
+                texts.extend(
+                    rules::BUNDLED
+                        .iter()
+                        .map(|(n, t)| (n.to_string(), t.to_string())),
+                );
+                rules::compile(&texts, &Options::default()).expect("extra rules load")
+            }
+        });
         let mut enricher = Enricher::new(
             ProcessCache::new(fixture.dir.join("proc"), 65_536),
             Some(fixture.identity()),
@@ -358,6 +375,28 @@ impl Pipeline {
             alerts: Vec::new(),
             out: Vec::with_capacity(16 * 1024),
         }
+    }
+
+    /// Rules `Ruleset::evaluate` may run per event, after the event-type and
+    /// destination indexes (records decoded and enriched once).
+    fn rules_per_event(&mut self, records: &[Vec<u8>]) -> f64 {
+        let offset = event::wall_offset_ns();
+        let mut total = 0usize;
+        let mut events_seen = 0usize;
+        for chunk in records.chunks(BATCH) {
+            let batch: Vec<Record> = chunk
+                .iter()
+                .filter_map(|raw| event::decode(raw, offset).ok())
+                .collect();
+            let mut events = Vec::with_capacity(batch.len());
+            self.enricher.process_batch(batch, &mut events);
+            events_seen += events.len();
+            total += events
+                .iter()
+                .map(|e| self.ruleset.candidates(e))
+                .sum::<usize>();
+        }
+        total as f64 / events_seen.max(1) as f64
     }
 
     /// Every record once, batch by batch as the source stage cuts them;
@@ -415,5 +454,56 @@ fn bench(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench);
+/// Sizes from an environment variable (comma-separated); none when unset.
+fn sizes(var: &str) -> Vec<u32> {
+    std::env::var(var)
+        .ok()
+        .map(|v| v.split(',').filter_map(|n| n.trim().parse().ok()).collect())
+        .unwrap_or_default()
+}
+
+/// `pipeline/ioc_N` (`EGRET_BENCH_IOC_SIZES`): the mixed workload with a
+/// rule `fd.sip in (ioc_list)` of N entries before the bundled rules
+/// (`ioc_0`: no such rule); `pipeline/rules_N` (`EGRET_BENCH_RULE_COUNTS`):
+/// N generated rules before the bundled ones, none of which match. The
+/// difference to `_0` is what the list or the rules add per event.
+fn at_scale(c: &mut Criterion) {
+    let ioc = sizes("EGRET_BENCH_IOC_SIZES");
+    let counts = sizes("EGRET_BENCH_RULE_COUNTS");
+    if ioc.is_empty() && counts.is_empty() {
+        return;
+    }
+    let fixture = Fixture::new();
+    let records = egress_records(&fixture, Mix::Realistic);
+    let mut group = c.benchmark_group("pipeline");
+    group.throughput(Throughput::Elements(RECORDS as u64));
+    let runs = ioc
+        .iter()
+        .map(|&n| {
+            (
+                format!("ioc_{n}"),
+                (n > 0).then(|| egret_testkit::feeds::ioc_rules(n)),
+            )
+        })
+        .chain(counts.iter().map(|&n| {
+            (
+                format!("rules_{n}"),
+                (n > 0).then(|| egret_testkit::feeds::many_rules(n)),
+            )
+        }));
+    for (name, extra) in runs {
+        let started = std::time::Instant::now();
+        let mut pipeline = Pipeline::with_rules(&fixture, false, extra);
+        // Machine-readable for `cargo xtask bench`.
+        println!(
+            "pipeline/{name}: compile_ms {:.1} rules_per_event {:.2}",
+            started.elapsed().as_secs_f64() * 1e3,
+            pipeline.rules_per_event(&records)
+        );
+        group.bench_function(name, |b| b.iter(|| black_box(pipeline.run(&records))));
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench, at_scale);
 criterion_main!(benches);

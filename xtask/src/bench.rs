@@ -17,6 +17,9 @@
 //!    throughput with and without the DNS programs, names cache memory.
 //! 10. flow accounting on vs off (bulk throughput, connect rate), memory
 //!     per tracked flow, 100,000 concurrent flows against the flow table.
+//! 11. an IOC list grown to a million entries: load, reload without loss,
+//!     ns per event, agent memory;
+//! 12. rule count grown to a thousand: ns per event, rules run per event.
 //!
 //! Traffic of scenarios 2, 4, 5 and 6 goes to TEST-NET-2 addresses inside
 //! a throwaway network namespace: nothing leaves the machine.
@@ -24,11 +27,13 @@ mod connect;
 mod dns;
 mod flows;
 mod hooks;
+mod ioc;
 mod latency;
 mod memory;
 mod pipeline;
 mod procs;
 mod quarantine;
+mod storm;
 mod throughput;
 
 use std::fmt::Write as _;
@@ -68,6 +73,9 @@ pub struct Settings {
     /// Scenario 9: DNS lookups per run and interleaved rounds.
     dns_lookups: u64,
     dns_rounds: usize,
+    /// Scenario 11: list sizes; scenario 12: rule counts.
+    ioc_sizes: Vec<u32>,
+    rule_counts: Vec<u32>,
 }
 
 impl Settings {
@@ -101,6 +109,8 @@ impl Settings {
                 flow_fill: false,
                 dns_lookups: 500,
                 dns_rounds: 1,
+                ioc_sizes: vec![1_000, 10_000],
+                rule_counts: vec![10, 100],
             }
         } else {
             Settings {
@@ -123,6 +133,8 @@ impl Settings {
                 flow_fill: true,
                 dns_lookups: 20_000,
                 dns_rounds: 3,
+                ioc_sizes: vec![1_000, 10_000, 100_000, 1_000_000],
+                rule_counts: vec![10, 100, 1_000],
             }
         }
     }
@@ -148,14 +160,14 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
                 .split(',')
                 .map(|n| n.trim().parse::<u32>())
                 .collect::<Result<_, _>>()
-                .context("--only takes scenario numbers 1-10, comma-separated")?,
+                .context("--only takes scenario numbers 1-12, comma-separated")?,
         ),
         None => None,
     };
     let want = |n: u32| only.as_ref().is_none_or(|o| o.contains(&n));
     let settings = Settings::new(short);
     crate::test::build_release_binaries("build (release)")?;
-    if want(3) {
+    if want(3) || want(11) || want(12) {
         // Built up front so compiling never overlaps a measurement.
         run_step(
             "build (pipeline bench)",
@@ -185,7 +197,9 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     let _rules_file = RemoveOnDrop(rules.clone());
     let ns = bench_netns()?;
     if want(2) {
-        section(connect::alerting(&bins, &ns, &rules, &settings)?);
+        let mut text = connect::alerting(&bins, &ns, &rules, &settings)?;
+        text.push_str(&storm::run(&bins, &ns, &rules, &settings)?);
+        section(text);
     }
     if want(3) {
         section(pipeline::run(&settings)?);
@@ -204,6 +218,12 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     }
     if want(10) {
         section(flows::run(&bins, &ns, &settings)?);
+    }
+    if want(11) {
+        section(ioc::lists(&bins, &ns, &settings)?);
+    }
+    if want(12) {
+        section(ioc::rule_count(&settings)?);
     }
     drop(ns);
     if want(7) {

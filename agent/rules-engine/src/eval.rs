@@ -411,11 +411,30 @@ pub(crate) fn destination_truth(node: &Node) -> (NetSet, NetSet) {
                 }
             }
             (Src::Event(FieldId::ServerIp), Cmp::Net(m)) => {
-                let (t, f) = (m.set.clone(), m.set.complement());
+                let t = m.to_set();
+                let f = t.complement();
                 if test.negate { (f, t) } else { (t, f) }
             }
             (Src::Event(FieldId::ServerIp), Cmp::Exists) => (NetSet::all(), NetSet::default()),
             _ => (NetSet::default(), NetSet::default()),
+        },
+    }
+}
+
+/// An upper bound on the ranges of either set [`destination_truth`] returns
+/// for `node`, from the sizes of its address checks alone: union and
+/// intersection of n and m ranges give at most n + m, a complement n + 1.
+pub(crate) fn destination_ranges_bound(node: &Node) -> usize {
+    match node {
+        Node::Const(_) => 1,
+        Node::And(nodes) | Node::Or(nodes) | Node::One(nodes) => nodes
+            .iter()
+            .map(destination_ranges_bound)
+            .fold(1, usize::saturating_add),
+        Node::Not(inner) => destination_ranges_bound(inner).saturating_add(1),
+        Node::Check(test) => match &test.cmp {
+            Cmp::Net(m) => m.range_bound().saturating_add(2),
+            _ => 2,
         },
     }
 }

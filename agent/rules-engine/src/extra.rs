@@ -53,6 +53,12 @@ impl OutputTemplate {
         self.0.render(event)
     }
 
+    /// A one-field template's typed JSON value (`null` when missing)
+    /// without rendering its text; any other template's text as a string.
+    pub fn value<E: Event + ?Sized>(&self, event: &E) -> Json {
+        self.0.value(event)
+    }
+
     /// Field keys, in order of first use.
     pub fn keys(&self) -> &[Arc<str>] {
         self.0.keys()

@@ -69,6 +69,7 @@ mod ast;
 mod checks;
 mod collect;
 mod compile;
+mod dest_index;
 mod diagnostics;
 mod eval;
 mod event;

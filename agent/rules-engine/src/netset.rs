@@ -12,7 +12,9 @@ const V6_MAX: u128 = u128::MAX;
 /// exported networks agree with how the kernel's trie maps IPv4.
 const MAPPED: (u128, u128) = (0xffff_0000_0000, 0xffff_ffff_ffff);
 
-type Ranges = Vec<(u128, u128)>;
+/// Inclusive (start, end).
+type Range = (u128, u128);
+type Ranges = Vec<Range>;
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(crate) struct NetSet {
@@ -38,7 +40,9 @@ impl NetSet {
     }
 
     pub fn from_nets(nets: impl IntoIterator<Item = IpNet>) -> Self {
-        let mut v4 = Vec::new();
+        let nets = nets.into_iter();
+        // Most feeds are mostly IPv4; sized once rather than doubled.
+        let mut v4 = Vec::with_capacity(nets.size_hint().0);
         let mut v6 = Vec::new();
         for net in nets {
             match net.trunc() {
@@ -65,6 +69,16 @@ impl NetSet {
 
     pub fn is_empty(&self) -> bool {
         self.v4.is_empty() && self.v6.is_empty()
+    }
+
+    /// Disjoint ranges, IPv4 half then IPv6 half (mapped addresses are in
+    /// the IPv4 half as plain IPv4 numbers).
+    pub fn ranges(&self) -> (&[Range], &[Range]) {
+        (&self.v4, &self.v6)
+    }
+
+    pub fn range_count(&self) -> usize {
+        self.v4.len() + self.v6.len()
     }
 
     /// Events are matched through [`NetMatch`]; this is the reference it is
@@ -100,9 +114,19 @@ impl NetSet {
     }
 
     /// The fewest CIDRs covering exactly this set, IPv4 first.
+    #[cfg(test)]
     pub fn to_nets(&self) -> Vec<IpNet> {
+        self.to_nets_bounded(usize::MAX).unwrap_or_default()
+    }
+
+    /// [`to_nets`](Self::to_nets), or `None` as soon as it takes more than
+    /// `max` networks.
+    pub fn to_nets_bounded(&self, max: usize) -> Option<Vec<IpNet>> {
         let mut nets = Vec::new();
         for &(start, end) in &self.v4 {
+            if nets.len() > max {
+                return None;
+            }
             for (base, prefix) in cidrs(start, end, 32) {
                 // Ranges in the IPv4 half never exceed u32::MAX.
                 if let Ok(addr) = u32::try_from(base)
@@ -113,13 +137,16 @@ impl NetSet {
             }
         }
         for &(start, end) in &self.v6 {
+            if nets.len() > max {
+                return None;
+            }
             for (base, prefix) in cidrs(start, end, 128) {
                 if let Ok(net) = Ipv6Net::new(Ipv6Addr::from(base), prefix) {
                     nets.push(IpNet::V6(net));
                 }
             }
         }
-        nets
+        (nets.len() <= max).then_some(nets)
     }
 }
 
@@ -128,13 +155,15 @@ impl NetSet {
 /// binary search over the remaining networks, whatever the feed's size. A
 /// million scattered /32s were 20 cache-missing search steps (~350 ns an
 /// event over the one-item case); a probe is ~20 ns.
+///
+/// The set itself is not kept: at a million entries its 32-byte ranges
+/// were as large as everything else the list costs, and only the kernel
+/// ignore analysis needs it, once per load ([`NetMatch::to_set`]).
 #[derive(Debug)]
 pub(crate) struct NetMatch {
-    /// The whole set, for the set algebra of the kernel ignore analysis.
-    pub set: NetSet,
-    v4_hosts: std::collections::HashSet<u32>,
-    v6_hosts: std::collections::HashSet<u128>,
-    /// `set` without the hosts above.
+    v4_hosts: HostSet<u32>,
+    v6_hosts: HostSet<u128>,
+    /// The set without the hosts above.
     rest: NetSet,
 }
 
@@ -144,26 +173,25 @@ const HOST_INDEX_MIN: usize = 32;
 impl NetMatch {
     pub fn new(set: NetSet) -> NetMatch {
         let hosts = |r: &Ranges| r.iter().filter(|(a, b)| a == b).count();
-        if hosts(&set.v4) + hosts(&set.v6) < HOST_INDEX_MIN {
+        let (n4, n6) = (hosts(&set.v4), hosts(&set.v6));
+        if n4 + n6 < HOST_INDEX_MIN {
             return NetMatch {
-                rest: set.clone(),
-                set,
-                v4_hosts: Default::default(),
-                v6_hosts: Default::default(),
+                rest: set,
+                v4_hosts: HostSet::default(),
+                v6_hosts: HostSet::default(),
             };
         }
-        let mut v4_hosts = std::collections::HashSet::new();
-        let mut v6_hosts = std::collections::HashSet::new();
+        // Sized up front: growing by doubling would hold two tables at once.
+        let mut v4_hosts = HostSet::with_capacity(n4);
+        let mut v6_hosts = HostSet::with_capacity(n6);
         let mut rest = NetSet::default();
         // v4 ranges never exceed u32::MAX (see `from_ranges`).
-        split(&set.v4, &mut rest.v4, |a| {
-            v4_hosts.insert(a as u32);
-        });
-        split(&set.v6, &mut rest.v6, |a| {
-            v6_hosts.insert(a);
-        });
+        split(&set.v4, &mut rest.v4, |a| v4_hosts.insert(a as u32));
+        split(&set.v6, &mut rest.v6, |a| v6_hosts.insert(a));
+        drop(set);
+        rest.v4.shrink_to_fit();
+        rest.v6.shrink_to_fit();
         NetMatch {
-            set,
             v4_hosts,
             v6_hosts,
             rest,
@@ -174,13 +202,128 @@ impl NetMatch {
         match ip.to_canonical() {
             IpAddr::V4(v4) => {
                 let x = u32::from(v4);
-                self.v4_hosts.contains(&x) || lookup(&self.rest.v4, u128::from(x))
+                self.v4_hosts.contains(x) || lookup(&self.rest.v4, u128::from(x))
             }
             IpAddr::V6(v6) => {
                 let x = u128::from(v6);
-                self.v6_hosts.contains(&x) || lookup(&self.rest.v6, x)
+                self.v6_hosts.contains(x) || lookup(&self.rest.v6, x)
             }
         }
+    }
+
+    /// Ranges of the whole set, at most: what bounds the cost of the set
+    /// algebra on it without doing it.
+    pub fn range_bound(&self) -> usize {
+        self.v4_hosts.len() + self.v6_hosts.len() + self.rest.v4.len() + self.rest.v6.len()
+    }
+
+    /// The whole set again, for the set algebra of the ignore analysis.
+    pub fn to_set(&self) -> NetSet {
+        if self.v4_hosts.is_empty() && self.v6_hosts.is_empty() {
+            return self.rest.clone();
+        }
+        let join = |hosts: Vec<u128>, rest: &Ranges| {
+            let mut all: Ranges = hosts.into_iter().map(|a| (a, a)).collect();
+            all.extend_from_slice(rest);
+            normalize(all)
+        };
+        NetSet {
+            v4: join(
+                self.v4_hosts.iter().map(u128::from).collect(),
+                &self.rest.v4,
+            ),
+            v6: join(self.v6_hosts.iter().collect(), &self.rest.v6),
+        }
+    }
+}
+
+/// Single addresses, hashed with a per-process seed: lists come from feeds
+/// and addresses from workloads, so the hash must not be predictable, but
+/// it hashes one integer and need not be SipHash (a third of a lookup).
+#[derive(Debug, Default)]
+struct HostSet<T: Copy + Eq + std::hash::Hash + Into<u128>> {
+    set: std::collections::HashSet<T, SeededBuild>,
+}
+
+impl<T: Copy + Eq + std::hash::Hash + Into<u128>> HostSet<T> {
+    fn with_capacity(n: usize) -> Self {
+        HostSet {
+            set: std::collections::HashSet::with_capacity_and_hasher(n, SeededBuild::default()),
+        }
+    }
+    fn insert(&mut self, x: T) {
+        self.set.insert(x);
+    }
+    fn contains(&self, x: T) -> bool {
+        !self.set.is_empty() && self.set.contains(&x)
+    }
+    fn len(&self) -> usize {
+        self.set.len()
+    }
+    fn is_empty(&self) -> bool {
+        self.set.is_empty()
+    }
+    fn iter(&self) -> impl Iterator<Item = T> + '_ {
+        self.set.iter().copied()
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+struct SeededBuild([u64; 2]);
+
+impl Default for SeededBuild {
+    fn default() -> Self {
+        static SEED: std::sync::OnceLock<[u64; 2]> = std::sync::OnceLock::new();
+        SeededBuild(*SEED.get_or_init(|| {
+            use std::hash::BuildHasher as _;
+            let s = std::collections::hash_map::RandomState::new();
+            [s.hash_one(0x1f_u64) | 1, s.hash_one(0x2f_u64) | 1]
+        }))
+    }
+}
+
+impl std::hash::BuildHasher for SeededBuild {
+    type Hasher = Seeded;
+    fn build_hasher(&self) -> Seeded {
+        Seeded {
+            seed: self.0,
+            state: self.0[0],
+        }
+    }
+}
+
+/// Folded 128-bit multiply of each word with secret keys (as in
+/// foldhash/wyhash): one multiply per 64 bits hashed.
+struct Seeded {
+    seed: [u64; 2],
+    state: u64,
+}
+
+fn fold_mul(a: u64, b: u64) -> u64 {
+    let full = u128::from(a) * u128::from(b);
+    (full as u64) ^ ((full >> 64) as u64)
+}
+
+impl std::hash::Hasher for Seeded {
+    fn finish(&self) -> u64 {
+        fold_mul(self.state, self.seed[1] ^ 0x9e37_79b9_7f4a_7c15)
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.write_u64(u64::from_le_bytes(word));
+        }
+    }
+    fn write_u32(&mut self, v: u32) {
+        self.write_u64(u64::from(v));
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.state = fold_mul(self.state ^ v, self.seed[1]);
+    }
+    fn write_u128(&mut self, v: u128) {
+        self.write_u64(v as u64);
+        self.write_u64((v >> 64) as u64);
     }
 }
 
@@ -199,16 +342,22 @@ fn lookup(ranges: &[(u128, u128)], x: u128) -> bool {
     ranges.get(i).is_some_and(|&(start, _)| start <= x)
 }
 
+/// Sorts and merges in place: at a million entries a second vector was
+/// the largest allocation of a rule load.
 fn normalize(mut ranges: Ranges) -> Ranges {
     ranges.sort_unstable();
-    let mut out: Ranges = Vec::with_capacity(ranges.len());
-    for (start, end) in ranges {
-        match out.last_mut() {
-            Some(last) if start <= last.1.saturating_add(1) => last.1 = last.1.max(end),
-            _ => out.push((start, end)),
+    let mut kept = 0;
+    for i in 0..ranges.len() {
+        let (start, end) = ranges[i];
+        if kept > 0 && start <= ranges[kept - 1].1.saturating_add(1) {
+            ranges[kept - 1].1 = ranges[kept - 1].1.max(end);
+        } else {
+            ranges[kept] = (start, end);
+            kept += 1;
         }
     }
-    out
+    ranges.truncate(kept);
+    ranges
 }
 
 fn intersect(a: &[(u128, u128)], b: &[(u128, u128)]) -> Ranges {
@@ -359,6 +508,7 @@ mod match_tests {
         let set = NetSet::from_nets(nets);
         let indexed = NetMatch::new(set.clone());
         assert!(!indexed.v4_hosts.is_empty() && !indexed.v6_hosts.is_empty());
+        assert_eq!(indexed.to_set(), set);
         let mut probes: Vec<IpAddr> = (0..260u32)
             .map(|i| IpAddr::V4(Ipv4Addr::from(0xc633_6400 + i)))
             .collect();

@@ -1,7 +1,6 @@
 //! Output templates: `%field` and `%field[arg]` expand to the event's
 //! values, `<NA>` when missing; JSON fields carry `null` instead.
 use std::fmt::Write;
-use std::net::IpAddr;
 use std::sync::Arc;
 
 use serde_json::Value as Json;
@@ -152,35 +151,53 @@ fn labels_json(labels: &dyn Labels) -> Json {
     Json::Object(map)
 }
 
-fn ip_text(ip: IpAddr) -> String {
-    ip.to_canonical().to_string()
+/// The JSON rendering of one value.
+fn json_of(value: Value<'_>, kind: Kind) -> Json {
+    match (value, kind) {
+        (Value::Str(s), Kind::Str) => Json::String(s.to_string()),
+        (Value::U64(n), Kind::U64) => Json::from(n),
+        (Value::I64(n), Kind::I64) => Json::from(n),
+        (Value::Ip(ip), Kind::Ip | Kind::Net) => Json::String(ip.to_canonical().to_string()),
+        (Value::Bool(b), Kind::Bool) => Json::Bool(b),
+        (Value::Labels(l), Kind::Labels) => labels_json(l),
+        _ => Json::Null,
+    }
 }
 
-/// Text and JSON renderings of one value.
-fn render_value(value: Value<'_>, src: &Src, kind: Kind) -> (String, Json) {
-    let is_time = *src == Src::Event(FieldId::EvtTime);
+/// Appends the text rendering of one value to `text` and returns its JSON
+/// rendering: the text goes straight into the output, so a field costs one
+/// allocation (its JSON string) rather than two.
+fn render_value(value: Value<'_>, src: &Src, kind: Kind, text: &mut String) -> Json {
     match (value, kind) {
-        (Value::Str(s), Kind::Str) => (s.to_string(), Json::String(s.to_string())),
-        (Value::U64(n), Kind::U64) if is_time => (time_of_day(n), Json::from(n)),
-        (Value::U64(n), Kind::U64) => (n.to_string(), Json::from(n)),
-        (Value::I64(n), Kind::I64) => (n.to_string(), Json::from(n)),
-        (Value::Ip(ip), Kind::Ip | Kind::Net) => (ip_text(ip), Json::String(ip_text(ip))),
-        (Value::Bool(b), Kind::Bool) => (b.to_string(), Json::Bool(b)),
-        (Value::Labels(l), Kind::Labels) => (labels_text(l), labels_json(l)),
-        _ => ("<NA>".to_string(), Json::Null),
+        (Value::Str(s), Kind::Str) => text.push_str(s),
+        (Value::U64(n), Kind::U64) if *src == Src::Event(FieldId::EvtTime) => {
+            text.push_str(&time_of_day(n));
+        }
+        (Value::U64(n), Kind::U64) => {
+            let _ = write!(text, "{n}");
+        }
+        (Value::I64(n), Kind::I64) => {
+            let _ = write!(text, "{n}");
+        }
+        (Value::Ip(ip), Kind::Ip | Kind::Net) => {
+            let _ = write!(text, "{}", ip.to_canonical());
+        }
+        (Value::Bool(b), Kind::Bool) => text.push_str(if b { "true" } else { "false" }),
+        (Value::Labels(l), Kind::Labels) => text.push_str(&labels_text(l)),
+        _ => text.push_str("<NA>"),
     }
+    json_of(value, kind)
 }
 
 impl Template {
     pub fn render<E: Event + ?Sized>(&self, event: &E) -> (String, Vec<(Arc<str>, Json)>) {
-        let mut text = String::new();
+        let mut text = String::with_capacity(self.text_hint());
         let mut json: Vec<(Arc<str>, Json)> = Vec::with_capacity(self.keys.len());
         for part in &self.parts {
             match part {
                 Part::Lit(s) => text.push_str(s),
                 Part::Field { key, src, kind } => {
-                    let (shown, value) = render_value(read(src, event), src, *kind);
-                    text.push_str(&shown);
+                    let value = render_value(read(src, event), src, *kind, &mut text);
                     if !json.iter().any(|(k, _)| k == key) {
                         json.push((key.clone(), value));
                     }
@@ -188,6 +205,27 @@ impl Template {
             }
         }
         (text, json)
+    }
+
+    /// The JSON value of a one-field template (`null` when missing), as
+    /// [`render`](Self::render) gives it, without building the text; the
+    /// text as a JSON string for any other template.
+    pub fn value<E: Event + ?Sized>(&self, event: &E) -> Json {
+        match self.parts.as_slice() {
+            [Part::Field { src, kind, .. }] => json_of(read(src, event), *kind),
+            _ => Json::String(self.render(event).0),
+        }
+    }
+
+    /// Literal bytes plus a guess per field: one allocation for most texts.
+    fn text_hint(&self) -> usize {
+        self.parts
+            .iter()
+            .map(|p| match p {
+                Part::Lit(s) => s.len(),
+                Part::Field { .. } => 24,
+            })
+            .sum()
     }
 
     /// The field keys in order of first appearance.

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use ipnet::IpNet;
 use serde_json::Value as Json;
 
+use crate::dest_index::{self, DestIndex};
 use crate::diagnostics::Location;
 use crate::eval::{self, CLOSE, CONNECT, Node, OTHER, SENDTO};
 use crate::event::{Event, Value};
@@ -179,16 +180,40 @@ pub enum Phase {
     Result,
 }
 
-/// Compiled rules, indexed by event type.
+/// Compiled rules, indexed by event type, and for connects and sends by
+/// destination.
 #[derive(Debug, Default)]
 pub struct Ruleset {
     rules: Vec<Rule>,
     /// Rule ids to run per bucket (connect, sendto, other, close), in load
     /// order.
     buckets: [Box<[u32]>; 4],
-    matching: RuleMatching,
     /// Per rule: [`Rule::reads_result`].
     reads_result: Box<[bool]>,
+    /// The connect and sendto buckets by `fd.sip` (`None`: too few rules
+    /// name a destination for it to pay).
+    pub(crate) by_destination: [Option<DestIndex>; 2],
+    matching: RuleMatching,
+}
+
+/// The most networks [`Ruleset::kernel_ignorable_networks`] returns; a
+/// longer exact list is not built (no kernel map of the agent holds it,
+/// and ignoring less is always safe). The agent's own bound is the same.
+pub const MAX_KERNEL_IGNORABLE: usize = 32_768;
+
+/// The destinations `rule` may match on a connect or send (`None`: any, or
+/// too scattered to index).
+fn possible_destinations(rule: &Rule) -> Option<NetSet> {
+    // The bound is cheap; the set algebra on a million-entry list is not.
+    if eval::destination_ranges_bound(&rule.condition) > 16 * dest_index::MAX_RULE_RANGES {
+        return None;
+    }
+    let (_, never) = eval::destination_truth(&rule.condition);
+    if never.is_empty() {
+        return None;
+    }
+    let may = never.complement();
+    (may.range_count() <= dest_index::MAX_RULE_RANGES).then_some(may)
 }
 
 fn bucket_of(bit: u8) -> usize {
@@ -216,12 +241,24 @@ impl Ruleset {
                 }
             }
         }
+        let index = |bucket: &[u32]| {
+            if bucket.len() < dest_index::MIN_INDEXED {
+                return None;
+            }
+            let with: Vec<(u32, Option<NetSet>)> = bucket
+                .iter()
+                .map(|&id| (id, rules.get(id as usize).and_then(possible_destinations)))
+                .collect();
+            DestIndex::build(&with)
+        };
+        let by_destination = [index(&buckets[0]), index(&buckets[1])];
         let reads_result = rules.iter().map(Rule::reads_result).collect();
         Ruleset {
             rules,
             buckets: buckets.map(Vec::into_boxed_slice),
-            matching: options.rule_matching,
             reads_result,
+            by_destination,
+            matching: options.rule_matching,
         }
     }
 
@@ -236,6 +273,36 @@ impl Ruleset {
     /// Whether rule `id` reads the result ([`Rule::reads_result`]).
     pub fn reads_result(&self, id: RuleId) -> bool {
         self.reads_result.get(id.index()).copied().unwrap_or(false)
+    }
+
+    /// The rules `evaluate` runs for `event`, at most, ascending: (rules for
+    /// any destination, rules for this one) with the destination index,
+    /// else the whole bucket and nothing.
+    fn candidates_of<E: Event + ?Sized>(&self, event: &E) -> (&[u32], &[u32]) {
+        let bucket = match event.value(FieldId::EvtType) {
+            Value::Str(t) => bucket_of(eval::type_bit(t)),
+            _ => bucket_of(OTHER),
+        };
+        let all = self.buckets.get(bucket).map_or(&[][..], |b| &b[..]);
+        if let Some(Some(index)) = self.by_destination.get(bucket)
+            && let Value::Ip(ip) = event.value(FieldId::ServerIp)
+        {
+            return index.lookup(ip);
+        }
+        (all, &[])
+    }
+
+    /// How many rules [`evaluate`](Self::evaluate) may run for `event` (it
+    /// stops at the first match with [`RuleMatching::First`]): what the
+    /// event-type and destination indexes leave.
+    pub fn candidates<E: Event + ?Sized>(&self, event: &E) -> usize {
+        let (a, b) = self.candidates_of(event);
+        let mut n = 0;
+        dest_index::merged(a, b, |_| {
+            n += 1;
+            true
+        });
+        n
     }
 
     /// Clears `matches`, then fills it with the rules the event matches, in
@@ -254,19 +321,14 @@ impl Ruleset {
         phase: Phase,
     ) {
         matches.clear();
-        let bucket = match event.value(FieldId::EvtType) {
-            Value::Str(t) => bucket_of(eval::type_bit(t)),
-            _ => bucket_of(OTHER),
-        };
-        let Some(ids) = self.buckets.get(bucket) else {
-            return;
-        };
-        for &id in ids.iter() {
+        let (a, b) = self.candidates_of(event);
+        let first = self.matching == RuleMatching::First;
+        dest_index::merged(a, b, |id| {
             if phase != Phase::All
                 && self.reads_result.get(id as usize).copied().unwrap_or(false)
                     != (phase == Phase::Result)
             {
-                continue;
+                return true;
             }
             if self
                 .rules
@@ -274,11 +336,10 @@ impl Ruleset {
                 .is_some_and(|r| r.condition.eval(event))
             {
                 matches.push(RuleId(id));
-                if self.matching == RuleMatching::First {
-                    return;
-                }
+                return !first;
             }
-        }
+            true
+        });
     }
 
     /// Falco's `rule_matching` this set was built with.
@@ -325,7 +386,9 @@ impl Ruleset {
     /// alert. Conservative: empty if any rule could match any destination,
     /// and empty when no active rule sees connects or sends. This relies on
     /// the agent always supplying the destination (`fd.sip`) and an
-    /// `evt.type` of connect or sendto for the hooks' events.
+    /// `evt.type` of connect or sendto for the hooks' events. Empty, too,
+    /// when the exact list would take more than [`MAX_KERNEL_IGNORABLE`]
+    /// networks (the complement of an IOC list of a million hosts).
     pub fn kernel_ignorable_networks(&self) -> Vec<IpNet> {
         let active: Vec<&Rule> = self
             .active_ids()
@@ -347,9 +410,11 @@ impl Ruleset {
                 break;
             }
         }
-        if considered == 0 {
+        if considered == 0 || ignorable.range_count() > MAX_KERNEL_IGNORABLE {
             return Vec::new();
         }
-        ignorable.to_nets()
+        ignorable
+            .to_nets_bounded(MAX_KERNEL_IGNORABLE)
+            .unwrap_or_default()
     }
 }

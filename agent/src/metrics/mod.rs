@@ -9,8 +9,8 @@
 //! The per-alert path takes one uncontended mutex and allocates nothing when
 //! the series already exist; per-event counters are plain atomics.
 mod collectors;
-mod flows;
 pub mod dns;
+mod flows;
 mod outputs;
 #[cfg(any(test, feature = "test-util"))]
 pub mod promql;

@@ -208,11 +208,11 @@ impl Additions {
                 if alert.output_fields.contains_key(key) {
                     continue;
                 }
-                let (text, mut values) = t.render(event);
-                let value = if *typed && values.len() == 1 {
-                    values.pop().map(|(_, v)| v).unwrap_or_default()
+                // A named field keeps its typed value; a template its text.
+                let value = if *typed {
+                    t.value(event)
                 } else {
-                    serde_json::Value::String(text)
+                    serde_json::Value::String(t.render(event).0)
                 };
                 alert.output_fields.insert(key.clone(), value);
             }

@@ -31,6 +31,7 @@ use crate::{
 const POLL: Duration = Duration::from_secs(2);
 
 /// Where rules come from and how they compile.
+#[derive(Clone)]
 pub struct RuleSource {
     pub paths: RulePaths,
     pub options: Options,
@@ -71,7 +72,7 @@ fn is_blank(text: &str) -> bool {
 }
 
 /// What the active rules were loaded from.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct Active {
     /// Rules in the active set (0 at start-up).
     pub rules: usize,
@@ -179,17 +180,24 @@ impl RuleSource {
 }
 
 impl KernelIgnore {
-    /// The ignore set for `ruleset`.
-    fn wanted(&self, ruleset: &Ruleset) -> IgnoreSet {
+    /// The ignore set for `ruleset`'s ignorable networks.
+    fn wanted(&self, from_rules: Vec<ipnet::IpNet>) -> IgnoreSet {
         let mut set = self.base.clone();
         if self.rules_drive {
-            set.extend(ruleset.kernel_ignorable_networks());
+            set.extend(from_rules);
         }
         set
     }
 
     fn apply(&mut self, ruleset: &Ruleset) {
-        let mut wanted = self.wanted(ruleset);
+        self.apply_networks(ruleset.kernel_ignorable_networks());
+    }
+
+    /// `from_rules`: `kernel_ignorable_networks()` of the new rules, which
+    /// a reload computes off the async workers (a second at a million-entry
+    /// IOC list).
+    fn apply_networks(&mut self, from_rules: Vec<ipnet::IpNet>) {
+        let mut wanted = self.wanted(from_rules);
         if &wanted == self.map.current() {
             return;
         }
@@ -228,6 +236,7 @@ impl Reloader {
         metrics: Arc<Metrics>,
     ) -> (Reloader, watch::Receiver<Arc<Ruleset>>) {
         ignore.apply(&first.ruleset);
+        release_freed_heap();
         let (rules, rx) = watch::channel(Arc::new(first.ruleset));
         let reloader = Reloader {
             source,
@@ -278,7 +287,7 @@ impl Reloader {
                 }
             };
             // A load that met a file mid-write is retried at the next poll.
-            if self.reload(reason) {
+            if self.reload(reason).await {
                 seen = self.source.paths.fingerprint();
                 settling = None;
             }
@@ -286,13 +295,45 @@ impl Reloader {
     }
 
     /// `false` when the files changed during the read (nothing decided).
-    fn reload(&mut self, reason: &str) -> bool {
-        match self.source.load_over(&self.active, &self.metrics) {
-            Ok(Some(Loaded { ruleset, from })) => {
-                self.ignore.apply(&ruleset);
-                tracing::info!(reason, rules = ruleset.rules().len(), "rules reloaded");
-                self.rules.send_replace(Arc::new(ruleset));
+    /// The load runs on a blocking thread: compiling a large IOC list takes
+    /// a second or two, and on an async worker it would hold up the pipeline
+    /// tasks queued behind it. The active rules serve events meanwhile.
+    async fn reload(&mut self, reason: &str) -> bool {
+        let started = std::time::Instant::now();
+        let (source, active, metrics) = (
+            self.source.clone(),
+            self.active.clone(),
+            self.metrics.clone(),
+        );
+        let loaded = tokio::task::spawn_blocking(move || {
+            source.load_over(&active, &metrics).map(|loaded| {
+                loaded.map(|loaded| {
+                    let networks = loaded.ruleset.kernel_ignorable_networks();
+                    (loaded, networks)
+                })
+            })
+        })
+        .await;
+        let loaded = match loaded {
+            Ok(loaded) => loaded,
+            Err(err) => {
+                tracing::error!(reason, %err, "rules not reloaded, previous rules stay active");
+                return true;
+            }
+        };
+        match loaded {
+            Ok(Some((Loaded { ruleset, from }, networks))) => {
+                self.ignore.apply_networks(networks);
+                tracing::info!(
+                    reason,
+                    rules = ruleset.rules().len(),
+                    load_ms = started.elapsed().as_millis() as u64,
+                    "rules reloaded"
+                );
+                // The old rules go now, and their memory back to the OS.
+                drop(self.rules.send_replace(Arc::new(ruleset)));
                 self.active = from;
+                release_freed_heap();
                 true
             }
             Ok(None) => {
@@ -307,6 +348,19 @@ impl Reloader {
                 true
             }
         }
+    }
+}
+
+/// Hands the heap a load freed back to the kernel. Compiling a
+/// million-entry list allocates several times what the compiled list keeps
+/// (source text, YAML tree, item strings, sorted ranges); glibc keeps freed
+/// memory below its top chunk, so without this the agent's RSS stays at the
+/// load's peak for its whole life.
+fn release_freed_heap() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim has no preconditions; it only returns free pages.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 

@@ -6,6 +6,7 @@
 pub mod agent;
 pub mod cgroup;
 pub mod dns;
+pub mod feeds;
 pub mod http;
 pub mod netns;
 

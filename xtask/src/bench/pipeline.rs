@@ -76,7 +76,7 @@ pub fn run(settings: &Settings) -> anyhow::Result<String> {
 }
 
 /// The middle of criterion's `thrpt: [low mid high]` for `pipeline/<name>`.
-fn throughput(stdout: &str, name: &str) -> Option<f64> {
+pub(super) fn throughput(stdout: &str, name: &str) -> Option<f64> {
     let header = format!("pipeline/{name} ");
     let mut lines = stdout.lines();
     lines.find(|l| l.starts_with(&header) && l.contains("time:"))?;

@@ -133,6 +133,8 @@ pub struct ExitCounters {
     /// Egress events evaluated.
     pub events: u64,
     pub alerts: u64,
+    /// Alert lines the stdout queue dropped (full, write error, shutdown).
+    pub stdout_lost: u64,
 }
 
 impl ExitCounters {
@@ -150,6 +152,7 @@ impl ExitCounters {
         }
         c.events = n(&summary["pipeline"]["events"]);
         c.alerts = n(&summary["pipeline"]["alerts_written"]);
+        c.stdout_lost = n(&summary["pipeline"]["stdout_lost"]);
         c
     }
 
@@ -158,6 +161,7 @@ impl ExitCounters {
         self.ignored += other.ignored;
         self.emitted += other.emitted;
         self.ringbuf_full += other.ringbuf_full;
+        self.stdout_lost += other.stdout_lost;
         self.events += other.events;
         self.alerts += other.alerts;
     }

@@ -155,7 +155,7 @@ impl<'c> Compiler<'c, '_> {
         info: &'c ListInfo,
         depth: u32,
     ) -> Vec<ListValue> {
-        let mut out = Vec::new();
+        let mut out = Vec::with_capacity(info.items.len().min(MAX_LIST_VALUES + 1));
         for item in &info.items {
             if out.len() > MAX_LIST_VALUES {
                 break;

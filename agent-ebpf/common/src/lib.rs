@@ -409,120 +409,6 @@ pub struct SocketEvent {
     pub comm: [u8; 16],
 }
 
-/// LRU hash pid_tgid → [`ConnectPending`]: the socket of the connect a
-/// thread is in, filed by the sock_addr connect hooks when they emit, taken
-/// by `sys_exit_connect`.
-pub const CONNECT_PENDING_MAP: &str = "EGRET_CONN_PENDING";
-/// LRU hash pid_tgid → io_uring request pointer: an IORING_OP_CONNECT the
-/// thread is submitting (`io_uring_submit_req`), until its sock_addr hook.
-pub const URING_MARKS_MAP: &str = "EGRET_URING_MARKS";
-/// LRU hash io_uring request pointer → [`ConnectPending`], taken by
-/// `io_uring_complete`.
-pub const URING_CONNECTS_MAP: &str = "EGRET_URING_CONNECTS";
-/// Capacity of each of the three maps above: connects in flight at once.
-/// LRU, so a connect whose exit never comes (a thread killed mid-call) is
-/// evicted instead of filling the map; that connect meets its deadline.
-pub const CONNECT_PENDING_MAX_ENTRIES: u32 = 16_384;
-/// `sys_exit_connect`.`ret`, `io_uring_submit_req`.`req`/`opcode`/`flags`
-/// and `io_uring_complete`.`req`/`res` offsets, from tracefs.
-pub const TP_CONNECT_EXIT_RET_GLOBAL: &str = "TP_CONNECT_EXIT_RET";
-pub const TP_URING_SUBMIT_REQ_GLOBAL: &str = "TP_URING_SUBMIT_REQ";
-pub const TP_URING_SUBMIT_OPCODE_GLOBAL: &str = "TP_URING_SUBMIT_OPCODE";
-pub const TP_URING_SUBMIT_FLAGS_GLOBAL: &str = "TP_URING_SUBMIT_FLAGS";
-pub const TP_URING_COMPLETE_REQ_GLOBAL: &str = "TP_URING_COMPLETE_REQ";
-pub const TP_URING_COMPLETE_RES_GLOBAL: &str = "TP_URING_COMPLETE_RES";
-/// io_uring's opcode for connect (UAPI `IORING_OP_CONNECT`).
-pub const IORING_OP_CONNECT: u8 = 16;
-/// `REQ_F_FORCE_ASYNC` (= `IOSQE_ASYNC`, bit 4 of the request flags): the
-/// request is issued from an io-wq worker, another thread, so the thread
-/// mark would never be met; such connects are not marked.
-pub const IO_URING_REQ_F_FORCE_ASYNC: u32 = 1 << 4;
-/// [`ConnectResultEvent::source`]: the connect(2) syscall's return.
-pub const CONNECT_RESULT_SYSCALL: u8 = 1;
-/// [`ConnectResultEvent::source`]: an io_uring CQE's `res`.
-pub const CONNECT_RESULT_IO_URING: u8 = 2;
-
-/// Value of [`CONNECT_PENDING_MAP`] and [`URING_CONNECTS_MAP`].
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct ConnectPending {
-    pub socket_cookie: u64,
-    pub tgid: u32,
-    pub pid: u32,
-}
-
-/// What an emitted connect returned ([`RecordKind::ConnectResult`]),
-/// matched to its [`EgressEvent`] by `socket_cookie`.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ConnectResultEvent {
-    /// [`RecordKind::ConnectResult`].
-    pub kind: u8,
-    /// [`Hook::ConnectResult`].
-    pub hook: u8,
-    /// [`CONNECT_RESULT_SYSCALL`] or [`CONNECT_RESULT_IO_URING`].
-    pub source: u8,
-    pub _pad0: u8,
-    /// 0 or minus the errno (-115 EINPROGRESS for a non-blocking socket).
-    pub ret: i32,
-    /// The thread that connected (for io_uring, the submitter).
-    pub tgid: u32,
-    pub pid: u32,
-    /// CLOCK_MONOTONIC nanoseconds when the result was seen.
-    pub mono_ns: u64,
-    pub socket_cookie: u64,
-}
-
-/// Array of up to [`DNS_PORTS_MAX`] extra DNS ports (u16 host order, 0 =
-/// unused slot) the agent fills; port 53 is always DNS.
-pub const DNS_PORTS_MAP: &str = "EGRET_DNS_PORTS";
-pub const DNS_PORTS_MAX: u32 = 8;
-/// Bytes of a DNS message copied into a [`DnsEvent`]: the classic UDP
-/// limit, which holds the header, the question and the usual answers. The
-/// rest of a longer message is cut (`msg_len` keeps its real length).
-pub const DNS_PAYLOAD_BYTES: usize = 512;
-/// [`DnsEvent::direction`]: sent by the socket (a query).
-pub const DNS_DIR_EGRESS: u8 = 1;
-/// [`DnsEvent::direction`]: received by the socket (an answer).
-pub const DNS_DIR_INGRESS: u8 = 2;
-/// [`DnsEvent::flags`] bit: the message came over TCP (the 2-byte length
-/// prefix is stripped; only the first segment's message is copied).
-pub const DNS_FLAG_TCP: u8 = 1 << 0;
-
-/// A DNS message seen by the cgroup_skb DNS programs ([`RecordKind::Dns`]).
-/// Runs in softirq context for answers, so there are no process fields:
-/// the agent joins them by `socket_cookie`.
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct DnsEvent {
-    /// [`RecordKind::Dns`].
-    pub kind: u8,
-    /// [`Hook::DnsQuery`] or [`Hook::DnsAnswer`].
-    pub hook: u8,
-    /// [`DNS_DIR_EGRESS`] or [`DNS_DIR_INGRESS`].
-    pub direction: u8,
-    /// [`AF_INET`] or [`AF_INET6`].
-    pub family: u8,
-    pub flags: u8,
-    pub _pad0: [u8; 3],
-    /// Local and remote ports, host byte order.
-    pub lport: u16,
-    pub rport: u16,
-    /// Bytes copied into `payload`.
-    pub len: u16,
-    /// The DNS message's length on the wire (UDP payload, or the TCP
-    /// length prefix).
-    pub msg_len: u16,
-    pub mono_ns: u64,
-    /// The socket's cgroup (`bpf_skb_cgroup_id`): the container.
-    pub cgroup_id: u64,
-    pub socket_cookie: u64,
-    /// Local and remote addresses; IPv4 in the first four bytes.
-    pub laddr: [u8; 16],
-    pub raddr: [u8; 16],
-    pub payload: [u8; DNS_PAYLOAD_BYTES],
-}
-
 /// Value of [`PROCS_MAP`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -680,7 +566,11 @@ pub struct CgroupEvent {
     pub path: [u8; CGROUP_PATH_BYTES],
 }
 
+pub use connect_result::*;
+pub use dns::*;
 pub use flow::*;
+mod connect_result;
+mod dns;
 mod flow;
 
 const _: () = assert!(core::mem::size_of::<CgroupEvent>() == 24 + CGROUP_PATH_BYTES);
@@ -698,9 +588,6 @@ const _: () = assert!(core::mem::size_of::<SocketEvent>() == 88);
 const _: () = assert!(core::mem::size_of::<RawFlowKey>() == 24);
 const _: () = assert!(core::mem::size_of::<RawFlow>() == 16);
 const _: () = assert!(core::mem::size_of::<RawOwner>() == 64);
-const _: () = assert!(core::mem::size_of::<ConnectPending>() == 16);
-const _: () = assert!(core::mem::size_of::<ConnectResultEvent>() == 32);
-const _: () = assert!(core::mem::size_of::<DnsEvent>() == 72 + DNS_PAYLOAD_BYTES);
 
 #[cfg(feature = "user")]
 mod pod {

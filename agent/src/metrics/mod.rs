@@ -9,8 +9,10 @@
 //! The per-alert path takes one uncontended mutex and allocates nothing when
 //! the series already exist; per-event counters are plain atomics.
 mod collectors;
+mod config;
 pub mod dns;
 mod flows;
+mod http;
 mod outputs;
 #[cfg(any(test, feature = "test-util"))]
 pub mod promql;
@@ -27,13 +29,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use axum::{
-    Router,
-    extract::State,
-    http::{StatusCode, header},
-    response::{IntoResponse, Response},
-    routing::get,
-};
 use egret_common::{Hook, HookCounters};
 use prometheus_client::{
     metrics::{
@@ -44,7 +39,6 @@ use prometheus_client::{
     },
     registry::{Registry, Unit},
 };
-use serde::Deserialize;
 use tokio::sync::mpsc;
 
 use crate::{
@@ -52,6 +46,8 @@ use crate::{
     pipeline::enrich::EnrichFailure,
     sync::lock,
 };
+pub use config::{MetricsConfig, RESERVED_LABELS};
+pub use http::router;
 pub use outputs::{LossReason, Output};
 use table::{LruSeries, ValueCap};
 pub use webhook::{DropReason, WebhookMetrics};
@@ -61,86 +57,6 @@ pub const OPENMETRICS_CONTENT_TYPE: &str =
     "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 const HOOKS: usize = Hook::COUNT as usize;
-
-/// Limits and switches; embedded in the agent's config file.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields, default, expecting = "metrics settings (a map)")]
-pub struct MetricsConfig {
-    /// Series in `egret_destination_alerts_total` (rule × destination ×
-    /// process × container); the least recently updated is evicted beyond.
-    pub destination_series_limit: usize,
-    /// Series in `egret_alerts_total` (and the Falco-compatible family).
-    pub alert_series_limit: usize,
-    /// Distinct values per workload label (namespace, pod, container) in
-    /// `egret_alerts_total`; the rest are shown as `other`.
-    pub label_value_limit: usize,
-    /// A label value unseen this long gives its place to a new one.
-    pub label_value_idle_secs: u64,
-    /// Also expose `falcosecurity_falco_rules_matches_total` so Falco
-    /// dashboards and alerts work unchanged.
-    pub falco_compat: bool,
-    /// Labels on every series: the config's `custom_fields` (falcosidekick's
-    /// `customfields`, e.g. the cluster name), set by `Config`, not a key.
-    #[serde(skip)]
-    pub const_labels: Vec<(String, String)>,
-}
-
-/// Label names Egret's own families use; a custom field may not take one
-/// (a series with a label twice is invalid). `le` and `quantile` belong to
-/// histograms and summaries, `instance`/`job` to Prometheus' target labels.
-pub const RESERVED_LABELS: &[&str] = &[
-    "rule",
-    "rule_name",
-    "priority",
-    "source",
-    "tags",
-    "k8s_ns_name",
-    "k8s_pod_name",
-    "container_name",
-    "dest_ip",
-    "dest_port",
-    "proc_name",
-    "version",
-    "family",
-    "label",
-    "verdict",
-    "map",
-    "hook",
-    "queue",
-    "reason",
-    "result",
-    "output",
-    "endpoint",
-    "errcode",
-    "state",
-    "quarantine",
-    "kind",
-    "direction",
-    "domain",
-    "le",
-    "quantile",
-    "instance",
-    "job",
-    "protocol",
-    "end",
-    "direction",
-    "namespace",
-    "workload",
-    "destination_class",
-];
-
-impl Default for MetricsConfig {
-    fn default() -> Self {
-        MetricsConfig {
-            destination_series_limit: 2000,
-            alert_series_limit: 5000,
-            label_value_limit: 500,
-            label_value_idle_secs: 3600,
-            falco_compat: false,
-            const_labels: Vec::new(),
-        }
-    }
-}
 
 /// What became of an egress attempt that reached userspace.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -759,24 +675,6 @@ impl Metrics {
         let mut out = String::with_capacity(16 * 1024);
         prometheus_client::encoding::text::encode(&mut out, &self.registry)?;
         Ok(out)
-    }
-}
-
-/// `GET /metrics`, to merge into the health router:
-/// `health::router(readiness).merge(metrics::router(metrics))`.
-pub fn router(metrics: Arc<Metrics>) -> Router {
-    Router::new()
-        .route("/metrics", get(scrape))
-        .with_state(metrics)
-}
-
-async fn scrape(State(metrics): State<Arc<Metrics>>) -> Response {
-    match metrics.encode() {
-        Ok(body) => ([(header::CONTENT_TYPE, OPENMETRICS_CONTENT_TYPE)], body).into_response(),
-        Err(_) => {
-            tracing::warn!("encoding metrics failed");
-            StatusCode::INTERNAL_SERVER_ERROR.into_response()
-        }
     }
 }
 

@@ -76,16 +76,7 @@ impl NetNs {
         program: &Path,
         args: &[&str],
     ) -> (u32, ExitStatus) {
-        // The shell writes its own pid and execs in place, so the pid the
-        // kernel reports for the probe is the child's pid.
-        let mut child = Command::new("sh")
-            .arg("-c")
-            .arg(r#"echo $$ > "$1/cgroup.procs" && shift && exec ip netns exec "$@""#)
-            .arg("sh")
-            .arg(cgroup)
-            .arg(&self.name)
-            .arg(program)
-            .args(args)
+        let mut child = command_in_cgroup(&self.name, cgroup, program, args)
             .spawn()
             .expect("spawn sh for ip netns exec");
         let pid = child.id();
@@ -100,14 +91,7 @@ impl NetNs {
         program: &Path,
         args: &[&str],
     ) -> (u32, std::process::Output) {
-        let child = Command::new("sh")
-            .arg("-c")
-            .arg(r#"echo $$ > "$1/cgroup.procs" && shift && exec ip netns exec "$@""#)
-            .arg("sh")
-            .arg(cgroup)
-            .arg(&self.name)
-            .arg(program)
-            .args(args)
+        let child = command_in_cgroup(&self.name, cgroup, program, args)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -187,4 +171,26 @@ fn ip(args: &[&str]) -> std::io::Result<()> {
         )));
     }
     Ok(())
+}
+
+/// `program args…` as a process of `cgroup`, inside the namespace named
+/// `netns`. The shell writes its own pid and execs in place, so the pid the
+/// kernel reports for the program is the child's pid. Takes the name, not a
+/// [`NetNs`], so threads that outlive a borrow can build it.
+pub fn command_in_cgroup(
+    netns: &str,
+    cgroup: &Path,
+    program: impl AsRef<std::ffi::OsStr>,
+    args: &[&str],
+) -> Command {
+    let mut command = Command::new("sh");
+    command
+        .arg("-c")
+        .arg(r#"echo $$ > "$1/cgroup.procs" && shift && exec ip netns exec "$@""#)
+        .arg("sh")
+        .arg(cgroup)
+        .arg(netns)
+        .arg(program)
+        .args(args);
+    command
 }

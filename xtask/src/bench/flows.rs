@@ -18,7 +18,7 @@ use egret_testkit::{agent::Stdout, cgroup::TestCgroup, free_port};
 
 use super::{
     Settings, goal, median,
-    procs::{Binaries, NetNs, RunningAgent},
+    procs::{Binaries, NetNs, RunningAgent, probe_in},
 };
 
 const ADDR: &str = "198.51.100.1";
@@ -26,30 +26,6 @@ const ADDR: &str = "198.51.100.1";
 const CONCURRENT: u64 = 100_000;
 /// Processes holding them.
 const HOLDERS: u64 = 8;
-
-fn probe_in(bins: &Binaries, cgroup: &Path, ns: &NetNs, args: &[&str]) -> anyhow::Result<f64> {
-    probe_in_named(bins, cgroup, &ns.name, args)
-}
-
-fn probe_in_named(bins: &Binaries, cgroup: &Path, ns: &str, args: &[&str]) -> anyhow::Result<f64> {
-    let output = Command::new("sh")
-        .arg("-c")
-        .arg(r#"echo $$ > "$1/cgroup.procs" && shift && exec ip netns exec "$@""#)
-        .arg("sh")
-        .arg(cgroup)
-        .arg(ns)
-        .arg(&bins.probe)
-        .args(args)
-        .output()
-        .context("running the probe")?;
-    if !output.status.success() {
-        bail!("probe {args:?} failed: {output:?}");
-    }
-    String::from_utf8_lossy(&output.stdout)
-        .trim()
-        .parse()
-        .with_context(|| format!("probe {args:?} printed {output:?}"))
-}
 
 /// One sample of a Prometheus text exposition, summed over label sets
 /// matching `labels` (a substring of the label block).
@@ -133,10 +109,10 @@ pub fn run(bins: &Binaries, ns: &NetNs, settings: &Settings) -> anyhow::Result<S
     ];
     let (mut bulk_off, mut bulk_on, mut conn_off, mut conn_on) = (vec![], vec![], vec![], vec![]);
     for _ in 0..settings.flow_rounds {
-        bulk_off.push(probe_in(bins, off.path(), ns, &bulk_args)?);
-        bulk_on.push(probe_in(bins, on.path(), ns, &bulk_args)?);
-        conn_off.push(probe_in(bins, off.path(), ns, &loop_args)?);
-        conn_on.push(probe_in(bins, on.path(), ns, &loop_args)?);
+        bulk_off.push(probe_in(bins, off.path(), &ns.name, &bulk_args)?);
+        bulk_on.push(probe_in(bins, on.path(), &ns.name, &bulk_args)?);
+        conn_off.push(probe_in(bins, off.path(), &ns.name, &loop_args)?);
+        conn_on.push(probe_in(bins, on.path(), &ns.name, &loop_args)?);
     }
     let (memlock, entries) = flow_table_memory(agent_on.pid())?;
     let full = if settings.flow_fill {
@@ -159,7 +135,7 @@ pub fn run(bins: &Binaries, ns: &NetNs, settings: &Settings) -> anyhow::Result<S
                 let hold: Vec<String> = hold.iter().map(|s| s.to_string()).collect();
                 std::thread::spawn(move || -> anyhow::Result<f64> {
                     let args: Vec<&str> = hold.iter().map(String::as_str).collect();
-                    probe_in_named(&bins, &cgroup, &ns_name, &args)
+                    probe_in(&bins, &cgroup, &ns_name, &args)
                 })
             })
             .collect();

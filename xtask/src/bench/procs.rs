@@ -274,3 +274,23 @@ fn clock_ticks() -> i64 {
     // SAFETY: sysconf has no preconditions.
     unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1)
 }
+
+/// Runs the probe with `args` as a process of `cgroup`, inside the
+/// namespace named `netns`, and parses the number it prints.
+pub fn probe_in(
+    bins: &Binaries,
+    cgroup: &std::path::Path,
+    netns: &str,
+    args: &[&str],
+) -> anyhow::Result<f64> {
+    let output = egret_testkit::netns::command_in_cgroup(netns, cgroup, &bins.probe, args)
+        .output()
+        .context("running the probe")?;
+    if !output.status.success() {
+        bail!("probe {args:?} failed: {output:?}");
+    }
+    String::from_utf8_lossy(&output.stdout)
+        .trim()
+        .parse()
+        .with_context(|| format!("probe {args:?} printed {output:?}"))
+}

@@ -15,34 +15,13 @@ use egret_testkit::{TempDir, agent::Stdout, cgroup::TestCgroup, free_port};
 
 use super::{
     Settings, median,
-    procs::{Binaries, NetNs, RunningAgent},
+    procs::{Binaries, NetNs, RunningAgent, probe_in},
 };
 
 const POD: &str = "9c1d2e3f-4a5b-4c6d-8e7f-0a1b2c3d4e16";
 const CTR: &str = "a16d2e3f4a5b6c7d8e9f0a1b2c3d4e5f6a7b8c9d0e1f2a3b4c5d6e7f8a9b0c1d";
 const ADDR: &str = "198.51.100.65";
 const TOKEN: &str = "bench-token-0123456789abcdef";
-
-/// Runs the probe with `args` as a process of `cgroup`, inside `ns`.
-fn probe_in(bins: &Binaries, cgroup: &Path, ns: &NetNs, args: &[&str]) -> anyhow::Result<f64> {
-    let output = Command::new("sh")
-        .arg("-c")
-        .arg(r#"echo $$ > "$1/cgroup.procs" && shift && exec ip netns exec "$@""#)
-        .arg("sh")
-        .arg(cgroup)
-        .arg(&ns.name)
-        .arg(&bins.probe)
-        .args(args)
-        .output()
-        .context("running the probe")?;
-    if !output.status.success() {
-        bail!("probe {args:?} failed: {output:?}");
-    }
-    String::from_utf8_lossy(&output.stdout)
-        .trim()
-        .parse()
-        .with_context(|| format!("probe {args:?} printed {output:?}"))
-}
 
 /// (name, run_cnt, run_time_ns) of the agent's quarantine programs.
 fn program_stats(agent: u32) -> anyhow::Result<Vec<(String, u64, u64)>> {
@@ -122,8 +101,8 @@ pub fn run(bins: &Binaries, ns: &NetNs, settings: &Settings) -> anyhow::Result<S
     let stats = super::hooks::StatsEnabled::new()?;
     let mut runs: Vec<(String, u64, u64)> = Vec::new();
     for _ in 0..settings.quarantine_rounds {
-        bulk_off.push(probe_in(bins, &workload, ns, &bulk_args)?);
-        conn_off.push(probe_in(bins, &workload, ns, &loop_args)?);
+        bulk_off.push(probe_in(bins, &workload, &ns.name, &bulk_args)?);
+        conn_off.push(probe_in(bins, &workload, &ns.name, &loop_args)?);
         let id = cli(
             bins,
             &url,
@@ -131,8 +110,8 @@ pub fn run(bins: &Binaries, ns: &NetNs, settings: &Settings) -> anyhow::Result<S
             &["add", "--pod-uid", POD, "--allow", "198.51.100.64/26"],
         )?;
         let before = program_stats(agent.pid())?;
-        bulk_on.push(probe_in(bins, &workload, ns, &bulk_args)?);
-        conn_on.push(probe_in(bins, &workload, ns, &loop_args)?);
+        bulk_on.push(probe_in(bins, &workload, &ns.name, &bulk_args)?);
+        conn_on.push(probe_in(bins, &workload, &ns.name, &loop_args)?);
         let after = program_stats(agent.pid())?;
         for (name, cnt, ns_total) in &after {
             let (c0, t0) = before

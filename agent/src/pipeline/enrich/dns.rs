@@ -15,9 +15,9 @@ use std::{
     net::SocketAddr,
 };
 
-use super::names::Scope;
+use super::{Event, names::Scope, owner::SocketOwner};
 use crate::pipeline::decode::{
-    Comm, DnsDirection, DnsMessage, EgressAttempt,
+    Comm, DnsDirection, DnsMessage, DnsRecord, EgressAttempt, L4Proto,
     dns::{AnswerData, NameShape, qtype_name, rcode_name},
 };
 
@@ -54,19 +54,6 @@ pub struct DnsFields {
     pub nxdomain: u64,
     /// TXT and NULL queries this scope sent in the last window.
     pub txt_queries: u64,
-}
-
-/// The process that owns a DNS socket, from its connect or send.
-#[derive(Clone, Copy, Debug)]
-struct Owner {
-    tgid: u32,
-    tid: u32,
-    uid: u32,
-    gid: u32,
-    ppid: u32,
-    exec_id: u64,
-    netns_cookie: u64,
-    comm: Comm,
 }
 
 /// Two tumbling windows; a rate is the current one plus the part of the
@@ -128,7 +115,7 @@ impl ScopeStats {
 pub struct DnsState {
     /// Extra DNS ports (53 is always one).
     ports: Vec<u16>,
-    sockets: HashMap<u64, Owner>,
+    sockets: HashMap<u64, SocketOwner>,
     scopes: HashMap<Scope, ScopeStats>,
     /// Times the scope table was full and reset (counted in metrics).
     pub scope_resets: u64,
@@ -155,32 +142,13 @@ impl DnsState {
             // A socket then reports no process until its next connect.
             self.sockets.clear();
         }
-        self.sockets.insert(
-            a.socket_cookie,
-            Owner {
-                tgid: a.tgid,
-                tid: a.tid,
-                uid: a.uid,
-                gid: a.gid,
-                ppid: a.ppid,
-                exec_id: a.exec_id,
-                netns_cookie: a.netns_cookie,
-                comm: a.comm,
-            },
-        );
+        self.sockets.insert(a.socket_cookie, SocketOwner::of(a));
     }
 
     /// Fills the process fields of a DNS attempt from its socket's owner.
     pub fn join_owner(&self, a: &mut EgressAttempt) {
-        if let Some(o) = self.sockets.get(&a.socket_cookie) {
-            a.tgid = o.tgid;
-            a.tid = o.tid;
-            a.uid = o.uid;
-            a.gid = o.gid;
-            a.ppid = o.ppid;
-            a.exec_id = o.exec_id;
-            a.netns_cookie = o.netns_cookie;
-            a.comm = o.comm;
+        if let Some(owner) = self.sockets.get(&a.socket_cookie) {
+            owner.apply(a);
         }
     }
 
@@ -274,6 +242,76 @@ fn render_answers(m: &DnsMessage) -> String {
         out.push_str(&text);
     }
     out
+}
+
+impl super::Enricher {
+    /// A DNS message: answers teach the names cache; every parsed message
+    /// becomes a `dns` event. Malformed ones are counted, not evaluated.
+    pub(super) fn on_dns(&mut self, record: DnsRecord) -> Option<Event> {
+        let message = match record.message {
+            Ok(message) => message,
+            Err(reason) => {
+                if let Some(metrics) = &self.metrics {
+                    metrics.dns.malformed(reason);
+                }
+                return None;
+            }
+        };
+        let mut attempt = EgressAttempt {
+            hook: record.hook,
+            mono_ns: record.mono_ns,
+            wall_ns: record.wall_ns,
+            tgid: 0,
+            tid: 0,
+            uid: 0,
+            gid: 0,
+            comm: Comm::from_raw([0; 16]),
+            exec_id: 0,
+            ppid: 0,
+            cgroup_id: record.cgroup_id,
+            netns_cookie: 0,
+            socket_cookie: record.socket_cookie,
+            l4proto: if record.tcp {
+                L4Proto::Tcp
+            } else {
+                L4Proto::Udp
+            },
+            ip_protocol: if record.tcp { 6 } else { 17 },
+            daddr: record.remote.ip(),
+            dport: record.remote.port(),
+            v4_mapped: false,
+            blocked: None,
+            socket: None,
+            flow: None,
+        };
+        self.dns.join_owner(&mut attempt);
+        let mut event = self.enrich(attempt);
+        let scope = Scope::of(event.container_id(), record.cgroup_id);
+        if record.direction == DnsDirection::Answer {
+            self.names.learn(scope, &message, record.mono_ns);
+        }
+        let fields = self.dns.fields(
+            scope,
+            record.direction,
+            record.remote,
+            &message,
+            record.mono_ns,
+        );
+        if let Some(metrics) = &self.metrics {
+            let ns = event
+                .identity
+                .as_ref()
+                .and_then(|i| i.metadata())
+                .and_then(|m| m.pod.as_ref())
+                .and_then(|p| p.namespace.as_deref());
+            metrics.dns.message(record.direction, ns, &fields.parent);
+            metrics
+                .dns
+                .names_cache(self.names.stats(), self.dns.scope_resets);
+        }
+        event.dns = Some(Box::new(fields));
+        Some(event)
+    }
 }
 
 #[cfg(test)]

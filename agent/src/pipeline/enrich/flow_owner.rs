@@ -20,7 +20,8 @@ use std::{
     net::IpAddr,
 };
 
-use crate::pipeline::decode::{Comm, EgressAttempt, L4Proto};
+use super::owner::SocketOwner;
+use crate::pipeline::decode::{EgressAttempt, L4Proto};
 use egret_common::Hook;
 
 /// Sockets per generation.
@@ -35,15 +36,8 @@ const PEER_WINDOW_NS: u64 = 60_000_000_000;
 /// The connect-time fields a flow record borrows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Owner {
-    tgid: u32,
-    tid: u32,
-    uid: u32,
-    gid: u32,
-    comm: Comm,
-    exec_id: u64,
-    ppid: u32,
+    process: SocketOwner,
     cgroup_id: u64,
-    netns_cookie: u64,
     /// Byte totals of the flow's last record (interim), for deltas.
     reported_out: u64,
     reported_in: u64,
@@ -81,15 +75,8 @@ impl FlowOwners {
         self.insert(
             attempt.socket_cookie,
             Owner {
-                tgid: attempt.tgid,
-                tid: attempt.tid,
-                uid: attempt.uid,
-                gid: attempt.gid,
-                comm: attempt.comm,
-                exec_id: attempt.exec_id,
-                ppid: attempt.ppid,
+                process: SocketOwner::of(attempt),
                 cgroup_id: attempt.cgroup_id,
-                netns_cookie: attempt.netns_cookie,
                 reported_out: 0,
                 reported_in: 0,
                 reported_duration: 0,
@@ -131,19 +118,12 @@ impl FlowOwners {
         owner.reported_in = owner.reported_in.max(flow.bytes_in);
         owner.reported_duration = owner.reported_duration.max(flow.duration_ns.unwrap_or(0));
         if flow.is_final() {
-            flow.proc_peers = self.count_peer(owner.tgid, attempt.daddr, attempt.mono_ns);
+            flow.proc_peers = self.count_peer(owner.process.tgid, attempt.daddr, attempt.mono_ns);
         } else {
             self.insert(cookie, owner);
         }
-        attempt.tgid = owner.tgid;
-        attempt.tid = owner.tid;
-        attempt.uid = owner.uid;
-        attempt.gid = owner.gid;
-        attempt.comm = owner.comm;
-        attempt.exec_id = owner.exec_id;
-        attempt.ppid = owner.ppid;
+        owner.process.apply(attempt);
         attempt.cgroup_id = owner.cgroup_id;
-        attempt.netns_cookie = owner.netns_cookie;
         true
     }
 
@@ -175,7 +155,7 @@ impl FlowOwners {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pipeline::decode::{FlowEnd, FlowInfo};
+    use crate::pipeline::decode::{Comm, FlowEnd, FlowInfo};
 
     fn connect(cookie: u64, tgid: u32) -> EgressAttempt {
         EgressAttempt {

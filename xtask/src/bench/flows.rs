@@ -11,7 +11,7 @@
 //!
 //! Traffic goes to 198.51.100.1 in the bench namespace: nothing leaves the
 //! machine.
-use std::{fmt::Write as _, path::Path, process::Command};
+use std::{fmt::Write as _, process::Command};
 
 use anyhow::{Context as _, bail};
 use egret_testkit::{agent::Stdout, cgroup::TestCgroup, free_port};

@@ -18,9 +18,7 @@ use crate::{
         IdentitySources,
         resolver::{ContainerLookup, Identity},
     },
-    pipeline::decode::{
-        CgroupOp, CgroupRecord, ConnectResult, EgressAttempt, Record,
-    },
+    pipeline::decode::{CgroupOp, CgroupRecord, ConnectResult, EgressAttempt, Record},
 };
 
 /// What the enrich stage hands to the evaluate stage: the events of one

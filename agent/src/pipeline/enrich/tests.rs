@@ -8,7 +8,7 @@ use crate::{
         resolver::IdentityResolver,
         users::{UserNames, UserNamesConfig},
     },
-    pipeline::decode::{Comm, ExecRecord, L4Proto},
+    pipeline::decode::{Comm, DnsRecord, ExecRecord, L4Proto},
 };
 
 /// Processes that no longer exist, a uid no passwd names.

@@ -460,14 +460,22 @@ fn falcos_network_rules_fire_and_stay_quiet_verbatim() {
     );
     assert!(output.contains("process=egret-probe"), "{output}");
     assert_eq!(packet_alert["output_fields"]["evt.type"], "socket");
-    let (host_packet, status) = ns.run(&probe, &["packet-socket"]);
-    assert!(status.success());
-    agent
-        .wait_json(
-            |v| v["proc.pid"] == host_packet && v["evt.type"] == "socket",
-            support::agent::scaled(Duration::from_secs(10)),
-        )
-        .unwrap_or_else(|| panic!("no audit record for the host's packet socket"));
+    // Repeated like the other host attempts: another agent's load may fill
+    // this agent's ring buffer or stdout queue and drop one record.
+    let host_packet_seen = (0..5).any(|_| {
+        let (host_packet, status) = ns.run(&probe, &["packet-socket"]);
+        assert!(status.success());
+        agent
+            .wait_json(
+                |v| v["proc.pid"] == host_packet && v["evt.type"] == "socket",
+                Duration::from_secs(3),
+            )
+            .is_some()
+    });
+    assert!(
+        host_packet_seen,
+        "no audit record for the host's packet socket in five attempts"
+    );
     std::thread::sleep(Duration::from_millis(500));
     assert!(
         !agent

@@ -28,11 +28,10 @@
 use aya_ebpf::{
     EbpfContext,
     bindings::{
-        __sk_buff, BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_RTO_CB,
-        BPF_SOCK_OPS_RTO_CB_FLAG, BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG,
-        BPF_SOCK_OPS_TCP_CONNECT_CB, bpf_sock,
+        BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_RTO_CB, BPF_SOCK_OPS_RTO_CB_FLAG,
+        BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG, BPF_SOCK_OPS_TCP_CONNECT_CB, bpf_sock,
     },
-    helpers::generated::{bpf_get_socket_cookie, bpf_ktime_get_ns, bpf_sk_fullsock, bpf_tcp_sock},
+    helpers::generated::{bpf_get_socket_cookie, bpf_ktime_get_ns, bpf_tcp_sock},
     macros::{cgroup_skb, cgroup_sock, map, sock_ops, tracepoint},
     maps::{HashMap, PerCpuArray, lpm_trie::Key},
     programs::{SkBuffContext, SockContext, SockOpsContext, TracePointContext},
@@ -46,7 +45,7 @@ use egret_common::{
 };
 
 use crate::maps::{COUNTERS, EVENTS, IGNORE};
-use crate::net::{ALLOW, ETH_P_IP, ETH_P_IPV6, SOCK_DGRAM};
+use crate::net::{ALLOW, ETH_P_IP, ETH_P_IPV6, SOCK_DGRAM, skb_full_socket};
 
 /// [`FlowState::flags`] bit local to the kernel: an RTO callback said the
 /// retransmissions expired (the kernel is about to give up).
@@ -536,32 +535,10 @@ pub fn egret_flow_ingress(ctx: SkBuffContext) -> i32 {
     ALLOW
 }
 
-/// The packet's full socket: (pointer, type, protocol).
-#[inline(always)]
-fn full_socket(skb: *mut __sk_buff) -> Option<(*mut bpf_sock, u32, u32)> {
-    // SAFETY: `sk` is a context field the verifier types as a nullable
-    // socket pointer; the fullsock helper checks it.
-    unsafe {
-        let sk = core::ptr::read_volatile(&raw const (*skb).__bindgen_anon_2.sk);
-        if sk.is_null() {
-            return None;
-        }
-        let full = bpf_sk_fullsock(sk);
-        if full.is_null() {
-            return None;
-        }
-        Some((
-            full,
-            core::ptr::read_volatile(&raw const (*full).type_),
-            core::ptr::read_volatile(&raw const (*full).protocol),
-        ))
-    }
-}
-
 #[inline(always)]
 fn on_packet(ctx: &SkBuffContext, egress: bool) -> Option<()> {
     let skb = ctx.skb.skb;
-    let (sk, kind, protocol) = full_socket(skb)?;
+    let (sk, kind, protocol) = skb_full_socket(skb)?;
     if protocol == IPPROTO_TCP {
         return if egress { tcp_interim(ctx, sk) } else { None };
     }

@@ -27,12 +27,11 @@
 //! Monitor only: every program allows.
 use aya_ebpf::{
     EbpfContext,
-    bindings::__sk_buff,
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
         generated::{
             bpf_get_current_cgroup_id, bpf_get_netns_cookie, bpf_get_socket_cookie,
-            bpf_ktime_get_ns, bpf_sk_fullsock,
+            bpf_ktime_get_ns,
         },
     },
     macros::{cgroup_skb, cgroup_sock, tracepoint},
@@ -46,7 +45,9 @@ use egret_common::{
 };
 
 use crate::maps::{COUNTERS, EVENTS, IGNORE, PROCS, RAW_FLOWS, RAW_OWNERS};
-use crate::net::{ALLOW, ETH_P_IP, ETH_P_IPV6, IPPROTO_ICMP, IPPROTO_ICMPV6, SOCK_DGRAM};
+use crate::net::{
+    ALLOW, ETH_P_IP, ETH_P_IPV6, IPPROTO_ICMP, IPPROTO_ICMPV6, SOCK_DGRAM, skb_full_socket,
+};
 
 const SOCK_TYPE_MASK: u32 = 0xf;
 
@@ -225,27 +226,6 @@ pub fn egret_raw_egress(ctx: SkBuffContext) -> i32 {
     ALLOW
 }
 
-/// (socket type, protocol) of the packet's full socket.
-#[inline(always)]
-fn skb_socket(skb: *mut __sk_buff) -> Option<(u32, u32)> {
-    // SAFETY: the verifier types skb->sk as a nullable sock_common pointer;
-    // bpf_sk_fullsock turns it into a full bpf_sock (or null).
-    unsafe {
-        let sk = core::ptr::read_volatile(&raw const (*skb).__bindgen_anon_2.sk);
-        if sk.is_null() {
-            return None;
-        }
-        let full = bpf_sk_fullsock(sk);
-        if full.is_null() {
-            return None;
-        }
-        Some((
-            core::ptr::read_volatile(&raw const (*full).type_),
-            core::ptr::read_volatile(&raw const (*full).protocol),
-        ))
-    }
-}
-
 enum Outcome {
     Ignored,
     Repeat,
@@ -256,7 +236,7 @@ enum Outcome {
 #[inline(always)]
 fn try_raw_egress(ctx: &SkBuffContext) -> Option<()> {
     let skb = ctx.skb.skb;
-    let (kind, protocol) = skb_socket(skb)?;
+    let (_, kind, protocol) = skb_full_socket(skb)?;
     let raw = raw_or_ping(kind, protocol)?;
     // SAFETY: context pointer; skb->protocol is a __be16 in a u32.
     let proto =

@@ -144,6 +144,7 @@ impl Pipeline {
         let (reloader, rules) = Reloader::new(source, first, ignore, metrics.clone());
         let ignored_networks = reloader.ignored_networks();
         let ring = probes.take_events()?;
+        let flows_accounted = probes.flows_off().is_none();
         probes.attach(&cgroup_path)?;
         // After attaching, so a process born during the scan is either seen
         // by the tracker or by the scan (the seed never overwrites it).
@@ -248,6 +249,9 @@ impl Pipeline {
         let mut enricher = Enricher::new(processes, identity)
             .with_metrics(metrics.clone())
             .with_dns_ports(config.kernel.dns_ports.clone());
+        if flows_accounted {
+            enricher = enricher.with_flow_owners();
+        }
         if let Some(baseline) = baseline {
             enricher = enricher.with_baseline(baseline);
         }

@@ -121,8 +121,9 @@ pub struct Enricher {
     peers: HashMap<u64, (std::net::IpAddr, u16)>,
     /// Connect results of the current batch, passed on untouched.
     results: Vec<ConnectResult>,
-    /// Socket cookie → connect-time process, for flow records.
-    owners: flow_owner::FlowOwners,
+    /// Socket cookie → connect-time process, for flow records; `None`
+    /// when the kernel accounts no flows (then no connect is remembered).
+    owners: Option<flow_owner::FlowOwners>,
     /// Observed DNS: names per (scope, IP), for `fd.sip.name`.
     pub names: names::NamesCache,
     pub dns: dns::DnsState,
@@ -174,13 +175,21 @@ impl Enricher {
             events: 0,
             peers: HashMap::new(),
             results: Vec::new(),
-            owners: flow_owner::FlowOwners::default(),
+            owners: None,
             names: names::NamesCache::new(NAMES_CACHE_CAP),
             dns: dns::DnsState::default(),
         }
     }
 
     /// DNS ports besides 53, for joining DNS messages to their process.
+    /// Joins flow records to their connects (only when the kernel's flow
+    /// programs run: otherwise every connect would be remembered for
+    /// nothing).
+    pub fn with_flow_owners(mut self) -> Enricher {
+        self.owners = Some(flow_owner::FlowOwners::default());
+        self
+    }
+
     pub fn with_dns_ports(mut self, ports: Vec<u16>) -> Enricher {
         self.dns = dns::DnsState::new(ports);
         self
@@ -272,12 +281,17 @@ impl Enricher {
                 }
                 Record::Egress(mut attempt) => {
                     if attempt.flow.is_some() {
-                        let known = self.owners.attribute(&mut attempt);
+                        let known = self
+                            .owners
+                            .as_mut()
+                            .is_some_and(|owners| owners.attribute(&mut attempt));
                         if let (false, Some(metrics)) = (known, &self.metrics) {
                             metrics.flow_owner_unknown();
                         }
                     } else {
-                        self.owners.observe(&attempt);
+                        if let Some(owners) = &mut self.owners {
+                            owners.observe(&attempt);
+                        }
                         self.dns.note_attempt(&attempt);
                     }
                     let event = self.enrich(attempt);

@@ -34,12 +34,13 @@ apt_install() {
 apt_install llvm-22-dev libpolly-22-dev libzstd-dev zlib1g-dev protobuf-compiler
 if [ "$WITH_TESTS" -eq 1 ]; then
   # iproute2 for test network namespaces, bpftool to inspect attachments,
-  # bpftrace as the benchmark peer, prometheus/promtool for metrics tests,
+  # bpftrace and libbpf-tools (tcplife, the flow-accounting peer) as the
+  # benchmark peers, prometheus/promtool for metrics tests,
   # prometheus-alertmanager (0.25) for the Alertmanager output's test (the
   # test starts its own on loopback; the package's service is not needed),
   # openssl to make the control API's test certificates, dnsmasq-base as
   # the DNS server of the observed-DNS tests (tests/kit/src/dns.rs).
-  apt_install iproute2 bpftool bpftrace prometheus prometheus-alertmanager openssl dnsmasq-base
+  apt_install iproute2 bpftool bpftrace libbpf-tools prometheus prometheus-alertmanager openssl dnsmasq-base
 fi
 
 if ! rustup component list --toolchain nightly --installed 2>/dev/null | grep -q '^rust-src'; then

@@ -13,10 +13,12 @@
 //! each stays small enough to read; the cost of two programs is measured
 //! in BENCHMARKS.md (scenario 9).
 //!
-//! A non-DNS packet costs a protocol check and two or three header loads:
-//! the IP protocol, the ports, and the port compare against 53 and the
-//! configured ports ([`DNS_PORTS`], filled by the agent). Only a DNS packet
-//! touches the counters and the ring buffer.
+//! A non-DNS TCP segment costs the packet's socket (`bpf_sk_fullsock`) and
+//! a compare of its peer port against 53 and the configured ports
+//! ([`DNS_PORTS`], filled by the agent); no packet bytes are read. A non-DNS
+//! UDP datagram costs a protocol check and two or three header loads (the
+//! IP protocol, the ports), since UDP sockets may send anywhere. Only a DNS
+//! packet touches the counters and the ring buffer.
 //!
 //! What is copied: up to [`DNS_PAYLOAD_BYTES`] of the DNS message (UDP
 //! payload; for TCP the message after the 2-byte length prefix of the
@@ -47,7 +49,7 @@ use egret_common::{
 };
 
 use crate::maps::{COUNTERS, EVENTS};
-use crate::net::{ALLOW, ETH_P_IP, ETH_P_IPV6};
+use crate::net::{ALLOW, ETH_P_IP, ETH_P_IPV6, skb_full_socket};
 
 const IPPROTO_TCP: u8 = 6;
 const IPPROTO_UDP: u8 = 17;
@@ -116,6 +118,20 @@ fn count(hook: Hook, outcome: Outcome) {
 #[inline(always)]
 fn try_dns(ctx: &SkBuffContext, egress: bool) -> Option<()> {
     let skb = ctx.skb.skb;
+    // Every segment of a TCP socket has the socket's peer port, so bulk
+    // TCP traffic leaves here after one helper and two socket field reads,
+    // without loading packet bytes. A UDP socket can send to any port
+    // (sendto, connected or not): its datagrams' headers are read below.
+    if let Some((sk, _, protocol)) = skb_full_socket(skb)
+        && protocol == u32::from(IPPROTO_TCP)
+    {
+        // SAFETY: a full socket from the helper; `dst_port` is a UAPI
+        // field in network order.
+        let port = u16::from_be(unsafe { core::ptr::read_volatile(&raw const (*sk).dst_port) });
+        if !is_dns_port(port) {
+            return None;
+        }
+    }
     // SAFETY: context pointer; skb->protocol is a __be16 in a u32.
     let proto =
         u32::from(u16::from_be(

@@ -6,6 +6,7 @@
 mod cgroup;
 #[cfg(target_arch = "bpf")]
 mod connect_result;
+#[cfg(target_arch = "bpf")]
 mod dns;
 #[cfg(target_arch = "bpf")]
 mod exe;

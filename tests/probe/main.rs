@@ -45,6 +45,12 @@
 //!                  <mib> MiB to itself over one TCP connection (a reader
 //!                  thread discards), print MiB/s (benchmarks: what a
 //!                  per-packet egress program costs a bulk flow).
+//!   bulk-for       <addr> <millis>: `bulk` for a fixed time, print MiB/s.
+//!   connect-for    <addr> <millis>: `connect-loop` with port 0 for a fixed
+//!                  time, print connects/s (two runs started together share
+//!                  the machine for the same interval).
+//!   udp-repeat     <addr:port> <count>: one connected UDP socket sending
+//!                  `count` datagrams with `sendto` its peer; prints sends/s.
 //!   resolve-connect, resolve, dns-query, dns-raw: DNS modes, see dns.rs.
 mod dns;
 mod flows;
@@ -114,6 +120,24 @@ fn main() {
                 .parse()
                 .map_err(|_| Error::new(ErrorKind::InvalidInput, "count"))?;
             connect_loop(addr, count)
+        }),
+        Some([mode, addr, millis]) if mode == "bulk-for" || mode == "connect-for" => parse(addr)
+            .and_then(|addr| {
+                let run = millis
+                    .parse()
+                    .map(Duration::from_millis)
+                    .map_err(|_| Error::new(ErrorKind::InvalidInput, "milliseconds"))?;
+                if mode == "bulk-for" {
+                    bulk_for(addr, run)
+                } else {
+                    connect_for(addr, run)
+                }
+            }),
+        Some([mode, addr, count]) if mode == "udp-repeat" => parse(addr).and_then(|addr| {
+            let count = count
+                .parse()
+                .map_err(|_| Error::new(ErrorKind::InvalidInput, "count"))?;
+            udp_repeat(addr, count)
         }),
         Some([mode, addr, count, rate]) if mode == "connect-timed" => {
             parse(addr).and_then(|addr| {
@@ -474,6 +498,22 @@ fn connect_loop(addr: SocketAddr, count: u64) -> Result<()> {
     Ok(())
 }
 
+/// A connected UDP socket sending `count` datagrams with its peer's address
+/// given each time (`sendto`): every send runs the sendmsg hook, which
+/// finds it a repeat of the connect. Send errors (an ICMP port unreachable
+/// from the peer turns into ECONNREFUSED on the next send) are expected:
+/// the hook has run by then.
+fn udp_repeat(addr: SocketAddr, count: u64) -> Result<()> {
+    let socket = UdpSocket::bind(unspecified(&addr))?;
+    socket.connect(addr)?;
+    let start = Instant::now();
+    for _ in 0..count {
+        let _ = socket.send_to(b"egret", addr);
+    }
+    report_rate(count, start);
+    Ok(())
+}
+
 /// Connect, accept and close on one thread. A separate accept thread would
 /// turn every connect into a cross-CPU wake-up, which on a small VM costs
 /// more than the connect itself and drowns what is being measured.
@@ -520,6 +560,67 @@ fn bulk(addr: SocketAddr, mib: u64) -> Result<()> {
         return Err(Error::other(format!("received {received} bytes")));
     }
     println!("{:.1}", mib as f64 / start.elapsed().as_secs_f64());
+    Ok(())
+}
+
+/// `bulk` for a fixed time instead of a fixed size, printing MiB/s: two
+/// of these started together share the machine for the same interval, so
+/// their rates compare (a fixed size would leave the faster one's rival
+/// running alone at the end).
+fn bulk_for(addr: SocketAddr, run: Duration) -> Result<()> {
+    use std::io::{Read as _, Write as _};
+    let listener = std::net::TcpListener::bind(addr)?;
+    let addr = listener.local_addr()?;
+    let reader = std::thread::spawn(move || -> Result<u64> {
+        let (mut server, _) = listener.accept()?;
+        let mut buf = vec![0u8; 256 * 1024];
+        let mut total = 0u64;
+        loop {
+            match server.read(&mut buf)? {
+                0 => return Ok(total),
+                n => total += n as u64,
+            }
+        }
+    });
+    let chunk = vec![0x5au8; 128 * 1024];
+    let mut client = TcpStream::connect(addr)?;
+    let start = Instant::now();
+    let mut sent = 0u64;
+    while start.elapsed() < run {
+        client.write_all(&chunk)?;
+        sent += chunk.len() as u64;
+    }
+    drop(client);
+    let received = reader
+        .join()
+        .map_err(|_| Error::other("reader thread panicked"))??;
+    if received != sent {
+        return Err(Error::other(format!(
+            "sent {sent}, received {received} bytes"
+        )));
+    }
+    println!(
+        "{:.1}",
+        sent as f64 / (1024.0 * 1024.0) / start.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// `connect-loop` (connect, accept, close on one thread) for a fixed time,
+/// printing connects/s; see [`bulk_for`] for why a fixed time.
+fn connect_for(addr: SocketAddr, run: Duration) -> Result<()> {
+    let listener = std::net::TcpListener::bind(addr)?;
+    let addr = listener.local_addr()?;
+    let start = Instant::now();
+    let mut count = 0u64;
+    while start.elapsed() < run {
+        let client = TcpStream::connect(addr)?;
+        let (server, _) = listener.accept()?;
+        drop(client);
+        drop(server);
+        count += 1;
+    }
+    report_rate(count, start);
     Ok(())
 }
 

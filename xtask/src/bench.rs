@@ -14,9 +14,12 @@
 //! 8. what a quarantine's programs cost the quarantined workload's allowed
 //!    traffic (bulk throughput, connect rate, ns/run);
 //! 9. observed DNS: a DNS-heavy workload with and without Egret, bulk
-//!    throughput with and without the DNS programs, names cache memory.
-//! 10. flow accounting on vs off (bulk throughput, connect rate), memory
-//!     per tracked flow, 100,000 concurrent flows against the flow table.
+//!    throughput with and without the DNS programs, their ns per run and
+//!    share of a core, names cache memory.
+//! 10. flow accounting on vs off and against the tcplife peer (bulk
+//!     throughput, connect rate), the flow programs' ns per run and share
+//!     of a core, memory per tracked flow, 100,000 concurrent flows against
+//!     the flow table.
 //! 11. an IOC list grown to a million entries: load, reload without loss,
 //!     ns per event, agent memory;
 //! 12. rule count grown to a thousand: ns per event, rules run per event.
@@ -30,6 +33,7 @@ mod hooks;
 mod ioc;
 mod latency;
 mod memory;
+mod paired;
 mod pipeline;
 mod procs;
 mod quarantine;
@@ -64,13 +68,16 @@ pub struct Settings {
     quarantine_rounds: usize,
     quarantine_mib: u64,
     quarantine_connects: u64,
-    /// Scenario 10: interleaved rounds, MiB per bulk run, connects per
-    /// run, and whether to fill the flow table (100,000 UDP sockets).
+    /// Scenarios 10 and 9 (bulk): paired rounds, MiB per bulk run;
+    /// scenario 10: connects per run, and whether to fill the flow table
+    /// (100,000 UDP sockets).
     flow_rounds: usize,
+    /// Each side's interval in the concurrent rounds (scenarios 9, 10).
+    flow_run: std::time::Duration,
     flow_mib: u64,
     flow_connects: u64,
     flow_fill: bool,
-    /// Scenario 9: DNS lookups per run and interleaved rounds.
+    /// Scenario 9: DNS lookups per run and paired rounds.
     dns_lookups: u64,
     dns_rounds: usize,
     /// Scenario 11: list sizes; scenario 12: rule counts.
@@ -104,6 +111,7 @@ impl Settings {
                 quarantine_mib: 64,
                 quarantine_connects: 1_000,
                 flow_rounds: 1,
+                flow_run: std::time::Duration::from_millis(300),
                 flow_mib: 64,
                 flow_connects: 1_000,
                 flow_fill: false,
@@ -127,12 +135,13 @@ impl Settings {
                 quarantine_rounds: 5,
                 quarantine_mib: 2_048,
                 quarantine_connects: 20_000,
-                flow_rounds: 5,
+                flow_rounds: 10,
+                flow_run: std::time::Duration::from_secs(2),
                 flow_mib: 2_048,
                 flow_connects: 20_000,
                 flow_fill: true,
                 dns_lookups: 20_000,
-                dns_rounds: 3,
+                dns_rounds: 4,
                 ioc_sizes: vec![1_000, 10_000, 100_000, 1_000_000],
                 rule_counts: vec![10, 100, 1_000],
             }

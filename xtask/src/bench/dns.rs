@@ -4,28 +4,27 @@
 //!   queries for distinct names to dnsmasq in a throwaway namespace
 //!   (TEST-NET address, nothing leaves the machine), without and with
 //!   Egret; lookups/s of each, and what the DNS programs cost per run;
-//! - bulk non-DNS throughput (one loopback TCP stream) with Egret without
-//!   its DNS programs (`--no-dns`) and with them: the ratio is what the
-//!   DNS programs' per-packet checks cost;
+//! - bulk non-DNS throughput (one TCP stream) from a process under an
+//!   agent without its DNS programs (`--no-dns`) and one under an agent
+//!   with them, sibling cgroups, paired rounds (`paired.rs`): the ratio is
+//!   what the DNS programs' per-packet checks cost; and that cost from the
+//!   kernel's accounting, in passes of their own;
 //! - the names cache's heap at 10,000 and 100,000 entries (unit-level:
 //!   `agent/benches/names_memory.rs`, a counting allocator).
-use std::{
-    fmt::Write as _,
-    process::{Command, Stdio},
-    time::{Duration, Instant},
-};
+use std::{fmt::Write as _, path::Path, process::Stdio, time::Instant};
 
 use anyhow::{Context as _, bail};
-use egret_testkit::{agent::Stdout, dns::DnsServer, netns::NetNs};
+use egret_testkit::{agent::Stdout, cgroup::TestCgroup, dns::DnsServer, netns::NetNs};
 
 use super::{
-    Settings, goal, median,
-    procs::{Binaries, RunningAgent},
+    Settings, goal,
+    hooks::{StatsEnabled, programs_of},
+    paired::{Paired, ProgramShare},
+    procs::{Binaries, RunningAgent, probe_in, probe_on_cpu},
 };
 use crate::test::cargo;
 
 const SERVER: &str = "198.51.100.1:53";
-const LOOPBACK: &str = "127.0.0.1:47953";
 
 fn lookups(bins: &Binaries, ns: &NetNs, names: &[String]) -> anyhow::Result<f64> {
     let started = Instant::now();
@@ -46,59 +45,6 @@ fn lookups(bins: &Binaries, ns: &NetNs, names: &[String]) -> anyhow::Result<f64>
         bail!("only {answered} of {} queries answered", names.len());
     }
     Ok(answered / elapsed)
-}
-
-fn bulk(bins: &Binaries, run: Duration) -> anyhow::Result<f64> {
-    let output = Command::new(&bins.probe)
-        .args(["tcp-bulk", LOOPBACK, &run.as_millis().to_string()])
-        .output()
-        .context("running tcp-bulk")?;
-    String::from_utf8_lossy(&output.stdout)
-        .trim()
-        .parse()
-        .context("parsing bytes/s")
-}
-
-/// (runs, ns) of the agent's DNS programs, from bpftool.
-fn dns_program_cost(agent: &RunningAgent) -> (u64, u64) {
-    let mut total = (0, 0);
-    for id in agent.program_ids() {
-        let Ok(out) = Command::new("bpftool")
-            .args(["prog", "show", "id", &id.to_string(), "--json"])
-            .output()
-        else {
-            continue;
-        };
-        let Ok(info) = serde_json::from_slice::<serde_json::Value>(&out.stdout) else {
-            continue;
-        };
-        if info["name"]
-            .as_str()
-            .is_some_and(|n| n.starts_with("egret_dns_"))
-        {
-            total.0 += info["run_cnt"].as_u64().unwrap_or(0);
-            total.1 += info["run_time_ns"].as_u64().unwrap_or(0);
-        }
-    }
-    total
-}
-
-/// `kernel.bpf_stats_enabled` on, restored on drop.
-struct BpfStats(String);
-
-impl BpfStats {
-    const PATH: &str = "/proc/sys/kernel/bpf_stats_enabled";
-    fn enable() -> anyhow::Result<BpfStats> {
-        let before = std::fs::read_to_string(Self::PATH).context("bpf_stats_enabled")?;
-        std::fs::write(Self::PATH, "1").context("enabling bpf_stats_enabled")?;
-        Ok(BpfStats(before.trim().to_string()))
-    }
-}
-
-impl Drop for BpfStats {
-    fn drop(&mut self) {
-        let _ = std::fs::write(Self::PATH, &self.0);
-    }
 }
 
 fn names_memory() -> anyhow::Result<Vec<(u64, u64, u64)>> {
@@ -123,74 +69,142 @@ pub fn run(bins: &Binaries, settings: &Settings) -> anyhow::Result<String> {
     let names: Vec<String> = (0..settings.dns_lookups)
         .map(|i| format!("h{i}.shop.example"))
         .collect();
-    let mut sink = Command::new(&bins.probe)
-        .args(["tcp-sink", LOOPBACK])
-        .stdout(Stdio::null())
-        .spawn()
-        .context("tcp-sink")?;
-    std::thread::sleep(Duration::from_millis(200));
-    let _stats = BpfStats::enable()?;
-    let (mut none, mut egret, mut no_dns, mut with_dns) = (vec![], vec![], vec![], vec![]);
-    let mut cost = (0u64, 0u64);
+    let rounds = settings.dns_rounds;
+    // DNS-heavy: no monitor against the agent with default settings (its
+    // programs on the cgroup2 root), an agent started per round.
     let mut messages = 0u64;
-    for _ in 0..settings.dns_rounds {
-        none.push(lookups(bins, &ns, &names)?);
-        let agent = RunningAgent::start(bins, &["--no-dns"], Stdout::Discard)?;
-        no_dns.push(bulk(bins, settings.bulk_run)?);
-        agent.stop()?;
-        let agent = RunningAgent::start(bins, &[], Stdout::Discard)?;
-        with_dns.push(bulk(bins, settings.bulk_run)?);
-        egret.push(lookups(bins, &ns, &names)?);
-        let c = dns_program_cost(&agent);
-        cost.0 += c.0;
-        cost.1 += c.1;
-        let summary = agent.stop()?;
-        for hook in ["dns_query", "dns_answer"] {
-            messages += summary["kernel"][hook]["emitted"].as_u64().unwrap_or(0);
+    let heavy = Paired::run(
+        rounds,
+        || lookups(bins, &ns, &names),
+        || {
+            let agent = RunningAgent::start(bins, &[], Stdout::Discard)?;
+            let rate = lookups(bins, &ns, &names)?;
+            let summary = agent.stop()?;
+            for hook in ["dns_query", "dns_answer"] {
+                messages += summary["kernel"][hook]["emitted"].as_u64().unwrap_or(0);
+            }
+            Ok(rate)
+        },
+    )?;
+    // Bulk non-DNS: two agents on sibling cgroups, the same but for
+    // `--no-dns`, and the same process in each.
+    let parent = TestCgroup::new("dnsbench");
+    let (on, off) = (parent.child("on"), parent.child("off"));
+    let on_arg = on.path().display().to_string();
+    let off_arg = off.path().display().to_string();
+    let agent_on = RunningAgent::start(
+        bins,
+        &["--cgroup", &on_arg, "--no-identity"],
+        Stdout::Discard,
+    )?;
+    let agent_off = RunningAgent::start(
+        bins,
+        &["--cgroup", &off_arg, "--no-identity", "--no-dns"],
+        Stdout::Discard,
+    )?;
+    let millis = settings.flow_run.as_millis().to_string();
+    let bulk_args = ["bulk-for", "198.51.100.1:0", &millis];
+    let run = |cpu, cgroup: &Path| probe_on_cpu(bins, cpu, cgroup, &ns.name, &bulk_args);
+    let rounds = settings.flow_rounds;
+    let bulk = Paired::concurrent(rounds, |c| run(c, off.path()), |c| run(c, on.path()))?;
+    let bulk_aa = Paired::concurrent(rounds, |c| run(c, off.path()), |c| run(c, off.path()))?;
+    // The kernel's accounting, in passes of their own (it costs two clock
+    // reads per run): the DNS programs on that bulk stream, and on the
+    // DNS-heavy workload.
+    let bulk_share = {
+        let _stats = StatsEnabled::new()?;
+        let before = programs_of(agent_on.pid())?;
+        let started = Instant::now();
+        for _ in 0..2 {
+            probe_in(
+                bins,
+                on.path(),
+                &ns.name,
+                &["bulk", "198.51.100.1:0", &settings.flow_mib.to_string()],
+            )?;
         }
-    }
-    let _ = sink.kill();
-    let _ = sink.wait();
+        let after = programs_of(agent_on.pid())?;
+        ProgramShare::between(&before, &after, &["egret_dns"], started)
+    };
+    agent_on.stop()?;
+    agent_off.stop()?;
+    drop((on, off));
+    let heavy_share = {
+        let agent = RunningAgent::start(bins, &[], Stdout::Discard)?;
+        let _stats = StatsEnabled::new()?;
+        let before = programs_of(agent.pid())?;
+        let started = Instant::now();
+        lookups(bins, &ns, &names)?;
+        let after = programs_of(agent.pid())?;
+        agent.stop()?;
+        ProgramShare::between(&before, &after, &["egret_dns"], started)
+    };
     let memory = names_memory()?;
 
     let mut out = String::new();
     writeln!(out, "## 9. Observed DNS\n")?;
     writeln!(
         out,
-        "{} sequential A queries for distinct names (`egret-probe dns-query`) to dnsmasq in a \
-         throwaway namespace ({SERVER}), median of {} interleaved rounds; the agent with \
-         default settings (DNS programs on the cgroup2 root).\n",
-        settings.dns_lookups, settings.dns_rounds
+        "Method (`paired.rs`): ratio: the median of the per-round ratios (range in brackets); \
+         rates: medians; `kernel.bpf_stats_enabled` off (the programs' own cost is measured in \
+         passes of its own, below). The DNS-heavy rounds run both sides back to back, \
+         alternating which goes first (an agent on the cgroup2 root sees both).\n"
     )?;
-    let (base, with) = (median(&mut none), median(&mut egret));
+    writeln!(
+        out,
+        "DNS-heavy: {} sequential A queries for distinct names (`egret-probe dns-query`) to \
+         dnsmasq in a throwaway namespace ({SERVER}), {rounds} rounds; the agent with default \
+         settings (DNS programs on the cgroup2 root), started for each of its runs.\n",
+        settings.dns_lookups
+    )?;
+    let (base, with) = heavy.medians();
+    let (low, high) = heavy.ratio_range();
     writeln!(out, "| | lookups/s |")?;
     writeln!(out, "|---|---:|")?;
     writeln!(out, "| no monitor | {base:.0} |")?;
     writeln!(out, "| egret | {with:.0} |")?;
     writeln!(
         out,
-        "\nRatio {:.3}. DNS messages captured over the Egret rounds: {messages}.",
-        with / base
+        "\nRatio {:.3} ({low:.3}–{high:.3}). DNS messages captured over the Egret runs: \
+         {messages}.",
+        heavy.ratio()
     )?;
-    if cost.0 > 0 {
-        writeln!(
-            out,
-            "DNS programs (`egret_dns_egress` + `egret_dns_ingress`, every packet of every \
-             socket during the rounds, DNS or not): {} runs, {:.0} ns/run.",
-            cost.0,
-            cost.1 as f64 / cost.0 as f64
-        )?;
-    }
-    let (a, b) = (median(&mut no_dns), median(&mut with_dns));
     writeln!(
         out,
-        "\nBulk non-DNS throughput, one loopback TCP stream (`tcp-bulk`, {} ms): Egret \
-         `--no-dns` {:.0} MB/s, Egret with DNS capture {:.0} MB/s, ratio {:.3}. Goal ≥ 0.98 ({}).\n",
-        settings.bulk_run.as_millis(),
-        a / 1e6,
-        b / 1e6,
-        b / a,
-        goal(b / a >= 0.98)
+        "\nBulk non-DNS throughput: two agents on sibling cgroups, one with `--no-dns`, both \
+         `--no-identity`, and the same process in each streaming over one TCP connection to a \
+         reader thread (in the bench namespace, to 198.51.100.1), both at once, each pinned to a \
+         core of its own (swapped every round), for {} ms per round, {} rounds; A/A: the `--no-dns` side against a second copy of itself (the \
+         method's noise).\n",
+        settings.flow_run.as_millis(),
+        settings.flow_rounds
+    )?;
+    let (a, b) = bulk.medians();
+    let (low, high) = bulk.ratio_range();
+    let (aa_low, aa_high) = bulk_aa.ratio_range();
+    writeln!(
+        out,
+        "| `--no-dns` MiB/s | DNS capture MiB/s | ratio | A/A ratio | goal |"
+    )?;
+    writeln!(out, "|---:|---:|---:|---:|---|")?;
+    writeln!(
+        out,
+        "| {a:.1} | {b:.1} | {:.3} ({low:.3}–{high:.3}) | {:.3} ({aa_low:.3}–{aa_high:.3}) | \
+         ≥ 0.98 ({}) |",
+        bulk.ratio(),
+        bulk_aa.ratio(),
+        goal(bulk.ratio() >= 0.98)
+    )?;
+    writeln!(
+        out,
+        "\nWhat the DNS programs cost, from the kernel's accounting (% of one core: their run \
+         time over the pass's wall time). On the bulk stream (2 runs; every segment of both \
+         ends, none of them DNS): {:.2}% of one core.\n\n{}\nOn the DNS-heavy workload (one \
+         run; every packet of every socket on the node, DNS or not): {:.2}% of one core.\n\n{}",
+        bulk_share.percent(),
+        bulk_share.table(),
+        heavy_share.percent(),
+        heavy_share.table()
     )?;
     writeln!(
         out,

@@ -1,7 +1,7 @@
-//! What the scenarios run and measure: the agent, the bpftrace peer, the
-//! network namespace the traffic stays in, and /proc readings. The agent and
-//! namespace guards are the test kit's (`tests/kit`), shared with the
-//! end-to-end suite; every guard stops or removes what it started when
+//! What the scenarios run and measure: the agent, the bpftrace and tcplife
+//! peers, the network namespace the traffic stays in, and /proc readings.
+//! The agent and namespace guards are the test kit's (`tests/kit`), shared
+//! with the end-to-end suite; every guard stops or removes what it started when
 //! dropped, so a failing scenario leaves no agent, tracer or namespace behind.
 use std::{
     path::PathBuf,
@@ -239,6 +239,61 @@ impl Drop for Bpftrace {
     }
 }
 
+/// The flow-accounting peer: libbpf-tools' `tcplife` (Debian package
+/// `libbpf-tools`; CO-RE, the `sock:inet_sock_set_state` tracepoint), one
+/// line per TCP connection with its bytes at the close, node-wide, written
+/// to a file. It prints the column header once its program is attached.
+pub struct Tcplife {
+    child: Child,
+    out_path: PathBuf,
+}
+
+impl Tcplife {
+    pub fn start() -> anyhow::Result<Self> {
+        // The agent has mounted tracefs if it was missing; libbpf needs it.
+        let out_path =
+            std::env::temp_dir().join(format!("egret-bench-tcplife-{}.out", std::process::id()));
+        let out = std::fs::File::create(&out_path)?;
+        // Line-buffered: a file is fully buffered by default, which would
+        // hide the header (and count lines late).
+        let child = Command::new("stdbuf")
+            .args(["-oL", "tcplife"])
+            .stdout(out)
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting tcplife (apt-get install libbpf-tools)")?;
+        let mut peer = Tcplife { child, out_path };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !peer.output().starts_with("PID") {
+            if let Ok(Some(status)) = peer.child.try_wait() {
+                bail!("tcplife exited with {status} before attaching");
+            }
+            if Instant::now() > deadline {
+                bail!("tcplife did not attach");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(peer)
+    }
+
+    fn output(&self) -> String {
+        std::fs::read_to_string(&self.out_path).unwrap_or_default()
+    }
+
+    /// Connection lines (after the header) printed so far.
+    pub fn connections(&self) -> u64 {
+        self.output().lines().skip(1).count() as u64
+    }
+}
+
+impl Drop for Tcplife {
+    fn drop(&mut self) {
+        signal(self.child.id(), libc::SIGINT);
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.out_path);
+    }
+}
+
 /// utime + stime of a whole process (all threads), in seconds.
 pub fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
@@ -275,6 +330,24 @@ fn clock_ticks() -> i64 {
     unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1)
 }
 
+/// [`probe_in`] pinned to one CPU (`taskset`), threads included.
+pub fn probe_on_cpu(
+    bins: &Binaries,
+    cpu: usize,
+    cgroup: &std::path::Path,
+    netns: &str,
+    args: &[&str],
+) -> anyhow::Result<f64> {
+    let probe = bins.probe.display().to_string();
+    let cpu = cpu.to_string();
+    let mut pinned = vec!["-c", &cpu, &probe];
+    pinned.extend_from_slice(args);
+    let output = egret_testkit::netns::command_in_cgroup(netns, cgroup, "taskset", &pinned)
+        .output()
+        .context("running the probe under taskset")?;
+    parse_probe(args, output)
+}
+
 /// Runs the probe with `args` as a process of `cgroup`, inside the
 /// namespace named `netns`, and parses the number it prints.
 pub fn probe_in(
@@ -286,6 +359,10 @@ pub fn probe_in(
     let output = egret_testkit::netns::command_in_cgroup(netns, cgroup, &bins.probe, args)
         .output()
         .context("running the probe")?;
+    parse_probe(args, output)
+}
+
+fn parse_probe(args: &[&str], output: std::process::Output) -> anyhow::Result<f64> {
     if !output.status.success() {
         bail!("probe {args:?} failed: {output:?}");
     }

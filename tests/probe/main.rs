@@ -514,61 +514,34 @@ fn udp_repeat(addr: SocketAddr, count: u64) -> Result<()> {
     Ok(())
 }
 
-/// Connect, accept and close on one thread. A separate accept thread would
-/// turn every connect into a cross-CPU wake-up, which on a small VM costs
-/// more than the connect itself and drowns what is being measured.
-fn connect_accept_loop(addr: SocketAddr, count: u64) -> Result<()> {
+/// Connect, accept and close on one thread while `more(done)` holds, then
+/// print connects/s. A separate accept thread would turn every connect
+/// into a cross-CPU wake-up, which on a small VM costs more than the
+/// connect itself and drowns what is being measured.
+fn connect_accept_while(addr: SocketAddr, more: impl Fn(u64, Instant) -> bool) -> Result<()> {
     let listener = std::net::TcpListener::bind(addr)?;
     let addr = listener.local_addr()?;
     let start = Instant::now();
-    for _ in 0..count {
+    let mut count = 0u64;
+    while more(count, start) {
         let client = TcpStream::connect(addr)?;
         let (server, _) = listener.accept()?;
         drop(client);
         drop(server);
+        count += 1;
     }
     report_rate(count, start);
     Ok(())
 }
 
-fn bulk(addr: SocketAddr, mib: u64) -> Result<()> {
-    use std::io::{Read as _, Write as _};
-    let listener = std::net::TcpListener::bind(addr)?;
-    let addr = listener.local_addr()?;
-    let reader = std::thread::spawn(move || -> Result<u64> {
-        let (mut server, _) = listener.accept()?;
-        let mut buf = vec![0u8; 256 * 1024];
-        let mut total = 0u64;
-        loop {
-            match server.read(&mut buf)? {
-                0 => return Ok(total),
-                n => total += n as u64,
-            }
-        }
-    });
-    let chunk = vec![0x5au8; 1024 * 1024];
-    let start = Instant::now();
-    let mut client = TcpStream::connect(addr)?;
-    for _ in 0..mib {
-        client.write_all(&chunk)?;
-    }
-    drop(client);
-    let received = reader
-        .join()
-        .map_err(|_| Error::other("reader thread panicked"))??;
-    if received != mib * 1024 * 1024 {
-        return Err(Error::other(format!("received {received} bytes")));
-    }
-    println!("{:.1}", mib as f64 / start.elapsed().as_secs_f64());
-    Ok(())
+fn connect_accept_loop(addr: SocketAddr, count: u64) -> Result<()> {
+    connect_accept_while(addr, |done, _| done < count)
 }
 
-/// `bulk` for a fixed time instead of a fixed size, printing MiB/s: two
-/// of these started together share the machine for the same interval, so
-/// their rates compare (a fixed size would leave the faster one's rival
-/// running alone at the end).
-fn bulk_for(addr: SocketAddr, run: Duration) -> Result<()> {
-    use std::io::{Read as _, Write as _};
+/// A TCP connection to itself on `addr` (port 0: any): the client end, and
+/// a reader thread that discards everything and returns the byte count.
+fn self_connection(addr: SocketAddr) -> Result<(TcpStream, std::thread::JoinHandle<Result<u64>>)> {
+    use std::io::Read as _;
     let listener = std::net::TcpListener::bind(addr)?;
     let addr = listener.local_addr()?;
     let reader = std::thread::spawn(move || -> Result<u64> {
@@ -582,14 +555,15 @@ fn bulk_for(addr: SocketAddr, run: Duration) -> Result<()> {
             }
         }
     });
-    let chunk = vec![0x5au8; 128 * 1024];
-    let mut client = TcpStream::connect(addr)?;
-    let start = Instant::now();
-    let mut sent = 0u64;
-    while start.elapsed() < run {
-        client.write_all(&chunk)?;
-        sent += chunk.len() as u64;
-    }
+    Ok((TcpStream::connect(addr)?, reader))
+}
+
+/// Closes the client end and checks the reader got all `sent` bytes.
+fn finish_self_connection(
+    client: TcpStream,
+    reader: std::thread::JoinHandle<Result<u64>>,
+    sent: u64,
+) -> Result<()> {
     drop(client);
     let received = reader
         .join()
@@ -599,6 +573,37 @@ fn bulk_for(addr: SocketAddr, run: Duration) -> Result<()> {
             "sent {sent}, received {received} bytes"
         )));
     }
+    Ok(())
+}
+
+fn bulk(addr: SocketAddr, mib: u64) -> Result<()> {
+    use std::io::Write as _;
+    let chunk = vec![0x5au8; 1024 * 1024];
+    let start = Instant::now();
+    let (mut client, reader) = self_connection(addr)?;
+    for _ in 0..mib {
+        client.write_all(&chunk)?;
+    }
+    finish_self_connection(client, reader, mib * 1024 * 1024)?;
+    println!("{:.1}", mib as f64 / start.elapsed().as_secs_f64());
+    Ok(())
+}
+
+/// `bulk` for a fixed time instead of a fixed size, printing MiB/s: two
+/// of these started together share the machine for the same interval, so
+/// their rates compare (a fixed size would leave the faster one's rival
+/// running alone at the end).
+fn bulk_for(addr: SocketAddr, run: Duration) -> Result<()> {
+    use std::io::Write as _;
+    let chunk = vec![0x5au8; 128 * 1024];
+    let (mut client, reader) = self_connection(addr)?;
+    let start = Instant::now();
+    let mut sent = 0u64;
+    while start.elapsed() < run {
+        client.write_all(&chunk)?;
+        sent += chunk.len() as u64;
+    }
+    finish_self_connection(client, reader, sent)?;
     println!(
         "{:.1}",
         sent as f64 / (1024.0 * 1024.0) / start.elapsed().as_secs_f64()
@@ -609,19 +614,7 @@ fn bulk_for(addr: SocketAddr, run: Duration) -> Result<()> {
 /// `connect-loop` (connect, accept, close on one thread) for a fixed time,
 /// printing connects/s; see [`bulk_for`] for why a fixed time.
 fn connect_for(addr: SocketAddr, run: Duration) -> Result<()> {
-    let listener = std::net::TcpListener::bind(addr)?;
-    let addr = listener.local_addr()?;
-    let start = Instant::now();
-    let mut count = 0u64;
-    while start.elapsed() < run {
-        let client = TcpStream::connect(addr)?;
-        let (server, _) = listener.accept()?;
-        drop(client);
-        drop(server);
-        count += 1;
-    }
-    report_rate(count, start);
-    Ok(())
+    connect_accept_while(addr, |_, start| start.elapsed() < run)
 }
 
 fn report_rate(count: u64, start: Instant) {

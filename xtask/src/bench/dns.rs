@@ -18,7 +18,6 @@ use egret_testkit::{agent::Stdout, cgroup::TestCgroup, dns::DnsServer, netns::Ne
 
 use super::{
     Settings, goal,
-    hooks::{StatsEnabled, programs_of},
     paired::{Paired, ProgramShare},
     procs::{Binaries, RunningAgent, probe_in, probe_on_cpu},
 };
@@ -111,34 +110,21 @@ pub fn run(bins: &Binaries, settings: &Settings) -> anyhow::Result<String> {
     // The kernel's accounting, in passes of their own (it costs two clock
     // reads per run): the DNS programs on that bulk stream, and on the
     // DNS-heavy workload.
-    let bulk_share = {
-        let _stats = StatsEnabled::new()?;
-        let before = programs_of(agent_on.pid())?;
-        let started = Instant::now();
+    let bulk_share = ProgramShare::measure(agent_on.pid(), &["egret_dns"], || {
+        let mib = settings.flow_mib.to_string();
         for _ in 0..2 {
-            probe_in(
-                bins,
-                on.path(),
-                &ns.name,
-                &["bulk", "198.51.100.1:0", &settings.flow_mib.to_string()],
-            )?;
+            probe_in(bins, on.path(), &ns.name, &["bulk", "198.51.100.1:0", &mib])?;
         }
-        let after = programs_of(agent_on.pid())?;
-        ProgramShare::between(&before, &after, &["egret_dns"], started)
-    };
+        Ok(())
+    })?;
     agent_on.stop()?;
     agent_off.stop()?;
     drop((on, off));
-    let heavy_share = {
-        let agent = RunningAgent::start(bins, &[], Stdout::Discard)?;
-        let _stats = StatsEnabled::new()?;
-        let before = programs_of(agent.pid())?;
-        let started = Instant::now();
-        lookups(bins, &ns, &names)?;
-        let after = programs_of(agent.pid())?;
-        agent.stop()?;
-        ProgramShare::between(&before, &after, &["egret_dns"], started)
-    };
+    let agent = RunningAgent::start(bins, &[], Stdout::Discard)?;
+    let heavy_share = ProgramShare::measure(agent.pid(), &["egret_dns"], || {
+        lookups(bins, &ns, &names).map(drop)
+    })?;
+    agent.stop()?;
     let memory = names_memory()?;
 
     let mut out = String::new();

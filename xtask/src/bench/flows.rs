@@ -13,14 +13,13 @@
 //!
 //! Traffic goes to 198.51.100.1 in the bench namespace: nothing leaves the
 //! machine.
-use std::{fmt::Write as _, path::Path, process::Command, time::Instant};
+use std::{fmt::Write as _, path::Path, process::Command};
 
 use anyhow::{Context as _, bail};
 use egret_testkit::{agent::Stdout, cgroup::TestCgroup, free_port};
 
 use super::{
     Settings, goal,
-    hooks::{StatsEnabled, programs_of},
     paired::{Paired, ProgramShare},
     procs::{Binaries, NetNs, RunningAgent, Tcplife, probe_in, probe_on_cpu},
 };
@@ -154,20 +153,13 @@ pub fn run(bins: &Binaries, ns: &NetNs, settings: &Settings) -> anyhow::Result<S
     )?;
     // The kernel's accounting of the flow programs, in a pass of its own
     // (the accounting itself costs two clock reads per run).
-    let share = |args: &[&str]| -> anyhow::Result<ProgramShare> {
-        let _stats = StatsEnabled::new()?;
-        let before = programs_of(agent_on.pid())?;
-        let started = Instant::now();
-        for _ in 0..2 {
-            run(on.path(), args)?;
-        }
-        let after = programs_of(agent_on.pid())?;
-        Ok(ProgramShare::between(
-            &before,
-            &after,
-            &["egret_flow"],
-            started,
-        ))
+    let share = |args: &[&str]| {
+        ProgramShare::measure(agent_on.pid(), &["egret_flow"], || {
+            for _ in 0..2 {
+                run(on.path(), args)?;
+            }
+            Ok(())
+        })
     };
     let bulk_share = share(&bulk_args)?;
     let conn_share = share(&loop_args)?;

@@ -13,7 +13,10 @@
 //! [`ProgramShare`].
 use std::time::Instant;
 
-use super::{hooks::ProgStats, median};
+use super::{
+    hooks::{ProgStats, StatsEnabled, programs_of},
+    median,
+};
 
 /// Throughput samples of both sides, one per round each.
 #[derive(Default)]
@@ -108,9 +111,25 @@ pub(super) struct ProgramShare {
 }
 
 impl ProgramShare {
+    /// Runs `traffic` with `kernel.bpf_stats_enabled` on (only then: the
+    /// accounting costs two clock reads per run) and returns what the
+    /// programs of process `agent` named with one of `prefixes` cost over it.
+    pub(super) fn measure(
+        agent: u32,
+        prefixes: &[&str],
+        traffic: impl FnOnce() -> anyhow::Result<()>,
+    ) -> anyhow::Result<ProgramShare> {
+        let _stats = StatsEnabled::new()?;
+        let before = programs_of(agent)?;
+        let started = Instant::now();
+        traffic()?;
+        let after = programs_of(agent)?;
+        Ok(ProgramShare::between(&before, &after, prefixes, started))
+    }
+
     /// Deltas of the programs whose names start with one of `prefixes`
     /// between two snapshots taken `started` apart.
-    pub(super) fn between(
+    fn between(
         before: &[ProgStats],
         after: &[ProgStats],
         prefixes: &[&str],

@@ -179,63 +179,91 @@ pub fn connect4_counters(summary: &serde_json::Value) -> String {
     }
 }
 
-/// The peer: bpftrace printing one line per connect(2), written to a file
-/// (the same job as Egret's audit stream, done the usual tracing way).
-pub struct Bpftrace {
+/// A tracing peer writing to a file: started, waited for until its output
+/// says it is attached, interrupted (SIGINT, so it flushes) and its file
+/// removed when dropped.
+struct Tracer {
     child: Child,
     out_path: PathBuf,
 }
+
+impl Tracer {
+    fn start(
+        name: &str,
+        mut command: Command,
+        attached: impl Fn(&str) -> bool,
+        timeout: Duration,
+    ) -> anyhow::Result<Tracer> {
+        let out_path =
+            std::env::temp_dir().join(format!("egret-bench-{name}-{}.out", std::process::id()));
+        let out = std::fs::File::create(&out_path)?;
+        let child = command
+            .stdout(out)
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting {name}"))?;
+        let mut tracer = Tracer { child, out_path };
+        let deadline = Instant::now() + timeout;
+        while !attached(&tracer.output()) {
+            if let Ok(Some(status)) = tracer.child.try_wait() {
+                bail!("{name} exited with {status} before attaching");
+            }
+            if Instant::now() > deadline {
+                bail!("{name} did not attach");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(tracer)
+    }
+
+    fn output(&self) -> String {
+        std::fs::read_to_string(&self.out_path).unwrap_or_default()
+    }
+}
+
+impl Drop for Tracer {
+    fn drop(&mut self) {
+        signal(self.child.id(), libc::SIGINT);
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.out_path);
+    }
+}
+
+/// The peer: bpftrace printing one line per connect(2), written to a file
+/// (the same job as Egret's audit stream, done the usual tracing way).
+pub struct Bpftrace(Tracer);
 
 const BPFTRACE_SCRIPT: &str =
     "tracepoint:syscalls:sys_enter_connect { printf(\"%d %s\\n\", pid, comm); }";
 
 impl Bpftrace {
     pub fn start() -> anyhow::Result<Self> {
-        let out_path =
-            std::env::temp_dir().join(format!("egret-bench-bpftrace-{}.out", std::process::id()));
-        let out = std::fs::File::create(&out_path)?;
-        let child = Command::new("bpftrace")
-            .args(["-e", BPFTRACE_SCRIPT])
-            .stdout(out)
-            .stderr(Stdio::null())
-            .spawn()
-            .context("starting bpftrace (apt-get install bpftrace)")?;
-        let peer = Bpftrace { child, out_path };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !peer.output().contains("Attaching") {
-            if Instant::now() > deadline {
-                bail!("bpftrace did not attach");
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let mut command = Command::new("bpftrace");
+        command.args(["-e", BPFTRACE_SCRIPT]);
+        let tracer = Tracer::start(
+            "bpftrace",
+            command,
+            |out| out.contains("Attaching"),
+            Duration::from_secs(60),
+        )
+        .context("bpftrace (apt-get install bpftrace)")?;
         // "Attaching" is printed just before the probe is live.
         std::thread::sleep(Duration::from_millis(300));
-        Ok(peer)
+        Ok(Bpftrace(tracer))
     }
 
     pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    fn output(&self) -> String {
-        std::fs::read_to_string(&self.out_path).unwrap_or_default()
+        self.0.child.id()
     }
 
     /// Lines printed for connects of processes named `comm`.
     pub fn lines_for(&self, comm: &str) -> u64 {
         let suffix = format!(" {comm}");
-        self.output()
+        self.0
+            .output()
             .lines()
             .filter(|l| l.ends_with(&suffix))
             .count() as u64
-    }
-}
-
-impl Drop for Bpftrace {
-    fn drop(&mut self) {
-        signal(self.child.id(), libc::SIGINT);
-        let _ = self.child.wait();
-        let _ = std::fs::remove_file(&self.out_path);
     }
 }
 
@@ -243,54 +271,28 @@ impl Drop for Bpftrace {
 /// `libbpf-tools`; CO-RE, the `sock:inet_sock_set_state` tracepoint), one
 /// line per TCP connection with its bytes at the close, node-wide, written
 /// to a file. It prints the column header once its program is attached.
-pub struct Tcplife {
-    child: Child,
-    out_path: PathBuf,
-}
+pub struct Tcplife(Tracer);
 
 impl Tcplife {
     pub fn start() -> anyhow::Result<Self> {
-        // The agent has mounted tracefs if it was missing; libbpf needs it.
-        let out_path =
-            std::env::temp_dir().join(format!("egret-bench-tcplife-{}.out", std::process::id()));
-        let out = std::fs::File::create(&out_path)?;
         // Line-buffered: a file is fully buffered by default, which would
-        // hide the header (and count lines late).
-        let child = Command::new("stdbuf")
-            .args(["-oL", "tcplife"])
-            .stdout(out)
-            .stderr(Stdio::null())
-            .spawn()
-            .context("starting tcplife (apt-get install libbpf-tools)")?;
-        let mut peer = Tcplife { child, out_path };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !peer.output().starts_with("PID") {
-            if let Ok(Some(status)) = peer.child.try_wait() {
-                bail!("tcplife exited with {status} before attaching");
-            }
-            if Instant::now() > deadline {
-                bail!("tcplife did not attach");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Ok(peer)
-    }
-
-    fn output(&self) -> String {
-        std::fs::read_to_string(&self.out_path).unwrap_or_default()
+        // hide the header (and count lines late). libbpf needs tracefs,
+        // which the agent has mounted if it was missing.
+        let mut command = Command::new("stdbuf");
+        command.args(["-oL", "tcplife"]);
+        let tracer = Tracer::start(
+            "tcplife",
+            command,
+            |out| out.starts_with("PID"),
+            Duration::from_secs(30),
+        )
+        .context("tcplife (apt-get install libbpf-tools)")?;
+        Ok(Tcplife(tracer))
     }
 
     /// Connection lines (after the header) printed so far.
     pub fn connections(&self) -> u64 {
-        self.output().lines().skip(1).count() as u64
-    }
-}
-
-impl Drop for Tcplife {
-    fn drop(&mut self) {
-        signal(self.child.id(), libc::SIGINT);
-        let _ = self.child.wait();
-        let _ = std::fs::remove_file(&self.out_path);
+        self.0.output().lines().skip(1).count() as u64
     }
 }
 

@@ -27,6 +27,8 @@ pub struct Tally {
     /// Answers other than 0, by errcode.
     pub refused: BTreeMap<i64, usize>,
     window: VecDeque<Instant>,
+    /// Taken by the first message (see [`DingTalk::start_slow_first`]).
+    first_delay: Duration,
 }
 
 pub struct DingTalk {
@@ -43,9 +45,19 @@ impl Drop for DingTalk {
 
 impl DingTalk {
     pub async fn start(secret: &str, per_minute: usize) -> DingTalk {
+        DingTalk::start_slow_first(secret, per_minute, Duration::ZERO).await
+    }
+
+    /// As [`DingTalk::start`], but the first message arrives `delay` late
+    /// (read, counted and answered after it), as over a slow first
+    /// connection: the robot's minute then starts later than the sender's.
+    pub async fn start_slow_first(secret: &str, per_minute: usize, delay: Duration) -> DingTalk {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
-        let tally = Arc::new(Mutex::new(Tally::default()));
+        let tally = Arc::new(Mutex::new(Tally {
+            first_delay: delay,
+            ..Tally::default()
+        }));
         let (t, secret) = (tally.clone(), secret.to_owned());
         let task = tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
@@ -158,6 +170,8 @@ async fn serve(mut s: TcpStream, tally: Arc<Mutex<Tally>>, secret: String, per_m
         }
         let body = buf[head_end + 4..head_end + 4 + len].to_vec();
         buf.drain(..head_end + 4 + len);
+        let delay = std::mem::take(&mut tally.lock().unwrap().first_delay);
+        tokio::time::sleep(delay).await;
         let (code, msg) = {
             let mut t = tally.lock().unwrap();
             let (code, msg) = verdict(&target, &secret, &mut t, per_minute);

@@ -123,6 +123,20 @@ impl Limiter {
         }
     }
 
+    /// Restamps a slot taken at `taken` with the moment its answer came.
+    /// The robot counts a message when it arrives, which can be later than
+    /// when the slot was taken (a slow first connection): counting the
+    /// period from the answer keeps a summary sent at the period's end
+    /// from landing inside the robot's minute (seen in CI: refused with
+    /// 130101, then retried a minute late).
+    pub fn answered(&mut self, taken: Instant, answered: Instant) {
+        if let Some(i) = self.sent.iter().position(|t| *t == taken) {
+            self.sent.remove(i);
+            let at = self.sent.partition_point(|t| *t <= answered);
+            self.sent.insert(at, answered);
+        }
+    }
+
     /// When the next slot frees up (`None`: one is free now or nothing
     /// was sent).
     pub fn next_slot(&self) -> Option<Instant> {
@@ -241,10 +255,21 @@ mod tests {
             per: Duration::from_secs(60),
         });
         let t0 = Instant::now();
+        let s = Duration::from_secs;
         assert!(l.try_send(t0));
-        assert!(l.try_send(t0));
-        assert!(!l.try_send(t0 + Duration::from_secs(1)));
-        assert_eq!(l.next_slot(), Some(t0 + Duration::from_secs(60)));
+        assert!(l.try_send(t0 + s(1)));
+        assert!(!l.try_send(t0 + s(2)));
+        assert_eq!(l.next_slot(), Some(t0 + s(60)));
+        // The first answer came 3 s after its slot was taken: that slot
+        // frees 60 s after the answer, later than the second one's.
+        l.answered(t0, t0 + s(3));
+        assert_eq!(l.next_slot(), Some(t0 + s(61)));
+        assert!(!l.try_send(t0 + s(60)), "the robot's minute is not over");
+        // An unknown stamp changes nothing.
+        l.answered(t0 + s(7), t0 + s(9));
+        assert_eq!(l.next_slot(), Some(t0 + s(61)));
+        assert!(l.try_send(t0 + s(61)));
+        assert_eq!(l.next_slot(), Some(t0 + s(63)));
         let alert = |rule: &str, p| {
             Arc::new(Alert {
                 time: String::new(),
@@ -265,7 +290,7 @@ mod tests {
             window: Some(Duration::from_secs(10)),
         });
         assert_eq!(l.held(), 5);
-        assert!(l.try_send(t0 + Duration::from_secs(60)));
+        assert!(l.try_send(t0 + s(63)));
         let s = l.take_summary().unwrap();
         assert_eq!(s.alerts, 5);
         assert_eq!(s.alert.priority, Priority::Critical);

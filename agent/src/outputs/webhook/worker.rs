@@ -36,7 +36,10 @@ impl Worker {
         // Cancelled when the grace period ends: every delivery stops and
         // counts itself as dropped.
         let hard_stop = CancellationToken::new();
-        let mut in_flight: JoinSet<()> = JoinSet::new();
+        // Each delivery that took a rate-limit slot returns when it took it
+        // and when its answer came, for `Limiter::answered`.
+        let mut in_flight: JoinSet<Option<(std::time::Instant, std::time::Instant)>> =
+            JoinSet::new();
         let mut ready: VecDeque<Delivery> = VecDeque::new();
         let mut due = Vec::new();
         let mut deadline: Option<Instant> = None;
@@ -44,7 +47,7 @@ impl Worker {
         loop {
             while in_flight.len() < self.max_in_flight {
                 let now = Instant::now().into_std();
-                let d = match &mut self.limiter {
+                let (d, slot) = match &mut self.limiter {
                     // Held alerts go first, as one summary, once a slot frees.
                     Some(limiter) if limiter.held() > 0 => {
                         if !limiter.try_send(now) {
@@ -56,7 +59,7 @@ impl Worker {
                         };
                         tracing::info!(endpoint = %ep.name, alerts = summary.alerts,
                             "sending a summary of alerts held back by the rate limit");
-                        summary
+                        (summary, Some(now))
                     }
                     Some(limiter) => {
                         let Some(d) = ready.pop_front() else { break };
@@ -64,15 +67,18 @@ impl Worker {
                             limiter.hold(d);
                             continue;
                         }
-                        d
+                        (d, Some(now))
                     }
                     None => {
                         let Some(d) = ready.pop_front() else { break };
-                        d
+                        (d, None)
                     }
                 };
                 let (ep, stop) = (ep.clone(), hard_stop.clone());
-                in_flight.spawn(async move { ep.deliver(d, &stop).await });
+                in_flight.spawn(async move {
+                    ep.deliver(d, &stop).await;
+                    slot.map(|taken| (taken, std::time::Instant::now()))
+                });
             }
             let held = self.limiter.as_ref().map_or(0, Limiter::held);
             if !open
@@ -101,11 +107,17 @@ impl Worker {
                     deadline = Some(Instant::now() + self.grace);
                     self.coalescer.flush(&mut due);
                 }
-                Some(joined) = in_flight.join_next(), if !in_flight.is_empty() => {
-                    if let Err(err) = joined {
+                Some(joined) = in_flight.join_next(), if !in_flight.is_empty() => match joined {
+                    Ok(Some((taken, answered))) => {
+                        if let Some(limiter) = &mut self.limiter {
+                            limiter.answered(taken, answered);
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(err) => {
                         tracing::error!(endpoint = %ep.name, %err, "webhook delivery task failed");
                     }
-                }
+                },
                 () = sleep_until(window_end.unwrap_or_else(never)), if window_end.is_some() => {
                     self.coalescer.expire(std::time::Instant::now(), &mut due);
                 }

@@ -131,7 +131,8 @@ pub fn run(bins: &Binaries, settings: &Settings) -> anyhow::Result<String> {
     writeln!(out, "## 9. Observed DNS\n")?;
     writeln!(
         out,
-        "Method (`paired.rs`): ratio: the median of the per-round ratios (range in brackets); \
+        "Method (`paired.rs`): ratio: the median over adjacent round pairs of the geometric mean of their two \
+         ratios, which cancels a core's or a position's bias (range of those in brackets); \
          rates: medians; `kernel.bpf_stats_enabled` off (the programs' own cost is measured in \
          passes of its own, below). The DNS-heavy rounds run both sides back to back, \
          alternating which goes first (an agent on the cgroup2 root sees both).\n"

@@ -162,7 +162,18 @@ pub fn run(bins: &Binaries, ns: &NetNs, settings: &Settings) -> anyhow::Result<S
         })
     };
     let bulk_share = share(&bulk_args)?;
+    // The agents' own CPU over the same connects: a flow record per
+    // connection is userspace work too.
+    let cpu = super::procs::cpu_seconds;
+    let on_cpu = cpu(agent_on.pid())?;
     let conn_share = share(&loop_args)?;
+    let on_cpu = cpu(agent_on.pid())? - on_cpu;
+    let off_cpu = cpu(agent_off.pid())?;
+    for _ in 0..2 {
+        run(off.path(), &loop_args)?;
+    }
+    let off_cpu = cpu(agent_off.pid())? - off_cpu;
+    let per_1000 = |secs: f64| 1e6 * secs / (2 * settings.flow_connects).max(1) as f64;
     let (memlock, entries) = flow_table_memory(agent_on.pid())?;
     let full = if settings.flow_fill {
         // Both of the namespace's addresses (one has only ~64k ports), and
@@ -227,8 +238,9 @@ pub fn run(bins: &Binaries, ns: &NetNs, settings: &Settings) -> anyhow::Result<S
         "Two agents on sibling cgroups, `kernel.flows` on and off (connect monitoring on in \
          both), and the same process in each talking to {ADDR} in a test netns, both at once, \
          each pinned to a core of its own (swapped every round), for {} ms per round, {rounds} \
-         rounds (`paired.rs`); ratio: the median of the per-round \
-         ratios on/off (range in brackets); rates: medians; `kernel.bpf_stats_enabled` off. \
+         rounds (`paired.rs`); ratio on/off: the median over adjacent \
+         round pairs of the geometric mean of their two ratios, which cancels a core's or a \
+         position's bias (range of those in brackets); rates: medians; `kernel.bpf_stats_enabled` off. \
          A/A: the off side against a second copy of itself, the same way: the method's noise. \
          Bulk: one TCP connection streaming to a reader thread of the same process (every \
          segment passes the flow cgroup_skb programs). Connects: connect+accept+close in a \
@@ -297,6 +309,13 @@ pub fn run(bins: &Binaries, ns: &NetNs, settings: &Settings) -> anyhow::Result<S
         bulk_share.table(),
         conn_share.percent(),
         conn_share.table()
+    )?;
+    writeln!(
+        out,
+        "Agent CPU (utime + stime) over those connects: flows on {:.2} ms per 1,000 connects, \
+         flows off {:.2} (the same connects on its side).",
+        per_1000(on_cpu),
+        per_1000(off_cpu)
     )?;
     let per_flow = memlock.checked_div(entries).unwrap_or(0);
     writeln!(

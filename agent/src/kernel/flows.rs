@@ -1,4 +1,4 @@
-//! Loader of the flow-accounting programs (`agent-ebpf/src/flows.rs`): a
+//! Loader of the flow-accounting programs (`agent-ebpf/src/flows/`): a
 //! sock_ops program for TCP, cgroup_skb egress/ingress and sock_release for
 //! UDP (and TCP interim records), and the `tcp:tcp_receive_reset`
 //! tracepoint that tells a reset from an orderly close.

@@ -1,0 +1,240 @@
+//! Kernel hooks: flow accounting. Bytes, packets, duration and end state of
+//! every outbound TCP connection and UDP socket, one [`FlowEvent`] at the
+//! end (and an interim one on the first packet after each interval).
+//!
+//! - TCP: a `BPF_PROG_TYPE_SOCK_OPS` program (attached to the agent's
+//!   cgroup). Why: `struct bpf_sock_ops` is stable UAPI and carries the
+//!   kernel's own per-connection counters (`bytes_acked`, `bytes_received`,
+//!   `segs_in/out`, `total_retrans`), so nothing is counted per packet. At
+//!   `TCP_CONNECT_CB` (process context of connect(), only outbound
+//!   connections) it enables the state and RTO callbacks for that socket
+//!   alone; at the state change to CLOSE it sends the record. Cost: one
+//!   callback per state change and per RTO of tracked sockets only.
+//! - UDP: cgroup_skb egress/ingress count datagrams per socket, and
+//!   cgroup/sock_release ends the flow. Why: UDP has no kernel counters per
+//!   socket, and these hooks see every datagram with its socket. Cost: one
+//!   hash lookup per UDP packet. An outgoing TCP segment is checked for a
+//!   due interim record (how long-lived TCP flows get them, from
+//!   `bpf_tcp_sock`) through a small per-CPU cache first, so a stream's
+//!   segments skip the table ([`SEGMENT_CACHE`]); an incoming one costs the
+//!   socket check only. Measured: BENCHMARKS.md scenario 10.
+//! - `tcp:tcp_receive_reset` (fires only on a RST received, before the
+//!   state change) marks the flow, so a RST tells reset/refused from the
+//!   orderly close the state change alone cannot.
+//!
+//! Per-flow state lives in `EGRET_FLOWS` (bounded hash, entries removed at
+//! the end; a full table means a new flow is not tracked, counted in
+//! `EGRET_FLOW_COUNTERS`). The interim record of an idle flow comes with its
+//! next packet or its end: the kernel has no timer here.
+//!
+//! Monitor only: every program lets everything through.
+use aya_ebpf::{
+    EbpfContext,
+    bindings::{
+        BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_RTO_CB, BPF_SOCK_OPS_RTO_CB_FLAG,
+        BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG, BPF_SOCK_OPS_TCP_CONNECT_CB, bpf_sock,
+    },
+    helpers::generated::{bpf_get_socket_cookie, bpf_ktime_get_ns, bpf_tcp_sock},
+    macros::{cgroup_skb, cgroup_sock, map, sock_ops, tracepoint},
+    maps::{HashMap, PerCpuArray, lpm_trie::Key},
+    programs::{SkBuffContext, SockContext, SockOpsContext, TracePointContext},
+};
+use egret_common::{
+    AF_INET, AF_INET6, FLOW_END_CLOSED, FLOW_END_INTERIM, FLOW_END_REFUSED, FLOW_END_RESET,
+    FLOW_END_TIMED_OUT, FLOW_FLAG_STATE_LOST, FLOW_FLAG_V4_MAPPED, FLOW_INTERIM_DEFAULT_NS,
+    FLOW_STATE_ESTABLISHED, FLOW_STATE_FIN_IN, FLOW_STATE_FIN_OUT, FLOW_STATE_IGNORED,
+    FLOW_STATE_RESET_RX, FLOWS_MAX_ENTRIES, FlowCounters, FlowEvent, FlowState, Hook, HookCounters,
+    IGNORE_VERDICT_IGNORE, RecordKind, TP_FIELD_ABSENT,
+};
+
+use crate::maps::{COUNTERS, EVENTS, IGNORE};
+use crate::net::{ALLOW, ETH_P_IP, ETH_P_IPV6, SOCK_DGRAM, skb_full_socket};
+
+/// [`FlowState::flags`] bit local to the kernel: an RTO callback said the
+/// retransmissions expired (the kernel is about to give up).
+const STATE_TIMED_OUT: u32 = 1 << 5;
+
+const IPPROTO_TCP: u32 = 6;
+const IPPROTO_UDP: u32 = 17;
+const BPF_NOEXIST: u64 = 1;
+/// `include/net/tcp_states.h`.
+const TCP_ESTABLISHED: u32 = 1;
+const TCP_SYN_SENT: u32 = 2;
+const TCP_FIN_WAIT1: u32 = 4;
+const TCP_FIN_WAIT2: u32 = 5;
+const TCP_CLOSE: u32 = 7;
+const TCP_CLOSE_WAIT: u32 = 8;
+const TCP_LAST_ACK: u32 = 9;
+const TCP_CLOSING: u32 = 11;
+const UDP_HEADER: u32 = 8;
+const IPV6_HEADER: u32 = 40;
+
+/// Interim interval in ns (0: none); the agent overrides it at load.
+#[unsafe(no_mangle)]
+static FLOW_INTERIM_NS: u64 = FLOW_INTERIM_DEFAULT_NS;
+/// `sock_cookie` offset in `tcp:tcp_receive_reset` (from tracefs).
+#[unsafe(no_mangle)]
+static TP_RESET_COOKIE: u32 = 64;
+
+#[map(name = "EGRET_FLOWS")]
+static FLOWS: HashMap<u64, FlowState> = HashMap::with_max_entries(FLOWS_MAX_ENTRIES, 0);
+
+#[map(name = "EGRET_FLOW_COUNTERS")]
+static FLOW_COUNTERS: PerCpuArray<FlowCounters> = PerCpuArray::with_max_entries(1, 0);
+
+/// Slots of [`SEGMENT_CACHE`] (a power of two).
+const SEGMENT_SLOTS: u32 = 16;
+
+/// What a CPU last learned about a TCP socket's outgoing segments: when its
+/// next interim record can be due ([`NOT_TRACKED`]: never). Kernel-only.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct SegmentCache {
+    cookie: u64,
+    due_ns: u64,
+}
+
+const NOT_TRACKED: u64 = u64::MAX;
+
+/// Per CPU, direct-mapped by the cookie's low bits: a bulk stream's
+/// segments (and, on loopback, the receiver's ACKs, from another socket)
+/// then skip the flow-table lookup until the interval passes. A due time
+/// here is never later than the flow's real one (its last report only
+/// moves forward), so a hit can delay nothing; tracking is decided at
+/// `TCP_CONNECT_CB`, before the socket's first segment, so "not tracked"
+/// stays true. A program interrupting another on the same CPU can tear a
+/// slot (a cookie with another socket's time): the worst case is one late
+/// interim record, never a wrong count.
+#[map(name = "EGRET_FLOW_SEGMENTS")]
+static SEGMENT_CACHE: PerCpuArray<SegmentCache> = PerCpuArray::with_max_entries(SEGMENT_SLOTS, 0);
+
+#[inline(always)]
+fn interim_ns() -> u64 {
+    // SAFETY: a plain read of a global the loader may have overridden.
+    unsafe { core::ptr::read_volatile(&FLOW_INTERIM_NS) }
+}
+
+#[inline(always)]
+fn count(hook: Hook, update: impl FnOnce(&mut HookCounters)) {
+    if let Some(counters) = COUNTERS.get_ptr_mut(hook as u32) {
+        // SAFETY: this CPU's slot, valid for the program's run (cgroup and
+        // sock_ops programs run with migration disabled).
+        update(unsafe { &mut *counters });
+    }
+}
+
+#[inline(always)]
+fn count_flow(update: impl FnOnce(&mut FlowCounters)) {
+    if let Some(counters) = FLOW_COUNTERS.get_ptr_mut(0) {
+        // SAFETY: as in `count`.
+        update(unsafe { &mut *counters });
+    }
+}
+
+#[inline(always)]
+fn now() -> u64 {
+    // SAFETY: reads the monotonic clock, no arguments.
+    unsafe { bpf_ktime_get_ns() }
+}
+
+#[inline(always)]
+fn ignored(mapped: &[u8; 16]) -> bool {
+    IGNORE
+        .get(Key::new(128, *mapped))
+        .is_some_and(|verdict| *verdict == IGNORE_VERDICT_IGNORE)
+}
+
+/// `::ffff:a.b.c.d` for an IPv4 address in network order.
+#[inline(always)]
+fn mapped_v4(ip4: [u8; 4]) -> [u8; 16] {
+    let mut mapped = [0u8; 16];
+    mapped[10] = 0xff;
+    mapped[11] = 0xff;
+    mapped[12..].copy_from_slice(&ip4);
+    mapped
+}
+
+#[inline(always)]
+fn is_v4_mapped(addr: &[u8; 16]) -> bool {
+    addr[..10].iter().all(|b| *b == 0) && addr[10] == 0xff && addr[11] == 0xff
+}
+
+/// An address as reported: IPv4 in the first four bytes.
+#[inline(always)]
+fn reported(mapped: &[u8; 16]) -> [u8; 16] {
+    if is_v4_mapped(mapped) {
+        let mut out = [0u8; 16];
+        out[..4].copy_from_slice(&mapped[12..]);
+        out
+    } else {
+        *mapped
+    }
+}
+
+#[inline(always)]
+fn words_to_bytes(words: [u32; 4]) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    for (i, word) in words.iter().enumerate() {
+        out[i * 4..i * 4 + 4].copy_from_slice(&word.to_ne_bytes());
+    }
+    out
+}
+
+/// Sends one record; counts it in `hook`'s slot.
+#[inline(always)]
+fn emit(hook: Hook, event: &FlowEvent) {
+    let sent = match EVENTS.reserve::<FlowEvent>(0) {
+        Some(mut entry) => {
+            entry.write(*event);
+            entry.submit(0);
+            true
+        }
+        None => false,
+    };
+    count(hook, |c| {
+        if sent {
+            c.emitted += 1;
+        } else {
+            c.ringbuf_full += 1;
+        }
+    });
+    if sent && event.end == FLOW_END_INTERIM {
+        count_flow(|c| c.interim += 1);
+    }
+}
+
+/// A record from a flow's state and its current totals.
+#[inline(always)]
+fn record(state: &FlowState, cookie: u64, end: u8, totals: [u64; 4]) -> FlowEvent {
+    FlowEvent {
+        kind: RecordKind::Flow as u8,
+        hook: if state.protocol as u32 == IPPROTO_TCP {
+            Hook::TcpFlow as u8
+        } else {
+            Hook::UdpFlow as u8
+        },
+        family: state.family,
+        protocol: state.protocol,
+        end,
+        flags: state.event_flags,
+        old_state: 0,
+        _pad0: 0,
+        sport: state.sport,
+        dport: state.dport,
+        retrans: 0,
+        start_ns: state.start_ns,
+        mono_ns: now(),
+        socket_cookie: cookie,
+        bytes_out: totals[0],
+        bytes_in: totals[1],
+        packets_out: totals[2],
+        packets_in: totals[3],
+        saddr: state.saddr,
+        daddr: state.daddr,
+        reports: state.reports,
+        _pad1: 0,
+    }
+}
+
+mod packets;
+mod tcp;

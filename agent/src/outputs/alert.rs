@@ -285,16 +285,23 @@ impl Additions {
         mut rendered: Vec<(Arc<str>, serde_json::Value)>,
         event: &E,
     ) -> Result<OutputFields, Vec<(Arc<str>, serde_json::Value)>> {
-        if rendered.len() != plan.rendered {
+        // Checked before any value is moved out, so `Err` hands back the
+        // rendered fields whole. Template keys are shared `Arc`s: the same
+        // address means the same slot.
+        let same_shape = rendered.len() == plan.rendered
+            && plan.slots.iter().all(|(key, slot)| match *slot {
+                Slot::Rendered(i) => rendered.get(i).is_some_and(|(k, _)| Arc::ptr_eq(k, key)),
+                _ => true,
+            });
+        if !same_shape {
             return Err(rendered);
         }
         let mut fields = Vec::with_capacity(plan.slots.len());
         for (key, slot) in &plan.slots {
             let value = match *slot {
-                Slot::Rendered(i) => match rendered.get_mut(i) {
-                    Some((k, v)) if Arc::ptr_eq(k, key) => std::mem::take(v),
-                    _ => return Err(rendered),
-                },
+                Slot::Rendered(i) => rendered
+                    .get_mut(i)
+                    .map_or(serde_json::Value::Null, |(_, v)| std::mem::take(v)),
                 Slot::Added { entry, field } => {
                     match self.entries.get(entry).and_then(|e| e.fields.get(field)) {
                         // A named field keeps its typed value; a template its text.
@@ -484,8 +491,12 @@ mod tests {
                 serde_json::to_string(&planned).unwrap(),
                 serde_json::to_string(&applied.output_fields).unwrap()
             );
-            // Rendered fields of another shape are handed back.
-            assert!(add.fill(&plan, Vec::new(), &ev).is_err() || plan.rendered == 0);
+            // Rendered fields of another shape are handed back whole.
+            let (_, mut other) = template.render(&ev);
+            other.swap(0, 1);
+            let expected = other.clone();
+            assert_eq!(add.fill(&plan, other, &ev).unwrap_err(), expected);
+            assert!(add.fill(&plan, Vec::new(), &ev).is_err());
         }
         let with_text: Vec<AppendOutput> =
             serde_yaml_ng::from_str("- extra_output: 'pod=%k8s.pod.name'").unwrap();

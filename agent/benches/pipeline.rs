@@ -358,15 +358,15 @@ impl Pipeline {
             .expect("in-memory baseline");
             enricher = enricher.with_baseline(baseline);
         }
-        let evaluator = Evaluator {
-            hostname: "bench-node".into(),
+        let evaluator = Evaluator::new(
+            "bench-node".into(),
             // The shipped default: workload identity on every alert.
-            additions: Arc::new(
+            Arc::new(
                 Additions::build(&AppendOutputs::default().0, &Default::default())
                     .expect("default additions"),
             ),
-            metrics: Metrics::new(&MetricsConfig::default()),
-        };
+            Metrics::new(&MetricsConfig::default()),
+        );
         Pipeline {
             enricher,
             ruleset,

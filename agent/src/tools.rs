@@ -248,7 +248,7 @@ pub async fn alert_test(config: &Config, out: &mut dyn Write) -> anyhow::Result<
 }
 
 fn synthetic_alert(config: &Config, priority: Priority) -> anyhow::Result<Alert> {
-    let mut fields: BTreeMap<Arc<str>, serde_json::Value> = [
+    let mut fields: crate::outputs::alert::OutputFields = [
         ("fd.name", serde_json::json!("203.0.113.1:443")),
         ("fd.sip", serde_json::json!("203.0.113.1")),
         ("fd.sport", serde_json::json!(443)),

@@ -2,7 +2,6 @@
 //! prometheus-alertmanager, 0.25), each started on a free loopback port
 //! with its own config and storage directory and stopped on drop.
 use std::{
-    collections::BTreeMap,
     net::{Ipv4Addr, SocketAddr, TcpListener},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
@@ -162,7 +161,7 @@ mod http {
 }
 
 fn alert() -> Arc<Alert> {
-    let fields: BTreeMap<Arc<str>, serde_json::Value> = [
+    let fields: egret::outputs::alert::OutputFields = [
         (Arc::from("fd.sip"), serde_json::json!("203.0.113.80")),
         (Arc::from("fd.sport"), serde_json::json!(4444)),
         (Arc::from("fd.name"), serde_json::json!("203.0.113.80:4444")),

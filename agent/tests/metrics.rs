@@ -32,7 +32,7 @@ fn populated() -> Arc<Metrics> {
         rule: "Unexpected \"egress\" \\ test".into(),
         priority: Priority::Critical,
         output: "out".into(),
-        output_fields: BTreeMap::new(),
+        output_fields: egret::outputs::alert::OutputFields::new(),
         tags: vec![Arc::from("network")].into(),
         source: "syscall",
         hostname: "node".into(),

@@ -5,7 +5,6 @@
 mod receiver;
 
 use std::{
-    collections::BTreeMap,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -23,7 +22,7 @@ use receiver::{Got, Script, TestPki, receiver};
 use tokio_util::sync::CancellationToken;
 
 fn alert(rule: &str, n: u32) -> Arc<Alert> {
-    let fields: BTreeMap<Arc<str>, serde_json::Value> = [
+    let fields: egret::outputs::alert::OutputFields = [
         (Arc::from("fd.sip"), serde_json::json!("203.0.113.10")),
         (Arc::from("fd.sport"), serde_json::json!(443)),
         (Arc::from("proc.name"), serde_json::json!("curl")),

@@ -5,7 +5,6 @@
 mod dingtalk;
 
 use std::{
-    collections::BTreeMap,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -19,7 +18,7 @@ use egret::{
 use tokio_util::sync::CancellationToken;
 
 fn alert(n: u32) -> Arc<Alert> {
-    let fields: BTreeMap<Arc<str>, serde_json::Value> = [
+    let fields: egret::outputs::alert::OutputFields = [
         (
             Arc::from("fd.name"),
             serde_json::json!(format!("203.0.113.{}:443", n % 250)),

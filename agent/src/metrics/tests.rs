@@ -1,4 +1,4 @@
-use std::{collections::BTreeMap, net::Ipv4Addr};
+use std::net::Ipv4Addr;
 
 use super::{collectors::ProcessStats, *};
 
@@ -8,7 +8,7 @@ fn alert(rule: &str, tags: &Arc<[Arc<str>]>) -> Alert {
         rule: rule.into(),
         priority: Priority::Warning,
         output: "out".into(),
-        output_fields: BTreeMap::new(),
+        output_fields: crate::outputs::alert::OutputFields::new(),
         tags: tags.clone(),
         source: "syscall",
         hostname: "node-1".into(),

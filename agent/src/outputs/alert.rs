@@ -10,6 +10,8 @@ use std::{collections::BTreeMap, sync::Arc};
 use egret_rules::{Event, OutputTemplate};
 use serde::{Deserialize, Serialize};
 
+pub use super::output_fields::OutputFields;
+
 pub use egret_rules::Priority;
 
 /// One fired rule for one event.
@@ -23,7 +25,7 @@ pub struct Alert {
     /// The rule's output template, expanded.
     pub output: String,
     /// Every field the template names; `null` where unknown.
-    pub output_fields: BTreeMap<Arc<str>, serde_json::Value>,
+    pub output_fields: OutputFields,
     pub tags: Arc<[Arc<str>]>,
     pub source: &'static str,
     pub hostname: Arc<str>,
@@ -94,6 +96,17 @@ impl Default for AppendOutputs {
     }
 }
 
+impl Compiled {
+    fn matches(&self, source: &str, rule: &str, tags: &[Arc<str>]) -> bool {
+        self.source.as_deref().is_none_or(|s| s == source)
+            && self.rule.as_deref().is_none_or(|r| r == rule)
+            && self
+                .tags
+                .iter()
+                .all(|t| tags.iter().any(|have| &**have == t))
+    }
+}
+
 #[derive(Debug)]
 struct Compiled {
     source: Option<String>,
@@ -102,6 +115,35 @@ struct Compiled {
     extra_output: Option<OutputTemplate>,
     /// (key, template, whether the key is a field whose typed value is kept)
     fields: Vec<(Arc<str>, OutputTemplate, bool)>,
+}
+
+/// Where one of a rule's `output_fields` comes from.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Slot {
+    /// The rule's own template, its `i`th key.
+    Rendered(usize),
+    /// An `append_output` entry's field.
+    Added { entry: usize, field: usize },
+    /// A `custom_fields` entry.
+    Custom(usize),
+}
+
+/// For one rule: its alerts' `output_fields` keys, sorted, and where each
+/// value comes from ([`Additions::plan`]). Sorting, searching and
+/// inserting a dozen keys per alert cost more than computing their values.
+#[derive(Debug)]
+pub struct FieldPlan {
+    /// The rule's name: while the plan holds it, no other rule's name can
+    /// have its address, so [`FieldPlan::is_for`] identifies the rule.
+    rule: Arc<str>,
+    rendered: usize,
+    slots: Vec<(Arc<str>, Slot)>,
+}
+
+impl FieldPlan {
+    pub fn is_for(&self, rule: &Arc<str>) -> bool {
+        Arc::ptr_eq(&self.rule, rule)
+    }
 }
 
 /// `append_output` and `custom_fields`, compiled once per configuration.
@@ -176,22 +218,113 @@ impl Additions {
         })
     }
 
+    /// The most fields [`apply`](Self::apply) adds to an alert (extra
+    /// outputs' own fields not counted), to size `output_fields` once.
+    pub fn max_fields(&self) -> usize {
+        self.entries.iter().map(|e| e.fields.len()).sum::<usize>() + self.custom.len()
+    }
+
     /// Static custom fields, for outputs that make labels of them.
     pub fn custom_fields(&self) -> &[(Arc<str>, serde_json::Value)] {
         &self.custom
+    }
+
+    /// What [`apply`](Self::apply) would add to the alerts of one rule
+    /// (name, tags, source, the keys its template renders in order),
+    /// worked out once: [`FieldPlan`]. `None` when an entry that matches
+    /// has an `extra_output`, whose fields come from rendering text; those
+    /// alerts take `apply`.
+    pub fn plan(
+        &self,
+        rule: &Arc<str>,
+        tags: &[Arc<str>],
+        source: &str,
+        rendered: &[Arc<str>],
+    ) -> Option<FieldPlan> {
+        let mut slots: Vec<(Arc<str>, Slot)> = rendered
+            .iter()
+            .enumerate()
+            .map(|(i, k)| (k.clone(), Slot::Rendered(i)))
+            .collect();
+        let present =
+            |slots: &[(Arc<str>, Slot)], key: &str| slots.iter().any(|(k, _)| &**k == key);
+        for (e, entry) in self.entries.iter().enumerate() {
+            if !entry.matches(source, rule, tags) {
+                continue;
+            }
+            if entry.extra_output.is_some() {
+                return None;
+            }
+            for (f, (key, _, _)) in entry.fields.iter().enumerate() {
+                if !present(&slots, key) {
+                    slots.push((key.clone(), Slot::Added { entry: e, field: f }));
+                }
+            }
+        }
+        for (c, (key, _)) in self.custom.iter().enumerate() {
+            if !present(&slots, key) {
+                slots.push((key.clone(), Slot::Custom(c)));
+            }
+        }
+        slots.sort_by(|a, b| a.0.cmp(&b.0));
+        Some(FieldPlan {
+            rule: rule.clone(),
+            rendered: rendered.len(),
+            slots,
+        })
+    }
+
+    /// `output_fields` of an alert of the plan's rule: the rendered fields
+    /// (in the template's key order, as the rule renders them) and what
+    /// [`apply`](Self::apply) would add, as `apply` would add them, without
+    /// a sort or a search. `Err` gives `rendered` back when it does not
+    /// have the plan's shape (then use `apply`).
+    pub fn fill<E: Event + ?Sized>(
+        &self,
+        plan: &FieldPlan,
+        mut rendered: Vec<(Arc<str>, serde_json::Value)>,
+        event: &E,
+    ) -> Result<OutputFields, Vec<(Arc<str>, serde_json::Value)>> {
+        // Checked before any value is moved out, so `Err` hands back the
+        // rendered fields whole. Template keys are shared `Arc`s: the same
+        // address means the same slot.
+        let same_shape = rendered.len() == plan.rendered
+            && plan.slots.iter().all(|(key, slot)| match *slot {
+                Slot::Rendered(i) => rendered.get(i).is_some_and(|(k, _)| Arc::ptr_eq(k, key)),
+                _ => true,
+            });
+        if !same_shape {
+            return Err(rendered);
+        }
+        let mut fields = Vec::with_capacity(plan.slots.len());
+        for (key, slot) in &plan.slots {
+            let value = match *slot {
+                Slot::Rendered(i) => rendered
+                    .get_mut(i)
+                    .map_or(serde_json::Value::Null, |(_, v)| std::mem::take(v)),
+                Slot::Added { entry, field } => {
+                    match self.entries.get(entry).and_then(|e| e.fields.get(field)) {
+                        // A named field keeps its typed value; a template its text.
+                        Some((_, t, true)) => t.value(event),
+                        Some((_, t, false)) => serde_json::Value::String(t.render(event).0),
+                        None => serde_json::Value::Null,
+                    }
+                }
+                Slot::Custom(c) => self
+                    .custom
+                    .get(c)
+                    .map_or(serde_json::Value::Null, |(_, v)| v.clone()),
+            };
+            fields.push((key.clone(), value));
+        }
+        Ok(OutputFields::from_sorted(fields))
     }
 
     /// Adds what matches `alert` (whose rule carries `tags`); a field the
     /// rule's own output already names keeps the rule's value.
     pub fn apply<E: Event + ?Sized>(&self, alert: &mut Alert, event: &E) {
         for entry in &self.entries {
-            if entry.source.as_deref().is_some_and(|s| s != alert.source)
-                || entry.rule.as_deref().is_some_and(|r| r != &*alert.rule)
-                || !entry
-                    .tags
-                    .iter()
-                    .all(|t| alert.tags.iter().any(|have| &**have == t))
-            {
+            if !entry.matches(alert.source, &alert.rule, &alert.tags) {
                 continue;
             }
             if let Some(t) = &entry.extra_output {
@@ -201,27 +334,22 @@ impl Additions {
                 }
                 alert.output.push_str(&text);
                 for (k, v) in fields {
-                    alert.output_fields.entry(k).or_insert(v);
+                    alert.output_fields.insert_if_absent(&k, || v);
                 }
             }
             for (key, t, typed) in &entry.fields {
-                if alert.output_fields.contains_key(key) {
-                    continue;
-                }
                 // A named field keeps its typed value; a template its text.
-                let value = if *typed {
-                    t.value(event)
-                } else {
-                    serde_json::Value::String(t.render(event).0)
-                };
-                alert.output_fields.insert(key.clone(), value);
+                alert.output_fields.insert_if_absent(key, || {
+                    if *typed {
+                        t.value(event)
+                    } else {
+                        serde_json::Value::String(t.render(event).0)
+                    }
+                });
             }
         }
         for (k, v) in &self.custom {
-            alert
-                .output_fields
-                .entry(k.clone())
-                .or_insert_with(|| v.clone());
+            alert.output_fields.insert_if_absent(k, || v.clone());
         }
     }
 }
@@ -310,6 +438,74 @@ mod tests {
         assert_eq!(alert.output_fields["where"], "shop/web-1");
         assert_eq!(alert.output_fields["cluster"], "prod-eu");
         assert!(!alert.output.contains("never"));
+    }
+
+    /// The per-rule plan gives exactly what sorting and `apply` give.
+    #[test]
+    fn planned_fields_equal_applied_ones() {
+        let ev = egret_rules::TestEvent::connect("203.0.113.7".parse().unwrap(), 443).in_pod(
+            "shop",
+            "web-1",
+            "nginx:1.27",
+        );
+        let templated: Vec<AppendOutput> = serde_yaml_ng::from_str(
+            "
+- match: {tags: [network]}
+  extra_fields: [proc.pid, fd.name, {where: '%k8s.ns.name/%k8s.pod.name'}]
+- extra_fields: [k8s.pod.name, proc.pid, user.name]
+- match: {rule: Some other rule}
+  extra_fields: [container.name]
+",
+        )
+        .unwrap();
+        let custom: BTreeMap<String, String> = [
+            ("cluster".to_owned(), "prod-eu".to_owned()),
+            ("fd.name".to_owned(), "shadowed".to_owned()),
+        ]
+        .into();
+        let configs = [
+            Additions::build(&AppendOutputs::default().0, &BTreeMap::new()).unwrap(),
+            Additions::build(&templated, &custom).unwrap(),
+            Additions::build(&[], &custom).unwrap(),
+            Additions::default(),
+        ];
+        let template = OutputTemplate::parse(
+            "to %fd.name by %proc.cmdline (%user.name) pod %k8s.pod.name %fd.name",
+        )
+        .unwrap();
+        for add in &configs {
+            let seed = seed_alert();
+            let (output, rendered) = template.render(&ev);
+            let plan = add
+                .plan(&seed.rule, &seed.tags, seed.source, template.keys())
+                .expect("no extra_output: a plan");
+            let planned = add.fill(&plan, rendered.clone(), &ev).unwrap();
+            let mut applied = Alert {
+                output,
+                output_fields: OutputFields::from_distinct(rendered, add.max_fields()),
+                ..seed
+            };
+            add.apply(&mut applied, &ev);
+            assert_eq!(planned, applied.output_fields);
+            assert_eq!(
+                serde_json::to_string(&planned).unwrap(),
+                serde_json::to_string(&applied.output_fields).unwrap()
+            );
+            // Rendered fields of another shape are handed back whole.
+            let (_, mut other) = template.render(&ev);
+            other.swap(0, 1);
+            let expected = other.clone();
+            assert_eq!(add.fill(&plan, other, &ev).unwrap_err(), expected);
+            assert!(add.fill(&plan, Vec::new(), &ev).is_err());
+        }
+        let with_text: Vec<AppendOutput> =
+            serde_yaml_ng::from_str("- extra_output: 'pod=%k8s.pod.name'").unwrap();
+        let add = Additions::build(&with_text, &BTreeMap::new()).unwrap();
+        let seed = seed_alert();
+        assert!(
+            add.plan(&seed.rule, &seed.tags, seed.source, template.keys())
+                .is_none()
+        );
     }
 
     #[test]

@@ -10,6 +10,8 @@
 //! and `stop`.
 pub mod alert;
 pub mod audit;
+pub mod json_line;
+pub mod output_fields;
 pub mod stdout;
 pub mod stdout_queue;
 pub mod webhook;

@@ -2,10 +2,10 @@
 //! (swapped atomically on reload), counts one verdict per event, and hands
 //! each batch with its alerts to the outputs' one fan-out. Rules that read a
 //! connect's result run when it arrives (`pending.rs`); the others at once.
-use std::{collections::BTreeMap, sync::Arc, time::Instant};
+use std::{sync::Arc, time::Instant};
 
 use egret_common::Hook;
-use egret_rules::{Phase, RuleId, Ruleset};
+use egret_rules::{Phase, Rule, RuleId, Ruleset};
 use tokio::{
     io::AsyncWrite,
     sync::{mpsc, watch},
@@ -15,7 +15,7 @@ use crate::{
     metrics::{Metrics, Verdict},
     outputs::{
         Evaluated, Outputs, Raised,
-        alert::{Additions, Alert},
+        alert::{Additions, Alert, FieldPlan, OutputFields},
         alert_context,
     },
     pipeline::{
@@ -32,7 +32,61 @@ pub struct Evaluator {
     /// `append_output` and `custom_fields`, applied to every alert.
     pub additions: Arc<Additions>,
     pub metrics: Arc<Metrics>,
+    /// Per rule, how its alerts' `output_fields` are filled.
+    plans: FieldPlans,
 }
+
+/// [`FieldPlan`]s by rule id, made on a rule's first alert. Each entry
+/// holds its rule's name, so a reload (new rules, maybe the same ids) or
+/// new additions make new plans instead of reusing stale ones.
+#[derive(Default)]
+struct FieldPlans {
+    /// The additions the plans were made with.
+    additions: Option<Arc<Additions>>,
+    by_rule: Vec<Option<Planned>>,
+}
+
+enum Planned {
+    Plan(FieldPlan),
+    /// The rule takes [`Additions::apply`] (it matches an `extra_output`).
+    General(Arc<str>),
+}
+
+impl FieldPlans {
+    fn get(&mut self, additions: &Arc<Additions>, id: RuleId, rule: &Rule) -> Option<&FieldPlan> {
+        if !self
+            .additions
+            .as_ref()
+            .is_some_and(|a| Arc::ptr_eq(a, additions))
+        {
+            self.by_rule.clear();
+            self.additions = Some(additions.clone());
+        }
+        let i = id.index();
+        if self.by_rule.len() <= i {
+            self.by_rule.resize_with(i + 1, || None);
+        }
+        let current = match &self.by_rule[i] {
+            Some(Planned::Plan(plan)) => plan.is_for(rule.name()),
+            Some(Planned::General(name)) => Arc::ptr_eq(name, rule.name()),
+            None => false,
+        };
+        if !current {
+            let plan = additions.plan(rule.name(), rule.tags(), SOURCE, rule.output_fields());
+            self.by_rule[i] = Some(match plan {
+                Some(plan) => Planned::Plan(plan),
+                None => Planned::General(rule.name().clone()),
+            });
+        }
+        match &self.by_rule[i] {
+            Some(Planned::Plan(plan)) => Some(plan),
+            _ => None,
+        }
+    }
+}
+
+/// Every alert's `source`: the events are syscalls, as Falco names them.
+const SOURCE: &str = "syscall";
 
 pub struct EvaluateStage<W> {
     pub rules: watch::Receiver<Arc<Ruleset>>,
@@ -143,11 +197,20 @@ fn awaits_result(event: &Event) -> bool {
 }
 
 impl Evaluator {
+    pub fn new(hostname: Arc<str>, additions: Arc<Additions>, metrics: Arc<Metrics>) -> Evaluator {
+        Evaluator {
+            hostname,
+            additions,
+            metrics,
+            plans: FieldPlans::default(),
+        }
+    }
+
     /// One batch, without I/O: evaluates every event, appends each alert to
     /// `alerts`, and counts verdicts and alerts in the metrics. Returns the
     /// alerts raised.
     pub fn evaluate_batch(
-        &self,
+        &mut self,
         ruleset: &Ruleset,
         events: &[Event],
         matches: &mut Vec<RuleId>,
@@ -161,7 +224,7 @@ impl Evaluator {
     /// result); the connects it hands back (same socket again) go to
     /// `resolved`, due now.
     pub fn evaluate_batch_deferring(
-        &self,
+        &mut self,
         ruleset: &Ruleset,
         events: &[Event],
         matches: &mut Vec<RuleId>,
@@ -216,7 +279,7 @@ impl Evaluator {
     /// Evaluates the rules of `phase` on one event and appends its alerts
     /// (event index `index`); true when any rule matched.
     fn raise(
-        &self,
+        &mut self,
         ruleset: &Ruleset,
         event: &Event,
         index: usize,
@@ -234,7 +297,7 @@ impl Evaluator {
             let Some(rule) = ruleset.rule(*id) else {
                 continue;
             };
-            let alert = Arc::new(self.alert(rule, event));
+            let alert = Arc::new(self.alert(*id, rule, event));
             self.metrics.observe_alert(&alert, &ctx);
             alerts.push(Raised {
                 alert,
@@ -244,19 +307,30 @@ impl Evaluator {
         true
     }
 
-    fn alert(&self, rule: &egret_rules::Rule, event: &Event) -> Alert {
+    fn alert(&mut self, id: RuleId, rule: &Rule, event: &Event) -> Alert {
         let rendered = rule.render(event);
         let mut alert = Alert {
             time: timefmt::rfc3339_nanos(event.attempt.wall_ns),
             rule: rule.name().clone(),
             priority: rule.priority(),
             output: rendered.output,
-            output_fields: rendered.fields.into_iter().collect::<BTreeMap<_, _>>(),
+            output_fields: OutputFields::new(),
             tags: rule.tags().clone(),
-            source: "syscall",
+            source: SOURCE,
             hostname: self.hostname.clone(),
         };
-        self.additions.apply(&mut alert, event);
+        let fields = match self.plans.get(&self.additions, id, rule) {
+            Some(plan) => self.additions.fill(plan, rendered.fields, event),
+            None => Err(rendered.fields),
+        };
+        match fields {
+            Ok(fields) => alert.output_fields = fields,
+            Err(rendered) => {
+                alert.output_fields =
+                    OutputFields::from_distinct(rendered, self.additions.max_fields());
+                self.additions.apply(&mut alert, event);
+            }
+        }
         alert
     }
 }

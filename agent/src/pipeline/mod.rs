@@ -259,11 +259,7 @@ impl Pipeline {
         let audit = audit_sink.map(|sink| audit_queue(sink, metrics));
         let stage = EvaluateStage {
             rules,
-            evaluator: Evaluator {
-                hostname: hostname(config).into(),
-                additions,
-                metrics: metrics.clone(),
-            },
+            evaluator: Evaluator::new(hostname(config).into(), additions, metrics.clone()),
             outputs: Outputs::new(stdout.clone(), audit, webhooks, metrics.clone()),
             rule_actions,
             pending: pending::Pending::new(

@@ -129,7 +129,7 @@ pub fn payload_at(d: &Delivery, style: &Style, now: SystemTime) -> Value {
 
 #[cfg(test)]
 mod tests {
-    use std::{collections::BTreeMap, sync::Arc};
+    use std::sync::Arc;
 
     use super::*;
     use crate::outputs::alert::Alert;
@@ -145,7 +145,7 @@ mod tests {
 
     #[test]
     fn bounded_labels_annotations_and_expiry() {
-        let fields: BTreeMap<Arc<str>, Value> = [
+        let fields: crate::outputs::alert::OutputFields = [
             (Arc::from("k8s.pod.name"), json!("web-1")),
             (Arc::from("k8s.ns.name"), json!("shop")),
             (Arc::from("container.id"), Value::Null),

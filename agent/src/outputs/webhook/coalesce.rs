@@ -139,7 +139,6 @@ impl Coalescer {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
 
     use super::*;
     use crate::outputs::alert::Priority;
@@ -150,7 +149,7 @@ mod tests {
             rule: "R".into(),
             priority: Priority::Warning,
             output: format!("alert {n}"),
-            output_fields: BTreeMap::new(),
+            output_fields: crate::outputs::alert::OutputFields::new(),
             tags: Vec::new().into(),
             source: "syscall",
             hostname: "h".into(),

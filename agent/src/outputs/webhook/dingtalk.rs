@@ -276,7 +276,7 @@ mod tests {
                 rule: rule.into(),
                 priority: p,
                 output: "out".into(),
-                output_fields: BTreeMap::new(),
+                output_fields: crate::outputs::alert::OutputFields::new(),
                 tags: Arc::new([]),
                 source: "syscall",
                 hostname: "n".into(),

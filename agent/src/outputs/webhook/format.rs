@@ -272,12 +272,11 @@ fn dingtalk(d: &Delivery) -> serde_json::Value {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
 
     use super::*;
 
     fn alert() -> Arc<Alert> {
-        let fields: BTreeMap<Arc<str>, serde_json::Value> = [
+        let fields: crate::outputs::alert::OutputFields = [
             (Arc::from("fd.sip"), json!("203.0.113.9")),
             (Arc::from("fd.sport"), json!(443)),
             (Arc::from("proc.name"), json!("<script>&`rm`")),

@@ -98,6 +98,13 @@ fn container_id_of(identity: Option<&Identity>) -> Option<&str> {
     }
 }
 
+/// The per-event caches' map: keys are kernel ids (pids, exec ids, cgroup
+/// ids, socket cookies), hashed on every event. SipHash, std's default,
+/// was a twentieth of an alerting event's cost; foldhash is several times
+/// cheaper and still seeded per process, so a workload that picks its
+/// pids or ports cannot aim collisions at a known hash function.
+pub type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
 /// User names are cached per (cgroup, uid): processes of one cgroup share a
 /// root filesystem, and resolving per event would cost a stat each time.
 const USER_CACHE_CAP: usize = 16_384;
@@ -112,13 +119,13 @@ const PEER_CACHE_CAP: usize = 65_536;
 pub struct Enricher {
     pub processes: ProcessCache,
     identity: Option<IdentitySources>,
-    user_names: HashMap<(u64, u32), Option<Arc<str>>>,
+    user_names: FastMap<(u64, u32), Option<Arc<str>>>,
     metrics: Option<Arc<crate::metrics::Metrics>>,
     baseline: Option<crate::baseline::Baseline>,
     /// The last `evt.num` given out.
     events: u64,
     /// Socket cookie → last destination, for `fd.name_changed`.
-    peers: HashMap<u64, (std::net::IpAddr, u16)>,
+    peers: FastMap<u64, (std::net::IpAddr, u16)>,
     /// Connect results of the current batch, passed on untouched.
     results: Vec<ConnectResult>,
     /// Socket cookie → connect-time process, for flow records; `None`
@@ -169,11 +176,11 @@ impl Enricher {
         Enricher {
             processes,
             identity,
-            user_names: HashMap::new(),
+            user_names: FastMap::default(),
             metrics: None,
             baseline: None,
             events: 0,
-            peers: HashMap::new(),
+            peers: FastMap::default(),
             results: Vec::new(),
             owners: None,
             names: names::NamesCache::new(NAMES_CACHE_CAP),

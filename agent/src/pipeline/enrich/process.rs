@@ -3,7 +3,7 @@
 //! attributed to the previous owner's program. Forked children share their
 //! parent's exec id (they run the same image until they exec).
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::VecDeque,
     path::{Path, PathBuf},
     sync::Arc,
     time::{Duration, Instant},
@@ -11,6 +11,7 @@ use std::{
 
 use egret_common::{EXEC_ID_SEEDED, ProcState};
 
+use super::FastMap;
 use crate::pipeline::decode::ExecRecord;
 
 /// What is known of the executable file's origin; `None`: unknown (no LSM
@@ -129,14 +130,14 @@ const FALLBACK_TTL: Duration = Duration::from_secs(2);
 pub struct ProcessCache {
     proc_root: PathBuf,
     cap: usize,
-    images: HashMap<u64, Arc<ProcessImage>>,
+    images: FastMap<u64, Arc<ProcessImage>>,
     /// Insertion order for eviction (oldest first).
     order: VecDeque<u64>,
     /// tgid → exec id of its current image, for parent names.
-    current: HashMap<u32, u64>,
-    fallback: HashMap<u32, (Instant, Option<Arc<ProcessImage>>)>,
+    current: FastMap<u32, u64>,
+    fallback: FastMap<u32, (Instant, Option<Arc<ProcessImage>>)>,
     /// When each image's executable was last checked for deletion.
-    deletion_checked: HashMap<u64, Instant>,
+    deletion_checked: FastMap<u64, Instant>,
     /// The current batch's clock ([`ProcessCache::begin_batch`]): one
     /// clock read per batch, not one per event for the TTL checks.
     now: Instant,
@@ -152,11 +153,11 @@ impl ProcessCache {
         ProcessCache {
             proc_root: proc_root.into(),
             cap: cap.max(16),
-            images: HashMap::new(),
+            images: FastMap::default(),
             order: VecDeque::new(),
-            current: HashMap::new(),
-            fallback: HashMap::new(),
-            deletion_checked: HashMap::new(),
+            current: FastMap::default(),
+            fallback: FastMap::default(),
+            deletion_checked: FastMap::default(),
             now: Instant::now(),
         }
     }

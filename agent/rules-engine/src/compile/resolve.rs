@@ -2,7 +2,7 @@
 //! names the grammar cannot express, and the resolution of every macro.
 use std::collections::{HashMap, HashSet};
 
-use super::{Compiler, ListValue, MAX_LIST_NESTING, MAX_LIST_VALUES, MAX_TOTAL};
+use super::{Compiler, ListValue, MAX_LIST_NESTING, MAX_LIST_VALUES, MAX_TOTAL, item_key};
 use crate::ast::{Expr, ExprKind, Rhs};
 use crate::collect::{Collection, ListInfo};
 use crate::diagnostics::Sink;
@@ -45,12 +45,12 @@ fn substitute(text: &str, name: &str, items: &str) -> Option<String> {
 }
 
 /// A fully quoted list item stands for its unquoted content, as when Falco
-/// pastes list items into a condition.
-pub(super) fn unquote(text: &str) -> String {
+/// pastes list items into a condition; `None`: the text stands as it is.
+fn unquote(text: &str) -> Option<String> {
     let mut cursor = Cursor::new(text);
     match cursor.quoted() {
-        Ok(Some(inner)) if cursor.at_end() => inner,
-        _ => text.to_string(),
+        Ok(Some(inner)) if cursor.at_end() => Some(inner),
+        _ => None,
     }
 }
 
@@ -85,7 +85,7 @@ fn idents<'e>(expr: &'e Expr, out: &mut Vec<(&'e str, u32)>) {
     out.sort_by_key(|(_, pos)| *pos);
 }
 
-impl<'c> Compiler<'c, '_> {
+impl<'c, 'f> Compiler<'c, 'f> {
     /// Falco resolves every macro, used or not: a macro naming an undefined
     /// macro, or a reference loop, is an error even if no rule uses it. Each
     /// macro's own mistakes are reported once, at its text; the result is
@@ -151,10 +151,10 @@ impl<'c> Compiler<'c, '_> {
     /// that list's values.
     pub(super) fn resolve_list(
         &mut self,
-        coll: &'c Collection,
-        info: &'c ListInfo,
+        coll: &'c Collection<'f>,
+        info: &'c ListInfo<'f>,
         depth: u32,
-    ) -> Vec<ListValue> {
+    ) -> Vec<ListValue<'c, 'f>> {
         let mut out = Vec::with_capacity(info.items.len().min(MAX_LIST_VALUES + 1));
         for item in &info.items {
             if out.len() > MAX_LIST_VALUES {
@@ -175,13 +175,15 @@ impl<'c> Compiler<'c, '_> {
                         self.lists.insert(&r.name, values);
                     }
                     if let Some(values) = self.lists.get(r.name.as_str()) {
-                        out.extend(values.iter().take(MAX_LIST_VALUES + 1).cloned());
+                        out.extend(values.iter().take(MAX_LIST_VALUES + 1).copied());
                     }
                 }
-                _ => out.push(ListValue {
-                    text: unquote(&item.text),
-                    loc: item.loc,
-                }),
+                _ => {
+                    if let Some(inner) = unquote(&item.text) {
+                        self.unquoted.insert(item_key(item), inner);
+                    }
+                    out.push(item);
+                }
             }
         }
         out

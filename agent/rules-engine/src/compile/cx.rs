@@ -295,21 +295,17 @@ impl<'a> Cx<'a, '_, '_> {
             // `proc.name = one_item_list` compares with that item; more
             // items there make Falco's condition a syntax error.
             Rhs::Value(lit) if !lit.quoted && self.comp.lists.contains_key(lit.text.as_str()) => {
-                let values = self
-                    .comp
-                    .lists
-                    .get(lit.text.as_str())
-                    .map_or(&[][..], |v| v);
-                match values {
-                    [one] => push(self.comp.value_text(one), Err(one.loc)),
-                    _ => {
+                let values = self.comp.lists.get(lit.text.as_str());
+                match values.and_then(|v| v.single()) {
+                    Some(one) => push(self.comp.value_text(one), Err(one.loc)),
+                    None => {
                         let at = self.locate(scope, lit.pos);
                         self.errors.push((
                             at,
                             format!(
                                 "list '{}' has {} items where one value is expected (use 'in')",
                                 lit.text,
-                                values.len()
+                                values.map_or(0, |v| v.len())
                             ),
                         ));
                         return Node::Const(false);
@@ -409,18 +405,21 @@ impl<'a> Cx<'a, '_, '_> {
             |lit: &crate::ast::Literal| comp.lists.get(lit.text.as_str()).filter(|_| !lit.quoted);
         let count = items
             .iter()
-            .map(|lit| list(lit).map_or(1, Vec::len))
+            .map(|lit| list(lit).map_or(1, |v| v.len()))
             .fold(0, usize::saturating_add);
         if !self.spend(count, scope.fixed) {
             return Node::Const(false);
         }
         let values = items.iter().flat_map(|lit| {
             let (one, many) = match list(lit) {
-                Some(values) => (None, values.as_slice()),
-                None => (Some((lit.text.as_str(), Ok(lit.pos))), &[][..]),
+                Some(values) => (None, Some(values)),
+                None => (Some((lit.text.as_str(), Ok(lit.pos))), None),
             };
-            one.into_iter()
-                .chain(many.iter().map(|v| (comp.value_text(v), Err(v.loc))))
+            one.into_iter().chain(
+                many.into_iter()
+                    .flat_map(|v| v.iter())
+                    .map(|v| (comp.value_text(v), Err(v.loc))),
+            )
         });
         match checks::build_net(&check.field, check.op, count, values) {
             Ok((cmp, negate)) => Node::Check(Box::new(Test { src, cmp, negate })),

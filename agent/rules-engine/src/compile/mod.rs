@@ -31,10 +31,39 @@ pub(crate) const MAX_TOTAL: usize = 8_000_000;
 pub(crate) const MAX_LIST_VALUES: usize = 2_000_000;
 const MAX_LIST_NESTING: u32 = 32;
 
-/// A resolved list's value: the item itself, not a copy (at a million
-/// items copies were the largest allocation of a load). Its text is
-/// [`Compiler::value_text`].
-type ListValue<'c, 'f> = &'c ListItem<'f>;
+/// A resolved list's values: the items themselves, not copies (at a million
+/// items copies were the largest allocation of a load). A list naming no
+/// other list is its own item slice; one that does, references to the
+/// items it expands to. A value's text is [`Compiler::value_text`].
+pub(super) enum Resolved<'c, 'f> {
+    Items(&'c [ListItem<'f>]),
+    Refs(Vec<&'c ListItem<'f>>),
+}
+
+impl<'c, 'f> Resolved<'c, 'f> {
+    pub(super) fn len(&self) -> usize {
+        match self {
+            Resolved::Items(items) => items.len(),
+            Resolved::Refs(refs) => refs.len(),
+        }
+    }
+
+    fn get(&self, i: usize) -> Option<&'c ListItem<'f>> {
+        match self {
+            Resolved::Items(items) => items.get(i),
+            Resolved::Refs(refs) => refs.get(i).copied(),
+        }
+    }
+
+    pub(super) fn iter(&self) -> impl Iterator<Item = &'c ListItem<'f>> + '_ {
+        (0..self.len()).filter_map(move |i| self.get(i))
+    }
+
+    /// The value of a one-value list.
+    pub(super) fn single(&self) -> Option<&'c ListItem<'f>> {
+        (self.len() == 1).then(|| self.get(0)).flatten()
+    }
+}
 
 /// Where a list item lives, to find its unquoted text.
 fn item_key(item: &ListItem<'_>) -> usize {
@@ -48,7 +77,7 @@ struct MacroEntry<'c> {
 
 pub(crate) struct Compiler<'c, 'f> {
     files: &'c Files<'f>,
-    lists: HashMap<&'c str, Vec<ListValue<'c, 'f>>>,
+    lists: HashMap<&'c str, Resolved<'c, 'f>>,
     /// The unquoted text of fully quoted items (`'"a b"'`), by item.
     unquoted: HashMap<usize, String>,
     macros: HashMap<&'c str, MacroEntry<'c>>,

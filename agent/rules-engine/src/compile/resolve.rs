@@ -2,8 +2,9 @@
 //! names the grammar cannot express, and the resolution of every macro.
 use std::collections::{HashMap, HashSet};
 
-use super::{Compiler, ListValue, MAX_LIST_NESTING, MAX_LIST_VALUES, MAX_TOTAL, item_key};
+use super::{Compiler, MAX_LIST_NESTING, MAX_LIST_VALUES, MAX_TOTAL, Resolved, item_key};
 use crate::ast::{Expr, ExprKind, Rhs};
+use crate::collect::ListItem;
 use crate::collect::{Collection, ListInfo};
 use crate::diagnostics::Sink;
 use crate::lexer::Cursor;
@@ -154,13 +155,16 @@ impl<'c, 'f> Compiler<'c, 'f> {
         coll: &'c Collection<'f>,
         info: &'c ListInfo<'f>,
         depth: u32,
-    ) -> Vec<ListValue<'c, 'f>> {
-        let mut out = Vec::with_capacity(info.items.len().min(MAX_LIST_VALUES + 1));
-        for item in &info.items {
-            if out.len() > MAX_LIST_VALUES {
+    ) -> Resolved<'c, 'f> {
+        // References only once an item names a list; until then the values
+        // are the items themselves.
+        let mut refs: Option<Vec<&'c ListItem<'f>>> = None;
+        let mut count = 0usize;
+        for (i, item) in info.items.iter().enumerate() {
+            if count > MAX_LIST_VALUES {
                 break;
             }
-            if self.spent.saturating_add(out.len()) > MAX_TOTAL {
+            if self.spent.saturating_add(count) > MAX_TOTAL {
                 break;
             }
             match coll.lists.get(&item.text) {
@@ -174,19 +178,31 @@ impl<'c, 'f> Compiler<'c, 'f> {
                         let values = self.resolve_list(coll, r, depth + 1);
                         self.lists.insert(&r.name, values);
                     }
+                    let out = refs.get_or_insert_with(|| {
+                        let mut out = Vec::with_capacity(info.items.len().min(MAX_LIST_VALUES + 1));
+                        out.extend(info.items.get(..i).unwrap_or(&[]));
+                        out
+                    });
                     if let Some(values) = self.lists.get(r.name.as_str()) {
-                        out.extend(values.iter().take(MAX_LIST_VALUES + 1).copied());
+                        out.extend(values.iter().take(MAX_LIST_VALUES + 1));
                     }
+                    count = out.len();
                 }
                 _ => {
                     if let Some(inner) = unquote(&item.text) {
                         self.unquoted.insert(item_key(item), inner);
                     }
-                    out.push(item);
+                    if let Some(out) = refs.as_mut() {
+                        out.push(item);
+                    }
+                    count += 1;
                 }
             }
         }
-        out
+        match refs {
+            Some(refs) => Resolved::Refs(refs),
+            None => Resolved::Items(info.items.get(..count).unwrap_or(&info.items)),
+        }
     }
 
     /// Parses a condition, after substituting any oddly named lists.

@@ -37,6 +37,7 @@ mod paired;
 mod pipeline;
 mod procs;
 mod quarantine;
+mod scale;
 mod storm;
 mod throughput;
 
@@ -233,6 +234,9 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     }
     if want(12) {
         section(ioc::rule_count(&settings)?);
+    }
+    if want(13) {
+        section(scale::run(&bins, short)?);
     }
     drop(ns);
     if want(7) {

@@ -4,7 +4,8 @@ use crate::FieldId;
 use crate::event::{Event, Value};
 use crate::fields::Src;
 use crate::matchers::{Glob, PathSet, StrSet, U64Set, icontains};
-use crate::netset::{NetMatch, NetSet};
+use crate::netmatch::NetMatch;
+use crate::netset::NetSet;
 
 #[derive(Debug)]
 pub(crate) enum Node {
@@ -60,7 +61,8 @@ pub(crate) enum Cmp {
     I64In(Box<[i64]>),
     /// Address in any of the networks: `=`, `in`, `intersects` on addresses
     /// and network fields.
-    Net(NetMatch),
+    /// Boxed: the matcher is a few hundred bytes, every other test a few words.
+    Net(Box<NetMatch>),
     BoolEq(bool),
     /// `k8s.pod.labels intersects (...)`: some label matches some item.
     LabelsAny(LabelSet),
@@ -419,6 +421,67 @@ pub(crate) fn destination_truth(node: &Node) -> (NetSet, NetSet) {
             _ => (NetSet::default(), NetSet::default()),
         },
     }
+}
+
+/// [`destination_truth`] inside `window`: both sets are the parts of the
+/// exact ones inside it, or smaller (still sound: certainly true, certainly
+/// false). Work is bounded by the window and `cap`, not by the lists: an
+/// address check takes only its ranges inside the window, and a part that
+/// would pass `cap` ranges is given up as unknown (both sets empty) rather
+/// than built. With the ignore analysis's window already down to a few
+/// ranges, a million-entry list costs a few binary searches.
+pub(crate) fn destination_truth_within(
+    node: &Node,
+    window: &NetSet,
+    cap: usize,
+) -> (NetSet, NetSet) {
+    let unknown = || (NetSet::default(), NetSet::default());
+    let (t, f) = match node {
+        Node::Const(true) => (window.clone(), NetSet::default()),
+        Node::Const(false) => (NetSet::default(), window.clone()),
+        Node::And(nodes) => {
+            let (mut t, mut f) = (window.clone(), NetSet::default());
+            for n in nodes.iter() {
+                let (ct, cf) = destination_truth_within(n, window, cap);
+                t = t.intersect(&ct);
+                f = f.union(&cf);
+            }
+            (t, f)
+        }
+        Node::Or(nodes) => {
+            let (mut t, mut f) = (NetSet::default(), window.clone());
+            for n in nodes.iter() {
+                let (ct, cf) = destination_truth_within(n, window, cap);
+                t = t.union(&ct);
+                f = f.intersect(&cf);
+            }
+            (t, f)
+        }
+        Node::Not(inner) => {
+            let (t, f) = destination_truth_within(inner, window, cap);
+            (f, t)
+        }
+        Node::Check(test) => match (&test.src, &test.cmp) {
+            (Src::Event(FieldId::ServerIp), Cmp::Net(m)) => {
+                let Some(t) = m.within(window, cap) else {
+                    return unknown();
+                };
+                let f = window.intersect(&t.complement());
+                if test.negate { (f, t) } else { (t, f) }
+            }
+            _ => {
+                // Every other check's sets are all, none or empty: cut to
+                // the window.
+                let (t, f) = destination_truth(node);
+                (t.intersect(window), f.intersect(window))
+            }
+        },
+        Node::One(_) => unknown(),
+    };
+    if t.range_count() > cap || f.range_count() > cap {
+        return unknown();
+    }
+    (t, f)
 }
 
 /// An upper bound on the ranges of either set [`destination_truth`] returns

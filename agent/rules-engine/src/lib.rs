@@ -81,6 +81,7 @@ mod fields;
 mod lexer;
 mod load;
 mod matchers;
+mod netmatch;
 mod netset;
 mod output;
 mod parser;

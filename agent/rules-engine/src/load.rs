@@ -195,9 +195,9 @@ pub fn check(sources: &[Source<'_>], options: &Options) -> Vec<Diagnostic> {
     load(sources, options).diagnostics
 }
 
-fn compile(
-    coll: &Collection,
-    files: &Files<'_>,
+fn compile<'f>(
+    coll: &Collection<'f>,
+    files: &Files<'f>,
     options: &Options,
     sink: &mut Sink,
 ) -> (Ruleset, Vec<RuleReport>) {

@@ -5,12 +5,14 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
-const V4_MAX: u128 = u32::MAX as u128;
-const V6_MAX: u128 = u128::MAX;
+use crate::netmatch::Addr;
+
+pub(crate) const V4_MAX: u128 = u32::MAX as u128;
+pub(crate) const V6_MAX: u128 = u128::MAX;
 /// `::ffff:0.0.0.0/96`. Mapped addresses are compared as IPv4, so this range
 /// never appears in the IPv6 half: keeping it out makes complements and the
 /// exported networks agree with how the kernel's trie maps IPv4.
-const MAPPED: (u128, u128) = (0xffff_0000_0000, 0xffff_ffff_ffff);
+pub(crate) const MAPPED: (u128, u128) = (0xffff_0000_0000, 0xffff_ffff_ffff);
 
 /// Inclusive (start, end).
 type Range = (u128, u128);
@@ -39,6 +41,7 @@ impl NetSet {
         }
     }
 
+    #[cfg(test)]
     pub fn from_nets(nets: impl IntoIterator<Item = IpNet>) -> Self {
         let nets = nets.into_iter();
         // Most feeds are mostly IPv4; sized once rather than doubled.
@@ -56,6 +59,7 @@ impl NetSet {
         Self::from_ranges(v4, v6)
     }
 
+    #[cfg(test)]
     fn from_ranges(mut v4: Ranges, v6: Ranges) -> Self {
         let v6 = normalize(v6);
         for (start, end) in intersect(&v6, &[MAPPED]) {
@@ -65,6 +69,12 @@ impl NetSet {
             v4: normalize(v4),
             v6: without_mapped(v6),
         }
+    }
+
+    /// From ranges already disjoint, sorted and merged, without mapped
+    /// addresses in the IPv6 half.
+    pub(crate) fn from_disjoint(v4: Ranges, v6: Ranges) -> Self {
+        NetSet { v4, v6 }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -81,7 +91,7 @@ impl NetSet {
         self.v4.len() + self.v6.len()
     }
 
-    /// Events are matched through [`NetMatch`]; this is the reference it is
+    /// Events are matched through [`crate::netmatch::NetMatch`]; this is the reference it is
     /// tested against.
     #[cfg(test)]
     pub fn contains(&self, ip: IpAddr) -> bool {
@@ -150,193 +160,7 @@ impl NetSet {
     }
 }
 
-/// A [`NetSet`] prepared for matching events: single addresses (an IOC
-/// feed's entries) go to hash sets, so a lookup costs one hash probe plus a
-/// binary search over the remaining networks, whatever the feed's size. A
-/// million scattered /32s were 20 cache-missing search steps (~350 ns an
-/// event over the one-item case); a probe is ~20 ns.
-///
-/// The set itself is not kept: at a million entries its 32-byte ranges
-/// were as large as everything else the list costs, and only the kernel
-/// ignore analysis needs it, once per load ([`NetMatch::to_set`]).
-#[derive(Debug)]
-pub(crate) struct NetMatch {
-    v4_hosts: HostSet<u32>,
-    v6_hosts: HostSet<u128>,
-    /// The set without the hosts above.
-    rest: NetSet,
-}
-
-/// Below this many single addresses a binary search is as fast as a hash.
-const HOST_INDEX_MIN: usize = 32;
-
-impl NetMatch {
-    pub fn new(set: NetSet) -> NetMatch {
-        let hosts = |r: &Ranges| r.iter().filter(|(a, b)| a == b).count();
-        let (n4, n6) = (hosts(&set.v4), hosts(&set.v6));
-        if n4 + n6 < HOST_INDEX_MIN {
-            return NetMatch {
-                rest: set,
-                v4_hosts: HostSet::default(),
-                v6_hosts: HostSet::default(),
-            };
-        }
-        // Sized up front: growing by doubling would hold two tables at once.
-        let mut v4_hosts = HostSet::with_capacity(n4);
-        let mut v6_hosts = HostSet::with_capacity(n6);
-        let mut rest = NetSet::default();
-        // v4 ranges never exceed u32::MAX (see `from_ranges`).
-        split(&set.v4, &mut rest.v4, |a| v4_hosts.insert(a as u32));
-        split(&set.v6, &mut rest.v6, |a| v6_hosts.insert(a));
-        drop(set);
-        rest.v4.shrink_to_fit();
-        rest.v6.shrink_to_fit();
-        NetMatch {
-            v4_hosts,
-            v6_hosts,
-            rest,
-        }
-    }
-
-    pub fn contains(&self, ip: IpAddr) -> bool {
-        match ip.to_canonical() {
-            IpAddr::V4(v4) => {
-                let x = u32::from(v4);
-                self.v4_hosts.contains(x) || lookup(&self.rest.v4, u128::from(x))
-            }
-            IpAddr::V6(v6) => {
-                let x = u128::from(v6);
-                self.v6_hosts.contains(x) || lookup(&self.rest.v6, x)
-            }
-        }
-    }
-
-    /// Ranges of the whole set, at most: what bounds the cost of the set
-    /// algebra on it without doing it.
-    pub fn range_bound(&self) -> usize {
-        self.v4_hosts.len() + self.v6_hosts.len() + self.rest.v4.len() + self.rest.v6.len()
-    }
-
-    /// The whole set again, for the set algebra of the ignore analysis.
-    pub fn to_set(&self) -> NetSet {
-        if self.v4_hosts.is_empty() && self.v6_hosts.is_empty() {
-            return self.rest.clone();
-        }
-        let join = |hosts: Vec<u128>, rest: &Ranges| {
-            let mut all: Ranges = hosts.into_iter().map(|a| (a, a)).collect();
-            all.extend_from_slice(rest);
-            normalize(all)
-        };
-        NetSet {
-            v4: join(
-                self.v4_hosts.iter().map(u128::from).collect(),
-                &self.rest.v4,
-            ),
-            v6: join(self.v6_hosts.iter().collect(), &self.rest.v6),
-        }
-    }
-}
-
-/// Single addresses, hashed with a per-process seed: lists come from feeds
-/// and addresses from workloads, so the hash must not be predictable, but
-/// it hashes one integer and need not be SipHash (a third of a lookup).
-#[derive(Debug, Default)]
-struct HostSet<T: Copy + Eq + std::hash::Hash + Into<u128>> {
-    set: std::collections::HashSet<T, SeededBuild>,
-}
-
-impl<T: Copy + Eq + std::hash::Hash + Into<u128>> HostSet<T> {
-    fn with_capacity(n: usize) -> Self {
-        HostSet {
-            set: std::collections::HashSet::with_capacity_and_hasher(n, SeededBuild::default()),
-        }
-    }
-    fn insert(&mut self, x: T) {
-        self.set.insert(x);
-    }
-    fn contains(&self, x: T) -> bool {
-        !self.set.is_empty() && self.set.contains(&x)
-    }
-    fn len(&self) -> usize {
-        self.set.len()
-    }
-    fn is_empty(&self) -> bool {
-        self.set.is_empty()
-    }
-    fn iter(&self) -> impl Iterator<Item = T> + '_ {
-        self.set.iter().copied()
-    }
-}
-
-#[derive(Clone, Copy, Debug)]
-struct SeededBuild([u64; 2]);
-
-impl Default for SeededBuild {
-    fn default() -> Self {
-        static SEED: std::sync::OnceLock<[u64; 2]> = std::sync::OnceLock::new();
-        SeededBuild(*SEED.get_or_init(|| {
-            use std::hash::BuildHasher as _;
-            let s = std::collections::hash_map::RandomState::new();
-            [s.hash_one(0x1f_u64) | 1, s.hash_one(0x2f_u64) | 1]
-        }))
-    }
-}
-
-impl std::hash::BuildHasher for SeededBuild {
-    type Hasher = Seeded;
-    fn build_hasher(&self) -> Seeded {
-        Seeded {
-            seed: self.0,
-            state: self.0[0],
-        }
-    }
-}
-
-/// Folded 128-bit multiply of each word with secret keys (as in
-/// foldhash/wyhash): one multiply per 64 bits hashed.
-struct Seeded {
-    seed: [u64; 2],
-    state: u64,
-}
-
-fn fold_mul(a: u64, b: u64) -> u64 {
-    let full = u128::from(a) * u128::from(b);
-    (full as u64) ^ ((full >> 64) as u64)
-}
-
-impl std::hash::Hasher for Seeded {
-    fn finish(&self) -> u64 {
-        fold_mul(self.state, self.seed[1] ^ 0x9e37_79b9_7f4a_7c15)
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for chunk in bytes.chunks(8) {
-            let mut word = [0u8; 8];
-            word[..chunk.len()].copy_from_slice(chunk);
-            self.write_u64(u64::from_le_bytes(word));
-        }
-    }
-    fn write_u32(&mut self, v: u32) {
-        self.write_u64(u64::from(v));
-    }
-    fn write_u64(&mut self, v: u64) {
-        self.state = fold_mul(self.state ^ v, self.seed[1]);
-    }
-    fn write_u128(&mut self, v: u128) {
-        self.write_u64(v as u64);
-        self.write_u64((v >> 64) as u64);
-    }
-}
-
-fn split(ranges: &Ranges, rest: &mut Ranges, mut host: impl FnMut(u128)) {
-    for &(a, b) in ranges {
-        if a == b {
-            host(a);
-        } else {
-            rest.push((a, b));
-        }
-    }
-}
-
+#[cfg(test)]
 fn lookup(ranges: &[(u128, u128)], x: u128) -> bool {
     let i = ranges.partition_point(|&(_, end)| end < x);
     ranges.get(i).is_some_and(|&(start, _)| start <= x)
@@ -344,12 +168,12 @@ fn lookup(ranges: &[(u128, u128)], x: u128) -> bool {
 
 /// Sorts and merges in place: at a million entries a second vector was
 /// the largest allocation of a rule load.
-fn normalize(mut ranges: Ranges) -> Ranges {
+pub(crate) fn normalize<T: Addr>(mut ranges: Vec<(T, T)>) -> Vec<(T, T)> {
     ranges.sort_unstable();
     let mut kept = 0;
     for i in 0..ranges.len() {
         let (start, end) = ranges[i];
-        if kept > 0 && start <= ranges[kept - 1].1.saturating_add(1) {
+        if kept > 0 && start.wide() <= ranges[kept - 1].1.wide().saturating_add(1) {
             ranges[kept - 1].1 = ranges[kept - 1].1.max(end);
         } else {
             ranges[kept] = (start, end);
@@ -360,7 +184,7 @@ fn normalize(mut ranges: Ranges) -> Ranges {
     ranges
 }
 
-fn intersect(a: &[(u128, u128)], b: &[(u128, u128)]) -> Ranges {
+pub(crate) fn intersect(a: &[(u128, u128)], b: &[(u128, u128)]) -> Ranges {
     let (mut i, mut j) = (0, 0);
     let mut out = Vec::new();
     while let (Some(&(a0, a1)), Some(&(b0, b1))) = (a.get(i), b.get(j)) {
@@ -396,7 +220,7 @@ fn complement(ranges: &[(u128, u128)], max: u128) -> Ranges {
     out
 }
 
-fn without_mapped(ranges: Ranges) -> Ranges {
+pub(crate) fn without_mapped(ranges: Ranges) -> Ranges {
     intersect(&ranges, &complement(&[MAPPED], V6_MAX))
 }
 
@@ -487,47 +311,5 @@ mod tests {
         );
         assert!(all.contains("::ffff:1.2.3.4".parse().unwrap()));
         assert!(all.contains("2001:db8::".parse().unwrap()));
-    }
-}
-
-#[cfg(test)]
-mod match_tests {
-    use super::*;
-
-    /// The index answers as the plain set does, on hosts, on networks, and
-    /// next to both, for IPv4, IPv6 and IPv4-mapped IPv6.
-    #[test]
-    fn indexed_lookup_equals_the_set() {
-        let mut nets: Vec<IpNet> = (0..100u32)
-            .map(|i| IpNet::from(IpAddr::V4(Ipv4Addr::from(0xc633_6400 + i * 2))))
-            .collect();
-        nets.extend(
-            ["203.0.113.0/25", "2001:db8::/64", "2001:db8:1::7/128"]
-                .map(|n| n.parse::<IpNet>().unwrap()),
-        );
-        let set = NetSet::from_nets(nets);
-        let indexed = NetMatch::new(set.clone());
-        assert!(!indexed.v4_hosts.is_empty() && !indexed.v6_hosts.is_empty());
-        assert_eq!(indexed.to_set(), set);
-        let mut probes: Vec<IpAddr> = (0..260u32)
-            .map(|i| IpAddr::V4(Ipv4Addr::from(0xc633_6400 + i)))
-            .collect();
-        probes.extend(
-            [
-                "203.0.113.5",
-                "203.0.113.200",
-                "2001:db8::1",
-                "2001:db8:1::7",
-                "2001:db8:1::8",
-                "::ffff:198.51.100.2",
-                "::ffff:198.51.100.3",
-            ]
-            .map(|a| a.parse::<IpAddr>().unwrap()),
-        );
-        for ip in probes {
-            assert_eq!(indexed.contains(ip), set.contains(ip), "{ip}");
-        }
-        let small = NetMatch::new(NetSet::from_nets(["10.0.0.1/32".parse().unwrap()]));
-        assert!(small.v4_hosts.is_empty() && small.contains("10.0.0.1".parse().unwrap()));
     }
 }

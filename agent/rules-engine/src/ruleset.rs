@@ -200,6 +200,10 @@ pub struct Ruleset {
 /// longer exact list is not built (no kernel map of the agent holds it,
 /// and ignoring less is always safe). The agent's own bound is the same.
 pub const MAX_KERNEL_IGNORABLE: usize = 32_768;
+/// Ranges any intermediate set of the ignore analysis may take; past it the
+/// part is treated as unknown (nothing ignored for it), which is safe and,
+/// this far above [`MAX_KERNEL_IGNORABLE`], loses nothing a kernel map holds.
+const IGNORE_ANALYSIS_CAP: usize = 4 * MAX_KERNEL_IGNORABLE;
 
 /// The destinations `rule` may match on a connect or send (`None`: any, or
 /// too scattered to index).
@@ -390,21 +394,25 @@ impl Ruleset {
     /// when the exact list would take more than [`MAX_KERNEL_IGNORABLE`]
     /// networks (the complement of an IOC list of a million hosts).
     pub fn kernel_ignorable_networks(&self) -> Vec<IpNet> {
-        let active: Vec<&Rule> = self
+        let mut active: Vec<(usize, &Rule)> = self
             .active_ids()
             .iter()
             .filter_map(|&i| self.rules.get(i as usize))
-            .collect();
-        let mut ignorable = NetSet::all();
-        let mut considered = 0;
-        for rule in active {
             // Rules that only match other event types never see the hooks'
             // connect and sendto events.
-            if rule.types & (CONNECT | SENDTO) == 0 {
-                continue;
-            }
-            considered += 1;
-            let (_, never) = eval::destination_truth(&rule.condition);
+            .filter(|rule| rule.types & (CONNECT | SENDTO) != 0)
+            .map(|rule| (eval::destination_ranges_bound(&rule.condition), rule))
+            .collect();
+        // Smallest first: the intersection is then down to a few ranges
+        // before a rule with a huge list is looked at, and that rule costs
+        // only its ranges inside them (the analysis used to build, complement
+        // and intersect all of a million-entry list: most of a reload).
+        active.sort_by_key(|(bound, _)| *bound);
+        let considered = active.len();
+        let mut ignorable = NetSet::all();
+        for (_, rule) in active {
+            let (_, never) =
+                eval::destination_truth_within(&rule.condition, &ignorable, IGNORE_ANALYSIS_CAP);
             ignorable = ignorable.intersect(&never);
             if ignorable.is_empty() {
                 break;

@@ -1,6 +1,10 @@
 //! A small YAML tree with a position on every node, built from libyaml's
-//! event stream without recursion.
+//! event stream without recursion. Scalars written as they read (most of
+//! them: an IOC list's every item) borrow from the source text instead of
+//! owning a copy.
+use std::borrow::Cow;
 use std::collections::HashMap;
+use std::io::{BufRead, Read};
 use std::panic::AssertUnwindSafe;
 
 use libyaml_safer::{EventData, Parser};
@@ -54,16 +58,16 @@ impl From<libyaml_safer::ScalarStyle> for Style {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) enum Kind {
+pub(crate) enum Kind<'a> {
     Null,
-    Scalar(String, Style),
-    Seq(Vec<Node>),
-    Map(Vec<(Node, Node)>),
+    Scalar(Cow<'a, str>, Style),
+    Seq(Vec<Node<'a>>),
+    Map(Vec<(Node<'a>, Node<'a>)>),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct Node {
-    pub kind: Kind,
+pub(crate) struct Node<'a> {
+    pub kind: Kind<'a>,
     pub mark: Mark,
 }
 
@@ -74,7 +78,7 @@ pub(crate) struct YamlError {
     pub message: String,
 }
 
-impl Node {
+impl<'a> Node<'a> {
     pub fn as_str(&self) -> Option<&str> {
         match &self.kind {
             Kind::Scalar(s, _) => Some(s),
@@ -89,8 +93,27 @@ impl Node {
         }
     }
 
+    /// The scalar's text, taken out of the node (empty for other kinds).
+    pub fn into_text(self) -> Cow<'a, str> {
+        match self.kind {
+            Kind::Scalar(s, _) => s,
+            _ => Cow::Borrowed(""),
+        }
+    }
+
     /// The value under `key` in a mapping (the first, if repeated).
-    pub fn get(&self, key: &str) -> Option<&Node> {
+    pub fn get_mut(&mut self, key: &str) -> Option<&mut Node<'a>> {
+        match &mut self.kind {
+            Kind::Map(entries) => entries
+                .iter_mut()
+                .find(|(k, _)| k.as_str() == Some(key))
+                .map(|(_, v)| v),
+            _ => None,
+        }
+    }
+
+    /// The value under `key` in a mapping (the first, if repeated).
+    pub fn get(&self, key: &str) -> Option<&Node<'a>> {
         match &self.kind {
             Kind::Map(entries) => entries
                 .iter()
@@ -100,7 +123,7 @@ impl Node {
         }
     }
 
-    pub fn entries(&self) -> &[(Node, Node)] {
+    pub fn entries(&self) -> &[(Node<'a>, Node<'a>)] {
         match &self.kind {
             Kind::Map(entries) => entries,
             _ => &[],
@@ -108,9 +131,9 @@ impl Node {
     }
 }
 
-enum Frame {
-    Seq(Vec<Node>),
-    Map(Vec<(Node, Node)>, Option<Node>),
+enum Frame<'a> {
+    Seq(Vec<Node<'a>>),
+    Map(Vec<(Node<'a>, Node<'a>)>, Option<Node<'a>>),
 }
 
 /// What a node costs: nodes and scalar bytes, aliases expanded.
@@ -127,17 +150,17 @@ impl Cost {
     }
 }
 
-struct Open {
-    frame: Frame,
+struct Open<'a> {
+    frame: Frame<'a>,
     mark: Mark,
     anchor: Option<String>,
     cost: Cost,
 }
 
-struct Builder {
-    stack: Vec<Open>,
-    anchors: HashMap<String, (Node, Cost)>,
-    docs: Vec<Node>,
+struct Builder<'a> {
+    stack: Vec<Open<'a>>,
+    anchors: HashMap<String, (Node<'a>, Cost)>,
+    docs: Vec<Node<'a>>,
     cost: Cost,
 }
 
@@ -145,7 +168,7 @@ fn is_null(value: &str, style: Style) -> bool {
     style == Style::Plain && matches!(value, "" | "~" | "null" | "Null" | "NULL")
 }
 
-impl Builder {
+impl<'a> Builder<'a> {
     /// Charges `cost` to the document, before anything is built or cloned.
     fn spend(&mut self, cost: Cost, at: Mark) -> Result<(), YamlError> {
         self.cost.add(cost);
@@ -170,7 +193,7 @@ impl Builder {
     }
 
     /// Adds a node whose cost was already spent.
-    fn push(&mut self, node: Node, cost: Cost, anchor: Option<String>) {
+    fn push(&mut self, node: Node<'a>, cost: Cost, anchor: Option<String>) {
         if let Some(anchor) = anchor {
             self.anchors.insert(anchor, (node.clone(), cost));
         }
@@ -189,7 +212,12 @@ impl Builder {
         }
     }
 
-    fn open(&mut self, frame: Frame, mark: Mark, anchor: Option<String>) -> Result<(), YamlError> {
+    fn open(
+        &mut self,
+        frame: Frame<'a>,
+        mark: Mark,
+        anchor: Option<String>,
+    ) -> Result<(), YamlError> {
         if self.stack.len() >= MAX_DEPTH {
             return Err(YamlError {
                 mark,
@@ -229,18 +257,43 @@ impl Builder {
     }
 }
 
+/// libyaml's reader decodes whatever its input offers at once into a queue
+/// of 4-byte chars: handed a whole 20 MiB file it held 80 MiB before the
+/// first event. Offered this much at a time, it holds a few pages.
+const CHUNK: usize = 64 << 10;
+
+/// The text in [`CHUNK`]-sized slices, then an optional final line break.
+struct Chunked<'a> {
+    parts: [&'a [u8]; 2],
+}
+
+impl Read for Chunked<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let available = self.fill_buf()?;
+        let n = available.len().min(buf.len());
+        buf[..n].copy_from_slice(&available[..n]);
+        self.consume(n);
+        Ok(n)
+    }
+}
+
+impl BufRead for Chunked<'_> {
+    fn fill_buf(&mut self) -> std::io::Result<&[u8]> {
+        if self.parts[0].is_empty() {
+            self.parts = [self.parts[1], &[]];
+        }
+        let part = self.parts[0];
+        Ok(&part[..part.len().min(CHUNK)])
+    }
+
+    fn consume(&mut self, amount: usize) {
+        let part = self.parts[0];
+        self.parts[0] = &part[amount.min(part.len())..];
+    }
+}
+
 /// Parses every document in `text`. A document that is empty is `Null`.
-pub(crate) fn parse(text: &str) -> Result<Vec<Node>, YamlError> {
-    // libyaml-safer 0.3 panics ("unexpected end of input") when some
-    // scalars end the input without a line break; a final line break
-    // changes nothing else.
-    let owned;
-    let text = if text.ends_with('\n') {
-        text
-    } else {
-        owned = format!("{text}\n");
-        &owned
-    };
+pub(crate) fn parse(text: &str) -> Result<Vec<Node<'_>>, YamlError> {
     // Rule files may be hostile: should the parser still panic on some
     // input, report it rather than take the agent down.
     std::panic::catch_unwind(AssertUnwindSafe(|| parse_events(text))).unwrap_or_else(|_| {
@@ -251,10 +304,27 @@ pub(crate) fn parse(text: &str) -> Result<Vec<Node>, YamlError> {
     })
 }
 
-fn parse_events(text: &str) -> Result<Vec<Node>, YamlError> {
-    let mut input = text.as_bytes();
+/// `value` as a slice of `text` when the scalar at byte offsets
+/// `start..end` was written exactly so (plain, or inside its quotes).
+fn written<'a>(text: &'a str, start: u64, end: u64, style: Style, value: &str) -> Option<&'a str> {
+    let (start, end) = (usize::try_from(start).ok()?, usize::try_from(end).ok()?);
+    let slice = match style {
+        Style::Plain => text.get(start..end)?,
+        Style::SingleQuoted | Style::DoubleQuoted => text.get(start + 1..end.checked_sub(1)?)?,
+        Style::Literal | Style::Folded => return None,
+    };
+    (slice == value).then_some(slice)
+}
+
+fn parse_events(text: &str) -> Result<Vec<Node<'_>>, YamlError> {
+    // libyaml-safer 0.3 panics ("unexpected end of input") when some
+    // scalars end the input without a line break; a final line break
+    // changes nothing else.
+    let newline: &[u8] = if text.ends_with('\n') { &[] } else { b"\n" };
     let mut parser = Parser::new();
-    parser.set_input_string(&mut input);
+    parser.set_input(Chunked {
+        parts: [text.as_bytes(), newline],
+    });
     let mut b = Builder {
         stack: Vec::new(),
         anchors: HashMap::new(),
@@ -283,7 +353,16 @@ fn parse_events(text: &str) -> Result<Vec<Node>, YamlError> {
                 let kind = if is_null(&value, style) {
                     Kind::Null
                 } else {
-                    Kind::Scalar(value, style)
+                    match written(
+                        text,
+                        event.start_mark.index,
+                        event.end_mark.index,
+                        style,
+                        &value,
+                    ) {
+                        Some(slice) => Kind::Scalar(Cow::Borrowed(slice), style),
+                        None => Kind::Scalar(Cow::Owned(value), style),
+                    }
                 };
                 b.push(Node { kind, mark }, cost, anchor);
             }
@@ -350,6 +429,48 @@ mod tests {
         };
         assert_eq!(items[0], items[1]);
         assert!(parse("- *missing\n").is_err());
+    }
+
+    /// Scalars written as they read borrow from the text; others own their
+    /// value; input far longer than one chunk, with multi-byte characters
+    /// across chunk boundaries and no final line break, reads the same.
+    #[test]
+    fn borrows_what_it_can_across_chunks() {
+        let docs = parse("- [plain, 'single', \"double\", \"esc\\tape\", 'it''s']\n").unwrap();
+        let Kind::Seq(outer) = &docs[0].kind else {
+            panic!()
+        };
+        let Kind::Seq(items) = &outer[0].kind else {
+            panic!()
+        };
+        let got: Vec<(&str, bool)> = items
+            .iter()
+            .map(|n| match &n.kind {
+                Kind::Scalar(s, _) => (&**s, matches!(s, Cow::Borrowed(_))),
+                _ => panic!(),
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("plain", true),
+                ("single", true),
+                ("double", true),
+                ("esc\tape", false),
+                ("it's", false)
+            ]
+        );
+        let item = "- \"é\u{1F600}x\"\n";
+        let n = 3 * CHUNK / item.len();
+        let text = item.repeat(n) + "- last";
+        let docs = parse(&text).unwrap();
+        let Kind::Seq(items) = &docs[0].kind else {
+            panic!()
+        };
+        assert_eq!(items.len(), n + 1);
+        assert!(items[..n].iter().all(|i| i.as_str() == Some("é\u{1F600}x")));
+        assert_eq!(items[n].as_str(), Some("last"));
+        assert_eq!(items[n].mark.line as usize, n + 1);
     }
 
     #[test]

@@ -177,3 +177,45 @@ fn ignorable_destinations_really_never_match() {
     assert!(!ignorable.iter().any(|n| n.contains(&ip("10.1.2.3"))));
     assert!(fires(&rules, &TestEvent::connect(ip("10.1.2.3"), 443)));
 }
+
+/// A list far larger than any kernel map next to rules that bound the
+/// destinations: the ignore list is those bounds minus the list's entries
+/// inside them (worked out within the bounds, never over the whole list),
+/// and the list alone yields nothing to ignore.
+#[test]
+fn large_list_is_cut_to_the_other_rules_bounds() {
+    // Odd addresses: each a hole of its own in the ignore list.
+    let inside: Vec<String> = (0..500u32)
+        .map(|i| format!("10.7.{}.{}", i / 100, (i % 100) * 2 + 1))
+        .collect();
+    // Every other address: as many ranges as hosts, and their complement
+    // more networks than the kernel list takes.
+    let outside: Vec<String> = (0..40_000u32)
+        .map(|i| format!("240.{}.{}.{}", i >> 15, (i >> 7) & 0xff, (i & 0x7f) * 2))
+        .collect();
+    let items: Vec<&str> = inside.iter().chain(&outside).map(String::as_str).collect();
+    let list = format!("- list: ioc\n  items: [{}]\n", items.join(", "));
+    let ioc = rule_yaml("ioc", "evt.type = connect and fd.sip in (ioc)");
+    assert!(nets(&format!("{list}{ioc}")).is_empty());
+
+    let rules = ruleset(&format!("{list}{SEED}{ioc}"));
+    let ignorable = rules.kernel_ignorable_networks();
+    let covered = |a: &str| ignorable.iter().any(|n| n.contains(&ip(a)));
+    assert!(ignorable.len() > 500, "{}", ignorable.len());
+    for host in &inside {
+        assert!(!covered(host), "{host} is in the list");
+        let ev = TestEvent::connect(ip(host), 443).in_pod("a", "b", "c");
+        assert!(fires(&rules, &ev), "{host}");
+    }
+    for free in [
+        "10.7.0.2",
+        "10.7.4.200",
+        "10.7.5.1",
+        "10.0.0.1",
+        "172.16.0.1",
+        "192.168.1.1",
+    ] {
+        assert!(covered(free), "{free} should be ignorable");
+    }
+    assert!(!covered("240.0.0.1") && !covered("198.51.100.1"));
+}

@@ -256,6 +256,11 @@ impl<'a> Cx<'a, '_, '_> {
                 return Node::Const(false);
             }
         };
+        if let (Rhs::List(items), None, fields::Kind::Ip | fields::Kind::Net) =
+            (&check.rhs, check.quant, field.kind)
+        {
+            return self.address_list(check, items, field.src, pos, scope);
+        }
         // Where each value was written, located only if an error needs it.
         let mut vals: Vec<Val<'a>> = Vec::new();
         let mut wheres: Vec<Result<u32, Loc>> = Vec::new();
@@ -290,21 +295,17 @@ impl<'a> Cx<'a, '_, '_> {
             // `proc.name = one_item_list` compares with that item; more
             // items there make Falco's condition a syntax error.
             Rhs::Value(lit) if !lit.quoted && self.comp.lists.contains_key(lit.text.as_str()) => {
-                let values = self
-                    .comp
-                    .lists
-                    .get(lit.text.as_str())
-                    .map_or(&[][..], |v| v);
-                match values {
-                    [one] => push(&one.text, Err(one.loc)),
-                    _ => {
+                let values = self.comp.lists.get(lit.text.as_str());
+                match values.and_then(|v| v.single()) {
+                    Some(one) => push(self.comp.value_text(one), Err(one.loc)),
+                    None => {
                         let at = self.locate(scope, lit.pos);
                         self.errors.push((
                             at,
                             format!(
                                 "list '{}' has {} items where one value is expected (use 'in')",
                                 lit.text,
-                                values.len()
+                                values.map_or(0, |v| v.len())
                             ),
                         ));
                         return Node::Const(false);
@@ -320,7 +321,9 @@ impl<'a> Cx<'a, '_, '_> {
                         .get(lit.text.as_str())
                         .filter(|_| !lit.quoted)
                     {
-                        Some(values) => values.iter().for_each(|v| push(&v.text, Err(v.loc))),
+                        Some(values) => values
+                            .iter()
+                            .for_each(|v| push(self.comp.value_text(v), Err(v.loc))),
                         None => push(&lit.text, Ok(lit.pos)),
                     }
                 }
@@ -378,6 +381,52 @@ impl<'a> Cx<'a, '_, '_> {
                 let at = match index.and_then(|i| wheres.get(i)) {
                     Some(Err(loc)) => *loc,
                     Some(Ok(p)) => self.locate(scope, *p),
+                    None => self.locate(scope, pos),
+                };
+                self.errors.push((at, message));
+                Node::Const(false)
+            }
+        }
+    }
+
+    /// `field in (...)` for an address field, its values streamed from the
+    /// literals and lists into the matcher: an IOC list of a million items
+    /// is never gathered into a vector of values first.
+    fn address_list(
+        &mut self,
+        check: &'a crate::ast::Check,
+        items: &'a [crate::ast::Literal],
+        src: fields::Src,
+        pos: u32,
+        scope: &Scope<'a>,
+    ) -> Node {
+        let comp = self.comp;
+        let list =
+            |lit: &crate::ast::Literal| comp.lists.get(lit.text.as_str()).filter(|_| !lit.quoted);
+        let count = items
+            .iter()
+            .map(|lit| list(lit).map_or(1, |v| v.len()))
+            .fold(0, usize::saturating_add);
+        if !self.spend(count, scope.fixed) {
+            return Node::Const(false);
+        }
+        let values = items.iter().flat_map(|lit| {
+            let (one, many) = match list(lit) {
+                Some(values) => (None, Some(values)),
+                None => (Some((lit.text.as_str(), Ok(lit.pos))), None),
+            };
+            one.into_iter().chain(
+                many.into_iter()
+                    .flat_map(|v| v.iter())
+                    .map(|v| (comp.value_text(v), Err(v.loc))),
+            )
+        });
+        match checks::build_net(&check.field, check.op, count, values) {
+            Ok((cmp, negate)) => Node::Check(Box::new(Test { src, cmp, negate })),
+            Err((at, message)) => {
+                let at = match at {
+                    Some(Err(loc)) => loc,
+                    Some(Ok(p)) => self.locate(scope, p),
                     None => self.locate(scope, pos),
                 };
                 self.errors.push((at, message));

@@ -3,7 +3,7 @@
 use std::collections::{HashMap, HashSet};
 
 use crate::ast::Expr;
-use crate::collect::{Collection, MacroInfo, RuleInfo};
+use crate::collect::{Collection, ListItem, MacroInfo, RuleInfo};
 use crate::diagnostics::{Files, Loc, Sink};
 use crate::eval::Node;
 use crate::exceptions;
@@ -31,10 +31,43 @@ pub(crate) const MAX_TOTAL: usize = 8_000_000;
 pub(crate) const MAX_LIST_VALUES: usize = 2_000_000;
 const MAX_LIST_NESTING: u32 = 32;
 
-#[derive(Clone)]
-struct ListValue {
-    text: String,
-    loc: Loc,
+/// A resolved list's values: the items themselves, not copies (at a million
+/// items copies were the largest allocation of a load). A list naming no
+/// other list is its own item slice; one that does, references to the
+/// items it expands to. A value's text is [`Compiler::value_text`].
+pub(super) enum Resolved<'c, 'f> {
+    Items(&'c [ListItem<'f>]),
+    Refs(Vec<&'c ListItem<'f>>),
+}
+
+impl<'c, 'f> Resolved<'c, 'f> {
+    pub(super) fn len(&self) -> usize {
+        match self {
+            Resolved::Items(items) => items.len(),
+            Resolved::Refs(refs) => refs.len(),
+        }
+    }
+
+    fn get(&self, i: usize) -> Option<&'c ListItem<'f>> {
+        match self {
+            Resolved::Items(items) => items.get(i),
+            Resolved::Refs(refs) => refs.get(i).copied(),
+        }
+    }
+
+    pub(super) fn iter(&self) -> impl Iterator<Item = &'c ListItem<'f>> + '_ {
+        (0..self.len()).filter_map(move |i| self.get(i))
+    }
+
+    /// The value of a one-value list.
+    pub(super) fn single(&self) -> Option<&'c ListItem<'f>> {
+        (self.len() == 1).then(|| self.get(0)).flatten()
+    }
+}
+
+/// Where a list item lives, to find its unquoted text.
+fn item_key(item: &ListItem<'_>) -> usize {
+    std::ptr::from_ref(item) as usize
 }
 
 struct MacroEntry<'c> {
@@ -44,7 +77,9 @@ struct MacroEntry<'c> {
 
 pub(crate) struct Compiler<'c, 'f> {
     files: &'c Files<'f>,
-    lists: HashMap<&'c str, Vec<ListValue>>,
+    lists: HashMap<&'c str, Resolved<'c, 'f>>,
+    /// The unquoted text of fully quoted items (`'"a b"'`), by item.
+    unquoted: HashMap<usize, String>,
     macros: HashMap<&'c str, MacroEntry<'c>>,
     /// Names referenced as macros or list values anywhere.
     used: HashSet<String>,
@@ -72,10 +107,11 @@ pub(crate) struct Compiled {
 }
 
 impl<'c, 'f> Compiler<'c, 'f> {
-    pub fn new(coll: &'c Collection, files: &'c Files<'f>, sink: &mut Sink) -> Self {
+    pub fn new(coll: &'c Collection<'f>, files: &'c Files<'f>, sink: &mut Sink) -> Self {
         let mut c = Compiler {
             files,
             lists: HashMap::new(),
+            unquoted: HashMap::new(),
             macros: HashMap::new(),
             used: HashSet::new(),
             spent: 0,
@@ -105,10 +141,11 @@ impl<'c, 'f> Compiler<'c, 'f> {
                     .map(|vs| {
                         vs.iter()
                             .map(|v| {
-                                if v.text.contains(' ') {
-                                    format!("\"{}\"", v.text)
+                                let text = c.value_text(v);
+                                if text.contains(' ') {
+                                    format!("\"{text}\"")
                                 } else {
-                                    v.text.clone()
+                                    text.to_string()
                                 }
                             })
                             .collect()
@@ -138,6 +175,13 @@ impl<'c, 'f> Compiler<'c, 'f> {
             c.check_macro(&info.name, &mut Vec::new(), &mut checked, sink);
         }
         c
+    }
+
+    /// A list value's text: the item's, unquoted.
+    pub(super) fn value_text<'s>(&'s self, item: &'s ListItem<'_>) -> &'s str {
+        self.unquoted
+            .get(&item_key(item))
+            .map_or(&*item.text, String::as_str)
     }
 
     pub fn is_used(&self, name: &str) -> bool {

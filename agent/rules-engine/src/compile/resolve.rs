@@ -2,8 +2,9 @@
 //! names the grammar cannot express, and the resolution of every macro.
 use std::collections::{HashMap, HashSet};
 
-use super::{Compiler, ListValue, MAX_LIST_NESTING, MAX_LIST_VALUES, MAX_TOTAL};
+use super::{Compiler, MAX_LIST_NESTING, MAX_LIST_VALUES, MAX_TOTAL, Resolved, item_key};
 use crate::ast::{Expr, ExprKind, Rhs};
+use crate::collect::ListItem;
 use crate::collect::{Collection, ListInfo};
 use crate::diagnostics::Sink;
 use crate::lexer::Cursor;
@@ -45,12 +46,12 @@ fn substitute(text: &str, name: &str, items: &str) -> Option<String> {
 }
 
 /// A fully quoted list item stands for its unquoted content, as when Falco
-/// pastes list items into a condition.
-pub(super) fn unquote(text: &str) -> String {
+/// pastes list items into a condition; `None`: the text stands as it is.
+fn unquote(text: &str) -> Option<String> {
     let mut cursor = Cursor::new(text);
     match cursor.quoted() {
-        Ok(Some(inner)) if cursor.at_end() => inner,
-        _ => text.to_string(),
+        Ok(Some(inner)) if cursor.at_end() => Some(inner),
+        _ => None,
     }
 }
 
@@ -85,7 +86,7 @@ fn idents<'e>(expr: &'e Expr, out: &mut Vec<(&'e str, u32)>) {
     out.sort_by_key(|(_, pos)| *pos);
 }
 
-impl<'c> Compiler<'c, '_> {
+impl<'c, 'f> Compiler<'c, 'f> {
     /// Falco resolves every macro, used or not: a macro naming an undefined
     /// macro, or a reference loop, is an error even if no rule uses it. Each
     /// macro's own mistakes are reported once, at its text; the result is
@@ -151,16 +152,19 @@ impl<'c> Compiler<'c, '_> {
     /// that list's values.
     pub(super) fn resolve_list(
         &mut self,
-        coll: &'c Collection,
-        info: &'c ListInfo,
+        coll: &'c Collection<'f>,
+        info: &'c ListInfo<'f>,
         depth: u32,
-    ) -> Vec<ListValue> {
-        let mut out = Vec::with_capacity(info.items.len().min(MAX_LIST_VALUES + 1));
-        for item in &info.items {
-            if out.len() > MAX_LIST_VALUES {
+    ) -> Resolved<'c, 'f> {
+        // References only once an item names a list; until then the values
+        // are the items themselves.
+        let mut refs: Option<Vec<&'c ListItem<'f>>> = None;
+        let mut count = 0usize;
+        for (i, item) in info.items.iter().enumerate() {
+            if count > MAX_LIST_VALUES {
                 break;
             }
-            if self.spent.saturating_add(out.len()) > MAX_TOTAL {
+            if self.spent.saturating_add(count) > MAX_TOTAL {
                 break;
             }
             match coll.lists.get(&item.text) {
@@ -174,17 +178,31 @@ impl<'c> Compiler<'c, '_> {
                         let values = self.resolve_list(coll, r, depth + 1);
                         self.lists.insert(&r.name, values);
                     }
+                    let out = refs.get_or_insert_with(|| {
+                        let mut out = Vec::with_capacity(info.items.len().min(MAX_LIST_VALUES + 1));
+                        out.extend(info.items.get(..i).unwrap_or(&[]));
+                        out
+                    });
                     if let Some(values) = self.lists.get(r.name.as_str()) {
-                        out.extend(values.iter().take(MAX_LIST_VALUES + 1).cloned());
+                        out.extend(values.iter().take(MAX_LIST_VALUES + 1));
                     }
+                    count = out.len();
                 }
-                _ => out.push(ListValue {
-                    text: unquote(&item.text),
-                    loc: item.loc,
-                }),
+                _ => {
+                    if let Some(inner) = unquote(&item.text) {
+                        self.unquoted.insert(item_key(item), inner);
+                    }
+                    if let Some(out) = refs.as_mut() {
+                        out.push(item);
+                    }
+                    count += 1;
+                }
             }
         }
-        out
+        match refs {
+            Some(refs) => Resolved::Refs(refs),
+            None => Resolved::Items(info.items.get(..count).unwrap_or(&info.items)),
+        }
     }
 
     /// Parses a condition, after substituting any oddly named lists.

@@ -50,9 +50,9 @@ const APPEND_DEPRECATED: &str = "'append' key is deprecated. Add an 'override' k
 const ENABLED_DEPRECATED: &str =
     "the form '- rule: name / enabled: bool' is deprecated. Use 'override: {enabled: replace}'";
 
-pub(crate) struct Reader<'a> {
+pub(crate) struct Reader<'a, 's> {
     pub file: u32,
-    pub coll: &'a mut Collection,
+    pub coll: &'a mut Collection<'s>,
     pub sink: &'a mut Sink,
 }
 
@@ -88,8 +88,8 @@ fn parse_bool(text: &str) -> Option<bool> {
     }
 }
 
-impl Reader<'_> {
-    pub fn read(&mut self, text: &str) {
+impl<'s> Reader<'_, 's> {
+    pub fn read(&mut self, text: &'s str) {
         let docs = match yaml::parse(text) {
             Ok(docs) => docs,
             Err(e) => {
@@ -100,33 +100,35 @@ impl Reader<'_> {
                 return;
             }
         };
-        for doc in &docs {
-            match &doc.kind {
+        // Consumed item by item: each is dropped once read, and a list's
+        // items move into the collection without a copy.
+        for doc in docs {
+            match doc.kind {
                 Kind::Null => {}
                 Kind::Seq(items) => {
-                    for item in items.iter().filter(|i| i.kind != Kind::Null) {
-                        if let Err((at, message)) = self.read_item(item) {
+                    for mut item in items.into_iter().filter(|i| i.kind != Kind::Null) {
+                        if let Err((at, message)) = self.read_item(&mut item) {
                             self.sink.error(at, message);
                         }
                     }
                 }
                 _ => self.sink.error(
-                    self.loc(doc),
+                    Loc::at(self.file, doc.mark),
                     "rules content is not a YAML array of objects",
                 ),
             }
         }
     }
 
-    fn loc(&self, node: &Node) -> Loc {
+    fn loc(&self, node: &Node<'_>) -> Loc {
         Loc::at(self.file, node.mark)
     }
 
-    fn fail<T>(&self, node: &Node, message: impl Into<String>) -> Result<T, Failure> {
+    fn fail<T>(&self, node: &Node<'_>, message: impl Into<String>) -> Result<T, Failure> {
         Err((self.loc(node), message.into()))
     }
 
-    fn read_item(&mut self, item: &Node) -> Result<(), Failure> {
+    fn read_item(&mut self, item: &mut Node<'s>) -> Result<(), Failure> {
         if !matches!(item.kind, Kind::Map(_)) {
             return self.fail(
                 item,
@@ -151,11 +153,11 @@ impl Reader<'_> {
     }
 
     /// Falco's `decode_val`: absent is None; present must be a non-empty scalar.
-    fn scalar<'n>(
+    fn scalar<'n, 'y>(
         &self,
-        item: &'n Node,
+        item: &'n Node<'y>,
         key: &str,
-    ) -> Result<Option<(&'n str, &'n Node)>, Failure> {
+    ) -> Result<Option<(&'n str, &'n Node<'y>)>, Failure> {
         let Some(value) = item.get(key) else {
             return Ok(None);
         };
@@ -172,14 +174,18 @@ impl Reader<'_> {
         }
     }
 
-    fn required<'n>(&self, item: &'n Node, key: &str) -> Result<(&'n str, &'n Node), Failure> {
+    fn required<'n, 'y>(
+        &self,
+        item: &'n Node<'y>,
+        key: &str,
+    ) -> Result<(&'n str, &'n Node<'y>), Failure> {
         self.scalar(item, key)?.map_or_else(
             || self.fail(item, format!("item has no mapping for key '{key}'")),
             Ok,
         )
     }
 
-    fn boolean(&self, item: &Node, key: &str) -> Result<Option<bool>, Failure> {
+    fn boolean(&self, item: &Node<'_>, key: &str) -> Result<Option<bool>, Failure> {
         match self.scalar(item, key)? {
             None => Ok(None),
             Some((text, node)) => parse_bool(text).map(Some).map_or_else(
@@ -194,7 +200,7 @@ impl Reader<'_> {
         }
     }
 
-    fn strings(&self, item: &Node, key: &str) -> Result<Option<Vec<(String, Loc)>>, Failure> {
+    fn strings(&self, item: &Node<'_>, key: &str) -> Result<Option<Vec<(String, Loc)>>, Failure> {
         let Some(value) = item.get(key) else {
             return Ok(None);
         };
@@ -211,13 +217,13 @@ impl Reader<'_> {
             .map(Some)
     }
 
-    fn tags(&self, item: &Node) -> Result<Option<BTreeSet<String>>, Failure> {
+    fn tags(&self, item: &Node<'_>) -> Result<Option<BTreeSet<String>>, Failure> {
         Ok(self
             .strings(item, "tags")?
             .map(|tags| tags.into_iter().map(|(t, _)| t).collect()))
     }
 
-    fn text(&self, value: &str, node: &Node) -> Text {
+    fn text(&self, value: &str, node: &Node<'_>) -> Text {
         let at = ScalarLoc {
             loc: self.loc(node),
             style: node.style().unwrap_or(Style::Plain),
@@ -225,7 +231,7 @@ impl Reader<'_> {
         Text::new(value.to_string(), at)
     }
 
-    fn check_keys(&mut self, item: &Node, allowed: &[&str], what: &str, name: &str) {
+    fn check_keys(&mut self, item: &Node<'_>, allowed: &[&str], what: &str, name: &str) {
         for (key, _) in item.entries() {
             match key.as_str() {
                 Some(k) if allowed.contains(&k) => {}
@@ -244,7 +250,7 @@ impl Reader<'_> {
     /// The keys under `override:`, split into (append, replace).
     fn overrides(
         &self,
-        item: &Node,
+        item: &Node<'_>,
         appendable: &[&str],
         replaceable: &[&str],
     ) -> Result<(BTreeSet<String>, BTreeSet<String>), Failure> {
@@ -286,7 +292,7 @@ impl Reader<'_> {
         Ok((append, replace))
     }
 
-    fn engine_version(&self, item: &Node) -> Result<(), Failure> {
+    fn engine_version(&self, item: &Node<'_>) -> Result<(), Failure> {
         let (text, node) = self.required(item, "required_engine_version")?;
         // An integer N is Falco's old form of 0.N.0.
         let required = match text.parse::<u64>() {
@@ -322,7 +328,7 @@ impl Reader<'_> {
 
     /// Egret has no plugins (it provides the container fields itself), so the
     /// requirements are only checked for shape.
-    fn plugin_versions(&self, plugins: &Node) -> Result<(), Failure> {
+    fn plugin_versions(&self, plugins: &Node<'_>) -> Result<(), Failure> {
         let Kind::Seq(entries) = &plugins.kind else {
             return self.fail(
                 plugins,
@@ -346,7 +352,7 @@ impl Reader<'_> {
         Ok(())
     }
 
-    fn plugin_version(&self, plugin: &Node) -> Result<(), Failure> {
+    fn plugin_version(&self, plugin: &Node<'_>) -> Result<(), Failure> {
         if !matches!(plugin.kind, Kind::Map(_)) {
             return self.fail(plugin, "plugin version must be a mapping");
         }
@@ -361,23 +367,15 @@ impl Reader<'_> {
         Ok(())
     }
 
-    fn read_list(&mut self, item: &Node) -> Result<(), Failure> {
-        let (name, _) = self.required(item, "list")?;
+    fn read_list(&mut self, item: &mut Node<'s>) -> Result<(), Failure> {
+        let name = self.required(item, "list")?.0.to_string();
+        let name = name.as_str();
         if !is_list_name(name) {
             // A warning since Falco 0.38: such a list can only be used quoted.
             self.sink.warning(self.loc(item), format!("list '{name}' has an invalid name: list names should match ([^()\"'[:space:]=,]+)"));
         }
         self.check_keys(item, LIST_KEYS, "list", name);
-        let items = self.strings(item, "items")?.ok_or_else(|| {
-            (
-                self.loc(item),
-                "item has no mapping for key 'items'".to_string(),
-            )
-        })?;
-        let items: Vec<ListItem> = items
-            .into_iter()
-            .map(|(text, loc)| ListItem { text, loc })
-            .collect();
+        let items = self.list_items(item)?;
         let append = self.appends(item, &["items"])?;
         if append {
             return self
@@ -395,9 +393,35 @@ impl Reader<'_> {
         Ok(())
     }
 
+    /// A list's items, moved out of the tree (the allocation is reused:
+    /// a node and an item are the same size). Only scalars are items.
+    fn list_items(&self, item: &mut Node<'s>) -> Result<Vec<ListItem<'s>>, Failure> {
+        let at = self.loc(item);
+        let Some(value) = item.get_mut("items") else {
+            return Err((at, "item has no mapping for key 'items'".to_string()));
+        };
+        let Kind::Seq(entries) = &value.kind else {
+            return self.fail(value, "value for key 'items' is not a sequence");
+        };
+        if let Some(bad) = entries.iter().find(|e| e.as_str().is_none()) {
+            return self.fail(bad, "sequence value in 'items' is not a scalar");
+        }
+        let Kind::Seq(entries) = std::mem::replace(&mut value.kind, Kind::Null) else {
+            return Ok(Vec::new());
+        };
+        let file = self.file;
+        Ok(entries
+            .into_iter()
+            .map(|e| ListItem {
+                loc: Loc::at(file, e.mark),
+                text: e.into_text(),
+            })
+            .collect())
+    }
+
     /// For lists and macros, which have one overridable key: whether the item
     /// appends (`append: true` or `override: {key: append}`) or redefines.
-    fn appends(&mut self, item: &Node, key: &[&str]) -> Result<bool, Failure> {
+    fn appends(&mut self, item: &Node<'_>, key: &[&str]) -> Result<bool, Failure> {
         let flag = self.boolean(item, "append")?.unwrap_or(false);
         if flag {
             self.sink.warning(self.loc(item), APPEND_DEPRECATED);
@@ -412,7 +436,7 @@ impl Reader<'_> {
         Ok(flag || !append.is_empty())
     }
 
-    fn read_macro(&mut self, item: &Node) -> Result<(), Failure> {
+    fn read_macro(&mut self, item: &Node<'_>) -> Result<(), Failure> {
         let (name, _) = self.required(item, "macro")?;
         if !is_macro_name(name) {
             // A warning since Falco 0.38; such a macro cannot be referred to.

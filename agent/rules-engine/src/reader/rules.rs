@@ -11,8 +11,8 @@ use crate::collect::{RuleInfo, RuleUpdate, SYSCALL};
 use crate::exceptions::{self, Entry, ExceptionInfo};
 use crate::yaml::{Kind, Node};
 
-impl Reader<'_> {
-    pub(super) fn read_rule(&mut self, item: &Node) -> Result<(), Failure> {
+impl Reader<'_, '_> {
+    pub(super) fn read_rule(&mut self, item: &Node<'_>) -> Result<(), Failure> {
         let (name, _) = self.required(item, "rule")?;
         self.check_keys(item, RULE_KEYS, "rule", name);
         let append_flag = self.boolean(item, "append")?.unwrap_or(false);
@@ -71,7 +71,7 @@ impl Reader<'_> {
     /// key present must be under `override`.
     fn check_override_keys(
         &self,
-        item: &Node,
+        item: &Node<'_>,
         append: &BTreeSet<String>,
         replace: &BTreeSet<String>,
     ) -> Result<(), Failure> {
@@ -103,7 +103,7 @@ impl Reader<'_> {
 
     fn rule_update(
         &mut self,
-        item: &Node,
+        item: &Node<'_>,
         keys: &BTreeSet<String>,
         appending: bool,
     ) -> Result<RuleUpdate, Failure> {
@@ -142,18 +142,18 @@ impl Reader<'_> {
     }
 
     /// `source` on an append or override: empty means "the rule's own".
-    fn update_source(&self, item: &Node) -> Result<Option<String>, Failure> {
+    fn update_source(&self, item: &Node<'_>) -> Result<Option<String>, Failure> {
         match item.get("source").map(|n| &n.kind) {
             None | Some(Kind::Null) => Ok(None),
             Some(Kind::Scalar(s, _)) if s.is_empty() => Ok(None),
-            Some(Kind::Scalar(s, _)) => Ok(Some(s.clone())),
+            Some(Kind::Scalar(s, _)) => Ok(Some(s.to_string())),
             Some(_) => self.fail(item, "value for key 'source' is not a scalar value"),
         }
     }
 
     /// Falco's `capture_duration`: a number of milliseconds. Egret takes no
     /// captures, so it is only checked.
-    fn duration(&self, item: &Node) -> Result<u64, Failure> {
+    fn duration(&self, item: &Node<'_>) -> Result<u64, Failure> {
         let (text, node) = self.required(item, "capture_duration")?;
         text.parse().map_or_else(
             |_| {
@@ -166,13 +166,13 @@ impl Reader<'_> {
         )
     }
 
-    fn priority(&self, item: &Node) -> Result<Priority, Failure> {
+    fn priority(&self, item: &Node<'_>) -> Result<Priority, Failure> {
         let (text, node) = self.required(item, "priority")?;
         Priority::parse(text)
             .map_or_else(|| self.fail(node, format!("invalid priority '{text}'")), Ok)
     }
 
-    fn define_rule(&mut self, item: &Node, name: &str) -> Result<(), Failure> {
+    fn define_rule(&mut self, item: &Node<'_>, name: &str) -> Result<(), Failure> {
         let (cond, cond_node) = self.required(item, "condition")?;
         let (output, output_node) = self.required(item, "output")?;
         let (desc, _) = self.required(item, "desc")?;
@@ -220,12 +220,12 @@ impl Reader<'_> {
         self.coll.define_rule(info).map_err(|m| (self.loc(item), m))
     }
 
-    fn entry(&self, node: &Node, key: &str) -> Result<Entry, Failure> {
+    fn entry(&self, node: &Node<'_>, key: &str) -> Result<Entry, Failure> {
         match &node.kind {
             Kind::Scalar(s, _) if s.is_empty() => {
                 self.fail(node, format!("exception '{key}' values must be non-empty"))
             }
-            Kind::Scalar(s, _) => Ok(Entry::Item(s.clone())),
+            Kind::Scalar(s, _) => Ok(Entry::Item(s.to_string())),
             Kind::Seq(items) => items
                 .iter()
                 .map(|i| self.entry(i, key))
@@ -238,7 +238,11 @@ impl Reader<'_> {
         }
     }
 
-    fn exceptions(&mut self, item: &Node, appending: bool) -> Result<Vec<ExceptionInfo>, Failure> {
+    fn exceptions(
+        &mut self,
+        item: &Node<'_>,
+        appending: bool,
+    ) -> Result<Vec<ExceptionInfo>, Failure> {
         let Some(list) = item.get("exceptions") else {
             return Ok(Vec::new());
         };

@@ -281,7 +281,14 @@ pub fn lists(bins: &Binaries, ns: &NetNs, settings: &Settings) -> anyhow::Result
             big.n,
             goal(big.check_s <= 2.0),
             goal(rows.iter().all(|r| r.delivered == r.attempts)),
-            goal(extra <= 100.0),
+            // A rule that runs on every event cannot make it cheaper: a
+            // negative difference is the criterion runs' noise, which then
+            // hides the list's cost instead of showing it.
+            if extra < 0.0 || extra.is_nan() {
+                "not shown: the difference is within the runs' noise"
+            } else {
+                goal(extra <= 100.0)
+            },
             goal(big.peak_kib <= 100 * 1024),
         )?;
     }

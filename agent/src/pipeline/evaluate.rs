@@ -28,21 +28,20 @@ use crate::{
 /// Evaluation state that does not depend on the outputs; the pipeline
 /// benchmark (`agent/benches/pipeline.rs`) drives it without I/O.
 pub struct Evaluator {
-    pub hostname: Arc<str>,
-    /// `append_output` and `custom_fields`, applied to every alert.
-    pub additions: Arc<Additions>,
-    pub metrics: Arc<Metrics>,
+    hostname: Arc<str>,
+    /// `append_output` and `custom_fields`, applied to every alert; fixed
+    /// for the evaluator's life, so the plans made from it stay valid.
+    additions: Arc<Additions>,
+    metrics: Arc<Metrics>,
     /// Per rule, how its alerts' `output_fields` are filled.
     plans: FieldPlans,
 }
 
 /// [`FieldPlan`]s by rule id, made on a rule's first alert. Each entry
-/// holds its rule's name, so a reload (new rules, maybe the same ids) or
-/// new additions make new plans instead of reusing stale ones.
+/// holds its rule's name, so after a reload (new rules, maybe the same ids)
+/// a stale entry is recognised and made again.
 #[derive(Default)]
 struct FieldPlans {
-    /// The additions the plans were made with.
-    additions: Option<Arc<Additions>>,
     by_rule: Vec<Option<Planned>>,
 }
 
@@ -52,33 +51,30 @@ enum Planned {
     General(Arc<str>),
 }
 
-impl FieldPlans {
-    fn get(&mut self, additions: &Arc<Additions>, id: RuleId, rule: &Rule) -> Option<&FieldPlan> {
-        if !self
-            .additions
-            .as_ref()
-            .is_some_and(|a| Arc::ptr_eq(a, additions))
-        {
-            self.by_rule.clear();
-            self.additions = Some(additions.clone());
+impl Planned {
+    fn is_for(&self, rule: &Arc<str>) -> bool {
+        match self {
+            Planned::Plan(plan) => plan.is_for(rule),
+            Planned::General(name) => Arc::ptr_eq(name, rule),
         }
+    }
+}
+
+impl FieldPlans {
+    fn get(&mut self, additions: &Additions, id: RuleId, rule: &Rule) -> Option<&FieldPlan> {
         let i = id.index();
         if self.by_rule.len() <= i {
             self.by_rule.resize_with(i + 1, || None);
         }
-        let current = match &self.by_rule[i] {
-            Some(Planned::Plan(plan)) => plan.is_for(rule.name()),
-            Some(Planned::General(name)) => Arc::ptr_eq(name, rule.name()),
-            None => false,
-        };
-        if !current {
+        let slot = &mut self.by_rule[i];
+        if !slot.as_ref().is_some_and(|p| p.is_for(rule.name())) {
             let plan = additions.plan(rule.name(), rule.tags(), SOURCE, rule.output_fields());
-            self.by_rule[i] = Some(match plan {
+            *slot = Some(match plan {
                 Some(plan) => Planned::Plan(plan),
                 None => Planned::General(rule.name().clone()),
             });
         }
-        match &self.by_rule[i] {
+        match slot {
             Some(Planned::Plan(plan)) => Some(plan),
             _ => None,
         }

@@ -19,16 +19,9 @@ pub fn write_alert(out: &mut Vec<u8>, alert: &Alert) {
     write_str(out, alert.priority.as_str());
     out.extend_from_slice(b",\"output\":");
     write_str(out, &alert.output);
-    out.extend_from_slice(b",\"output_fields\":{");
-    for (i, (key, value)) in alert.output_fields.iter().enumerate() {
-        if i > 0 {
-            out.push(b',');
-        }
-        write_str(out, key);
-        out.push(b':');
-        write_value(out, value);
-    }
-    out.extend_from_slice(b"},\"tags\":[");
+    out.extend_from_slice(b",\"output_fields\":");
+    write_object(out, alert.output_fields.iter().map(|(k, v)| (&**k, v)));
+    out.extend_from_slice(b",\"tags\":[");
     for (i, tag) in alert.tags.iter().enumerate() {
         if i > 0 {
             out.push(b',');
@@ -71,19 +64,22 @@ pub fn write_value(out: &mut Vec<u8>, value: &Value) {
             }
             out.push(b']');
         }
-        Value::Object(map) => {
-            out.push(b'{');
-            for (i, (key, item)) in map.iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                write_str(out, key);
-                out.push(b':');
-                write_value(out, item);
-            }
-            out.push(b'}');
-        }
+        Value::Object(map) => write_object(out, map.iter().map(|(k, v)| (k.as_str(), v))),
     }
+}
+
+/// `{"key":value,…}` in the order given.
+fn write_object<'a>(out: &mut Vec<u8>, entries: impl Iterator<Item = (&'a str, &'a Value)>) {
+    out.push(b'{');
+    for (i, (key, value)) in entries.enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        write_str(out, key);
+        out.push(b':');
+        write_value(out, value);
+    }
+    out.push(b'}');
 }
 
 const ONES: u64 = 0x0101_0101_0101_0101;

@@ -18,17 +18,18 @@
 //! `EGRET_BENCH_SCALE=ioc=N,containers=C,names=M,flows=F` sets the sizes
 //! (defaults: 1,000,000, 10,000, 100,000, 131,072). Prints one line per part:
 //! `scale <part> n=<n> heap=<bytes> peak=<bytes> rss_kib=<kib> ms=<ms>`.
+#[path = "support/counting.rs"]
+mod counting;
+
 use std::{
-    alloc::{GlobalAlloc, Layout, System},
     collections::HashMap,
     net::{IpAddr, Ipv4Addr},
     path::PathBuf,
-    sync::{
-        Arc,
-        atomic::{AtomicIsize, Ordering},
-    },
+    sync::Arc,
     time::Instant,
 };
+
+use counting::{Counting, name_answer};
 
 use egret::{
     identity::{
@@ -37,10 +38,7 @@ use egret::{
         metadata::ContainerMeta,
     },
     pipeline::{
-        decode::{
-            Comm, DnsMessage, EgressAttempt, L4Proto,
-            dns::{Answer, AnswerData},
-        },
+        decode::{Comm, EgressAttempt, L4Proto},
         enrich::{
             NAMES_CACHE_CAP,
             flow_owner::{FlowOwners, GENERATION_CAP},
@@ -51,36 +49,6 @@ use egret::{
 };
 use egret_common::Hook;
 use egret_rules::{Options, Source};
-
-struct Counting;
-
-static LIVE: AtomicIsize = AtomicIsize::new(0);
-static PEAK: AtomicIsize = AtomicIsize::new(0);
-
-// SAFETY: forwards to the system allocator and only counts sizes.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let now =
-            LIVE.fetch_add(layout.size() as isize, Ordering::Relaxed) + layout.size() as isize;
-        PEAK.fetch_max(now, Ordering::Relaxed);
-        // SAFETY: the caller's contract is the system allocator's.
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        LIVE.fetch_sub(layout.size() as isize, Ordering::Relaxed);
-        // SAFETY: as above.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        let delta = new_size as isize - layout.size() as isize;
-        let now = LIVE.fetch_add(delta, Ordering::Relaxed) + delta;
-        PEAK.fetch_max(now, Ordering::Relaxed);
-        // SAFETY: as above.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
 
 #[global_allocator]
 static ALLOCATOR: Counting = Counting;
@@ -99,13 +67,13 @@ fn rss_kib() -> u64 {
 /// Measures building one part: heap it keeps, heap high-water mark while
 /// building it (above what was live before), RSS after.
 fn part<T>(name: &str, n: usize, build: impl FnOnce() -> T) -> T {
-    let before = LIVE.load(Ordering::Relaxed);
-    PEAK.store(before, Ordering::Relaxed);
+    let before = Counting::live();
+    Counting::reset_peak();
     let started = Instant::now();
     let value = build();
     let ms = started.elapsed().as_secs_f64() * 1e3;
-    let heap = LIVE.load(Ordering::Relaxed) - before;
-    let peak = PEAK.load(Ordering::Relaxed) - before;
+    let heap = Counting::live() - before;
+    let peak = Counting::peak() - before;
     println!(
         "scale {name} n={n} heap={heap} peak={peak} rss_kib={} ms={ms:.0}",
         rss_kib()
@@ -169,7 +137,7 @@ fn main() {
     let flows = size(&spec, "flows", 2 * GENERATION_CAP);
     println!(
         "scale start n=0 heap={} peak=0 rss_kib={} ms=0",
-        LIVE.load(Ordering::Relaxed),
+        Counting::live(),
         rss_kib()
     );
 
@@ -233,19 +201,7 @@ fn main() {
         for i in 0..names {
             let container = container_id(i % containers.max(1));
             let scope = Scope::of(Some(&container), 0);
-            let qname = format!("svc-{i}.shop.example.com");
-            let message = DnsMessage {
-                id: 1,
-                response: true,
-                rcode: 0,
-                qname: qname.clone(),
-                qtype: 1,
-                answers: vec![Answer {
-                    name: qname,
-                    ttl: 300,
-                    data: AnswerData::Addr(IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + i as u32))),
-                }],
-            };
+            let message = name_answer(i as u32);
             cache.learn(scope, &message, 0);
         }
         cache
@@ -283,7 +239,7 @@ fn main() {
 
     println!(
         "scale total n=0 heap={} peak=0 rss_kib={} ms=0",
-        LIVE.load(Ordering::Relaxed),
+        Counting::live(),
         rss_kib()
     );
     std::hint::black_box((&ruleset, &identity, &names_cache, &owners));

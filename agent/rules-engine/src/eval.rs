@@ -379,47 +379,27 @@ pub(crate) fn matches_unbounded_types(node: &Node) -> bool {
 /// for events from the hooks: the destination is known and `evt.type` is
 /// connect or sendto.
 pub(crate) fn destination_truth(node: &Node) -> (NetSet, NetSet) {
-    match node {
-        Node::Const(true) => (NetSet::all(), NetSet::default()),
-        Node::Const(false) => (NetSet::default(), NetSet::all()),
-        Node::And(nodes) => nodes
-            .iter()
-            .map(destination_truth)
-            .fold((NetSet::all(), NetSet::default()), |(t, f), (ct, cf)| {
-                (t.intersect(&ct), f.union(&cf))
-            }),
-        Node::Or(nodes) => nodes
-            .iter()
-            .map(destination_truth)
-            .fold((NetSet::default(), NetSet::all()), |(t, f), (ct, cf)| {
-                (t.union(&ct), f.intersect(&cf))
-            }),
-        Node::Not(inner) => {
-            let (t, f) = destination_truth(inner);
-            (f, t)
+    destination_truth_within(node, &NetSet::all(), usize::MAX)
+}
+
+/// The sets of a check that is not an address check: all, none or
+/// nothing known, whatever the destination.
+fn check_truth(node: &Node, test: &Test) -> (NetSet, NetSet) {
+    match (&test.src, &test.cmp) {
+        // The hooks produce connect and sendto events, and flow
+        // records (close) whose destinations must not be ignored in the
+        // kernel either.
+        (Src::Event(FieldId::EvtType), _) => {
+            let (may_true, may_false) = type_masks(node);
+            let hooks = CONNECT | SENDTO | CLOSE;
+            match (may_true & hooks, may_false & hooks) {
+                (0, _) => (NetSet::default(), NetSet::all()),
+                (_, 0) => (NetSet::all(), NetSet::default()),
+                _ => (NetSet::default(), NetSet::default()),
+            }
         }
-        Node::One(_) => (NetSet::default(), NetSet::default()),
-        Node::Check(test) => match (&test.src, &test.cmp) {
-            // The hooks produce connect and sendto events, and flow
-            // records (close) whose destinations must not be ignored in the
-            // kernel either.
-            (Src::Event(FieldId::EvtType), _) => {
-                let (may_true, may_false) = type_masks(node);
-                let hooks = CONNECT | SENDTO | CLOSE;
-                match (may_true & hooks, may_false & hooks) {
-                    (0, _) => (NetSet::default(), NetSet::all()),
-                    (_, 0) => (NetSet::all(), NetSet::default()),
-                    _ => (NetSet::default(), NetSet::default()),
-                }
-            }
-            (Src::Event(FieldId::ServerIp), Cmp::Net(m)) => {
-                let t = m.to_set();
-                let f = t.complement();
-                if test.negate { (f, t) } else { (t, f) }
-            }
-            (Src::Event(FieldId::ServerIp), Cmp::Exists) => (NetSet::all(), NetSet::default()),
-            _ => (NetSet::default(), NetSet::default()),
-        },
+        (Src::Event(FieldId::ServerIp), Cmp::Exists) => (NetSet::all(), NetSet::default()),
+        _ => (NetSet::default(), NetSet::default()),
     }
 }
 
@@ -470,9 +450,7 @@ pub(crate) fn destination_truth_within(
                 if test.negate { (f, t) } else { (t, f) }
             }
             _ => {
-                // Every other check's sets are all, none or empty: cut to
-                // the window.
-                let (t, f) = destination_truth(node);
+                let (t, f) = check_truth(node, test);
                 (t.intersect(window), f.intersect(window))
             }
         },

@@ -281,6 +281,7 @@ impl NetMatch {
     }
 
     /// The whole set again.
+    #[cfg(test)]
     pub fn to_set(&self) -> NetSet {
         self.within(&NetSet::all(), usize::MAX).unwrap_or_default()
     }

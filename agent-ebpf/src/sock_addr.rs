@@ -187,6 +187,7 @@ fn emit(ctx: &SockAddrContext, hook: Hook) -> Outcome {
     entry.submit(0);
     if matches!(hook, Hook::Connect4 | Hook::Connect6) {
         crate::connect_result::remember(pid_tgid, socket_cookie);
+        crate::flows::connect_reported(socket_cookie);
     }
     Outcome::Emitted
 }

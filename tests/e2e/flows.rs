@@ -345,3 +345,104 @@ fn container_upload_is_attributed_to_the_container() {
     assert_eq!(flow["fd.sip"], V4_SERVER, "{flow}");
     assert!(flow["fd.cport"].as_u64() > Some(0), "{flow}");
 }
+
+/// A TCP flow's kernel state lives in a slot picked by its socket cookie;
+/// a new connection whose slot a live flow holds keeps its state in the
+/// flow table instead. A slow upload holds its slot while enough short
+/// connections go by for the cookies to come round to it (tens of
+/// thousands: cookies are handed out in sequence): the fallback is taken,
+/// every connection still ends with its record, nothing is lost, and the
+/// upload's record has its exact bytes.
+#[test]
+fn tcp_flows_whose_slot_is_taken_keep_their_state() {
+    if !support::privileged("tcp_flows_whose_slot_is_taken_keep_their_state") {
+        return;
+    }
+    const CONNECTS: u64 = 36_000;
+    let cgroup = TestCgroup::new("flowslot");
+    let dir = TempDir::new("flowslot");
+    let audit = dir.path().join("audit.jsonl");
+    let listen = std::net::SocketAddr::from(([127, 0, 0, 1], support::free_port()));
+    let (cgroup_arg, audit_arg, listen_arg) = (
+        cgroup.path().display().to_string(),
+        audit.display().to_string(),
+        listen.to_string(),
+    );
+    let agent = Agent::start(&[
+        "run",
+        "--cgroup",
+        &cgroup_arg,
+        "--audit",
+        &audit_arg,
+        "--listen",
+        &listen_arg,
+    ]);
+    let ns = NetNs::new("flowslot");
+    // A connect loop this long needs TIME_WAIT ports back (as the benches).
+    for setting in [
+        "net.ipv4.tcp_tw_reuse=1",
+        "net.ipv4.ip_local_port_range=1024 65535",
+    ] {
+        ns.sysctl(setting).expect("namespace sysctl");
+    }
+    let addr = format!("{V4_SERVER}:9155");
+    let total: u64 = 300_000;
+    let _sink = ns.server(
+        &support::probe_path(),
+        &["sink-exact", &addr, &total.to_string()],
+    );
+    let metric = |series: &str| support::http::metric_value(listen, series).unwrap_or(0.0);
+    let closed = "egret_flow_records_total{protocol=\"tcp\",end=\"closed\"}";
+    let upload_pid = std::thread::scope(|scope| {
+        // Six parts, 1.5 s apart: alive for the whole loop below.
+        let upload = scope.spawn(|| {
+            let (pid, output) = ns.output_in_cgroup(
+                cgroup.path(),
+                &support::probe_path(),
+                &["upload", &addr, &total.to_string(), "1500"],
+            );
+            assert!(output.status.success(), "upload: {output:?}");
+            pid
+        });
+        std::thread::sleep(Duration::from_millis(500));
+        let (_, output) = ns.output_in_cgroup(
+            cgroup.path(),
+            &support::probe_path(),
+            &[
+                "connect-loop",
+                &format!("{V4_SERVER}:0"),
+                &CONNECTS.to_string(),
+            ],
+        );
+        assert!(output.status.success(), "connect loop: {output:?}");
+        upload.join().expect("upload thread")
+    });
+    let deadline = std::time::Instant::now() + scaled(Duration::from_secs(30));
+    while metric(closed) < (CONNECTS + 1) as f64 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(
+        metric(closed),
+        (CONNECTS + 1) as f64,
+        "every connection's record"
+    );
+    assert!(
+        metric("egret_kernel_flow_slot_taken_total") >= 1.0,
+        "no connection found its slot taken in {CONNECTS}"
+    );
+    assert_eq!(metric("egret_kernel_flow_state_lost_total"), 0.0);
+    assert_eq!(
+        metric("egret_kernel_flow_untracked_total{reason=\"tcp_table_full\"}"),
+        0.0
+    );
+    let text = std::fs::read_to_string(&audit).expect("audit log");
+    let upload: Vec<Value> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["proc.pid"] == upload_pid && v["evt.type"] == "close")
+        .collect();
+    assert_eq!(upload.len(), 1, "the upload's one record: {upload:?}");
+    assert_eq!(upload[0]["flow.bytes_out"], total, "{}", upload[0]);
+    assert_eq!(upload[0]["flow.end"], "closed", "{}", upload[0]);
+    drop(agent);
+}

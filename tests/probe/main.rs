@@ -49,6 +49,23 @@
 //!   connect-for    <addr> <millis>: `connect-loop` with port 0 for a fixed
 //!                  time, print connects/s (two runs started together share
 //!                  the machine for the same interval).
+//!   connect-out-for <addr> <millis> <procs>: `connect-for`, but the
+//!                  listener is made before this process joins a cgroup by
+//!                  writing its pid to <procs> (that cgroup's cgroup.procs,
+//!                  e.g. an inherited /dev/fd/N: `ip netns exec` hides the
+//!                  cgroup mount): accepted sockets belong to the
+//!                  listener's cgroup, so only the connecting end is in the
+//!                  new one, as with a peer on another host (benchmarks).
+//!   connect-alternate <addr> <blocks> <block_ms> <procs A> <procs B> <ends>:
+//!                  the `connect-for` loop in blocks of <block_ms>,
+//!                  alternating between two cgroups (joined through their
+//!                  cgroup.procs files, as in `connect-out-for`), ABBA
+//!                  order; <ends> `out`: one listener, made before joining
+//!                  either (accepted sockets unmonitored); `both`: one
+//!                  listener made in each. Prints A's and B's connects/s
+//!                  and the median over block pairs of A/B (benchmarks:
+//!                  two settings compared on one core, interleaved finely
+//!                  enough that the machine's drift cancels).
 //!   udp-repeat     <addr:port> <count>: one connected UDP socket sending
 //!                  `count` datagrams with `sendto` its peer; prints sends/s.
 //!   resolve-connect, resolve, dns-query, dns-raw: DNS modes, see dns.rs.
@@ -133,6 +150,35 @@ fn main() {
                     connect_for(addr, run)
                 }
             }),
+        Some([mode, addr, millis, procs]) if mode == "connect-out-for" => {
+            parse(addr).and_then(|addr| {
+                let run = millis
+                    .parse()
+                    .map(Duration::from_millis)
+                    .map_err(|_| Error::new(ErrorKind::InvalidInput, "milliseconds"))?;
+                connect_out_for(addr, run, std::path::Path::new(procs))
+            })
+        }
+        Some([mode, addr, blocks, block_ms, a, b, ends]) if mode == "connect-alternate" => {
+            parse(addr).and_then(|addr| {
+                let number = |text: &str, what: &str| {
+                    text.parse::<u64>()
+                        .map_err(|_| Error::new(ErrorKind::InvalidInput, what.to_owned()))
+                };
+                let both = match ends.as_str() {
+                    "out" => false,
+                    "both" => true,
+                    _ => return Err(Error::new(ErrorKind::InvalidInput, "ends: out or both")),
+                };
+                connect_alternate(
+                    addr,
+                    number(blocks, "blocks")?,
+                    Duration::from_millis(number(block_ms, "block_ms")?),
+                    [std::path::Path::new(a), std::path::Path::new(b)],
+                    both,
+                )
+            })
+        }
         Some([mode, addr, count]) if mode == "udp-repeat" => parse(addr).and_then(|addr| {
             let count = count
                 .parse()
@@ -519,7 +565,92 @@ fn udp_repeat(addr: SocketAddr, count: u64) -> Result<()> {
 /// into a cross-CPU wake-up, which on a small VM costs more than the
 /// connect itself and drowns what is being measured.
 fn connect_accept_while(addr: SocketAddr, more: impl Fn(u64, Instant) -> bool) -> Result<()> {
+    accept_while(std::net::TcpListener::bind(addr)?, more)
+}
+
+/// [`connect_for`] with the listener in this process's cgroup at start and
+/// the connecting sockets in the cgroup whose `procs` file it then joins (a
+/// socket's cgroup is its creator's at creation; an accepted one inherits
+/// its listener's).
+fn connect_out_for(addr: SocketAddr, run: Duration, procs: &std::path::Path) -> Result<()> {
     let listener = std::net::TcpListener::bind(addr)?;
+    std::fs::write(procs, std::process::id().to_string()).map_err(|err| {
+        Error::new(
+            ErrorKind::InvalidInput,
+            format!("joining the cgroup through {}: {err}", procs.display()),
+        )
+    })?;
+    accept_while(listener, |_, start| start.elapsed() < run)
+}
+
+/// Joins the cgroup whose cgroup.procs `file` is.
+fn join(file: &mut std::fs::File) -> Result<()> {
+    use std::io::Write as _;
+    file.write_all(std::process::id().to_string().as_bytes())
+        .map_err(|err| Error::new(ErrorKind::InvalidInput, format!("joining a cgroup: {err}")))
+}
+
+fn connect_alternate(
+    addr: SocketAddr,
+    blocks: u64,
+    block: Duration,
+    procs: [&std::path::Path; 2],
+    both: bool,
+) -> Result<()> {
+    let open = |path: &std::path::Path| {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(path)
+            .map_err(|err| {
+                Error::new(
+                    ErrorKind::InvalidInput,
+                    format!("{}: {err}", path.display()),
+                )
+            })
+    };
+    let mut files = [open(procs[0])?, open(procs[1])?];
+    let mut listeners = Vec::with_capacity(2);
+    for file in &mut files {
+        if both {
+            join(file)?;
+        }
+        listeners.push(std::net::TcpListener::bind(addr)?);
+    }
+    let mut rates = [Vec::new(), Vec::new()];
+    let mut totals = [(0u64, Duration::ZERO); 2];
+    for i in 0..blocks.max(1) {
+        let order = if i % 2 == 0 { [0, 1] } else { [1, 0] };
+        for side in order {
+            join(&mut files[side])?;
+            let listener = &listeners[side];
+            let target = listener.local_addr()?;
+            let start = Instant::now();
+            let mut count = 0u64;
+            while start.elapsed() < block {
+                let client = TcpStream::connect(target)?;
+                let (server, _) = listener.accept()?;
+                drop(client);
+                drop(server);
+                count += 1;
+            }
+            let took = start.elapsed();
+            rates[side].push(count as f64 / took.as_secs_f64());
+            totals[side].0 += count;
+            totals[side].1 += took;
+        }
+    }
+    let mut ratios: Vec<f64> = rates[0].iter().zip(&rates[1]).map(|(a, b)| a / b).collect();
+    ratios.sort_by(f64::total_cmp);
+    let median = ratios[ratios.len() / 2];
+    let rate = |(count, took): (u64, Duration)| count as f64 / took.as_secs_f64();
+    println!("{:.0} {:.0} {median:.4}", rate(totals[0]), rate(totals[1]));
+    Ok(())
+}
+
+fn accept_while(
+    listener: std::net::TcpListener,
+    more: impl Fn(u64, Instant) -> bool,
+) -> Result<()> {
     let addr = listener.local_addr()?;
     let start = Instant::now();
     let mut count = 0u64;

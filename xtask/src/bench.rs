@@ -78,6 +78,10 @@ pub struct Settings {
     flow_mib: u64,
     flow_connects: u64,
     flow_fill: bool,
+    /// Scenario 10: runs of the alternating connect measurement and
+    /// 100 ms block pairs per run.
+    flow_alternations: usize,
+    flow_blocks: u64,
     /// Scenario 9: DNS lookups per run and paired rounds.
     dns_lookups: u64,
     dns_rounds: usize,
@@ -116,6 +120,8 @@ impl Settings {
                 flow_mib: 64,
                 flow_connects: 1_000,
                 flow_fill: false,
+                flow_alternations: 2,
+                flow_blocks: 4,
                 dns_lookups: 500,
                 dns_rounds: 1,
                 ioc_sizes: vec![1_000, 10_000],
@@ -141,6 +147,8 @@ impl Settings {
                 flow_mib: 2_048,
                 flow_connects: 20_000,
                 flow_fill: true,
+                flow_alternations: 8,
+                flow_blocks: 30,
                 dns_lookups: 20_000,
                 dns_rounds: 4,
                 ioc_sizes: vec![1_000, 10_000, 100_000, 1_000_000],

@@ -1,8 +1,8 @@
 //! Flow accounting: per-connection byte, packet and duration records
 //! ([`FlowEvent`]), kept per socket in [`FLOWS_MAP`] while the socket lives.
 
-/// Hash socket cookie → [`FlowState`]: one entry per tracked TCP
-/// connection or UDP socket, removed at its end (TCP CLOSE, UDP socket
+/// Hash socket cookie → [`FlowState`]: one entry per tracked UDP socket or
+/// TCP connection whose [`TCP_SLOTS_MAP`] slot was taken, removed at its end (TCP CLOSE, UDP socket
 /// release), so nothing is evicted behind a live flow's back. A plain hash,
 /// not an LRU, on purpose: when it is full a *new* flow is not tracked and
 /// that is counted ([`FlowCounters`] `tcp_table_full`/`udp_table_full`),
@@ -11,6 +11,13 @@ pub const FLOWS_MAP: &str = "EGRET_FLOWS";
 /// Capacity of [`FLOWS_MAP`] (preallocated: about 180 bytes per entry
 /// with the kernel's per-element overhead, so ~12 MiB).
 pub const FLOWS_MAX_ENTRIES: u32 = 65_536;
+/// Array of TCP flow states, direct-mapped by socket cookie (the kernel
+/// crate's `TcpSlot`: the cookie, then a [`FlowState`]); a connection whose
+/// slot is taken uses [`FLOWS_MAP`].
+pub const TCP_SLOTS_MAP: &str = "EGRET_TCP_SLOTS";
+/// Slots of [`TCP_SLOTS_MAP`] (a power of two; 128 bytes each, 4 MiB).
+pub const TCP_SLOTS_MAX_ENTRIES: u32 = 32_768;
+const _: () = assert!(TCP_SLOTS_MAX_ENTRIES.is_power_of_two());
 /// Per-CPU [`FlowCounters`] (one slot).
 pub const FLOW_COUNTERS_MAP: &str = "EGRET_FLOW_COUNTERS";
 /// Global (u64, ns): a live flow gets an interim record on its first packet
@@ -144,8 +151,9 @@ pub struct FlowEvent {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowCounters {
-    /// A TCP connect found [`FLOWS_MAP`] full: that connection has no flow
-    /// record (its connect event is still reported).
+    /// A TCP connect found its [`TCP_SLOTS_MAP`] slot taken and
+    /// [`FLOWS_MAP`] full: that connection has no flow record (its connect
+    /// event is still reported).
     pub tcp_table_full: u64,
     /// A UDP socket's first datagram found [`FLOWS_MAP`] full: not tracked
     /// (each later datagram retries, and counts here again).
@@ -155,10 +163,14 @@ pub struct FlowCounters {
     pub tcp_state_lost: u64,
     /// bpf_sock_ops_cb_flags_set failed: the connection is not tracked.
     pub cb_flags_failed: u64,
+    /// Tracked TCP connections whose [`TCP_SLOTS_MAP`] slot held a live
+    /// flow, kept in [`FLOWS_MAP`] instead (a share of the connections
+    /// about the live TCP flows over the slots: a sizing signal, not a loss).
+    pub tcp_slot_taken: u64,
     /// Interim records among the emitted ones (TCP and UDP).
     pub interim: u64,
 }
 
 const _: () = assert!(core::mem::size_of::<FlowState>() == 120);
 const _: () = assert!(core::mem::size_of::<FlowEvent>() == 112);
-const _: () = assert!(core::mem::size_of::<FlowCounters>() == 40);
+const _: () = assert!(core::mem::size_of::<FlowCounters>() == 48);

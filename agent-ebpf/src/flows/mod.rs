@@ -31,12 +31,15 @@
 use aya_ebpf::{
     EbpfContext,
     bindings::{
-        BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_RTO_CB, BPF_SOCK_OPS_RTO_CB_FLAG,
-        BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG, BPF_SOCK_OPS_TCP_CONNECT_CB, bpf_sock,
+        BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB,
+        BPF_SOCK_OPS_RTO_CB, BPF_SOCK_OPS_RTO_CB_FLAG, BPF_SOCK_OPS_STATE_CB,
+        BPF_SOCK_OPS_STATE_CB_FLAG, BPF_SOCK_OPS_TCP_CONNECT_CB, bpf_sock,
     },
-    helpers::generated::{bpf_get_socket_cookie, bpf_ktime_get_ns, bpf_tcp_sock},
+    helpers::generated::{
+        bpf_get_socket_cookie, bpf_ktime_get_coarse_ns, bpf_ktime_get_ns, bpf_tcp_sock,
+    },
     macros::{cgroup_skb, cgroup_sock, map, sock_ops, tracepoint},
-    maps::{HashMap, PerCpuArray, lpm_trie::Key},
+    maps::{Array, HashMap, PerCpuArray, lpm_trie::Key},
     programs::{SkBuffContext, SockContext, SockOpsContext, TracePointContext},
 };
 use egret_common::{
@@ -44,7 +47,7 @@ use egret_common::{
     FLOW_END_TIMED_OUT, FLOW_FLAG_STATE_LOST, FLOW_FLAG_V4_MAPPED, FLOW_INTERIM_DEFAULT_NS,
     FLOW_STATE_ESTABLISHED, FLOW_STATE_FIN_IN, FLOW_STATE_FIN_OUT, FLOW_STATE_IGNORED,
     FLOW_STATE_RESET_RX, FLOWS_MAX_ENTRIES, FlowCounters, FlowEvent, FlowState, Hook, HookCounters,
-    IGNORE_VERDICT_IGNORE, RecordKind, TP_FIELD_ABSENT,
+    IGNORE_VERDICT_IGNORE, RecordKind, TCP_SLOTS_MAX_ENTRIES, TP_FIELD_ABSENT,
 };
 
 use crate::maps::{COUNTERS, EVENTS, IGNORE};
@@ -79,6 +82,92 @@ static TP_RESET_COOKIE: u32 = 64;
 #[map(name = "EGRET_FLOWS")]
 static FLOWS: HashMap<u64, FlowState> = HashMap::with_max_entries(FLOWS_MAX_ENTRIES, 0);
 
+/// A TCP flow's state in [`TCP_SLOTS`]: the slot is the flow's while
+/// `cookie` is its socket's (0: free).
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct TcpSlot {
+    cookie: u64,
+    state: FlowState,
+}
+
+/// TCP flow state, direct-mapped by the socket cookie's low bits: an array
+/// element is found without hashing, a helper call or a lock, where the
+/// hash's insert and delete were the costliest part of a short connection
+/// (BENCHMARKS.md scenario 10). Cookies are handed out in sequence, so
+/// live connections rarely share a slot; one that finds its slot taken
+/// goes to `EGRET_FLOWS` instead, as UDP flows do. Two connects claiming
+/// one slot at the same instant (their cookies a multiple of the slot
+/// count apart) can leave one flow without state: its end is then sent
+/// from the kernel's counters and counted (`tcp_state_lost`).
+#[map(name = "EGRET_TCP_SLOTS")]
+static TCP_SLOTS: Array<TcpSlot> = Array::with_max_entries(TCP_SLOTS_MAX_ENTRIES, 0);
+
+const _: () = assert!(core::mem::size_of::<TcpSlot>() == 128);
+
+/// Where a TCP flow's state is.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Home {
+    Slot,
+    Table,
+}
+
+#[inline(always)]
+fn tcp_slot(cookie: u64) -> Option<&'static mut TcpSlot> {
+    let slot = TCP_SLOTS.get_ptr_mut((cookie as u32) & (TCP_SLOTS_MAX_ENTRIES - 1))?;
+    // SAFETY: an array element, valid for the program's run (arrays are
+    // never freed under a program); a torn write is the race above.
+    Some(unsafe { &mut *slot })
+}
+
+/// A new TCP flow's state: its slot, else a table entry; `None` when both
+/// are taken (counted by the caller).
+#[inline(always)]
+fn tcp_insert(cookie: u64, state: &FlowState) -> Option<Home> {
+    if let Some(slot) = tcp_slot(cookie)
+        && (slot.cookie == 0 || slot.cookie == cookie)
+    {
+        slot.cookie = cookie;
+        slot.state = *state;
+        return Some(Home::Slot);
+    }
+    count_flow(|c| c.tcp_slot_taken += 1);
+    FLOWS
+        .insert(cookie, *state, BPF_NOEXIST)
+        .ok()
+        .map(|()| Home::Table)
+}
+
+/// A tracked TCP flow's state and where it lives.
+#[inline(always)]
+fn tcp_find(cookie: u64) -> Option<(&'static mut FlowState, Home)> {
+    if let Some(slot) = tcp_slot(cookie)
+        && slot.cookie == cookie
+    {
+        return Some((&mut slot.state, Home::Slot));
+    }
+    let state = FLOWS.get_ptr_mut(cookie)?;
+    // SAFETY: map value pointer, valid during the program.
+    Some((unsafe { &mut *state }, Home::Table))
+}
+
+/// Frees a TCP flow's state.
+#[inline(always)]
+fn tcp_remove(cookie: u64, home: Home) {
+    match home {
+        Home::Slot => {
+            if let Some(slot) = tcp_slot(cookie)
+                && slot.cookie == cookie
+            {
+                slot.cookie = 0;
+            }
+        }
+        Home::Table => {
+            let _ = FLOWS.remove(cookie);
+        }
+    }
+}
+
 #[map(name = "EGRET_FLOW_COUNTERS")]
 static FLOW_COUNTERS: PerCpuArray<FlowCounters> = PerCpuArray::with_max_entries(1, 0);
 
@@ -98,7 +187,10 @@ const NOT_TRACKED: u64 = u64::MAX;
 
 /// Per CPU, direct-mapped by the cookie's low bits: a bulk stream's
 /// segments (and, on loopback, the receiver's ACKs, from another socket)
-/// then skip the flow-table lookup until the interval passes. A due time
+/// then skip the flow-table lookup until the interval passes. The sock_ops
+/// program fills a slot before a socket's first segment (a tracked
+/// connect's, on the CPU that sends its SYN; "never" for an accepted
+/// socket), so a short connection's segments rarely reach the table. A due time
 /// here is never later than the flow's real one (its last report only
 /// moves forward), so a hit can delay nothing; tracking is decided at
 /// `TCP_CONNECT_CB`, before the socket's first segment, so "not tracked"
@@ -107,6 +199,46 @@ const NOT_TRACKED: u64 = u64::MAX;
 /// interim record, never a wrong count.
 #[map(name = "EGRET_FLOW_SEGMENTS")]
 static SEGMENT_CACHE: PerCpuArray<SegmentCache> = PerCpuArray::with_max_entries(SEGMENT_SLOTS, 0);
+
+/// The socket a connect hook (sock_addr.rs) last reported on this CPU.
+/// Kernel-only.
+#[map(name = "EGRET_FLOW_REPORTED")]
+static REPORTED: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// Called by the connect hooks for every connect they report (not for
+/// ignored ones), so `TCP_CONNECT_CB`, which follows in the same syscall,
+/// knows the destination is not ignored without a second trie lookup.
+#[inline(always)]
+pub fn connect_reported(cookie: u64) {
+    if let Some(slot) = REPORTED.get_ptr_mut(0) {
+        // SAFETY: this CPU's slot, valid for the program's run.
+        unsafe { *slot = cookie };
+    }
+}
+
+/// Whether the connect hook reported `cookie` on this CPU just now.
+#[inline(always)]
+fn reported_here(cookie: u64) -> bool {
+    REPORTED.get(0).is_some_and(|last| *last == cookie)
+}
+
+/// Notes in this CPU's [`SEGMENT_CACHE`] when `cookie`'s next interim
+/// record can be due ([`NOT_TRACKED`]: never).
+#[inline(always)]
+fn remember_segments(cookie: u64, due_ns: u64) {
+    if let Some(slot) = SEGMENT_CACHE.get_ptr_mut((cookie as u32) & (SEGMENT_SLOTS - 1)) {
+        // SAFETY: this CPU's slot, valid during the program (see
+        // SEGMENT_CACHE for what a concurrent writer on this CPU can do).
+        unsafe { *slot = SegmentCache { cookie, due_ns } };
+    }
+}
+
+#[inline(always)]
+fn coarse_now() -> u64 {
+    // SAFETY: reads the coarse monotonic clock, no arguments. It is at
+    // most a tick behind `now()`, never ahead.
+    unsafe { bpf_ktime_get_coarse_ns() }
+}
 
 #[inline(always)]
 fn interim_ns() -> u64 {

@@ -144,18 +144,18 @@ fn tcp_interim(ctx: &SkBuffContext, sk: *mut bpf_sock) -> Option<()> {
     // SAFETY: this CPU's slot, valid during the program (see SEGMENT_CACHE
     // for what a concurrent writer on this CPU can do).
     let slot = unsafe { &mut *slot };
-    if slot.cookie == cookie && (slot.due_ns == NOT_TRACKED || now() < slot.due_ns) {
+    // The coarse clock, never ahead of `now()`, can only make a record
+    // a tick late here.
+    if slot.cookie == cookie && (slot.due_ns == NOT_TRACKED || coarse_now() < slot.due_ns) {
         return None;
     }
-    let Some(state) = FLOWS.get_ptr_mut(cookie) else {
+    let Some((state, _)) = tcp_find(cookie) else {
         *slot = SegmentCache {
             cookie,
             due_ns: NOT_TRACKED,
         };
         return None;
     };
-    // SAFETY: map value pointer, valid during the program.
-    let state = unsafe { &mut *state };
     let now = now();
     if now.saturating_sub(state.reported_ns) < every {
         *slot = SegmentCache {

@@ -23,15 +23,20 @@ fn try_sockops(ctx: &SockOpsContext) -> Option<()> {
     match op {
         BPF_SOCK_OPS_TCP_CONNECT_CB => on_connect(ctx),
         BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB => on_established(ctx),
+        BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB => {
+            // An accepted socket is never tracked: say so to this CPU's
+            // segment cache, so its segments skip the table.
+            remember_segments(cookie(ctx), NOT_TRACKED);
+            Some(())
+        }
         BPF_SOCK_OPS_STATE_CB => on_state(ctx, arg0, arg1),
         BPF_SOCK_OPS_RTO_CB => {
             // args: retransmits so far, rto, and whether they expired
             // (tcp_write_timeout: the connection is about to be dropped).
             let _ = arg0;
             if arg2 != 0 {
-                let state = FLOWS.get_ptr_mut(cookie(ctx))?;
-                // SAFETY: map value pointer, valid during the program.
-                unsafe { (*state).flags |= STATE_TIMED_OUT };
+                let (state, _) = tcp_find(cookie(ctx))?;
+                state.flags |= STATE_TIMED_OUT;
             }
             Some(())
         }
@@ -113,7 +118,12 @@ fn on_connect(ctx: &SockOpsContext) -> Option<()> {
         daddr
     };
     count(Hook::TcpFlow, |c| c.seen += 1);
-    if ignored(&mapped) {
+    let cookie = cookie(ctx);
+    // The connect hook ran just before, in this syscall: if it reported
+    // this socket here, the destination is not ignored and the trie can be
+    // skipped. Otherwise (it ignored the connect, or the thread moved to
+    // another CPU in between) the trie decides, as that hook did.
+    if !super::reported_here(cookie) && ignored(&mapped) {
         count(Hook::TcpFlow, |c| c.ignored += 1);
         return Some(());
     }
@@ -131,16 +141,17 @@ fn on_connect(ctx: &SockOpsContext) -> Option<()> {
         event_flags,
         ..FlowState::default()
     };
-    let cookie = cookie(ctx);
-    if FLOWS.insert(cookie, state, BPF_NOEXIST).is_err() {
+    let Some(home) = tcp_insert(cookie, &state) else {
         count_flow(|c| c.tcp_table_full += 1);
         return Some(());
-    }
+    };
+    // The SYN goes out next, on this CPU: its segments find the cache.
+    remember_segments(cookie, start.saturating_add(interim_ns()));
     // SAFETY: 4-byte UAPI field read.
     let flags = unsafe { core::ptr::read_volatile(&raw const (*ctx.ops).bpf_sock_ops_cb_flags) };
     let wanted = flags | BPF_SOCK_OPS_STATE_CB_FLAG | BPF_SOCK_OPS_RTO_CB_FLAG;
     if ctx.set_cb_flags(wanted as i32).is_err() {
-        let _ = FLOWS.remove(cookie);
+        tcp_remove(cookie, home);
         count_flow(|c| c.cb_flags_failed += 1);
     }
     Some(())
@@ -150,14 +161,11 @@ fn on_connect(ctx: &SockOpsContext) -> Option<()> {
 /// payload.
 #[inline(always)]
 fn on_established(ctx: &SockOpsContext) -> Option<()> {
-    let state = FLOWS.get_ptr_mut(cookie(ctx))?;
+    let (state, _) = tcp_find(cookie(ctx))?;
     let (acked, received) = tcp_bytes(ctx);
-    // SAFETY: map value pointer, valid during the program.
-    unsafe {
-        (*state).base_out = acked;
-        (*state).base_in = received;
-        (*state).flags |= FLOW_STATE_ESTABLISHED;
-    }
+    state.base_out = acked;
+    state.base_in = received;
+    state.flags |= FLOW_STATE_ESTABLISHED;
     Some(())
 }
 
@@ -191,18 +199,29 @@ pub(super) fn tcp_payload(state: &FlowState, acked: u64, received: u64) -> (u64,
 
 #[inline(always)]
 fn on_state(ctx: &SockOpsContext, old: u32, new: u32) -> Option<()> {
+    // Only the transitions that tell a FIN apart, and the end, need the
+    // flow's state; the others (SYN_SENT → ESTABLISHED, ESTABLISHED →
+    // FIN_WAIT1, CLOSE_WAIT → LAST_ACK…) cost the callback only.
+    let noted = matches!(
+        (old, new),
+        (TCP_FIN_WAIT1, TCP_FIN_WAIT2)
+            | (TCP_ESTABLISHED, TCP_CLOSE_WAIT)
+            | (TCP_FIN_WAIT1, TCP_CLOSING)
+    );
+    if !noted && new != TCP_CLOSE {
+        return Some(());
+    }
     let cookie = cookie(ctx);
     let (acked, received) = tcp_bytes(ctx);
-    let Some(state) = FLOWS.get_ptr_mut(cookie) else {
+    let Some((state, home)) = tcp_find(cookie) else {
         if new == TCP_CLOSE {
             lost_close(ctx, cookie, old, acked, received);
         }
         return Some(());
     };
-    // SAFETY: map value pointer, valid during the program; this socket's
-    // callbacks run under its lock, so nothing else writes these fields
-    // but the reset tracepoint (a flag bit) and interim reports.
-    let state = unsafe { &mut *state };
+    // This socket's callbacks run under its lock, so nothing else writes
+    // these fields but the reset tracepoint (a flag bit) and interim
+    // reports.
     // Which FINs the counters include, from the transitions only a FIN
     // (ours acknowledged, or the peer's received) causes.
     match (old, new) {
@@ -248,7 +267,7 @@ fn on_state(ctx: &SockOpsContext, old: u32, new: u32) -> Option<()> {
     event.old_state = old as u8;
     event.retrans = retrans;
     emit(Hook::TcpFlow, &event);
-    let _ = FLOWS.remove(cookie);
+    tcp_remove(cookie, home);
     Some(())
 }
 
@@ -308,8 +327,7 @@ fn try_reset(ctx: &TracePointContext) -> Option<()> {
     }
     // SAFETY: reads 8 bytes of the tracepoint record at a tracefs offset.
     let cookie: u64 = unsafe { ctx.read_at(offset as usize) }.ok()?;
-    let state = FLOWS.get_ptr_mut(cookie)?;
-    // SAFETY: map value pointer, valid during the program.
-    unsafe { (*state).flags |= FLOW_STATE_RESET_RX };
+    let (state, _) = tcp_find(cookie)?;
+    state.flags |= FLOW_STATE_RESET_RX;
     Some(())
 }

@@ -198,6 +198,7 @@ impl FlowCounterReader {
             total.tcp_state_lost += c.tcp_state_lost;
             total.cb_flags_failed += c.cb_flags_failed;
             total.interim += c.interim;
+            total.tcp_slot_taken += c.tcp_slot_taken;
         }
         Ok(total)
     }

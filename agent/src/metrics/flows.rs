@@ -59,7 +59,7 @@ impl Collector for KernelFlowCounters {
         ];
         let mut metric = enc.encode_descriptor(
             "egret_kernel_flow_untracked",
-            "Flows the kernel could not account, by reason (the flow table of 65536 live flows was full; the TCP callbacks could not be enabled)",
+            "Flows the kernel could not account, by reason (the flow table of 65536 live flows was full, for TCP its slot too; the TCP callbacks could not be enabled)",
             None,
             MetricType::Counter,
         )?;
@@ -77,6 +77,11 @@ impl Collector for KernelFlowCounters {
                 "egret_kernel_flow_interim",
                 "Interim flow records the kernel sent",
                 c.interim,
+            ),
+            (
+                "egret_kernel_flow_slot_taken",
+                "Tracked TCP connections whose state slot held a live flow (kept in the flow table instead)",
+                c.tcp_slot_taken,
             ),
         ];
         for (name, help, n) in singles {

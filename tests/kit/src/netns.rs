@@ -173,6 +173,35 @@ fn ip(args: &[&str]) -> std::io::Result<()> {
     Ok(())
 }
 
+/// [`command_in_cgroup`] for a program that joins other cgroups itself
+/// later: the `cgroup.procs` of `joins[i]` is open on descriptor `3 + i`
+/// (`/dev/fd/3`… in the program's arguments), since `ip netns exec`
+/// remounts /sys and hides the cgroup mount. At most three.
+pub fn command_in_cgroup_joining(
+    netns: &str,
+    cgroup: &Path,
+    joins: &[&Path],
+    program: impl AsRef<std::ffi::OsStr>,
+    args: &[&str],
+) -> Command {
+    assert!(joins.len() <= 3, "at most three cgroups to join");
+    let mut script = String::from("exec");
+    for i in 0..joins.len() {
+        script.push_str(&format!(" {}>\"${}/cgroup.procs\"", 3 + i, 2 + i));
+    }
+    script.push_str(&format!(
+        " && echo $$ > \"$1/cgroup.procs\" && shift {} && exec ip netns exec \"$@\"",
+        1 + joins.len()
+    ));
+    let mut command = Command::new("sh");
+    command.arg("-c").arg(script).arg("sh").arg(cgroup);
+    for join in joins {
+        command.arg(join);
+    }
+    command.arg(netns).arg(program).args(args);
+    command
+}
+
 /// `program args…` as a process of `cgroup`, inside the namespace named
 /// `netns`. The shell writes its own pid and execs in place, so the pid the
 /// kernel reports for the program is the child's pid. Takes the name, not a

@@ -12,7 +12,13 @@
 //!   method's own noise;
 //! - [`Paired::run`]: where the sides cannot run together (an agent
 //!   attached to the whole node, a peer tracing everything), back to back
-//!   in every round, alternating which goes first.
+//!   in every round, alternating which goes first;
+//! - [`Alternated`]: one process switching between the two sides' cgroups
+//!   every 100 ms on one core (the probe's `connect-alternate`), for a
+//!   rate small costs must be told apart in: concurrent rounds here read
+//!   A/A pair values from 0.90 to 1.06 for connects, where blocks this
+//!   short, in ABBA order, cancel the machine's drift (runs of 40 blocks
+//!   repeated within 0.01 of each other).
 //!
 //! The kernel's own accounting then bounds the cost independently: see
 //! [`ProgramShare`].
@@ -105,6 +111,53 @@ impl Paired {
         let ratios = self.ratios();
         let low = ratios.iter().copied().fold(f64::INFINITY, f64::min);
         let high = ratios.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        (low, high)
+    }
+
+    pub(super) fn medians(&self) -> (f64, f64) {
+        (median(&mut self.off.clone()), median(&mut self.on.clone()))
+    }
+}
+
+/// Runs of the probe's `connect-alternate`: per run, both sides' rates and
+/// the median over its block pairs of on/off.
+#[derive(Default)]
+pub(super) struct Alternated {
+    pub(super) off: Vec<f64>,
+    pub(super) on: Vec<f64>,
+    pub(super) ratios: Vec<f64>,
+}
+
+impl Alternated {
+    /// Adds a run from the probe's output, `<on rate> <off rate> <ratio>`
+    /// (the probe's side A is on).
+    pub(super) fn push(&mut self, printed: &str) -> anyhow::Result<()> {
+        let numbers: Vec<f64> = printed
+            .split_whitespace()
+            .map(str::parse)
+            .collect::<Result<_, _>>()
+            .map_err(|err| anyhow::anyhow!("connect-alternate printed {printed:?}: {err}"))?;
+        let [on, off, ratio] = numbers[..] else {
+            anyhow::bail!("connect-alternate printed {printed:?}");
+        };
+        self.on.push(on);
+        self.off.push(off);
+        self.ratios.push(ratio);
+        Ok(())
+    }
+
+    /// Median over runs of the runs' on/off.
+    pub(super) fn ratio(&self) -> f64 {
+        median(&mut self.ratios.clone())
+    }
+
+    pub(super) fn ratio_range(&self) -> (f64, f64) {
+        let low = self.ratios.iter().copied().fold(f64::INFINITY, f64::min);
+        let high = self
+            .ratios
+            .iter()
+            .copied()
+            .fold(f64::NEG_INFINITY, f64::max);
         (low, high)
     }
 

@@ -350,6 +350,31 @@ pub fn probe_on_cpu(
     parse_probe(args, output)
 }
 
+/// [`probe_on_cpu`] started in `cgroup`, with the `cgroup.procs` of each
+/// of `joins` on descriptors 3, 4… for a probe mode that moves there
+/// itself; returns what it printed.
+pub fn probe_on_cpu_joining(
+    bins: &Binaries,
+    cpu: usize,
+    cgroup: &std::path::Path,
+    joins: &[&std::path::Path],
+    netns: &str,
+    args: &[&str],
+) -> anyhow::Result<String> {
+    let probe = bins.probe.display().to_string();
+    let cpu = cpu.to_string();
+    let mut pinned = vec!["-c", &cpu, &probe];
+    pinned.extend_from_slice(args);
+    let output =
+        egret_testkit::netns::command_in_cgroup_joining(netns, cgroup, joins, "taskset", &pinned)
+            .output()
+            .context("running the probe under taskset")?;
+    if !output.status.success() {
+        bail!("probe {args:?} failed: {output:?}");
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
+}
+
 /// Runs the probe with `args` as a process of `cgroup`, inside the
 /// namespace named `netns`, and parses the number it prints.
 pub fn probe_in(

@@ -15,12 +15,9 @@
 //! ended in the current minute (`flow.proc_peers`, for scan rules): at most
 //! [`PEER_PROCESSES`] processes (all forgotten when more appear) and
 //! [`PEER_ADDRESSES`] addresses each (the count stops there).
-use std::{
-    collections::{HashMap, HashSet},
-    net::IpAddr,
-};
+use std::net::IpAddr;
 
-use super::owner::SocketOwner;
+use super::{FastMap, owner::SocketOwner};
 use crate::pipeline::decode::{EgressAttempt, L4Proto};
 use egret_common::Hook;
 
@@ -47,14 +44,14 @@ struct Owner {
 /// One process's destinations in the current window.
 struct RecentPeers {
     since_ns: u64,
-    addrs: HashSet<IpAddr>,
+    addrs: FastMap<IpAddr, ()>,
 }
 
 #[derive(Default)]
 pub struct FlowOwners {
-    young: HashMap<u64, Owner>,
-    old: HashMap<u64, Owner>,
-    peers: HashMap<u32, RecentPeers>,
+    young: FastMap<u64, Owner>,
+    old: FastMap<u64, Owner>,
+    peers: FastMap<u32, RecentPeers>,
 }
 
 impl FlowOwners {
@@ -105,9 +102,15 @@ impl FlowOwners {
         let Some(flow) = attempt.flow.as_deref_mut() else {
             return false;
         };
-        let mut owner = match (self.young.remove(&cookie), self.old.remove(&cookie)) {
-            (Some(owner), _) | (None, Some(owner)) => owner,
-            (None, None) => return false,
+        // Both generations, so no stale copy outlives the flow (the old one
+        // is often empty: then it costs nothing).
+        let old = if self.old.is_empty() {
+            None
+        } else {
+            self.old.remove(&cookie)
+        };
+        let Some(mut owner) = self.young.remove(&cookie).or(old) else {
+            return false;
         };
         // Totals only grow; a smaller one (hostile record) is a delta of 0.
         flow.delta_out = flow.bytes_out.saturating_sub(owner.reported_out);
@@ -134,14 +137,14 @@ impl FlowOwners {
         }
         let recent = self.peers.entry(tgid).or_insert_with(|| RecentPeers {
             since_ns: now_ns,
-            addrs: HashSet::new(),
+            addrs: FastMap::default(),
         });
         if now_ns.saturating_sub(recent.since_ns) >= PEER_WINDOW_NS {
             recent.since_ns = now_ns;
             recent.addrs.clear();
         }
         if recent.addrs.len() < PEER_ADDRESSES {
-            recent.addrs.insert(daddr);
+            recent.addrs.insert(daddr, ());
         }
         recent.addrs.len() as u32
     }

@@ -22,7 +22,9 @@
 //!   state change) marks the flow, so a RST tells reset/refused from the
 //!   orderly close the state change alone cannot.
 //!
-//! Per-flow state lives in `EGRET_FLOWS` (bounded hash, entries removed at
+//! Per-flow state of TCP connections lives in the slot array
+//! `EGRET_TCP_SLOTS` ([`TCP_SLOTS`]), of UDP sockets (and of TCP connections
+//! whose slot is held) in `EGRET_FLOWS` (bounded hash, entries removed at
 //! the end; a full table means a new flow is not tracked, counted in
 //! `EGRET_FLOW_COUNTERS`). The interim record of an idle flow comes with its
 //! next packet or its end: the kernel has no timer here.

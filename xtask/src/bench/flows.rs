@@ -1,12 +1,14 @@
 //! Scenario 10: what flow accounting costs (issue 15). Two agents attached
 //! to sibling cgroups, one with `kernel.flows` on and one off, and the same
-//! traffic from a process in each, paired and alternating (`paired.rs`):
-//! bulk TCP throughput (one connection streaming to a reader thread of the
-//! same process) and connect rate (connect+accept+close), so the ratio is
+//! traffic from each side (`paired.rs`): bulk TCP throughput (one
+//! connection streaming to a reader thread of the same process; both sides
+//! at once) and connect rate (connect+accept+close; one process switching
+//! between the sides' cgroups every 100 ms), with the accepted end outside
+//! the monitored cgroups (outbound) and inside (both ends), so the ratio is
 //! what the flow programs add on top of connect monitoring; the same
 //! against the tcplife peer; and the programs' own cost from the kernel's
-//! accounting, in a pass of its own. Then memory per tracked flow
-//! (the kernel table is preallocated: `bytes_memlock` over its entries) and,
+//! accounting, in a pass of its own. Then memory per tracked flow (the
+//! kernel maps are preallocated: `bytes_memlock` over their entries) and,
 //! without `--short`, what happens at 100,000 concurrent flows: that many
 //! UDP sockets each send one datagram and stay open, against a table of
 //! 65,536.
@@ -49,8 +51,8 @@ fn scrape(port: u16) -> anyhow::Result<String> {
     Ok(body)
 }
 
-/// `bytes_memlock` and `max_entries` of the agent's flow table.
-fn flow_table_memory(agent: u32) -> anyhow::Result<(u64, u64)> {
+/// `bytes_memlock` and `max_entries` of the agent's map `name`.
+fn map_memory(agent: u32, name: &str) -> anyhow::Result<(u64, u64)> {
     let output = Command::new("bpftool")
         .args(["-j", "map", "show"])
         .output()
@@ -59,20 +61,21 @@ fn flow_table_memory(agent: u32) -> anyhow::Result<(u64, u64)> {
         serde_json::from_slice(&output.stdout).context("bpftool's JSON")?;
     let pid = serde_json::Value::from(agent);
     let ours = maps.as_array().into_iter().flatten().find(|m| {
-        m["name"] == "EGRET_FLOWS"
+        m["name"] == name
             && m["pids"]
                 .as_array()
                 .is_some_and(|p| p.iter().any(|p| p["pid"] == pid))
     });
-    // Without pid information (older bpftool) any EGRET_FLOWS is the same size.
+    // Without pid information (older bpftool) any map of that name is the
+    // same size.
     let map = ours
         .or_else(|| {
             maps.as_array()
                 .into_iter()
                 .flatten()
-                .find(|m| m["name"] == "EGRET_FLOWS")
+                .find(|m| m["name"] == name)
         })
-        .context("no EGRET_FLOWS map")?;
+        .with_context(|| format!("no {name} map"))?;
     Ok((
         map["bytes_memlock"].as_u64().unwrap_or(0),
         map["max_entries"].as_u64().unwrap_or(0),
@@ -230,7 +233,8 @@ pub fn run(bins: &Binaries, ns: &NetNs, settings: &Settings) -> anyhow::Result<S
     }
     let off_cpu = cpu(agent_off.pid())? - off_cpu;
     let per_1000 = |secs: f64| 1e6 * secs / (2 * settings.flow_connects).max(1) as f64;
-    let (memlock, entries) = flow_table_memory(agent_on.pid())?;
+    let (memlock, entries) = map_memory(agent_on.pid(), "EGRET_FLOWS")?;
+    let (slots_memlock, slots) = map_memory(agent_on.pid(), "EGRET_TCP_SLOTS")?;
     let full = if settings.flow_fill {
         // Both of the namespace's addresses (one has only ~64k ports), and
         // several processes (the fd hard limit may be low): all at once.
@@ -407,12 +411,16 @@ pub fn run(bins: &Binaries, ns: &NetNs, settings: &Settings) -> anyhow::Result<S
         per_1000(off_cpu)
     )?;
     let per_flow = memlock.checked_div(entries).unwrap_or(0);
+    let per_slot = slots_memlock.checked_div(slots).unwrap_or(0);
     writeln!(
         out,
-        "\nMemory per tracked flow: the kernel table `EGRET_FLOWS` holds {entries} flows in \
-         {} KiB, preallocated ({per_flow} bytes per flow, paid once at load whether used or \
-         not); the agent keeps each live flow's owner (about 100 bytes plus hash overhead, at \
-         most 2 × 65,536). Agent RSS at the end of this run: {} MiB.",
+        "\nMemory per tracked flow, all preallocated (paid once at load whether used or not): \
+         TCP state in the slot array `EGRET_TCP_SLOTS`, {slots} slots in {} KiB ({per_slot} \
+         bytes each); UDP state, and TCP state whose slot a live flow holds, in the table \
+         `EGRET_FLOWS`, {entries} flows in {} KiB ({per_flow} bytes per flow). The agent keeps \
+         each live flow's owner (about 100 bytes plus hash overhead, at most 2 × 65,536). \
+         Agent RSS at the end of this run: {} MiB.",
+        slots_memlock / 1024,
         memlock / 1024,
         rss_kib / 1024
     )?;

@@ -8,7 +8,7 @@
 //! - `syscalls/sys_exit_connect`: connect(2)'s return in the same thread
 //!   (0, -EINPROGRESS for a non-blocking socket, or the error). Chosen over
 //!   a kretprobe on `__sys_connect`: stable, offsets from tracefs, no
-//!   kernel symbol. A connect that was not emitted costs one failed lookup.
+//!   kernel symbol. A connect that was not emitted costs one array read.
 //! - `io_uring/io_uring_submit_req` (`io_uring_submit_sqe` before 6.3, same
 //!   fields; the agent attaches to whichever exists) marks a thread submitting an
 //!   IORING_OP_CONNECT with the request pointer; the sock_addr hook, which
@@ -26,11 +26,12 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use egret_common::{
-    CONNECT_RESULT_IO_URING, CONNECT_RESULT_SYSCALL, ConnectPending, ConnectResultEvent, Hook,
-    IO_URING_REQ_F_FORCE_ASYNC, IORING_OP_CONNECT, RecordKind,
+    CONNECT_RESULT_IO_URING, CONNECT_RESULT_SYSCALL, CONNECT_SLOTS_MAX_ENTRIES, ConnectPending,
+    ConnectResultEvent, ConnectSlot, Hook, IO_URING_REQ_F_FORCE_ASYNC, IORING_OP_CONNECT,
+    RecordKind,
 };
 
-use crate::maps::{CONNECT_PENDING, COUNTERS, EVENTS, URING_CONNECTS, URING_MARKS};
+use crate::maps::{CONNECT_SLOTS, COUNTERS, EVENTS, URING_CONNECTS};
 
 // Field offsets; the agent overrides them from tracefs (these are 6.18's).
 #[unsafe(no_mangle)]
@@ -52,23 +53,38 @@ fn global(value: &'static u32) -> u32 {
     unsafe { core::ptr::read_volatile(value) }
 }
 
+/// This thread's slot (shared with the threads whose ids are a multiple of
+/// the slot count away: see `CONNECT_SLOTS_MAP`).
+#[inline(always)]
+fn slot(pid_tgid: u64) -> Option<&'static mut ConnectSlot> {
+    let slot = CONNECT_SLOTS.get_ptr_mut((pid_tgid as u32) & (CONNECT_SLOTS_MAX_ENTRIES - 1))?;
+    // SAFETY: an array element, valid for the program's run.
+    Some(unsafe { &mut *slot })
+}
+
 /// Called by the sock_addr connect hooks after they emitted an attempt:
-/// files its socket for the result. One map lookup (the io_uring mark) and
-/// one update per emitted connect.
+/// files its socket for the result. One array element read and written
+/// per emitted connect.
 #[inline(always)]
 pub fn remember(pid_tgid: u64, socket_cookie: u64) {
-    let pending = ConnectPending {
-        socket_cookie,
-        tgid: (pid_tgid >> 32) as u32,
-        pid: pid_tgid as u32,
+    let Some(slot) = slot(pid_tgid) else {
+        return;
     };
-    // SAFETY: the value is copied out before the entry is removed.
-    if let Some(req) = unsafe { URING_MARKS.get(pid_tgid) }.copied() {
-        let _ = URING_MARKS.remove(pid_tgid);
-        let _ = URING_CONNECTS.insert(req, pending, 0);
+    if slot.pid_tgid == pid_tgid && slot.uring_req != 0 {
+        let pending = ConnectPending {
+            socket_cookie,
+            tgid: (pid_tgid >> 32) as u32,
+            pid: pid_tgid as u32,
+        };
+        let _ = URING_CONNECTS.insert(slot.uring_req, pending, 0);
+        *slot = ConnectSlot::default();
         return;
     }
-    let _ = CONNECT_PENDING.insert(pid_tgid, pending, 0);
+    *slot = ConnectSlot {
+        pid_tgid,
+        socket_cookie,
+        uring_req: 0,
+    };
 }
 
 /// sys_exit_connect: the syscall's return for a connect that was emitted.
@@ -81,9 +97,16 @@ pub fn egret_connect_exit(ctx: TracePointContext) -> u32 {
 #[inline(always)]
 fn try_connect_exit(ctx: &TracePointContext) -> Option<()> {
     let pid_tgid = bpf_get_current_pid_tgid();
-    // SAFETY: copied out before the entry is removed.
-    let pending = unsafe { CONNECT_PENDING.get(pid_tgid) }.copied()?;
-    let _ = CONNECT_PENDING.remove(pid_tgid);
+    let slot = slot(pid_tgid)?;
+    if slot.pid_tgid != pid_tgid || slot.socket_cookie == 0 {
+        return None;
+    }
+    let pending = ConnectPending {
+        socket_cookie: slot.socket_cookie,
+        tgid: (pid_tgid >> 32) as u32,
+        pid: pid_tgid as u32,
+    };
+    *slot = ConnectSlot::default();
     // SAFETY: offset from tracefs, inside the tracepoint record (`long`).
     let ret: i64 = unsafe { ctx.read_at(global(&TP_CONNECT_EXIT_RET) as usize) }.ok()?;
     emit(&pending, ret as i32, CONNECT_RESULT_SYSCALL);
@@ -91,7 +114,7 @@ fn try_connect_exit(ctx: &TracePointContext) -> Option<()> {
 }
 
 /// io_uring_submit_req: marks the submitting thread for an inline connect.
-/// One opcode read per submitted request; connects also one map update.
+/// One opcode read per submitted request; connects also one slot write.
 #[tracepoint(category = "io_uring", name = "io_uring_submit_req")]
 pub fn egret_uring_submit(ctx: TracePointContext) -> u32 {
     let _ = try_uring_submit(&ctx);
@@ -113,7 +136,12 @@ fn try_uring_submit(ctx: &TracePointContext) -> Option<()> {
     }
     // SAFETY: as above.
     let req: u64 = unsafe { ctx.read_at(global(&TP_URING_SUBMIT_REQ) as usize) }.ok()?;
-    let _ = URING_MARKS.insert(bpf_get_current_pid_tgid(), req, 0);
+    let pid_tgid = bpf_get_current_pid_tgid();
+    *slot(pid_tgid)? = ConnectSlot {
+        pid_tgid,
+        socket_cookie: 0,
+        uring_req: req,
+    };
     Some(())
 }
 

@@ -1,13 +1,13 @@
 //! Maps shared by every hook family. Names match `egret_common::*_MAP`.
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use egret_common::{
-    CONNECT_PENDING_MAX_ENTRIES, ConnectPending, DEFAULT_RINGBUF_BYTES, ExecArgs, Hook,
+    CONNECT_SLOTS_MAX_ENTRIES, ConnectPending, ConnectSlot, DEFAULT_RINGBUF_BYTES, ExecArgs, Hook,
     HookCounters, IGNORE_MAX_ENTRIES, PROCS_MAX_ENTRIES, ProcState, QUARANTINE_ALLOW_MAX_ENTRIES,
     QUARANTINE_SLOTS, QuarantineCounters, QuarantineTarget, RAW_FLOWS_MAX_ENTRIES,
-    RAW_OWNERS_MAX_ENTRIES, RawFlow, RawFlowKey, RawOwner,
+    RAW_OWNERS_MAX_ENTRIES, RawFlow, RawFlowKey, RawOwner, URING_CONNECTS_MAX_ENTRIES,
 };
 
 #[map(name = "EGRET_EVENTS")]
@@ -63,17 +63,13 @@ pub static RAW_FLOWS: LruHashMap<RawFlowKey, RawFlow> =
 pub static RAW_OWNERS: LruHashMap<u64, RawOwner> =
     LruHashMap::with_max_entries(RAW_OWNERS_MAX_ENTRIES, 0);
 
-/// pid_tgid → the socket of the connect the thread is in (`connect_result.rs`).
-#[map(name = "EGRET_CONN_PENDING")]
-pub static CONNECT_PENDING: LruHashMap<u64, ConnectPending> =
-    LruHashMap::with_max_entries(CONNECT_PENDING_MAX_ENTRIES, 0);
-
-/// pid_tgid → io_uring request of an IORING_OP_CONNECT being submitted.
-#[map(name = "EGRET_URING_MARKS")]
-pub static URING_MARKS: LruHashMap<u64, u64> =
-    LruHashMap::with_max_entries(CONNECT_PENDING_MAX_ENTRIES, 0);
+/// Thread → the connect it is in, or the io_uring connect it is submitting
+/// (`connect_result.rs`; see `CONNECT_SLOTS_MAP`).
+#[map(name = "EGRET_CONN_SLOTS")]
+pub static CONNECT_SLOTS: Array<ConnectSlot> =
+    Array::with_max_entries(CONNECT_SLOTS_MAX_ENTRIES, 0);
 
 /// io_uring request → the socket of its connect.
 #[map(name = "EGRET_URING_CONNECTS")]
 pub static URING_CONNECTS: LruHashMap<u64, ConnectPending> =
-    LruHashMap::with_max_entries(CONNECT_PENDING_MAX_ENTRIES, 0);
+    LruHashMap::with_max_entries(URING_CONNECTS_MAX_ENTRIES, 0);

@@ -1,20 +1,26 @@
 //! Connect results: what an emitted connect returned, from
 //! `sys_exit_connect` and io_uring completions ([`ConnectResultEvent`]).
 
-/// LRU hash pid_tgid → [`ConnectPending`]: the socket of the connect a
-/// thread is in, filed by the sock_addr connect hooks when they emit, taken
-/// by `sys_exit_connect`.
-pub const CONNECT_PENDING_MAP: &str = "EGRET_CONN_PENDING";
-/// LRU hash pid_tgid → io_uring request pointer: an IORING_OP_CONNECT the
-/// thread is submitting (`io_uring_submit_req`), until its sock_addr hook.
-pub const URING_MARKS_MAP: &str = "EGRET_URING_MARKS";
+/// Array of [`ConnectSlot`], direct-mapped by thread id: the socket of the
+/// connect a thread is in, filed by the sock_addr connect hooks when they
+/// emit and taken by `sys_exit_connect`, or the io_uring connect the thread
+/// is submitting (`io_uring_submit_req`), until its sock_addr hook. An
+/// array element costs no hashing, helper call or lock, where an LRU hash
+/// update and a failed lookup were a third of an emitted connect's cost
+/// (BENCHMARKS.md scenario 6). Two threads whose ids are a multiple of
+/// [`CONNECT_SLOTS_MAX_ENTRIES`] apart, both inside connect() at once, share
+/// a slot: the first one's result is then not sent and the agent's
+/// deadline applies to it, as to a connect whose exit never comes.
+pub const CONNECT_SLOTS_MAP: &str = "EGRET_CONN_SLOTS";
+/// Slots of [`CONNECT_SLOTS_MAP`] (a power of two).
+pub const CONNECT_SLOTS_MAX_ENTRIES: u32 = 16_384;
+const _: () = assert!(CONNECT_SLOTS_MAX_ENTRIES.is_power_of_two());
 /// LRU hash io_uring request pointer → [`ConnectPending`], taken by
-/// `io_uring_complete`.
-pub const URING_CONNECTS_MAP: &str = "EGRET_URING_CONNECTS";
-/// Capacity of each of the three maps above: connects in flight at once.
-/// LRU, so a connect whose exit never comes (a thread killed mid-call) is
+/// `io_uring_complete`. LRU, so a request whose completion never comes is
 /// evicted instead of filling the map; that connect meets its deadline.
-pub const CONNECT_PENDING_MAX_ENTRIES: u32 = 16_384;
+pub const URING_CONNECTS_MAP: &str = "EGRET_URING_CONNECTS";
+/// Capacity of [`URING_CONNECTS_MAP`]: io_uring connects in flight at once.
+pub const URING_CONNECTS_MAX_ENTRIES: u32 = 16_384;
 /// `sys_exit_connect`.`ret`, `io_uring_submit_req`.`req`/`opcode`/`flags`
 /// and `io_uring_complete`.`req`/`res` offsets, from tracefs.
 pub const TP_CONNECT_EXIT_RET_GLOBAL: &str = "TP_CONNECT_EXIT_RET";
@@ -34,7 +40,19 @@ pub const CONNECT_RESULT_SYSCALL: u8 = 1;
 /// [`ConnectResultEvent::source`]: an io_uring CQE's `res`.
 pub const CONNECT_RESULT_IO_URING: u8 = 2;
 
-/// Value of [`CONNECT_PENDING_MAP`] and [`URING_CONNECTS_MAP`].
+/// Value of [`CONNECT_SLOTS_MAP`]: whose the slot is (`pid_tgid`, 0: free)
+/// and what it holds, a connect's socket or an io_uring request.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConnectSlot {
+    pub pid_tgid: u64,
+    /// The emitted connect's socket; 0 while an io_uring request is marked.
+    pub socket_cookie: u64,
+    /// The io_uring request being submitted; 0 for a connect(2).
+    pub uring_req: u64,
+}
+
+/// Value of [`URING_CONNECTS_MAP`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ConnectPending {
@@ -66,4 +84,5 @@ pub struct ConnectResultEvent {
 }
 
 const _: () = assert!(core::mem::size_of::<ConnectPending>() == 16);
+const _: () = assert!(core::mem::size_of::<ConnectSlot>() == 24);
 const _: () = assert!(core::mem::size_of::<ConnectResultEvent>() == 32);

@@ -616,6 +616,8 @@ mod pod {
     // SAFETY: as above.
     unsafe impl aya::Pod for super::ConnectPending {}
     // SAFETY: as above.
+    unsafe impl aya::Pod for super::ConnectSlot {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for super::ConnectResultEvent {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::FlowCounters {}

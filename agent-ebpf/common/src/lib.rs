@@ -590,38 +590,7 @@ const _: () = assert!(core::mem::size_of::<RawFlow>() == 16);
 const _: () = assert!(core::mem::size_of::<RawOwner>() == 64);
 
 #[cfg(feature = "user")]
-mod pod {
-    // SAFETY (each): plain-old-data, repr(C), no padding bytes left
-    // implicit; the size assertions above pin the layout.
-    // SAFETY: as above.
-    unsafe impl aya::Pod for super::HookCounters {}
-    // SAFETY: as above.
-    unsafe impl aya::Pod for super::EgressEvent {}
-    // SAFETY: as above.
-    unsafe impl aya::Pod for super::ProcState {}
-    // SAFETY: as above.
-    unsafe impl aya::Pod for super::QuarantineTarget {}
-    // SAFETY: as above.
-    unsafe impl aya::Pod for super::QuarantineCounters {}
-    // SAFETY: as above.
-    unsafe impl aya::Pod for super::SocketEvent {}
-    // SAFETY: as above.
-    unsafe impl aya::Pod for super::RawFlowKey {}
-    // SAFETY: as above.
-    unsafe impl aya::Pod for super::RawFlow {}
-    // SAFETY: as above.
-    unsafe impl aya::Pod for super::RawOwner {}
-    // SAFETY: as above.
-    unsafe impl aya::Pod for super::ExeOffsets {}
-    // SAFETY: as above.
-    unsafe impl aya::Pod for super::ConnectPending {}
-    // SAFETY: as above.
-    unsafe impl aya::Pod for super::ConnectSlot {}
-    // SAFETY: as above.
-    unsafe impl aya::Pod for super::ConnectResultEvent {}
-    // SAFETY: as above.
-    unsafe impl aya::Pod for super::FlowCounters {}
-}
+mod pod;
 
 // `Hook::ALL` lists every slot in order (its length is `Hook::COUNT`), each
 // round-tripping through `from_u8`.

@@ -12,6 +12,7 @@ mod error;
 pub mod exe;
 pub mod flows;
 mod ignore;
+mod offsets;
 pub mod quarantine;
 pub mod tracefs;
 
@@ -28,10 +29,6 @@ use aya::{
 };
 use egret_common::{
     COUNTERS_MAP, EVENTS_MAP, Hook, HookCounters, IGNORE_MAP, PROCS_MAP, ProcState,
-    TP_CGROUP_ID_GLOBAL, TP_CGROUP_LEVEL_GLOBAL, TP_CGROUP_PATH_GLOBAL, TP_CGROUP_ROOT_GLOBAL,
-    TP_EXEC_FILENAME_GLOBAL, TP_EXEC_OLD_PID_GLOBAL, TP_EXECVE_ARGV_GLOBAL,
-    TP_EXECVEAT_ARGV_GLOBAL, TP_EXIT_GROUP_DEAD_GLOBAL, TP_FIELD_ABSENT, TP_FORK_CHILD_PID_GLOBAL,
-    TP_SOCKET_FAMILY_GLOBAL, TP_SOCKET_PROTOCOL_GLOBAL, TP_SOCKET_TYPE_GLOBAL,
 };
 
 pub use error::KernelError;
@@ -75,79 +72,6 @@ const ARGV_TRACEPOINTS: [(&str, &str, &str); 2] = [
     ("egret_execve", "syscalls", "sys_enter_execve"),
     ("egret_execveat", "syscalls", "sys_enter_execveat"),
 ];
-
-/// Tracepoint field offsets for this kernel, from tracefs.
-struct Offsets {
-    exec_filename: u32,
-    exec_old_pid: u32,
-    fork_child_pid: u32,
-    exit_group_dead: u32,
-    execve_argv: Option<u32>,
-    execveat_argv: Option<u32>,
-    /// sys_enter_socket (family, type, protocol).
-    socket: Option<(u32, u32, u32)>,
-    /// `cgroup_mkdir`/`cgroup_rmdir`: root, level, id, path.
-    cgroup: [u32; 4],
-    /// `tcp:tcp_receive_reset` sock_cookie (flow end states).
-    reset_cookie: u32,
-}
-
-impl Offsets {
-    fn read(tracefs: &Path) -> Result<Offsets, KernelError> {
-        use tracefs::Format;
-        let exec = Format::read(tracefs, "sched", "sched_process_exec")?;
-        let fork = Format::read(tracefs, "sched", "sched_process_fork")?;
-        let exit = Format::read(tracefs, "sched", "sched_process_exit")?;
-        let argv = |name| {
-            Format::read(tracefs, "syscalls", name)
-                .ok()
-                .and_then(|f| f.offset("argv"))
-        };
-        let cgroup = |name| -> Result<[u32; 4], KernelError> {
-            let format = Format::read(tracefs, "cgroup", name)?;
-            Ok([
-                format.require("root")?,
-                format.require("level")?,
-                format.require("id")?,
-                format.require("path")?,
-            ])
-        };
-        let mkdir = cgroup("cgroup_mkdir")?;
-        let rmdir = cgroup("cgroup_rmdir")?;
-        if mkdir != rmdir {
-            // One program layout serves both; a kernel that split the
-            // event class needs its own globals.
-            return Err(KernelError::Tracefs(
-                tracefs::TracefsError::LayoutMismatch {
-                    first: "cgroup/cgroup_mkdir",
-                    second: "cgroup/cgroup_rmdir",
-                },
-            ));
-        }
-        Ok(Offsets {
-            cgroup: mkdir,
-            exec_filename: exec.require("filename")?,
-            exec_old_pid: exec.offset("old_pid").unwrap_or(TP_FIELD_ABSENT),
-            fork_child_pid: fork.require("child_pid")?,
-            reset_cookie: Format::read(tracefs, "tcp", "tcp_receive_reset")
-                .ok()
-                .and_then(|f| f.offset("sock_cookie"))
-                .unwrap_or(TP_FIELD_ABSENT),
-            exit_group_dead: exit.offset("group_dead").unwrap_or(TP_FIELD_ABSENT),
-            execve_argv: argv("sys_enter_execve"),
-            execveat_argv: argv("sys_enter_execveat"),
-            socket: Format::read(tracefs, "syscalls", "sys_enter_socket")
-                .ok()
-                .and_then(|f| {
-                    Some((
-                        f.offset("family")?,
-                        f.offset("type")?,
-                        f.offset("protocol")?,
-                    ))
-                }),
-        })
-    }
-}
 
 pub struct KernelProbes {
     ebpf: Ebpf,
@@ -243,16 +167,10 @@ impl KernelProbes {
         flows: flows::FlowSettings,
     ) -> Result<Self, KernelError> {
         let tracefs_root = tracefs::root()?;
-        let offsets = Offsets::read(&tracefs_root)?;
+        let offsets = offsets::Offsets::read(&tracefs_root)?;
         let result_offsets = connect_result::Offsets::read(&tracefs_root);
-        let captures_argv = offsets.execve_argv.is_some();
-        let execve_argv = offsets.execve_argv.unwrap_or(TP_FIELD_ABSENT);
-        let execveat_argv = offsets.execveat_argv.unwrap_or(TP_FIELD_ABSENT);
-        let sees_packet_sockets = offsets.socket.is_some();
-        let (socket_family, socket_type, socket_protocol) =
-            offsets
-                .socket
-                .unwrap_or((TP_FIELD_ABSENT, TP_FIELD_ABSENT, TP_FIELD_ABSENT));
+        let captures_argv = offsets.captures_argv();
+        let sees_packet_sockets = offsets.sees_packet_sockets();
         if !sees_packet_sockets {
             tracing::warn!(
                 "no syscalls/sys_enter_socket tracepoint (CONFIG_FTRACE_SYSCALLS): packet socket creation is not reported"
@@ -264,30 +182,13 @@ impl KernelProbes {
         };
         let mut loader = EbpfLoader::new();
         result_offsets.configure(&mut loader);
+        offsets.configure(&mut loader);
         let mut ebpf = loader
             .override_global(egret_common::EXE_OFFSETS_GLOBAL, &exe_offsets, true)
             .map_max_entries(EVENTS_MAP, ringbuf_bytes)
-            .override_global(TP_EXEC_FILENAME_GLOBAL, &offsets.exec_filename, true)
-            .override_global(TP_EXEC_OLD_PID_GLOBAL, &offsets.exec_old_pid, true)
-            .override_global(TP_FORK_CHILD_PID_GLOBAL, &offsets.fork_child_pid, true)
-            .override_global(TP_EXIT_GROUP_DEAD_GLOBAL, &offsets.exit_group_dead, true)
-            .override_global(TP_EXECVE_ARGV_GLOBAL, &execve_argv, true)
-            .override_global(TP_EXECVEAT_ARGV_GLOBAL, &execveat_argv, true)
-            .override_global(TP_SOCKET_FAMILY_GLOBAL, &socket_family, true)
-            .override_global(TP_SOCKET_TYPE_GLOBAL, &socket_type, true)
-            .override_global(TP_SOCKET_PROTOCOL_GLOBAL, &socket_protocol, true)
-            .override_global(TP_CGROUP_ROOT_GLOBAL, &offsets.cgroup[0], true)
-            .override_global(TP_CGROUP_LEVEL_GLOBAL, &offsets.cgroup[1], true)
-            .override_global(TP_CGROUP_ID_GLOBAL, &offsets.cgroup[2], true)
-            .override_global(TP_CGROUP_PATH_GLOBAL, &offsets.cgroup[3], true)
             .override_global(
                 egret_common::FLOW_INTERIM_NS_GLOBAL,
                 &flows.interim_ns,
-                true,
-            )
-            .override_global(
-                egret_common::TP_RESET_COOKIE_GLOBAL,
-                &offsets.reset_cookie,
                 true,
             )
             .load(EBPF_OBJECT)

@@ -8,6 +8,7 @@
 //!
 //! The per-alert path takes one uncontended mutex and allocates nothing when
 //! the series already exist; per-event counters are plain atomics.
+mod alerts;
 mod collectors;
 mod config;
 pub mod dns;
@@ -20,8 +21,6 @@ mod table;
 mod webhook;
 
 use std::{
-    collections::HashMap,
-    net::IpAddr,
     sync::{
         Arc, Mutex, MutexGuard,
         atomic::{AtomicU64, Ordering},
@@ -41,11 +40,9 @@ use prometheus_client::{
 };
 use tokio::sync::mpsc;
 
-use crate::{
-    outputs::alert::{Alert, Priority},
-    pipeline::enrich::EnrichFailure,
-    sync::lock,
-};
+use crate::{pipeline::enrich::EnrichFailure, sync::lock};
+pub use alerts::AlertContext;
+use alerts::{AlertState, TagCache};
 pub use config::{MetricsConfig, RESERVED_LABELS};
 pub use http::router;
 pub use outputs::{LossReason, Output};
@@ -91,79 +88,10 @@ impl Verdict {
     }
 }
 
-/// Facts about an alert's event that label its series. Take them from the
-/// enriched event when possible: `output_fields` only holds what the rule's
-/// output template names. Empty means "does not apply" (e.g. a host process).
-#[derive(Clone, Copy, Debug, Default)]
-pub struct AlertContext<'a> {
-    pub k8s_ns_name: &'a str,
-    pub k8s_pod_name: &'a str,
-    pub container_name: &'a str,
-    /// Not a metric label (unbounded, meaningless to people); webhooks use
-    /// it to tell identical alerts apart.
-    pub container_id: &'a str,
-    pub proc_name: &'a str,
-    pub dest: Option<(IpAddr, u16)>,
-}
-
-impl<'a> AlertContext<'a> {
-    /// Best effort from Falco field names in `output_fields` (`k8s.ns.name`,
-    /// `k8s.pod.name`, `container.name`, `container.id`, `proc.name`,
-    /// `fd.sip`, `fd.sport`).
-    /// Test-only: the agent builds contexts from the event
-    /// (`outputs::alert_context`).
-    #[cfg(any(test, feature = "test-util"))]
-    pub fn from_alert(alert: &'a Alert) -> Self {
-        let text = |key: &str| {
-            alert
-                .output_fields
-                .get(key)
-                .and_then(|v| v.as_str())
-                .unwrap_or("")
-        };
-        let ip = text("fd.sip").parse::<IpAddr>().ok();
-        let port = alert.output_fields.get("fd.sport").and_then(|v| {
-            v.as_u64()
-                .and_then(|p| u16::try_from(p).ok())
-                .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
-        });
-        AlertContext {
-            k8s_ns_name: text("k8s.ns.name"),
-            k8s_pod_name: text("k8s.pod.name"),
-            container_name: text("container.name"),
-            container_id: text("container.id"),
-            proc_name: text("proc.name"),
-            dest: ip.zip(port),
-        }
-    }
-}
-
 type EndpointLabel = [(&'static str, String); 1];
 type EndpointReasonLabels = [(&'static str, String); 2];
 type KernelReader = Box<dyn Fn() -> Option<[HookCounters; HOOKS]> + Send + Sync>;
 type QueueProbe = Box<dyn Fn() -> Option<(usize, usize)> + Send + Sync>;
-
-/// Per-alert state behind one mutex: the capped label values and the
-/// families they feed.
-struct AlertState {
-    ns: ValueCap,
-    pod: ValueCap,
-    container: ValueCap,
-    /// rule, priority, source, tags, k8s_ns_name, k8s_pod_name, container_name
-    alerts: LruSeries<7>,
-    /// rule, dest_ip, dest_port, proc_name, container_name, k8s_ns_name, k8s_pod_name
-    destinations: LruSeries<7>,
-    /// rule_name, priority (Falco's number), source
-    falco: Option<LruSeries<3>>,
-    /// Joined tag lists keyed by the address of the rule's tag slice; the
-    /// held `Arc` keeps that address from being reused while cached.
-    tags: TagCache,
-}
-
-const TAG_CACHE: usize = 1024;
-/// Keyed by address, which no workload chooses: foldhash instead of
-/// SipHash, whose two passes per alert were a tenth of `observe_alert`.
-type TagCache = HashMap<usize, (Arc<[Arc<str>]>, Box<str>), foldhash::fast::RandomState>;
 
 struct Shared {
     started: Instant,
@@ -402,58 +330,6 @@ impl Metrics {
         Arc::new(self)
     }
 
-    /// Records one alert. `ctx` labels the workload and destination series.
-    pub fn observe_alert(&self, alert: &Alert, ctx: &AlertContext<'_>) {
-        let now = self.shared.started.elapsed().as_secs();
-        let mut ip_buf = [0u8; 48];
-        let mut port_buf = [0u8; 8];
-        let (ip, port) = match ctx.dest {
-            Some((ip, port)) => (fmt_ip(&mut ip_buf, ip), fmt_u16(&mut port_buf, port)),
-            None => ("", ""),
-        };
-        let mut guard = self.shared.alerts();
-        let st = &mut *guard;
-        let tags = joined_tags(&mut st.tags, &alert.tags);
-        let ns = st.ns.resolve(ctx.k8s_ns_name, now);
-        let pod = st.pod.resolve(ctx.k8s_pod_name, now);
-        let container = st.container.resolve(ctx.container_name, now);
-        st.alerts.add(
-            [
-                &alert.rule,
-                alert.priority.as_str(),
-                alert.source,
-                tags,
-                ns,
-                pod,
-                container,
-            ],
-            1,
-        );
-        if ip.is_empty() && ctx.proc_name.is_empty() && ctx.container_name.is_empty() {
-            // Nothing would tell these series apart but the rule, which
-            // egret_alerts_total already has.
-        } else {
-            st.destinations.add(
-                [
-                    &alert.rule,
-                    ip,
-                    port,
-                    ctx.proc_name,
-                    ctx.container_name,
-                    ctx.k8s_ns_name,
-                    ctx.k8s_pod_name,
-                ],
-                1,
-            );
-        }
-        if let Some(falco) = &mut st.falco {
-            falco.add(
-                [&alert.rule, falco_priority(alert.priority), alert.source],
-                1,
-            );
-        }
-    }
-
     /// Counts `n` egress attempts that ended as `verdict` (call per batch).
     pub fn observe_events(&self, verdict: Verdict, n: u64) {
         self.shared.verdicts[verdict as usize].fetch_add(n, Ordering::Relaxed);
@@ -678,48 +554,6 @@ impl Metrics {
         prometheus_client::encoding::text::encode(&mut out, &self.registry)?;
         Ok(out)
     }
-}
-
-/// Falco numbers priorities in its metrics: 0 Emergency .. 7 Debug.
-fn falco_priority(p: Priority) -> &'static str {
-    ["0", "1", "2", "3", "4", "5", "6", "7"][p as usize]
-}
-
-/// Formats into a stack buffer: the hot path must not allocate, and
-/// `core::fmt` for an IPv4 address cost more than the rest of the
-/// observation. IPv6 (with zone, at most 45 bytes) goes through `core::fmt`.
-fn fmt_ip(buf: &mut [u8; 48], ip: IpAddr) -> &str {
-    match ip {
-        IpAddr::V4(v4) => {
-            let len = crate::numfmt::put_ipv4(&mut buf[..], v4);
-            std::str::from_utf8(&buf[..len]).unwrap_or("")
-        }
-        IpAddr::V6(v6) => {
-            use std::io::Write as _;
-            let mut cursor = &mut buf[..];
-            let _ = write!(cursor, "{v6}");
-            let written = 48 - cursor.len();
-            std::str::from_utf8(&buf[..written]).unwrap_or("")
-        }
-    }
-}
-
-fn fmt_u16(buf: &mut [u8; 8], v: u16) -> &str {
-    let len = crate::numfmt::put_decimal(&mut buf[..], v);
-    std::str::from_utf8(&buf[..len]).unwrap_or("")
-}
-
-fn joined_tags<'c>(cache: &'c mut TagCache, tags: &Arc<[Arc<str>]>) -> &'c str {
-    let key = Arc::as_ptr(tags).cast::<u8>() as usize;
-    if cache.len() >= TAG_CACHE && !cache.contains_key(&key) {
-        // Rules share one tag list each, so this only trips when something
-        // builds a fresh list per alert; starting over keeps memory bounded.
-        cache.clear();
-    }
-    &cache
-        .entry(key)
-        .or_insert_with(|| (tags.clone(), tags.join(",").into_boxed_str()))
-        .1
 }
 
 #[cfg(test)]

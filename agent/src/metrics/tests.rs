@@ -1,6 +1,13 @@
 use std::net::Ipv4Addr;
 
-use super::{collectors::ProcessStats, *};
+use std::net::IpAddr;
+
+use super::{
+    alerts::{fmt_ip, fmt_u16},
+    collectors::ProcessStats,
+    *,
+};
+use crate::outputs::alert::{Alert, Priority};
 
 fn alert(rule: &str, tags: &Arc<[Arc<str>]>) -> Alert {
     Alert {

@@ -8,6 +8,7 @@ use std::collections::{BTreeSet, HashMap};
 use crate::Priority;
 use crate::diagnostics::{Loc, Text};
 use crate::exceptions::{self, ExceptionInfo};
+use crate::yaml::Scalars;
 
 pub(crate) struct Indexed<T> {
     pub items: Vec<T>,
@@ -50,16 +51,97 @@ impl<T> Indexed<T> {
     }
 }
 
-/// Borrowed from the source text when written as it reads (an IOC feed's
-/// every item), so a million items cost their 40 bytes each and no copy.
+/// An item of a short list, or of one with items that own their text.
 pub(crate) struct ListItem<'s> {
     pub text: Cow<'s, str>,
     pub loc: Loc,
 }
 
+/// A list's items, in the parts its definition and appends brought. A long
+/// sequence of scalars written as they read (an IOC feed) stays the YAML
+/// reader's [`Scalars`]: positions in the source text, 12 bytes an item.
+#[derive(Default)]
+pub(crate) struct ListItems<'s> {
+    parts: Vec<Part<'s>>,
+}
+
+pub(crate) enum Part<'s> {
+    Items(Vec<ListItem<'s>>),
+    Scalars { file: u32, scalars: Scalars<'s> },
+}
+
+impl Part<'_> {
+    fn len(&self) -> usize {
+        match self {
+            Part::Items(items) => items.len(),
+            Part::Scalars { scalars, .. } => scalars.len(),
+        }
+    }
+}
+
+/// One item, wherever it is kept.
+#[derive(Clone, Copy)]
+pub(crate) struct ItemAt<'c, 's> {
+    part: &'c Part<'s>,
+    index: usize,
+}
+
+impl<'c> ItemAt<'c, '_> {
+    pub fn text(&self) -> &'c str {
+        match self.part {
+            Part::Items(items) => items.get(self.index).map_or("", |i| &*i.text),
+            Part::Scalars { scalars, .. } => scalars.get(self.index).map_or("", |(text, _)| text),
+        }
+    }
+
+    pub fn loc(&self) -> Loc {
+        match self.part {
+            Part::Items(items) => items.get(self.index).map(|i| i.loc).unwrap_or_default(),
+            Part::Scalars { file, scalars } => scalars
+                .get(self.index)
+                .map(|(_, mark)| Loc::at(*file, mark))
+                .unwrap_or_default(),
+        }
+    }
+
+    /// Tells items apart (for what the compiler keeps per item).
+    pub fn key(&self) -> (usize, usize) {
+        (std::ptr::from_ref(self.part) as usize, self.index)
+    }
+}
+
+impl<'s> ListItems<'s> {
+    pub fn from_items(items: Vec<ListItem<'s>>) -> Self {
+        ListItems {
+            parts: vec![Part::Items(items)],
+        }
+    }
+
+    pub fn from_scalars(file: u32, scalars: Scalars<'s>) -> Self {
+        ListItems {
+            parts: vec![Part::Scalars { file, scalars }],
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.parts.iter().map(Part::len).sum()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = ItemAt<'_, 's>> + '_ {
+        self.parts
+            .iter()
+            .flat_map(|part| (0..part.len()).map(move |index| ItemAt { part, index }))
+    }
+
+    fn extend(&mut self, other: ListItems<'s>) {
+        self.parts
+            .extend(other.parts.into_iter().filter(|p| p.len() > 0));
+    }
+}
+
 pub(crate) struct ListInfo<'s> {
     pub name: String,
-    pub items: Vec<ListItem<'s>>,
+    pub items: ListItems<'s>,
     pub index: u32,
     pub visibility: u32,
     pub loc: Loc,
@@ -154,7 +236,7 @@ impl<'s> Collection<'s> {
             .upsert(&name, info, |old, new| new.index = old.index);
     }
 
-    pub fn append_list(&mut self, name: &str, items: Vec<ListItem<'s>>) -> Result<(), String> {
+    pub fn append_list(&mut self, name: &str, items: ListItems<'s>) -> Result<(), String> {
         let id = self.next_index();
         let list = self.lists.get_mut(name).ok_or_else(|| {
             format!(

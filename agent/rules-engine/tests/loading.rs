@@ -541,3 +541,56 @@ fn every_problem_is_reported_with_its_position() {
         12
     );
 }
+
+/// Lists of 64 items or more are kept compact by the YAML reader (an IOC
+/// feed's form): they must read, append, nest, unquote and report bad items
+/// at their place exactly as short lists do.
+#[test]
+fn long_lists_behave_like_short_ones() {
+    let mut feed: Vec<String> = (1..=100).map(|i| format!("198.51.100.{i}")).collect();
+    feed[69] = "10.0.0.300".into();
+    let more: String = (1..=100)
+        .map(|i| format!("    - 203.0.113.{i}\n"))
+        .collect();
+    let mut tools: Vec<String> = (0..80).map(|i| format!("tool{i}")).collect();
+    tools[5] = "'\"tool five\"'".into();
+    let yaml = format!(
+        "- list: feed\n  items: [{}]\n- list: feed\n  items:\n{more}  override:\n    items: append\n\
+         - list: tools\n  items: [{}]\n- list: nested\n  items: [tools, other]\n\
+         - rule: r\n  desc: d\n  condition: fd.sip in (feed) and proc.name in (nested)\n  output: o\n  priority: INFO\n\
+         - rule: one\n  desc: d\n  condition: proc.name = feed\n  output: o\n  priority: INFO\n",
+        feed.join(", "),
+        tools.join(", ")
+    );
+    let loaded = load_text(&yaml, &all_matches());
+    let col = "  items: [".len() + feed[..69].iter().map(|i| i.len() + 2).sum::<usize>();
+    let one_line = 1 + yaml
+        .lines()
+        .position(|l| l == "  condition: proc.name = feed")
+        .unwrap();
+    assert_eq!(
+        errors(&loaded),
+        [
+            format!(
+                "test.yaml:2:{}: error: rule 'r': '10.0.0.300' is not a valid IP address or CIDR for field 'fd.sip'",
+                col + 1
+            ),
+            format!(
+                "test.yaml:{}:{}: error: rule 'one': list 'feed' has 200 items where one value is expected (use 'in')",
+                one_line,
+                "  condition: proc.name = ".len() + 1
+            ),
+        ]
+    );
+    let fixed = yaml.replace("10.0.0.300", "198.51.100.70").replace(
+        "- rule: one\n  desc: d\n  condition: proc.name = feed\n  output: o\n  priority: INFO\n",
+        "",
+    );
+    let rules = ruleset(&fixed);
+    let ev = |dest: &str, name: &str| curl_to(dest, 1).with(FieldId::ProcName, name);
+    assert_eq!(matched(&rules, &ev("198.51.100.70", "tool79")), ["r"]);
+    assert_eq!(matched(&rules, &ev("203.0.113.100", "other")), ["r"]);
+    assert_eq!(matched(&rules, &ev("198.51.100.1", "tool five")), ["r"]);
+    assert!(matched(&rules, &ev("198.51.100.1", "\"tool five\"")).is_empty());
+    assert!(matched(&rules, &ev("198.51.100.101", "tool1")).is_empty());
+}

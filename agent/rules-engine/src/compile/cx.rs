@@ -297,7 +297,7 @@ impl<'a> Cx<'a, '_, '_> {
             Rhs::Value(lit) if !lit.quoted && self.comp.lists.contains_key(lit.text.as_str()) => {
                 let values = self.comp.lists.get(lit.text.as_str());
                 match values.and_then(|v| v.single()) {
-                    Some(one) => push(self.comp.value_text(one), Err(one.loc)),
+                    Some(one) => push(self.comp.value_text(one), Err(one.loc())),
                     None => {
                         let at = self.locate(scope, lit.pos);
                         self.errors.push((
@@ -323,7 +323,7 @@ impl<'a> Cx<'a, '_, '_> {
                     {
                         Some(values) => values
                             .iter()
-                            .for_each(|v| push(self.comp.value_text(v), Err(v.loc))),
+                            .for_each(|v| push(self.comp.value_text(v), Err(v.loc()))),
                         None => push(&lit.text, Ok(lit.pos)),
                     }
                 }
@@ -418,7 +418,7 @@ impl<'a> Cx<'a, '_, '_> {
             one.into_iter().chain(
                 many.into_iter()
                     .flat_map(|v| v.iter())
-                    .map(|v| (comp.value_text(v), Err(v.loc))),
+                    .map(|v| (comp.value_text(v), Err(v.loc()))),
             )
         });
         match checks::build_net(&check.field, check.op, count, values) {

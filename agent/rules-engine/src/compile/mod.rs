@@ -3,7 +3,7 @@
 use std::collections::{HashMap, HashSet};
 
 use crate::ast::Expr;
-use crate::collect::{Collection, ListItem, MacroInfo, RuleInfo};
+use crate::collect::{Collection, ItemAt, ListItems, MacroInfo, RuleInfo};
 use crate::diagnostics::{Files, Loc, Sink};
 use crate::eval::Node;
 use crate::exceptions;
@@ -33,41 +33,37 @@ const MAX_LIST_NESTING: u32 = 32;
 
 /// A resolved list's values: the items themselves, not copies (at a million
 /// items copies were the largest allocation of a load). A list naming no
-/// other list is its own item slice; one that does, references to the
-/// items it expands to. A value's text is [`Compiler::value_text`].
+/// other list is its own items (the first `n`, within the value budget);
+/// one that does, references to the items it expands to. A value's text is
+/// [`Compiler::value_text`].
 pub(super) enum Resolved<'c, 'f> {
-    Items(&'c [ListItem<'f>]),
-    Refs(Vec<&'c ListItem<'f>>),
+    Items(&'c ListItems<'f>, usize),
+    Refs(Vec<ItemAt<'c, 'f>>),
 }
 
 impl<'c, 'f> Resolved<'c, 'f> {
     pub(super) fn len(&self) -> usize {
         match self {
-            Resolved::Items(items) => items.len(),
+            Resolved::Items(_, n) => *n,
             Resolved::Refs(refs) => refs.len(),
         }
     }
 
-    fn get(&self, i: usize) -> Option<&'c ListItem<'f>> {
-        match self {
-            Resolved::Items(items) => items.get(i),
-            Resolved::Refs(refs) => refs.get(i).copied(),
-        }
-    }
-
-    pub(super) fn iter(&self) -> impl Iterator<Item = &'c ListItem<'f>> + '_ {
-        (0..self.len()).filter_map(move |i| self.get(i))
+    pub(super) fn iter(&self) -> impl Iterator<Item = ItemAt<'c, 'f>> + '_ {
+        let (items, refs) = match self {
+            Resolved::Items(items, n) => (Some(items.iter().take(*n)), None),
+            Resolved::Refs(refs) => (None, Some(refs.iter().copied())),
+        };
+        items
+            .into_iter()
+            .flatten()
+            .chain(refs.into_iter().flatten())
     }
 
     /// The value of a one-value list.
-    pub(super) fn single(&self) -> Option<&'c ListItem<'f>> {
-        (self.len() == 1).then(|| self.get(0)).flatten()
+    pub(super) fn single(&self) -> Option<ItemAt<'c, 'f>> {
+        (self.len() == 1).then(|| self.iter().next()).flatten()
     }
-}
-
-/// Where a list item lives, to find its unquoted text.
-fn item_key(item: &ListItem<'_>) -> usize {
-    std::ptr::from_ref(item) as usize
 }
 
 struct MacroEntry<'c> {
@@ -79,7 +75,7 @@ pub(crate) struct Compiler<'c, 'f> {
     files: &'c Files<'f>,
     lists: HashMap<&'c str, Resolved<'c, 'f>>,
     /// The unquoted text of fully quoted items (`'"a b"'`), by item.
-    unquoted: HashMap<usize, String>,
+    unquoted: HashMap<(usize, usize), String>,
     macros: HashMap<&'c str, MacroEntry<'c>>,
     /// Names referenced as macros or list values anywhere.
     used: HashSet<String>,
@@ -178,10 +174,10 @@ impl<'c, 'f> Compiler<'c, 'f> {
     }
 
     /// A list value's text: the item's, unquoted.
-    pub(super) fn value_text<'s>(&'s self, item: &'s ListItem<'_>) -> &'s str {
+    pub(super) fn value_text<'s>(&'s self, item: ItemAt<'s, '_>) -> &'s str {
         self.unquoted
-            .get(&item_key(item))
-            .map_or(&*item.text, String::as_str)
+            .get(&item.key())
+            .map_or(item.text(), String::as_str)
     }
 
     pub fn is_used(&self, name: &str) -> bool {

@@ -2,9 +2,9 @@
 //! names the grammar cannot express, and the resolution of every macro.
 use std::collections::{HashMap, HashSet};
 
-use super::{Compiler, MAX_LIST_NESTING, MAX_LIST_VALUES, MAX_TOTAL, Resolved, item_key};
+use super::{Compiler, MAX_LIST_NESTING, MAX_LIST_VALUES, MAX_TOTAL, Resolved};
 use crate::ast::{Expr, ExprKind, Rhs};
-use crate::collect::ListItem;
+use crate::collect::ItemAt;
 use crate::collect::{Collection, ListInfo};
 use crate::diagnostics::Sink;
 use crate::lexer::Cursor;
@@ -158,7 +158,7 @@ impl<'c, 'f> Compiler<'c, 'f> {
     ) -> Resolved<'c, 'f> {
         // References only once an item names a list; until then the values
         // are the items themselves.
-        let mut refs: Option<Vec<&'c ListItem<'f>>> = None;
+        let mut refs: Option<Vec<ItemAt<'c, 'f>>> = None;
         let mut count = 0usize;
         for (i, item) in info.items.iter().enumerate() {
             if count > MAX_LIST_VALUES {
@@ -167,7 +167,7 @@ impl<'c, 'f> Compiler<'c, 'f> {
             if self.spent.saturating_add(count) > MAX_TOTAL {
                 break;
             }
-            match coll.lists.get(&item.text) {
+            match coll.lists.get(item.text()) {
                 Some(r)
                     if r.index < info.visibility
                         && r.name != info.name
@@ -180,7 +180,7 @@ impl<'c, 'f> Compiler<'c, 'f> {
                     }
                     let out = refs.get_or_insert_with(|| {
                         let mut out = Vec::with_capacity(info.items.len().min(MAX_LIST_VALUES + 1));
-                        out.extend(info.items.get(..i).unwrap_or(&[]));
+                        out.extend(info.items.iter().take(i));
                         out
                     });
                     if let Some(values) = self.lists.get(r.name.as_str()) {
@@ -189,8 +189,8 @@ impl<'c, 'f> Compiler<'c, 'f> {
                     count = out.len();
                 }
                 _ => {
-                    if let Some(inner) = unquote(&item.text) {
-                        self.unquoted.insert(item_key(item), inner);
+                    if let Some(inner) = unquote(item.text()) {
+                        self.unquoted.insert(item.key(), inner);
                     }
                     if let Some(out) = refs.as_mut() {
                         out.push(item);
@@ -201,7 +201,7 @@ impl<'c, 'f> Compiler<'c, 'f> {
         }
         match refs {
             Some(refs) => Resolved::Refs(refs),
-            None => Resolved::Items(info.items.get(..count).unwrap_or(&info.items)),
+            None => Resolved::Items(&info.items, count),
         }
     }
 

@@ -2,7 +2,7 @@
 //! validation. A bad item is reported and skipped; the rest still load.
 use std::collections::BTreeSet;
 
-use crate::collect::{Collection, ListInfo, ListItem, MacroInfo};
+use crate::collect::{Collection, ListInfo, ListItem, ListItems, MacroInfo};
 use crate::diagnostics::{Loc, ScalarLoc, Sink, Text};
 use crate::lexer::Cursor;
 use crate::yaml::{self, Kind, Node, Style};
@@ -103,17 +103,20 @@ impl<'s> Reader<'_, 's> {
         // Consumed item by item: each is dropped once read, and a list's
         // items move into the collection without a copy.
         for doc in docs {
-            match doc.kind {
-                Kind::Null => {}
-                Kind::Seq(items) => {
+            let mark = doc.mark;
+            if doc.kind == Kind::Null {
+                continue;
+            }
+            match doc.into_seq() {
+                Some(items) => {
                     for mut item in items.into_iter().filter(|i| i.kind != Kind::Null) {
                         if let Err((at, message)) = self.read_item(&mut item) {
                             self.sink.error(at, message);
                         }
                     }
                 }
-                _ => self.sink.error(
-                    Loc::at(self.file, doc.mark),
+                None => self.sink.error(
+                    Loc::at(self.file, mark),
                     "rules content is not a YAML array of objects",
                 ),
             }
@@ -204,7 +207,7 @@ impl<'s> Reader<'_, 's> {
         let Some(value) = item.get(key) else {
             return Ok(None);
         };
-        let Kind::Seq(entries) = &value.kind else {
+        let Some(entries) = value.seq() else {
             return self.fail(value, format!("value for key '{key}' is not a sequence"));
         };
         entries
@@ -329,22 +332,22 @@ impl<'s> Reader<'_, 's> {
     /// Egret has no plugins (it provides the container fields itself), so the
     /// requirements are only checked for shape.
     fn plugin_versions(&self, plugins: &Node<'_>) -> Result<(), Failure> {
-        let Kind::Seq(entries) = &plugins.kind else {
+        let Some(entries) = plugins.seq() else {
             return self.fail(
                 plugins,
                 "value of required_plugin_versions must be a sequence",
             );
         };
-        for plugin in entries {
+        for plugin in entries.iter() {
             self.plugin_version(plugin)?;
             if let Some(alternatives) = plugin.get("alternatives") {
-                let Kind::Seq(alts) = &alternatives.kind else {
+                let Some(alts) = alternatives.seq() else {
                     return self.fail(
                         alternatives,
                         "value of plugin version alternatives must be a sequence",
                     );
                 };
-                for alt in alts {
+                for alt in alts.iter() {
                     self.plugin_version(alt)?;
                 }
             }
@@ -393,30 +396,40 @@ impl<'s> Reader<'_, 's> {
         Ok(())
     }
 
-    /// A list's items, moved out of the tree (the allocation is reused:
+    /// A list's items, moved out of the tree: a long list of scalars as the
+    /// reader kept it, a short one node by node (the allocation is reused:
     /// a node and an item are the same size). Only scalars are items.
-    fn list_items(&self, item: &mut Node<'s>) -> Result<Vec<ListItem<'s>>, Failure> {
+    fn list_items(&self, item: &mut Node<'s>) -> Result<ListItems<'s>, Failure> {
         let at = self.loc(item);
         let Some(value) = item.get_mut("items") else {
             return Err((at, "item has no mapping for key 'items'".to_string()));
         };
-        let Kind::Seq(entries) = &value.kind else {
-            return self.fail(value, "value for key 'items' is not a sequence");
+        let entries = match &value.kind {
+            Kind::Seq(entries) => entries,
+            Kind::Scalars(_) => {
+                let Kind::Scalars(scalars) = std::mem::replace(&mut value.kind, Kind::Null) else {
+                    return Ok(ListItems::default());
+                };
+                return Ok(ListItems::from_scalars(self.file, scalars));
+            }
+            _ => return self.fail(value, "value for key 'items' is not a sequence"),
         };
         if let Some(bad) = entries.iter().find(|e| e.as_str().is_none()) {
             return self.fail(bad, "sequence value in 'items' is not a scalar");
         }
         let Kind::Seq(entries) = std::mem::replace(&mut value.kind, Kind::Null) else {
-            return Ok(Vec::new());
+            return Ok(ListItems::default());
         };
         let file = self.file;
-        Ok(entries
-            .into_iter()
-            .map(|e| ListItem {
-                loc: Loc::at(file, e.mark),
-                text: e.into_text(),
-            })
-            .collect())
+        Ok(ListItems::from_items(
+            entries
+                .into_iter()
+                .map(|e| ListItem {
+                    loc: Loc::at(file, e.mark),
+                    text: e.into_text(),
+                })
+                .collect(),
+        ))
     }
 
     /// For lists and macros, which have one overridable key: whether the item

@@ -226,7 +226,9 @@ impl Reader<'_, '_> {
                 self.fail(node, format!("exception '{key}' values must be non-empty"))
             }
             Kind::Scalar(s, _) => Ok(Entry::Item(s.to_string())),
-            Kind::Seq(items) => items
+            Kind::Seq(_) | Kind::Scalars(_) => node
+                .seq()
+                .unwrap_or_default()
                 .iter()
                 .map(|i| self.entry(i, key))
                 .collect::<Result<Vec<_>, _>>()
@@ -246,13 +248,14 @@ impl Reader<'_, '_> {
         let Some(list) = item.get("exceptions") else {
             return Ok(Vec::new());
         };
-        let entries = match &list.kind {
-            Kind::Null => return Ok(Vec::new()),
-            Kind::Seq(entries) => entries,
-            _ => return self.fail(list, "rule exceptions must be a sequence"),
+        if matches!(list.kind, Kind::Null) {
+            return Ok(Vec::new());
+        }
+        let Some(entries) = list.seq() else {
+            return self.fail(list, "rule exceptions must be a sequence");
         };
         let mut out: Vec<ExceptionInfo> = Vec::new();
-        for ex in entries {
+        for ex in entries.iter() {
             if !matches!(ex.kind, Kind::Map(_)) {
                 return self.fail(ex, "rule exception must be a mapping");
             }
@@ -279,13 +282,16 @@ impl Reader<'_, '_> {
                 .map(|c| self.entry(c, "comps"))
                 .transpose()?;
             let mut values = Vec::new();
-            match ex.get("values").map(|v| &v.kind) {
-                Some(Kind::Seq(items)) => {
-                    for v in items {
+            match ex.get("values").filter(|v| !matches!(v.kind, Kind::Null)) {
+                Some(list) => {
+                    let Some(items) = list.seq() else {
+                        return self.fail(ex, "rule exception values must be a sequence");
+                    };
+                    for v in items.iter() {
                         values.push(self.entry(v, "values")?);
                     }
                 }
-                Some(Kind::Null) | None => {
+                None => {
                     if appending {
                         self.sink.warning(
                             self.loc(ex),
@@ -295,7 +301,6 @@ impl Reader<'_, '_> {
                         );
                     }
                 }
-                Some(_) => return self.fail(ex, "rule exception values must be a sequence"),
             }
             out.push(ExceptionInfo {
                 name: name.to_string(),

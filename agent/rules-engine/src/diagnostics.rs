@@ -1,5 +1,6 @@
 //! Diagnostics (`file:line:col: severity: message`) and the bookkeeping that
 //! maps a position inside a YAML scalar back to the file.
+use std::cell::OnceCell;
 use std::fmt;
 use std::sync::Arc;
 
@@ -121,13 +122,19 @@ impl Text {
 pub(crate) struct Files<'a> {
     names: Vec<Arc<str>>,
     texts: Vec<&'a str>,
-    /// Byte offset of each line's start, per file.
-    lines: Vec<Vec<usize>>,
+    /// Byte offset of each line's start, per file: made the first time a
+    /// position inside a scalar is asked for (an error in a condition), so
+    /// a million-line IOC file that loads cleanly never pays for it.
+    lines: Vec<OnceCell<Vec<u32>>>,
 }
 
-fn line_starts(text: &str) -> Vec<usize> {
+fn line_starts(text: &str) -> Vec<u32> {
+    // Rules files are far below 4 GiB (MAX_SOURCE_BYTES).
     std::iter::once(0)
-        .chain(text.match_indices('\n').map(|(i, _)| i + 1))
+        .chain(
+            text.match_indices('\n')
+                .map(|(i, _)| u32::try_from(i + 1).unwrap_or(u32::MAX)),
+        )
         .collect()
 }
 
@@ -138,14 +145,14 @@ impl<'a> Files<'a> {
         Files {
             names: vec![Arc::from("<builtin>")],
             texts: vec![builtin],
-            lines: vec![line_starts(builtin)],
+            lines: vec![OnceCell::new()],
         }
     }
 
     pub fn add(&mut self, name: &str, text: &'a str) -> u32 {
         self.names.push(Arc::from(name));
         self.texts.push(text);
-        self.lines.push(line_starts(text));
+        self.lines.push(OnceCell::new());
         u32::try_from(self.names.len() - 1).unwrap_or(u32::MAX)
     }
 
@@ -170,8 +177,9 @@ impl<'a> Files<'a> {
         let (Some(text), Some(starts)) = (self.texts.get(file), self.lines.get(file)) else {
             return at.loc;
         };
+        let starts = starts.get_or_init(|| line_starts(text));
         let skip = (at.loc.line as usize).saturating_sub(1);
-        let from = starts.get(skip).copied().unwrap_or(text.len());
+        let from = starts.get(skip).map_or(text.len(), |&s| s as usize);
         let mut lines = text.get(from..).unwrap_or("").split('\n');
         let block = matches!(at.style, Style::Literal | Style::Folded);
         let mut line = at.loc.line;

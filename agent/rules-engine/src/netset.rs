@@ -221,6 +221,11 @@ fn complement(ranges: &[(u128, u128)], max: u128) -> Ranges {
 }
 
 pub(crate) fn without_mapped(ranges: Ranges) -> Ranges {
+    // Feeds list no IPv4-mapped ranges: then the ranges are the answer, and
+    // a million of them are not copied.
+    if !ranges.iter().any(|&(a, b)| a <= MAPPED.1 && b >= MAPPED.0) {
+        return ranges;
+    }
     intersect(&ranges, &complement(&[MAPPED], V6_MAX))
 }
 

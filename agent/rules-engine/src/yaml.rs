@@ -638,7 +638,11 @@ mod tests {
             .map(|i| format!("- {i}\n"))
             .collect::<String>();
         let flow = format!("x: [{}]\n", items(100).join(", "));
-        for text in [block, flow] {
+        // The same sequences with a null last, which keeps them nodes: the
+        // positions libyaml gives, to compare the packed ones with.
+        let block_nodes = format!("{block}- ~\n");
+        let flow_nodes = flow.replace("]\n", ", ~]\n");
+        for (text, as_nodes) in [(block, block_nodes), (flow, flow_nodes)] {
             let docs = parse(&text).unwrap();
             let seq = match &docs[0].kind {
                 Kind::Map(entries) => &entries[0].1,
@@ -648,6 +652,15 @@ mod tests {
                 panic!("{:?}", seq.kind)
             };
             let nodes = seq.seq().unwrap();
+            let plain = parse(&as_nodes).unwrap();
+            let plain = match &plain[0].kind {
+                Kind::Map(entries) => entries[0].1.clone(),
+                _ => plain[0].clone(),
+            };
+            let Kind::Seq(expected) = plain.kind else {
+                panic!("{:?}", plain.kind)
+            };
+            assert_eq!(&nodes[..], &expected[..100]);
             assert_eq!(nodes.len(), 100);
             for (i, node) in nodes.iter().enumerate() {
                 let (want, style) = match i % 3 {
@@ -659,7 +672,7 @@ mod tests {
                     (node.as_str(), node.style()),
                     (Some(want.as_str()), Some(style))
                 );
-                assert_eq!(compact.get(i).map(|(_, m)| m), Some(node.mark));
+                assert_eq!(compact.get(i).map(|(t, _)| t), node.as_str());
                 // The mark is where libyaml puts the scalar's start.
                 let line = text.lines().nth(node.mark.line as usize - 1).unwrap();
                 let rest: String = line.chars().skip(node.mark.col as usize).collect();
@@ -698,6 +711,17 @@ mod tests {
         many.truncate(COMPACT_MIN - 1);
         let text: String = many.iter().map(|i| format!("- {i}\n")).collect();
         assert!(matches!(parse(&text).unwrap()[0].kind, Kind::Seq(_)));
+        // The packed length is 14 bits: 16383 bytes pack, 16384 do not.
+        for (len, compact) in [(16_383, true), (16_384, false)] {
+            let mut list = items(COMPACT_MIN);
+            list[10] = "x".repeat(len);
+            let text: String = list.iter().map(|i| format!("- {i}\n")).collect();
+            let docs = parse(&text).unwrap();
+            assert_eq!(matches!(docs[0].kind, Kind::Scalars(_)), compact, "{len}");
+            let nodes = docs[0].seq().unwrap();
+            assert_eq!(nodes[10].as_str().map(str::len), Some(len));
+            assert_eq!(nodes[11].mark.line, 12);
+        }
         let wide = format!("[{}]\n", vec!["198.51.100.1"; 6000].join(", "));
         let docs = parse(&wide).unwrap();
         let Kind::Seq(nodes) = &docs[0].kind else {

@@ -594,3 +594,23 @@ fn long_lists_behave_like_short_ones() {
     assert!(matched(&rules, &ev("198.51.100.1", "\"tool five\"")).is_empty());
     assert!(matched(&rules, &ev("198.51.100.101", "tool1")).is_empty());
 }
+
+/// A long (compact) list naming another list: the named list's values take
+/// its place, in order, and the items around it stay literal values.
+#[test]
+fn long_lists_expand_the_lists_they_name() {
+    let mut items: Vec<String> = (0..70).map(|i| format!("tool{i}")).collect();
+    items[30] = "shells".into();
+    let rules = ruleset(&format!(
+        "- list: shells\n  items: [sh, bash]\n- list: tools\n  items: [{}]\n\
+         - rule: r\n  desc: d\n  condition: proc.name in (tools)\n  output: o\n  priority: INFO\n",
+        items.join(", ")
+    ));
+    let ev = |name: &str| curl_to("198.51.100.1", 1).with(FieldId::ProcName, name);
+    for name in ["tool0", "tool29", "bash", "sh", "tool31", "tool69"] {
+        assert_eq!(matched(&rules, &ev(name)), ["r"], "{name}");
+    }
+    for name in ["shells", "tool30", "tool70"] {
+        assert!(matched(&rules, &ev(name)).is_empty(), "{name}");
+    }
+}

@@ -183,6 +183,8 @@ pub struct KernelConfig {
     pub flows: bool,
     /// Interim flow records of live flows, in ms (0: end records only).
     pub flow_interim_ms: u64,
+    /// TCP flow state slots (a power of two, 128 bytes each).
+    pub flow_tcp_slots: u32,
     /// DNS ports besides 53 whose messages are captured (at most
     /// `egret_common::DNS_PORTS_MAX`), e.g. a node-local cache on 5353.
     pub dns_ports: Vec<u16>,
@@ -199,6 +201,7 @@ impl Default for KernelConfig {
             ringbuf_bytes: egret_common::DEFAULT_RINGBUF_BYTES,
             flows: true,
             flow_interim_ms: egret_common::FLOW_INTERIM_DEFAULT_NS / 1_000_000,
+            flow_tcp_slots: egret_common::TCP_SLOTS_MAX_ENTRIES,
             dns_ports: Vec::new(),
             dns_capture: true,
         }
@@ -319,6 +322,12 @@ impl Config {
                 "{name}: kernel.ringbuf_bytes: {bytes} must be a power of two of at least 4096"
             )));
         }
+        let slots = self.kernel.flow_tcp_slots;
+        if !slots.is_power_of_two() || slots > MAX_FLOW_TCP_SLOTS {
+            return Err(ConfigError::Invalid(format!(
+                "{name}: kernel.flow_tcp_slots: {slots} must be a power of two from 1 to {MAX_FLOW_TCP_SLOTS}"
+            )));
+        }
         let ports = &self.kernel.dns_ports;
         if ports.len() > egret_common::DNS_PORTS_MAX as usize || ports.contains(&0) {
             return Err(ConfigError::Invalid(format!(
@@ -384,6 +393,8 @@ pub const DEFAULT_CONNECT_RESULT_WAIT: std::time::Duration = std::time::Duration
 /// The longest wait accepted: a blackholed destination must still alert
 /// within a minute.
 const MAX_CONNECT_RESULT_WAIT_MS: u64 = 60_000;
+/// 128 MiB of TCP flow slots: beyond any node's live connections.
+const MAX_FLOW_TCP_SLOTS: u32 = 1 << 20;
 
 impl Config {
     /// How long a connect waits for its result (zero: not at all).
@@ -723,9 +734,31 @@ webhooks:
     }
 
     #[test]
+    fn flow_tcp_slots_take_powers_of_two() {
+        for slots in [1, 64, 32_768, 1 << 20] {
+            let config = Config::parse("c.yaml", &format!("kernel: {{flow_tcp_slots: {slots}}}"))
+                .unwrap_or_else(|e| panic!("{slots}: {e}"));
+            assert_eq!(config.kernel.flow_tcp_slots, slots);
+        }
+        assert_eq!(
+            Config::default().kernel.flow_tcp_slots,
+            egret_common::TCP_SLOTS_MAX_ENTRIES
+        );
+        let err = Config::parse("c.yaml", "kernel: {flow_tcp_slots: 48}").unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("kernel.flow_tcp_slots: 48 must be a power of two"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn bad_values_are_errors() {
         for text in [
             "kernel: {ringbuf_bytes: 1000}",
+            "kernel: {flow_tcp_slots: 0}",
+            "kernel: {flow_tcp_slots: 1000}",
+            "kernel: {flow_tcp_slots: 2097152}",
             "kernel: {ignore_networks: [not-a-net]}",
             "listen: nowhere",
             "rule_matching: some",

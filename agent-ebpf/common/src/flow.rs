@@ -15,9 +15,13 @@ pub const FLOWS_MAX_ENTRIES: u32 = 65_536;
 /// crate's `TcpSlot`: the cookie, then a [`FlowState`]); a connection whose
 /// slot is taken uses [`FLOWS_MAP`].
 pub const TCP_SLOTS_MAP: &str = "EGRET_TCP_SLOTS";
-/// Slots of [`TCP_SLOTS_MAP`] (a power of two; 128 bytes each, 4 MiB).
+/// Default slots of [`TCP_SLOTS_MAP`] (a power of two; 128 bytes each,
+/// 4 MiB); the agent sizes the map (`kernel.flow_tcp_slots`) and sets
+/// [`FLOW_TCP_SLOT_MASK_GLOBAL`] to match.
 pub const TCP_SLOTS_MAX_ENTRIES: u32 = 32_768;
 const _: () = assert!(TCP_SLOTS_MAX_ENTRIES.is_power_of_two());
+/// Global (u32): the slot count minus one, which picks a cookie's slot.
+pub const FLOW_TCP_SLOT_MASK_GLOBAL: &str = "FLOW_TCP_SLOT_MASK";
 /// Per-CPU [`FlowCounters`] (one slot).
 pub const FLOW_COUNTERS_MAP: &str = "EGRET_FLOW_COUNTERS";
 /// Global (u64, ns): a live flow gets an interim record on its first packet

@@ -77,6 +77,10 @@ const IPV6_HEADER: u32 = 40;
 /// Interim interval in ns (0: none); the agent overrides it at load.
 #[unsafe(no_mangle)]
 static FLOW_INTERIM_NS: u64 = FLOW_INTERIM_DEFAULT_NS;
+/// The slot count of [`TCP_SLOTS`] minus one; the agent overrides it with
+/// the map's size (an index past the map finds no slot: the hash then).
+#[unsafe(no_mangle)]
+static FLOW_TCP_SLOT_MASK: u32 = TCP_SLOTS_MAX_ENTRIES - 1;
 /// `sock_cookie` offset in `tcp:tcp_receive_reset` (from tracefs).
 #[unsafe(no_mangle)]
 static TP_RESET_COOKIE: u32 = 64;
@@ -116,7 +120,9 @@ enum Home {
 
 #[inline(always)]
 fn tcp_slot(cookie: u64) -> Option<&'static mut TcpSlot> {
-    let slot = TCP_SLOTS.get_ptr_mut((cookie as u32) & (TCP_SLOTS_MAX_ENTRIES - 1))?;
+    // SAFETY: a plain read of a global the loader sets before load.
+    let mask = unsafe { core::ptr::read_volatile(&FLOW_TCP_SLOT_MASK) };
+    let slot = TCP_SLOTS.get_ptr_mut((cookie as u32) & mask)?;
     // SAFETY: an array element, valid for the program's run (arrays are
     // never freed under a program); a torn write is the race above.
     Some(unsafe { &mut *slot })

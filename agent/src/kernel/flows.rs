@@ -33,6 +33,8 @@ pub struct FlowSettings {
     pub enabled: bool,
     /// Interim record interval in ns; 0: only end records.
     pub interim_ns: u64,
+    /// TCP state slots (a power of two, `kernel.flow_tcp_slots`).
+    pub tcp_slots: u32,
 }
 
 impl Default for FlowSettings {
@@ -40,6 +42,7 @@ impl Default for FlowSettings {
         FlowSettings {
             enabled: true,
             interim_ns: egret_common::FLOW_INTERIM_DEFAULT_NS,
+            tcp_slots: egret_common::TCP_SLOTS_MAX_ENTRIES,
         }
     }
 }

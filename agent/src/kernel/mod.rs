@@ -180,12 +180,19 @@ impl KernelProbes {
             Ok(offsets) => (offsets, None),
             Err(why) => (egret_common::ExeOffsets::default(), Some(why)),
         };
+        let tcp_slot_mask = flows.tcp_slots.max(1) - 1;
         let mut loader = EbpfLoader::new();
         result_offsets.configure(&mut loader);
         offsets.configure(&mut loader);
         let mut ebpf = loader
             .override_global(egret_common::EXE_OFFSETS_GLOBAL, &exe_offsets, true)
             .map_max_entries(EVENTS_MAP, ringbuf_bytes)
+            .map_max_entries(egret_common::TCP_SLOTS_MAP, flows.tcp_slots)
+            .override_global(
+                egret_common::FLOW_TCP_SLOT_MASK_GLOBAL,
+                &tcp_slot_mask,
+                true,
+            )
             .override_global(
                 egret_common::FLOW_INTERIM_NS_GLOBAL,
                 &flows.interim_ns,

@@ -122,6 +122,7 @@ impl Pipeline {
         let flows = crate::kernel::flows::FlowSettings {
             enabled: config.kernel.flows,
             interim_ns: config.kernel.flow_interim_ms.saturating_mul(1_000_000),
+            tcp_slots: config.kernel.flow_tcp_slots,
         };
         let mut probes = KernelProbes::load_with_flows(config.kernel.ringbuf_bytes, flows)?;
         if !config.kernel.dns_capture {

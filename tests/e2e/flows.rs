@@ -410,7 +410,7 @@ fn tcp_flows_whose_slot_is_taken_keep_their_state() {
     );
     let metric = |series: &str| support::http::metric_value(listen, series).unwrap_or(0.0);
     let closed = "egret_flow_records_total{protocol=\"tcp\",end=\"closed\"}";
-    let upload_pid = std::thread::scope(|scope| {
+    let (upload_pid, connects) = std::thread::scope(|scope| {
         // Six parts, 1.5 s apart: alive for the whole loop below.
         let upload = scope.spawn(|| {
             let (pid, output) = ns.output_in_cgroup(
@@ -440,7 +440,6 @@ fn tcp_flows_whose_slot_is_taken_keep_their_state() {
         }
         (upload.join().expect("upload thread"), connects)
     });
-    let (upload_pid, connects) = upload_pid;
     assert!(
         metric("egret_kernel_flow_slot_taken_total") >= 1.0,
         "no connection found its slot taken in {connects}"

@@ -404,22 +404,17 @@ impl<'s> Reader<'_, 's> {
         let Some(value) = item.get_mut("items") else {
             return Err((at, "item has no mapping for key 'items'".to_string()));
         };
-        let entries = match &value.kind {
+        if !matches!(value.kind, Kind::Seq(_) | Kind::Scalars(_)) {
+            return self.fail(value, "value for key 'items' is not a sequence");
+        }
+        let entries = match std::mem::replace(&mut value.kind, Kind::Null) {
+            Kind::Scalars(scalars) => return Ok(ListItems::from_scalars(self.file, scalars)),
             Kind::Seq(entries) => entries,
-            Kind::Scalars(_) => {
-                let Kind::Scalars(scalars) = std::mem::replace(&mut value.kind, Kind::Null) else {
-                    return Ok(ListItems::default());
-                };
-                return Ok(ListItems::from_scalars(self.file, scalars));
-            }
-            _ => return self.fail(value, "value for key 'items' is not a sequence"),
+            _ => return Ok(ListItems::default()),
         };
         if let Some(bad) = entries.iter().find(|e| e.as_str().is_none()) {
             return self.fail(bad, "sequence value in 'items' is not a scalar");
         }
-        let Kind::Seq(entries) = std::mem::replace(&mut value.kind, Kind::Null) else {
-            return Ok(ListItems::default());
-        };
         let file = self.file;
         Ok(ListItems::from_items(
             entries

@@ -20,14 +20,12 @@ use aya_ebpf::{
         },
     },
     macros::cgroup_sock_addr,
-    maps::lpm_trie::Key,
     programs::SockAddrContext,
 };
-use egret_common::{
-    AF_INET, AF_INET6, EgressEvent, FLAG_V4_MAPPED, Hook, IGNORE_VERDICT_IGNORE, RecordKind,
-};
+use egret_common::{AF_INET, AF_INET6, EgressEvent, FLAG_V4_MAPPED, Hook, RecordKind};
 
-use crate::maps::{COUNTERS, EVENTS, IGNORE, PROCS};
+use crate::ignore::is_v4_mapped;
+use crate::maps::{COUNTERS, EVENTS, PROCS};
 use crate::net::ALLOW;
 
 #[cgroup_sock_addr(connect4)]
@@ -129,10 +127,7 @@ fn emit(ctx: &SockAddrContext, hook: Hook) -> Outcome {
 
     // The trie stores IPv4 networks IPv4-mapped, so one lookup covers both
     // families, including v4-mapped destinations on a v6 socket.
-    if IGNORE
-        .get(Key::new(128, mapped))
-        .is_some_and(|verdict| *verdict == IGNORE_VERDICT_IGNORE)
-    {
+    if crate::ignore::ignored(&mapped) {
         return Outcome::Ignored;
     }
 
@@ -219,9 +214,4 @@ fn is_connected_peer(ctx: &SockAddrContext, words: &[u32; 4], user_port: u32) ->
         }
         true
     }
-}
-
-#[inline(always)]
-fn is_v4_mapped(addr: &[u8; 16]) -> bool {
-    addr[..10].iter().all(|b| *b == 0) && addr[10] == 0xff && addr[11] == 0xff
 }

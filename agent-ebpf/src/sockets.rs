@@ -35,16 +35,14 @@ use aya_ebpf::{
         },
     },
     macros::{cgroup_skb, cgroup_sock, tracepoint},
-    maps::lpm_trie::Key,
     programs::{SkBuffContext, SockContext, TracePointContext},
 };
 use egret_common::{
-    AF_INET, AF_INET6, AF_PACKET, EgressEvent, FLAG_RAW_SOCKET, Hook, IGNORE_VERDICT_IGNORE,
-    RAW_REPORT_GAP_NS, RawFlow, RawFlowKey, RawOwner, RecordKind, SOCK_RAW, SocketEvent,
-    TP_FIELD_ABSENT,
+    AF_INET, AF_INET6, AF_PACKET, EgressEvent, FLAG_RAW_SOCKET, Hook, RAW_REPORT_GAP_NS, RawFlow,
+    RawFlowKey, RawOwner, RecordKind, SOCK_RAW, SocketEvent, TP_FIELD_ABSENT,
 };
 
-use crate::maps::{COUNTERS, EVENTS, IGNORE, PROCS, RAW_FLOWS, RAW_OWNERS};
+use crate::maps::{COUNTERS, EVENTS, PROCS, RAW_FLOWS, RAW_OWNERS};
 use crate::net::{
     ALLOW, ETH_P_IP, ETH_P_IPV6, IPPROTO_ICMP, IPPROTO_ICMPV6, SOCK_DGRAM, skb_full_socket,
 };
@@ -274,10 +272,7 @@ fn try_raw_egress(ctx: &SkBuffContext) -> Option<()> {
 fn report(ctx: &SkBuffContext, hook: Hook, mapped: &[u8; 16], raw: bool, ip_proto: u8) -> Outcome {
     // The longest matching prefix's verdict decides (an exception inside
     // an ignored network says emit).
-    if IGNORE
-        .get(Key::new(128, *mapped))
-        .is_some_and(|verdict| *verdict == IGNORE_VERDICT_IGNORE)
-    {
+    if crate::ignore::ignored(mapped) {
         return Outcome::Ignored;
     }
     // SAFETY: helpers valid for cgroup_skb programs.

@@ -17,7 +17,7 @@ use std::{
     sync::Arc,
 };
 
-use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use criterion::{Criterion, Throughput, criterion_group};
 use egret::{
     identity::{
         IdentitySources,
@@ -505,5 +505,51 @@ fn at_scale(c: &mut Criterion) {
     group.finish();
 }
 
+/// `EGRET_BENCH_ONCE=NAME` (`mixed`, `alert_storm`, `ioc_N`, `rules_N`):
+/// builds that pipeline, runs its records once to warm every cache, once
+/// more in [`counted_run`], and exits without criterion. Under callgrind
+/// (`--toggle-collect='*counted_run*'`, scripts/count-instructions.sh) the
+/// second pass's instructions over [`RECORDS`] are the instructions per
+/// event: a count that does not move with the machine's load, where this
+/// VM's timings do and it offers no hardware counters.
+fn once(name: &str) {
+    let fixture = Fixture::new();
+    let size = |prefix: &str| -> Option<u32> { name.strip_prefix(prefix)?.parse().ok() };
+    let (mix, extra) = match name {
+        "mixed" => (Mix::Realistic, None),
+        "alert_storm" => (Mix::AlertStorm, None),
+        _ => match (size("ioc_"), size("rules_")) {
+            (Some(n), _) => (
+                Mix::Realistic,
+                (n > 0).then(|| egret_testkit::feeds::ioc_rules(n)),
+            ),
+            (_, Some(n)) => (
+                Mix::Realistic,
+                (n > 0).then(|| egret_testkit::feeds::many_rules(n)),
+            ),
+            _ => panic!("EGRET_BENCH_ONCE={name}: expected mixed, alert_storm, ioc_N or rules_N"),
+        },
+    };
+    let records = egress_records(&fixture, mix);
+    let mut pipeline = Pipeline::with_rules(&fixture, false, extra);
+    let warm = pipeline.run(&records);
+    let counted = counted_run(&mut pipeline, &records);
+    assert_eq!(warm, counted, "the same records raise the same alerts");
+    println!("pipeline/once {name}: events {RECORDS} alerts {counted}");
+}
+
+#[inline(never)]
+fn counted_run(pipeline: &mut Pipeline, records: &[Vec<u8>]) -> u64 {
+    pipeline.run(records)
+}
+
 criterion_group!(benches, bench, at_scale);
-criterion_main!(benches);
+
+fn main() {
+    if let Ok(name) = std::env::var("EGRET_BENCH_ONCE") {
+        once(&name);
+        return;
+    }
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}

@@ -10,6 +10,7 @@ mod falco_rules;
 mod faults;
 mod flows;
 mod identity;
+mod ignore;
 mod kernel_counters;
 mod kernel_hooks;
 mod prometheus;

@@ -14,13 +14,28 @@ pub const EVENTS_MAP: &str = "EGRET_EVENTS";
 /// 16]}` with IPv4 stored IPv4-mapped (`::ffff:0:0/96` + prefix) so one trie
 /// serves both families. Verdicts keep the table minimal: "everything but
 /// one address" is two entries, not the 128 prefixes of its complement,
-/// and the lookup cost follows the table's depth.
+/// and the lookup cost follows the table's depth. Read only where
+/// [`IGNORE_HEADS_MAP`] says [`IGNORE_VERDICT_TRIE`].
 pub const IGNORE_MAP: &str = "EGRET_IGNORE";
 /// [`IGNORE_MAP`] value: count the attempt, send nothing to userspace.
 pub const IGNORE_VERDICT_IGNORE: u8 = 1;
 /// [`IGNORE_MAP`] value: send the attempt to userspace (an exception inside
 /// a shorter ignored prefix).
 pub const IGNORE_VERDICT_EMIT: u8 = 0;
+/// Array of [`IGNORE_HEADS_ENTRIES`] `u8` verdicts read before
+/// [`IGNORE_MAP`]: one per IPv4 /8 (index = first octet) and one per IPv6
+/// /8 outside the IPv4-mapped range (index = 256 + first byte). A /8 the
+/// table treats alike holds that verdict and decides without the trie;
+/// a /8 with entries inside it holds [`IGNORE_VERDICT_TRIE`]. An array
+/// lookup is a few inlined instructions, so the common case costs the same
+/// whatever the rules make of the rest of the address space, and the trie
+/// (always the whole table) is walked only inside mixed /8s.
+pub const IGNORE_HEADS_MAP: &str = "EGRET_IGNORE_HEADS";
+/// Entries of [`IGNORE_HEADS_MAP`]: 256 IPv4 /8s, then 256 IPv6 /8s.
+pub const IGNORE_HEADS_ENTRIES: u32 = 512;
+/// [`IGNORE_HEADS_MAP`] value: this /8 holds entries of both verdicts (or
+/// is changing): the trie decides.
+pub const IGNORE_VERDICT_TRIE: u8 = 2;
 /// Per-CPU [`HookCounters`], one slot per [`Hook`].
 pub const COUNTERS_MAP: &str = "EGRET_COUNTERS";
 /// LRU hash tgid (or, for threads, tid) → [`ProcState`], kept by the process

@@ -41,7 +41,7 @@ use aya_ebpf::{
         bpf_get_socket_cookie, bpf_ktime_get_coarse_ns, bpf_ktime_get_ns, bpf_tcp_sock,
     },
     macros::{cgroup_skb, cgroup_sock, map, sock_ops, tracepoint},
-    maps::{Array, HashMap, PerCpuArray, lpm_trie::Key},
+    maps::{Array, HashMap, PerCpuArray},
     programs::{SkBuffContext, SockContext, SockOpsContext, TracePointContext},
 };
 use egret_common::{
@@ -49,10 +49,11 @@ use egret_common::{
     FLOW_END_TIMED_OUT, FLOW_FLAG_STATE_LOST, FLOW_FLAG_V4_MAPPED, FLOW_INTERIM_DEFAULT_NS,
     FLOW_STATE_ESTABLISHED, FLOW_STATE_FIN_IN, FLOW_STATE_FIN_OUT, FLOW_STATE_IGNORED,
     FLOW_STATE_RESET_RX, FLOWS_MAX_ENTRIES, FlowCounters, FlowEvent, FlowState, Hook, HookCounters,
-    IGNORE_VERDICT_IGNORE, RecordKind, TCP_SLOTS_MAX_ENTRIES, TP_FIELD_ABSENT,
+    RecordKind, TCP_SLOTS_MAX_ENTRIES, TP_FIELD_ABSENT,
 };
 
-use crate::maps::{COUNTERS, EVENTS, IGNORE};
+use crate::ignore::{ignored, is_v4_mapped};
+use crate::maps::{COUNTERS, EVENTS};
 use crate::net::{ALLOW, ETH_P_IP, ETH_P_IPV6, SOCK_DGRAM, skb_full_socket};
 
 /// [`FlowState::flags`] bit local to the kernel: an RTO callback said the
@@ -277,13 +278,6 @@ fn now() -> u64 {
     unsafe { bpf_ktime_get_ns() }
 }
 
-#[inline(always)]
-fn ignored(mapped: &[u8; 16]) -> bool {
-    IGNORE
-        .get(Key::new(128, *mapped))
-        .is_some_and(|verdict| *verdict == IGNORE_VERDICT_IGNORE)
-}
-
 /// `::ffff:a.b.c.d` for an IPv4 address in network order.
 #[inline(always)]
 fn mapped_v4(ip4: [u8; 4]) -> [u8; 16] {
@@ -292,11 +286,6 @@ fn mapped_v4(ip4: [u8; 4]) -> [u8; 16] {
     mapped[11] = 0xff;
     mapped[12..].copy_from_slice(&ip4);
     mapped
-}
-
-#[inline(always)]
-fn is_v4_mapped(addr: &[u8; 16]) -> bool {
-    addr[..10].iter().all(|b| *b == 0) && addr[10] == 0xff && addr[11] == 0xff
 }
 
 /// An address as reported: IPv4 in the first four bytes.

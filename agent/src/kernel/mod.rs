@@ -28,7 +28,8 @@ use aya::{
     },
 };
 use egret_common::{
-    COUNTERS_MAP, EVENTS_MAP, Hook, HookCounters, IGNORE_MAP, PROCS_MAP, ProcState,
+    COUNTERS_MAP, EVENTS_MAP, Hook, HookCounters, IGNORE_HEADS_MAP, IGNORE_MAP, PROCS_MAP,
+    ProcState,
 };
 
 pub use error::KernelError;
@@ -336,13 +337,17 @@ impl KernelProbes {
         })
     }
 
-    /// The in-kernel ignore trie; can be taken once.
+    /// The in-kernel ignore trie and its per-/8 heads; can be taken once.
     pub fn take_ignore_map(&mut self) -> Result<IgnoreMap, KernelError> {
-        let map = self
+        let trie = self
             .ebpf
             .take_map(IGNORE_MAP)
             .ok_or(KernelError::MissingMap(IGNORE_MAP))?;
-        IgnoreMap::new(map).map_err(|source| KernelError::Map {
+        let heads = self
+            .ebpf
+            .take_map(IGNORE_HEADS_MAP)
+            .ok_or(KernelError::MissingMap(IGNORE_HEADS_MAP))?;
+        IgnoreMap::new(trie, heads).map_err(|source| KernelError::Map {
             name: IGNORE_MAP,
             source,
         })

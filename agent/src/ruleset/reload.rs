@@ -219,6 +219,7 @@ impl KernelIgnore {
             Ok(entries) => tracing::info!(
                 networks = wanted.len(),
                 entries,
+                split_slash8s = self.map.split_heads(),
                 "kernel ignore list updated"
             ),
             Err(err) => tracing::error!(%err, "could not update the kernel ignore list"),

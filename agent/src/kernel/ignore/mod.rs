@@ -1,15 +1,16 @@
 //! The in-kernel ignore list: destination networks whose connection attempts
 //! are counted but never sent to userspace. The set is written to the kernel
-//! as a minimal verdict table ([`table`]).
+//! as a minimal verdict table with a verdict per /8 in front of it
+//! ([`table`]).
 use std::collections::BTreeSet;
 
 pub mod table;
 
 use aya::maps::{
-    MapData, MapError,
+    Array, MapData, MapError,
     lpm_trie::{Key, LpmTrie},
 };
-use egret_common::IGNORE_MAX_ENTRIES;
+use egret_common::{IGNORE_MAX_ENTRIES, IGNORE_VERDICT_EMIT};
 use ipnet::IpNet;
 
 /// Networks to ignore, normalised (host bits cleared, duplicates removed) so
@@ -115,17 +116,23 @@ pub fn table_for(wanted: &IgnoreSet) -> Result<table::Table, ReplaceError> {
 
 pub struct IgnoreMap {
     map: LpmTrie<MapData, [u8; 16], u8>,
+    heads_map: Array<MapData, u8>,
     current: IgnoreSet,
-    /// What the kernel map holds: `current` as a verdict table.
+    /// What the kernel maps hold: `current` as a verdict table and its
+    /// heads (or, after a map error, the state the error left).
     table: table::Table,
+    heads: table::Heads,
 }
 
 impl IgnoreMap {
-    pub(super) fn new(map: aya::maps::Map) -> Result<Self, MapError> {
+    /// Both maps start empty (zeroed heads emit, like an empty trie).
+    pub(super) fn new(trie: aya::maps::Map, heads: aya::maps::Map) -> Result<Self, MapError> {
         Ok(Self {
-            map: LpmTrie::try_from(map)?,
+            map: LpmTrie::try_from(trie)?,
+            heads_map: Array::try_from(heads)?,
             current: IgnoreSet::default(),
             table: table::Table::new(),
+            heads: [IGNORE_VERDICT_EMIT; table::HEADS],
         })
     }
 
@@ -138,7 +145,7 @@ impl IgnoreMap {
     /// written.
     pub fn replace(&mut self, wanted: &IgnoreSet) -> Result<usize, ReplaceError> {
         let new = table_for(wanted)?;
-        for step in table::transition(&self.table, &new) {
+        for step in table::transition(&self.heads, &self.table, &new) {
             match step {
                 table::Step::Set(prefix, verdict) => {
                     self.map
@@ -148,6 +155,11 @@ impl IgnoreMap {
                 table::Step::Remove(prefix) => {
                     self.map.remove(&Key::new(prefix.len, prefix.octets()))?;
                     self.table.remove(&prefix);
+                }
+                table::Step::Head(index, verdict) => {
+                    // Below HEADS (512), so the cast is exact.
+                    self.heads_map.set(index as u32, verdict, 0)?;
+                    self.heads[index] = verdict;
                 }
             }
         }
@@ -159,9 +171,17 @@ impl IgnoreMap {
         &self.current
     }
 
-    /// Entries in the kernel map.
+    /// Entries in the kernel trie.
     pub fn entries(&self) -> usize {
         self.table.len()
+    }
+
+    /// /8s whose attempts the trie decides (the rest stop at their head).
+    pub fn split_heads(&self) -> usize {
+        self.heads
+            .iter()
+            .filter(|h| **h == egret_common::IGNORE_VERDICT_TRIE)
+            .count()
     }
 }
 

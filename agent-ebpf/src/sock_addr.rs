@@ -125,8 +125,8 @@ fn emit(ctx: &SockAddrContext, hook: Hook) -> Outcome {
     let socket_family = unsafe { core::ptr::read_volatile(&raw const (*sa).family) };
     let v4_mapped = is_v4 && (is_v6_socket_addr || socket_family == u32::from(AF_INET6));
 
-    // The trie stores IPv4 networks IPv4-mapped, so one lookup covers both
-    // families, including v4-mapped destinations on a v6 socket.
+    // The ignore table stores IPv4 networks IPv4-mapped, so one lookup
+    // covers both families, including v4-mapped destinations on a v6 socket.
     if crate::ignore::ignored(&mapped) {
         return Outcome::Ignored;
     }

@@ -170,8 +170,6 @@ pub fn run(bins: &Binaries, ns: &NetNs, settings: &Settings) -> anyhow::Result<S
         let rules = dir.write("rules.yaml", shape.rules);
         let rules_arg = rules.display().to_string();
         let agent = RunningAgent::start(bins, &["--rules", &rules_arg], Stdout::Discard)?;
-        // Per phase: total runs and each round's ns per run.
-        let mut costs = vec![(0u64, Vec::new()); 4];
         // The repeat phase: UDP sends to a connected peer, port 9 of the
         // emitted destination (nothing listens; errors are expected).
         let repeat_dest = shape.emitted.replace(":0", ":9");
@@ -183,6 +181,8 @@ pub fn run(bins: &Binaries, ns: &NetNs, settings: &Settings) -> anyhow::Result<S
             Some((shape.emitted, "connect-loop", "egret_connect4")),
             Some((repeat_dest.as_str(), "udp-repeat", "egret_sendmsg4")),
         ];
+        // Per phase: total runs and each round's ns per run.
+        let mut costs = vec![(0u64, Vec::new()); phases.len()];
         // Phases alternate over rounds, so that a slow spell of this shared
         // VM lands on every phase alike; the median round is reported.
         let rounds = (0..ROUNDS).flat_map(|_| phases.iter().enumerate());

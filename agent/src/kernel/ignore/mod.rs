@@ -10,7 +10,7 @@ use aya::maps::{
     Array, MapData, MapError,
     lpm_trie::{Key, LpmTrie},
 };
-use egret_common::{IGNORE_MAX_ENTRIES, IGNORE_VERDICT_EMIT};
+use egret_common::{IGNORE_MAX_ENTRIES, IGNORE_VERDICT_EMIT, IGNORE_VERDICT_TRIE};
 use ipnet::IpNet;
 
 /// Networks to ignore, normalised (host bits cleared, duplicates removed) so
@@ -180,7 +180,7 @@ impl IgnoreMap {
     pub fn split_heads(&self) -> usize {
         self.heads
             .iter()
-            .filter(|h| **h == egret_common::IGNORE_VERDICT_TRIE)
+            .filter(|h| **h == IGNORE_VERDICT_TRIE)
             .count()
     }
 }

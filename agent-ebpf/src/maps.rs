@@ -5,9 +5,9 @@ use aya_ebpf::{
 };
 use egret_common::{
     CONNECT_SLOTS_MAX_ENTRIES, ConnectPending, ConnectSlot, DEFAULT_RINGBUF_BYTES, ExecArgs, Hook,
-    HookCounters, IGNORE_HEADS_ENTRIES, IGNORE_MAX_ENTRIES, PROCS_MAX_ENTRIES, ProcState,
-    QUARANTINE_ALLOW_MAX_ENTRIES, QUARANTINE_SLOTS, QuarantineCounters, QuarantineTarget,
-    RAW_FLOWS_MAX_ENTRIES, RAW_OWNERS_MAX_ENTRIES, RawFlow, RawFlowKey, RawOwner,
+    HookCounters, IGNORE_HEADS_ENTRIES, IGNORE_MAX_ENTRIES, IgnoreBlocks, PROCS_MAX_ENTRIES,
+    ProcState, QUARANTINE_ALLOW_MAX_ENTRIES, QUARANTINE_SLOTS, QuarantineCounters,
+    QuarantineTarget, RAW_FLOWS_MAX_ENTRIES, RAW_OWNERS_MAX_ENTRIES, RawFlow, RawFlowKey, RawOwner,
     URING_CONNECTS_MAX_ENTRIES,
 };
 
@@ -18,9 +18,14 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(DEFAULT_RINGBUF_BYTES, 0);
 #[map(name = "EGRET_IGNORE")]
 pub static IGNORE: LpmTrie<[u8; 16], u8> = LpmTrie::with_max_entries(IGNORE_MAX_ENTRIES, 0);
 
-/// Per-/8 verdicts read before [`IGNORE`] (`egret_common::IGNORE_HEADS_MAP`).
+/// Per-/8 entries read before [`IGNORE`] (`egret_common::IGNORE_HEADS_MAP`).
 #[map(name = "EGRET_IGNORE_HEADS")]
-pub static IGNORE_HEADS: Array<u8> = Array::with_max_entries(IGNORE_HEADS_ENTRIES, 0);
+pub static IGNORE_HEADS: Array<u16> = Array::with_max_entries(IGNORE_HEADS_ENTRIES, 0);
+
+/// Blocks that split a head by the next byte, as one value
+/// (`egret_common::IGNORE_BLOCKS_MAP`).
+#[map(name = "EGRET_IGNORE_BLOCKS")]
+pub static IGNORE_BLOCKS: Array<IgnoreBlocks> = Array::with_max_entries(1, 0);
 
 #[map(name = "EGRET_COUNTERS")]
 pub static COUNTERS: PerCpuArray<HookCounters> = PerCpuArray::with_max_entries(Hook::COUNT, 0);

@@ -1,7 +1,8 @@
 //! The kernel's ignore verdict: a per-/8 head decides, or, inside a /8 the
-//! table splits, the trie behind it (issue 19, goal 2). The programs are
-//! attached to a test cgroup and every attempt is made from it, so the
-//! connect counters count exactly these attempts.
+//! table splits, the blocks below it byte by byte (a chain where a run of
+//! bytes leads one way), and the trie where the blocks ran out (issue 19, goal 2). The programs are attached to a test
+//! cgroup and every attempt is made from it, so the connect counters count
+//! exactly these attempts.
 use egret::kernel::{IgnoreSet, KernelProbes};
 use egret_common::{DEFAULT_RINGBUF_BYTES, Hook, HookCounters};
 
@@ -65,27 +66,39 @@ fn ignore_heads_and_trie_decide_and_follow_a_reload() {
         format!("[{V6_SERVER}]:80"),
     );
 
-    // 198/8 and 2001::/8 hold an emit entry, ::/8 the IPv4-mapped ones.
+    // 198/8 and 2001::/8 hold an emit entry each: a chain of 3 bytes down
+    // to 198.51.100.1, one of 15 down to 2001:db8::1. The table is ::/0
+    // ignore and the two exceptions, so ::/8 (::1) is one verdict.
+    let tables = |map: &egret::kernel::IgnoreMap| {
+        (
+            map.entries(),
+            map.split_heads(),
+            map.blocks(),
+            map.trie_entries(),
+        )
+    };
     map.replace(&ignored_for(
         "fd.sip = 198.51.100.1 or fd.sip = 2001:db8::1",
     ))
     .expect("program the maps");
-    assert_eq!((map.entries(), map.split_heads()), (3, 3));
+    assert_eq!(tables(&map), (3, 2, 2, 0));
     let before = probes.counters().expect("kernel counters");
-    attempt(v4.clone()); // trie: emit
-    attempt(v6.clone()); // trie: emit
+    attempt(v4.clone()); // chain: emit
+    attempt(v6.clone()); // chain: emit
     assert_eq!(outcomes(&probes, &before), (0, 2), "named destinations");
     let before = probes.counters().expect("kernel counters");
     attempt(other.clone()); // head 203: ignore
     attempt("127.0.0.1:80".into()); // head 127: ignore
-    attempt("198.51.100.2:80".into()); // trie: ignore
-    attempt("[::1]:80".into()); // trie (::/8): ignore
-    assert_eq!(outcomes(&probes, &before), (4, 0), "everything else");
+    attempt("198.51.100.2:80".into()); // chain, then ignore
+    attempt("[::1]:80".into()); // head ::/8: ignore
+    attempt("[2001:db8::2]:80".into()); // chain, then ignore
+    assert_eq!(outcomes(&probes, &before), (5, 0), "everything else");
 
-    // A reload: 198/8 and 2001::/8 become whole ignored heads, 203/8 splits.
+    // A reload: 198/8 and 2001::/8 become whole ignored heads, 203/8 splits
+    // (its new blocks go to free slots; the old ones retire).
     map.replace(&ignored_for("fd.sip = 203.0.113.1"))
         .expect("reprogram the maps");
-    assert_eq!((map.entries(), map.split_heads()), (2, 2));
+    assert_eq!(tables(&map), (2, 1, 1, 0));
     let before = probes.counters().expect("kernel counters");
     attempt(v4);
     attempt(v6);
@@ -94,6 +107,22 @@ fn ignore_heads_and_trie_decide_and_follow_a_reload() {
     let before = probes.counters().expect("kernel counters");
     attempt(other);
     assert_eq!(outcomes(&probes, &before), (0, 1), "the new destination");
+
+    // Out of blocks: with a pool of five, the builder reaches 2001:db8::/40
+    // and the trie decides below it; the five levels are one chain (the
+    // reload first waits out the grace period for the block the last one
+    // unlinked).
+    map.limit_blocks(5);
+    map.replace(&ignored_for("fd.sip = 2001:db8::1"))
+        .expect("reprogram the maps");
+    assert_eq!(tables(&map), (2, 1, 1, 1));
+    let before = probes.counters().expect("kernel counters");
+    attempt(format!("[{V6_SERVER}]:80")); // trie: emit
+    attempt("[2001:db8::2]:80".into()); // trie: ignore
+    attempt("[2001:db8:100::1]:80".into()); // off the chain: ignore
+    attempt(format!("{V4_SERVER}:80")); // head: ignore
+    assert_eq!(outcomes(&probes, &before), (3, 1), "past the pool");
+    map.limit_blocks(usize::MAX);
 
     // Only the built-ins: every public /8 emits at its head.
     map.replace(&IgnoreSet::builtin()).expect("built-ins only");

@@ -22,20 +22,58 @@ pub const IGNORE_VERDICT_IGNORE: u8 = 1;
 /// [`IGNORE_MAP`] value: send the attempt to userspace (an exception inside
 /// a shorter ignored prefix).
 pub const IGNORE_VERDICT_EMIT: u8 = 0;
-/// Array of [`IGNORE_HEADS_ENTRIES`] `u8` verdicts read before
+/// Array of [`IGNORE_HEADS_ENTRIES`] `u16` entries read before
 /// [`IGNORE_MAP`]: one per IPv4 /8 (index = first octet) and one per IPv6
-/// /8 outside the IPv4-mapped range (index = 256 + first byte). A /8 the
-/// table treats alike holds that verdict and decides without the trie;
-/// a /8 with entries inside it holds [`IGNORE_VERDICT_TRIE`]. An array
-/// lookup is a few inlined instructions, so the common case costs the same
-/// whatever the rules make of the rest of the address space, and the trie
-/// (always the whole table) is walked only inside mixed /8s.
+/// /8 outside the IPv4-mapped range (index = 256 + first byte). An entry is
+/// a verdict ([`IGNORE_VERDICT_EMIT`], [`IGNORE_VERDICT_IGNORE`]),
+/// [`IGNORE_VERDICT_TRIE`], or [`IGNORE_ENTRY_BLOCK`] with the index of a
+/// block in [`IGNORE_BLOCKS_MAP`] that splits the /8 by its next byte.
+/// Array lookups are a few inlined instructions, so an address costs one
+/// lookup per byte the table looks at (at most 4 for IPv4), whatever the
+/// rules make of the rest of the address space; the trie (always the whole
+/// table) is walked only where the blocks ran out.
 pub const IGNORE_HEADS_MAP: &str = "EGRET_IGNORE_HEADS";
 /// Entries of [`IGNORE_HEADS_MAP`]: 256 IPv4 /8s, then 256 IPv6 /8s.
 pub const IGNORE_HEADS_ENTRIES: u32 = 512;
-/// [`IGNORE_HEADS_MAP`] value: this /8 holds entries of both verdicts (or
-/// is changing): the trie decides.
+/// Head or block entry: the trie decides (the blocks ran out here, or the
+/// /8 is changing).
 pub const IGNORE_VERDICT_TRIE: u8 = 2;
+/// Head or block entry flag: the low 12 bits index a block.
+pub const IGNORE_ENTRY_BLOCK: u16 = 0x8000;
+/// With [`IGNORE_ENTRY_BLOCK`]: the block is a chain, a run of levels that
+/// each hold one verdict but for one byte, checked at once. Its first 16
+/// bytes are the address bytes the run expects, the next 16 a mask of the
+/// bytes it covers, compared as two `u64`s; entry [`IGNORE_CHAIN_NEXT`]
+/// follows on a match, [`IGNORE_CHAIN_OTHER`] otherwise, and the walk
+/// resumes at byte [`IGNORE_CHAIN_AT`]. "Alert only for 2001:db8::1" is one
+/// chain of 15 bytes, not 15 blocks.
+pub const IGNORE_ENTRY_CHAIN: u16 = 0x4000;
+/// Entries of a chain block: the entry on a match, the entry otherwise,
+/// the byte the walk goes on at.
+pub const IGNORE_CHAIN_NEXT: usize = 16;
+pub const IGNORE_CHAIN_OTHER: usize = 17;
+pub const IGNORE_CHAIN_AT: usize = 18;
+/// Array of one [`IgnoreBlocks`] value: [`IGNORE_BLOCKS_ENTRIES`] blocks of
+/// 256 entries (as in [`IGNORE_HEADS_MAP`]), one per value of the address's
+/// next byte. One value, so a program looks it up once and then indexes
+/// it: each further level is one dependent load, not a lookup through a
+/// key on the stack. The agent rewrites the value whole; a block changes
+/// only while no head or block points at it, and is reused only after an
+/// RCU grace period has passed since it was unlinked, and every other
+/// byte is rewritten with the value it had, so a program never reads a
+/// block half written.
+pub const IGNORE_BLOCKS_MAP: &str = "EGRET_IGNORE_BLOCKS";
+/// Blocks in [`IGNORE_BLOCKS_MAP`] (2 MiB of kernel memory; a power of
+/// two, so a program masks a block index into range).
+pub const IGNORE_BLOCKS_ENTRIES: u32 = 4096;
+/// Blocks on one path below a head: an IPv6 /8 down to its /128 (IPv4 uses
+/// at most 3).
+pub const IGNORE_MAX_LEVELS: u32 = 15;
+/// One block of [`IGNORE_BLOCKS_MAP`].
+pub type IgnoreBlock = [u16; 256];
+/// The one value of [`IGNORE_BLOCKS_MAP`].
+pub type IgnoreBlocks = [IgnoreBlock; IGNORE_BLOCKS_ENTRIES as usize];
+
 /// Per-CPU [`HookCounters`], one slot per [`Hook`].
 pub const COUNTERS_MAP: &str = "EGRET_COUNTERS";
 /// LRU hash tgid (or, for threads, tid) → [`ProcState`], kept by the process
@@ -603,6 +641,10 @@ const _: () = assert!(core::mem::size_of::<SocketEvent>() == 88);
 const _: () = assert!(core::mem::size_of::<RawFlowKey>() == 24);
 const _: () = assert!(core::mem::size_of::<RawFlow>() == 16);
 const _: () = assert!(core::mem::size_of::<RawOwner>() == 64);
+const _: () = assert!(core::mem::size_of::<IgnoreBlock>() == 512);
+const _: () = assert!(IGNORE_BLOCKS_ENTRIES <= IGNORE_ENTRY_CHAIN as u32);
+const _: () = assert!(IGNORE_BLOCKS_ENTRIES.is_power_of_two());
+const _: () = assert!(core::mem::size_of::<IgnoreBlocks>() == 2 << 20);
 
 #[cfg(feature = "user")]
 mod pod;

@@ -28,8 +28,8 @@ use aya::{
     },
 };
 use egret_common::{
-    COUNTERS_MAP, EVENTS_MAP, Hook, HookCounters, IGNORE_HEADS_MAP, IGNORE_MAP, PROCS_MAP,
-    ProcState,
+    COUNTERS_MAP, EVENTS_MAP, Hook, HookCounters, IGNORE_BLOCKS_MAP, IGNORE_HEADS_MAP, IGNORE_MAP,
+    PROCS_MAP, ProcState,
 };
 
 pub use error::KernelError;
@@ -337,7 +337,7 @@ impl KernelProbes {
         })
     }
 
-    /// The in-kernel ignore trie and its per-/8 heads; can be taken once.
+    /// The in-kernel ignore trie, its heads and blocks; can be taken once.
     pub fn take_ignore_map(&mut self) -> Result<IgnoreMap, KernelError> {
         let trie = self
             .ebpf
@@ -347,10 +347,11 @@ impl KernelProbes {
             .ebpf
             .take_map(IGNORE_HEADS_MAP)
             .ok_or(KernelError::MissingMap(IGNORE_HEADS_MAP))?;
-        IgnoreMap::new(trie, heads).map_err(|source| KernelError::Map {
-            name: IGNORE_MAP,
-            source,
-        })
+        let blocks = self
+            .ebpf
+            .take_map(IGNORE_BLOCKS_MAP)
+            .ok_or(KernelError::MissingMap(IGNORE_BLOCKS_MAP))?;
+        Ok(IgnoreMap::new(trie, heads, blocks)?)
     }
 
     /// Attaches every hook to `cgroup` through bpf_link. The kernel rejects

@@ -220,6 +220,8 @@ impl KernelIgnore {
                 networks = wanted.len(),
                 entries,
                 split_slash8s = self.map.split_heads(),
+                blocks = self.map.blocks(),
+                trie_entries = self.map.trie_entries(),
                 "kernel ignore list updated"
             ),
             Err(err) => tracing::error!(%err, "could not update the kernel ignore list"),

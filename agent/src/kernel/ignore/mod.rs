@@ -1,16 +1,18 @@
 //! The in-kernel ignore list: destination networks whose connection attempts
 //! are counted but never sent to userspace. The set is written to the kernel
-//! as a minimal verdict table with a verdict per /8 in front of it
-//! ([`table`]).
+//! as a minimal verdict table ([`table`]) with heads and blocks in front of
+//! it that hold the same function byte by byte ([`heads`]).
 use std::collections::BTreeSet;
 
+mod grace;
+pub mod heads;
 pub mod table;
 
 use aya::maps::{
     Array, MapData, MapError,
     lpm_trie::{Key, LpmTrie},
 };
-use egret_common::{IGNORE_MAX_ENTRIES, IGNORE_VERDICT_EMIT, IGNORE_VERDICT_TRIE};
+use egret_common::{IGNORE_MAX_ENTRIES, IgnoreBlocks};
 use ipnet::IpNet;
 
 /// Networks to ignore, normalised (host bits cleared, duplicates removed) so
@@ -94,6 +96,14 @@ pub enum ReplaceError {
     Map(#[from] MapError),
 }
 
+#[derive(Debug, thiserror::Error)]
+pub enum IgnoreMapError {
+    #[error(transparent)]
+    Map(#[from] MapError),
+    #[error("cannot create the map-in-map that waits for an RCU grace period")]
+    Grace(#[source] std::io::Error),
+}
+
 /// The kernel table for `wanted`, or why it cannot be written.
 pub fn table_for(wanted: &IgnoreSet) -> Result<table::Table, ReplaceError> {
     // The construction's trie has up to 128 nodes per input prefix: bound
@@ -116,55 +126,105 @@ pub fn table_for(wanted: &IgnoreSet) -> Result<table::Table, ReplaceError> {
 
 pub struct IgnoreMap {
     map: LpmTrie<MapData, [u8; 16], u8>,
-    heads_map: Array<MapData, u8>,
+    heads_map: Array<MapData, u16>,
+    blocks_map: Array<MapData, IgnoreBlocks>,
+    grace: grace::Grace,
     current: IgnoreSet,
-    /// What the kernel maps hold: `current` as a verdict table and its
-    /// heads (or, after a map error, the state the error left).
+    /// What the kernel maps hold: `current` as a verdict table, heads and
+    /// blocks (or, after a map error, the state the error left).
     table: table::Table,
-    heads: table::Heads,
+    arrays: heads::Arrays,
+    /// Blocks unlinked since the last grace period: a program may still be
+    /// walking them, so they are not written yet.
+    retired: BTreeSet<usize>,
 }
 
 impl IgnoreMap {
-    /// Both maps start empty (zeroed heads emit, like an empty trie).
-    pub(super) fn new(trie: aya::maps::Map, heads: aya::maps::Map) -> Result<Self, MapError> {
+    /// The maps start empty (zeroed heads emit, like an empty trie).
+    pub(super) fn new(
+        trie: aya::maps::Map,
+        heads: aya::maps::Map,
+        blocks: aya::maps::Map,
+    ) -> Result<Self, IgnoreMapError> {
         Ok(Self {
             map: LpmTrie::try_from(trie)?,
             heads_map: Array::try_from(heads)?,
+            blocks_map: Array::try_from(blocks)?,
+            grace: grace::Grace::new().map_err(IgnoreMapError::Grace)?,
             current: IgnoreSet::default(),
             table: table::Table::new(),
-            heads: [IGNORE_VERDICT_EMIT; table::HEADS],
+            arrays: heads::Arrays::new(heads::BLOCKS),
+            retired: BTreeSet::new(),
         })
     }
 
-    /// Makes the kernel map ignore exactly `wanted`, in an order that never
-    /// ignores an address both the old and the new set emit
-    /// ([`table::transition`]). Returns the new table's size. A set whose
-    /// table would not fit the map is refused before anything is written;
-    /// on a map error the map is left part-way (never ignoring more than
+    /// Uses at most `blocks` blocks (fewer than the kernel map holds), so
+    /// that a test can run the kernel out of them and see the trie decide.
+    pub fn limit_blocks(&mut self, blocks: usize) {
+        self.arrays.set_capacity(blocks);
+    }
+
+    /// Makes the kernel maps ignore exactly `wanted`, in an order that
+    /// never ignores an address both the old and the new set emit
+    /// ([`heads::transition`]). Returns the new table's size. A set whose
+    /// table would not fit the trie is refused before anything is written;
+    /// on a map error the maps are left part-way (never ignoring more than
     /// the old or the new set) and the next reload starts from what was
     /// written.
     pub fn replace(&mut self, wanted: &IgnoreSet) -> Result<usize, ReplaceError> {
         let new = table_for(wanted)?;
-        for step in table::transition(&self.heads, &self.table, &new) {
-            match step {
-                table::Step::Set(prefix, verdict) => {
-                    self.map
-                        .insert(&Key::new(prefix.len, prefix.octets()), verdict, 0)?;
-                    self.table.insert(prefix, verdict);
-                }
-                table::Step::Remove(prefix) => {
-                    self.map.remove(&Key::new(prefix.len, prefix.octets()))?;
-                    self.table.remove(&prefix);
-                }
-                table::Step::Head(index, verdict) => {
-                    // Below HEADS (512), so the cast is exact.
-                    self.heads_map.set(index as u32, verdict, 0)?;
-                    self.heads[index] = verdict;
+        if !self.retired.is_empty() {
+            match self.grace.wait() {
+                Ok(()) => self.retired.clear(),
+                // The retired blocks stay unused; if this repeats the pool
+                // runs dry and the trie decides.
+                Err(error) => {
+                    tracing::warn!(%error, retired = self.retired.len(), "no RCU grace period: retired ignore blocks stay unused")
                 }
             }
         }
+        let before = self.arrays.reachable();
+        let steps = heads::transition(&self.arrays, &self.retired, &self.table, &new);
+        let written = self.write(steps);
+        self.retired
+            .extend(before.difference(&self.arrays.reachable()));
+        self.arrays.prune(&self.retired);
+        written?;
         self.current = wanted.clone();
         Ok(self.table.len())
+    }
+
+    fn write(&mut self, steps: Vec<table::Step>) -> Result<(), MapError> {
+        let mut steps = steps.into_iter().peekable();
+        while let Some(step) = steps.next() {
+            match &step {
+                table::Step::Set(prefix, verdict) => {
+                    self.map
+                        .insert(&Key::new(prefix.len, prefix.octets()), verdict, 0)?;
+                    self.table.insert(*prefix, *verdict);
+                }
+                table::Step::Remove(prefix) => {
+                    self.map.remove(&Key::new(prefix.len, prefix.octets()))?;
+                    self.table.remove(prefix);
+                }
+                // Indices below HEADS (512): the cast is exact.
+                table::Step::Head(index, entry) => {
+                    self.heads_map.set(*index as u32, entry, 0)?;
+                }
+                // The steps' blocks are consecutive: the value is written
+                // once, after the last of them.
+                table::Step::Block(..) => {
+                    self.arrays.apply(&step);
+                    if !matches!(steps.peek(), Some(table::Step::Block(..))) {
+                        // Boxed: the value is 2 MiB, never on a stack.
+                        self.blocks_map.set(0, self.arrays.image(), 0)?;
+                    }
+                    continue;
+                }
+            }
+            self.arrays.apply(&step);
+        }
+        Ok(())
     }
 
     pub fn current(&self) -> &IgnoreSet {
@@ -176,12 +236,19 @@ impl IgnoreMap {
         self.table.len()
     }
 
-    /// /8s whose attempts the trie decides (the rest stop at their head).
+    /// /8s the table splits (the rest stop at their head).
     pub fn split_heads(&self) -> usize {
-        self.heads
-            .iter()
-            .filter(|h| **h == IGNORE_VERDICT_TRIE)
-            .count()
+        self.arrays.split_heads()
+    }
+
+    /// Blocks the heads reach.
+    pub fn blocks(&self) -> usize {
+        self.arrays.reachable().len()
+    }
+
+    /// Head and block entries that send a lookup to the trie.
+    pub fn trie_entries(&self) -> usize {
+        self.arrays.trie_entries()
     }
 }
 

@@ -49,6 +49,25 @@ fn chain_of(block: &IgnoreBlock) -> ((u64, u64), (u64, u64)) {
     ((words[0], words[1]), (words[2], words[3]))
 }
 
+/// Byte `at` of the address from its two words: a shift, where indexing
+/// the stack array by a value read from a map would be a variable-offset
+/// stack read (refused before 5.12).
+#[inline(always)]
+fn byte_at(hi: u64, lo: u64, at: usize) -> Option<u8> {
+    let word = match at {
+        0..8 => hi,
+        8..16 => lo,
+        _ => return None,
+    };
+    let i = (at % 8) as u32;
+    let shift = if cfg!(target_endian = "little") {
+        8 * i
+    } else {
+        8 * (7 - i)
+    };
+    Some((word >> shift) as u8)
+}
+
 /// Whether the ignore table drops an attempt to `mapped` (IPv4
 /// IPv4-mapped). Anything missing (a head or block index out of range, a
 /// block past the address's last byte: never written so) emits.
@@ -63,6 +82,15 @@ pub fn ignored(mapped: &[u8; 16]) -> bool {
         return false;
     };
     let mut entry = first;
+    // A head is rewritten in place, and the kernel copies its two bytes
+    // one at a time: read half old, half new, it could point at a block no
+    // head owns. Heads change only to and from "ask the trie" (2), and no
+    // block's index has a low byte of 1 or 2, so a block entry with a low
+    // byte of 2 is such a read and asks the trie; the other mix, a high
+    // byte of 0, is a verdict of 0 or 3 and up: emit.
+    if entry & IGNORE_ENTRY_BLOCK != 0 && entry & 0xff == u16::from(IGNORE_VERDICT_TRIE) {
+        entry = u16::from(IGNORE_VERDICT_TRIE);
+    }
     if entry & IGNORE_ENTRY_BLOCK != 0 {
         let Some(blocks) = IGNORE_BLOCKS.get(0) else {
             return false;
@@ -84,10 +112,10 @@ pub fn ignored(mapped: &[u8; 16]) -> bool {
                     entry = block[IGNORE_CHAIN_OTHER];
                 }
             } else {
-                let Some(byte) = mapped.get(at) else {
+                let Some(byte) = byte_at(hi, lo, at) else {
                     return false;
                 };
-                entry = block[usize::from(*byte)];
+                entry = block[usize::from(byte)];
                 at += 1;
             }
         }

@@ -480,7 +480,8 @@ fn falcos_network_rules_fire_and_stay_quiet_verbatim() {
     });
     assert!(
         host_packet_seen,
-        "no audit record for the host's packet socket in five attempts"
+        "no audit record for the host's packet socket in five attempts; stderr:\n{}",
+        agent.stderr().join("\n")
     );
     std::thread::sleep(Duration::from_millis(500));
     assert!(

@@ -108,11 +108,12 @@ fn ignore_heads_and_trie_decide_and_follow_a_reload() {
     attempt(other);
     assert_eq!(outcomes(&probes, &before), (0, 1), "the new destination");
 
-    // Out of blocks: with a pool of five, the builder reaches 2001:db8::/40
-    // and the trie decides below it; the five levels are one chain (the
-    // reload first waits out the grace period for the block the last one
-    // unlinked).
-    map.limit_blocks(5);
+    // Out of blocks: a pool of nine slots is six free ones (slots with a
+    // low byte of 1 or 2 are never used, and 203/8's chain holds one until
+    // this reload ends). The builder reaches 2001:db8::/56 and the trie
+    // decides below it; the six levels are one chain. The reload first
+    // waits out the grace period for the block the last one unlinked.
+    map.limit_blocks(9);
     map.replace(&ignored_for("fd.sip = 2001:db8::1"))
         .expect("reprogram the maps");
     assert_eq!(tables(&map), (2, 1, 1, 1));

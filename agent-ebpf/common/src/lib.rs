@@ -28,10 +28,14 @@ pub const IGNORE_VERDICT_EMIT: u8 = 0;
 /// a verdict ([`IGNORE_VERDICT_EMIT`], [`IGNORE_VERDICT_IGNORE`]),
 /// [`IGNORE_VERDICT_TRIE`], or [`IGNORE_ENTRY_BLOCK`] with the index of a
 /// block in [`IGNORE_BLOCKS_MAP`] that splits the /8 by its next byte.
-/// Array lookups are a few inlined instructions, so an address costs one
-/// lookup per byte the table looks at (at most 4 for IPv4), whatever the
-/// rules make of the rest of the address space; the trie (always the whole
-/// table) is walked only where the blocks ran out.
+/// The head lookup is a few inlined instructions and each block level one
+/// dependent load (a run of one-way levels is one chain), so the cost
+/// follows the levels the table needs on an address's path, not its size;
+/// the trie (always the whole table) is walked only where the blocks ran
+/// out. A head is rewritten in place byte by byte, only to and from
+/// [`IGNORE_VERDICT_TRIE`], and no block index has a low byte of 1 or 2:
+/// so a head block entry with a low byte of 2 (a read half done) asks the
+/// trie.
 pub const IGNORE_HEADS_MAP: &str = "EGRET_IGNORE_HEADS";
 /// Entries of [`IGNORE_HEADS_MAP`]: 256 IPv4 /8s, then 256 IPv6 /8s.
 pub const IGNORE_HEADS_ENTRIES: u32 = 512;

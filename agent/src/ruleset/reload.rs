@@ -198,7 +198,7 @@ impl KernelIgnore {
     /// IOC list).
     fn apply_networks(&mut self, from_rules: Vec<ipnet::IpNet>) {
         let mut wanted = self.wanted(from_rules);
-        if &wanted == self.map.current() {
+        if self.map.current() == Some(&wanted) {
             return;
         }
         let mut result = self.map.replace(&wanted);
@@ -210,7 +210,7 @@ impl KernelIgnore {
                 "kernel ignore list: keeping only the built-in and configured networks"
             );
             wanted = self.base.clone();
-            if &wanted == self.map.current() {
+            if self.map.current() == Some(&wanted) {
                 return;
             }
             result = self.map.replace(&wanted);
@@ -251,9 +251,10 @@ impl Reloader {
         (reloader, rx)
     }
 
-    /// Networks the kernel currently drops.
+    /// Networks the kernel currently drops (0 while a failed reload has
+    /// left the maps between two sets).
     pub fn ignored_networks(&self) -> usize {
-        self.ignore.map.current().len()
+        self.ignore.map.current().map_or(0, IgnoreSet::len)
     }
 
     pub async fn run(mut self, shutdown: CancellationToken) {

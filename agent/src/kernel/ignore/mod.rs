@@ -100,8 +100,6 @@ pub enum ReplaceError {
 pub enum IgnoreMapError {
     #[error(transparent)]
     Map(#[from] MapError),
-    #[error("cannot create the map-in-map that waits for an RCU grace period")]
-    Grace(#[source] std::io::Error),
 }
 
 /// The kernel table for `wanted`, or why it cannot be written.
@@ -128,8 +126,12 @@ pub struct IgnoreMap {
     map: LpmTrie<MapData, [u8; 16], u8>,
     heads_map: Array<MapData, u16>,
     blocks_map: Array<MapData, IgnoreBlocks>,
-    grace: grace::Grace,
-    current: IgnoreSet,
+    /// None where the map-in-map could not be made: unlinked blocks are
+    /// then never reused.
+    grace: Option<grace::Grace>,
+    /// What the maps hold, or None after a failed reload left them between
+    /// two sets (so that no set compares equal and the next reload runs).
+    current: Option<IgnoreSet>,
     /// What the kernel maps hold: `current` as a verdict table, heads and
     /// blocks (or, after a map error, the state the error left).
     table: table::Table,
@@ -150,8 +152,15 @@ impl IgnoreMap {
             map: LpmTrie::try_from(trie)?,
             heads_map: Array::try_from(heads)?,
             blocks_map: Array::try_from(blocks)?,
-            grace: grace::Grace::new().map_err(IgnoreMapError::Grace)?,
-            current: IgnoreSet::default(),
+            grace: grace::Grace::new()
+                .inspect_err(|error| {
+                    tracing::warn!(
+                        %error,
+                        "no RCU grace period for the ignore blocks: unlinked blocks are never reused"
+                    );
+                })
+                .ok(),
+            current: Some(IgnoreSet::default()),
             table: table::Table::new(),
             arrays: heads::Arrays::new(heads::BLOCKS),
             retired: BTreeSet::new(),
@@ -173,14 +182,16 @@ impl IgnoreMap {
     /// written.
     pub fn replace(&mut self, wanted: &IgnoreSet) -> Result<usize, ReplaceError> {
         let new = table_for(wanted)?;
-        if !self.retired.is_empty() {
-            match self.grace.wait() {
+        if let (false, Some(grace)) = (self.retired.is_empty(), &self.grace) {
+            match grace.wait() {
                 Ok(()) => self.retired.clear(),
                 // The retired blocks stay unused; if this repeats the pool
                 // runs dry and the trie decides.
-                Err(error) => {
-                    tracing::warn!(%error, retired = self.retired.len(), "no RCU grace period: retired ignore blocks stay unused")
-                }
+                Err(error) => tracing::warn!(
+                    %error,
+                    retired = self.retired.len(),
+                    "no RCU grace period: retired ignore blocks stay unused"
+                ),
             }
         }
         let before = self.arrays.reachable();
@@ -189,8 +200,9 @@ impl IgnoreMap {
         self.retired
             .extend(before.difference(&self.arrays.reachable()));
         self.arrays.prune(&self.retired);
+        self.current = None;
         written?;
-        self.current = wanted.clone();
+        self.current = Some(wanted.clone());
         Ok(self.table.len())
     }
 
@@ -227,8 +239,9 @@ impl IgnoreMap {
         Ok(())
     }
 
-    pub fn current(&self) -> &IgnoreSet {
-        &self.current
+    /// The set the maps hold; None after a reload failed part-way.
+    pub fn current(&self) -> Option<&IgnoreSet> {
+        self.current.as_ref()
     }
 
     /// Entries in the kernel trie.

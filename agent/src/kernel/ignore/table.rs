@@ -292,17 +292,22 @@ pub(super) mod tests {
         assert_equivalent(&s, &table, &[]);
     }
 
-    /// Random sets (xorshift, fixed seed): the table is equivalent on every
-    /// edge and never larger than the set plus one.
-    #[test]
-    fn random_sets_are_equivalent_and_no_larger() {
+    /// A fixed-seed xorshift generator: random test sets that repeat.
+    pub fn xorshift() -> impl FnMut() -> u64 {
         let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
-        let mut next = || {
+        move || {
             x ^= x << 13;
             x ^= x >> 7;
             x ^= x << 17;
             x
-        };
+        }
+    }
+
+    /// Random sets (xorshift, fixed seed): the table is equivalent on every
+    /// edge and never larger than the set plus one.
+    #[test]
+    fn random_sets_are_equivalent_and_no_larger() {
+        let mut next = xorshift();
         for _ in 0..200 {
             let n = (next() % 40) as usize;
             let mut nets = Vec::new();

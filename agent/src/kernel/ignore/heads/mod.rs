@@ -73,6 +73,25 @@ fn entry_of(slot: usize) -> Entry {
     IGNORE_ENTRY_BLOCK | slot as Entry
 }
 
+/// Whether a slot may hold a block. A head is rewritten in place two bytes
+/// at a time, and only to or from [`IGNORE_VERDICT_TRIE`]: with no block at
+/// a low byte of 1 or 2, a read half old and half new is either a block
+/// entry with a low byte of 2, which the kernel takes for "ask the trie",
+/// or a verdict of 0 or 3 and up, which emits (`agent-ebpf/src/ignore.rs`).
+fn usable(slot: usize) -> bool {
+    !matches!(slot & 0xff, 1 | 2)
+}
+
+/// What the kernel makes of a head entry it reads (see [`usable`]).
+#[cfg(test)]
+fn as_read(head: Entry) -> Entry {
+    if is_block(head) && head & 0xff == TRIE {
+        TRIE
+    } else {
+        head
+    }
+}
+
 /// The positions of a block that hold entries: all 256, or a chain's two.
 fn links(chain: bool) -> Vec<usize> {
     if chain {
@@ -493,20 +512,23 @@ pub fn transition(
     new: &Table,
 ) -> Vec<Step> {
     let reachable = arrays.reachable();
-    let mut free = (0..arrays.capacity).filter(|s| !reachable.contains(s) && !retired.contains(s));
+    let mut free = (0..arrays.capacity)
+        .filter(|s| usable(*s) && !reachable.contains(s) && !retired.contains(s));
     let mut budget = free.clone().count();
     let sorted = by_address(new);
     let mut changed = Vec::new();
     for index in 0..HEADS {
         let was = arrays.subtree(index);
-        // Allowed as many blocks as it had, so that an unchanged tree is
-        // recognised even when the free slots are fewer.
-        let mut will = tree(new, &sorted, index, budget + was.blocks.len());
+        // The builder counts blocks before chains are made (a chain stands
+        // for up to 15), so it gets room to rebuild the tree it has, and an
+        // unchanged tree is recognised even when the free slots are fewer.
+        let room = (budget + 15 * was.blocks.len()).min(4 * BLOCKS);
+        let mut will = tree(new, &sorted, index, room);
+        if will.blocks.len() > budget && will != was {
+            will = tree(new, &sorted, index, budget);
+        }
         if will == was {
             continue;
-        }
-        if will.blocks.len() > budget {
-            will = tree(new, &sorted, index, budget);
         }
         budget -= will.blocks.len();
         changed.push((index, will));

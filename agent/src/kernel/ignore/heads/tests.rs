@@ -1,11 +1,11 @@
-use egret_common::IGNORE_VERDICT_IGNORE;
+use egret_common::{IGNORE_VERDICT_IGNORE, IgnoreBlocks};
 
 use super::*;
 use crate::kernel::ignore::{
     IgnoreSet,
     table::{
         build, lookup,
-        tests::{addr, probes, set},
+        tests::{addr, probes, set, xorshift},
     },
     tests::{all_v6, complement_of},
 };
@@ -21,13 +21,20 @@ fn walk_to(state: &State, a: u128) -> (Entry, usize) {
         u64::from_ne_bytes(bytes[8..].try_into().unwrap()),
     );
     let mut at = first_byte(index);
-    let mut entry = state.arrays.heads[index];
+    let mut entry = as_read(state.arrays.heads[index]);
     let mut read = 0;
     for _ in 0..IGNORE_MAX_LEVELS {
         if !is_block(entry) {
             break;
         }
-        let block = state.arrays.block(slot_of(entry));
+        // A slot the mirror does not hold is free: whatever it last held,
+        // so the model reads it as hostile (all ignore).
+        let block = state
+            .arrays
+            .blocks
+            .get(&slot_of(entry))
+            .copied()
+            .unwrap_or([Entry::from(IGNORE_VERDICT_IGNORE); 256]);
         read += 1;
         if is_chain(entry) {
             let word = |i: usize| {
@@ -72,6 +79,8 @@ struct State {
     arrays: Arrays,
     trie: Table,
     retired: BTreeSet<usize>,
+    /// The kernel's block value as last written, where a test follows it.
+    image: Option<Box<IgnoreBlocks>>,
 }
 
 impl State {
@@ -80,6 +89,7 @@ impl State {
             arrays: Arrays::new(capacity),
             trie: Table::new(),
             retired: BTreeSet::new(),
+            image: None,
         }
     }
 
@@ -201,16 +211,50 @@ fn walk(state: &mut State, new: &Table, probe_addrs: &[u128], stop_after: usize,
         state.retired.clear();
     }
     let before = state.arrays.reachable();
+    let in_use: BTreeSet<usize> = before.union(&state.retired).copied().collect();
     let steps = transition(&state.arrays, &state.retired, &state.trie, new);
-    for step in steps.into_iter().take(stop_after) {
-        state.apply(&step);
+    let taken = steps.len().min(stop_after);
+    for (i, step) in steps.iter().take(stop_after).enumerate() {
+        let was = match step {
+            Step::Head(index, _) => state.arrays.heads[*index],
+            _ => 0,
+        };
+        state.apply(step);
         let checked: Vec<&u128> = match step {
-            Step::Head(index, _) => by_head[index].iter().collect(),
+            Step::Head(index, _) => by_head[*index].iter().collect(),
             Step::Block(..) => Vec::new(),
             _ => by_head.iter().flatten().collect(),
         };
-        for &a in checked {
+        for &&a in &checked {
             assert_eq!(answer(state, a), IGNORE_VERDICT_EMIT, "{a:#x} {step:?}");
+        }
+        // A head written byte by byte: both halfway reads keep the promise.
+        if let Step::Head(index, will) = step {
+            for torn in [
+                (was & 0xff00) | (will & 0xff),
+                (will & 0xff00) | (was & 0xff),
+            ] {
+                let mut half = state.clone();
+                half.arrays.heads[*index] = torn;
+                for &&a in &checked {
+                    assert_eq!(
+                        answer(&half, a),
+                        IGNORE_VERDICT_EMIT,
+                        "{a:#x} torn {torn:#x}"
+                    );
+                }
+            }
+        }
+        // The block value is written once, after the last block: every
+        // block in use or retired keeps its bytes.
+        let last_block = matches!(step, Step::Block(..))
+            && (i + 1 == taken || !matches!(steps[i + 1], Step::Block(..)));
+        if let (true, Some(old)) = (last_block, &state.image) {
+            let image = state.arrays.image();
+            for slot in &in_use {
+                assert_eq!(image[*slot], old[*slot], "slot {slot} rewritten");
+            }
+            state.image = Some(image);
         }
     }
     let after = state.arrays.reachable();
@@ -226,7 +270,7 @@ fn assert_answers(state: &State, table: &Table, probe_addrs: &[u128]) {
 
 /// Pool sizes: none (every split head reads the trie), a few (the pool
 /// runs out part-way down a tree), the kernel's.
-const CAPACITIES: [usize; 3] = [0, 3, BLOCKS];
+const CAPACITIES: [usize; 3] = [0, 6, BLOCKS];
 
 #[test]
 fn transitions_never_ignore_what_both_tables_emit() {
@@ -238,11 +282,16 @@ fn transitions_never_ignore_what_both_tables_emit() {
                 let probe_addrs = probe_all(&[old_set, new_set]);
                 let mut state = State::empty(capacity);
                 state.reload(&old, true, usize::MAX);
+                state.image = Some(state.arrays.image());
                 // Without a grace period between: the old blocks stay off
                 // limits.
                 walk(&mut state, &new, &probe_addrs, usize::MAX, false);
                 assert_eq!(state.trie, new);
                 assert_answers(&state, &new, &probe_addrs);
+                // And back, with the first tables' blocks still retired.
+                walk(&mut state, &old, &probe_addrs, usize::MAX, false);
+                assert_eq!(state.trie, old);
+                assert_answers(&state, &old, &probe_addrs);
             }
         }
     }
@@ -270,7 +319,7 @@ fn cuts(steps: &[Step]) -> Vec<usize> {
 #[test]
 fn transitions_from_a_state_left_part_way_keep_the_promise() {
     let sets = shapes();
-    for capacity in [3, BLOCKS] {
+    for capacity in [6, BLOCKS] {
         for a in &sets {
             for b in &sets {
                 let (ta, tb) = (build(a), build(b));
@@ -310,13 +359,7 @@ fn heads_and_blocks_answer_like_the_table() {
     ]));
     // Random clustered sets (xorshift, fixed seed): prefixes that nest and
     // touch inside one /16, at every length.
-    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
-    let mut next = || {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        x
-    };
+    let mut next = xorshift();
     for _ in 0..40 {
         let nets: Vec<ipnet::IpNet> = (0..(next() % 30))
             .map(|_| {
@@ -393,7 +436,8 @@ fn one_alerted_address_is_a_chain_or_the_trie_past_the_pool() {
     assert_eq!(state.arrays.trie_entries(), 0);
     // Two blocks let the builder reach 198.51.100/24 only: the chain
     // checks 51.100 and hands the last byte to the trie.
-    let mut short = State::empty(2);
+    // (Slots 1 and 2 are never used: four slots are two.)
+    let mut short = State::empty(4);
     short.reload(&table, true, usize::MAX);
     assert_eq!(short.arrays.reachable().len(), 1);
     assert_eq!(short.arrays.trie_entries(), 1);

@@ -24,13 +24,14 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use egret_common::{
-    IGNORE_BLOCKS_ENTRIES, IGNORE_CHAIN_AT, IGNORE_CHAIN_NEXT, IGNORE_CHAIN_OTHER,
-    IGNORE_ENTRY_BLOCK, IGNORE_ENTRY_CHAIN, IGNORE_HEADS_ENTRIES, IGNORE_MAX_LEVELS,
-    IGNORE_VERDICT_EMIT, IGNORE_VERDICT_TRIE, IgnoreBlock, IgnoreBlocks,
+    IGNORE_BLOCKS_ENTRIES, IGNORE_CHAIN_NEXT, IGNORE_CHAIN_OTHER, IGNORE_ENTRY_BLOCK,
+    IGNORE_ENTRY_CHAIN, IGNORE_HEADS_ENTRIES, IGNORE_MAX_LEVELS, IGNORE_VERDICT_EMIT,
+    IGNORE_VERDICT_TRIE, IgnoreBlock, IgnoreBlocks,
 };
 
 use super::table::{self, Prefix, Step, Table};
 
+mod chain;
 #[cfg(test)]
 mod tests;
 
@@ -99,92 +100,6 @@ fn links(chain: bool) -> Vec<usize> {
     } else {
         (0..256).collect()
     }
-}
-
-/// Writes address bytes into entries in memory order, as the kernel's
-/// `chain_of` reads them back as words.
-fn put_bytes(block: &mut IgnoreBlock, at: usize, bytes: &[u8; 16]) {
-    for (entry, pair) in block[at..at + 8].iter_mut().zip(bytes.chunks_exact(2)) {
-        *entry = Entry::from_ne_bytes([pair[0], pair[1]]);
-    }
-}
-
-/// A level a chain can take: every entry holds the same verdict but those
-/// of one byte, or of one aligned range of bytes (a prefix inside the
-/// byte) that all hold the same verdict. Returns the byte, the mask of its
-/// bits the level looks at, the entry the byte leads to and the common
-/// verdict. A range ends the chain, so its entry must be a verdict.
-fn one_way(block: &IgnoreBlock) -> Option<(u8, u8, Entry, Entry)> {
-    // An aligned range of at most 128 bytes cannot hold both ends, so the
-    // common verdict is at one of them.
-    [block[0], block[255]]
-        .into_iter()
-        .find_map(|common| one_way_around(block, common))
-}
-
-fn one_way_around(block: &IgnoreBlock, common: Entry) -> Option<(u8, u8, Entry, Entry)> {
-    if is_block(common) {
-        return None;
-    }
-    let odd: Vec<usize> = (0..256).filter(|b| block[*b] != common).collect();
-    let (&first, &last) = (odd.first()?, odd.last()?);
-    let span = odd.len();
-    let entry = block[first];
-    let aligned = span.is_power_of_two() && first % span == 0 && last == first + span - 1;
-    if !aligned
-        || span > 128
-        || (span > 1 && (is_block(entry) || odd.iter().any(|b| block[*b] != entry)))
-    {
-        return None;
-    }
-    Some((first as u8, !((span - 1) as u8), entry, common))
-}
-
-/// `tree`'s subtree at `entry` (a block splitting byte `at`), with every
-/// run of two or more one-way levels that share a verdict made one chain:
-/// one check for the run instead of a dependent load per byte.
-fn compress(tree: &Tree, entry: Entry, at: usize, out: &mut Tree) -> Entry {
-    if !is_block(entry) {
-        return entry;
-    }
-    let mut run = Vec::new();
-    let mut other = EMIT;
-    let mut next = entry;
-    while is_block(next) && at + run.len() < 16 {
-        match one_way(&tree.blocks[slot_of(next)]) {
-            Some((byte, mask, on, common)) if run.is_empty() || common == other => {
-                other = common;
-                run.push((byte, mask));
-                next = on;
-            }
-            _ => break,
-        }
-    }
-    let index = out.blocks.len();
-    out.blocks.push([EMIT; 256]);
-    out.chains.push(run.len() >= 2);
-    if run.len() >= 2 {
-        let resume = at + run.len();
-        let on = compress(tree, next, resume, out);
-        let (mut want, mut mask) = ([0u8; 16], [0u8; 16]);
-        for (i, (byte, bits)) in run.iter().enumerate() {
-            want[at + i] = *byte;
-            mask[at + i] = *bits;
-        }
-        let block = &mut out.blocks[index];
-        put_bytes(block, 0, &want);
-        put_bytes(block, 8, &mask);
-        block[IGNORE_CHAIN_NEXT] = on;
-        block[IGNORE_CHAIN_OTHER] = other;
-        // At most 16.
-        block[IGNORE_CHAIN_AT] = resume as Entry;
-        return entry_of(index) | IGNORE_ENTRY_CHAIN;
-    }
-    for (byte, child) in tree.blocks[slot_of(entry)].iter().enumerate() {
-        let child = compress(tree, *child, at + 1, out);
-        out.blocks[index][byte] = child;
-    }
-    entry_of(index)
 }
 
 /// The head an address reads (the kernel's `ignore::ignored`).
@@ -345,8 +260,37 @@ pub fn tree(table: &Table, sorted: &[(Prefix, u8)], index: usize, budget: usize)
         blocks: builder.blocks,
     };
     let mut out = Tree::default();
-    out.root = compress(&plain, plain.root, first_byte(index), &mut out);
+    out.root = chain::compress(&plain, plain.root, first_byte(index), &mut out);
     out
+}
+
+/// The most blocks one head's tree is built with before chains are made:
+/// bounds the builder's transient memory (8 MiB) for any table.
+const IDEAL_ROOM: usize = 4 * BLOCKS;
+
+impl Tree {
+    /// Blocks the builder used for this tree before chains were made: a
+    /// plain block is one, a chain one per byte it checks. Building with
+    /// this budget gives the same tree again, cut short where it was.
+    pub fn built(&self) -> usize {
+        self.blocks
+            .iter()
+            .zip(&self.chains)
+            .map(|(block, chain)| {
+                if *chain {
+                    // The mask: entries 8..16 hold 16 bytes, nonzero where
+                    // the chain checks a byte.
+                    block[8..16]
+                        .iter()
+                        .flat_map(|e| e.to_ne_bytes())
+                        .filter(|b| *b != 0)
+                        .count()
+                } else {
+                    1
+                }
+            })
+            .sum()
+    }
 }
 
 /// What the kernel's heads and blocks hold, as written.
@@ -519,14 +463,22 @@ pub fn transition(
     let mut changed = Vec::new();
     for index in 0..HEADS {
         let was = arrays.subtree(index);
-        // The builder counts blocks before chains are made (a chain stands
-        // for up to 15), so it gets room to rebuild the tree it has, and an
-        // unchanged tree is recognised even when the free slots are fewer.
-        let room = (budget + 15 * was.blocks.len()).min(4 * BLOCKS);
-        let mut will = tree(new, &sorted, index, room);
-        if will.blocks.len() > budget && will != was {
-            will = tree(new, &sorted, index, budget);
+        // The tree the table wants, if the pool allowed (the builder counts
+        // blocks before chains are made, so its budget is that count).
+        let ideal = tree(new, &sorted, index, IDEAL_ROOM);
+        if ideal == was {
+            continue;
         }
+        let will = if ideal.built() <= budget {
+            ideal
+        } else if budget <= was.built() && tree(new, &sorted, index, was.built()) == was {
+            // Cut short by the pool already, and no more room now: kept, so
+            // a head does not flip between its blocks and the trie as
+            // slots come and go.
+            continue;
+        } else {
+            tree(new, &sorted, index, budget)
+        };
         if will == was {
             continue;
         }

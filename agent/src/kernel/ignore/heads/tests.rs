@@ -1,4 +1,4 @@
-use egret_common::{IGNORE_VERDICT_IGNORE, IgnoreBlocks};
+use egret_common::{IGNORE_CHAIN_AT, IGNORE_VERDICT_IGNORE, IgnoreBlocks};
 
 use super::*;
 use crate::kernel::ignore::{
@@ -121,6 +121,10 @@ impl State {
             Step::Block(slot, _) => {
                 assert!(*slot < self.arrays.capacity, "slot {slot} past the pool");
                 assert!(
+                    usable(*slot),
+                    "block at slot {slot}: a torn head could point here"
+                );
+                assert!(
                     !self.arrays.reachable().contains(slot),
                     "block {slot} written while reachable"
                 );
@@ -234,7 +238,12 @@ fn walk(state: &mut State, new: &Table, probe_addrs: &[u128], stop_after: usize,
                 (was & 0xff00) | (will & 0xff),
                 (will & 0xff00) | (was & 0xff),
             ] {
-                let mut half = state.clone();
+                let mut half = State {
+                    arrays: state.arrays.clone(),
+                    trie: state.trie.clone(),
+                    retired: BTreeSet::new(),
+                    image: None,
+                };
                 half.arrays.heads[*index] = torn;
                 for &&a in &checked {
                     assert_eq!(
@@ -458,9 +467,28 @@ fn one_alerted_address_is_a_chain_or_the_trie_past_the_pool() {
 }
 
 /// A head whose tree does not change is not touched, so its blocks are
-/// neither rewritten nor retired.
+/// neither rewritten nor retired: also one the pool cut short, while no
+/// more slots are free.
 #[test]
 fn unchanged_heads_are_left_alone() {
+    // Six slots are four usable ones: 0/8, 172/8 and 192/8 take three, and
+    // ::/8 gets one block before the trie.
+    let mut short = State::empty(6);
+    short.reload(&build(&seed()), true, usize::MAX);
+    assert_eq!(short.arrays.reachable().len(), 4);
+    assert_eq!(short.arrays.trie_entries(), 1);
+    let mut more = seed();
+    more.extend(set(&["203.0.113.0/25"]).iter().copied());
+    let steps = short.reload(&build(&more), false, usize::MAX);
+    let heads: BTreeSet<usize> = steps
+        .iter()
+        .filter_map(|s| match s {
+            Step::Head(index, _) => Some(*index),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(heads, BTreeSet::from([203]), "{steps:?}");
+
     let table = build(&seed());
     let mut state = State::empty(BLOCKS);
     state.reload(&table, true, usize::MAX);

@@ -471,40 +471,27 @@ fn one_alerted_address_is_a_chain_or_the_trie_past_the_pool() {
 /// more slots are free.
 #[test]
 fn unchanged_heads_are_left_alone() {
+    let mut more = seed();
+    more.extend(set(&["203.0.113.0/25"]).iter().copied());
     // Six slots are four usable ones: 0/8, 172/8 and 192/8 take three, and
     // ::/8 gets one block before the trie.
-    let mut short = State::empty(6);
-    short.reload(&build(&seed()), true, usize::MAX);
-    assert_eq!(short.arrays.reachable().len(), 4);
-    assert_eq!(short.arrays.trie_entries(), 1);
-    let mut more = seed();
-    more.extend(set(&["203.0.113.0/25"]).iter().copied());
-    let steps = short.reload(&build(&more), false, usize::MAX);
-    let heads: BTreeSet<usize> = steps
-        .iter()
-        .filter_map(|s| match s {
-            Step::Head(index, _) => Some(*index),
-            _ => None,
-        })
-        .collect();
-    assert_eq!(heads, BTreeSet::from([203]), "{steps:?}");
-
-    let table = build(&seed());
-    let mut state = State::empty(BLOCKS);
-    state.reload(&table, true, usize::MAX);
-    assert!(state.reload(&table, false, usize::MAX).is_empty());
-    let mut more = seed();
-    more.extend(set(&["203.0.113.0/25"]).iter().copied());
-    let steps = state.reload(&build(&more), false, usize::MAX);
-    let heads: BTreeSet<usize> = steps
-        .iter()
-        .filter_map(|s| match s {
-            Step::Head(index, _) => Some(*index),
-            _ => None,
-        })
-        .collect();
-    assert_eq!(heads, BTreeSet::from([203]));
-    assert!(state.retired.is_empty());
+    for (capacity, blocks, trie) in [(6, 4, 1), (BLOCKS, 4, 0)] {
+        let mut state = State::empty(capacity);
+        state.reload(&build(&seed()), true, usize::MAX);
+        assert_eq!(state.arrays.reachable().len(), blocks);
+        assert_eq!(state.arrays.trie_entries(), trie);
+        assert!(state.reload(&build(&seed()), false, usize::MAX).is_empty());
+        let steps = state.reload(&build(&more), false, usize::MAX);
+        let heads: BTreeSet<usize> = steps
+            .iter()
+            .filter_map(|s| match s {
+                Step::Head(index, _) => Some(*index),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(heads, BTreeSet::from([203]), "{capacity}: {steps:?}");
+        assert!(state.retired.is_empty());
+    }
 }
 
 /// Blocks unlinked by a reload are not written until a grace period has

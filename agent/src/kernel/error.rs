@@ -20,8 +20,6 @@ pub enum KernelError {
         name: &'static str,
         source: aya::maps::MapError,
     },
-    #[error("the ignore maps")]
-    IgnoreMap(#[from] super::ignore::IgnoreMapError),
     #[error("loading program {name} into the kernel{hint}")]
     Program {
         name: &'static str,

@@ -351,7 +351,10 @@ impl KernelProbes {
             .ebpf
             .take_map(IGNORE_BLOCKS_MAP)
             .ok_or(KernelError::MissingMap(IGNORE_BLOCKS_MAP))?;
-        Ok(IgnoreMap::new(trie, heads, blocks)?)
+        IgnoreMap::new(trie, heads, blocks).map_err(|source| KernelError::Map {
+            name: IGNORE_MAP,
+            source,
+        })
     }
 
     /// Attaches every hook to `cgroup` through bpf_link. The kernel rejects

@@ -164,9 +164,14 @@ const SHAPES: [Shape; 4] = [
     },
 ];
 
+/// `[addr]:port`: an IPv6 destination.
+fn is_v6(dest: &str) -> bool {
+    dest.starts_with('[')
+}
+
 /// The program a phase times: the IPv6 twin for an IPv6 destination.
 fn program_for(dest: &str, v4: &'static str, v6: &'static str) -> &'static str {
-    if dest.starts_with('[') { v6 } else { v4 }
+    if is_v6(dest) { v6 } else { v4 }
 }
 
 pub fn run(bins: &Binaries, ns: &NetNs, settings: &Settings) -> anyhow::Result<String> {
@@ -312,7 +317,7 @@ pub fn run(bins: &Binaries, ns: &NetNs, settings: &Settings) -> anyhow::Result<S
         super::goal(emitted <= 400.0)
     )?;
     let first = ns(&rows[0], 0).unwrap_or(f64::NAN);
-    let v4 = |r: &&Row<'_>| !r.0.ignored.starts_with('[');
+    let v4 = |r: &&Row<'_>| !is_v6(r.0.ignored);
     let against_first = |phase: usize| -> (Vec<String>, bool) {
         let values: Vec<f64> = rows
             .iter()

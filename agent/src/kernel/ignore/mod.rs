@@ -96,12 +96,6 @@ pub enum ReplaceError {
     Map(#[from] MapError),
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum IgnoreMapError {
-    #[error(transparent)]
-    Map(#[from] MapError),
-}
-
 /// The kernel table for `wanted`, or why it cannot be written.
 pub fn table_for(wanted: &IgnoreSet) -> Result<table::Table, ReplaceError> {
     // The construction's trie has up to 128 nodes per input prefix: bound
@@ -147,7 +141,7 @@ impl IgnoreMap {
         trie: aya::maps::Map,
         heads: aya::maps::Map,
         blocks: aya::maps::Map,
-    ) -> Result<Self, IgnoreMapError> {
+    ) -> Result<Self, MapError> {
         Ok(Self {
             map: LpmTrie::try_from(trie)?,
             heads_map: Array::try_from(heads)?,

@@ -46,10 +46,11 @@ fn one_way_around(block: &IgnoreBlock, common: Entry) -> Option<(u8, u8, Entry, 
     Some((first as u8, !((span - 1) as u8), entry, common))
 }
 
-/// `tree`'s subtree at `entry` (a block splitting byte `at`), with every
-/// run of two or more one-way levels that share a verdict made one chain:
-/// one check for the run instead of a dependent load per byte.
-pub(super) fn compress(tree: &Tree, entry: Entry, at: usize, out: &mut Tree) -> Entry {
+/// The builder's subtree at `entry` (a block of `plain` splitting byte
+/// `at`) into `out`, with every run of two or more one-way levels that
+/// share a verdict made one chain: one check for the run instead of a
+/// dependent load per byte.
+pub(super) fn compress(plain: &[IgnoreBlock], entry: Entry, at: usize, out: &mut Tree) -> Entry {
     if !is_block(entry) {
         return entry;
     }
@@ -57,7 +58,7 @@ pub(super) fn compress(tree: &Tree, entry: Entry, at: usize, out: &mut Tree) -> 
     let mut other = EMIT;
     let mut next = entry;
     while is_block(next) && at + run.len() < 16 {
-        match one_way(&tree.blocks[slot_of(next)]) {
+        match one_way(&plain[slot_of(next)]) {
             Some((byte, mask, on, common)) if run.is_empty() || common == other => {
                 other = common;
                 run.push((byte, mask));
@@ -71,7 +72,7 @@ pub(super) fn compress(tree: &Tree, entry: Entry, at: usize, out: &mut Tree) -> 
     out.chains.push(run.len() >= 2);
     if run.len() >= 2 {
         let resume = at + run.len();
-        let on = compress(tree, next, resume, out);
+        let on = compress(plain, next, resume, out);
         let (mut want, mut mask) = ([0u8; 16], [0u8; 16]);
         for (i, (byte, bits)) in run.iter().enumerate() {
             want[at + i] = *byte;
@@ -86,8 +87,8 @@ pub(super) fn compress(tree: &Tree, entry: Entry, at: usize, out: &mut Tree) -> 
         block[IGNORE_CHAIN_AT] = resume as Entry;
         return entry_of(index) | IGNORE_ENTRY_CHAIN;
     }
-    for (byte, child) in tree.blocks[slot_of(entry)].iter().enumerate() {
-        let child = compress(tree, *child, at + 1, out);
+    for (byte, child) in plain[slot_of(entry)].iter().enumerate() {
+        let child = compress(plain, *child, at + 1, out);
         out.blocks[index][byte] = child;
     }
     entry_of(index)

@@ -169,7 +169,7 @@ fn within(slice: &[(Prefix, u8)], p: Prefix) -> &[(Prefix, u8)] {
     let last = last_of(p);
     let start = slice.partition_point(|(e, _)| e.addr < p.addr);
     let end = slice.partition_point(|(e, _)| e.addr <= last);
-    &slice[start..end.max(start)]
+    &slice[start..end]
 }
 
 /// A head's subtree, blocks numbered from 0 in the order they are met
@@ -254,13 +254,8 @@ pub fn tree(table: &Table, sorted: &[(Prefix, u8)], index: usize, budget: usize)
             .collect();
         builder.entry(p, covering(table, p), &native)
     };
-    let plain = Tree {
-        root,
-        chains: vec![false; builder.blocks.len()],
-        blocks: builder.blocks,
-    };
     let mut out = Tree::default();
-    out.root = chain::compress(&plain, plain.root, first_byte(index), &mut out);
+    out.root = chain::compress(&builder.blocks, root, first_byte(index), &mut out);
     out
 }
 

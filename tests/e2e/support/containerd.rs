@@ -49,6 +49,17 @@ pub fn unique_id(tag: &str) -> String {
     )
 }
 
+/// As [`unique_id`], in the 64-hex shape CRI gives containers: the agent
+/// reads an id from a kubelet-shaped cgroup path (`RunSpec::cgroup`) only
+/// in that shape.
+pub fn unique_hex_id() -> String {
+    format!(
+        "{:032x}{:032x}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
 pub struct Containerd {
     dir: PathBuf,
     socket: PathBuf,

@@ -25,6 +25,26 @@ pub(crate) struct Test {
     pub src: Src,
     pub cmp: Cmp,
     pub negate: bool,
+    /// Exact event types (bits of [`EXACT_TYPES`]) for which this test is
+    /// certainly true, and certainly false: set by [`Node::learn_types`]
+    /// on `evt.type` comparisons, 0 elsewhere. Almost every rule starts
+    /// with one, and its bucket already says the event's type, so reading
+    /// and comparing the field again was about a third of the tests an
+    /// event ran.
+    pub known_true: u8,
+    pub known_false: u8,
+}
+
+impl Test {
+    pub(crate) fn new(src: Src, cmp: Cmp, negate: bool) -> Test {
+        Test {
+            src,
+            cmp,
+            negate,
+            known_true: 0,
+            known_false: 0,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -113,6 +133,19 @@ pub(crate) fn read<'e, E: Event + ?Sized>(src: &Src, event: &'e E) -> Value<'e> 
 }
 
 impl Test {
+    /// [`eval`](Self::eval) for an event of exact type `exact` (one bit of
+    /// [`EXACT_TYPES`], or 0 when the type is another or unknown).
+    #[inline]
+    fn eval_as<E: Event + ?Sized>(&self, event: &E, exact: u8) -> bool {
+        if self.known_true & exact != 0 {
+            true
+        } else if self.known_false & exact != 0 {
+            false
+        } else {
+            self.eval(event)
+        }
+    }
+
     fn eval<E: Event + ?Sized>(&self, event: &E) -> bool {
         // `fd.ip`/`fd.port` match either end, as in Falco; `!=` then means
         // neither end matches.
@@ -208,14 +241,57 @@ impl Node {
     }
 
     pub fn eval<E: Event + ?Sized>(&self, event: &E) -> bool {
+        self.eval_as(event, exact_type(event))
+    }
+
+    /// [`eval`](Self::eval) for an event whose exact type the caller has
+    /// read already ([`exact_type`]).
+    pub(crate) fn eval_as<E: Event + ?Sized>(&self, event: &E, exact: u8) -> bool {
         match self {
             Node::Const(b) => *b,
-            Node::And(nodes) => nodes.iter().all(|n| n.eval(event)),
-            Node::Or(nodes) => nodes.iter().any(|n| n.eval(event)),
-            Node::Not(node) => !node.eval(event),
-            Node::One(nodes) => nodes.iter().filter(|n| n.eval(event)).take(2).count() == 1,
-            Node::Check(test) => test.eval(event),
+            Node::And(nodes) => nodes.iter().all(|n| n.eval_as(event, exact)),
+            Node::Or(nodes) => nodes.iter().any(|n| n.eval_as(event, exact)),
+            Node::Not(node) => !node.eval_as(event, exact),
+            Node::One(nodes) => {
+                nodes
+                    .iter()
+                    .filter(|n| n.eval_as(event, exact))
+                    .take(2)
+                    .count()
+                    == 1
+            }
+            Node::Check(test) => test.eval_as(event, exact),
         }
+    }
+
+    /// Marks every `evt.type` comparison with the exact types it is
+    /// certainly true and false for (see [`Test::known_true`]).
+    pub(crate) fn learn_types(&mut self) {
+        match self {
+            Node::Const(_) => {}
+            Node::And(nodes) | Node::Or(nodes) | Node::One(nodes) => {
+                nodes.iter_mut().for_each(Node::learn_types)
+            }
+            Node::Not(node) => node.learn_types(),
+            Node::Check(test) => {
+                if let Some((may_true, may_false)) = test_type_masks(test) {
+                    test.known_true = may_true & !may_false & EXACT_TYPES;
+                    test.known_false = may_false & !may_true & EXACT_TYPES;
+                }
+            }
+        }
+    }
+}
+
+/// Event types whose `evt.type` value is one known string: a test of
+/// `evt.type` has one answer for all their events.
+pub(crate) const EXACT_TYPES: u8 = CONNECT | SENDTO | CLOSE;
+
+/// The event's type as one bit of [`EXACT_TYPES`], or 0.
+pub(crate) fn exact_type<E: Event + ?Sized>(event: &E) -> u8 {
+    match event.value(FieldId::EvtType) {
+        Value::Str(t) => type_bit(t) & EXACT_TYPES,
+        _ => 0,
     }
 }
 
@@ -262,27 +338,30 @@ pub(crate) fn type_masks(node: &Node) -> (u8, u8) {
             nodes.iter().map(type_masks).fold(0, |t, (ct, _)| t | ct),
             ALL_TYPES,
         ),
-        Node::Check(test) => {
-            let members: Vec<&str> = match (&test.src, &test.cmp) {
-                (Src::Event(FieldId::EvtType), Cmp::StrEq(s)) => vec![s],
-                (Src::Event(FieldId::EvtType), Cmp::StrIn(StrSet::Small(items))) => {
-                    items.iter().map(|s| &**s).collect()
-                }
-                (Src::Event(FieldId::EvtType), Cmp::StrIn(StrSet::Hashed(set))) => {
-                    set.iter().map(|s| &**s).collect()
-                }
-                _ => return (ALL_TYPES, ALL_TYPES),
-            };
-            let may_true = members.iter().fold(0, |m, s| m | type_bit(s));
-            // Exactly-known types are certainly true; OTHER is never exact.
-            let may_false = ALL_TYPES & !(may_true & (CONNECT | SENDTO | CLOSE));
-            if test.negate {
-                (may_false, may_true)
-            } else {
-                (may_true, may_false)
-            }
-        }
+        Node::Check(test) => test_type_masks(test).unwrap_or((ALL_TYPES, ALL_TYPES)),
     }
+}
+
+/// [`type_masks`] of an `evt.type` comparison; `None` for other tests.
+fn test_type_masks(test: &Test) -> Option<(u8, u8)> {
+    let members: Vec<&str> = match (&test.src, &test.cmp) {
+        (Src::Event(FieldId::EvtType), Cmp::StrEq(s)) => vec![s],
+        (Src::Event(FieldId::EvtType), Cmp::StrIn(StrSet::Small(items))) => {
+            items.iter().map(|s| &**s).collect()
+        }
+        (Src::Event(FieldId::EvtType), Cmp::StrIn(StrSet::Hashed(set))) => {
+            set.iter().map(|s| &**s).collect()
+        }
+        _ => return None,
+    };
+    let may_true = members.iter().fold(0, |m, s| m | type_bit(s));
+    // Exactly-known types are certainly true; OTHER is never exact.
+    let may_false = ALL_TYPES & !(may_true & EXACT_TYPES);
+    Some(if test.negate {
+        (may_false, may_true)
+    } else {
+        (may_true, may_false)
+    })
 }
 
 /// The event types a node can match, as Falco computes them for its
@@ -477,5 +556,79 @@ pub(crate) fn destination_ranges_bound(node: &Node) -> usize {
             Cmp::Net(m) => m.range_bound().saturating_add(2),
             _ => 2,
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Options, RuleMatching, Source, TestEvent, load};
+
+    /// With the event's exact type, `evt.type` tests answer from what
+    /// `learn_types` marked; with 0 they read the field. Both must agree on
+    /// every shape a condition can give such a test, for every type.
+    #[test]
+    fn learned_types_answer_as_the_field_does() {
+        let conditions = [
+            "evt.type = connect and fd.sport = 443",
+            "evt.type in (connect, sendto) and not evt.type = sendto",
+            "evt.type != connect or proc.name = curl",
+            "not (evt.type in (close, dns))",
+            "evt.type = close and fd.sport = 443",
+            "evt.type in (connect, socket) and proc.name = curl",
+            "evt.type = dns or evt.type = connect",
+            "evt.type exists and evt.type startswith conn",
+            "evt.type = connect and evt.type = sendto",
+            "(evt.type = connect or evt.type = close) and not evt.type in (sendto)",
+            "evt.type != close and evt.type != socket",
+        ];
+        let yaml: String = conditions
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                format!(
+                    "- rule: r{i}\n  desc: d\n  condition: {c}\n  output: o\n  priority: WARNING\n  warn_evttypes: false\n"
+                )
+            })
+            .collect();
+        let options = Options {
+            rule_matching: RuleMatching::All,
+            ..Options::default()
+        };
+        let loaded = load(&[Source::new("types.yaml", &yaml)], &options);
+        let rules = loaded.ruleset.rules();
+        assert_eq!(rules.len(), conditions.len(), "{:?}", loaded.diagnostics);
+        let base = TestEvent::connect("203.0.113.7".parse().unwrap(), 443);
+        let mut events: Vec<TestEvent> = ["connect", "sendto", "close", "dns", "socket", ""]
+            .iter()
+            .map(|t| base.clone().with(FieldId::EvtType, *t))
+            .collect();
+        events.push(base.clone().without(FieldId::EvtType));
+        let mut learned = 0;
+        for rule in rules {
+            for event in &events {
+                let exact = exact_type(event);
+                assert_eq!(
+                    rule.condition.eval_as(event, exact),
+                    rule.condition.eval_as(event, 0),
+                    "{} on {:?}",
+                    rule.name,
+                    event.clone().without(FieldId::ProcCmdline)
+                );
+                learned += usize::from(exact != 0);
+            }
+        }
+        assert!(learned > 0);
+        // Marked at all: the first condition's type test knows connect.
+        let Node::And(first) = &rules[0].condition else {
+            panic!("{:?}", rules[0].condition)
+        };
+        let Node::Check(test) = &first[0] else {
+            panic!("{first:?}")
+        };
+        assert_eq!(
+            (test.known_true, test.known_false),
+            (CONNECT, SENDTO | CLOSE)
+        );
     }
 }

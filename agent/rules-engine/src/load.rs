@@ -312,7 +312,11 @@ fn compile<'f>(
                     location: location.clone(),
                     output_template: info.output.text.trim().to_string(),
                     types,
-                    condition: compiled.node,
+                    condition: {
+                        let mut node = compiled.node;
+                        node.learn_types();
+                        node
+                    },
                     output: compiled.output,
                 });
                 RuleStatus::Compiled {

@@ -282,25 +282,29 @@ impl Ruleset {
     /// The rules `evaluate` runs for `event`, at most, ascending: (rules for
     /// any destination, rules for this one) with the destination index,
     /// else the whole bucket and nothing.
-    fn candidates_of<E: Event + ?Sized>(&self, event: &E) -> (&[u32], &[u32]) {
-        let bucket = match event.value(FieldId::EvtType) {
-            Value::Str(t) => bucket_of(eval::type_bit(t)),
-            _ => bucket_of(OTHER),
+    /// Also returns the event's exact type ([`eval::exact_type`]), read
+    /// here once for the bucket and every rule's `evt.type` tests.
+    fn candidates_of<E: Event + ?Sized>(&self, event: &E) -> ((&[u32], &[u32]), u8) {
+        let bit = match event.value(FieldId::EvtType) {
+            Value::Str(t) => eval::type_bit(t),
+            _ => OTHER,
         };
+        let bucket = bucket_of(bit);
+        let exact = bit & eval::EXACT_TYPES;
         let all = self.buckets.get(bucket).map_or(&[][..], |b| &b[..]);
         if let Some(Some(index)) = self.by_destination.get(bucket)
             && let Value::Ip(ip) = event.value(FieldId::ServerIp)
         {
-            return index.lookup(ip);
+            return (index.lookup(ip), exact);
         }
-        (all, &[])
+        ((all, &[]), exact)
     }
 
     /// How many rules [`evaluate`](Self::evaluate) may run for `event` (it
     /// stops at the first match with [`RuleMatching::First`]): what the
     /// event-type and destination indexes leave.
     pub fn candidates<E: Event + ?Sized>(&self, event: &E) -> usize {
-        let (a, b) = self.candidates_of(event);
+        let ((a, b), _) = self.candidates_of(event);
         let mut n = 0;
         dest_index::merged(a, b, |_| {
             n += 1;
@@ -325,7 +329,7 @@ impl Ruleset {
         phase: Phase,
     ) {
         matches.clear();
-        let (a, b) = self.candidates_of(event);
+        let ((a, b), exact) = self.candidates_of(event);
         let first = self.matching == RuleMatching::First;
         dest_index::merged(a, b, |id| {
             if phase != Phase::All
@@ -337,7 +341,7 @@ impl Ruleset {
             if self
                 .rules
                 .get(id as usize)
-                .is_some_and(|r| r.condition.eval(event))
+                .is_some_and(|r| r.condition.eval_as(event, exact))
             {
                 matches.push(RuleId(id));
                 return !first;

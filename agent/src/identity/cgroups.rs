@@ -138,6 +138,11 @@ struct Announced {
     removed: VecDeque<(Instant, u64)>,
 }
 
+/// Cgroup id → entry, read on every event. Seeded foldhash, as the
+/// enricher's own maps (`FastMap`): SipHash here was a thirtieth of an
+/// event's cost, and the keys are ids the kernel assigns.
+type EntryMap = HashMap<u64, Arc<CgroupEntry>, foldhash::fast::RandomState>;
+
 pub struct CgroupPaths {
     root: PathBuf,
     /// The mount's root inside the hierarchy (`/` unless this agent sees a
@@ -146,7 +151,7 @@ pub struct CgroupPaths {
     mount_root: String,
     config: CgroupPathsConfig,
     announced: Mutex<Announced>,
-    map: RwLock<HashMap<u64, Arc<CgroupEntry>>>,
+    map: RwLock<EntryMap>,
     /// When the last walk started; a try_lock on it also keeps walks from
     /// running concurrently.
     last_walk: Mutex<Option<Instant>>,
@@ -167,7 +172,7 @@ impl CgroupPaths {
             mount_root,
             config,
             announced: Mutex::new(Announced::default()),
-            map: RwLock::new(HashMap::new()),
+            map: RwLock::new(EntryMap::default()),
             last_walk: Mutex::new(None),
             stats: CgroupStats::default(),
         }
@@ -278,7 +283,7 @@ impl CgroupPaths {
         Ok(len)
     }
 
-    fn walk(&self) -> Result<HashMap<u64, Arc<CgroupEntry>>, CgroupPathsError> {
+    fn walk(&self) -> Result<EntryMap, CgroupPathsError> {
         let walk_err = |path: &Path, source| CgroupPathsError::Walk {
             path: path.to_path_buf(),
             source,
@@ -286,7 +291,7 @@ impl CgroupPaths {
         let root_ino = std::fs::metadata(&self.root)
             .map_err(|e| walk_err(&self.root, e))?
             .ino();
-        let mut map = HashMap::new();
+        let mut map = EntryMap::default();
         map.insert(root_ino, CgroupEntry::new("/".to_owned()));
         let mut stack = vec![(self.root.clone(), String::new(), 0usize)];
         while let Some((dir, rel, depth)) = stack.pop() {
@@ -427,7 +432,7 @@ impl CgroupPaths {
         self.insert(cgroup_id, CgroupEntry::new(path));
     }
 
-    fn read_map(&self) -> std::sync::RwLockReadGuard<'_, HashMap<u64, Arc<CgroupEntry>>> {
+    fn read_map(&self) -> std::sync::RwLockReadGuard<'_, EntryMap> {
         self.map.read().unwrap_or_else(|p| p.into_inner())
     }
 }

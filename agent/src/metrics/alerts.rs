@@ -138,7 +138,7 @@ fn falco_priority(p: Priority) -> &'static str {
 
 /// Formats into a stack buffer: the hot path must not allocate, and
 /// `core::fmt` for an IPv4 address cost more than the rest of the
-/// observation. IPv6 (with zone, at most 45 bytes) goes through `core::fmt`.
+/// observation.
 pub(super) fn fmt_ip(buf: &mut [u8; 48], ip: IpAddr) -> &str {
     match ip {
         IpAddr::V4(v4) => {
@@ -146,11 +146,8 @@ pub(super) fn fmt_ip(buf: &mut [u8; 48], ip: IpAddr) -> &str {
             std::str::from_utf8(&buf[..len]).unwrap_or("")
         }
         IpAddr::V6(v6) => {
-            use std::io::Write as _;
-            let mut cursor = &mut buf[..];
-            let _ = write!(cursor, "{v6}");
-            let written = 48 - cursor.len();
-            std::str::from_utf8(&buf[..written]).unwrap_or("")
+            let len = crate::numfmt::put_ipv6(&mut buf[..], v6);
+            std::str::from_utf8(&buf[..len]).unwrap_or("")
         }
     }
 }

@@ -289,7 +289,7 @@ impl<'a> AuditRecord<'a> {
             l4proto: event.l4proto.as_str(),
             sip: dest.then(|| event.daddr.to_string()),
             sport: dest.then_some(event.dport),
-            fd_name: dest.then(|| enriched.fd_name.as_str()),
+            fd_name: dest.then(|| enriched.fd_name().as_str()),
             sip_name: enriched.sip_name.as_deref(),
             dns: enriched.dns.as_deref().map(DnsAudit::new),
             arg_domain: socket.and_then(|s| s.domain),
@@ -593,11 +593,9 @@ mod tests {
             socket: None,
             flow: None,
         };
-        use crate::pipeline::enrich::fields::FdName;
-        let fd_name = FdName::new(std::net::SocketAddr::new(attempt.daddr, attempt.dport));
         Event {
             args: std::cell::OnceCell::new(),
-            fd_name,
+            fd_name: std::cell::OnceCell::new(),
             attempt,
             process: None,
             parent_name: None,

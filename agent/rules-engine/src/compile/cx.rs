@@ -244,11 +244,11 @@ impl<'a> Cx<'a, '_, '_> {
                 // Neither true nor false for the event-type analysis (the
                 // rule is not loaded): its event types decide whether it is
                 // unsupported for its types or only for its fields.
-                return Node::Check(Box::new(Test {
-                    src: fields::Src::NotProvided,
-                    cmp: crate::eval::Cmp::Never,
-                    negate: false,
-                }));
+                return Node::Check(Box::new(Test::new(
+                    fields::Src::NotProvided,
+                    crate::eval::Cmp::Never,
+                    false,
+                )));
             }
             Err(e) => {
                 let at = self.locate(scope, pos);
@@ -349,11 +349,11 @@ impl<'a> Cx<'a, '_, '_> {
                     at: v.at,
                 }];
                 match checks::build(&check.field, &field, check.op, &one) {
-                    Ok((cmp, negate)) => nodes.push(Node::Check(Box::new(Test {
-                        src: field.src.clone(),
+                    Ok((cmp, negate)) => nodes.push(Node::Check(Box::new(Test::new(
+                        field.src.clone(),
                         cmp,
                         negate,
-                    }))),
+                    )))),
                     Err((_, message)) => {
                         let at = match wheres.get(v.at) {
                             Some(Err(loc)) => *loc,
@@ -372,11 +372,7 @@ impl<'a> Cx<'a, '_, '_> {
             };
         }
         match checks::build(&check.field, &field, check.op, &vals) {
-            Ok((cmp, negate)) => Node::Check(Box::new(Test {
-                src: field.src,
-                cmp,
-                negate,
-            })),
+            Ok((cmp, negate)) => Node::Check(Box::new(Test::new(field.src, cmp, negate))),
             Err((index, message)) => {
                 let at = match index.and_then(|i| wheres.get(i)) {
                     Some(Err(loc)) => *loc,
@@ -422,7 +418,7 @@ impl<'a> Cx<'a, '_, '_> {
             )
         });
         match checks::build_net(&check.field, check.op, count, values) {
-            Ok((cmp, negate)) => Node::Check(Box::new(Test { src, cmp, negate })),
+            Ok((cmp, negate)) => Node::Check(Box::new(Test::new(src, cmp, negate))),
             Err((at, message)) => {
                 let at = match at {
                     Some(Err(loc)) => loc,

@@ -48,6 +48,16 @@ impl FdName {
                 len += numfmt::put_decimal(&mut name.buf[len..], v4.port());
                 name.len = len as u8;
             }
+            // `[ip]:port`, as `Display` writes it: the hooks give no scope
+            // id, and flow info is not shown.
+            SocketAddr::V6(v6) if v6.scope_id() == 0 => {
+                name.buf[0] = b'[';
+                let mut len = 1 + numfmt::put_ipv6(&mut name.buf[1..], *v6.ip());
+                name.buf[len..len + 2].copy_from_slice(b"]:");
+                len += 2;
+                len += numfmt::put_decimal(&mut name.buf[len..], v6.port());
+                name.len = len as u8;
+            }
             // Cannot fail: the buffer fits the longest socket address.
             SocketAddr::V6(_) => {
                 let _ = write!(name, "{addr}");
@@ -195,7 +205,7 @@ impl egret_rules::Event for Event {
             FieldId::ServerIp => Value::Ip(a.daddr),
             FieldId::ServerPort => Value::U64(u64::from(a.dport)),
             FieldId::L4Proto => Value::Str(a.l4proto.as_str()),
-            FieldId::FdName => Value::Str(self.fd_name.as_str()),
+            FieldId::FdName => Value::Str(self.fd_name().as_str()),
             // Known for flow records only: a connect has no local end yet.
             FieldId::ClientIp => flow.map_or(Value::Missing, |f| Value::Ip(f.saddr)),
             FieldId::ClientPort => flow.map_or(Value::Missing, |f| Value::U64(u64::from(f.sport))),
@@ -268,7 +278,7 @@ impl egret_rules::Event for Event {
                 Some(s) => Value::Str(&s.args),
                 None => Value::Str(
                     self.args
-                        .get_or_init(|| EvtArgs::new(CallResult::of(self), &self.fd_name))
+                        .get_or_init(|| EvtArgs::new(CallResult::of(self), self.fd_name()))
                         .as_str(),
                 ),
             },
@@ -330,6 +340,17 @@ mod tests {
         ] {
             let addr: SocketAddr = v4.parse().unwrap();
             assert_eq!(FdName::new(addr).as_str(), v4);
+        }
+        for v6 in [
+            "[::]:0",
+            "[::1]:53",
+            "[2001:db8::42]:443",
+            "[::ffff:198.51.100.7]:80",
+            "[2001:db8:0:1:0:0:0:1]:65535",
+            "[fe80::1%2]:22",
+        ] {
+            let addr: SocketAddr = v6.parse().unwrap();
+            assert_eq!(FdName::new(addr).as_str(), addr.to_string());
         }
     }
 

@@ -36,8 +36,10 @@ use process::{ProcessCache, ProcessImage};
 #[derive(Clone, Debug)]
 pub struct Event {
     pub attempt: EgressAttempt,
-    /// `fd.name`, formatted once, inline.
-    pub fd_name: fields::FdName,
+    /// `fd.name`, formatted inline the first time a rule or output reads
+    /// it ([`Event::fd_name`]): with the audit log off (the default) most
+    /// events never need it.
+    pub fd_name: std::cell::OnceCell<fields::FdName>,
     pub process: Option<Arc<ProcessImage>>,
     /// `proc.pname`.
     pub parent_name: Option<Arc<str>>,
@@ -78,6 +80,16 @@ impl Event {
     pub fn set_result(&mut self, ret: i32) {
         self.result = Some(ret);
         self.args = std::cell::OnceCell::new();
+    }
+
+    /// `fd.name`: `ip:port` (`[ip]:port` for IPv6) of the destination.
+    pub fn fd_name(&self) -> &fields::FdName {
+        self.fd_name.get_or_init(|| {
+            fields::FdName::new(std::net::SocketAddr::new(
+                self.attempt.daddr,
+                self.attempt.dport,
+            ))
+        })
     }
 
     /// `container.id`: 12 characters, `host` outside containers, `None`
@@ -402,10 +414,9 @@ impl Enricher {
         });
         self.events += 1;
         let name_changed = self.name_changed(&attempt);
-        let fd_name = fields::FdName::new(std::net::SocketAddr::new(attempt.daddr, attempt.dport));
         Event {
             args: std::cell::OnceCell::new(),
-            fd_name,
+            fd_name: std::cell::OnceCell::new(),
             num: self.events,
             name_changed,
             socket: attempt

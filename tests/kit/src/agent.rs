@@ -5,7 +5,7 @@ use std::{
     path::Path,
     process::{Child, Command, ExitStatus, Stdio},
     sync::{
-        Arc, Condvar, Mutex,
+        Arc, Condvar, Mutex, MutexGuard,
         atomic::{AtomicU64, Ordering},
     },
     time::{Duration, Instant},
@@ -13,10 +13,28 @@ use std::{
 
 use serde_json::Value;
 
+/// What the reader threads have collected, under the lock they append
+/// with (held only to append, or to take or copy out new lines).
 #[derive(Default)]
 struct Lines {
+    /// Stdout lines read and not parsed yet.
     stdout: Vec<String>,
+    /// Stdout lines read so far.
+    stdout_read: usize,
     stderr: Vec<String>,
+}
+
+/// The lines, a condvar signalled when some arrive, and every stdout line
+/// parsed: each is parsed once, by the first wait (or [`Agent::json_lines`])
+/// that needs it, after taking it out of [`Lines`], so neither the parsing
+/// nor a wait's predicate ever keeps a reader from appending.
+#[derive(Default)]
+struct Collected {
+    lines: Mutex<Lines>,
+    arrived: Condvar,
+    /// One entry per stdout line, in order; `None` when it is not JSON.
+    /// Locked before `lines` whenever both are.
+    parsed: Mutex<Vec<Option<Arc<Value>>>>,
 }
 
 /// What becomes of the agent's stdout (its alerts and audit lines).
@@ -31,11 +49,11 @@ pub enum Stdout {
     Discard,
 }
 
-type Shared = Arc<(Mutex<Lines>, Condvar)>;
+type Shared = Arc<Collected>;
 
 pub struct Agent {
     child: Child,
-    lines: Shared,
+    collected: Shared,
     stdout_count: Arc<AtomicU64>,
     status: Option<ExitStatus>,
 }
@@ -106,19 +124,22 @@ impl Agent {
             command.env_remove(var);
         }
         let mut child = command.spawn().expect("spawn egret");
-        let lines: Shared = Arc::default();
+        let collected: Shared = Arc::default();
         let stdout_count = Arc::new(AtomicU64::new(0));
         let stderr = child.stderr.take().expect("stderr piped");
         if let Some(out) = child.stdout.take() {
             match stdout {
-                Stdout::Lines => collect(out, lines.clone(), |l| &mut l.stdout),
+                Stdout::Lines => collect(out, collected.clone(), |l, batch| {
+                    l.stdout_read += batch.len();
+                    l.stdout.append(batch);
+                }),
                 Stdout::Count | Stdout::Discard => count_lines(out, stdout_count.clone()),
             }
         }
-        collect(stderr, lines.clone(), |l| &mut l.stderr);
+        collect(stderr, collected.clone(), |l, batch| l.stderr.append(batch));
         Agent {
             child,
-            lines,
+            collected,
             stdout_count,
             status: None,
         }
@@ -134,44 +155,34 @@ impl Agent {
     }
 
     pub fn stderr(&self) -> Vec<String> {
-        self.lines.0.lock().expect("lines lock").stderr.clone()
+        self.lines().stderr.clone()
     }
 
     /// Every stdout line that parses as JSON.
     pub fn json_lines(&self) -> Vec<Value> {
-        let lines = self.lines.0.lock().expect("lines lock");
-        lines
-            .stdout
-            .iter()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .collect()
+        let parsed: Vec<Arc<Value>> = self.parsed().iter().flatten().cloned().collect();
+        parsed.iter().map(|v| Value::clone(v)).collect()
     }
 
-    /// Waits until a JSON line satisfies `pred`.
+    /// Waits until a JSON line satisfies `pred` (lines printed before the
+    /// wait began included).
     pub fn wait_json(&self, pred: impl Fn(&Value) -> bool, timeout: Duration) -> Option<Value> {
-        self.wait_for(timeout, |lines| {
-            lines
-                .stdout
-                .iter()
-                .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-                .find(&pred)
+        self.wait_stdout(timeout, |new| {
+            new.iter().find(|v| pred(v)).map(|v| Value::clone(v))
         })
     }
 
-    /// Waits until at least `count` JSON lines satisfy `pred`.
+    /// Waits until at least `count` JSON lines satisfy `pred` (lines printed
+    /// before the wait began included).
     pub fn wait_json_count(
         &self,
         pred: impl Fn(&Value) -> bool,
         count: usize,
         timeout: Duration,
     ) -> bool {
-        self.wait_for(timeout, |lines| {
-            let found = lines
-                .stdout
-                .iter()
-                .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-                .filter(&pred)
-                .count();
+        let mut found = 0;
+        self.wait_stdout(timeout, |new| {
+            found += new.iter().filter(|v| pred(v)).count();
             (found >= count).then_some(())
         })
         .is_some()
@@ -188,29 +199,95 @@ impl Agent {
             })
     }
 
+    /// Waits until a stderr line satisfies `pred` (lines logged before the
+    /// wait began included).
     pub fn wait_stderr(&self, pred: impl Fn(&str) -> bool, timeout: Duration) -> Option<String> {
-        self.wait_for(timeout, |lines| {
-            lines.stderr.iter().find(|l| pred(l)).cloned()
-        })
+        self.wait_for(
+            timeout,
+            |seen| {
+                let lines = self.lines();
+                let new = lines.stderr[*seen..].to_vec();
+                *seen = lines.stderr.len();
+                new
+            },
+            |l| l.stderr.len(),
+            |new| new.iter().find(|l| pred(l)).cloned(),
+        )
     }
 
-    fn wait_for<T>(&self, timeout: Duration, find: impl Fn(&Lines) -> Option<T>) -> Option<T> {
+    /// [`Agent::wait_for`] over the stdout lines that are JSON.
+    fn wait_stdout<T>(
+        &self,
+        timeout: Duration,
+        scan: impl FnMut(&[Arc<Value>]) -> Option<T>,
+    ) -> Option<T> {
+        self.wait_for(
+            timeout,
+            |seen| {
+                let parsed = self.parsed();
+                let new = parsed[*seen..].iter().flatten().cloned().collect();
+                *seen = parsed.len();
+                new
+            },
+            |l| l.stdout_read,
+            scan,
+        )
+    }
+
+    /// Shows `scan` each line of one stream once, in order, in batches of
+    /// the lines that arrived since its last look (the first batch: every
+    /// line so far), until it answers or `timeout` passes. `fetch` copies
+    /// out the lines after the first `seen` and moves `seen` past them;
+    /// `read` is how many lines the reader has appended (the same count).
+    /// No lock is held while `scan` runs, and each wake-up costs only the
+    /// new lines, however many the agent printed before.
+    fn wait_for<L, T>(
+        &self,
+        timeout: Duration,
+        fetch: impl Fn(&mut usize) -> Vec<L>,
+        read: fn(&Lines) -> usize,
+        mut scan: impl FnMut(&[L]) -> Option<T>,
+    ) -> Option<T> {
         let deadline = Instant::now() + scaled(timeout);
-        let (lock, cond) = &*self.lines;
-        let mut lines = lock.lock().expect("lines lock");
+        let mut seen = 0;
         loop {
-            if let Some(found) = find(&lines) {
+            if let Some(found) = scan(&fetch(&mut seen)) {
                 return Some(found);
             }
-            let now = Instant::now();
-            if now >= deadline {
+            if Instant::now() >= deadline {
                 return None;
             }
-            lines = cond
-                .wait_timeout(lines, deadline - now)
-                .expect("lines lock")
-                .0;
+            let mut lines = self.lines();
+            while read(&lines) == seen {
+                let now = Instant::now();
+                if now >= deadline {
+                    break;
+                }
+                lines = self
+                    .collected
+                    .arrived
+                    .wait_timeout(lines, deadline - now)
+                    .expect("lines lock")
+                    .0;
+            }
         }
+    }
+
+    fn lines(&self) -> MutexGuard<'_, Lines> {
+        self.collected.lines.lock().expect("lines lock")
+    }
+
+    /// Every stdout line so far, parsed: the lines read since the last call
+    /// are taken from the reader's vector and parsed here, outside its lock.
+    fn parsed(&self) -> MutexGuard<'_, Vec<Option<Arc<Value>>>> {
+        let mut parsed = self.collected.parsed.lock().expect("parsed lock");
+        let unparsed = std::mem::take(&mut self.lines().stdout);
+        parsed.extend(
+            unparsed
+                .iter()
+                .map(|l| serde_json::from_str(l).ok().map(Arc::new)),
+        );
+        parsed
     }
 
     /// Program ids from the "egret ready" line (`program_ids=[1, 2, …]`).
@@ -266,18 +343,40 @@ impl Drop for Agent {
     }
 }
 
+/// Reads `stream` line by line on a thread of its own and hands the lines
+/// to `append`, under the lock. Lines already in the read buffer go
+/// together, so a flood costs one lock and one wake-up per buffer, not per
+/// line; nothing else is done with them here, so the pipe drains as fast as
+/// the agent writes.
 fn collect(
     stream: impl Read + Send + 'static,
-    lines: Shared,
-    pick: fn(&mut Lines) -> &mut Vec<String>,
+    collected: Shared,
+    append: fn(&mut Lines, &mut Vec<String>),
 ) {
     std::thread::spawn(move || {
-        for line in BufReader::new(stream).lines() {
-            let Ok(line) = line else { break };
-            let (lock, cond) = &*lines;
-            pick(&mut lock.lock().expect("lines lock")).push(line);
-            cond.notify_all();
+        let mut reader = BufReader::with_capacity(1 << 16, stream);
+        let mut raw = Vec::new();
+        let mut batch = Vec::new();
+        let flush = |batch: &mut Vec<String>| {
+            if !batch.is_empty() {
+                append(&mut collected.lines.lock().expect("lines lock"), batch);
+                collected.arrived.notify_all();
+            }
+        };
+        loop {
+            raw.clear();
+            match reader.read_until(b'\n', &mut raw) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+            let text = raw.strip_suffix(b"\n").unwrap_or(&raw);
+            let text = text.strip_suffix(b"\r").unwrap_or(text);
+            batch.push(String::from_utf8_lossy(text).into_owned());
+            if !reader.buffer().contains(&b'\n') {
+                flush(&mut batch);
+            }
         }
+        flush(&mut batch);
     });
 }
 
@@ -304,4 +403,60 @@ pub fn scaled(timeout: Duration) -> Duration {
         .filter(|f| *f > 0)
         .unwrap_or(1);
     timeout * factor
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A stand-in agent: `sh -c script`, collected as the agent's output is.
+    fn sh(script: &str) -> Agent {
+        Agent::spawn_with(Path::new("/bin/sh"), &["-c", script], Stdout::Lines)
+    }
+
+    #[test]
+    fn waits_see_the_lines_before_they_began_and_after() {
+        let agent = sh(r#"
+            awk 'BEGIN { for (i = 1; i <= 5000; i++) printf "{\"n\":%d}\n", i }'
+            echo 'not json'
+            printf '{"n":5001}\r\n'
+            echo printed >&2
+            sleep 0.3
+            echo '{"n":0}'
+            echo late >&2
+            exec sleep 30
+        "#);
+        assert!(
+            agent
+                .wait_stderr(|l| l == "printed", EVENT_TIMEOUT)
+                .is_some()
+        );
+        // Printed before the waits began, first and last.
+        assert_eq!(
+            agent.wait_json(|v| v["n"] == 1, EVENT_TIMEOUT).unwrap()["n"],
+            1
+        );
+        assert!(agent.wait_json(|v| v["n"] == 5001, EVENT_TIMEOUT).is_some());
+        assert!(agent.wait_json_count(|v| v["n"].as_u64() > Some(0), 5001, EVENT_TIMEOUT));
+        assert!(agent.wait_json_count(|_| false, 0, Duration::ZERO));
+        // Printed after.
+        assert!(agent.wait_json(|v| v["n"] == 0, EVENT_TIMEOUT).is_some());
+        assert!(agent.wait_stderr(|l| l == "late", EVENT_TIMEOUT).is_some());
+        assert!(
+            agent
+                .wait_stderr(|l| l == "printed", Duration::ZERO)
+                .is_some()
+        );
+        assert!(!agent.wait_json_count(|v| v["n"] == 1, 2, Duration::from_millis(100)));
+        assert!(
+            agent
+                .wait_json(|v| v["n"] == -1, Duration::from_millis(100))
+                .is_none()
+        );
+        let lines = agent.json_lines();
+        assert_eq!(lines.len(), 5002, "the line that is not JSON is left out");
+        assert!(lines.iter().zip(1..=5001).all(|(v, n)| v["n"] == n));
+        assert_eq!(lines[5001]["n"], 0);
+        assert_eq!(agent.stderr(), ["printed", "late"]);
+    }
 }

@@ -27,7 +27,9 @@ pub struct Request {
 /// included, one thread per connection; stops on drop.
 pub struct Receiver {
     pub addr: SocketAddr,
-    requests: Arc<Mutex<Vec<Request>>>,
+    /// `Arc`s, so [`Receiver::requests`] copies them out of the lock and
+    /// the connection threads never wait for a copy of every body.
+    requests: Arc<Mutex<Vec<Arc<Request>>>>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
@@ -36,7 +38,7 @@ impl Receiver {
     pub fn start() -> std::io::Result<Receiver> {
         let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
         let addr = listener.local_addr()?;
-        let requests = Arc::<Mutex<Vec<Request>>>::default();
+        let requests = Arc::<Mutex<Vec<Arc<Request>>>>::default();
         let stop = Arc::new(AtomicBool::new(false));
         let thread = {
             let (requests, stop) = (requests.clone(), stop.clone());
@@ -67,7 +69,8 @@ impl Receiver {
     }
 
     pub fn requests(&self) -> Vec<Request> {
-        self.requests.lock().map(|r| r.clone()).unwrap_or_default()
+        let requests = self.requests.lock().map(|r| r.clone()).unwrap_or_default();
+        requests.iter().map(|r| Request::clone(r)).collect()
     }
 
     pub fn url(&self) -> String {
@@ -93,7 +96,7 @@ fn realtime_ns() -> u128 {
 }
 
 /// Requests on one keep-alive connection until it closes.
-fn serve(stream: TcpStream, requests: &Mutex<Vec<Request>>) -> std::io::Result<()> {
+fn serve(stream: TcpStream, requests: &Mutex<Vec<Arc<Request>>>) -> std::io::Result<()> {
     stream.set_read_timeout(Some(Duration::from_secs(60)))?;
     let mut writer = stream.try_clone()?;
     let mut reader = BufReader::new(stream);
@@ -134,11 +137,11 @@ fn serve(stream: TcpStream, requests: &Mutex<Vec<Request>>) -> std::io::Result<(
             reader.read_exact(&mut body)?;
             body
         };
-        let request = Request {
+        let request = Arc::new(Request {
             head,
             body,
             arrived_ns: realtime_ns(),
-        };
+        });
         if let Ok(mut all) = requests.lock() {
             all.push(request);
         }

@@ -581,6 +581,10 @@ mod tests {
             "evt.type = connect and evt.type = sendto",
             "(evt.type = connect or evt.type = close) and not evt.type in (sendto)",
             "evt.type != close and evt.type != socket",
+            // More members than a small set holds: a hashed set.
+            "evt.type in (connect, accept, bind, listen, socket, open, openat, recvfrom, close) and fd.sport = 443",
+            "not evt.type in (sendto, accept, bind, listen, socket, open, openat, recvfrom, close)",
+            "evt.type = oneof (connect, sendto) and proc.name = curl",
         ];
         let yaml: String = conditions
             .iter()

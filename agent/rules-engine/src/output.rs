@@ -173,12 +173,8 @@ fn render_value(value: Value<'_>, src: &Src, kind: Kind, text: &mut String) -> J
         (Value::U64(n), Kind::U64) if *src == Src::Event(FieldId::EvtTime) => {
             text.push_str(&time_of_day(n));
         }
-        (Value::U64(n), Kind::U64) => {
-            let _ = write!(text, "{n}");
-        }
-        (Value::I64(n), Kind::I64) => {
-            let _ = write!(text, "{n}");
-        }
+        (Value::U64(n), Kind::U64) => text.push_str(itoa::Buffer::new().format(n)),
+        (Value::I64(n), Kind::I64) => text.push_str(itoa::Buffer::new().format(n)),
         (Value::Ip(ip), Kind::Ip | Kind::Net) => {
             let _ = write!(text, "{}", ip.to_canonical());
         }

@@ -15,12 +15,13 @@ pub struct InlineText<const N: usize> {
 }
 
 /// `fd.name` (`ip:port`, `[ip]:port`): the longest is
-/// `[ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255]:65535`, 54 bytes.
-pub type FdName = InlineText<56>;
+/// `[ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff%4294967295]:65535`, 58 bytes
+/// (47 without a scope id, which the hooks never give).
+pub type FdName = InlineText<64>;
 
 /// `evt.args`: `res=-115(EINPROGRESS) addr=` (27 bytes; an 11-digit
 /// result and a 15-letter errno name: 40) and an `fd.name`.
-pub type EvtArgs = InlineText<96>;
+pub type EvtArgs = InlineText<104>;
 
 impl<const N: usize> InlineText<N> {
     fn empty() -> Self {
@@ -326,7 +327,7 @@ mod tests {
 
     #[test]
     fn fd_name_fits_the_longest_address() {
-        let longest: SocketAddr = "[ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255]:65535"
+        let longest: SocketAddr = "[ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff%4294967295]:65535"
             .parse()
             .unwrap();
         assert_eq!(FdName::new(longest).as_str(), longest.to_string());
@@ -356,7 +357,7 @@ mod tests {
 
     #[test]
     fn evt_args_fit_the_longest_address() {
-        let longest: SocketAddr = "[ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255]:65535"
+        let longest: SocketAddr = "[ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff%4294967295]:65535"
             .parse()
             .unwrap();
         let args = EvtArgs::new(CallResult::InProgress, &FdName::new(longest));
